@@ -1,0 +1,490 @@
+//! The event-sourced step function.
+//!
+//! An [`Execution`] is a tree of *frames*: the top level, and one frame per running Parallel
+//! branch or Map iteration. [`Execution::step`] applies one [`Input`], then runs every frame
+//! that can make progress until each one waits on the outside world (a task, a timer) or the
+//! execution ends. It returns the history events written and the [`Command`]s for the host.
+//!
+//! Determinism: given the same definition, inputs and [`Env`] answers, `step` produces the same
+//! events and commands. The host persists events before it performs commands.
+
+mod context;
+mod flow;
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::Arc;
+
+use serde_json::{Map, Value};
+
+use crate::definition::{BlockId, Resource, StateId, StateMachine};
+use crate::env::Env;
+use crate::error::Failure;
+use crate::history::{EventType, HistoryEvent};
+
+/// Limits, AWS's by default.
+#[derive(Debug, Clone)]
+pub struct Limits {
+    /// Maximum size of execution input, state input/output and task results, in bytes.
+    pub max_payload_bytes: usize,
+    /// Maximum number of history events per execution.
+    pub max_history_events: u64,
+    /// Record history events (off for benchmarks and Express executions without logging).
+    pub record_history: bool,
+    /// Default Map concurrency when `MaxConcurrency` is 0 (0 = unbounded).
+    pub inline_map_concurrency: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_payload_bytes: 262_144,
+            max_history_events: 25_000,
+            record_history: true,
+            inline_map_concurrency: 0,
+        }
+    }
+}
+
+/// Who this execution is.
+#[derive(Debug, Clone)]
+pub struct ExecutionInfo {
+    pub execution_arn: String,
+    pub name: String,
+    pub state_machine_arn: String,
+    pub state_machine_name: String,
+    pub role_arn: String,
+    pub region: String,
+    pub input: Value,
+    pub redrive_count: u64,
+    pub state_machine_version_arn: Option<String>,
+    pub state_machine_alias_arn: Option<String>,
+}
+
+impl ExecutionInfo {
+    /// Builds AWS-shaped ARNs from a region, an account, a machine name and an execution name.
+    pub fn new(region: &str, account: &str, machine: &str, name: &str, input: Value) -> Self {
+        ExecutionInfo {
+            execution_arn: format!("arn:aws:states:{region}:{account}:execution:{machine}:{name}"),
+            name: name.to_string(),
+            state_machine_arn: format!("arn:aws:states:{region}:{account}:stateMachine:{machine}"),
+            state_machine_name: machine.to_string(),
+            role_arn: format!("arn:aws:iam::{account}:role/trellis"),
+            region: region.to_string(),
+            input,
+            redrive_count: 0,
+            state_machine_version_arn: None,
+            state_machine_alias_arn: None,
+        }
+    }
+}
+
+/// Something that happened to the execution.
+#[derive(Debug, Clone)]
+pub enum Input {
+    /// Start the execution with `ExecutionInfo::input`.
+    Start,
+    /// An activity worker took the task (`ActivityStarted`).
+    TaskStarted { task_id: u64, worker_name: Option<String> },
+    /// A callback or `.sync` task was submitted (`TaskSubmitted`).
+    TaskSubmitted { task_id: u64, output: Value },
+    TaskSucceeded { task_id: u64, output: Value },
+    TaskFailed { task_id: u64, error: Option<String>, cause: Option<String> },
+    /// A heartbeat for a task with `HeartbeatSeconds`.
+    TaskHeartbeat { task_id: u64 },
+    TimerFired { timer_id: u64 },
+    /// `StopExecution`.
+    Stop { error: Option<String>, cause: Option<String> },
+    /// Start no new state until `Resume`.
+    Pause,
+    Resume,
+}
+
+/// A task for the host to run.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TaskRequest {
+    pub task_id: u64,
+    pub state_name: String,
+    pub resource: Resource,
+    pub resource_arn: String,
+    pub parameters: Value,
+    pub timeout_seconds: Option<u64>,
+    pub heartbeat_seconds: Option<u64>,
+    pub token: Option<String>,
+    pub credentials: Option<Value>,
+    /// 0 for the first attempt, then 1, 2 ... for retries.
+    pub attempt: u64,
+}
+
+/// What the host must do after a step.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Command {
+    InvokeTask(TaskRequest),
+    /// The task is no longer wanted (timed out, aborted); results for it will be ignored.
+    CancelTask { task_id: u64 },
+    StartTimer { timer_id: u64, fire_at_ms: i64 },
+    CancelTimer { timer_id: u64 },
+    /// The execution reached a terminal status.
+    Finish(Outcome),
+}
+
+/// An execution's status.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ExecStatus {
+    NotStarted,
+    Running,
+    Succeeded,
+    Failed,
+    TimedOut,
+    Aborted,
+}
+
+impl ExecStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ExecStatus::NotStarted | ExecStatus::Running => "RUNNING",
+            ExecStatus::Succeeded => "SUCCEEDED",
+            ExecStatus::Failed => "FAILED",
+            ExecStatus::TimedOut => "TIMED_OUT",
+            ExecStatus::Aborted => "ABORTED",
+        }
+    }
+
+    pub fn is_terminal(self) -> bool {
+        !matches!(self, ExecStatus::NotStarted | ExecStatus::Running)
+    }
+}
+
+/// How an execution ended.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Outcome {
+    pub status: ExecStatus,
+    pub output: Option<Value>,
+    pub error: Option<String>,
+    pub cause: Option<String>,
+}
+
+/// What one step produced.
+#[derive(Debug, Default)]
+pub struct StepOutput {
+    pub events: Vec<HistoryEvent>,
+    pub commands: Vec<Command>,
+}
+
+pub(crate) type FrameId = usize;
+
+/// A frame's place under its parent.
+#[derive(Debug, Clone)]
+pub(crate) struct Parent {
+    frame: FrameId,
+    slot: usize,
+}
+
+#[derive(Debug)]
+pub(crate) enum Waiting {
+    Nothing,
+    Task {
+        task_id: u64,
+        timeout_timer: Option<u64>,
+        heartbeat_timer: Option<u64>,
+        heartbeat_seconds: Option<u64>,
+    },
+    Retry { timer_id: u64 },
+    Wait { timer_id: u64 },
+    Children(Children),
+}
+
+#[derive(Debug)]
+pub(crate) struct Children {
+    is_map: bool,
+    results: Vec<Option<Value>>,
+    /// slot -> running frame
+    running: HashMap<usize, FrameId>,
+    next_index: usize,
+    /// Map: the items; Parallel: the branch input (one element).
+    items: Vec<Value>,
+    keys: Option<Vec<String>>,
+    /// The effective input handed to ItemSelector.
+    selector_input: Value,
+    max_concurrency: usize,
+    done: usize,
+    /// The last event of the child that finished last.
+    last_event: u64,
+}
+
+#[derive(Debug)]
+pub(crate) struct Active {
+    state: StateId,
+    entered_id: u64,
+    entered_ms: i64,
+    raw_input: Value,
+    /// The effective input after InputPath; `None` when it is the raw input.
+    input: Option<Value>,
+    retry_counts: Vec<u64>,
+    retry_count: u64,
+    token: Option<String>,
+    waiting: Waiting,
+}
+
+#[derive(Debug)]
+pub(crate) struct Frame {
+    block: BlockId,
+    parent: Option<Parent>,
+    vars: Map<String, Value>,
+    prev: u64,
+    active: Option<Active>,
+}
+
+#[derive(Debug)]
+pub(crate) enum TimerKind {
+    Execution,
+    Wait(FrameId),
+    Retry(FrameId),
+    TaskTimeout(FrameId),
+    Heartbeat(FrameId),
+}
+
+/// Work to do inside a step.
+#[derive(Debug)]
+pub(crate) enum Work {
+    Enter { frame: FrameId, state: StateId, input: Value },
+}
+
+/// One execution.
+pub struct Execution {
+    sm: Arc<StateMachine>,
+    info: ExecutionInfo,
+    limits: Limits,
+    frames: Vec<Option<Frame>>,
+    free: Vec<FrameId>,
+    next_event_id: u64,
+    next_timer_id: u64,
+    next_task_id: u64,
+    timers: HashMap<u64, TimerKind>,
+    tasks: HashMap<u64, FrameId>,
+    status: ExecStatus,
+    start_ms: i64,
+    paused: bool,
+    queue: VecDeque<Work>,
+    parked: VecDeque<Work>,
+    outcome: Option<Outcome>,
+    // Per-step scratch.
+    now: i64,
+    out: StepOutput,
+}
+
+impl Execution {
+    pub fn new(sm: Arc<StateMachine>, info: ExecutionInfo, limits: Limits) -> Self {
+        Execution {
+            sm,
+            info,
+            limits,
+            frames: Vec::new(),
+            free: Vec::new(),
+            next_event_id: 1,
+            next_timer_id: 1,
+            next_task_id: 1,
+            timers: HashMap::new(),
+            tasks: HashMap::new(),
+            status: ExecStatus::NotStarted,
+            start_ms: 0,
+            paused: false,
+            queue: VecDeque::new(),
+            parked: VecDeque::new(),
+            outcome: None,
+            now: 0,
+            out: StepOutput::default(),
+        }
+    }
+
+    pub fn info(&self) -> &ExecutionInfo {
+        &self.info
+    }
+
+    pub fn status(&self) -> ExecStatus {
+        self.status
+    }
+
+    pub fn outcome(&self) -> Option<&Outcome> {
+        self.outcome.as_ref()
+    }
+
+    pub fn is_paused(&self) -> bool {
+        self.paused
+    }
+
+    /// The number of history events written so far.
+    pub fn event_count(&self) -> u64 {
+        self.next_event_id - 1
+    }
+
+    /// Task ids that are waiting for a result.
+    pub fn pending_tasks(&self) -> impl Iterator<Item = u64> + '_ {
+        self.tasks.keys().copied()
+    }
+
+    /// Timer ids that are set.
+    pub fn pending_timers(&self) -> impl Iterator<Item = u64> + '_ {
+        self.timers.keys().copied()
+    }
+
+    /// Applies one input and runs until every frame waits or the execution ends.
+    pub fn step(&mut self, input: Input, env: &mut dyn Env) -> StepOutput {
+        self.now = env.now_ms();
+        if self.status.is_terminal() {
+            return StepOutput::default();
+        }
+        match input {
+            Input::Start => self.on_start(env),
+            Input::TaskStarted { task_id, worker_name } => self.on_task_started(task_id, worker_name),
+            Input::TaskSubmitted { task_id, output } => self.on_task_submitted(task_id, output),
+            Input::TaskSucceeded { task_id, output } => self.on_task_succeeded(task_id, output, env),
+            Input::TaskFailed { task_id, error, cause } => {
+                self.on_task_failed(task_id, Failure { error, cause, heartbeat: false }, env)
+            }
+            Input::TaskHeartbeat { task_id } => self.on_heartbeat(task_id),
+            Input::TimerFired { timer_id } => self.on_timer(timer_id, env),
+            Input::Stop { error, cause } => self.on_stop(error, cause),
+            Input::Pause => self.paused = true,
+            Input::Resume => {
+                self.paused = false;
+                let parked = std::mem::take(&mut self.parked);
+                self.queue.extend(parked);
+            }
+        }
+        self.run(env);
+        std::mem::take(&mut self.out)
+    }
+
+    fn run(&mut self, env: &mut dyn Env) {
+        while let Some(work) = self.queue.pop_front() {
+            if self.status.is_terminal() {
+                self.queue.clear();
+                break;
+            }
+            if self.paused {
+                self.parked.push_back(work);
+                continue;
+            }
+            match work {
+                Work::Enter { frame, state, input } => self.enter(frame, state, input, env),
+            }
+        }
+        if self.status.is_terminal() {
+            self.queue.clear();
+            self.parked.clear();
+        }
+    }
+
+    // ---- bookkeeping ------------------------------------------------------------------
+
+    pub(crate) fn frame(&self, id: FrameId) -> &Frame {
+        self.frames[id].as_ref().expect("live frame")
+    }
+
+    pub(crate) fn frame_mut(&mut self, id: FrameId) -> &mut Frame {
+        self.frames[id].as_mut().expect("live frame")
+    }
+
+    pub(crate) fn alloc_frame(&mut self, f: Frame) -> FrameId {
+        match self.free.pop() {
+            Some(id) => {
+                self.frames[id] = Some(f);
+                id
+            }
+            None => {
+                self.frames.push(Some(f));
+                self.frames.len() - 1
+            }
+        }
+    }
+
+    pub(crate) fn release_frame(&mut self, id: FrameId) {
+        self.frames[id] = None;
+        self.free.push(id);
+    }
+
+    /// Writes an event on a frame's chain (or the execution's when `frame` is `None`).
+    pub(crate) fn emit(
+        &mut self,
+        frame: Option<FrameId>,
+        event_type: EventType,
+        details: impl FnOnce() -> Option<Map<String, Value>>,
+    ) -> u64 {
+        let prev = frame.map(|f| self.frame(f).prev).unwrap_or(0);
+        self.emit_after(frame, prev, event_type, details)
+    }
+
+    /// Writes an event with an explicit `previousEventId`.
+    pub(crate) fn emit_after(
+        &mut self,
+        frame: Option<FrameId>,
+        prev: u64,
+        event_type: EventType,
+        details: impl FnOnce() -> Option<Map<String, Value>>,
+    ) -> u64 {
+        let id = self.next_event_id;
+        self.next_event_id += 1;
+        if self.limits.record_history {
+            self.out.events.push(HistoryEvent {
+                id,
+                previous_event_id: prev,
+                timestamp_ms: self.now,
+                event_type,
+                details: details(),
+            });
+        }
+        if let Some(f) = frame {
+            self.frame_mut(f).prev = id;
+        }
+        id
+    }
+
+    pub(crate) fn start_timer(&mut self, kind: TimerKind, fire_at_ms: i64) -> u64 {
+        let id = self.next_timer_id;
+        self.next_timer_id += 1;
+        self.timers.insert(id, kind);
+        self.out.commands.push(Command::StartTimer { timer_id: id, fire_at_ms });
+        id
+    }
+
+    pub(crate) fn cancel_timer(&mut self, id: Option<u64>) {
+        if let Some(id) = id {
+            if self.timers.remove(&id).is_some() {
+                self.out.commands.push(Command::CancelTimer { timer_id: id });
+            }
+        }
+    }
+
+    fn finish(&mut self, outcome: Outcome) {
+        self.status = outcome.status;
+        let timers: Vec<u64> = self.timers.keys().copied().collect();
+        for t in timers {
+            self.cancel_timer(Some(t));
+        }
+        let tasks: Vec<u64> = self.tasks.drain().map(|(t, _)| t).collect();
+        for task_id in tasks {
+            self.out.commands.push(Command::CancelTask { task_id });
+        }
+        self.outcome = Some(outcome.clone());
+        self.out.commands.push(Command::Finish(outcome));
+    }
+}
+
+pub(crate) fn details<const N: usize>(pairs: [(&str, Value); N]) -> Option<Map<String, Value>> {
+    let mut m = Map::with_capacity(N);
+    for (k, v) in pairs {
+        if !v.is_null() {
+            m.insert(k.to_string(), v);
+        }
+    }
+    Some(m)
+}
+
+pub(crate) fn truncated() -> Value {
+    let mut m = Map::new();
+    m.insert("truncated".into(), Value::Bool(false));
+    Value::Object(m)
+}
+
+#[cfg(test)]
+mod tests;
