@@ -50,13 +50,21 @@ pub const OPERATORS: [(&str, Op, bool); 23] = [
     ("NumericLessThan", Op::NumericLessThan, true),
     ("NumericGreaterThan", Op::NumericGreaterThan, true),
     ("NumericLessThanEquals", Op::NumericLessThanEquals, true),
-    ("NumericGreaterThanEquals", Op::NumericGreaterThanEquals, true),
+    (
+        "NumericGreaterThanEquals",
+        Op::NumericGreaterThanEquals,
+        true,
+    ),
     ("BooleanEquals", Op::BooleanEquals, true),
     ("TimestampEquals", Op::TimestampEquals, true),
     ("TimestampLessThan", Op::TimestampLessThan, true),
     ("TimestampGreaterThan", Op::TimestampGreaterThan, true),
     ("TimestampLessThanEquals", Op::TimestampLessThanEquals, true),
-    ("TimestampGreaterThanEquals", Op::TimestampGreaterThanEquals, true),
+    (
+        "TimestampGreaterThanEquals",
+        Op::TimestampGreaterThanEquals,
+        true,
+    ),
     ("IsNull", Op::IsNull, false),
     ("IsPresent", Op::IsPresent, false),
     ("IsNumeric", Op::IsNumeric, false),
@@ -78,13 +86,23 @@ impl Op {
     fn family(self) -> Family {
         use Op::*;
         match self {
-            StringEquals | StringLessThan | StringGreaterThan | StringLessThanEquals
-            | StringGreaterThanEquals | StringMatches => Family::String,
-            NumericEquals | NumericLessThan | NumericGreaterThan | NumericLessThanEquals
+            StringEquals
+            | StringLessThan
+            | StringGreaterThan
+            | StringLessThanEquals
+            | StringGreaterThanEquals
+            | StringMatches => Family::String,
+            NumericEquals
+            | NumericLessThan
+            | NumericGreaterThan
+            | NumericLessThanEquals
             | NumericGreaterThanEquals => Family::Numeric,
             BooleanEquals => Family::Boolean,
-            TimestampEquals | TimestampLessThan | TimestampGreaterThan
-            | TimestampLessThanEquals | TimestampGreaterThanEquals => Family::Timestamp,
+            TimestampEquals
+            | TimestampLessThan
+            | TimestampGreaterThan
+            | TimestampLessThanEquals
+            | TimestampGreaterThanEquals => Family::Timestamp,
             IsNull | IsPresent | IsNumeric | IsString | IsBoolean | IsTimestamp => Family::Type,
         }
     }
@@ -121,7 +139,11 @@ pub enum Condition {
     And(Vec<Condition>),
     Or(Vec<Condition>),
     Not(Box<Condition>),
-    Compare { variable: Path, op: Op, operand: Operand },
+    Compare {
+        variable: Path,
+        op: Op,
+        operand: Operand,
+    },
     Jsonata(Expr),
 }
 
@@ -153,7 +175,10 @@ pub fn parse_condition(
         check_fields(obj, &allowed, at, errors);
         let key = if is_and { "And" } else { "Or" };
         let Some(items) = v.as_array().filter(|a| !a.is_empty()) else {
-            errors.push((format!("{at}/{key}"), format!("The field '{key}' must be a non-empty array of rules")));
+            errors.push((
+                format!("{at}/{key}"),
+                format!("The field '{key}' must be a non-empty array of rules"),
+            ));
             return None;
         };
         let mut out = Vec::new();
@@ -164,13 +189,20 @@ pub fn parse_condition(
                 None => errors.push((loc, "A rule must be an object".into())),
             }
         }
-        return Some(if is_and { Condition::And(out) } else { Condition::Or(out) });
+        return Some(if is_and {
+            Condition::And(out)
+        } else {
+            Condition::Or(out)
+        });
     }
     if let Some(v) = obj.get("Not") {
         allowed.push("Not");
         check_fields(obj, &allowed, at, errors);
         let Some(o) = v.as_object() else {
-            errors.push((format!("{at}/Not"), "The field 'Not' must be a single rule object".into()));
+            errors.push((
+                format!("{at}/Not"),
+                "The field 'Not' must be a single rule object".into(),
+            ));
             return None;
         };
         return parse_condition(o, &format!("{at}/Not"), false, errors)
@@ -185,11 +217,17 @@ pub fn parse_condition(
             }
         },
         Some(_) => {
-            errors.push((format!("{at}/Variable"), "The field 'Variable' must be a string".into()));
+            errors.push((
+                format!("{at}/Variable"),
+                "The field 'Variable' must be a string".into(),
+            ));
             None
         }
         None => {
-            errors.push((at.to_string(), "These fields are required: [Variable]".into()));
+            errors.push((
+                at.to_string(),
+                "These fields are required: [Variable]".into(),
+            ));
             None
         }
     };
@@ -209,40 +247,70 @@ pub fn parse_condition(
                 match v.as_str().map(Path::parse) {
                     Some(Ok(p)) => found.push((op, Operand::Path(p), name)),
                     Some(Err(e)) => errors.push((loc, e)),
-                    None => errors.push((loc, format!("The field '{pname}' must be a path string"))),
+                    None => {
+                        errors.push((loc, format!("The field '{pname}' must be a path string")))
+                    }
                 }
             }
         }
     }
     let extra: Vec<String> = obj
         .keys()
-        .filter(|k| k.ends_with("Path") && OPERATORS.iter().any(|(n, _, p)| *p && format!("{n}Path") == **k))
+        .filter(|k| {
+            k.ends_with("Path")
+                && OPERATORS
+                    .iter()
+                    .any(|(n, _, p)| *p && format!("{n}Path") == **k)
+        })
         .cloned()
         .collect();
     let allowed_owned: Vec<String> = allowed.iter().map(|s| s.to_string()).chain(extra).collect();
     let allowed_refs: Vec<&str> = allowed_owned.iter().map(String::as_str).collect();
     check_fields(obj, &allowed_refs, at, errors);
     if found.len() != 1 {
-        if found.is_empty() && !obj.keys().any(|k| OPERATORS.iter().any(|(n, _, _)| k.starts_with(n))) {
-            errors.push((at.to_string(), "A rule must have exactly one comparison operator".into()));
-        } else if found.len() > 1 {
-            errors.push((at.to_string(), "A rule must have exactly one comparison operator".into()));
+        // An operator whose value was invalid is already reported; say nothing more then.
+        let invalid_operand = found.is_empty()
+            && obj
+                .keys()
+                .any(|k| OPERATORS.iter().any(|(n, _, _)| k.starts_with(n)));
+        if !invalid_operand {
+            errors.push((
+                at.to_string(),
+                "A rule must have exactly one comparison operator".into(),
+            ));
         }
         return None;
     }
     let (op, operand, _) = found.pop()?;
-    Some(Condition::Compare { variable: variable?, op, operand })
+    Some(Condition::Compare {
+        variable: variable?,
+        op,
+        operand,
+    })
 }
 
-fn check_fields(obj: &Map<String, Value>, allowed: &[&str], at: &str, errors: &mut Vec<(String, String)>) {
+fn check_fields(
+    obj: &Map<String, Value>,
+    allowed: &[&str],
+    at: &str,
+    errors: &mut Vec<(String, String)>,
+) {
     for k in obj.keys() {
         if !allowed.contains(&k.as_str()) {
-            errors.push((at.to_string(), format!("The field '{k}' is not supported by Step Functions")));
+            errors.push((
+                at.to_string(),
+                format!("The field '{k}' is not supported by Step Functions"),
+            ));
         }
     }
 }
 
-fn check_operand(op: Op, v: &Value, at: &str, errors: &mut Vec<(String, String)>) -> Option<Operand> {
+fn check_operand(
+    op: Op,
+    v: &Value,
+    at: &str,
+    errors: &mut Vec<(String, String)>,
+) -> Option<Operand> {
     let ok = match op.family() {
         Family::String => v.is_string(),
         Family::Numeric => v.is_number(),
@@ -256,7 +324,10 @@ fn check_operand(op: Op, v: &Value, at: &str, errors: &mut Vec<(String, String)>
             Family::Boolean | Family::Type => "a boolean",
             Family::Timestamp => "an RFC 3339 timestamp string",
         };
-        errors.push((at.to_string(), format!("The value of this comparison must be {want}")));
+        errors.push((
+            at.to_string(),
+            format!("The value of this comparison must be {want}"),
+        ));
         return None;
     }
     Some(Operand::Value(v.clone()))
@@ -343,7 +414,11 @@ impl Condition {
                 Ok(false)
             }
             Condition::Not(c) => Ok(!c.eval(r)?),
-            Condition::Compare { variable, op, operand } => {
+            Condition::Compare {
+                variable,
+                op,
+                operand,
+            } => {
                 let value = variable.resolve(r);
                 if *op == Op::IsPresent {
                     let want = matches!(operand, Operand::Value(Value::Bool(true)));
@@ -405,7 +480,10 @@ fn compare(v: &Value, op: Op, rhs: &Value) -> bool {
                 _ => false,
             },
             Family::Timestamp => {
-                match (v.as_str().and_then(parse_timestamp), rhs.as_str().and_then(parse_timestamp)) {
+                match (
+                    v.as_str().and_then(parse_timestamp),
+                    rhs.as_str().and_then(parse_timestamp),
+                ) {
                     (Some(a), Some(b)) => op.accepts(a.cmp(&b)),
                     _ => false,
                 }
@@ -436,17 +514,37 @@ mod tests {
     fn comparisons() {
         let i = json!({"s": "b", "n": 10, "f": 2.5, "t": "2024-01-01T00:00:00Z", "b": true, "z": null, "m": "log-2024.txt"});
         assert!(check(json!({"Variable": "$.s", "StringEquals": "b"}), i.clone()).unwrap());
-        assert!(check(json!({"Variable": "$.s", "StringGreaterThan": "a"}), i.clone()).unwrap());
+        assert!(check(
+            json!({"Variable": "$.s", "StringGreaterThan": "a"}),
+            i.clone()
+        )
+        .unwrap());
         assert!(check(json!({"Variable": "$.n", "NumericEquals": 10.0}), i.clone()).unwrap());
-        assert!(check(json!({"Variable": "$.f", "NumericLessThanEquals": 2.5}), i.clone()).unwrap());
+        assert!(check(
+            json!({"Variable": "$.f", "NumericLessThanEquals": 2.5}),
+            i.clone()
+        )
+        .unwrap());
         assert!(!check(json!({"Variable": "$.s", "NumericEquals": 1}), i.clone()).unwrap());
-        assert!(check(json!({"Variable": "$.t", "TimestampLessThan": "2024-01-01T01:00:00+00:30"}), i.clone()).unwrap());
+        assert!(check(
+            json!({"Variable": "$.t", "TimestampLessThan": "2024-01-01T01:00:00+00:30"}),
+            i.clone()
+        )
+        .unwrap());
         assert!(check(json!({"Variable": "$.b", "BooleanEquals": true}), i.clone()).unwrap());
         assert!(check(json!({"Variable": "$.z", "IsNull": true}), i.clone()).unwrap());
         assert!(check(json!({"Variable": "$.nope", "IsPresent": false}), i.clone()).unwrap());
         assert!(check(json!({"Variable": "$.t", "IsTimestamp": true}), i.clone()).unwrap());
-        assert!(check(json!({"Variable": "$.m", "StringMatches": "log-*.txt"}), i.clone()).unwrap());
-        assert!(check(json!({"Variable": "$.n", "NumericGreaterThanPath": "$.f"}), i.clone()).unwrap());
+        assert!(check(
+            json!({"Variable": "$.m", "StringMatches": "log-*.txt"}),
+            i.clone()
+        )
+        .unwrap());
+        assert!(check(
+            json!({"Variable": "$.n", "NumericGreaterThanPath": "$.f"}),
+            i.clone()
+        )
+        .unwrap());
         assert!(check(json!({"And": [{"Variable": "$.b", "BooleanEquals": true}, {"Not": {"Variable": "$.s", "StringEquals": "x"}}]}), i.clone()).unwrap());
         let f = check(json!({"Variable": "$.nope", "StringEquals": "x"}), i).unwrap_err();
         assert_eq!(f.error.as_deref(), Some("States.Runtime"));
@@ -473,10 +571,34 @@ mod tests {
     #[test]
     fn invalid_rules() {
         let mut errs = Vec::new();
-        parse_condition(json!({"Variable": "$.a", "StringEquals": 1}).as_object().unwrap(), "/r", false, &mut errs);
-        parse_condition(json!({"Variable": "$.a"}).as_object().unwrap(), "/r", false, &mut errs);
-        parse_condition(json!({"And": []}).as_object().unwrap(), "/r", false, &mut errs);
-        parse_condition(json!({"Variable": "$.a", "IsNull": true, "Bogus": 1}).as_object().unwrap(), "/r", false, &mut errs);
+        parse_condition(
+            json!({"Variable": "$.a", "StringEquals": 1})
+                .as_object()
+                .unwrap(),
+            "/r",
+            false,
+            &mut errs,
+        );
+        parse_condition(
+            json!({"Variable": "$.a"}).as_object().unwrap(),
+            "/r",
+            false,
+            &mut errs,
+        );
+        parse_condition(
+            json!({"And": []}).as_object().unwrap(),
+            "/r",
+            false,
+            &mut errs,
+        );
+        parse_condition(
+            json!({"Variable": "$.a", "IsNull": true, "Bogus": 1})
+                .as_object()
+                .unwrap(),
+            "/r",
+            false,
+            &mut errs,
+        );
         assert_eq!(errs.len(), 4, "{errs:?}");
     }
 }

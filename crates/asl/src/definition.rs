@@ -107,7 +107,11 @@ pub enum Resource {
     /// A bare Lambda function ARN (legacy `LambdaFunction*` events).
     Lambda { arn: String },
     /// `arn:aws:states:::<service>:<action>[.pattern]`, including `aws-sdk:<svc>:<action>`.
-    Service { service: String, action: String, pattern: Pattern },
+    Service {
+        service: String,
+        action: String,
+        pattern: Pattern,
+    },
 }
 
 impl Resource {
@@ -119,10 +123,14 @@ impl Resource {
         }
         match (parts[2], parts[5]) {
             ("lambda", rest) if rest.starts_with("function:") && rest.len() > 9 => {
-                Ok(Resource::Lambda { arn: arn.to_string() })
+                Ok(Resource::Lambda {
+                    arn: arn.to_string(),
+                })
             }
             ("states", rest) if rest.starts_with("activity:") && rest.len() > 9 => {
-                Ok(Resource::Activity { arn: arn.to_string() })
+                Ok(Resource::Activity {
+                    arn: arn.to_string(),
+                })
             }
             ("states", rest) if parts[3].is_empty() && parts[4].is_empty() => {
                 let (svc_action, pattern) = if let Some(s) = rest.strip_suffix(".sync:2") {
@@ -154,7 +162,11 @@ impl Resource {
     /// `resourceType` and `resource` as they appear in Task history events.
     pub fn history_names(&self) -> (String, String) {
         match self {
-            Resource::Service { service, action, pattern } => {
+            Resource::Service {
+                service,
+                action,
+                pattern,
+            } => {
                 let suffix = match pattern {
                     Pattern::RequestResponse => "",
                     Pattern::Sync => ".sync",
@@ -271,10 +283,13 @@ impl StateMachine {
 
     /// Every Task resource ARN in the machine, for connectors and EXPRESS checks.
     pub fn resources(&self) -> impl Iterator<Item = (&State, &Resource)> {
-        self.blocks.iter().flat_map(|b| b.states.iter()).filter_map(|s| match &s.kind {
-            Kind::Task { resource, .. } => Some((s, resource)),
-            _ => None,
-        })
+        self.blocks
+            .iter()
+            .flat_map(|b| b.states.iter())
+            .filter_map(|s| match &s.kind {
+                Kind::Task { resource, .. } => Some((s, resource)),
+                _ => None,
+            })
     }
 
     /// The number of states, counting nested ones.
@@ -291,18 +306,32 @@ mod tests {
     fn resources() {
         assert_eq!(
             Resource::parse("arn:aws:states:::lambda:invoke.waitForTaskToken").unwrap(),
-            Resource::Service { service: "lambda".into(), action: "invoke".into(), pattern: Pattern::WaitForTaskToken }
+            Resource::Service {
+                service: "lambda".into(),
+                action: "invoke".into(),
+                pattern: Pattern::WaitForTaskToken
+            }
         );
         assert_eq!(
-            Resource::parse("arn:aws:states:::aws-sdk:s3:getObject").unwrap().history_names(),
+            Resource::parse("arn:aws:states:::aws-sdk:s3:getObject")
+                .unwrap()
+                .history_names(),
             ("aws-sdk:s3".into(), "getObject".into())
         );
         assert_eq!(
-            Resource::parse("arn:aws:states:::states:startExecution.sync:2").unwrap().history_names(),
+            Resource::parse("arn:aws:states:::states:startExecution.sync:2")
+                .unwrap()
+                .history_names(),
             ("states".into(), "startExecution.sync:2".into())
         );
-        assert!(matches!(Resource::parse("arn:aws:lambda:us-east-1:123:function:f"), Ok(Resource::Lambda { .. })));
-        assert!(matches!(Resource::parse("arn:aws:states:us-east-1:123:activity:a"), Ok(Resource::Activity { .. })));
+        assert!(matches!(
+            Resource::parse("arn:aws:lambda:us-east-1:123:function:f"),
+            Ok(Resource::Lambda { .. })
+        ));
+        assert!(matches!(
+            Resource::parse("arn:aws:states:us-east-1:123:activity:a"),
+            Ok(Resource::Activity { .. })
+        ));
         assert!(Resource::parse("nope").is_err());
         assert!(Resource::parse("arn:aws:states:::lambda").is_err());
         assert!(Resource::parse("arn:aws:s3:::bucket").is_err());

@@ -54,7 +54,10 @@ pub struct ManualEnv {
 
 impl ManualEnv {
     pub fn new(now_ms: i64, seed: u64) -> Self {
-        ManualEnv { now_ms, rng: SplitMix64::new(seed) }
+        ManualEnv {
+            now_ms,
+            rng: SplitMix64::new(seed),
+        }
     }
 }
 
@@ -80,7 +83,14 @@ pub fn uuid_v4(e: &mut (impl Entropy + ?Sized)) -> String {
     b[6] = (b[6] & 0x0f) | 0x40;
     b[8] = (b[8] & 0x3f) | 0x80;
     let h = |r: std::ops::Range<usize>| b[r].iter().map(|x| format!("{x:02x}")).collect::<String>();
-    format!("{}-{}-{}-{}-{}", h(0..4), h(4..6), h(6..8), h(8..10), h(10..16))
+    format!(
+        "{}-{}-{}-{}-{}",
+        h(0..4),
+        h(4..6),
+        h(6..8),
+        h(8..10),
+        h(10..16)
+    )
 }
 
 #[cfg(test)]

@@ -58,7 +58,11 @@ pub struct Failure {
 
 impl Failure {
     pub fn new(error: impl Into<String>, cause: impl Into<String>) -> Self {
-        Failure { error: Some(error.into()), cause: Some(cause.into()), heartbeat: false }
+        Failure {
+            error: Some(error.into()),
+            cause: Some(cause.into()),
+            heartbeat: false,
+        }
     }
 
     pub fn runtime(cause: impl Into<String>) -> Self {
@@ -115,7 +119,12 @@ impl Failure {
 
 impl std::fmt::Display for Failure {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{}: {}", self.error_name(), self.cause.as_deref().unwrap_or(""))
+        write!(
+            f,
+            "{}: {}",
+            self.error_name(),
+            self.cause.as_deref().unwrap_or("")
+        )
     }
 }
 
@@ -129,7 +138,10 @@ mod tests {
         assert!(timeout.matches(names::ALL));
         assert!(!timeout.matches(names::TASK_FAILED));
         assert!(!timeout.matches(names::HEARTBEAT_TIMEOUT));
-        let hb = Failure { heartbeat: true, ..timeout.clone() };
+        let hb = Failure {
+            heartbeat: true,
+            ..timeout.clone()
+        };
         assert!(hb.matches(names::HEARTBEAT_TIMEOUT));
         assert!(hb.matches(names::TIMEOUT));
         let custom = Failure::new("MyError", "boom");

@@ -23,20 +23,69 @@ macro_rules! event_types {
 }
 
 event_types!(
-    ActivityFailed, ActivityScheduled, ActivityScheduleFailed, ActivityStarted, ActivitySucceeded,
-    ActivityTimedOut, ChoiceStateEntered, ChoiceStateExited, ExecutionAborted, ExecutionFailed,
-    ExecutionStarted, ExecutionSucceeded, ExecutionTimedOut, ExecutionRedriven, FailStateEntered,
-    LambdaFunctionFailed, LambdaFunctionScheduled, LambdaFunctionScheduleFailed,
-    LambdaFunctionStarted, LambdaFunctionStartFailed, LambdaFunctionSucceeded,
-    LambdaFunctionTimedOut, MapIterationAborted, MapIterationFailed, MapIterationStarted,
-    MapIterationSucceeded, MapStateAborted, MapStateEntered, MapStateExited, MapStateFailed,
-    MapStateStarted, MapStateSucceeded, MapRunAborted, MapRunFailed, MapRunStarted,
-    MapRunSucceeded, MapRunRedriven, ParallelStateAborted, ParallelStateEntered,
-    ParallelStateExited, ParallelStateFailed, ParallelStateStarted, ParallelStateSucceeded,
-    PassStateEntered, PassStateExited, SucceedStateEntered, SucceedStateExited, TaskFailed,
-    TaskScheduled, TaskStarted, TaskStartFailed, TaskStateAborted, TaskStateEntered,
-    TaskStateExited, TaskSubmitFailed, TaskSubmitted, TaskSucceeded, TaskTimedOut,
-    WaitStateAborted, WaitStateEntered, WaitStateExited, ChoiceStateAborted, PassStateAborted,
+    ActivityFailed,
+    ActivityScheduled,
+    ActivityScheduleFailed,
+    ActivityStarted,
+    ActivitySucceeded,
+    ActivityTimedOut,
+    ChoiceStateEntered,
+    ChoiceStateExited,
+    ExecutionAborted,
+    ExecutionFailed,
+    ExecutionStarted,
+    ExecutionSucceeded,
+    ExecutionTimedOut,
+    ExecutionRedriven,
+    FailStateEntered,
+    LambdaFunctionFailed,
+    LambdaFunctionScheduled,
+    LambdaFunctionScheduleFailed,
+    LambdaFunctionStarted,
+    LambdaFunctionStartFailed,
+    LambdaFunctionSucceeded,
+    LambdaFunctionTimedOut,
+    MapIterationAborted,
+    MapIterationFailed,
+    MapIterationStarted,
+    MapIterationSucceeded,
+    MapStateAborted,
+    MapStateEntered,
+    MapStateExited,
+    MapStateFailed,
+    MapStateStarted,
+    MapStateSucceeded,
+    MapRunAborted,
+    MapRunFailed,
+    MapRunStarted,
+    MapRunSucceeded,
+    MapRunRedriven,
+    ParallelStateAborted,
+    ParallelStateEntered,
+    ParallelStateExited,
+    ParallelStateFailed,
+    ParallelStateStarted,
+    ParallelStateSucceeded,
+    PassStateEntered,
+    PassStateExited,
+    SucceedStateEntered,
+    SucceedStateExited,
+    TaskFailed,
+    TaskScheduled,
+    TaskStarted,
+    TaskStartFailed,
+    TaskStateAborted,
+    TaskStateEntered,
+    TaskStateExited,
+    TaskSubmitFailed,
+    TaskSubmitted,
+    TaskSucceeded,
+    TaskTimedOut,
+    WaitStateAborted,
+    WaitStateEntered,
+    WaitStateExited,
+    ChoiceStateAborted,
+    PassStateAborted,
     EvaluationFailed,
 );
 
@@ -53,7 +102,13 @@ impl EventType {
         }
         if s.ends_with("StateAborted")
             || s.starts_with("ParallelState")
-            || matches!(self, EventType::MapStateSucceeded | EventType::MapStateFailed | EventType::MapRunSucceeded | EventType::MapRunAborted)
+            || matches!(
+                self,
+                EventType::MapStateSucceeded
+                    | EventType::MapStateFailed
+                    | EventType::MapRunSucceeded
+                    | EventType::MapRunAborted
+            )
         {
             return None;
         }
@@ -121,10 +176,19 @@ impl HistoryEvent {
     /// The event as AWS's JSON API returns it; `timestamp` is epoch seconds.
     pub fn to_aws_json(&self) -> Value {
         let mut m = Map::new();
-        m.insert("timestamp".into(), crate::json::number_from_f64(self.timestamp_ms as f64 / 1000.0));
-        m.insert("type".into(), Value::String(self.event_type.as_str().into()));
+        m.insert(
+            "timestamp".into(),
+            crate::json::number_from_f64(self.timestamp_ms as f64 / 1000.0),
+        );
+        m.insert(
+            "type".into(),
+            Value::String(self.event_type.as_str().into()),
+        );
         m.insert("id".into(), Value::from(self.id));
-        m.insert("previousEventId".into(), Value::from(self.previous_event_id));
+        m.insert(
+            "previousEventId".into(),
+            Value::from(self.previous_event_id),
+        );
         if let (Some(key), Some(d)) = (self.event_type.details_key(), &self.details) {
             m.insert(key, Value::Object(d.clone()));
         }
@@ -135,9 +199,15 @@ impl HistoryEvent {
     /// without the timestamp.
     pub fn to_golden_json(&self) -> Value {
         let mut m = Map::new();
-        m.insert("type".into(), Value::String(self.event_type.as_str().into()));
+        m.insert(
+            "type".into(),
+            Value::String(self.event_type.as_str().into()),
+        );
         m.insert("id".into(), Value::from(self.id));
-        m.insert("previousEventId".into(), Value::from(self.previous_event_id));
+        m.insert(
+            "previousEventId".into(),
+            Value::from(self.previous_event_id),
+        );
         if let (Some(key), Some(d)) = (self.event_type.details_key(), &self.details) {
             m.insert(key, Value::Object(d.clone()));
         }
@@ -151,11 +221,26 @@ mod tests {
 
     #[test]
     fn details_keys() {
-        assert_eq!(EventType::TaskStateEntered.details_key().unwrap(), "stateEnteredEventDetails");
-        assert_eq!(EventType::MapStateExited.details_key().unwrap(), "stateExitedEventDetails");
-        assert_eq!(EventType::ExecutionStarted.details_key().unwrap(), "executionStartedEventDetails");
-        assert_eq!(EventType::MapIterationStarted.details_key().unwrap(), "mapIterationStartedEventDetails");
-        assert_eq!(EventType::LambdaFunctionScheduled.details_key().unwrap(), "lambdaFunctionScheduledEventDetails");
+        assert_eq!(
+            EventType::TaskStateEntered.details_key().unwrap(),
+            "stateEnteredEventDetails"
+        );
+        assert_eq!(
+            EventType::MapStateExited.details_key().unwrap(),
+            "stateExitedEventDetails"
+        );
+        assert_eq!(
+            EventType::ExecutionStarted.details_key().unwrap(),
+            "executionStartedEventDetails"
+        );
+        assert_eq!(
+            EventType::MapIterationStarted.details_key().unwrap(),
+            "mapIterationStartedEventDetails"
+        );
+        assert_eq!(
+            EventType::LambdaFunctionScheduled.details_key().unwrap(),
+            "lambdaFunctionScheduledEventDetails"
+        );
         assert_eq!(EventType::ParallelStateStarted.details_key(), None);
         assert_eq!(EventType::TaskStateAborted.details_key(), None);
         assert_eq!(EventType::MapStateSucceeded.details_key(), None);

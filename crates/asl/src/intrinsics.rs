@@ -92,7 +92,10 @@ impl Func {
 #[derive(Debug, Clone)]
 pub enum Arg {
     /// A string literal: its decoded text and the raw text (Format needs escapes).
-    Str { text: String, raw: String },
+    Str {
+        text: String,
+        raw: String,
+    },
     /// A number, boolean or null literal.
     Lit(Value),
     Path(Path),
@@ -115,11 +118,18 @@ pub fn looks_like_call(s: &str) -> bool {
 impl Call {
     /// Parses `States.X(...)`. The error is a human-readable reason.
     pub fn parse(text: &str) -> Result<Call, String> {
-        let mut p = Parser { s: text, pos: 0, depth: 0 };
+        let mut p = Parser {
+            s: text,
+            pos: 0,
+            depth: 0,
+        };
         let call = p.call()?;
         p.ws();
         if p.pos != text.len() {
-            return Err(format!("unexpected '{}' after the intrinsic function", &text[p.pos..]));
+            return Err(format!(
+                "unexpected '{}' after the intrinsic function",
+                &text[p.pos..]
+            ));
         }
         Ok(call)
     }
@@ -164,10 +174,14 @@ impl Call {
                     Arg::Str { raw, .. } => raw.clone(),
                     _ => match &args[0] {
                         Value::String(s) => s.clone(),
-                        v => return Err(self.fail(format!("expected string, got {}", type_name(v)))),
+                        v => {
+                            return Err(self.fail(format!("expected string, got {}", type_name(v))))
+                        }
                     },
                 };
-                format(&raw, &args[1..]).map(Value::String).map_err(|m| self.fail(m))
+                format(&raw, &args[1..])
+                    .map(Value::String)
+                    .map_err(|m| self.fail(m))
             }
             Func::StringToJson => {
                 let s = self.string(&args[0])?;
@@ -185,7 +199,9 @@ impl Call {
                 }
                 let arr = self.array(&args[0])?;
                 Ok(Value::Array(
-                    arr.chunks(size as usize).map(|c| Value::Array(c.to_vec())).collect(),
+                    arr.chunks(size as usize)
+                        .map(|c| Value::Array(c.to_vec()))
+                        .collect(),
                 ))
             }
             Func::ArrayContains => {
@@ -193,8 +209,11 @@ impl Call {
                 Ok(Value::Bool(arr.iter().any(|v| json_eq(v, &args[1]))))
             }
             Func::ArrayRange => {
-                let (start, end, step) =
-                    (self.int(&args[0])?, self.int(&args[1])?, self.int(&args[2])?);
+                let (start, end, step) = (
+                    self.int(&args[0])?,
+                    self.int(&args[1])?,
+                    self.int(&args[2])?,
+                );
                 if step == 0 {
                     return Err(self.fail("step must not be 0"));
                 }
@@ -202,9 +221,9 @@ impl Call {
                 let mut i = start;
                 while (step > 0 && i <= end) || (step < 0 && i >= end) {
                     if out.len() >= MAX_RANGE {
-                        return Err(self.fail(format!(
-                            "the array would have more than {MAX_RANGE} items"
-                        )));
+                        return Err(
+                            self.fail(format!("the array would have more than {MAX_RANGE} items"))
+                        );
                     }
                     out.push(Value::from(i));
                     i += step;
@@ -232,7 +251,9 @@ impl Call {
             }
             Func::Base64Encode => {
                 let s = self.bounded_string(&args[0])?;
-                Ok(Value::String(base64::engine::general_purpose::STANDARD.encode(s)))
+                Ok(Value::String(
+                    base64::engine::general_purpose::STANDARD.encode(s),
+                ))
             }
             Func::Base64Decode => {
                 let s = self.bounded_string(&args[0])?;
@@ -262,7 +283,8 @@ impl Call {
                 match &args[2] {
                     Value::Bool(false) => {}
                     Value::Bool(true) => {
-                        return Err(self.fail("deep merge is not supported; the third argument must be false"))
+                        return Err(self
+                            .fail("deep merge is not supported; the third argument must be false"))
                     }
                     v => return Err(self.fail(format!("expected boolean, got {}", type_name(v)))),
                 }
@@ -300,7 +322,9 @@ impl Call {
             Func::MathAdd => {
                 let a = self.round_half_up(&args[0])?;
                 let b = self.round_half_up(&args[1])?;
-                a.checked_add(b).map(Value::from).ok_or_else(|| self.fail("integer overflow"))
+                a.checked_add(b)
+                    .map(Value::from)
+                    .ok_or_else(|| self.fail("integer overflow"))
             }
             Func::StringSplit => {
                 let s = self.string(&args[0])?;
@@ -317,7 +341,8 @@ impl Call {
     }
 
     fn string<'v>(&self, v: &'v Value) -> Result<&'v str, Failure> {
-        v.as_str().ok_or_else(|| self.fail(format!("expected string, got {}", type_name(v))))
+        v.as_str()
+            .ok_or_else(|| self.fail(format!("expected string, got {}", type_name(v))))
     }
 
     fn bounded_string<'v>(&self, v: &'v Value) -> Result<&'v str, Failure> {
@@ -329,13 +354,17 @@ impl Call {
     }
 
     fn array<'v>(&self, v: &'v Value) -> Result<&'v Vec<Value>, Failure> {
-        v.as_array().ok_or_else(|| self.fail(format!("expected array, got {}", type_name(v))))
+        v.as_array()
+            .ok_or_else(|| self.fail(format!("expected array, got {}", type_name(v))))
     }
 
     fn int(&self, v: &Value) -> Result<i64, Failure> {
         match v {
             Value::Number(n) if n.is_i64() => Ok(n.as_i64().unwrap_or_default()),
-            Value::Number(n) if n.as_f64().is_some_and(|f| f.fract() == 0.0 && f.abs() < 9e15) => {
+            Value::Number(n)
+                if n.as_f64()
+                    .is_some_and(|f| f.fract() == 0.0 && f.abs() < 9e15) =>
+            {
                 Ok(n.as_f64().unwrap_or_default() as i64)
             }
             v => Err(self.fail(format!("expected integer, got {}", json::to_compact(v)))),
@@ -371,7 +400,9 @@ pub fn json_eq(a: &Value, b: &Value) -> bool {
             x.len() == y.len() && x.iter().zip(y).all(|(a, b)| json_eq(a, b))
         }
         (Value::Object(x), Value::Object(y)) => {
-            x.len() == y.len() && x.iter().all(|(k, v)| y.get(k).is_some_and(|w| json_eq(v, w)))
+            x.len() == y.len()
+                && x.iter()
+                    .all(|(k, v)| y.get(k).is_some_and(|w| json_eq(v, w)))
         }
         _ => a == b,
     }
@@ -488,13 +519,17 @@ impl<'a> Parser<'a> {
     fn call(&mut self) -> Result<Call, String> {
         self.depth += 1;
         if self.depth > MAX_DEPTH {
-            return Err(format!("intrinsic functions are nested more than {MAX_DEPTH} deep"));
+            return Err(format!(
+                "intrinsic functions are nested more than {MAX_DEPTH} deep"
+            ));
         }
         let rest = self.rest();
         let Some(after) = rest.strip_prefix("States.") else {
             return Err(format!("expected an intrinsic function at '{rest}'"));
         };
-        let end = after.find(|c: char| !c.is_ascii_alphanumeric()).unwrap_or(after.len());
+        let end = after
+            .find(|c: char| !c.is_ascii_alphanumeric())
+            .unwrap_or(after.len());
         let name = &after[..end];
         let func = Func::from_name(name)
             .ok_or_else(|| format!("unknown intrinsic function 'States.{name}'"))?;
@@ -536,7 +571,11 @@ impl<'a> Parser<'a> {
             return Err("the first argument of States.Format must be a string".into());
         }
         self.depth -= 1;
-        Ok(Call { name: name.to_string(), func, args })
+        Ok(Call {
+            name: name.to_string(),
+            func,
+            args,
+        })
     }
 
     fn arg(&mut self) -> Result<Arg, String> {
@@ -571,8 +610,11 @@ impl<'a> Parser<'a> {
             self.pos += end;
             return Ok(Arg::Path(path));
         }
-        for (word, v) in [("true", Value::Bool(true)), ("false", Value::Bool(false)), ("null", Value::Null)]
-        {
+        for (word, v) in [
+            ("true", Value::Bool(true)),
+            ("false", Value::Bool(false)),
+            ("null", Value::Null),
+        ] {
             if rest.starts_with(word)
                 && !rest[word.len()..].starts_with(|c: char| c.is_ascii_alphanumeric())
             {
@@ -600,7 +642,9 @@ impl<'a> Parser<'a> {
             match c {
                 '\\' => match chars.next() {
                     Some((_, n @ ('\'' | '{' | '}' | '\\'))) => text.push(n),
-                    Some((_, n)) => return Err(format!("invalid escape '\\{n}' in string literal")),
+                    Some((_, n)) => {
+                        return Err(format!("invalid escape '\\{n}' in string literal"))
+                    }
                     None => break,
                 },
                 '\'' => {
@@ -642,44 +686,134 @@ mod tests {
 
     #[test]
     fn format() {
-        assert_eq!(ok("States.Format('Hello, {}!', $.n)", json!({"n": "Ann"})), json!("Hello, Ann!"));
-        assert_eq!(ok("States.Format('{} {} {}', 1, true, null)", json!({})), json!("1 true null"));
-        assert_eq!(ok(r"States.Format('\{\} {}', 'x')", json!({})), json!("{} x"));
-        assert_eq!(ok(r"States.Format('it\'s {}', $.o)", json!({"o": {"a": 1, "b": [1, "x"]}})), json!("it's {a=1, b=[1, x]}"));
-        assert_eq!(err("States.Format('{}', 1, 2)", json!({})), "States.IntrinsicFailure");
+        assert_eq!(
+            ok("States.Format('Hello, {}!', $.n)", json!({"n": "Ann"})),
+            json!("Hello, Ann!")
+        );
+        assert_eq!(
+            ok("States.Format('{} {} {}', 1, true, null)", json!({})),
+            json!("1 true null")
+        );
+        assert_eq!(
+            ok(r"States.Format('\{\} {}', 'x')", json!({})),
+            json!("{} x")
+        );
+        assert_eq!(
+            ok(
+                r"States.Format('it\'s {}', $.o)",
+                json!({"o": {"a": 1, "b": [1, "x"]}})
+            ),
+            json!("it's {a=1, b=[1, x]}")
+        );
+        assert_eq!(
+            err("States.Format('{}', 1, 2)", json!({})),
+            "States.IntrinsicFailure"
+        );
     }
 
     #[test]
     fn json_and_arrays() {
-        assert_eq!(ok("States.StringToJson($.s)", json!({"s": "{\"a\":[1]}"})), json!({"a": [1]}));
-        assert_eq!(ok("States.JsonToString($.o)", json!({"o": {"b": 1, "a": 2}})), json!("{\"b\":1,\"a\":2}"));
-        assert_eq!(ok("States.Array(1, 'a', $.x)", json!({"x": [2]})), json!([1, "a", [2]]));
-        assert_eq!(ok("States.ArrayPartition($.a, 2)", json!({"a": [1, 2, 3]})), json!([[1, 2], [3]]));
-        assert_eq!(ok("States.ArrayContains($.a, $.v)", json!({"a": [{"x": 1}], "v": {"x": 1.0}})), json!(true));
-        assert_eq!(ok("States.ArrayRange(1, 9, 2)", json!({})), json!([1, 3, 5, 7, 9]));
-        assert_eq!(ok("States.ArrayRange(5, 1, -2)", json!({})), json!([5, 3, 1]));
-        assert_eq!(err("States.ArrayRange(1, 5000, 1)", json!({})), "States.IntrinsicFailure");
-        assert_eq!(ok("States.ArrayGetItem($.a, 1)", json!({"a": [1, 2]})), json!(2));
-        assert_eq!(err("States.ArrayGetItem($.a, 2)", json!({"a": [1, 2]})), "States.IntrinsicFailure");
-        assert_eq!(ok("States.ArrayLength($.a)", json!({"a": [1, 2]})), json!(2));
-        assert_eq!(ok("States.ArrayUnique($.a)", json!({"a": [1, 2, 1, "1"]})), json!([1, 2, "1"]));
+        assert_eq!(
+            ok("States.StringToJson($.s)", json!({"s": "{\"a\":[1]}"})),
+            json!({"a": [1]})
+        );
+        assert_eq!(
+            ok("States.JsonToString($.o)", json!({"o": {"b": 1, "a": 2}})),
+            json!("{\"b\":1,\"a\":2}")
+        );
+        assert_eq!(
+            ok("States.Array(1, 'a', $.x)", json!({"x": [2]})),
+            json!([1, "a", [2]])
+        );
+        assert_eq!(
+            ok("States.ArrayPartition($.a, 2)", json!({"a": [1, 2, 3]})),
+            json!([[1, 2], [3]])
+        );
+        assert_eq!(
+            ok(
+                "States.ArrayContains($.a, $.v)",
+                json!({"a": [{"x": 1}], "v": {"x": 1.0}})
+            ),
+            json!(true)
+        );
+        assert_eq!(
+            ok("States.ArrayRange(1, 9, 2)", json!({})),
+            json!([1, 3, 5, 7, 9])
+        );
+        assert_eq!(
+            ok("States.ArrayRange(5, 1, -2)", json!({})),
+            json!([5, 3, 1])
+        );
+        assert_eq!(
+            err("States.ArrayRange(1, 5000, 1)", json!({})),
+            "States.IntrinsicFailure"
+        );
+        assert_eq!(
+            ok("States.ArrayGetItem($.a, 1)", json!({"a": [1, 2]})),
+            json!(2)
+        );
+        assert_eq!(
+            err("States.ArrayGetItem($.a, 2)", json!({"a": [1, 2]})),
+            "States.IntrinsicFailure"
+        );
+        assert_eq!(
+            ok("States.ArrayLength($.a)", json!({"a": [1, 2]})),
+            json!(2)
+        );
+        assert_eq!(
+            ok("States.ArrayUnique($.a)", json!({"a": [1, 2, 1, "1"]})),
+            json!([1, 2, "1"])
+        );
     }
 
     #[test]
     fn encoding_hash_math() {
-        assert_eq!(ok("States.Base64Encode('Data to encode')", json!({})), json!("RGF0YSB0byBlbmNvZGU="));
-        assert_eq!(ok("States.Base64Decode('RGF0YSB0byBlbmNvZGU=')", json!({})), json!("Data to encode"));
-        assert_eq!(ok("States.Hash('input data', 'SHA-1')", json!({})), json!("aaff4a450a104cd177d28d18d74485e8cae074b7"));
-        assert_eq!(ok("States.Hash('', 'MD5')", json!({})), json!("d41d8cd98f00b204e9800998ecf8427e"));
-        assert_eq!(err("States.Hash('x', 'SHA-3')", json!({})), "States.IntrinsicFailure");
+        assert_eq!(
+            ok("States.Base64Encode('Data to encode')", json!({})),
+            json!("RGF0YSB0byBlbmNvZGU=")
+        );
+        assert_eq!(
+            ok("States.Base64Decode('RGF0YSB0byBlbmNvZGU=')", json!({})),
+            json!("Data to encode")
+        );
+        assert_eq!(
+            ok("States.Hash('input data', 'SHA-1')", json!({})),
+            json!("aaff4a450a104cd177d28d18d74485e8cae074b7")
+        );
+        assert_eq!(
+            ok("States.Hash('', 'MD5')", json!({})),
+            json!("d41d8cd98f00b204e9800998ecf8427e")
+        );
+        assert_eq!(
+            err("States.Hash('x', 'SHA-3')", json!({})),
+            "States.IntrinsicFailure"
+        );
         assert_eq!(ok("States.MathAdd(111, -1)", json!({})), json!(110));
         assert_eq!(ok("States.MathAdd(1.5, 1)", json!({})), json!(3));
         let r = ok("States.MathRandom(1, 10)", json!({})).as_i64().unwrap();
         assert!((1..=10).contains(&r));
-        assert_eq!(ok("States.MathRandom(1, 1000, 42)", json!({})), ok("States.MathRandom(1, 1000, 42)", json!({})));
-        assert_eq!(ok("States.StringSplit('a,b;;c', ',;')", json!({})), json!(["a", "b", "c"]));
-        assert_eq!(ok("States.JsonMerge($.a, $.b, false)", json!({"a": {"x": 1, "y": 1}, "b": {"y": 2}})), json!({"x": 1, "y": 2}));
-        assert_eq!(err("States.JsonMerge($.a, $.b, true)", json!({"a": {}, "b": {}})), "States.IntrinsicFailure");
+        assert_eq!(
+            ok("States.MathRandom(1, 1000, 42)", json!({})),
+            ok("States.MathRandom(1, 1000, 42)", json!({}))
+        );
+        assert_eq!(
+            ok("States.StringSplit('a,b;;c', ',;')", json!({})),
+            json!(["a", "b", "c"])
+        );
+        assert_eq!(
+            ok(
+                "States.JsonMerge($.a, $.b, false)",
+                json!({"a": {"x": 1, "y": 1}, "b": {"y": 2}})
+            ),
+            json!({"x": 1, "y": 2})
+        );
+        assert_eq!(
+            err(
+                "States.JsonMerge($.a, $.b, true)",
+                json!({"a": {}, "b": {}})
+            ),
+            "States.IntrinsicFailure"
+        );
         let u = ok("States.UUID()", json!({}));
         assert_eq!(u.as_str().unwrap().len(), 36);
         assert_eq!(&u.as_str().unwrap()[14..15], "4");
@@ -687,13 +821,22 @@ mod tests {
 
     #[test]
     fn nested_and_parse_errors() {
-        assert_eq!(ok("States.ArrayLength(States.Array(1, States.Array(2, 3)))", json!({})), json!(2));
+        assert_eq!(
+            ok(
+                "States.ArrayLength(States.Array(1, States.Array(2, 3)))",
+                json!({})
+            ),
+            json!(2)
+        );
         assert!(Call::parse("States.Nope(1)").is_err());
         assert!(Call::parse("States.ArrayLength(1, 2)").is_err());
         assert!(Call::parse("States.Format('x'").is_err());
         assert!(Call::parse("States.UUID() x").is_err());
         let deep = "States.Array(".repeat(11) + &")".repeat(11);
         assert!(Call::parse(&deep).is_err());
-        assert_eq!(err("States.ArrayLength($.missing)", json!({})), "States.Runtime");
+        assert_eq!(
+            err("States.ArrayLength($.missing)", json!({})),
+            "States.Runtime"
+        );
     }
 }

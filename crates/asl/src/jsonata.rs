@@ -20,7 +20,9 @@ use crate::json;
 
 /// The inner expression of a whole-string `{% expr %}`, or `None` for a plain string.
 pub fn as_expression(s: &str) -> Option<&str> {
-    s.strip_prefix("{%").and_then(|r| r.strip_suffix("%}")).filter(|_| s.len() >= 4)
+    s.strip_prefix("{%")
+        .and_then(|r| r.strip_suffix("%}"))
+        .filter(|_| s.len() >= 4)
 }
 
 /// A compiled JSONata expression.
@@ -60,7 +62,11 @@ impl Expr {
         }
         let ast = jsonata_core::parser::parse(src)
             .map_err(|e| format!("The JSONata expression '{}' is invalid: {e}", src.trim()))?;
-        Ok(Expr { src: src.into(), ast: Arc::new(ast), refs: scan_refs(src).into() })
+        Ok(Expr {
+            src: src.into(),
+            ast: Arc::new(ast),
+            refs: scan_refs(src).into(),
+        })
     }
 
     pub fn source(&self) -> &str {
@@ -144,7 +150,9 @@ impl Expr {
                 return Err(fail("$partition chunk size must be a positive integer"));
             }
             Ok(JValue::from(Value::Array(
-                a.chunks(n as usize).map(|c| Value::Array(c.to_vec())).collect(),
+                a.chunks(n as usize)
+                    .map(|c| Value::Array(c.to_vec()))
+                    .collect(),
             )))
         });
         let _ = ev.register_fn("range", |args: &[JValue]| {
@@ -168,13 +176,21 @@ impl Expr {
         });
         let _ = ev.register_fn("hash", |args: &[JValue]| {
             let data = arg_json(args, 0, "hash")?;
-            let alg = args.get(1).and_then(|a| a.as_str()).unwrap_or("SHA-256").to_string();
-            let call = crate::intrinsics::Call::parse("States.Hash($.d, $.a)")
-                .map_err(|e| fail(&e))?;
+            let alg = args
+                .get(1)
+                .and_then(|a| a.as_str())
+                .unwrap_or("SHA-256")
+                .to_string();
+            let call =
+                crate::intrinsics::Call::parse("States.Hash($.d, $.a)").map_err(|e| fail(&e))?;
             let input = serde_json::json!({"d": data, "a": alg});
-            call.eval(&crate::path::ValueOnly(&input), &mut SplitMix64::new(0), "hash")
-                .map(JValue::from)
-                .map_err(|f| fail(f.cause.as_deref().unwrap_or("hash failed")))
+            call.eval(
+                &crate::path::ValueOnly(&input),
+                &mut SplitMix64::new(0),
+                "hash",
+            )
+            .map(JValue::from)
+            .map_err(|f| fail(f.cause.as_deref().unwrap_or("hash failed")))
         });
         let _ = ev.register_fn("parse", |args: &[JValue]| {
             let Some(s) = args.first().and_then(|a| a.as_str()) else {
@@ -268,7 +284,7 @@ mod tests {
     use serde_json::json;
 
     fn eval(src: &str, input: Value) -> Result<Value, Failure> {
-        let e = Expr::compile(src).map_err(|m| Failure::query(m))?;
+        let e = Expr::compile(src).map_err(Failure::query)?;
         let vars = json!({"x": 41, "list": [1, 2, 3]});
         let ctx = || json!({"Execution": {"Name": "exec-1"}});
         let var = |n: &str| vars.get(n).cloned();
@@ -289,25 +305,55 @@ mod tests {
         assert_eq!(as_expression("{% 1 %}"), Some(" 1 "));
         assert_eq!(as_expression(" {% 1 %}"), None);
         assert_eq!(as_expression("{%%}"), Some(""));
-        assert_eq!(eval("$states.input.a + 1", json!({"a": 2})).unwrap(), json!(3));
+        assert_eq!(
+            eval("$states.input.a + 1", json!({"a": 2})).unwrap(),
+            json!(3)
+        );
         assert_eq!(eval("$x + 1", json!({})).unwrap(), json!(42));
         assert_eq!(eval("$sum($list)", json!({})).unwrap(), json!(6));
         assert_eq!(eval("$states.result.r", json!({})).unwrap(), json!(true));
-        assert_eq!(eval("$states.context.Execution.Name", json!({})).unwrap(), json!("exec-1"));
-        assert_eq!(eval("{'b': 1, 'a': 2.5}", json!({})).unwrap().to_string(), r#"{"b":1,"a":2.5}"#);
-        assert_eq!(eval("$now()", json!({})).unwrap(), json!("2023-11-14T22:13:20.000Z"));
+        assert_eq!(
+            eval("$states.context.Execution.Name", json!({})).unwrap(),
+            json!("exec-1")
+        );
+        assert_eq!(
+            eval("{'b': 1, 'a': 2.5}", json!({})).unwrap().to_string(),
+            r#"{"b":1,"a":2.5}"#
+        );
+        assert_eq!(
+            eval("$now()", json!({})).unwrap(),
+            json!("2023-11-14T22:13:20.000Z")
+        );
     }
 
     #[test]
     fn aws_functions() {
-        assert_eq!(eval("$partition([1,2,3,4,5], 2)", json!({})).unwrap(), json!([[1, 2], [3, 4], [5]]));
-        assert_eq!(eval("$range(0, 10, 5)", json!({})).unwrap(), json!([0, 5, 10]));
-        assert_eq!(eval("$hash('input data', 'SHA-1')", json!({})).unwrap(), json!("aaff4a450a104cd177d28d18d74485e8cae074b7"));
-        assert_eq!(eval("$parse('{\"a\": [1]}')", json!({})).unwrap(), json!({"a": [1]}));
+        assert_eq!(
+            eval("$partition([1,2,3,4,5], 2)", json!({})).unwrap(),
+            json!([[1, 2], [3, 4], [5]])
+        );
+        assert_eq!(
+            eval("$range(0, 10, 5)", json!({})).unwrap(),
+            json!([0, 5, 10])
+        );
+        assert_eq!(
+            eval("$hash('input data', 'SHA-1')", json!({})).unwrap(),
+            json!("aaff4a450a104cd177d28d18d74485e8cae074b7")
+        );
+        assert_eq!(
+            eval("$parse('{\"a\": [1]}')", json!({})).unwrap(),
+            json!({"a": [1]})
+        );
         let r = eval("$random()", json!({})).unwrap().as_f64().unwrap();
         assert!((0.0..1.0).contains(&r));
-        assert_eq!(eval("$random(7)", json!({})).unwrap(), eval("$random(7)", json!({})).unwrap());
-        assert_eq!(eval("$uuid()", json!({})).unwrap().as_str().unwrap().len(), 36);
+        assert_eq!(
+            eval("$random(7)", json!({})).unwrap(),
+            eval("$random(7)", json!({})).unwrap()
+        );
+        assert_eq!(
+            eval("$uuid()", json!({})).unwrap().as_str().unwrap().len(),
+            36
+        );
     }
 
     #[test]
@@ -316,9 +362,15 @@ mod tests {
         assert_eq!(f.error.as_deref(), Some("States.QueryEvaluationError"));
         assert!(f.cause.unwrap().ends_with("returned nothing (undefined)."));
         let f = eval("$number('x') + {}", json!({})).unwrap_err();
-        assert!(f.cause.unwrap().contains("threw an error during evaluation"));
+        assert!(f
+            .cause
+            .unwrap()
+            .contains("threw an error during evaluation"));
         assert!(Expr::compile("1 +").is_err());
         assert!(Expr::compile("$").is_err());
-        assert_eq!(scan_refs("$a + $states.input.b + $sum($c) + '$d'"), ["a", "sum", "c"]);
+        assert_eq!(
+            scan_refs("$a + $states.input.b + $sum($c) + '$d'"),
+            ["a", "sum", "c"]
+        );
     }
 }

@@ -89,7 +89,9 @@ impl Path {
                 _ => (Root::Input, rest),
             }
         } else {
-            return Err(format!("'{text}' is not a valid path: it must start with '$'"));
+            return Err(format!(
+                "'{text}' is not a valid path: it must start with '$'"
+            ));
         };
         let kind = match parse_definite(rest) {
             Some(segs) => Kind::Definite(segs),
@@ -100,7 +102,11 @@ impl Path {
                 Kind::Query(Box::new(jp))
             }
         };
-        Ok(Path { text: text.to_string(), root, kind })
+        Ok(Path {
+            text: text.to_string(),
+            root,
+            kind,
+        })
     }
 
     /// The path as written.
@@ -161,7 +167,9 @@ impl Path {
             Kind::Definite(segs) => walk(root, segs).map(Cow::Borrowed),
             Kind::Query(q) => {
                 let nodes = q.query(root).all();
-                Some(Cow::Owned(Value::Array(nodes.into_iter().cloned().collect())))
+                Some(Cow::Owned(Value::Array(
+                    nodes.into_iter().cloned().collect(),
+                )))
             }
         }
     }
@@ -181,9 +189,9 @@ impl Path {
         let mut cur = target;
         for seg in parents {
             cur = match (seg, cur) {
-                (Seg::Key(k), Value::Object(map)) => {
-                    map.entry(k.clone()).or_insert_with(|| Value::Object(Map::new()))
-                }
+                (Seg::Key(k), Value::Object(map)) => map
+                    .entry(k.clone())
+                    .or_insert_with(|| Value::Object(Map::new())),
                 (Seg::Index(i), Value::Array(arr)) => match index(arr.len(), *i) {
                     Some(i) => &mut arr[i],
                     None => return Err(self.mismatch()),
@@ -301,7 +309,10 @@ mod tests {
         assert_eq!(get("$.missing", &v), None);
         assert_eq!(get("$.a.b", &v), None);
         assert!(Path::parse("$.a.b").unwrap().is_reference());
-        assert_eq!(Path::parse("$.a['b'][0]").unwrap().normalized(), "$['a']['b'][0]");
+        assert_eq!(
+            Path::parse("$.a['b'][0]").unwrap().normalized(),
+            "$['a']['b'][0]"
+        );
     }
 
     #[test]
@@ -316,8 +327,14 @@ mod tests {
 
     #[test]
     fn roots() {
-        assert_eq!(Path::parse("$$.Execution.Id").unwrap().root(), &Root::Context);
-        assert_eq!(Path::parse("$foo.bar").unwrap().root(), &Root::Var("foo".into()));
+        assert_eq!(
+            Path::parse("$$.Execution.Id").unwrap().root(),
+            &Root::Context
+        );
+        assert_eq!(
+            Path::parse("$foo.bar").unwrap().root(),
+            &Root::Var("foo".into())
+        );
         assert_eq!(Path::parse("$.foo").unwrap().root(), &Root::Input);
         assert!(Path::parse("foo").is_err());
         assert!(Path::parse("$[").is_err());

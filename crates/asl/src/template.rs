@@ -114,9 +114,9 @@ impl Template {
                 .collect::<Result<_, _>>()
                 .map(Value::Array),
             Template::Jsonata(e) => e.eval(b, field),
-            Template::Path { .. } | Template::Intrinsic { .. } => {
-                Err(Failure::runtime("JSONPath expression in a JSONata template"))
-            }
+            Template::Path { .. } | Template::Intrinsic { .. } => Err(Failure::runtime(
+                "JSONPath expression in a JSONata template",
+            )),
         }
     }
 }
@@ -139,7 +139,10 @@ fn compile_jsonpath(value: &Value, at: &str, errors: &mut Vec<CompileError>) -> 
                     };
                     let t = if intrinsics::looks_like_call(s) {
                         match Call::parse(s) {
-                            Ok(call) => Template::Intrinsic { call, field: k.clone() },
+                            Ok(call) => Template::Intrinsic {
+                                call,
+                                field: k.clone(),
+                            },
                             Err(e) => {
                                 errors.push((loc, format!("The value for the field '{k}' must be a valid JSONPath or a valid intrinsic function call: {e}")));
                                 continue;
@@ -147,7 +150,10 @@ fn compile_jsonpath(value: &Value, at: &str, errors: &mut Vec<CompileError>) -> 
                         }
                     } else {
                         match Path::parse(s) {
-                            Ok(path) => Template::Path { path, field: k.clone() },
+                            Ok(path) => Template::Path {
+                                path,
+                                field: k.clone(),
+                            },
                             Err(e) => {
                                 errors.push((loc, format!("The value for the field '{k}' must be a valid JSONPath or a valid intrinsic function call: {e}")));
                                 continue;
@@ -199,7 +205,10 @@ fn compile_jsonata(value: &Value, at: &str, errors: &mut Vec<CompileError>) -> T
             let fields: Vec<(String, Template)> = map
                 .iter()
                 .map(|(k, v)| {
-                    (k.clone(), compile_jsonata(v, &format!("{at}/{}", escape_pointer(k)), errors))
+                    (
+                        k.clone(),
+                        compile_jsonata(v, &format!("{at}/{}", escape_pointer(k)), errors),
+                    )
                 })
                 .collect();
             if fields.iter().all(|(_, t)| t.is_literal()) {
@@ -232,7 +241,9 @@ mod tests {
     use serde_json::json;
 
     fn eval(t: Value, input: Value) -> Result<Value, Failure> {
-        Template::jsonpath(&t).unwrap().eval(&ValueOnly(&input), &mut SplitMix64::new(1))
+        Template::jsonpath(&t)
+            .unwrap()
+            .eval(&ValueOnly(&input), &mut SplitMix64::new(1))
     }
 
     #[test]
@@ -261,8 +272,9 @@ mod tests {
 
     #[test]
     fn compile_errors_are_all_reported() {
-        let errs = Template::jsonpath(&json!({"a.$": 1, "b": {"c.$": "States.Nope()"}, "d.$": "x"}))
-            .unwrap_err();
+        let errs =
+            Template::jsonpath(&json!({"a.$": 1, "b": {"c.$": "States.Nope()"}, "d.$": "x"}))
+                .unwrap_err();
         let locs: Vec<_> = errs.iter().map(|e| e.0.as_str()).collect();
         assert_eq!(locs, ["/a.$", "/b/c.$", "/d.$"]);
     }

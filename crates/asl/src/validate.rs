@@ -71,7 +71,13 @@ pub fn validate(text: &str, opts: Options) -> Vec<Diagnostic> {
 }
 
 fn check(text: &str, opts: Options) -> (Option<StateMachine>, Vec<Diagnostic>) {
-    let mut p = Parser { diags: Vec::new(), blocks: Vec::new(), top_ql: QueryLanguage::JsonPath, names: HashSet::new(), opts };
+    let mut p = Parser {
+        diags: Vec::new(),
+        blocks: Vec::new(),
+        top_ql: QueryLanguage::JsonPath,
+        names: HashSet::new(),
+        opts,
+    };
     if text.trim().is_empty() {
         p.err("MISSING_DESCRIPTION", "The definition is empty", "/");
         return (None, p.diags);
@@ -87,7 +93,11 @@ fn check(text: &str, opts: Options) -> (Option<StateMachine>, Vec<Diagnostic>) {
     let value: Value = match serde_json::from_str(text) {
         Ok(v) => v,
         Err(e) => {
-            p.err("INVALID_JSON_DESCRIPTION", &format!("The definition is not valid JSON: {e}"), "/");
+            p.err(
+                "INVALID_JSON_DESCRIPTION",
+                &format!("The definition is not valid JSON: {e}"),
+                "/",
+            );
             return (None, p.diags);
         }
     };
@@ -103,38 +113,128 @@ struct Parser {
     opts: Options,
 }
 
-const TYPES: [&str; 8] = ["Pass", "Task", "Choice", "Wait", "Succeed", "Fail", "Parallel", "Map"];
+const TYPES: [&str; 8] = [
+    "Pass", "Task", "Choice", "Wait", "Succeed", "Fail", "Parallel", "Map",
+];
 
 const JSONPATH_ONLY: [&str; 17] = [
-    "InputPath", "OutputPath", "Parameters", "ResultSelector", "ResultPath", "Result",
-    "TimeoutSecondsPath", "HeartbeatSecondsPath", "SecondsPath", "TimestampPath", "ErrorPath",
-    "CausePath", "ItemsPath", "MaxConcurrencyPath", "ToleratedFailureCountPath",
-    "ToleratedFailurePercentagePath", "Iterator",
+    "InputPath",
+    "OutputPath",
+    "Parameters",
+    "ResultSelector",
+    "ResultPath",
+    "Result",
+    "TimeoutSecondsPath",
+    "HeartbeatSecondsPath",
+    "SecondsPath",
+    "TimestampPath",
+    "ErrorPath",
+    "CausePath",
+    "ItemsPath",
+    "MaxConcurrencyPath",
+    "ToleratedFailureCountPath",
+    "ToleratedFailurePercentagePath",
+    "Iterator",
 ];
 const JSONATA_ONLY: [&str; 3] = ["Arguments", "Output", "Items"];
 
 fn fields_of(ty: &str) -> &'static [&'static str] {
     match ty {
-        "Pass" => &["Next", "End", "InputPath", "OutputPath", "Parameters", "ResultPath", "Result", "Output", "Assign"],
-        "Task" => &[
-            "Next", "End", "InputPath", "OutputPath", "Parameters", "ResultSelector", "ResultPath",
-            "Arguments", "Output", "Assign", "Retry", "Catch", "Resource", "TimeoutSeconds",
-            "TimeoutSecondsPath", "HeartbeatSeconds", "HeartbeatSecondsPath", "Credentials",
+        "Pass" => &[
+            "Next",
+            "End",
+            "InputPath",
+            "OutputPath",
+            "Parameters",
+            "ResultPath",
+            "Result",
+            "Output",
+            "Assign",
         ],
-        "Choice" => &["InputPath", "OutputPath", "Output", "Assign", "Choices", "Default"],
-        "Wait" => &["Next", "End", "InputPath", "OutputPath", "Output", "Assign", "Seconds", "Timestamp", "SecondsPath", "TimestampPath"],
+        "Task" => &[
+            "Next",
+            "End",
+            "InputPath",
+            "OutputPath",
+            "Parameters",
+            "ResultSelector",
+            "ResultPath",
+            "Arguments",
+            "Output",
+            "Assign",
+            "Retry",
+            "Catch",
+            "Resource",
+            "TimeoutSeconds",
+            "TimeoutSecondsPath",
+            "HeartbeatSeconds",
+            "HeartbeatSecondsPath",
+            "Credentials",
+        ],
+        "Choice" => &[
+            "InputPath",
+            "OutputPath",
+            "Output",
+            "Assign",
+            "Choices",
+            "Default",
+        ],
+        "Wait" => &[
+            "Next",
+            "End",
+            "InputPath",
+            "OutputPath",
+            "Output",
+            "Assign",
+            "Seconds",
+            "Timestamp",
+            "SecondsPath",
+            "TimestampPath",
+        ],
         "Succeed" => &["InputPath", "OutputPath", "Output"],
         "Fail" => &["Error", "Cause", "ErrorPath", "CausePath"],
         "Parallel" => &[
-            "Next", "End", "InputPath", "OutputPath", "Parameters", "ResultSelector", "ResultPath",
-            "Arguments", "Output", "Assign", "Retry", "Catch", "Branches",
+            "Next",
+            "End",
+            "InputPath",
+            "OutputPath",
+            "Parameters",
+            "ResultSelector",
+            "ResultPath",
+            "Arguments",
+            "Output",
+            "Assign",
+            "Retry",
+            "Catch",
+            "Branches",
         ],
         "Map" => &[
-            "Next", "End", "InputPath", "OutputPath", "Parameters", "ResultSelector", "ResultPath",
-            "Output", "Assign", "Retry", "Catch", "ItemProcessor", "Iterator", "ItemsPath", "Items",
-            "ItemSelector", "MaxConcurrency", "MaxConcurrencyPath", "ItemReader", "ItemBatcher",
-            "ResultWriter", "ToleratedFailureCount", "ToleratedFailureCountPath",
-            "ToleratedFailurePercentage", "ToleratedFailurePercentagePath", "Label",
+            "Next",
+            "End",
+            "InputPath",
+            "OutputPath",
+            "Parameters",
+            "ResultSelector",
+            "ResultPath",
+            "Output",
+            "Assign",
+            "Retry",
+            "Catch",
+            "ItemProcessor",
+            "Iterator",
+            "ItemsPath",
+            "Items",
+            "ItemSelector",
+            "MaxConcurrency",
+            "MaxConcurrencyPath",
+            "ItemReader",
+            "ItemBatcher",
+            "ResultWriter",
+            "ToleratedFailureCount",
+            "ToleratedFailureCountPath",
+            "ToleratedFailurePercentage",
+            "ToleratedFailurePercentagePath",
+            "Label",
         ],
         _ => &[],
     }
@@ -156,7 +256,9 @@ pub fn is_valid_variable_name(name: &str) -> bool {
 fn as_u64(v: &Value) -> Option<u64> {
     match v {
         Value::Number(n) => n.as_u64().or_else(|| {
-            n.as_f64().filter(|f| *f >= 0.0 && f.fract() == 0.0 && *f < 1.8e19).map(|f| f as u64)
+            n.as_f64()
+                .filter(|f| *f >= 0.0 && f.fract() == 0.0 && *f < 1.8e19)
+                .map(|f| f as u64)
         }),
         _ => None,
     }
@@ -168,7 +270,11 @@ impl Parser {
             severity: Severity::Error,
             code: code.to_string(),
             message: message.to_string(),
-            location: if location.is_empty() { "/".into() } else { location.to_string() },
+            location: if location.is_empty() {
+                "/".into()
+            } else {
+                location.to_string()
+            },
         });
     }
 
@@ -182,8 +288,20 @@ impl Parser {
             return None;
         };
         for k in obj.keys() {
-            if !["StartAt", "States", "Comment", "TimeoutSeconds", "Version", "QueryLanguage"].contains(&k.as_str()) {
-                self.schema(&format!("The field '{k}' is not supported by Step Functions"), "/");
+            if ![
+                "StartAt",
+                "States",
+                "Comment",
+                "TimeoutSeconds",
+                "Version",
+                "QueryLanguage",
+            ]
+            .contains(&k.as_str())
+            {
+                self.schema(
+                    &format!("The field '{k}' is not supported by Step Functions"),
+                    "/",
+                );
             }
         }
         self.top_ql = match obj.get("QueryLanguage") {
@@ -191,7 +309,10 @@ impl Parser {
             Some(Value::String(s)) if s == "JSONPath" => QueryLanguage::JsonPath,
             Some(Value::String(s)) if s == "JSONata" => QueryLanguage::Jsonata,
             Some(_) => {
-                self.schema("The field 'QueryLanguage' must be 'JSONPath' or 'JSONata'", "/QueryLanguage");
+                self.schema(
+                    "The field 'QueryLanguage' must be 'JSONPath' or 'JSONata'",
+                    "/QueryLanguage",
+                );
                 QueryLanguage::JsonPath
             }
         };
@@ -213,7 +334,10 @@ impl Parser {
             Some(v) => match as_u64(v).filter(|n| *n > 0) {
                 Some(n) => Some(n),
                 None => {
-                    self.schema("The field 'TimeoutSeconds' must be a positive integer", "/TimeoutSeconds");
+                    self.schema(
+                        "The field 'TimeoutSeconds' must be a positive integer",
+                        "/TimeoutSeconds",
+                    );
                     None
                 }
             },
@@ -225,7 +349,10 @@ impl Parser {
             }
         }
         if !missing.is_empty() {
-            self.schema(&format!("These fields are required: [{}]", missing.join(", ")), "/");
+            self.schema(
+                &format!("These fields are required: [{}]", missing.join(", ")),
+                "/",
+            );
             return None;
         }
         self.block(obj, "")?;
@@ -240,19 +367,32 @@ impl Parser {
     /// Parses a `{StartAt, States}` object; returns its block id.
     fn block(&mut self, obj: &Map<String, Value>, at: &str) -> Option<BlockId> {
         let id = self.blocks.len();
-        self.blocks.push(Block { start_at: 0, states: Vec::new(), by_name: HashMap::new() });
+        self.blocks.push(Block {
+            start_at: 0,
+            states: Vec::new(),
+            by_name: HashMap::new(),
+        });
         let states = match obj.get("States") {
             Some(Value::Object(m)) if !m.is_empty() => m,
             Some(Value::Object(_)) => {
-                self.schema("The field 'States' must have at least one state", &format!("{at}/States"));
+                self.schema(
+                    "The field 'States' must have at least one state",
+                    &format!("{at}/States"),
+                );
                 return None;
             }
             Some(_) => {
-                self.schema("The field 'States' must be an object", &format!("{at}/States"));
+                self.schema(
+                    "The field 'States' must be an object",
+                    &format!("{at}/States"),
+                );
                 return None;
             }
             None => {
-                self.schema("These fields are required: [States]", if at.is_empty() { "/" } else { at });
+                self.schema(
+                    "These fields are required: [States]",
+                    if at.is_empty() { "/" } else { at },
+                );
                 return None;
             }
         };
@@ -260,12 +400,24 @@ impl Parser {
         for (i, name) in states.keys().enumerate() {
             let loc = format!("{at}/States/{}", ptr(name));
             if name.is_empty() || name.chars().count() > MAX_NAME_LEN {
-                self.err("INVALID_STATE_NAME", &format!("State name '{name}' must be 1 to {MAX_NAME_LEN} characters long"), &loc);
+                self.err(
+                    "INVALID_STATE_NAME",
+                    &format!("State name '{name}' must be 1 to {MAX_NAME_LEN} characters long"),
+                    &loc,
+                );
             } else if name.chars().any(|c| c.is_control()) {
-                self.err("INVALID_STATE_NAME", &format!("State name '{name}' contains control characters"), &loc);
+                self.err(
+                    "INVALID_STATE_NAME",
+                    &format!("State name '{name}' contains control characters"),
+                    &loc,
+                );
             }
             if !self.names.insert(name.clone()) {
-                self.err("DUPLICATE_STATE_NAME", &format!("Duplicate State name: {name}"), &loc);
+                self.err(
+                    "DUPLICATE_STATE_NAME",
+                    &format!("Duplicate State name: {name}"),
+                    &loc,
+                );
             }
             by_name.insert(name.clone(), i);
         }
@@ -273,16 +425,26 @@ impl Parser {
             Some(Value::String(s)) => match by_name.get(s) {
                 Some(i) => Some(*i),
                 None => {
-                    self.err("MISSING_TRANSITION_TARGET", &format!("Missing 'Next' target: {s}"), &format!("{at}/StartAt"));
+                    self.err(
+                        "MISSING_TRANSITION_TARGET",
+                        &format!("Missing 'Next' target: {s}"),
+                        &format!("{at}/StartAt"),
+                    );
                     None
                 }
             },
             Some(_) => {
-                self.schema("The field 'StartAt' must be a string", &format!("{at}/StartAt"));
+                self.schema(
+                    "The field 'StartAt' must be a string",
+                    &format!("{at}/StartAt"),
+                );
                 None
             }
             None => {
-                self.schema("These fields are required: [StartAt]", if at.is_empty() { "/" } else { at });
+                self.schema(
+                    "These fields are required: [StartAt]",
+                    if at.is_empty() { "/" } else { at },
+                );
                 None
             }
         };
@@ -338,20 +500,37 @@ impl Parser {
         }
         for (i, s) in states.iter().enumerate() {
             if !seen[i] {
-                self.err("UNREACHABLE_STATE", &format!("State '{}' is not reachable", s.name), &format!("{at}/States/{}", ptr(&s.name)));
+                self.err(
+                    "UNREACHABLE_STATE",
+                    &format!("State '{}' is not reachable", s.name),
+                    &format!("{at}/States/{}", ptr(&s.name)),
+                );
             }
         }
         if !terminal {
-            self.err("MISSING_END_STATE", "Workflow has no terminal state", if at.is_empty() { "/" } else { at });
+            self.err(
+                "MISSING_END_STATE",
+                "Workflow has no terminal state",
+                if at.is_empty() { "/" } else { at },
+            );
         }
     }
 
-    fn target(&mut self, v: &Value, by_name: &HashMap<String, StateId>, loc: &str) -> Option<StateId> {
+    fn target(
+        &mut self,
+        v: &Value,
+        by_name: &HashMap<String, StateId>,
+        loc: &str,
+    ) -> Option<StateId> {
         match v {
             Value::String(s) => match by_name.get(s) {
                 Some(i) => Some(*i),
                 None => {
-                    self.err("MISSING_TRANSITION_TARGET", &format!("Missing 'Next' target: {s}"), loc);
+                    self.err(
+                        "MISSING_TRANSITION_TARGET",
+                        &format!("Missing 'Next' target: {s}"),
+                        loc,
+                    );
                     None
                 }
             },
@@ -362,23 +541,39 @@ impl Parser {
         }
     }
 
-    fn path_field(&mut self, obj: &Map<String, Value>, key: &str, at: &str, reference: bool) -> PathField {
+    fn path_field(
+        &mut self,
+        obj: &Map<String, Value>,
+        key: &str,
+        at: &str,
+        reference: bool,
+    ) -> PathField {
         match obj.get(key) {
             None => PathField::Default,
             Some(Value::Null) => PathField::Null,
-            Some(Value::String(s)) => match Path::parse(s) {
-                Ok(p) if reference && (*p.root() != Root::Input || !p.is_reference()) => {
-                    self.schema(&format!("The value for the field '{key}' must be a valid reference path: '{s}'"), &format!("{at}/{key}"));
-                    PathField::Default
+            Some(Value::String(s)) => {
+                match Path::parse(s) {
+                    Ok(p) if reference && (*p.root() != Root::Input || !p.is_reference()) => {
+                        self.schema(&format!("The value for the field '{key}' must be a valid reference path: '{s}'"), &format!("{at}/{key}"));
+                        PathField::Default
+                    }
+                    Ok(p) => PathField::Path(p),
+                    Err(e) => {
+                        self.schema(
+                            &format!(
+                                "The value for the field '{key}' must be a valid JSONPath: {e}"
+                            ),
+                            &format!("{at}/{key}"),
+                        );
+                        PathField::Default
+                    }
                 }
-                Ok(p) => PathField::Path(p),
-                Err(e) => {
-                    self.schema(&format!("The value for the field '{key}' must be a valid JSONPath: {e}"), &format!("{at}/{key}"));
-                    PathField::Default
-                }
-            },
+            }
             Some(_) => {
-                self.schema(&format!("The field '{key}' must be a string or null"), &format!("{at}/{key}"));
+                self.schema(
+                    &format!("The field '{key}' must be a string or null"),
+                    &format!("{at}/{key}"),
+                );
                 PathField::Default
             }
         }
@@ -388,7 +583,10 @@ impl Parser {
         match v.as_str().map(Path::parse) {
             Some(Ok(p)) => Some(p),
             Some(Err(e)) => {
-                self.schema(&format!("The value for the field '{key}' must be a valid JSONPath: {e}"), loc);
+                self.schema(
+                    &format!("The value for the field '{key}' must be a valid JSONPath: {e}"),
+                    loc,
+                );
                 None
             }
             None => {
@@ -424,7 +622,10 @@ impl Parser {
                 }
             },
             None => {
-                self.schema(&format!("The field '{key}' must be a JSONata expression '{{% ... %}}'"), loc);
+                self.schema(
+                    &format!("The field '{key}' must be a JSONata expression '{{% ... %}}'"),
+                    loc,
+                );
                 None
             }
         }
@@ -444,11 +645,16 @@ impl Parser {
         let pkey = format!("{key}Path");
         let (fixed, path) = (obj.get(key), obj.get(&pkey));
         if fixed.is_some() && path.is_some() {
-            self.schema(&format!("The fields '{key}' and '{pkey}' are mutually exclusive"), at);
+            self.schema(
+                &format!("The fields '{key}' and '{pkey}' are mutually exclusive"),
+                at,
+            );
             return None;
         }
         if let Some(p) = path {
-            return self.simple_path(p, &pkey, &format!("{at}/{pkey}")).map(Dynamic::Path);
+            return self
+                .simple_path(p, &pkey, &format!("{at}/{pkey}"))
+                .map(Dynamic::Path);
         }
         let v = fixed?;
         let loc = format!("{at}/{key}");
@@ -478,19 +684,32 @@ impl Parser {
     }
 
     fn error_equals(&mut self, obj: &Map<String, Value>, loc: &str) -> Vec<String> {
-        let Some(arr) = obj.get("ErrorEquals").and_then(Value::as_array).filter(|a| !a.is_empty()) else {
-            self.schema("The field 'ErrorEquals' must be a non-empty array of strings", &format!("{loc}/ErrorEquals"));
+        let Some(arr) = obj
+            .get("ErrorEquals")
+            .and_then(Value::as_array)
+            .filter(|a| !a.is_empty())
+        else {
+            self.schema(
+                "The field 'ErrorEquals' must be a non-empty array of strings",
+                &format!("{loc}/ErrorEquals"),
+            );
             return Vec::new();
         };
         let mut out = Vec::new();
         for (i, e) in arr.iter().enumerate() {
             match e.as_str() {
                 Some(s) => out.push(s.to_string()),
-                None => self.schema("Error names must be strings", &format!("{loc}/ErrorEquals/{i}")),
+                None => self.schema(
+                    "Error names must be strings",
+                    &format!("{loc}/ErrorEquals/{i}"),
+                ),
             }
         }
         if out.iter().any(|e| e == crate::error::names::ALL) && out.len() > 1 {
-            self.schema("States.ALL must appear alone in ErrorEquals", &format!("{loc}/ErrorEquals"));
+            self.schema(
+                "States.ALL must appear alone in ErrorEquals",
+                &format!("{loc}/ErrorEquals"),
+            );
         }
         out
     }
@@ -508,51 +727,102 @@ impl Parser {
                 continue;
             };
             for k in obj.keys() {
-                if !["ErrorEquals", "IntervalSeconds", "MaxAttempts", "BackoffRate", "MaxDelaySeconds", "JitterStrategy", "Comment"].contains(&k.as_str()) {
-                    self.schema(&format!("The field '{k}' is not supported by Step Functions"), &at);
+                if ![
+                    "ErrorEquals",
+                    "IntervalSeconds",
+                    "MaxAttempts",
+                    "BackoffRate",
+                    "MaxDelaySeconds",
+                    "JitterStrategy",
+                    "Comment",
+                ]
+                .contains(&k.as_str())
+                {
+                    self.schema(
+                        &format!("The field '{k}' is not supported by Step Functions"),
+                        &at,
+                    );
                 }
             }
             let error_equals = self.error_equals(obj, &at);
             if error_equals.iter().any(|e| e == crate::error::names::ALL) && i + 1 != arr.len() {
-                self.schema("A retrier with States.ALL must be the last retrier", &format!("{at}/ErrorEquals"));
+                self.schema(
+                    "A retrier with States.ALL must be the last retrier",
+                    &format!("{at}/ErrorEquals"),
+                );
             }
-            let num = |p: &mut Parser, key: &str, min: f64, max: f64, int: bool, default: f64| -> f64 {
-                match obj.get(key) {
-                    None => default,
-                    Some(Value::Number(n)) => {
-                        let f = n.as_f64().unwrap_or(f64::NAN);
-                        if f < min || f > max || (int && f.fract() != 0.0) {
-                            p.schema(&format!("The field '{key}' must be {} between {min} and {max}", if int { "an integer" } else { "a number" }), &format!("{at}/{key}"));
+            let num =
+                |p: &mut Parser, key: &str, min: f64, max: f64, int: bool, default: f64| -> f64 {
+                    match obj.get(key) {
+                        None => default,
+                        Some(Value::Number(n)) => {
+                            let f = n.as_f64().unwrap_or(f64::NAN);
+                            if f < min || f > max || (int && f.fract() != 0.0) {
+                                p.schema(
+                                    &format!(
+                                        "The field '{key}' must be {} between {min} and {max}",
+                                        if int { "an integer" } else { "a number" }
+                                    ),
+                                    &format!("{at}/{key}"),
+                                );
+                                default
+                            } else {
+                                f
+                            }
+                        }
+                        Some(_) => {
+                            p.schema(
+                                &format!("The field '{key}' must be a number"),
+                                &format!("{at}/{key}"),
+                            );
                             default
-                        } else {
-                            f
                         }
                     }
-                    Some(_) => {
-                        p.schema(&format!("The field '{key}' must be a number"), &format!("{at}/{key}"));
-                        default
-                    }
-                }
-            };
+                };
             let interval_seconds = num(self, "IntervalSeconds", 1.0, 99_999_999.0, true, 1.0);
             let max_attempts = num(self, "MaxAttempts", 0.0, 99_999_999.0, true, 3.0) as u64;
             let backoff_rate = num(self, "BackoffRate", 1.0, f64::MAX, false, 2.0);
-            let max_delay_seconds = obj.contains_key("MaxDelaySeconds").then(|| num(self, "MaxDelaySeconds", 1.0, 31_622_401.0, true, 31_622_401.0));
+            let max_delay_seconds = obj.contains_key("MaxDelaySeconds").then(|| {
+                num(
+                    self,
+                    "MaxDelaySeconds",
+                    1.0,
+                    31_622_401.0,
+                    true,
+                    31_622_401.0,
+                )
+            });
             let jitter_full = match obj.get("JitterStrategy") {
                 None => false,
                 Some(Value::String(s)) if s == "FULL" => true,
                 Some(Value::String(s)) if s == "NONE" => false,
                 Some(_) => {
-                    self.schema("The field 'JitterStrategy' must be FULL or NONE", &format!("{at}/JitterStrategy"));
+                    self.schema(
+                        "The field 'JitterStrategy' must be FULL or NONE",
+                        &format!("{at}/JitterStrategy"),
+                    );
                     false
                 }
             };
-            out.push(Retrier { error_equals, interval_seconds, max_attempts, backoff_rate, max_delay_seconds, jitter_full });
+            out.push(Retrier {
+                error_equals,
+                interval_seconds,
+                max_attempts,
+                backoff_rate,
+                max_delay_seconds,
+                jitter_full,
+            });
         }
         out
     }
 
-    fn catchers(&mut self, v: &Value, ql: QueryLanguage, loc: &str, by_name: &HashMap<String, StateId>) -> Vec<Catcher> {
+    fn catchers(
+        &mut self,
+        v: &Value,
+        ql: QueryLanguage,
+        loc: &str,
+        by_name: &HashMap<String, StateId>,
+    ) -> Vec<Catcher> {
         let Some(arr) = v.as_array() else {
             self.schema("The field 'Catch' must be an array", loc);
             return Vec::new();
@@ -565,17 +835,25 @@ impl Parser {
                 continue;
             };
             let allowed: &[&str] = match ql {
-                QueryLanguage::JsonPath => &["ErrorEquals", "Next", "ResultPath", "Assign", "Comment"],
+                QueryLanguage::JsonPath => {
+                    &["ErrorEquals", "Next", "ResultPath", "Assign", "Comment"]
+                }
                 QueryLanguage::Jsonata => &["ErrorEquals", "Next", "Output", "Assign", "Comment"],
             };
             for k in obj.keys() {
                 if !allowed.contains(&k.as_str()) {
-                    self.schema(&format!("The field '{k}' is not supported by Step Functions"), &at);
+                    self.schema(
+                        &format!("The field '{k}' is not supported by Step Functions"),
+                        &at,
+                    );
                 }
             }
             let error_equals = self.error_equals(obj, &at);
             if error_equals.iter().any(|e| e == crate::error::names::ALL) && i + 1 != arr.len() {
-                self.schema("A catcher with States.ALL must be the last catcher", &format!("{at}/ErrorEquals"));
+                self.schema(
+                    "A catcher with States.ALL must be the last catcher",
+                    &format!("{at}/ErrorEquals"),
+                );
             }
             let next = match obj.get("Next") {
                 Some(n) => self.target(n, by_name, &format!("{at}/Next")),
@@ -585,31 +863,54 @@ impl Parser {
                 }
             };
             let result_path = self.path_field(obj, "ResultPath", &at, true);
-            let output = obj.get("Output").and_then(|v| self.template(v, ql, &format!("{at}/Output")));
-            let assign = obj.get("Assign").and_then(|v| self.assign(v, ql, &format!("{at}/Assign")));
+            let output = obj
+                .get("Output")
+                .and_then(|v| self.template(v, ql, &format!("{at}/Output")));
+            let assign = obj
+                .get("Assign")
+                .and_then(|v| self.assign(v, ql, &format!("{at}/Assign")));
             if let Some(next) = next {
-                out.push(Catcher { error_equals, next, result_path, output, assign });
+                out.push(Catcher {
+                    error_equals,
+                    next,
+                    result_path,
+                    output,
+                    assign,
+                });
             }
         }
         out
     }
 
-    fn text(&mut self, obj: &Map<String, Value>, key: &str, ql: QueryLanguage, at: &str) -> Option<Text> {
+    fn text(
+        &mut self,
+        obj: &Map<String, Value>,
+        key: &str,
+        ql: QueryLanguage,
+        at: &str,
+    ) -> Option<Text> {
         let pkey = format!("{key}Path");
         match (obj.get(key), obj.get(&pkey)) {
             (Some(_), Some(_)) => {
-                self.schema(&format!("The fields '{key}' and '{pkey}' are mutually exclusive"), at);
+                self.schema(
+                    &format!("The fields '{key}' and '{pkey}' are mutually exclusive"),
+                    at,
+                );
                 None
             }
             (Some(Value::String(s)), None) => {
                 if ql == QueryLanguage::Jsonata && jsonata::as_expression(s).is_some() {
-                    self.expr(&Value::String(s.clone()), key, &format!("{at}/{key}")).map(Text::Expr)
+                    self.expr(&Value::String(s.clone()), key, &format!("{at}/{key}"))
+                        .map(Text::Expr)
                 } else {
                     Some(Text::Fixed(s.clone()))
                 }
             }
             (Some(_), None) => {
-                self.schema(&format!("The field '{key}' must be a string"), &format!("{at}/{key}"));
+                self.schema(
+                    &format!("The field '{key}' must be a string"),
+                    &format!("{at}/{key}"),
+                );
                 None
             }
             (None, Some(Value::String(s))) => {
@@ -623,18 +924,28 @@ impl Parser {
                         }
                     }
                 } else {
-                    self.simple_path(&Value::String(s.clone()), &pkey, &loc).map(Text::Path)
+                    self.simple_path(&Value::String(s.clone()), &pkey, &loc)
+                        .map(Text::Path)
                 }
             }
             (None, Some(_)) => {
-                self.schema(&format!("The field '{pkey}' must be a string"), &format!("{at}/{pkey}"));
+                self.schema(
+                    &format!("The field '{pkey}' must be a string"),
+                    &format!("{at}/{pkey}"),
+                );
                 None
             }
             (None, None) => None,
         }
     }
 
-    fn state(&mut self, name: &str, v: &Value, at: &str, by_name: &HashMap<String, StateId>) -> Option<State> {
+    fn state(
+        &mut self,
+        name: &str,
+        v: &Value,
+        at: &str,
+        by_name: &HashMap<String, StateId>,
+    ) -> Option<State> {
         let Some(obj) = v.as_object() else {
             self.schema("A state must be an object", at);
             return None;
@@ -642,7 +953,10 @@ impl Parser {
         let ty = match obj.get("Type") {
             Some(Value::String(t)) if TYPES.contains(&t.as_str()) => t.as_str(),
             Some(Value::String(t)) => {
-                self.schema(&format!("The field 'Type' has an unknown value '{t}'"), &format!("{at}/Type"));
+                self.schema(
+                    &format!("The field 'Type' has an unknown value '{t}'"),
+                    &format!("{at}/Type"),
+                );
                 return None;
             }
             Some(_) => {
@@ -660,12 +974,18 @@ impl Parser {
             Some(Value::String(s)) if s == "JSONata" => QueryLanguage::Jsonata,
             Some(Value::String(s)) if s == "JSONPath" => {
                 if self.top_ql == QueryLanguage::Jsonata {
-                    self.schema("A JSONata state machine cannot contain JSONPath states", &format!("{at}/QueryLanguage"));
+                    self.schema(
+                        "A JSONata state machine cannot contain JSONPath states",
+                        &format!("{at}/QueryLanguage"),
+                    );
                 }
                 QueryLanguage::JsonPath
             }
             Some(_) => {
-                self.schema("The field 'QueryLanguage' must be 'JSONPath' or 'JSONata'", &format!("{at}/QueryLanguage"));
+                self.schema(
+                    "The field 'QueryLanguage' must be 'JSONPath' or 'JSONata'",
+                    &format!("{at}/QueryLanguage"),
+                );
                 self.top_ql
             }
         };
@@ -677,16 +997,25 @@ impl Parser {
                 continue;
             }
             if !allowed.contains(&k) {
-                self.schema(&format!("The field '{k}' is not supported by Step Functions for {ty} states"), at);
+                self.schema(
+                    &format!("The field '{k}' is not supported by Step Functions for {ty} states"),
+                    at,
+                );
             } else if ql == QueryLanguage::Jsonata && JSONPATH_ONLY.contains(&k) {
                 self.schema(&format!("The field '{k}' is not supported in JSONata states; use Arguments, Output and Assign"), &format!("{at}/{}", ptr(k)));
             } else if ql == QueryLanguage::JsonPath && JSONATA_ONLY.contains(&k) {
-                self.schema(&format!("The field '{k}' is only supported in JSONata states"), &format!("{at}/{}", ptr(k)));
+                self.schema(
+                    &format!("The field '{k}' is only supported in JSONata states"),
+                    &format!("{at}/{}", ptr(k)),
+                );
             }
         }
         if let Some(c) = obj.get("Comment") {
             if !c.is_string() {
-                self.schema("The field 'Comment' must be a string", &format!("{at}/Comment"));
+                self.schema(
+                    "The field 'Comment' must be a string",
+                    &format!("{at}/Comment"),
+                );
             }
         }
 
@@ -699,7 +1028,9 @@ impl Parser {
                     self.schema("The fields 'Next' and 'End' are mutually exclusive", at);
                     None
                 }
-                (Some(n), None) => self.target(n, by_name, &format!("{at}/Next")).map(Transition::Next),
+                (Some(n), None) => self
+                    .target(n, by_name, &format!("{at}/Next"))
+                    .map(Transition::Next),
                 (None, Some(Value::Bool(true))) => Some(Transition::End),
                 (None, Some(_)) => {
                     self.schema("The field 'End' must be true", &format!("{at}/End"));
@@ -713,37 +1044,77 @@ impl Parser {
         };
 
         let jp = ql == QueryLanguage::JsonPath;
-        let input_path = if jp { self.path_field(obj, "InputPath", at, false) } else { PathField::Default };
-        let output_path = if jp { self.path_field(obj, "OutputPath", at, false) } else { PathField::Default };
-        let result_path = if jp { self.path_field(obj, "ResultPath", at, true) } else { PathField::Default };
+        let input_path = if jp {
+            self.path_field(obj, "InputPath", at, false)
+        } else {
+            PathField::Default
+        };
+        let output_path = if jp {
+            self.path_field(obj, "OutputPath", at, false)
+        } else {
+            PathField::Default
+        };
+        let result_path = if jp {
+            self.path_field(obj, "ResultPath", at, true)
+        } else {
+            PathField::Default
+        };
         let parameters = match (jp, ty) {
             (_, "Map") => None,
-            (true, _) => obj.get("Parameters").and_then(|v| self.template(v, ql, &format!("{at}/Parameters"))),
+            (true, _) => obj
+                .get("Parameters")
+                .and_then(|v| self.template(v, ql, &format!("{at}/Parameters"))),
             (false, _) => match obj.get("Arguments") {
                 Some(v @ Value::Object(_)) => self.template(v, ql, &format!("{at}/Arguments")),
-                Some(v @ Value::String(s)) if jsonata::as_expression(s).is_some() => self.template(v, ql, &format!("{at}/Arguments")),
+                Some(v @ Value::String(s)) if jsonata::as_expression(s).is_some() => {
+                    self.template(v, ql, &format!("{at}/Arguments"))
+                }
                 Some(_) => {
-                    self.schema("The field 'Arguments' must be an object or a JSONata expression", &format!("{at}/Arguments"));
+                    self.schema(
+                        "The field 'Arguments' must be an object or a JSONata expression",
+                        &format!("{at}/Arguments"),
+                    );
                     None
                 }
                 None => None,
             },
         };
         let result_selector = match obj.get("ResultSelector") {
-            Some(v @ Value::Object(_)) if jp => self.template(v, ql, &format!("{at}/ResultSelector")),
+            Some(v @ Value::Object(_)) if jp => {
+                self.template(v, ql, &format!("{at}/ResultSelector"))
+            }
             Some(_) if jp => {
-                self.schema("The field 'ResultSelector' must be an object", &format!("{at}/ResultSelector"));
+                self.schema(
+                    "The field 'ResultSelector' must be an object",
+                    &format!("{at}/ResultSelector"),
+                );
                 None
             }
             _ => None,
         };
-        let output = if jp { None } else { obj.get("Output").and_then(|v| self.template(v, ql, &format!("{at}/Output"))) };
-        let assign = obj.get("Assign").and_then(|v| self.assign(v, ql, &format!("{at}/Assign")));
-        let retry = obj.get("Retry").map(|v| self.retriers(v, &format!("{at}/Retry"))).unwrap_or_default();
-        let catch = obj.get("Catch").map(|v| self.catchers(v, ql, &format!("{at}/Catch"), by_name)).unwrap_or_default();
+        let output = if jp {
+            None
+        } else {
+            obj.get("Output")
+                .and_then(|v| self.template(v, ql, &format!("{at}/Output")))
+        };
+        let assign = obj
+            .get("Assign")
+            .and_then(|v| self.assign(v, ql, &format!("{at}/Assign")));
+        let retry = obj
+            .get("Retry")
+            .map(|v| self.retriers(v, &format!("{at}/Retry")))
+            .unwrap_or_default();
+        let catch = obj
+            .get("Catch")
+            .map(|v| self.catchers(v, ql, &format!("{at}/Catch"), by_name))
+            .unwrap_or_default();
 
         let kind = self.kind(ty, obj, ql, at, by_name);
-        if self.diags[errors_before..].iter().any(|d| d.severity == Severity::Error) {
+        if self.diags[errors_before..]
+            .iter()
+            .any(|d| d.severity == Severity::Error)
+        {
             return None;
         }
         Some(State {
@@ -764,17 +1135,32 @@ impl Parser {
         })
     }
 
-    fn kind(&mut self, ty: &str, obj: &Map<String, Value>, ql: QueryLanguage, at: &str, by_name: &HashMap<String, StateId>) -> Option<Kind> {
+    fn kind(
+        &mut self,
+        ty: &str,
+        obj: &Map<String, Value>,
+        ql: QueryLanguage,
+        at: &str,
+        by_name: &HashMap<String, StateId>,
+    ) -> Option<Kind> {
         let jp = ql == QueryLanguage::JsonPath;
         Some(match ty {
-            "Pass" => Kind::Pass { result: obj.get("Result").cloned() },
+            "Pass" => Kind::Pass {
+                result: obj.get("Result").cloned(),
+            },
             "Succeed" => Kind::Succeed,
-            "Fail" => Kind::Fail { error: self.text(obj, "Error", ql, at), cause: self.text(obj, "Cause", ql, at) },
+            "Fail" => Kind::Fail {
+                error: self.text(obj, "Error", ql, at),
+                cause: self.text(obj, "Cause", ql, at),
+            },
             "Task" => {
                 let arn = match obj.get("Resource") {
                     Some(Value::String(s)) => s.clone(),
                     Some(_) => {
-                        self.schema("The field 'Resource' must be a string", &format!("{at}/Resource"));
+                        self.schema(
+                            "The field 'Resource' must be a string",
+                            &format!("{at}/Resource"),
+                        );
                         return None;
                     }
                     None => {
@@ -792,35 +1178,83 @@ impl Parser {
                 if self.opts.express {
                     let bad = match &resource {
                         Resource::Activity { .. } => Some("activities"),
-                        Resource::Service { pattern: Pattern::Sync | Pattern::Sync2, .. } => Some("the '.sync' integration pattern"),
-                        Resource::Service { pattern: Pattern::WaitForTaskToken, .. } => Some("the '.waitForTaskToken' integration pattern"),
+                        Resource::Service {
+                            pattern: Pattern::Sync | Pattern::Sync2,
+                            ..
+                        } => Some("the '.sync' integration pattern"),
+                        Resource::Service {
+                            pattern: Pattern::WaitForTaskToken,
+                            ..
+                        } => Some("the '.waitForTaskToken' integration pattern"),
                         _ => None,
                     };
                     if let Some(what) = bad {
-                        self.schema(&format!("Express state machines do not support {what}"), &format!("{at}/Resource"));
+                        self.schema(
+                            &format!("Express state machines do not support {what}"),
+                            &format!("{at}/Resource"),
+                        );
                     }
                 }
                 let positive = |v: &Value| as_u64(v).is_some_and(|n| (1..=99_999_999).contains(&n));
-                let timeout_seconds = self.dynamic(obj, "TimeoutSeconds", ql, at, positive, "a positive integer");
-                let heartbeat_seconds = self.dynamic(obj, "HeartbeatSeconds", ql, at, positive, "a positive integer");
-                if let (Some(Dynamic::Fixed(t)), Some(Dynamic::Fixed(h))) = (&timeout_seconds, &heartbeat_seconds) {
+                let timeout_seconds = self.dynamic(
+                    obj,
+                    "TimeoutSeconds",
+                    ql,
+                    at,
+                    positive,
+                    "a positive integer",
+                );
+                let heartbeat_seconds = self.dynamic(
+                    obj,
+                    "HeartbeatSeconds",
+                    ql,
+                    at,
+                    positive,
+                    "a positive integer",
+                );
+                if let (Some(Dynamic::Fixed(t)), Some(Dynamic::Fixed(h))) =
+                    (&timeout_seconds, &heartbeat_seconds)
+                {
                     if as_u64(h) >= as_u64(t) {
-                        self.schema("The field 'HeartbeatSeconds' must be smaller than 'TimeoutSeconds'", &format!("{at}/HeartbeatSeconds"));
+                        self.schema(
+                            "The field 'HeartbeatSeconds' must be smaller than 'TimeoutSeconds'",
+                            &format!("{at}/HeartbeatSeconds"),
+                        );
                     }
                 }
                 let credentials = match obj.get("Credentials") {
-                    Some(v @ Value::Object(m)) if m.contains_key("RoleArn") || m.contains_key("RoleArn.$") => self.template(v, ql, &format!("{at}/Credentials")),
+                    Some(v @ Value::Object(m))
+                        if m.contains_key("RoleArn") || m.contains_key("RoleArn.$") =>
+                    {
+                        self.template(v, ql, &format!("{at}/Credentials"))
+                    }
                     Some(_) => {
-                        self.schema("The field 'Credentials' must be an object with 'RoleArn'", &format!("{at}/Credentials"));
+                        self.schema(
+                            "The field 'Credentials' must be an object with 'RoleArn'",
+                            &format!("{at}/Credentials"),
+                        );
                         None
                     }
                     None => None,
                 };
-                Kind::Task { resource, resource_arn: arn, timeout_seconds, heartbeat_seconds, credentials }
+                Kind::Task {
+                    resource,
+                    resource_arn: arn,
+                    timeout_seconds,
+                    heartbeat_seconds,
+                    credentials,
+                }
             }
             "Choice" => {
-                let Some(arr) = obj.get("Choices").and_then(Value::as_array).filter(|a| !a.is_empty()) else {
-                    self.schema("The field 'Choices' must be a non-empty array", &format!("{at}/Choices"));
+                let Some(arr) = obj
+                    .get("Choices")
+                    .and_then(Value::as_array)
+                    .filter(|a| !a.is_empty())
+                else {
+                    self.schema(
+                        "The field 'Choices' must be a non-empty array",
+                        &format!("{at}/Choices"),
+                    );
                     return None;
                 };
                 let mut rules = Vec::new();
@@ -830,7 +1264,11 @@ impl Parser {
                         self.schema("A choice rule must be an object", &loc);
                         continue;
                     };
-                    let next_name = ro.get("Next").and_then(Value::as_str).unwrap_or_default().to_string();
+                    let next_name = ro
+                        .get("Next")
+                        .and_then(Value::as_str)
+                        .unwrap_or_default()
+                        .to_string();
                     let next = match ro.get("Next") {
                         Some(n) => self.target(n, by_name, &format!("{loc}/Next")),
                         None => {
@@ -838,7 +1276,9 @@ impl Parser {
                             None
                         }
                     };
-                    let assign = ro.get("Assign").and_then(|v| self.assign(v, ql, &format!("{loc}/Assign")));
+                    let assign = ro
+                        .get("Assign")
+                        .and_then(|v| self.assign(v, ql, &format!("{loc}/Assign")));
                     let condition = if jp {
                         let mut errs = Vec::new();
                         let c = choice::parse_condition(ro, &loc, true, &mut errs);
@@ -848,13 +1288,23 @@ impl Parser {
                         c
                     } else {
                         for k in ro.keys() {
-                            if !["Condition", "Next", "Assign", "Output", "Comment"].contains(&k.as_str()) {
-                                self.schema(&format!("The field '{k}' is not supported by Step Functions"), &loc);
+                            if !["Condition", "Next", "Assign", "Output", "Comment"]
+                                .contains(&k.as_str())
+                            {
+                                self.schema(
+                                    &format!("The field '{k}' is not supported by Step Functions"),
+                                    &loc,
+                                );
                             }
                         }
                         match ro.get("Condition") {
-                            Some(Value::Bool(b)) => Expr::compile(if *b { "true" } else { "false" }).ok().map(Condition::Jsonata),
-                            Some(v) => match self.expr(v, "Condition", &format!("{loc}/Condition")) {
+                            Some(Value::Bool(b)) => {
+                                Expr::compile(if *b { "true" } else { "false" })
+                                    .ok()
+                                    .map(Condition::Jsonata)
+                            }
+                            Some(v) => match self.expr(v, "Condition", &format!("{loc}/Condition"))
+                            {
                                 Some(Template::Jsonata(e)) => Some(Condition::Jsonata(e)),
                                 _ => None,
                             },
@@ -864,31 +1314,73 @@ impl Parser {
                             }
                         }
                     };
-                    let output = if jp { None } else { ro.get("Output").and_then(|v| self.template(v, ql, &format!("{loc}/Output"))) };
+                    let output = if jp {
+                        None
+                    } else {
+                        ro.get("Output")
+                            .and_then(|v| self.template(v, ql, &format!("{loc}/Output")))
+                    };
                     if let (Some(condition), Some(next)) = (condition, next) {
-                        rules.push(Rule { condition, next, next_name, assign, output });
+                        rules.push(Rule {
+                            condition,
+                            next,
+                            next_name,
+                            assign,
+                            output,
+                        });
                     }
                 }
-                let default = obj.get("Default").and_then(|d| self.target(d, by_name, &format!("{at}/Default")));
+                let default = obj
+                    .get("Default")
+                    .and_then(|d| self.target(d, by_name, &format!("{at}/Default")));
                 Kind::Choice { rules, default }
             }
             "Wait" => {
-                let present: Vec<&str> = ["Seconds", "Timestamp", "SecondsPath", "TimestampPath"].into_iter().filter(|k| obj.contains_key(*k)).collect();
+                let present: Vec<&str> = ["Seconds", "Timestamp", "SecondsPath", "TimestampPath"]
+                    .into_iter()
+                    .filter(|k| obj.contains_key(*k))
+                    .collect();
                 if present.len() != 1 {
                     self.schema("Exactly one of these fields is required: [Seconds, Timestamp, SecondsPath, TimestampPath]", at);
                     return None;
                 }
                 let non_negative = |v: &Value| as_u64(v).is_some_and(|n| n <= 99_999_999);
-                let timestamp = |v: &Value| v.as_str().and_then(crate::json::parse_timestamp).is_some();
+                let timestamp =
+                    |v: &Value| v.as_str().and_then(crate::json::parse_timestamp).is_some();
                 if obj.contains_key("Seconds") || obj.contains_key("SecondsPath") {
-                    Kind::Wait { wait: Wait::Seconds(self.dynamic(obj, "Seconds", ql, at, non_negative, "a non-negative integer")?) }
+                    Kind::Wait {
+                        wait: Wait::Seconds(self.dynamic(
+                            obj,
+                            "Seconds",
+                            ql,
+                            at,
+                            non_negative,
+                            "a non-negative integer",
+                        )?),
+                    }
                 } else {
-                    Kind::Wait { wait: Wait::Timestamp(self.dynamic(obj, "Timestamp", ql, at, timestamp, "an RFC 3339 timestamp")?) }
+                    Kind::Wait {
+                        wait: Wait::Timestamp(self.dynamic(
+                            obj,
+                            "Timestamp",
+                            ql,
+                            at,
+                            timestamp,
+                            "an RFC 3339 timestamp",
+                        )?),
+                    }
                 }
             }
             "Parallel" => {
-                let Some(arr) = obj.get("Branches").and_then(Value::as_array).filter(|a| !a.is_empty()) else {
-                    self.schema("The field 'Branches' must be a non-empty array", &format!("{at}/Branches"));
+                let Some(arr) = obj
+                    .get("Branches")
+                    .and_then(Value::as_array)
+                    .filter(|a| !a.is_empty())
+                else {
+                    self.schema(
+                        "The field 'Branches' must be a non-empty array",
+                        &format!("{at}/Branches"),
+                    );
                     return None;
                 };
                 let mut branches = Vec::new();
@@ -897,8 +1389,15 @@ impl Parser {
                     match b.as_object() {
                         Some(bo) => {
                             for k in bo.keys() {
-                                if !["StartAt", "States", "Comment", "QueryLanguage"].contains(&k.as_str()) {
-                                    self.schema(&format!("The field '{k}' is not supported by Step Functions"), &loc);
+                                if !["StartAt", "States", "Comment", "QueryLanguage"]
+                                    .contains(&k.as_str())
+                                {
+                                    self.schema(
+                                        &format!(
+                                            "The field '{k}' is not supported by Step Functions"
+                                        ),
+                                        &loc,
+                                    );
                                 }
                             }
                             branches.push(self.block(bo, &loc)?);
@@ -920,7 +1419,10 @@ impl Parser {
         let jp = ql == QueryLanguage::JsonPath;
         let (key, proc) = match (obj.get("ItemProcessor"), obj.get("Iterator")) {
             (Some(_), Some(_)) => {
-                self.schema("The fields 'ItemProcessor' and 'Iterator' are mutually exclusive", at);
+                self.schema(
+                    "The fields 'ItemProcessor' and 'Iterator' are mutually exclusive",
+                    at,
+                );
                 return None;
             }
             (Some(p), None) => ("ItemProcessor", p),
@@ -938,8 +1440,13 @@ impl Parser {
         let mut mode = MapMode::Inline;
         let mut distributed = Distributed::default();
         for k in po.keys() {
-            if !["StartAt", "States", "Comment", "ProcessorConfig"].contains(&k.as_str()) || (key == "Iterator" && k == "ProcessorConfig") {
-                self.schema(&format!("The field '{k}' is not supported by Step Functions"), &loc);
+            if !["StartAt", "States", "Comment", "ProcessorConfig"].contains(&k.as_str())
+                || (key == "Iterator" && k == "ProcessorConfig")
+            {
+                self.schema(
+                    &format!("The field '{k}' is not supported by Step Functions"),
+                    &loc,
+                );
             }
         }
         if let Some(pc) = po.get("ProcessorConfig") {
@@ -948,43 +1455,72 @@ impl Parser {
                 Some(pco) => {
                     for k in pco.keys() {
                         if !["Mode", "ExecutionType"].contains(&k.as_str()) {
-                            self.schema(&format!("The field '{k}' is not supported by Step Functions"), &pcl);
+                            self.schema(
+                                &format!("The field '{k}' is not supported by Step Functions"),
+                                &pcl,
+                            );
                         }
                     }
                     match pco.get("Mode").map(|m| m.as_str()) {
                         None | Some(Some("INLINE")) => {}
                         Some(Some("DISTRIBUTED")) => mode = MapMode::Distributed,
-                        _ => self.schema("The field 'Mode' must be INLINE or DISTRIBUTED", &format!("{pcl}/Mode")),
+                        _ => self.schema(
+                            "The field 'Mode' must be INLINE or DISTRIBUTED",
+                            &format!("{pcl}/Mode"),
+                        ),
                     }
                     match pco.get("ExecutionType").map(|m| m.as_str()) {
                         None => {}
-                        Some(Some(t @ ("STANDARD" | "EXPRESS"))) => distributed.execution_type = Some(t.to_string()),
-                        _ => self.schema("The field 'ExecutionType' must be STANDARD or EXPRESS", &format!("{pcl}/ExecutionType")),
+                        Some(Some(t @ ("STANDARD" | "EXPRESS"))) => {
+                            distributed.execution_type = Some(t.to_string())
+                        }
+                        _ => self.schema(
+                            "The field 'ExecutionType' must be STANDARD or EXPRESS",
+                            &format!("{pcl}/ExecutionType"),
+                        ),
                     }
                     if mode == MapMode::Distributed && distributed.execution_type.is_none() {
                         self.schema("These fields are required: [ExecutionType]", &pcl);
                     }
                     if mode == MapMode::Inline && distributed.execution_type.is_some() {
-                        self.schema("The field 'ExecutionType' is only supported in DISTRIBUTED mode", &format!("{pcl}/ExecutionType"));
+                        self.schema(
+                            "The field 'ExecutionType' is only supported in DISTRIBUTED mode",
+                            &format!("{pcl}/ExecutionType"),
+                        );
                     }
                 }
                 None => self.schema("The field 'ProcessorConfig' must be an object", &pcl),
             }
         }
         let processor = self.block(po, &loc)?;
-        let items_path = if jp { obj.get("ItemsPath").and_then(|v| self.simple_path(v, "ItemsPath", &format!("{at}/ItemsPath"))) } else { None };
+        let items_path = if jp {
+            obj.get("ItemsPath")
+                .and_then(|v| self.simple_path(v, "ItemsPath", &format!("{at}/ItemsPath")))
+        } else {
+            None
+        };
         let items = match obj.get("Items") {
-            Some(v @ (Value::Array(_) | Value::Object(_))) if !jp => self.template(v, ql, &format!("{at}/Items")),
-            Some(v @ Value::String(s)) if !jp && jsonata::as_expression(s).is_some() => self.template(v, ql, &format!("{at}/Items")),
+            Some(v @ (Value::Array(_) | Value::Object(_))) if !jp => {
+                self.template(v, ql, &format!("{at}/Items"))
+            }
+            Some(v @ Value::String(s)) if !jp && jsonata::as_expression(s).is_some() => {
+                self.template(v, ql, &format!("{at}/Items"))
+            }
             Some(_) if !jp => {
-                self.schema("The field 'Items' must be an array or a JSONata expression", &format!("{at}/Items"));
+                self.schema(
+                    "The field 'Items' must be an array or a JSONata expression",
+                    &format!("{at}/Items"),
+                );
                 None
             }
             _ => None,
         };
         let item_selector = match (obj.get("ItemSelector"), obj.get("Parameters")) {
             (Some(_), Some(_)) => {
-                self.schema("The fields 'ItemSelector' and 'Parameters' are mutually exclusive", at);
+                self.schema(
+                    "The fields 'ItemSelector' and 'Parameters' are mutually exclusive",
+                    at,
+                );
                 None
             }
             (Some(v), None) => self.template(v, ql, &format!("{at}/ItemSelector")),
@@ -992,10 +1528,33 @@ impl Parser {
             (None, None) => None,
         };
         let non_negative = |v: &Value| as_u64(v).is_some();
-        let max_concurrency = self.dynamic(obj, "MaxConcurrency", ql, at, non_negative, "a non-negative integer").unwrap_or(Dynamic::Fixed(Value::from(0)));
+        let max_concurrency = self
+            .dynamic(
+                obj,
+                "MaxConcurrency",
+                ql,
+                at,
+                non_negative,
+                "a non-negative integer",
+            )
+            .unwrap_or(Dynamic::Fixed(Value::from(0)));
         let percentage = |v: &Value| v.as_f64().is_some_and(|f| (0.0..=100.0).contains(&f));
-        distributed.tolerated_failure_count = self.dynamic(obj, "ToleratedFailureCount", ql, at, non_negative, "a non-negative integer");
-        distributed.tolerated_failure_percentage = self.dynamic(obj, "ToleratedFailurePercentage", ql, at, percentage, "a number between 0 and 100");
+        distributed.tolerated_failure_count = self.dynamic(
+            obj,
+            "ToleratedFailureCount",
+            ql,
+            at,
+            non_negative,
+            "a non-negative integer",
+        );
+        distributed.tolerated_failure_percentage = self.dynamic(
+            obj,
+            "ToleratedFailurePercentage",
+            ql,
+            at,
+            percentage,
+            "a number between 0 and 100",
+        );
         distributed.item_reader = obj.get("ItemReader").cloned();
         distributed.item_batcher = obj.get("ItemBatcher").cloned();
         distributed.result_writer = obj.get("ResultWriter").cloned();
@@ -1007,17 +1566,36 @@ impl Parser {
         }
         if mode == MapMode::Inline {
             for k in [
-                "ItemReader", "ItemBatcher", "ResultWriter", "ToleratedFailureCount", "ToleratedFailureCountPath",
-                "ToleratedFailurePercentage", "ToleratedFailurePercentagePath", "Label",
+                "ItemReader",
+                "ItemBatcher",
+                "ResultWriter",
+                "ToleratedFailureCount",
+                "ToleratedFailureCountPath",
+                "ToleratedFailurePercentage",
+                "ToleratedFailurePercentagePath",
+                "Label",
             ] {
                 if obj.contains_key(k) {
-                    self.schema(&format!("The field '{k}' is only supported by Map states in DISTRIBUTED mode"), &format!("{at}/{k}"));
+                    self.schema(
+                        &format!(
+                            "The field '{k}' is only supported by Map states in DISTRIBUTED mode"
+                        ),
+                        &format!("{at}/{k}"),
+                    );
                 }
             }
         } else {
             self.distributed_fields(obj, at);
         }
-        Some(Kind::Map { processor, mode, items_path, items, item_selector, max_concurrency, distributed })
+        Some(Kind::Map {
+            processor,
+            mode,
+            items_path,
+            items,
+            item_selector,
+            max_concurrency,
+            distributed,
+        })
     }
 
     fn distributed_fields(&mut self, obj: &Map<String, Value>, at: &str) {
@@ -1037,10 +1615,16 @@ impl Parser {
                         }
                         if let Some(h) = rc.get("CSVHeaderLocation").and_then(Value::as_str) {
                             if !["FIRST_ROW", "GIVEN"].contains(&h) {
-                                self.schema("The field 'CSVHeaderLocation' must be FIRST_ROW or GIVEN", &format!("{loc}/ReaderConfig/CSVHeaderLocation"));
+                                self.schema(
+                                    "The field 'CSVHeaderLocation' must be FIRST_ROW or GIVEN",
+                                    &format!("{loc}/ReaderConfig/CSVHeaderLocation"),
+                                );
                             }
                             if h == "GIVEN" && !rc.contains_key("CSVHeaders") {
-                                self.schema("These fields are required: [CSVHeaders]", &format!("{loc}/ReaderConfig"));
+                                self.schema(
+                                    "These fields are required: [CSVHeaders]",
+                                    &format!("{loc}/ReaderConfig"),
+                                );
                             }
                         }
                         if let Some(d) = rc.get("CSVDelimiter").and_then(Value::as_str) {
@@ -1064,12 +1648,18 @@ impl Parser {
                 Some(bo) => {
                     if let Some(m) = bo.get("MaxInputBytesPerBatch") {
                         if as_u64(m).is_none_or(|n| n > 262_144) {
-                            self.schema("The field 'MaxInputBytesPerBatch' must be an integer up to 262144", &format!("{loc}/MaxInputBytesPerBatch"));
+                            self.schema(
+                                "The field 'MaxInputBytesPerBatch' must be an integer up to 262144",
+                                &format!("{loc}/MaxInputBytesPerBatch"),
+                            );
                         }
                     }
                     if let Some(m) = bo.get("MaxItemsPerBatch") {
                         if as_u64(m).is_none() {
-                            self.schema("The field 'MaxItemsPerBatch' must be a non-negative integer", &format!("{loc}/MaxItemsPerBatch"));
+                            self.schema(
+                                "The field 'MaxItemsPerBatch' must be a non-negative integer",
+                                &format!("{loc}/MaxItemsPerBatch"),
+                            );
                         }
                     }
                 }
@@ -1083,12 +1673,18 @@ impl Parser {
                     if let Some(wc) = wo.get("WriterConfig").and_then(Value::as_object) {
                         if let Some(t) = wc.get("Transformation").and_then(Value::as_str) {
                             if !["NONE", "COMPACT", "FLATTEN"].contains(&t) {
-                                self.schema("The field 'Transformation' must be NONE, COMPACT or FLATTEN", &format!("{loc}/WriterConfig/Transformation"));
+                                self.schema(
+                                    "The field 'Transformation' must be NONE, COMPACT or FLATTEN",
+                                    &format!("{loc}/WriterConfig/Transformation"),
+                                );
                             }
                         }
                         if let Some(t) = wc.get("OutputType").and_then(Value::as_str) {
                             if !["JSON", "JSONL"].contains(&t) {
-                                self.schema("The field 'OutputType' must be JSON or JSONL", &format!("{loc}/WriterConfig/OutputType"));
+                                self.schema(
+                                    "The field 'OutputType' must be JSON or JSONL",
+                                    &format!("{loc}/WriterConfig/OutputType"),
+                                );
                             }
                         }
                     }
@@ -1109,7 +1705,10 @@ mod tests {
     }
 
     fn codes(def: Value) -> Vec<(String, String)> {
-        diags(def).into_iter().map(|d| (d.code, d.location)).collect()
+        diags(def)
+            .into_iter()
+            .map(|d| (d.code, d.location))
+            .collect()
     }
 
     #[test]
@@ -1125,9 +1724,15 @@ mod tests {
 
     #[test]
     fn required_fields() {
-        assert_eq!(codes(json!({"StartAt": "A"})), [("SCHEMA_VALIDATION_FAILED".into(), "/".into())]);
+        assert_eq!(
+            codes(json!({"StartAt": "A"})),
+            [("SCHEMA_VALIDATION_FAILED".into(), "/".into())]
+        );
         let d = diags(json!({"StartAt": "A"}));
-        assert_eq!(summary(&d), "SCHEMA_VALIDATION_FAILED: These fields are required: [States] at /");
+        assert_eq!(
+            summary(&d),
+            "SCHEMA_VALIDATION_FAILED: These fields are required: [States] at /"
+        );
     }
 
     #[test]
@@ -1140,7 +1745,13 @@ mod tests {
         let got: Vec<&str> = d.iter().map(|(c, _)| c.as_str()).collect();
         assert!(got.contains(&"MISSING_TRANSITION_TARGET"), "{d:?}");
         assert!(got.contains(&"INVALID_RESOURCE"), "{d:?}");
-        assert!(got.iter().filter(|c| **c == "SCHEMA_VALIDATION_FAILED").count() >= 2, "{d:?}");
+        assert!(
+            got.iter()
+                .filter(|c| **c == "SCHEMA_VALIDATION_FAILED")
+                .count()
+                >= 2,
+            "{d:?}"
+        );
         assert!(d.iter().any(|(_, l)| l == "/States/A/Next"));
     }
 
@@ -1150,15 +1761,26 @@ mod tests {
             "A": {"Type": "Pass", "Next": "A"},
             "B": {"Type": "Succeed"}
         }}));
-        assert!(d.contains(&("UNREACHABLE_STATE".into(), "/States/B".into())), "{d:?}");
+        assert!(
+            d.contains(&("UNREACHABLE_STATE".into(), "/States/B".into())),
+            "{d:?}"
+        );
     }
 
     #[test]
     fn query_language_rules() {
-        let d = codes(json!({"QueryLanguage": "JSONata", "StartAt": "A", "States": {
-            "A": {"Type": "Pass", "InputPath": "$.x", "End": true}
-        }}));
-        assert_eq!(d, [("SCHEMA_VALIDATION_FAILED".into(), "/States/A/InputPath".into())]);
+        let d = codes(
+            json!({"QueryLanguage": "JSONata", "StartAt": "A", "States": {
+                "A": {"Type": "Pass", "InputPath": "$.x", "End": true}
+            }}),
+        );
+        assert_eq!(
+            d,
+            [(
+                "SCHEMA_VALIDATION_FAILED".into(),
+                "/States/A/InputPath".into()
+            )]
+        );
         let d = codes(json!({"StartAt": "A", "States": {
             "A": {"Type": "Pass", "QueryLanguage": "JSONata", "Output": "{% $states.input %}", "End": true}
         }}));

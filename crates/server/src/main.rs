@@ -1,1 +1,78 @@
-fn main() {}
+//! `trellis`: the Trellis node binary.
+//!
+//! For now it carries the local runner: `trellis run` executes one state machine in-process on
+//! the same step function the cluster uses, and `trellis validate` prints AWS's
+//! `ValidateStateMachineDefinition` response. `trellis dev` and `trellis server` come with the
+//! durable node (see docs/architecture.md).
+
+mod connectors;
+mod mock;
+mod run;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(
+    name = "trellis",
+    version,
+    about = "Trellis: a self-hosted engine for AWS Step Functions state machines"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run one execution in-process and print its result as one JSON line.
+    Run(run::Args),
+    /// Validate a definition and print the ValidateStateMachineDefinition response.
+    Validate {
+        /// The definition file (Amazon States Language JSON).
+        definition: PathBuf,
+        /// Validate for an EXPRESS state machine.
+        #[arg(long)]
+        express: bool,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Run(args) => run::main(args),
+        Command::Validate {
+            definition,
+            express,
+        } => validate(&definition, express),
+    };
+    match result {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("trellis: {e:#}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+fn validate(path: &std::path::Path, express: bool) -> anyhow::Result<ExitCode> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| anyhow::anyhow!("cannot read {}: {e}", path.display()))?;
+    let diags = trellis_asl::validate::validate(&text, trellis_asl::Options { express });
+    let failed = diags
+        .iter()
+        .any(|d| d.severity == trellis_asl::Severity::Error);
+    let response = serde_json::json!({
+        "result": if failed { "FAIL" } else { "OK" },
+        "diagnostics": diags,
+        "truncated": false,
+    });
+    println!("{response}");
+    Ok(if failed {
+        ExitCode::from(2)
+    } else {
+        ExitCode::SUCCESS
+    })
+}

@@ -31,18 +31,28 @@ impl Execution {
     }
 
     /// Builds the context object for a frame.
-    pub(crate) fn context_object(&self, frame: FrameId, map_item: Option<(usize, &Value, Option<&str>)>) -> Value {
+    pub(crate) fn context_object(
+        &self,
+        frame: FrameId,
+        map_item: Option<(usize, &Value, Option<&str>)>,
+    ) -> Value {
         let info = &self.info;
         let mut exec = Map::new();
         exec.insert("Id".into(), Value::String(info.execution_arn.clone()));
         exec.insert("Input".into(), info.input.clone());
-        exec.insert("StartTime".into(), Value::String(json::iso_millis(self.start_ms)));
+        exec.insert(
+            "StartTime".into(),
+            Value::String(json::iso_millis(self.start_ms)),
+        );
         exec.insert("Name".into(), Value::String(info.name.clone()));
         exec.insert("RoleArn".into(), Value::String(info.role_arn.clone()));
         exec.insert("RedriveCount".into(), Value::from(info.redrive_count));
         let mut sm = Map::new();
         sm.insert("Id".into(), Value::String(info.state_machine_arn.clone()));
-        sm.insert("Name".into(), Value::String(info.state_machine_name.clone()));
+        sm.insert(
+            "Name".into(),
+            Value::String(info.state_machine_name.clone()),
+        );
         let mut ctx = Map::new();
         ctx.insert("Execution".into(), Value::Object(exec));
         ctx.insert("StateMachine".into(), Value::Object(sm));
@@ -50,7 +60,10 @@ impl Execution {
         if let Some(a) = &f.active {
             let st = self.sm.state(f.block, a.state);
             let mut state = Map::new();
-            state.insert("EnteredTime".into(), Value::String(json::iso_millis(a.entered_ms)));
+            state.insert(
+                "EnteredTime".into(),
+                Value::String(json::iso_millis(a.entered_ms)),
+            );
             state.insert("Name".into(), Value::String(st.name.clone()));
             state.insert("RetryCount".into(), Value::from(a.retry_count));
             ctx.insert("State".into(), Value::Object(state));
@@ -76,6 +89,7 @@ impl Execution {
     }
 
     /// Evaluates a JSONata-side closure with bindings for a frame.
+    #[allow(clippy::too_many_arguments)]
     pub(crate) fn with_bindings<T>(
         &self,
         frame: FrameId,

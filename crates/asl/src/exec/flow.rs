@@ -8,7 +8,9 @@ use serde_json::{Map, Value};
 use super::context::Scope;
 use super::*;
 use crate::choice::Rule;
-use crate::definition::{Catcher, Dynamic, Kind, MapMode, Pattern, PathField, State, Text, Transition, Wait};
+use crate::definition::{
+    Catcher, Dynamic, Kind, MapMode, PathField, Pattern, State, Text, Transition, Wait,
+};
 use crate::error::names;
 use crate::json;
 use crate::template::Template;
@@ -44,7 +46,12 @@ impl Execution {
     fn state_error(&self, fid: FrameId, mut f: Failure) -> Failure {
         let wrap = matches!(
             f.error.as_deref(),
-            Some(names::RUNTIME | names::INTRINSIC_FAILURE | names::QUERY_EVALUATION_ERROR | names::RESULT_PATH_MATCH_FAILURE)
+            Some(
+                names::RUNTIME
+                    | names::INTRINSIC_FAILURE
+                    | names::QUERY_EVALUATION_ERROR
+                    | names::RESULT_PATH_MATCH_FAILURE
+            )
         );
         if wrap {
             let (st, a) = self.current_state(fid);
@@ -109,19 +116,39 @@ impl Execution {
                 ("input", Value::String(input_s)),
                 ("inputDetails", truncated()),
                 ("roleArn", Value::String(info.role_arn)),
-                ("stateMachineAliasArn", info.state_machine_alias_arn.map(Value::String).unwrap_or(Value::Null)),
-                ("stateMachineVersionArn", info.state_machine_version_arn.map(Value::String).unwrap_or(Value::Null)),
+                (
+                    "stateMachineAliasArn",
+                    info.state_machine_alias_arn
+                        .map(Value::String)
+                        .unwrap_or(Value::Null),
+                ),
+                (
+                    "stateMachineVersionArn",
+                    info.state_machine_version_arn
+                        .map(Value::String)
+                        .unwrap_or(Value::Null),
+                ),
             ])
         });
         if let Some(t) = self.sm.timeout_seconds {
             self.start_timer(TimerKind::Execution, self.now + (t as i64) * 1000);
         }
-        let root = self.alloc_frame(Frame { block: 0, parent: None, vars: Map::new(), prev: 0, active: None });
+        let root = self.alloc_frame(Frame {
+            block: 0,
+            parent: None,
+            vars: Map::new(),
+            prev: 0,
+            active: None,
+        });
         if let Err(f) = self.check_size(&input, "execution input") {
             return self.frame_failed(root, f, env);
         }
         let start = self.sm.block(0).start_at;
-        self.queue.push_back(Work::Enter { frame: root, state: start, input });
+        self.queue.push_back(Work::Enter {
+            frame: root,
+            state: start,
+            input,
+        });
     }
 
     fn task_frame(&self, task_id: u64) -> Option<FrameId> {
@@ -139,7 +166,11 @@ impl Execution {
                 let (t, r) = resource.history_names();
                 (resource.clone(), t, r)
             }
-            _ => (Resource::Lambda { arn: String::new() }, String::new(), String::new()),
+            _ => (
+                Resource::Lambda { arn: String::new() },
+                String::new(),
+                String::new(),
+            ),
         }
     }
 
@@ -147,25 +178,37 @@ impl Execution {
         self.tasks.remove(&task_id);
         let a = self.active_mut(fid);
         let w = std::mem::replace(&mut a.waiting, Waiting::Nothing);
-        if let Waiting::Task { timeout_timer, heartbeat_timer, .. } = w {
+        if let Waiting::Task {
+            timeout_timer,
+            heartbeat_timer,
+            ..
+        } = w
+        {
             self.cancel_timer(timeout_timer);
             self.cancel_timer(heartbeat_timer);
         }
     }
 
     pub(super) fn on_task_started(&mut self, task_id: u64, worker: Option<String>) {
-        let Some(fid) = self.task_frame(task_id) else { return };
+        let Some(fid) = self.task_frame(task_id) else {
+            return;
+        };
         let (resource, _, _) = self.task_names(fid);
         if matches!(resource, Resource::Activity { .. }) {
             self.emit(Some(fid), EventType::ActivityStarted, || {
-                details([("workerName", worker.map(Value::String).unwrap_or(Value::Null))])
+                details([(
+                    "workerName",
+                    worker.map(Value::String).unwrap_or(Value::Null),
+                )])
             });
         }
         self.on_heartbeat(task_id);
     }
 
     pub(super) fn on_task_submitted(&mut self, task_id: u64, output: Value) {
-        let Some(fid) = self.task_frame(task_id) else { return };
+        let Some(fid) = self.task_frame(task_id) else {
+            return;
+        };
         let (_, ty, res) = self.task_names(fid);
         let out = json::to_compact(&output);
         self.emit(Some(fid), EventType::TaskSubmitted, || {
@@ -179,21 +222,32 @@ impl Execution {
     }
 
     pub(super) fn on_heartbeat(&mut self, task_id: u64) {
-        let Some(fid) = self.task_frame(task_id) else { return };
+        let Some(fid) = self.task_frame(task_id) else {
+            return;
+        };
         let (old, secs) = match &self.active(fid).waiting {
-            Waiting::Task { heartbeat_timer, heartbeat_seconds, .. } => (*heartbeat_timer, *heartbeat_seconds),
+            Waiting::Task {
+                heartbeat_timer,
+                heartbeat_seconds,
+                ..
+            } => (*heartbeat_timer, *heartbeat_seconds),
             _ => return,
         };
         let Some(secs) = secs else { return };
         self.cancel_timer(old);
         let t = self.start_timer(TimerKind::Heartbeat(fid), self.now + secs as i64 * 1000);
-        if let Waiting::Task { heartbeat_timer, .. } = &mut self.active_mut(fid).waiting {
+        if let Waiting::Task {
+            heartbeat_timer, ..
+        } = &mut self.active_mut(fid).waiting
+        {
             *heartbeat_timer = Some(t);
         }
     }
 
     pub(super) fn on_task_succeeded(&mut self, task_id: u64, output: Value, env: &mut dyn Env) {
-        let Some(fid) = self.task_frame(task_id) else { return };
+        let Some(fid) = self.task_frame(task_id) else {
+            return;
+        };
         self.clear_task(fid, task_id);
         let (resource, ty, res) = self.task_names(fid);
         if let Err(f) = self.check_size(&output, "task result") {
@@ -219,7 +273,15 @@ impl Execution {
         self.complete(fid, output, None, env);
     }
 
-    fn emit_task_failure(&mut self, fid: FrameId, resource: &Resource, ty: String, res: String, f: &Failure, timed_out: bool) {
+    fn emit_task_failure(
+        &mut self,
+        fid: FrameId,
+        resource: &Resource,
+        ty: String,
+        res: String,
+        f: &Failure,
+        timed_out: bool,
+    ) {
         let event = match (resource, timed_out) {
             (Resource::Service { .. }, false) => EventType::TaskFailed,
             (Resource::Service { .. }, true) => EventType::TaskTimedOut,
@@ -246,7 +308,9 @@ impl Execution {
     }
 
     pub(super) fn on_task_failed(&mut self, task_id: u64, f: Failure, env: &mut dyn Env) {
-        let Some(fid) = self.task_frame(task_id) else { return };
+        let Some(fid) = self.task_frame(task_id) else {
+            return;
+        };
         self.clear_task(fid, task_id);
         let (resource, ty, res) = self.task_names(fid);
         self.emit_task_failure(fid, &resource, ty, res, &f, false);
@@ -254,14 +318,19 @@ impl Execution {
     }
 
     pub(super) fn on_timer(&mut self, timer_id: u64, env: &mut dyn Env) {
-        let Some(kind) = self.timers.remove(&timer_id) else { return };
+        let Some(kind) = self.timers.remove(&timer_id) else {
+            return;
+        };
         match kind {
             TimerKind::Execution => {
                 if self.frames.first().and_then(Option::as_ref).is_some() {
                     self.abort_frame(0);
                 }
                 self.emit(None, EventType::ExecutionTimedOut, || {
-                    details([("error", Value::String(names::TIMEOUT.into())), ("cause", Value::String("The execution timed out.".into()))])
+                    details([
+                        ("error", Value::String(names::TIMEOUT.into())),
+                        ("cause", Value::String("The execution timed out.".into())),
+                    ])
                 });
                 self.finish(Outcome {
                     status: ExecStatus::TimedOut,
@@ -288,9 +357,20 @@ impl Execution {
             }
             TimerKind::TaskTimeout(fid) | TimerKind::Heartbeat(fid) => {
                 let heartbeat = matches!(kind, TimerKind::Heartbeat(_));
-                let task_id = match self.frames.get(fid).and_then(Option::as_ref).and_then(|f| f.active.as_ref()).map(|a| &a.waiting) {
-                    Some(Waiting::Task { task_id, timeout_timer, heartbeat_timer, .. })
-                        if (!heartbeat && *timeout_timer == Some(timer_id)) || (heartbeat && *heartbeat_timer == Some(timer_id)) =>
+                let task_id = match self
+                    .frames
+                    .get(fid)
+                    .and_then(Option::as_ref)
+                    .and_then(|f| f.active.as_ref())
+                    .map(|a| &a.waiting)
+                {
+                    Some(Waiting::Task {
+                        task_id,
+                        timeout_timer,
+                        heartbeat_timer,
+                        ..
+                    }) if (!heartbeat && *timeout_timer == Some(timer_id))
+                        || (heartbeat && *heartbeat_timer == Some(timer_id)) =>
                     {
                         *task_id
                     }
@@ -299,7 +379,11 @@ impl Execution {
                 self.clear_task(fid, task_id);
                 self.out.commands.push(Command::CancelTask { task_id });
                 let (resource, ty, res) = self.task_names(fid);
-                let f = Failure { error: Some(names::TIMEOUT.into()), cause: None, heartbeat };
+                let f = Failure {
+                    error: Some(names::TIMEOUT.into()),
+                    cause: None,
+                    heartbeat,
+                };
                 self.emit_task_failure(fid, &resource, ty, res, &f, true);
                 self.state_failed(fid, f, env);
             }
@@ -320,7 +404,12 @@ impl Execution {
                 ("cause", c.map(Value::String).unwrap_or(Value::Null)),
             ])
         });
-        self.finish(Outcome { status: ExecStatus::Aborted, output: None, error, cause });
+        self.finish(Outcome {
+            status: ExecStatus::Aborted,
+            output: None,
+            error,
+            cause,
+        });
     }
 
     // ---- states -----------------------------------------------------------------------
@@ -332,10 +421,18 @@ impl Execution {
         let sm = self.sm.clone();
         let st = sm.state(self.frame(fid).block, sid);
         let record = self.limits.record_history;
-        let input_s = if record { json::to_compact(&input) } else { String::new() };
+        let input_s = if record {
+            json::to_compact(&input)
+        } else {
+            String::new()
+        };
         let name = &st.name;
         let entered_id = self.emit(Some(fid), EventType::entered(st.type_name), || {
-            details([("name", Value::String(name.clone())), ("input", Value::String(input_s)), ("inputDetails", truncated())])
+            details([
+                ("name", Value::String(name.clone())),
+                ("input", Value::String(input_s)),
+                ("inputDetails", truncated()),
+            ])
         });
         self.frame_mut(fid).active = Some(Active {
             state: sid,
@@ -368,7 +465,12 @@ impl Execution {
             PathField::Null => json::empty_object(),
             PathField::Path(p) => {
                 let a = self.active(fid);
-                let scope = Scope { exec: self, frame: fid, input: &a.raw_input, map_item: None };
+                let scope = Scope {
+                    exec: self,
+                    frame: fid,
+                    input: &a.raw_input,
+                    map_item: None,
+                };
                 match p.resolve(&scope) {
                     Some(v) => v.into_owned(),
                     None => {
@@ -385,36 +487,86 @@ impl Execution {
         Ok(())
     }
 
-    fn eval_template(&self, fid: FrameId, st: &State, t: &Template, input: &Value, field: &str, env: &mut dyn Env) -> Result<Value, Failure> {
+    fn eval_template(
+        &self,
+        fid: FrameId,
+        st: &State,
+        t: &Template,
+        input: &Value,
+        field: &str,
+        env: &mut dyn Env,
+    ) -> Result<Value, Failure> {
         if st.is_jsonata() {
             let seed = seed_of(env);
-            self.with_bindings(fid, input, None, None, None, seed, |b| t.eval_jsonata(b, field))
+            self.with_bindings(fid, input, None, None, None, seed, |b| {
+                t.eval_jsonata(b, field)
+            })
         } else {
-            let scope = Scope { exec: self, frame: fid, input, map_item: None };
+            let scope = Scope {
+                exec: self,
+                frame: fid,
+                input,
+                map_item: None,
+            };
             t.eval(&scope, env)
         }
     }
 
-    fn eval_dynamic(&self, fid: FrameId, st: &State, d: &Dynamic, input: &Value, field: &str, env: &mut dyn Env) -> Result<Value, Failure> {
+    fn eval_dynamic(
+        &self,
+        fid: FrameId,
+        st: &State,
+        d: &Dynamic,
+        input: &Value,
+        field: &str,
+        env: &mut dyn Env,
+    ) -> Result<Value, Failure> {
         match d {
             Dynamic::Fixed(v) => Ok(v.clone()),
             Dynamic::Path(p) => {
-                let scope = Scope { exec: self, frame: fid, input, map_item: None };
+                let scope = Scope {
+                    exec: self,
+                    frame: fid,
+                    input,
+                    map_item: None,
+                };
                 p.resolve(&scope).map(|v| v.into_owned()).ok_or_else(|| {
-                    Failure::runtime(format!("Invalid path '{}' : No results for path: {}", p.as_str(), p.normalized()))
+                    Failure::runtime(format!(
+                        "Invalid path '{}' : No results for path: {}",
+                        p.as_str(),
+                        p.normalized()
+                    ))
                 })
             }
             Dynamic::Expr(t) => self.eval_template(fid, st, t, input, field, env),
         }
     }
 
-    fn dynamic_int(&self, fid: FrameId, st: &State, d: &Dynamic, input: &Value, field: &str, min: i64, env: &mut dyn Env) -> Result<i64, Failure> {
+    #[allow(clippy::too_many_arguments)]
+    fn dynamic_int(
+        &self,
+        fid: FrameId,
+        st: &State,
+        d: &Dynamic,
+        input: &Value,
+        field: &str,
+        min: i64,
+        env: &mut dyn Env,
+    ) -> Result<i64, Failure> {
         let v = self.eval_dynamic(fid, st, d, input, field, env)?;
-        match v.as_i64().or_else(|| v.as_f64().filter(|f| f.fract() == 0.0 && f.abs() < 9e15).map(|f| f as i64)) {
+        match v.as_i64().or_else(|| {
+            v.as_f64()
+                .filter(|f| f.fract() == 0.0 && f.abs() < 9e15)
+                .map(|f| f as i64)
+        }) {
             Some(n) if n >= min => Ok(n),
             _ => {
                 let msg = format!("The value for the field '{field}' must be an integer of at least {min}, but was {}", json::to_compact(&v));
-                Err(if matches!(d, Dynamic::Expr(_)) { Failure::query(msg) } else { Failure::runtime(msg) })
+                Err(if matches!(d, Dynamic::Expr(_)) {
+                    Failure::query(msg)
+                } else {
+                    Failure::runtime(msg)
+                })
             }
         }
     }
@@ -430,7 +582,9 @@ impl Execution {
                 let a = self.active(fid);
                 let r = match (st.is_jsonata(), result, &st.parameters) {
                     (false, Some(r), _) => Ok(r.clone()),
-                    (false, None, Some(p)) => self.eval_template(fid, st, p, a.eff(), "Parameters", env),
+                    (false, None, Some(p)) => {
+                        self.eval_template(fid, st, p, a.eff(), "Parameters", env)
+                    }
                     _ => Ok(a.eff().clone()),
                 };
                 match r {
@@ -443,7 +597,11 @@ impl Execution {
                 self.complete(fid, v, None, env)
             }
             Kind::Fail { error, cause } => {
-                let eval = |this: &Self, t: &Option<Text>, field: &str, env: &mut dyn Env| -> Result<Option<String>, Failure> {
+                let eval = |this: &Self,
+                            t: &Option<Text>,
+                            field: &str,
+                            env: &mut dyn Env|
+                 -> Result<Option<String>, Failure> {
                     let a = this.active(fid);
                     Ok(match t {
                         None => None,
@@ -479,7 +637,15 @@ impl Execution {
                     Ok(c) => c,
                     Err(f) => return self.data_failed(fid, f, "Cause", env),
                 };
-                self.frame_failed(fid, Failure { error: e, cause: c, heartbeat: false }, env)
+                self.frame_failed(
+                    fid,
+                    Failure {
+                        error: e,
+                        cause: c,
+                        heartbeat: false,
+                    },
+                    env,
+                )
             }
             Kind::Choice { rules, default } => self.choose(fid, st, rules, *default, env),
             Kind::Wait { wait } => self.wait(fid, st, wait, env),
@@ -489,15 +655,29 @@ impl Execution {
         }
     }
 
-    fn choose(&mut self, fid: FrameId, st: &State, rules: &[Rule], default: Option<StateId>, env: &mut dyn Env) {
+    fn choose(
+        &mut self,
+        fid: FrameId,
+        st: &State,
+        rules: &[Rule],
+        default: Option<StateId>,
+        env: &mut dyn Env,
+    ) {
         let mut matched = None;
         for (i, rule) in rules.iter().enumerate() {
             let a = self.active(fid);
             let r = if st.is_jsonata() {
                 let seed = seed_of(env);
-                self.with_bindings(fid, a.eff(), None, None, None, seed, |b| rule.condition.eval_jsonata(b))
+                self.with_bindings(fid, a.eff(), None, None, None, seed, |b| {
+                    rule.condition.eval_jsonata(b)
+                })
             } else {
-                let scope = Scope { exec: self, frame: fid, input: a.eff(), map_item: None };
+                let scope = Scope {
+                    exec: self,
+                    frame: fid,
+                    input: a.eff(),
+                    map_item: None,
+                };
                 rule.condition.eval(&scope)
             };
             match r {
@@ -513,7 +693,11 @@ impl Execution {
         match (matched, default) {
             (Some(i), _) => self.complete(fid, input, Some(&rules[i]), env),
             (None, Some(d)) => self.complete_to(fid, input, Some(d), None, env),
-            (None, None) => self.state_failed(fid, Failure::new(names::NO_CHOICE_MATCHED, "No Matches!"), env),
+            (None, None) => self.state_failed(
+                fid,
+                Failure::new(names::NO_CHOICE_MATCHED, "No Matches!"),
+                env,
+            ),
         }
     }
 
@@ -552,12 +736,26 @@ impl Execution {
     }
 
     fn schedule_task(&mut self, fid: FrameId, st: &State, env: &mut dyn Env) {
-        let Kind::Task { resource, resource_arn, timeout_seconds, heartbeat_seconds, credentials } = &st.kind else {
+        let Kind::Task {
+            resource,
+            resource_arn,
+            timeout_seconds,
+            heartbeat_seconds,
+            credentials,
+        } = &st.kind
+        else {
             return;
         };
         let task_id = self.next_task_id;
         self.next_task_id += 1;
-        let needs_token = matches!(resource, Resource::Activity { .. } | Resource::Service { pattern: Pattern::WaitForTaskToken, .. });
+        let needs_token = matches!(
+            resource,
+            Resource::Activity { .. }
+                | Resource::Service {
+                    pattern: Pattern::WaitForTaskToken,
+                    ..
+                }
+        );
         if needs_token {
             let token = env.task_token(&self.info.execution_arn, task_id);
             self.active_mut(fid).token = Some(token);
@@ -565,22 +763,56 @@ impl Execution {
         let a = self.active(fid);
         let input = a.eff().clone();
         let params = match &st.parameters {
-            Some(p) => self.eval_template(fid, st, p, &input, if st.is_jsonata() { "Arguments" } else { "Parameters" }, env),
+            Some(p) => self.eval_template(
+                fid,
+                st,
+                p,
+                &input,
+                if st.is_jsonata() {
+                    "Arguments"
+                } else {
+                    "Parameters"
+                },
+                env,
+            ),
             None => Ok(input.clone()),
         };
         let params = match params {
             Ok(p) => p,
-            Err(f) => return self.data_failed(fid, f, if st.is_jsonata() { "Arguments" } else { "Parameters" }, env),
+            Err(f) => {
+                return self.data_failed(
+                    fid,
+                    f,
+                    if st.is_jsonata() {
+                        "Arguments"
+                    } else {
+                        "Parameters"
+                    },
+                    env,
+                )
+            }
         };
-        let timeout = match timeout_seconds.as_ref().map(|d| self.dynamic_int(fid, st, d, &input, "TimeoutSeconds", 1, env)).transpose() {
+        let timeout = match timeout_seconds
+            .as_ref()
+            .map(|d| self.dynamic_int(fid, st, d, &input, "TimeoutSeconds", 1, env))
+            .transpose()
+        {
             Ok(t) => t,
             Err(f) => return self.data_failed(fid, f, "TimeoutSeconds", env),
         };
-        let heartbeat = match heartbeat_seconds.as_ref().map(|d| self.dynamic_int(fid, st, d, &input, "HeartbeatSeconds", 1, env)).transpose() {
+        let heartbeat = match heartbeat_seconds
+            .as_ref()
+            .map(|d| self.dynamic_int(fid, st, d, &input, "HeartbeatSeconds", 1, env))
+            .transpose()
+        {
             Ok(t) => t,
             Err(f) => return self.data_failed(fid, f, "HeartbeatSeconds", env),
         };
-        let creds = match credentials.as_ref().map(|c| self.eval_template(fid, st, c, &input, "Credentials", env)).transpose() {
+        let creds = match credentials
+            .as_ref()
+            .map(|c| self.eval_template(fid, st, c, &input, "Credentials", env))
+            .transpose()
+        {
             Ok(c) => c,
             Err(f) => return self.data_failed(fid, f, "Credentials", env),
         };
@@ -596,13 +828,22 @@ impl Execution {
                         ("resource", Value::String(res.clone())),
                         ("region", Value::String(region)),
                         ("parameters", Value::String(params_s)),
-                        ("timeoutInSeconds", timeout.map(Value::from).unwrap_or(Value::Null)),
-                        ("heartbeatInSeconds", heartbeat.map(Value::from).unwrap_or(Value::Null)),
+                        (
+                            "timeoutInSeconds",
+                            timeout.map(Value::from).unwrap_or(Value::Null),
+                        ),
+                        (
+                            "heartbeatInSeconds",
+                            heartbeat.map(Value::from).unwrap_or(Value::Null),
+                        ),
                         ("taskCredentials", c.unwrap_or(Value::Null)),
                     ])
                 });
                 self.emit(Some(fid), EventType::TaskStarted, || {
-                    details([("resourceType", Value::String(ty)), ("resource", Value::String(res))])
+                    details([
+                        ("resourceType", Value::String(ty)),
+                        ("resource", Value::String(res)),
+                    ])
                 });
             }
             Resource::Lambda { arn } => {
@@ -612,7 +853,10 @@ impl Execution {
                         ("resource", Value::String(arn)),
                         ("input", Value::String(params_s)),
                         ("inputDetails", truncated()),
-                        ("timeoutInSeconds", timeout.map(Value::from).unwrap_or(Value::Null)),
+                        (
+                            "timeoutInSeconds",
+                            timeout.map(Value::from).unwrap_or(Value::Null),
+                        ),
                     ])
                 });
                 self.emit(Some(fid), EventType::LambdaFunctionStarted, || None);
@@ -624,14 +868,22 @@ impl Execution {
                         ("resource", Value::String(arn)),
                         ("input", Value::String(params_s)),
                         ("inputDetails", truncated()),
-                        ("timeoutInSeconds", timeout.map(Value::from).unwrap_or(Value::Null)),
-                        ("heartbeatInSeconds", heartbeat.map(Value::from).unwrap_or(Value::Null)),
+                        (
+                            "timeoutInSeconds",
+                            timeout.map(Value::from).unwrap_or(Value::Null),
+                        ),
+                        (
+                            "heartbeatInSeconds",
+                            heartbeat.map(Value::from).unwrap_or(Value::Null),
+                        ),
                     ])
                 });
             }
         }
-        let timeout_timer = timeout.map(|t| self.start_timer(TimerKind::TaskTimeout(fid), self.now + t * 1000));
-        let heartbeat_timer = heartbeat.map(|h| self.start_timer(TimerKind::Heartbeat(fid), self.now + h * 1000));
+        let timeout_timer =
+            timeout.map(|t| self.start_timer(TimerKind::TaskTimeout(fid), self.now + t * 1000));
+        let heartbeat_timer =
+            heartbeat.map(|h| self.start_timer(TimerKind::Heartbeat(fid), self.now + h * 1000));
         self.tasks.insert(task_id, fid);
         let a = self.active_mut(fid);
         let token = a.token.clone();
@@ -656,10 +908,27 @@ impl Execution {
         }));
     }
 
-    fn start_parallel(&mut self, fid: FrameId, st: &State, branches: &[BlockId], env: &mut dyn Env) {
+    fn start_parallel(
+        &mut self,
+        fid: FrameId,
+        st: &State,
+        branches: &[BlockId],
+        env: &mut dyn Env,
+    ) {
         let input = self.active(fid).eff().clone();
         let branch_input = match &st.parameters {
-            Some(p) => match self.eval_template(fid, st, p, &input, if st.is_jsonata() { "Arguments" } else { "Parameters" }, env) {
+            Some(p) => match self.eval_template(
+                fid,
+                st,
+                p,
+                &input,
+                if st.is_jsonata() {
+                    "Arguments"
+                } else {
+                    "Parameters"
+                },
+                env,
+            ) {
                 Ok(v) => v,
                 Err(f) => return self.data_failed(fid, f, "Parameters", env),
             },
@@ -677,7 +946,11 @@ impl Execution {
             });
             running.insert(slot, child);
             let start = self.sm.block(*block).start_at;
-            self.queue.push_back(Work::Enter { frame: child, state: start, input: branch_input.clone() });
+            self.queue.push_back(Work::Enter {
+                frame: child,
+                state: start,
+                input: branch_input.clone(),
+            });
         }
         self.active_mut(fid).waiting = Waiting::Children(Children {
             is_map: false,
@@ -694,9 +967,23 @@ impl Execution {
     }
 
     fn start_map(&mut self, fid: FrameId, st: &State, env: &mut dyn Env) {
-        let Kind::Map { items_path, items, max_concurrency, mode, distributed, .. } = &st.kind else { return };
-        if *mode == MapMode::Distributed && (distributed.item_reader.is_some() || distributed.result_writer.is_some()) {
-            let f = Failure::runtime("Distributed Map with ItemReader or ResultWriter is not supported by Trellis yet");
+        let Kind::Map {
+            items_path,
+            items,
+            max_concurrency,
+            mode,
+            distributed,
+            ..
+        } = &st.kind
+        else {
+            return;
+        };
+        if *mode == MapMode::Distributed
+            && (distributed.item_reader.is_some() || distributed.result_writer.is_some())
+        {
+            let f = Failure::runtime(
+                "Distributed Map with ItemReader or ResultWriter is not supported by Trellis yet",
+            );
             return self.data_failed(fid, f, "ItemReader", env);
         }
         let input = self.active(fid).eff().clone();
@@ -708,9 +995,18 @@ impl Execution {
         } else {
             match items_path {
                 Some(p) => {
-                    let scope = Scope { exec: self, frame: fid, input: &input, map_item: None };
+                    let scope = Scope {
+                        exec: self,
+                        frame: fid,
+                        input: &input,
+                        map_item: None,
+                    };
                     p.resolve(&scope).map(|v| v.into_owned()).ok_or_else(|| {
-                        Failure::runtime(format!("Invalid path '{}' : No results for path: {}", p.as_str(), p.normalized()))
+                        Failure::runtime(format!(
+                            "Invalid path '{}' : No results for path: {}",
+                            p.as_str(),
+                            p.normalized()
+                        ))
                     })
                 }
                 None => Ok(input.clone()),
@@ -723,20 +1019,49 @@ impl Execution {
                 (m.into_iter().map(|(_, v)| v).collect(), Some(keys))
             }
             Ok(other) => {
-                let field = if st.is_jsonata() { "Items" } else { "ItemsPath" };
-                let msg = format!("The {field} field must point to a JSON array, but was {}", json::type_name(&other));
-                let f = if st.is_jsonata() { Failure::query(msg) } else { Failure::runtime(msg) };
+                let field = if st.is_jsonata() {
+                    "Items"
+                } else {
+                    "ItemsPath"
+                };
+                let msg = format!(
+                    "The {field} field must point to a JSON array, but was {}",
+                    json::type_name(&other)
+                );
+                let f = if st.is_jsonata() {
+                    Failure::query(msg)
+                } else {
+                    Failure::runtime(msg)
+                };
                 return self.data_failed(fid, f, field, env);
             }
-            Err(f) => return self.data_failed(fid, f, if st.is_jsonata() { "Items" } else { "ItemsPath" }, env),
+            Err(f) => {
+                return self.data_failed(
+                    fid,
+                    f,
+                    if st.is_jsonata() {
+                        "Items"
+                    } else {
+                        "ItemsPath"
+                    },
+                    env,
+                )
+            }
         };
-        let mc = match self.dynamic_int(fid, st, max_concurrency, &input, "MaxConcurrency", 0, env) {
+        let mc = match self.dynamic_int(fid, st, max_concurrency, &input, "MaxConcurrency", 0, env)
+        {
             Ok(n) => n as usize,
             Err(f) => return self.data_failed(fid, f, "MaxConcurrency", env),
         };
-        let mc = if mc == 0 { self.limits.inline_map_concurrency } else { mc };
+        let mc = if mc == 0 {
+            self.limits.inline_map_concurrency
+        } else {
+            mc
+        };
         let len = list.len();
-        let started = self.emit(Some(fid), EventType::MapStateStarted, || details([("length", Value::from(len))]));
+        let started = self.emit(Some(fid), EventType::MapStateStarted, || {
+            details([("length", Value::from(len))])
+        });
         if len == 0 {
             self.emit(Some(fid), EventType::MapStateSucceeded, || None);
             return self.complete(fid, Value::Array(Vec::new()), None, env);
@@ -761,13 +1086,28 @@ impl Execution {
         loop {
             let sm = self.sm.clone();
             let st = sm.state(self.frame(fid).block, self.active(fid).state);
-            let Kind::Map { processor, item_selector, .. } = &st.kind else { return };
+            let Kind::Map {
+                processor,
+                item_selector,
+                ..
+            } = &st.kind
+            else {
+                return;
+            };
             let (index, item, key) = {
-                let Waiting::Children(c) = &self.active(fid).waiting else { return };
-                if c.next_index >= c.items.len() || (c.max_concurrency > 0 && c.running.len() >= c.max_concurrency) {
+                let Waiting::Children(c) = &self.active(fid).waiting else {
+                    return;
+                };
+                if c.next_index >= c.items.len()
+                    || (c.max_concurrency > 0 && c.running.len() >= c.max_concurrency)
+                {
                     return;
                 }
-                (c.next_index, c.items[c.next_index].clone(), c.keys.as_ref().map(|k| k[c.next_index].clone()))
+                (
+                    c.next_index,
+                    c.items[c.next_index].clone(),
+                    c.keys.as_ref().map(|k| k[c.next_index].clone()),
+                )
             };
             if let Waiting::Children(c) = &mut self.active_mut(fid).waiting {
                 c.next_index += 1;
@@ -775,14 +1115,23 @@ impl Execution {
             let iteration_input = match item_selector {
                 None => Ok(item.clone()),
                 Some(t) => {
-                    let Waiting::Children(c) = &self.active(fid).waiting else { return };
+                    let Waiting::Children(c) = &self.active(fid).waiting else {
+                        return;
+                    };
                     let sel = &c.selector_input;
                     let mi = Some((index, &item, key.as_deref()));
                     if st.is_jsonata() {
                         let seed = seed_of(env);
-                        self.with_bindings(fid, sel, None, None, mi, seed, |b| t.eval_jsonata(b, "ItemSelector"))
+                        self.with_bindings(fid, sel, None, None, mi, seed, |b| {
+                            t.eval_jsonata(b, "ItemSelector")
+                        })
                     } else {
-                        let scope = Scope { exec: self, frame: fid, input: sel, map_item: mi };
+                        let scope = Scope {
+                            exec: self,
+                            frame: fid,
+                            input: sel,
+                            map_item: mi,
+                        };
                         t.eval(&scope, env)
                     }
                 }
@@ -803,7 +1152,10 @@ impl Execution {
             });
             let child = self.alloc_frame(Frame {
                 block: *processor,
-                parent: Some(Parent { frame: fid, slot: index }),
+                parent: Some(Parent {
+                    frame: fid,
+                    slot: index,
+                }),
                 vars: Map::new(),
                 prev: started,
                 active: None,
@@ -812,22 +1164,42 @@ impl Execution {
                 c.running.insert(index, child);
             }
             let start = self.sm.block(*processor).start_at;
-            self.queue.push_back(Work::Enter { frame: child, state: start, input: iteration_input });
+            self.queue.push_back(Work::Enter {
+                frame: child,
+                state: start,
+                input: iteration_input,
+            });
         }
     }
 
     // ---- completion -------------------------------------------------------------------
 
     /// The state's work produced `result`; run output processing and transition.
-    pub(super) fn complete(&mut self, fid: FrameId, result: Value, rule: Option<&Rule>, env: &mut dyn Env) {
+    pub(super) fn complete(
+        &mut self,
+        fid: FrameId,
+        result: Value,
+        rule: Option<&Rule>,
+        env: &mut dyn Env,
+    ) {
         let next = rule.map(|r| r.next);
         self.complete_to(fid, result, next, rule, env)
     }
 
-    fn complete_to(&mut self, fid: FrameId, result: Value, next: Option<StateId>, rule: Option<&Rule>, env: &mut dyn Env) {
+    fn complete_to(
+        &mut self,
+        fid: FrameId,
+        result: Value,
+        next: Option<StateId>,
+        rule: Option<&Rule>,
+        env: &mut dyn Env,
+    ) {
         let sm = self.sm.clone();
         let st = sm.state(self.frame(fid).block, self.active(fid).state);
-        let has_result = matches!(st.kind, Kind::Task { .. } | Kind::Parallel { .. } | Kind::Map { .. });
+        let has_result = matches!(
+            st.kind,
+            Kind::Task { .. } | Kind::Parallel { .. } | Kind::Map { .. }
+        );
         let assign_t = rule.and_then(|r| r.assign.as_ref()).or(st.assign.as_ref());
         let (output, assigned) = if st.is_jsonata() {
             let a = self.active(fid);
@@ -866,25 +1238,46 @@ impl Execution {
         self.exit_state(fid, st, output, assigned, next, env);
     }
 
-    fn jsonpath_output(&self, fid: FrameId, st: &State, result: Value, assign_t: Option<&Template>, env: &mut dyn Env) -> Result<(Value, Option<Value>), (Failure, &'static str)> {
+    fn jsonpath_output(
+        &self,
+        fid: FrameId,
+        st: &State,
+        result: Value,
+        assign_t: Option<&Template>,
+        env: &mut dyn Env,
+    ) -> Result<(Value, Option<Value>), (Failure, &'static str)> {
         let a = self.active(fid);
         let assigned = match assign_t {
             Some(t) => {
-                let scope = Scope { exec: self, frame: fid, input: &result, map_item: None };
+                let scope = Scope {
+                    exec: self,
+                    frame: fid,
+                    input: &result,
+                    map_item: None,
+                };
                 Some(t.eval(&scope, env).map_err(|f| (f, "Assign"))?)
             }
             None => None,
         };
         let result = match &st.result_selector {
             Some(t) => {
-                let scope = Scope { exec: self, frame: fid, input: &result, map_item: None };
+                let scope = Scope {
+                    exec: self,
+                    frame: fid,
+                    input: &result,
+                    map_item: None,
+                };
                 t.eval(&scope, env).map_err(|f| (f, "ResultSelector"))?
             }
             None => result,
         };
-        let has_result_path = matches!(st.kind, Kind::Pass { .. } | Kind::Task { .. } | Kind::Parallel { .. } | Kind::Map { .. });
+        let has_result_path = matches!(
+            st.kind,
+            Kind::Pass { .. } | Kind::Task { .. } | Kind::Parallel { .. } | Kind::Map { .. }
+        );
         let output = if has_result_path {
-            apply_result_path(&st.result_path, &a.raw_input, result).map_err(|f| (f, "ResultPath"))?
+            apply_result_path(&st.result_path, &a.raw_input, result)
+                .map_err(|f| (f, "ResultPath"))?
         } else {
             result
         };
@@ -892,12 +1285,21 @@ impl Execution {
             PathField::Default => output,
             PathField::Null => json::empty_object(),
             PathField::Path(p) => {
-                let scope = Scope { exec: self, frame: fid, input: &output, map_item: None };
+                let scope = Scope {
+                    exec: self,
+                    frame: fid,
+                    input: &output,
+                    map_item: None,
+                };
                 match p.resolve(&scope) {
                     Some(v) => v.into_owned(),
                     None => {
                         return Err((
-                            Failure::runtime(format!("Invalid path '{}' : No results for path: {}", p.as_str(), p.normalized())),
+                            Failure::runtime(format!(
+                                "Invalid path '{}' : No results for path: {}",
+                                p.as_str(),
+                                p.normalized()
+                            )),
                             "OutputPath",
                         ))
                     }
@@ -907,9 +1309,21 @@ impl Execution {
         Ok((output, assigned))
     }
 
-    fn exit_state(&mut self, fid: FrameId, st: &State, output: Value, assigned: Option<Value>, next: Option<Transition>, env: &mut dyn Env) {
+    fn exit_state(
+        &mut self,
+        fid: FrameId,
+        st: &State,
+        output: Value,
+        assigned: Option<Value>,
+        next: Option<Transition>,
+        env: &mut dyn Env,
+    ) {
         let record = self.limits.record_history;
-        let out_s = if record { json::to_compact(&output) } else { String::new() };
+        let out_s = if record {
+            json::to_compact(&output)
+        } else {
+            String::new()
+        };
         let assigned_map = match assigned {
             Some(Value::Object(m)) => Some(m),
             _ => None,
@@ -923,7 +1337,11 @@ impl Execution {
         }
         let name = st.name.clone();
         let assigned_s = assigned_map.as_ref().filter(|_| record).map(|m| {
-            Value::Object(m.iter().map(|(k, v)| (k.clone(), Value::String(json::to_compact(v)))).collect())
+            Value::Object(
+                m.iter()
+                    .map(|(k, v)| (k.clone(), Value::String(json::to_compact(v))))
+                    .collect(),
+            )
         });
         self.emit(Some(fid), EventType::exited(st.type_name), || {
             let mut d = Map::new();
@@ -944,7 +1362,11 @@ impl Execution {
         }
         frame.active = None;
         match next {
-            Some(Transition::Next(n)) => self.queue.push_back(Work::Enter { frame: fid, state: n, input: output }),
+            Some(Transition::Next(n)) => self.queue.push_back(Work::Enter {
+                frame: fid,
+                state: n,
+                input: output,
+            }),
             Some(Transition::End) | None => self.frame_done(fid, output, env),
         }
     }
@@ -979,7 +1401,11 @@ impl Execution {
             }
             break;
         }
-        if let Some(c) = st.catch.iter().find(|c| c.error_equals.iter().any(|e| f.matches(e))) {
+        if let Some(c) = st
+            .catch
+            .iter()
+            .find(|c| c.error_equals.iter().any(|e| f.matches(e)))
+        {
             return self.catch_to(fid, st, c, f, env);
         }
         self.frame_failed(fid, f, env);
@@ -990,31 +1416,52 @@ impl Execution {
         let a = self.active(fid);
         let r = if st.is_jsonata() {
             let seed = seed_of(env);
-            self.with_bindings(fid, &a.raw_input, None, Some(&error_output), None, seed, |b| {
-                let assigned = match &c.assign {
-                    Some(t) => Some(t.eval_jsonata(b, "Assign")?),
-                    None => None,
-                };
-                let output = match &c.output {
-                    Some(t) => t.eval_jsonata(b, "Output")?,
-                    None => error_output.clone(),
-                };
-                Ok::<_, Failure>((output, assigned))
-            })
+            self.with_bindings(
+                fid,
+                &a.raw_input,
+                None,
+                Some(&error_output),
+                None,
+                seed,
+                |b| {
+                    let assigned = match &c.assign {
+                        Some(t) => Some(t.eval_jsonata(b, "Assign")?),
+                        None => None,
+                    };
+                    let output = match &c.output {
+                        Some(t) => t.eval_jsonata(b, "Output")?,
+                        None => error_output.clone(),
+                    };
+                    Ok::<_, Failure>((output, assigned))
+                },
+            )
         } else {
             let assigned = match &c.assign {
                 Some(t) => {
-                    let scope = Scope { exec: self, frame: fid, input: &error_output, map_item: None };
+                    let scope = Scope {
+                        exec: self,
+                        frame: fid,
+                        input: &error_output,
+                        map_item: None,
+                    };
                     t.eval(&scope, env).map(Some)
                 }
                 None => Ok(None),
             };
             assigned.and_then(|assigned| {
-                apply_result_path(&c.result_path, &a.raw_input, error_output.clone()).map(|o| (o, assigned))
+                apply_result_path(&c.result_path, &a.raw_input, error_output.clone())
+                    .map(|o| (o, assigned))
             })
         };
         match r {
-            Ok((output, assigned)) => self.exit_state(fid, st, output, assigned, Some(Transition::Next(c.next)), env),
+            Ok((output, assigned)) => self.exit_state(
+                fid,
+                st,
+                output,
+                assigned,
+                Some(Transition::Next(c.next)),
+                env,
+            ),
             Err(e) => {
                 let e = self.state_error(fid, e);
                 self.frame_failed(fid, e, env)
@@ -1028,24 +1475,37 @@ impl Execution {
         let Some(parent) = self.frame(fid).parent.clone() else {
             let out_s = json::to_compact(&output);
             self.emit(Some(fid), EventType::ExecutionSucceeded, || {
-                details([("output", Value::String(out_s)), ("outputDetails", truncated())])
+                details([
+                    ("output", Value::String(out_s)),
+                    ("outputDetails", truncated()),
+                ])
             });
             self.release_frame(fid);
-            return self.finish(Outcome { status: ExecStatus::Succeeded, output: Some(output), error: None, cause: None });
+            return self.finish(Outcome {
+                status: ExecStatus::Succeeded,
+                output: Some(output),
+                error: None,
+                cause: None,
+            });
         };
         let child_prev = self.frame(fid).prev;
         let is_map = matches!(&self.active(parent.frame).waiting, Waiting::Children(c) if c.is_map);
         let last = if is_map {
             let name = self.current_state(parent.frame).0.name.clone();
             self.emit_after(None, child_prev, EventType::MapIterationSucceeded, || {
-                details([("name", Value::String(name)), ("index", Value::from(parent.slot))])
+                details([
+                    ("name", Value::String(name)),
+                    ("index", Value::from(parent.slot)),
+                ])
             })
         } else {
             child_prev
         };
         self.release_frame(fid);
         let all_done = {
-            let Waiting::Children(c) = &mut self.active_mut(parent.frame).waiting else { return };
+            let Waiting::Children(c) = &mut self.active_mut(parent.frame).waiting else {
+                return;
+            };
             c.results[parent.slot] = Some(output);
             c.running.remove(&parent.slot);
             c.done += 1;
@@ -1060,9 +1520,18 @@ impl Execution {
         }
         let w = std::mem::replace(&mut self.active_mut(parent.frame).waiting, Waiting::Nothing);
         let Waiting::Children(c) = w else { return };
-        let ty = if c.is_map { EventType::MapStateSucceeded } else { EventType::ParallelStateSucceeded };
+        let ty = if c.is_map {
+            EventType::MapStateSucceeded
+        } else {
+            EventType::ParallelStateSucceeded
+        };
         self.emit_after(Some(parent.frame), c.last_event, ty, || None);
-        let results = Value::Array(c.results.into_iter().map(|r| r.unwrap_or(Value::Null)).collect());
+        let results = Value::Array(
+            c.results
+                .into_iter()
+                .map(|r| r.unwrap_or(Value::Null))
+                .collect(),
+        );
         self.complete(parent.frame, results, None, env);
     }
 
@@ -1076,7 +1545,12 @@ impl Execution {
                 ])
             });
             self.abort_frame(fid);
-            return self.finish(Outcome { status: ExecStatus::Failed, output: None, error: f.error, cause: f.cause });
+            return self.finish(Outcome {
+                status: ExecStatus::Failed,
+                output: None,
+                error: f.error,
+                cause: f.cause,
+            });
         };
         let child_prev = self.frame(fid).prev;
         let is_map = matches!(&self.active(parent.frame).waiting, Waiting::Children(c) if c.is_map);
@@ -1084,7 +1558,10 @@ impl Execution {
         if is_map {
             let name = self.current_state(parent.frame).0.name.clone();
             last = self.emit_after(None, child_prev, EventType::MapIterationFailed, || {
-                details([("name", Value::String(name)), ("index", Value::from(parent.slot))])
+                details([
+                    ("name", Value::String(name)),
+                    ("index", Value::from(parent.slot)),
+                ])
             });
         }
         self.abort_frame(fid);
@@ -1095,7 +1572,11 @@ impl Execution {
         self.frame_mut(parent.frame).prev = last;
         self.abort_children(parent.frame);
         self.active_mut(parent.frame).waiting = Waiting::Nothing;
-        let ty = if is_map { EventType::MapStateFailed } else { EventType::ParallelStateFailed };
+        let ty = if is_map {
+            EventType::MapStateFailed
+        } else {
+            EventType::ParallelStateFailed
+        };
         self.emit(Some(parent.frame), ty, || None);
         self.state_failed(parent.frame, f, env);
     }
@@ -1128,12 +1609,21 @@ impl Execution {
     /// Stops whatever a frame is doing: cancels its task and timers, aborts its children and
     /// writes `{Type}StateAborted`.
     fn abort_frame(&mut self, fid: FrameId) {
-        self.queue.retain(|w| !matches!(w, Work::Enter { frame, .. } if *frame == fid));
-        self.parked.retain(|w| !matches!(w, Work::Enter { frame, .. } if *frame == fid));
-        let Some(state) = self.frame(fid).active.as_ref().map(|a| a.state) else { return };
+        self.queue
+            .retain(|w| !matches!(w, Work::Enter { frame, .. } if *frame == fid));
+        self.parked
+            .retain(|w| !matches!(w, Work::Enter { frame, .. } if *frame == fid));
+        let Some(state) = self.frame(fid).active.as_ref().map(|a| a.state) else {
+            return;
+        };
         let waiting = std::mem::replace(&mut self.active_mut(fid).waiting, Waiting::Nothing);
         let aborted = match waiting {
-            Waiting::Task { task_id, timeout_timer, heartbeat_timer, .. } => {
+            Waiting::Task {
+                task_id,
+                timeout_timer,
+                heartbeat_timer,
+                ..
+            } => {
                 self.tasks.remove(&task_id);
                 self.cancel_timer(timeout_timer);
                 self.cancel_timer(heartbeat_timer);
@@ -1170,7 +1660,11 @@ fn apply_result_path(rp: &PathField, raw_input: &Value, result: Value) -> Result
             p.set(&mut out, result).map_err(|_| {
                 Failure::new(
                     names::RESULT_PATH_MATCH_FAILURE,
-                    format!("Unable to apply ResultPath \"{}\" to input \"{}\"", p.as_str(), json::to_compact(raw_input)),
+                    format!(
+                        "Unable to apply ResultPath \"{}\" to input \"{}\"",
+                        p.as_str(),
+                        json::to_compact(raw_input)
+                    ),
                 )
             })?;
             Ok(out)

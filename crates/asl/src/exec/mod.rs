@@ -84,16 +84,36 @@ pub enum Input {
     /// Start the execution with `ExecutionInfo::input`.
     Start,
     /// An activity worker took the task (`ActivityStarted`).
-    TaskStarted { task_id: u64, worker_name: Option<String> },
+    TaskStarted {
+        task_id: u64,
+        worker_name: Option<String>,
+    },
     /// A callback or `.sync` task was submitted (`TaskSubmitted`).
-    TaskSubmitted { task_id: u64, output: Value },
-    TaskSucceeded { task_id: u64, output: Value },
-    TaskFailed { task_id: u64, error: Option<String>, cause: Option<String> },
+    TaskSubmitted {
+        task_id: u64,
+        output: Value,
+    },
+    TaskSucceeded {
+        task_id: u64,
+        output: Value,
+    },
+    TaskFailed {
+        task_id: u64,
+        error: Option<String>,
+        cause: Option<String>,
+    },
     /// A heartbeat for a task with `HeartbeatSeconds`.
-    TaskHeartbeat { task_id: u64 },
-    TimerFired { timer_id: u64 },
+    TaskHeartbeat {
+        task_id: u64,
+    },
+    TimerFired {
+        timer_id: u64,
+    },
     /// `StopExecution`.
-    Stop { error: Option<String>, cause: Option<String> },
+    Stop {
+        error: Option<String>,
+        cause: Option<String>,
+    },
     /// Start no new state until `Resume`.
     Pause,
     Resume,
@@ -120,9 +140,16 @@ pub struct TaskRequest {
 pub enum Command {
     InvokeTask(TaskRequest),
     /// The task is no longer wanted (timed out, aborted); results for it will be ignored.
-    CancelTask { task_id: u64 },
-    StartTimer { timer_id: u64, fire_at_ms: i64 },
-    CancelTimer { timer_id: u64 },
+    CancelTask {
+        task_id: u64,
+    },
+    StartTimer {
+        timer_id: u64,
+        fire_at_ms: i64,
+    },
+    CancelTimer {
+        timer_id: u64,
+    },
     /// The execution reached a terminal status.
     Finish(Outcome),
 }
@@ -188,8 +215,12 @@ pub(crate) enum Waiting {
         heartbeat_timer: Option<u64>,
         heartbeat_seconds: Option<u64>,
     },
-    Retry { timer_id: u64 },
-    Wait { timer_id: u64 },
+    Retry {
+        timer_id: u64,
+    },
+    Wait {
+        timer_id: u64,
+    },
     Children(Children),
 }
 
@@ -246,7 +277,11 @@ pub(crate) enum TimerKind {
 /// Work to do inside a step.
 #[derive(Debug)]
 pub(crate) enum Work {
-    Enter { frame: FrameId, state: StateId, input: Value },
+    Enter {
+        frame: FrameId,
+        state: StateId,
+        input: Value,
+    },
 }
 
 /// One execution.
@@ -335,12 +370,27 @@ impl Execution {
         }
         match input {
             Input::Start => self.on_start(env),
-            Input::TaskStarted { task_id, worker_name } => self.on_task_started(task_id, worker_name),
+            Input::TaskStarted {
+                task_id,
+                worker_name,
+            } => self.on_task_started(task_id, worker_name),
             Input::TaskSubmitted { task_id, output } => self.on_task_submitted(task_id, output),
-            Input::TaskSucceeded { task_id, output } => self.on_task_succeeded(task_id, output, env),
-            Input::TaskFailed { task_id, error, cause } => {
-                self.on_task_failed(task_id, Failure { error, cause, heartbeat: false }, env)
+            Input::TaskSucceeded { task_id, output } => {
+                self.on_task_succeeded(task_id, output, env)
             }
+            Input::TaskFailed {
+                task_id,
+                error,
+                cause,
+            } => self.on_task_failed(
+                task_id,
+                Failure {
+                    error,
+                    cause,
+                    heartbeat: false,
+                },
+                env,
+            ),
             Input::TaskHeartbeat { task_id } => self.on_heartbeat(task_id),
             Input::TimerFired { timer_id } => self.on_timer(timer_id, env),
             Input::Stop { error, cause } => self.on_stop(error, cause),
@@ -366,7 +416,11 @@ impl Execution {
                 continue;
             }
             match work {
-                Work::Enter { frame, state, input } => self.enter(frame, state, input, env),
+                Work::Enter {
+                    frame,
+                    state,
+                    input,
+                } => self.enter(frame, state, input, env),
             }
         }
         if self.status.is_terminal() {
@@ -443,14 +497,19 @@ impl Execution {
         let id = self.next_timer_id;
         self.next_timer_id += 1;
         self.timers.insert(id, kind);
-        self.out.commands.push(Command::StartTimer { timer_id: id, fire_at_ms });
+        self.out.commands.push(Command::StartTimer {
+            timer_id: id,
+            fire_at_ms,
+        });
         id
     }
 
     pub(crate) fn cancel_timer(&mut self, id: Option<u64>) {
         if let Some(id) = id {
             if self.timers.remove(&id).is_some() {
-                self.out.commands.push(Command::CancelTimer { timer_id: id });
+                self.out
+                    .commands
+                    .push(Command::CancelTimer { timer_id: id });
             }
         }
     }

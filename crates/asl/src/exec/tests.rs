@@ -8,7 +8,11 @@ fn machine(def: Value) -> Arc<StateMachine> {
 }
 
 fn start(def: Value, input: Value) -> (Execution, ManualEnv, StepOutput) {
-    let mut exec = Execution::new(machine(def), ExecutionInfo::new("us-east-1", "000000000000", "sm", "ex", input), Limits::default());
+    let mut exec = Execution::new(
+        machine(def),
+        ExecutionInfo::new("us-east-1", "000000000000", "sm", "ex", input),
+        Limits::default(),
+    );
     let mut env = ManualEnv::new(1_700_000_000_000, 1);
     let out = exec.step(Input::Start, &mut env);
     (exec, env, out)
@@ -27,8 +31,21 @@ fn pass_chain() {
         }}),
         json!({"k": true}),
     );
-    assert_eq!(types(&out), ["ExecutionStarted", "PassStateEntered", "PassStateExited", "PassStateEntered", "PassStateExited", "ExecutionSucceeded"]);
-    assert_eq!(exec.outcome().unwrap().output, Some(json!({"v": 1, "in": "ex"})));
+    assert_eq!(
+        types(&out),
+        [
+            "ExecutionStarted",
+            "PassStateEntered",
+            "PassStateExited",
+            "PassStateEntered",
+            "PassStateExited",
+            "ExecutionSucceeded"
+        ]
+    );
+    assert_eq!(
+        exec.outcome().unwrap().output,
+        Some(json!({"v": 1, "in": "ex"}))
+    );
     let prev: Vec<u64> = out.events.iter().map(|e| e.previous_event_id).collect();
     assert_eq!(prev, [0, 0, 2, 3, 4, 5]);
 }
@@ -45,20 +62,62 @@ fn task_retry_then_catch() {
         }}),
         json!({"a": 5}),
     );
-    let Command::InvokeTask(t) = &out.commands[0] else { panic!("{:?}", out.commands) };
+    let Command::InvokeTask(t) = &out.commands[0] else {
+        panic!("{:?}", out.commands)
+    };
     assert_eq!(t.parameters, json!({"a": 5}));
-    let out = exec.step(Input::TaskFailed { task_id: t.task_id, error: Some("Boom".into()), cause: Some("x".into()) }, &mut env);
-    let Some(Command::StartTimer { timer_id, fire_at_ms }) = out.commands.first().cloned() else { panic!() };
+    let out = exec.step(
+        Input::TaskFailed {
+            task_id: t.task_id,
+            error: Some("Boom".into()),
+            cause: Some("x".into()),
+        },
+        &mut env,
+    );
+    let Some(Command::StartTimer {
+        timer_id,
+        fire_at_ms,
+    }) = out.commands.first().cloned()
+    else {
+        panic!()
+    };
     assert_eq!(fire_at_ms, env.now_ms + 2000);
     env.now_ms += 2000;
     let out = exec.step(Input::TimerFired { timer_id }, &mut env);
-    let Command::InvokeTask(t2) = &out.commands[0] else { panic!() };
+    let Command::InvokeTask(t2) = &out.commands[0] else {
+        panic!()
+    };
     assert_eq!(t2.attempt, 1);
-    let out = exec.step(Input::TaskFailed { task_id: t2.task_id, error: Some("Boom".into()), cause: Some("y".into()) }, &mut env);
-    assert_eq!(types(&out), ["TaskFailed", "TaskStateExited", "SucceedStateEntered", "SucceedStateExited", "ExecutionSucceeded"]);
-    assert_eq!(exec.outcome().unwrap().output, Some(json!({"a": 5, "err": {"Error": "Boom", "Cause": "y"}})));
+    let out = exec.step(
+        Input::TaskFailed {
+            task_id: t2.task_id,
+            error: Some("Boom".into()),
+            cause: Some("y".into()),
+        },
+        &mut env,
+    );
+    assert_eq!(
+        types(&out),
+        [
+            "TaskFailed",
+            "TaskStateExited",
+            "SucceedStateEntered",
+            "SucceedStateExited",
+            "ExecutionSucceeded"
+        ]
+    );
+    assert_eq!(
+        exec.outcome().unwrap().output,
+        Some(json!({"a": 5, "err": {"Error": "Boom", "Cause": "y"}}))
+    );
     // A late result for the first attempt is ignored.
-    let out = exec.step(Input::TaskSucceeded { task_id: t.task_id, output: json!(1) }, &mut env);
+    let out = exec.step(
+        Input::TaskSucceeded {
+            task_id: t.task_id,
+            output: json!(1),
+        },
+        &mut env,
+    );
     assert!(out.events.is_empty());
 }
 
@@ -76,7 +135,10 @@ fn parallel_and_map() {
         json!({"xs": ["a", "b"]}),
     );
     assert_eq!(exec.status(), ExecStatus::Succeeded, "{:?}", types(&out));
-    assert_eq!(exec.outcome().unwrap().output, Some(json!([1, [{"v": "a", "i": 0}, {"v": "b", "i": 1}]])));
+    assert_eq!(
+        exec.outcome().unwrap().output,
+        Some(json!([1, [{"v": "a", "i": 0}, {"v": "b", "i": 1}]]))
+    );
     assert!(types(&out).contains(&"MapIterationSucceeded"));
 }
 
@@ -96,7 +158,10 @@ fn branch_failure_aborts_siblings() {
     assert!(t.contains(&"WaitStateAborted"), "{t:?}");
     assert!(t.contains(&"ParallelStateFailed"), "{t:?}");
     assert_eq!(exec.outcome().unwrap().error.as_deref(), Some("E"));
-    assert!(out.commands.iter().any(|c| matches!(c, Command::CancelTimer { .. })));
+    assert!(out
+        .commands
+        .iter()
+        .any(|c| matches!(c, Command::CancelTimer { .. })));
 }
 
 #[test]
@@ -111,10 +176,22 @@ fn stop_and_pause() {
     assert_eq!(types(&out), ["WaitStateExited"]);
     assert_eq!(exec.status(), ExecStatus::Running);
     let out = exec.step(Input::Resume, &mut env);
-    assert_eq!(types(&out), ["PassStateEntered", "PassStateExited", "ExecutionSucceeded"]);
+    assert_eq!(
+        types(&out),
+        ["PassStateEntered", "PassStateExited", "ExecutionSucceeded"]
+    );
 
-    let (mut exec, mut env, _) = start(json!({"StartAt": "W", "States": {"W": {"Type": "Wait", "Seconds": 5, "End": true}}}), json!({}));
-    let out = exec.step(Input::Stop { error: Some("e".into()), cause: None }, &mut env);
+    let (mut exec, mut env, _) = start(
+        json!({"StartAt": "W", "States": {"W": {"Type": "Wait", "Seconds": 5, "End": true}}}),
+        json!({}),
+    );
+    let out = exec.step(
+        Input::Stop {
+            error: Some("e".into()),
+            cause: None,
+        },
+        &mut env,
+    );
     assert_eq!(types(&out), ["WaitStateAborted", "ExecutionAborted"]);
     assert_eq!(exec.status(), ExecStatus::Aborted);
 }

@@ -1,0 +1,254 @@
+//! The golden corpus: `tests/golden/*.json`, each an array of cases written from the AWS
+//! documentation and the compatibility checklist.
+//!
+//! A case:
+//! ```json
+//! {"name": "...", "definition": {...}, "input": {...},
+//!  "tasks": {"StateName": [{"ok": <result>} | {"error": "E", "cause": "C"} | {"timeout": true}]},
+//!  "expect": {"status": "SUCCEEDED", "output": ...} | {"status": "FAILED", "error": "...", "cause": "..."},
+//!  "events": ["ExecutionStarted", ...],           // optional: the event types in order
+//!  "history": [{"type": ..., "id": ..., "previousEventId": ..., "...EventDetails": {...}}], // optional
+//!  "invalid": ["CODE@/location", ...]}              // for definitions that must be rejected
+//! ```
+//! Tasks answer in order per state; timers fire in due order on a virtual clock.
+
+use std::collections::{BTreeMap, HashMap, VecDeque};
+
+use serde_json::Value;
+use trellis_asl::exec::ExecutionInfo;
+use trellis_asl::{Command, ExecStatus, Execution, Input, Limits, ManualEnv};
+
+struct Case {
+    file: String,
+    case: Value,
+}
+
+fn load() -> Vec<Case> {
+    let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/golden");
+    let mut files: Vec<_> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    files.sort();
+    let mut out = Vec::new();
+    for f in files
+        .into_iter()
+        .filter(|f| f.extension().is_some_and(|e| e == "json"))
+    {
+        let text = std::fs::read_to_string(&f).unwrap();
+        let cases: Vec<Value> =
+            serde_json::from_str(&text).unwrap_or_else(|e| panic!("{}: {e}", f.display()));
+        for case in cases {
+            out.push(Case {
+                file: f.file_name().unwrap().to_string_lossy().into_owned(),
+                case,
+            });
+        }
+    }
+    out
+}
+
+fn run_case(c: &Value) -> Result<(), String> {
+    let def = c["definition"].to_string();
+    if let Some(want) = c.get("invalid") {
+        let diags = trellis_asl::validate::validate(&def, Default::default());
+        let got: Vec<String> = diags
+            .iter()
+            .map(|d| format!("{}@{}", d.code, d.location))
+            .collect();
+        for w in want.as_array().unwrap() {
+            let w = w.as_str().unwrap();
+            if !got.iter().any(|g| g == w) {
+                return Err(format!("expected diagnostic {w}, got {got:?}"));
+            }
+        }
+        return Ok(());
+    }
+    let sm = trellis_asl::parse(&def, Default::default())
+        .map_err(|e| format!("definition rejected: {e}"))?;
+    let input = c
+        .get("input")
+        .cloned()
+        .unwrap_or_else(|| serde_json::json!({}));
+    let info = ExecutionInfo::new("us-east-1", "123456789012", "Golden", "run-1", input);
+    let mut exec = Execution::new(sm, info, Limits::default());
+    let mut env = ManualEnv::new(1_700_000_000_000, 42);
+    let mut scripts: HashMap<String, VecDeque<Value>> = HashMap::new();
+    if let Some(t) = c.get("tasks").and_then(Value::as_object) {
+        for (k, v) in t {
+            scripts.insert(k.clone(), v.as_array().unwrap().iter().cloned().collect());
+        }
+    }
+    let mut events = Vec::new();
+    let mut inputs = VecDeque::from([Input::Start]);
+    let mut timers: BTreeMap<(i64, u64), ()> = BTreeMap::new();
+    let mut due: HashMap<u64, i64> = HashMap::new();
+    let mut steps = 0;
+    while !exec.status().is_terminal() {
+        steps += 1;
+        if steps > 10_000 {
+            return Err("no progress after 10000 steps".into());
+        }
+        let input = match inputs.pop_front() {
+            Some(i) => i,
+            None => {
+                let Some((&(at, id), _)) = timers.iter().next() else {
+                    return Err(format!(
+                        "execution stuck; tasks pending: {:?}",
+                        exec.pending_tasks().collect::<Vec<_>>()
+                    ));
+                };
+                timers.remove(&(at, id));
+                env.now_ms = env.now_ms.max(at);
+                Input::TimerFired { timer_id: id }
+            }
+        };
+        let out = exec.step(input, &mut env);
+        events.extend(out.events);
+        for cmd in out.commands {
+            match cmd {
+                Command::InvokeTask(t) => {
+                    let answer = scripts
+                        .get_mut(&t.state_name)
+                        .and_then(VecDeque::pop_front)
+                        .ok_or_else(|| {
+                            format!(
+                                "no scripted answer for task state '{}' (parameters {})",
+                                t.state_name, t.parameters
+                            )
+                        })?;
+                    if let Some(expect) = answer.get("expectParameters") {
+                        if *expect != t.parameters {
+                            return Err(format!(
+                                "task '{}' parameters: expected {expect}, got {}",
+                                t.state_name, t.parameters
+                            ));
+                        }
+                    }
+                    if let Some(v) = answer.get("ok") {
+                        inputs.push_back(Input::TaskSucceeded {
+                            task_id: t.task_id,
+                            output: v.clone(),
+                        });
+                    } else if answer.get("timeout").is_some() {
+                        // leave it pending; the timeout timer fires
+                    } else {
+                        inputs.push_back(Input::TaskFailed {
+                            task_id: t.task_id,
+                            error: answer
+                                .get("error")
+                                .and_then(Value::as_str)
+                                .map(str::to_string),
+                            cause: answer
+                                .get("cause")
+                                .and_then(Value::as_str)
+                                .map(str::to_string),
+                        });
+                    }
+                }
+                Command::StartTimer {
+                    timer_id,
+                    fire_at_ms,
+                } => {
+                    timers.insert((fire_at_ms, timer_id), ());
+                    due.insert(timer_id, fire_at_ms);
+                }
+                Command::CancelTimer { timer_id } => {
+                    if let Some(at) = due.remove(&timer_id) {
+                        timers.remove(&(at, timer_id));
+                    }
+                }
+                Command::CancelTask { .. } | Command::Finish(_) => {}
+            }
+        }
+    }
+    let outcome = exec.outcome().unwrap();
+    let expect = &c["expect"];
+    let status = outcome.status.as_str();
+    if expect["status"] != status {
+        return Err(format!(
+            "status {status} (error {:?}, cause {:?}), expected {}",
+            outcome.error, outcome.cause, expect["status"]
+        ));
+    }
+    if outcome.status == ExecStatus::Succeeded {
+        if let Some(o) = expect.get("output") {
+            let got = outcome.output.clone().unwrap_or(Value::Null);
+            // Compare text too, so key order and number form count.
+            if serde_json::to_string(&got).unwrap() != serde_json::to_string(o).unwrap() {
+                return Err(format!("output {got}, expected {o}"));
+            }
+        }
+    } else {
+        if let Some(e) = expect.get("error") {
+            if outcome.error.as_deref() != e.as_str() {
+                return Err(format!("error {:?}, expected {e}", outcome.error));
+            }
+        }
+        if let Some(cause) = expect.get("cause") {
+            if outcome.cause.as_deref() != cause.as_str() {
+                return Err(format!("cause {:?}, expected {cause}", outcome.cause));
+            }
+        }
+    }
+    if let Some(want) = c.get("events") {
+        let got: Vec<&str> = events.iter().map(|e| e.event_type.as_str()).collect();
+        let want: Vec<&str> = want
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v.as_str().unwrap())
+            .collect();
+        if got != want {
+            return Err(format!("events\n  got  {got:?}\n  want {want:?}"));
+        }
+    }
+    if let Some(want) = c.get("history") {
+        let got: Vec<Value> = events.iter().map(|e| e.to_golden_json()).collect();
+        let want = want.as_array().unwrap();
+        if got.len() != want.len() {
+            return Err(format!(
+                "history has {} events, expected {}:\n{}",
+                got.len(),
+                want.len(),
+                serde_json::to_string_pretty(&got).unwrap()
+            ));
+        }
+        for (g, w) in got.iter().zip(want) {
+            if g != w {
+                return Err(format!("history event\n  got  {g}\n  want {w}"));
+            }
+        }
+    }
+    Ok(())
+}
+
+#[test]
+fn golden_corpus() {
+    let cases = load();
+    let mut failures = Vec::new();
+    let mut names = std::collections::HashSet::new();
+    for c in &cases {
+        let name = c.case["name"].as_str().unwrap_or("?").to_string();
+        assert!(names.insert(name.clone()), "duplicate case name {name}");
+        if let Err(e) = run_case(&c.case) {
+            failures.push(format!("{} / {name}: {e}", c.file));
+        }
+    }
+    let with_events = cases
+        .iter()
+        .filter(|c| c.case.get("events").is_some() || c.case.get("history").is_some())
+        .count();
+    println!(
+        "golden: {} cases, {} with event sequences",
+        cases.len(),
+        with_events
+    );
+    assert!(
+        failures.is_empty(),
+        "{} of {} golden cases failed:\n{}",
+        failures.len(),
+        cases.len(),
+        failures.join("\n")
+    );
+}

@@ -1,0 +1,221 @@
+//! `trellis run`: one execution, in-process, on the real step function.
+
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use anyhow::{anyhow, bail, Context as _, Result};
+use serde_json::{json, Value};
+use trellis_asl::env::{Entropy, SplitMix64};
+use trellis_asl::exec::ExecutionInfo;
+use trellis_asl::{Command, Env, ExecStatus, Execution, Input, Limits};
+
+use crate::connectors::Connectors;
+use crate::mock::MockCase;
+
+#[derive(clap::Args)]
+pub struct Args {
+    /// The definition file (Amazon States Language JSON).
+    definition: PathBuf,
+    /// Execution input as JSON text.
+    #[arg(long, conflicts_with = "input_file")]
+    input: Option<String>,
+    /// Read the execution input from a file.
+    #[arg(long)]
+    input_file: Option<PathBuf>,
+    /// Add the AWS GetExecutionHistory events to the output.
+    #[arg(long)]
+    history: bool,
+    /// Fire Wait and retry timers at once (the clock jumps forward).
+    #[arg(long)]
+    fast_timers: bool,
+    /// Map a Lambda function name to an HTTP endpoint: NAME=URL. Repeatable.
+    #[arg(long = "function", value_name = "NAME=URL")]
+    functions: Vec<String>,
+    /// A Step Functions Local MockConfigFile.
+    #[arg(long, requires = "test_case")]
+    mock_config: Option<PathBuf>,
+    /// The test case of the mock config to use.
+    #[arg(long, requires = "mock_config")]
+    test_case: Option<String>,
+    /// Execution name (default: a random UUID).
+    #[arg(long)]
+    name: Option<String>,
+    /// State machine name (default: the definition file's stem).
+    #[arg(long)]
+    state_machine_name: Option<String>,
+}
+
+/// Real clock plus an offset that `--fast-timers` moves forward.
+struct SystemEnv {
+    offset_ms: i64,
+    rng: SplitMix64,
+}
+
+impl Entropy for SystemEnv {
+    fn next_u64(&mut self) -> u64 {
+        self.rng.next_u64()
+    }
+}
+
+impl Env for SystemEnv {
+    fn now_ms(&mut self) -> i64 {
+        wall_ms() + self.offset_ms
+    }
+}
+
+fn wall_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
+pub fn main(args: Args) -> Result<ExitCode> {
+    let text = std::fs::read_to_string(&args.definition)
+        .with_context(|| format!("cannot read {}", args.definition.display()))?;
+    let sm = match trellis_asl::parse(&text, Default::default()) {
+        Ok(sm) => sm,
+        Err(trellis_asl::Error::InvalidDefinition(diags)) => {
+            for d in &diags {
+                eprintln!("{}", serde_json::to_string(d).unwrap_or_default());
+            }
+            eprintln!(
+                "trellis: invalid state machine definition ({} problems)",
+                diags.len()
+            );
+            return Ok(ExitCode::from(2));
+        }
+        Err(e) => bail!(e),
+    };
+    let input_text = match (&args.input, &args.input_file) {
+        (Some(s), _) => s.clone(),
+        (None, Some(p)) => {
+            std::fs::read_to_string(p).with_context(|| format!("cannot read {}", p.display()))?
+        }
+        (None, None) => "{}".into(),
+    };
+    let input: Value = serde_json::from_str(&input_text)
+        .map_err(|e| anyhow!("the input is not valid JSON: {e}"))?;
+    let mut functions = HashMap::new();
+    for f in &args.functions {
+        let (name, url) = f
+            .split_once('=')
+            .ok_or_else(|| anyhow!("--function expects NAME=URL, got '{f}'"))?;
+        functions.insert(name.to_string(), url.to_string());
+    }
+    let machine = args
+        .state_machine_name
+        .clone()
+        .or_else(|| {
+            args.definition
+                .file_stem()
+                .map(|s| s.to_string_lossy().into_owned())
+        })
+        .unwrap_or_else(|| "StateMachine".into());
+    let mock = match (&args.mock_config, &args.test_case) {
+        (Some(p), Some(case)) => {
+            let doc: Value = serde_json::from_str(
+                &std::fs::read_to_string(p)
+                    .with_context(|| format!("cannot read {}", p.display()))?,
+            )
+            .map_err(|e| anyhow!("{} is not valid JSON: {e}", p.display()))?;
+            Some(MockCase::load(&doc, case, None)?)
+        }
+        _ => None,
+    };
+    let seed = (wall_ms() as u64) ^ ((std::process::id() as u64) << 32);
+    let mut env = SystemEnv {
+        offset_ms: 0,
+        rng: SplitMix64::new(seed),
+    };
+    let name = args
+        .name
+        .clone()
+        .unwrap_or_else(|| trellis_asl::env::uuid_v4(&mut env));
+    let info = ExecutionInfo::new("us-east-1", "000000000000", &machine, &name, input);
+    let mut exec = Execution::new(sm, info, Limits::default());
+    let mut connectors = Connectors { functions, mock };
+
+    let mut history = Vec::new();
+    let mut inputs = VecDeque::from([Input::Start]);
+    let mut timers: BTreeMap<(i64, u64), ()> = BTreeMap::new();
+    let mut timer_due: HashMap<u64, i64> = HashMap::new();
+    while !exec.status().is_terminal() {
+        let input = match inputs.pop_front() {
+            Some(i) => i,
+            None => {
+                let Some((&(due, id), _)) = timers.iter().next() else {
+                    bail!(
+                        "the execution is waiting for something that `trellis run` cannot deliver"
+                    );
+                };
+                timers.remove(&(due, id));
+                timer_due.remove(&id);
+                let now = env.now_ms();
+                if due > now {
+                    if args.fast_timers {
+                        env.offset_ms += due - now;
+                    } else {
+                        std::thread::sleep(std::time::Duration::from_millis((due - now) as u64));
+                    }
+                }
+                Input::TimerFired { timer_id: id }
+            }
+        };
+        let out = exec.step(input, &mut env);
+        history.extend(out.events);
+        for cmd in out.commands {
+            match cmd {
+                Command::InvokeTask(t) => match connectors.invoke(&t) {
+                    Ok(i) => inputs.push_back(i),
+                    Err(msg) => bail!(msg),
+                },
+                Command::StartTimer {
+                    timer_id,
+                    fire_at_ms,
+                } => {
+                    timers.insert((fire_at_ms, timer_id), ());
+                    timer_due.insert(timer_id, fire_at_ms);
+                }
+                Command::CancelTimer { timer_id } => {
+                    if let Some(due) = timer_due.remove(&timer_id) {
+                        timers.remove(&(due, timer_id));
+                    }
+                }
+                Command::CancelTask { .. } | Command::Finish(_) => {}
+            }
+        }
+    }
+    let outcome = exec
+        .outcome()
+        .cloned()
+        .ok_or_else(|| anyhow!("the execution ended without an outcome"))?;
+    let mut line = serde_json::Map::new();
+    line.insert("status".into(), json!(outcome.status.as_str()));
+    if outcome.status == ExecStatus::Succeeded {
+        line.insert("output".into(), outcome.output.unwrap_or(Value::Null));
+    } else {
+        line.insert(
+            "error".into(),
+            outcome.error.map(Value::String).unwrap_or(Value::Null),
+        );
+        line.insert(
+            "cause".into(),
+            outcome.cause.map(Value::String).unwrap_or(Value::Null),
+        );
+    }
+    if args.history {
+        line.insert(
+            "history".into(),
+            Value::Array(history.iter().map(|e| e.to_aws_json()).collect()),
+        );
+    }
+    println!("{}", Value::Object(line));
+    Ok(if outcome.status == ExecStatus::Succeeded {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    })
+}
