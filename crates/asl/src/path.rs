@@ -50,6 +50,11 @@ pub trait Resolver {
     fn context(&self) -> Cow<'_, Value>;
     /// A variable, if it is defined.
     fn var(&self, name: &str) -> Option<&Value>;
+    /// One top-level field of the context object (`Execution`, `State` ...). Resolvers that
+    /// build the context on demand override this to build only that part.
+    fn context_field(&self, key: &str) -> Option<Value> {
+        self.context().get(key).cloned()
+    }
 }
 
 /// A resolver over a single value with no context and no variables.
@@ -154,10 +159,19 @@ impl Path {
         match &self.root {
             Root::Input => self.apply(r.input()),
             Root::Var(name) => self.apply(r.var(name)?),
-            Root::Context => {
-                let ctx = r.context();
-                self.apply(&ctx).map(|v| Cow::Owned(v.into_owned()))
-            }
+            Root::Context => match &self.kind {
+                Kind::Definite(segs) if !segs.is_empty() => {
+                    let Seg::Key(first) = &segs[0] else {
+                        return None;
+                    };
+                    let part = r.context_field(first)?;
+                    walk(&part, &segs[1..]).map(|v| Cow::Owned(v.clone()))
+                }
+                _ => {
+                    let ctx = r.context();
+                    self.apply(&ctx).map(|v| Cow::Owned(v.into_owned()))
+                }
+            },
         }
     }
 

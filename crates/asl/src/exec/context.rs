@@ -36,56 +36,71 @@ impl Execution {
         frame: FrameId,
         map_item: Option<(usize, &Value, Option<&str>)>,
     ) -> Value {
-        let info = &self.info;
-        let mut exec = Map::new();
-        exec.insert("Id".into(), Value::String(info.execution_arn.clone()));
-        exec.insert("Input".into(), info.input.clone());
-        exec.insert(
-            "StartTime".into(),
-            Value::String(json::iso_millis(self.start_ms)),
-        );
-        exec.insert("Name".into(), Value::String(info.name.clone()));
-        exec.insert("RoleArn".into(), Value::String(info.role_arn.clone()));
-        exec.insert("RedriveCount".into(), Value::from(info.redrive_count));
-        let mut sm = Map::new();
-        sm.insert("Id".into(), Value::String(info.state_machine_arn.clone()));
-        sm.insert(
-            "Name".into(),
-            Value::String(info.state_machine_name.clone()),
-        );
         let mut ctx = Map::new();
-        ctx.insert("Execution".into(), Value::Object(exec));
-        ctx.insert("StateMachine".into(), Value::Object(sm));
-        let f = self.frame(frame);
-        if let Some(a) = &f.active {
-            let st = self.sm.state(f.block, a.state);
-            let mut state = Map::new();
-            state.insert(
-                "EnteredTime".into(),
-                Value::String(json::iso_millis(a.entered_ms)),
-            );
-            state.insert("Name".into(), Value::String(st.name.clone()));
-            state.insert("RetryCount".into(), Value::from(a.retry_count));
-            ctx.insert("State".into(), Value::Object(state));
-            if let Some(t) = &a.token {
-                let mut task = Map::new();
-                task.insert("Token".into(), Value::String(t.clone()));
-                ctx.insert("Task".into(), Value::Object(task));
+        for key in ["Execution", "StateMachine", "State", "Task", "Map"] {
+            if let Some(v) = self.context_section(frame, map_item, key) {
+                ctx.insert(key.into(), v);
             }
-        }
-        if let Some((index, value, key)) = map_item {
-            let mut item = Map::new();
-            item.insert("Index".into(), Value::from(index));
-            if let Some(k) = key {
-                item.insert("Key".into(), Value::String(k.to_string()));
-            }
-            item.insert("Value".into(), value.clone());
-            item.insert("Source".into(), Value::String("STATE_DATA".into()));
-            let mut m = Map::new();
-            m.insert("Item".into(), Value::Object(item));
-            ctx.insert("Map".into(), Value::Object(m));
         }
         Value::Object(ctx)
+    }
+
+    /// One top-level section of the context object; only that section is built.
+    pub(crate) fn context_section(
+        &self,
+        frame: FrameId,
+        map_item: Option<(usize, &Value, Option<&str>)>,
+        key: &str,
+    ) -> Option<Value> {
+        let info = &self.info;
+        let active = self.frame(frame).active.as_ref();
+        let mut m = Map::new();
+        match key {
+            "Execution" => {
+                m.insert("Id".into(), Value::String(info.execution_arn.clone()));
+                m.insert("Input".into(), info.input.clone());
+                m.insert(
+                    "StartTime".into(),
+                    Value::String(json::iso_millis(self.start_ms)),
+                );
+                m.insert("Name".into(), Value::String(info.name.clone()));
+                m.insert("RoleArn".into(), Value::String(info.role_arn.clone()));
+                m.insert("RedriveCount".into(), Value::from(info.redrive_count));
+            }
+            "StateMachine" => {
+                m.insert("Id".into(), Value::String(info.state_machine_arn.clone()));
+                m.insert(
+                    "Name".into(),
+                    Value::String(info.state_machine_name.clone()),
+                );
+            }
+            "State" => {
+                let a = active?;
+                let st = self.sm.state(self.frame(frame).block, a.state);
+                m.insert(
+                    "EnteredTime".into(),
+                    Value::String(json::iso_millis(a.entered_ms)),
+                );
+                m.insert("Name".into(), Value::String(st.name.clone()));
+                m.insert("RetryCount".into(), Value::from(a.retry_count));
+            }
+            "Task" => {
+                m.insert("Token".into(), Value::String(active?.token.clone()?));
+            }
+            "Map" => {
+                let (index, value, key) = map_item?;
+                let mut item = Map::new();
+                item.insert("Index".into(), Value::from(index));
+                if let Some(k) = key {
+                    item.insert("Key".into(), Value::String(k.to_string()));
+                }
+                item.insert("Value".into(), value.clone());
+                item.insert("Source".into(), Value::String("STATE_DATA".into()));
+                m.insert("Item".into(), Value::Object(item));
+            }
+            _ => return None,
+        }
+        Some(Value::Object(m))
     }
 
     /// Evaluates a JSONata-side closure with bindings for a frame.
@@ -126,5 +141,9 @@ impl Resolver for Scope<'_> {
 
     fn var(&self, name: &str) -> Option<&Value> {
         self.exec.lookup_var(self.frame, name)
+    }
+
+    fn context_field(&self, key: &str) -> Option<Value> {
+        self.exec.context_section(self.frame, self.map_item, key)
     }
 }

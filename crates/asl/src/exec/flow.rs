@@ -97,7 +97,7 @@ impl Execution {
     }
 
     fn overflowed(&self) -> bool {
-        self.next_event_id > self.limits.max_history_events + 1
+        self.next_event_id > self.limits.max_history_events.saturating_add(1)
     }
 
     // ---- inputs -----------------------------------------------------------------------

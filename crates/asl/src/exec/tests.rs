@@ -195,3 +195,40 @@ fn stop_and_pause() {
     assert_eq!(types(&out), ["WaitStateAborted", "ExecutionAborted"]);
     assert_eq!(exec.status(), ExecStatus::Aborted);
 }
+
+#[test]
+fn history_cap() {
+    let def = json!({"StartAt": "A", "States": {"A": {"Type": "Pass", "Next": "C"},
+        "C": {"Type": "Choice", "Choices": [{"Variable": "$.x", "IsPresent": false, "Next": "A"}], "Default": "D"},
+        "D": {"Type": "Succeed"}}});
+    let limits = Limits {
+        max_history_events: 10,
+        ..Limits::default()
+    };
+    let mut exec = Execution::new(
+        machine(def.clone()),
+        ExecutionInfo::new("r", "a", "m", "n", json!({})),
+        limits,
+    );
+    exec.step(Input::Start, &mut ManualEnv::new(0, 1));
+    assert_eq!(exec.status(), ExecStatus::Failed);
+    // The first state entered past the cap (event 12) fails the execution (event 13).
+    assert_eq!(exec.event_count(), 13);
+    assert_eq!(
+        exec.outcome().unwrap().error.as_deref(),
+        Some("States.Runtime")
+    );
+    // An unbounded cap must not overflow.
+    let limits = Limits {
+        max_history_events: u64::MAX,
+        ..Limits::default()
+    };
+    let def = json!({"StartAt": "A", "States": {"A": {"Type": "Pass", "End": true}}});
+    let mut exec = Execution::new(
+        machine(def),
+        ExecutionInfo::new("r", "a", "m", "n", json!({})),
+        limits,
+    );
+    exec.step(Input::Start, &mut ManualEnv::new(0, 1));
+    assert_eq!(exec.status(), ExecStatus::Succeeded);
+}
