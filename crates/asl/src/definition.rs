@@ -270,6 +270,15 @@ impl State {
     pub fn is_jsonata(&self) -> bool {
         self.query_language == QueryLanguage::Jsonata
     }
+
+    /// The name of the field that holds [`State::parameters`] in this state's language.
+    pub fn parameters_field(&self) -> &'static str {
+        if self.is_jsonata() {
+            "Arguments"
+        } else {
+            "Parameters"
+        }
+    }
 }
 
 impl StateMachine {

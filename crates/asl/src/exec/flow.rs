@@ -763,34 +763,12 @@ impl Execution {
         let a = self.active(fid);
         let input = a.eff().clone();
         let params = match &st.parameters {
-            Some(p) => self.eval_template(
-                fid,
-                st,
-                p,
-                &input,
-                if st.is_jsonata() {
-                    "Arguments"
-                } else {
-                    "Parameters"
-                },
-                env,
-            ),
+            Some(p) => self.eval_template(fid, st, p, &input, st.parameters_field(), env),
             None => Ok(input.clone()),
         };
         let params = match params {
             Ok(p) => p,
-            Err(f) => {
-                return self.data_failed(
-                    fid,
-                    f,
-                    if st.is_jsonata() {
-                        "Arguments"
-                    } else {
-                        "Parameters"
-                    },
-                    env,
-                )
-            }
+            Err(f) => return self.data_failed(fid, f, st.parameters_field(), env),
         };
         let timeout = match timeout_seconds
             .as_ref()
@@ -917,18 +895,7 @@ impl Execution {
     ) {
         let input = self.active(fid).eff().clone();
         let branch_input = match &st.parameters {
-            Some(p) => match self.eval_template(
-                fid,
-                st,
-                p,
-                &input,
-                if st.is_jsonata() {
-                    "Arguments"
-                } else {
-                    "Parameters"
-                },
-                env,
-            ) {
+            Some(p) => match self.eval_template(fid, st, p, &input, st.parameters_field(), env) {
                 Ok(v) => v,
                 Err(f) => return self.data_failed(fid, f, "Parameters", env),
             },
