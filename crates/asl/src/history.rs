@@ -175,30 +175,21 @@ pub struct HistoryEvent {
 impl HistoryEvent {
     /// The event as AWS's JSON API returns it; `timestamp` is epoch seconds.
     pub fn to_aws_json(&self) -> Value {
-        let mut m = Map::new();
-        m.insert(
-            "timestamp".into(),
-            crate::json::number_from_f64(self.timestamp_ms as f64 / 1000.0),
-        );
-        m.insert(
-            "type".into(),
-            Value::String(self.event_type.as_str().into()),
-        );
-        m.insert("id".into(), Value::from(self.id));
-        m.insert(
-            "previousEventId".into(),
-            Value::from(self.previous_event_id),
-        );
-        if let (Some(key), Some(d)) = (self.event_type.details_key(), &self.details) {
-            m.insert(key, Value::Object(d.clone()));
-        }
-        Value::Object(m)
+        self.to_json(true)
     }
 
     /// A compact form for tests and golden files: `{"type", "id", "previousEventId", <details>}`
     /// without the timestamp.
     pub fn to_golden_json(&self) -> Value {
+        self.to_json(false)
+    }
+
+    fn to_json(&self, timestamp: bool) -> Value {
         let mut m = Map::new();
+        if timestamp {
+            let secs = self.timestamp_ms as f64 / 1000.0;
+            m.insert("timestamp".into(), crate::json::number_from_f64(secs));
+        }
         m.insert(
             "type".into(),
             Value::String(self.event_type.as_str().into()),

@@ -153,6 +153,15 @@ impl Path {
         }
     }
 
+    /// AWS's `States.Runtime` failure for a path that matched nothing.
+    pub fn no_results(&self) -> crate::error::Failure {
+        crate::error::Failure::runtime(format!(
+            "Invalid path '{}' : No results for path: {}",
+            self.text,
+            self.normalized()
+        ))
+    }
+
     /// Resolves the path. `None` when a definite path does not exist. An indefinite path
     /// always resolves, to the array of its matches.
     pub fn resolve<'a>(&self, r: &'a dyn Resolver) -> Option<Cow<'a, Value>> {

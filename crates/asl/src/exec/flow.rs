@@ -473,13 +473,7 @@ impl Execution {
                 };
                 match p.resolve(&scope) {
                     Some(v) => v.into_owned(),
-                    None => {
-                        return Err(Failure::runtime(format!(
-                            "Invalid path '{}' : No results for path: {}",
-                            p.as_str(),
-                            p.normalized()
-                        )))
-                    }
+                    None => return Err(p.no_results()),
                 }
             }
         };
@@ -530,13 +524,9 @@ impl Execution {
                     input,
                     map_item: None,
                 };
-                p.resolve(&scope).map(|v| v.into_owned()).ok_or_else(|| {
-                    Failure::runtime(format!(
-                        "Invalid path '{}' : No results for path: {}",
-                        p.as_str(),
-                        p.normalized()
-                    ))
-                })
+                p.resolve(&scope)
+                    .map(|v| v.into_owned())
+                    .ok_or_else(|| p.no_results())
             }
             Dynamic::Expr(t) => self.eval_template(fid, st, t, input, field, env),
         }
@@ -613,7 +603,7 @@ impl Execution {
                                     Value::String(s) => Some(s.clone()),
                                     other => return Err(Failure::runtime(format!("The value at '{}' for the field '{field}' must be a string, but was {}", p.as_str(), json::to_compact(other)))),
                                 },
-                                None => return Err(Failure::runtime(format!("Invalid path '{}' : No results for path: {}", p.as_str(), p.normalized()))),
+                                None => return Err(p.no_results()),
                             }
                         }
                         Some(Text::Intrinsic(c)) => {
@@ -968,13 +958,9 @@ impl Execution {
                         input: &input,
                         map_item: None,
                     };
-                    p.resolve(&scope).map(|v| v.into_owned()).ok_or_else(|| {
-                        Failure::runtime(format!(
-                            "Invalid path '{}' : No results for path: {}",
-                            p.as_str(),
-                            p.normalized()
-                        ))
-                    })
+                    p.resolve(&scope)
+                        .map(|v| v.into_owned())
+                        .ok_or_else(|| p.no_results())
                 }
                 None => Ok(input.clone()),
             }
@@ -1260,16 +1246,7 @@ impl Execution {
                 };
                 match p.resolve(&scope) {
                     Some(v) => v.into_owned(),
-                    None => {
-                        return Err((
-                            Failure::runtime(format!(
-                                "Invalid path '{}' : No results for path: {}",
-                                p.as_str(),
-                                p.normalized()
-                            )),
-                            "OutputPath",
-                        ))
-                    }
+                    None => return Err((p.no_results(), "OutputPath")),
                 }
             }
         };
