@@ -17,6 +17,9 @@ pub enum Error {
     /// A JSON document could not be parsed.
     #[error("invalid json: {0}")]
     Json(#[from] serde_json::Error),
+    /// The in-memory [`crate::driver::Driver`] could not bring an execution to its end.
+    #[error("{0}")]
+    Driver(String),
 }
 
 /// Convenience alias.

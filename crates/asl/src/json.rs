@@ -89,6 +89,24 @@ mod tests {
     use serde_json::json;
 
     #[test]
+    fn floats_survive_a_round_trip() {
+        // Found by proptest: without serde_json's `float_roundtrip`, this parsed one ULP off.
+        for text in [
+            "977474397.9767593",
+            "0.1",
+            "1.7976931348623157e308",
+            "5e-324",
+            "1.0",
+        ] {
+            let v: Value = serde_json::from_str(text).unwrap();
+            let again: Value = serde_json::from_str(&to_compact(&v)).unwrap();
+            assert_eq!(v, again, "{text}");
+        }
+        let v: Value = serde_json::from_str("977474397.9767593").unwrap();
+        assert_eq!(v.as_f64(), Some(977_474_397.976_759_3));
+    }
+
+    #[test]
     fn compact_keeps_order() {
         let v: Value = serde_json::from_str(r#"{"b":1,"a":[1.5,2]}"#).unwrap();
         assert_eq!(to_compact(&v), r#"{"b":1,"a":[1.5,2]}"#);

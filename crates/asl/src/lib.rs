@@ -10,6 +10,7 @@
 
 pub mod choice;
 pub mod definition;
+pub mod driver;
 pub mod env;
 pub mod error;
 pub mod exec;

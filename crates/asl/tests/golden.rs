@@ -12,11 +12,12 @@
 //! ```
 //! Tasks answer in order per state; timers fire in due order on a virtual clock.
 
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::{HashMap, VecDeque};
 
 use serde_json::Value;
-use trellis_asl::exec::ExecutionInfo;
-use trellis_asl::{Command, ExecStatus, Execution, Input, Limits, ManualEnv};
+use trellis_asl::driver::{Driver, Tasks};
+use trellis_asl::exec::{ExecutionInfo, TaskRequest};
+use trellis_asl::{ExecStatus, Execution, Input, Limits, ManualEnv};
 
 struct Case {
     file: String,
@@ -46,6 +47,48 @@ fn load() -> Vec<Case> {
         }
     }
     out
+}
+
+/// Answers tasks from the case's `tasks` script, in order per state.
+struct Scripted(HashMap<String, VecDeque<Value>>);
+
+impl Tasks for Scripted {
+    fn invoke(&mut self, t: &TaskRequest) -> Result<Option<Input>, String> {
+        let answer = self
+            .0
+            .get_mut(&t.state_name)
+            .and_then(VecDeque::pop_front)
+            .ok_or_else(|| {
+                format!(
+                    "no scripted answer for task state '{}' (parameters {})",
+                    t.state_name, t.parameters
+                )
+            })?;
+        if let Some(expect) = answer.get("expectParameters") {
+            if *expect != t.parameters {
+                return Err(format!(
+                    "task '{}' parameters: expected {expect}, got {}",
+                    t.state_name, t.parameters
+                ));
+            }
+        }
+        if let Some(v) = answer.get("ok") {
+            return Ok(Some(Input::TaskSucceeded {
+                task_id: t.task_id,
+                output: v.clone(),
+            }));
+        }
+        if answer.get("timeout").is_some() {
+            // left pending: the timeout timer fires
+            return Ok(None);
+        }
+        let text = |k: &str| answer.get(k).and_then(Value::as_str).map(str::to_string);
+        Ok(Some(Input::TaskFailed {
+            task_id: t.task_id,
+            error: text("error"),
+            cause: text("cause"),
+        }))
+    }
 }
 
 fn run_case(c: &Value) -> Result<(), String> {
@@ -79,89 +122,12 @@ fn run_case(c: &Value) -> Result<(), String> {
             scripts.insert(k.clone(), v.as_array().unwrap().iter().cloned().collect());
         }
     }
-    let mut events = Vec::new();
-    let mut inputs = VecDeque::from([Input::Start]);
-    let mut timers: BTreeMap<(i64, u64), ()> = BTreeMap::new();
-    let mut due: HashMap<u64, i64> = HashMap::new();
-    let mut steps = 0;
-    while !exec.status().is_terminal() {
-        steps += 1;
-        if steps > 10_000 {
-            return Err("no progress after 10000 steps".into());
-        }
-        let input = match inputs.pop_front() {
-            Some(i) => i,
-            None => {
-                let Some((&(at, id), _)) = timers.iter().next() else {
-                    return Err(format!(
-                        "execution stuck; tasks pending: {:?}",
-                        exec.pending_tasks().collect::<Vec<_>>()
-                    ));
-                };
-                timers.remove(&(at, id));
-                env.now_ms = env.now_ms.max(at);
-                Input::TimerFired { timer_id: id }
-            }
-        };
-        let out = exec.step(input, &mut env);
-        events.extend(out.events);
-        for cmd in out.commands {
-            match cmd {
-                Command::InvokeTask(t) => {
-                    let answer = scripts
-                        .get_mut(&t.state_name)
-                        .and_then(VecDeque::pop_front)
-                        .ok_or_else(|| {
-                            format!(
-                                "no scripted answer for task state '{}' (parameters {})",
-                                t.state_name, t.parameters
-                            )
-                        })?;
-                    if let Some(expect) = answer.get("expectParameters") {
-                        if *expect != t.parameters {
-                            return Err(format!(
-                                "task '{}' parameters: expected {expect}, got {}",
-                                t.state_name, t.parameters
-                            ));
-                        }
-                    }
-                    if let Some(v) = answer.get("ok") {
-                        inputs.push_back(Input::TaskSucceeded {
-                            task_id: t.task_id,
-                            output: v.clone(),
-                        });
-                    } else if answer.get("timeout").is_some() {
-                        // leave it pending; the timeout timer fires
-                    } else {
-                        inputs.push_back(Input::TaskFailed {
-                            task_id: t.task_id,
-                            error: answer
-                                .get("error")
-                                .and_then(Value::as_str)
-                                .map(str::to_string),
-                            cause: answer
-                                .get("cause")
-                                .and_then(Value::as_str)
-                                .map(str::to_string),
-                        });
-                    }
-                }
-                Command::StartTimer {
-                    timer_id,
-                    fire_at_ms,
-                } => {
-                    timers.insert((fire_at_ms, timer_id), ());
-                    due.insert(timer_id, fire_at_ms);
-                }
-                Command::CancelTimer { timer_id } => {
-                    if let Some(at) = due.remove(&timer_id) {
-                        timers.remove(&(at, timer_id));
-                    }
-                }
-                Command::CancelTask { .. } | Command::Finish(_) => {}
-            }
-        }
-    }
+    let mut tasks = Scripted(scripts);
+    let mut driver = Driver::new().max_steps(10_000);
+    driver
+        .run(&mut exec, &mut env, &mut tasks)
+        .map_err(|e| e.to_string())?;
+    let events = driver.into_history();
     let outcome = exec.outcome().unwrap();
     let expect = &c["expect"];
     let status = outcome.status.as_str();

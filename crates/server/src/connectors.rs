@@ -40,7 +40,7 @@ fn function_name(s: &str) -> &str {
 impl Connectors {
     /// Runs a task to completion and reports its result. `None` means the result will come
     /// later from outside (a callback), which the local runner cannot receive.
-    pub fn invoke(&mut self, t: &TaskRequest) -> Result<Input, String> {
+    fn invoke_one(&mut self, t: &TaskRequest) -> Result<Input, String> {
         if let Some(m) = self.mock.as_mut().and_then(|m| m.next(&t.state_name)) {
             return Ok(match m {
                 Mocked::Return(v) => Input::TaskSucceeded {
@@ -213,6 +213,12 @@ impl Connectors {
                 out.to_string(),
             )
         }
+    }
+}
+
+impl trellis_asl::driver::Tasks for Connectors {
+    fn invoke(&mut self, t: &TaskRequest) -> Result<Option<Input>, String> {
+        self.invoke_one(t).map(Some)
     }
 }
 

@@ -1,15 +1,16 @@
 //! `trellis run`: one execution, in-process, on the real step function.
 
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::HashMap;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use anyhow::{anyhow, bail, Context as _, Result};
 use serde_json::{json, Value};
+use trellis_asl::driver::{Clock, Driver};
 use trellis_asl::env::{Entropy, SplitMix64};
 use trellis_asl::exec::ExecutionInfo;
-use trellis_asl::{Command, Env, ExecStatus, Execution, Input, Limits};
+use trellis_asl::{Env, ExecStatus, Execution, Limits};
 
 use crate::connectors::Connectors;
 use crate::mock::MockCase;
@@ -50,7 +51,21 @@ pub struct Args {
 /// Real clock plus an offset that `--fast-timers` moves forward.
 struct SystemEnv {
     offset_ms: i64,
+    fast_timers: bool,
     rng: SplitMix64,
+}
+
+impl Clock for SystemEnv {
+    fn advance_to(&mut self, at_ms: i64) {
+        let now = self.now_ms();
+        if at_ms > now {
+            if self.fast_timers {
+                self.offset_ms += at_ms - now;
+            } else {
+                std::thread::sleep(std::time::Duration::from_millis((at_ms - now) as u64));
+            }
+        }
+    }
 }
 
 impl Entropy for SystemEnv {
@@ -128,6 +143,7 @@ pub fn main(args: Args) -> Result<ExitCode> {
     let seed = (wall_ms() as u64) ^ ((std::process::id() as u64) << 32);
     let mut env = SystemEnv {
         offset_ms: 0,
+        fast_timers: args.fast_timers,
         rng: SplitMix64::new(seed),
     };
     let name = args
@@ -138,56 +154,9 @@ pub fn main(args: Args) -> Result<ExitCode> {
     let mut exec = Execution::new(sm, info, Limits::default());
     let mut connectors = Connectors { functions, mock };
 
-    let mut history = Vec::new();
-    let mut inputs = VecDeque::from([Input::Start]);
-    let mut timers: BTreeMap<(i64, u64), ()> = BTreeMap::new();
-    let mut timer_due: HashMap<u64, i64> = HashMap::new();
-    while !exec.status().is_terminal() {
-        let input = match inputs.pop_front() {
-            Some(i) => i,
-            None => {
-                let Some((&(due, id), _)) = timers.iter().next() else {
-                    bail!(
-                        "the execution is waiting for something that `trellis run` cannot deliver"
-                    );
-                };
-                timers.remove(&(due, id));
-                timer_due.remove(&id);
-                let now = env.now_ms();
-                if due > now {
-                    if args.fast_timers {
-                        env.offset_ms += due - now;
-                    } else {
-                        std::thread::sleep(std::time::Duration::from_millis((due - now) as u64));
-                    }
-                }
-                Input::TimerFired { timer_id: id }
-            }
-        };
-        let out = exec.step(input, &mut env);
-        history.extend(out.events);
-        for cmd in out.commands {
-            match cmd {
-                Command::InvokeTask(t) => match connectors.invoke(&t) {
-                    Ok(i) => inputs.push_back(i),
-                    Err(msg) => bail!(msg),
-                },
-                Command::StartTimer {
-                    timer_id,
-                    fire_at_ms,
-                } => {
-                    timers.insert((fire_at_ms, timer_id), ());
-                    timer_due.insert(timer_id, fire_at_ms);
-                }
-                Command::CancelTimer { timer_id } => {
-                    if let Some(due) = timer_due.remove(&timer_id) {
-                        timers.remove(&(due, timer_id));
-                    }
-                }
-                Command::CancelTask { .. } | Command::Finish(_) => {}
-            }
-        }
-    }
+    let mut driver = Driver::new();
+    driver.run(&mut exec, &mut env, &mut connectors)?;
+    let history = driver.into_history();
     let outcome = exec
         .outcome()
         .cloned()

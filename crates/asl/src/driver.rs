@@ -1,0 +1,240 @@
+//! A single-execution, in-memory driver: it feeds an [`Execution`] its inputs, keeps its
+//! timers in due order and hands tasks to a [`Tasks`] implementation, until the execution
+//! ends.
+//!
+//! It serves `trellis run` (a real clock that sleeps, or jumps with `--fast-timers`), the golden
+//! corpus and the fuzz target (a virtual clock). The durable shard does not use it: there,
+//! timers and tasks are replicated state.
+
+use std::collections::{BTreeSet, HashMap, VecDeque};
+
+use crate::env::Env;
+use crate::exec::{Command, Execution, Input, TaskRequest};
+use crate::history::HistoryEvent;
+use crate::{Error, Result};
+
+/// How a driver's clock reaches a timer's due time.
+pub trait Clock: Env {
+    /// Returns once `now_ms()` is at least `at_ms`: by sleeping, or by moving a virtual clock.
+    fn advance_to(&mut self, at_ms: i64);
+}
+
+impl Clock for crate::env::ManualEnv {
+    fn advance_to(&mut self, at_ms: i64) {
+        self.now_ms = self.now_ms.max(at_ms);
+    }
+}
+
+/// Runs the tasks an execution asks for.
+pub trait Tasks {
+    /// Runs one task. `Ok(Some(input))` is the task's answer (`TaskSucceeded`, `TaskFailed`
+    /// ...); `Ok(None)` leaves it pending, so only its timeout can end it; `Err` stops the
+    /// driver with [`Error::Driver`].
+    fn invoke(&mut self, request: &TaskRequest) -> std::result::Result<Option<Input>, String>;
+}
+
+/// Drives one execution to its end.
+pub struct Driver {
+    inputs: VecDeque<Input>,
+    /// (due, timer id), in due order.
+    timers: BTreeSet<(i64, u64)>,
+    due: HashMap<u64, i64>,
+    history: Vec<HistoryEvent>,
+    keep_history: bool,
+    max_steps: u64,
+}
+
+impl Default for Driver {
+    fn default() -> Self {
+        Driver::new()
+    }
+}
+
+impl Driver {
+    pub fn new() -> Self {
+        Driver {
+            inputs: VecDeque::from([Input::Start]),
+            timers: BTreeSet::new(),
+            due: HashMap::new(),
+            history: Vec::new(),
+            keep_history: true,
+            max_steps: u64::MAX,
+        }
+    }
+
+    /// Stop with [`Error::Driver`] after this many steps (a guard for fuzzing and tests).
+    pub fn max_steps(mut self, n: u64) -> Self {
+        self.max_steps = n;
+        self
+    }
+
+    /// Do not keep the history events (the execution may still record them).
+    pub fn discard_history(mut self) -> Self {
+        self.keep_history = false;
+        self
+    }
+
+    /// Queues an input to deliver before the next timer fires.
+    pub fn push(&mut self, input: Input) {
+        self.inputs.push_back(input);
+    }
+
+    /// The events collected so far.
+    pub fn history(&self) -> &[HistoryEvent] {
+        &self.history
+    }
+
+    pub fn into_history(self) -> Vec<HistoryEvent> {
+        self.history
+    }
+
+    /// Steps the execution until it reaches a terminal status.
+    ///
+    /// Fails when the execution waits for something nobody will deliver (a task left pending
+    /// without a timeout), when `tasks` fails, or after `max_steps` steps.
+    pub fn run(
+        &mut self,
+        exec: &mut Execution,
+        clock: &mut dyn Clock,
+        tasks: &mut dyn Tasks,
+    ) -> Result<()> {
+        let mut steps = 0u64;
+        while !exec.status().is_terminal() {
+            steps += 1;
+            if steps > self.max_steps {
+                return Err(Error::Driver(format!(
+                    "the execution did not end within {} steps",
+                    self.max_steps
+                )));
+            }
+            let input = match self.inputs.pop_front() {
+                Some(i) => i,
+                None => {
+                    let Some((at, timer_id)) = self.timers.pop_first() else {
+                        let pending: Vec<u64> = exec.pending_tasks().collect();
+                        return Err(Error::Driver(format!(
+                            "the execution is waiting for something that will never arrive \
+                             (pending tasks: {pending:?})"
+                        )));
+                    };
+                    self.due.remove(&timer_id);
+                    clock.advance_to(at);
+                    Input::TimerFired { timer_id }
+                }
+            };
+            let out = exec.step(input, clock);
+            if self.keep_history {
+                self.history.extend(out.events);
+            }
+            for cmd in out.commands {
+                match cmd {
+                    Command::InvokeTask(t) => {
+                        if let Some(i) = tasks.invoke(&t).map_err(Error::Driver)? {
+                            self.inputs.push_back(i);
+                        }
+                    }
+                    Command::StartTimer {
+                        timer_id,
+                        fire_at_ms,
+                    } => {
+                        self.timers.insert((fire_at_ms, timer_id));
+                        self.due.insert(timer_id, fire_at_ms);
+                    }
+                    Command::CancelTimer { timer_id } => {
+                        if let Some(at) = self.due.remove(&timer_id) {
+                            self.timers.remove(&(at, timer_id));
+                        }
+                    }
+                    Command::CancelTask { .. } | Command::Finish(_) => {}
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::exec::{ExecStatus, ExecutionInfo, Limits};
+    use crate::ManualEnv;
+    use serde_json::json;
+
+    struct Echo;
+    impl Tasks for Echo {
+        fn invoke(&mut self, r: &TaskRequest) -> std::result::Result<Option<Input>, String> {
+            Ok(Some(Input::TaskSucceeded {
+                task_id: r.task_id,
+                output: r.parameters.clone(),
+            }))
+        }
+    }
+
+    struct Never;
+    impl Tasks for Never {
+        fn invoke(&mut self, _: &TaskRequest) -> std::result::Result<Option<Input>, String> {
+            Ok(None)
+        }
+    }
+
+    fn exec(def: serde_json::Value) -> Execution {
+        let sm = crate::parse(&def.to_string(), Default::default()).unwrap();
+        let info = ExecutionInfo::new("us-east-1", "1", "M", "e", json!({"a": 1}));
+        Execution::new(sm, info, Limits::default())
+    }
+
+    #[test]
+    fn waits_jump_a_virtual_clock() {
+        let mut e = exec(json!({"StartAt": "W", "States": {
+            "W": {"Type": "Wait", "Seconds": 3600, "Next": "T"},
+            "T": {"Type": "Task", "Resource": "arn:aws:lambda:us-east-1:1:function:f", "End": true}}}));
+        let mut clock = ManualEnv::new(0, 1);
+        let mut d = Driver::new();
+        d.run(&mut e, &mut clock, &mut Echo).unwrap();
+        assert_eq!(e.status(), ExecStatus::Succeeded);
+        assert_eq!(e.outcome().unwrap().output, Some(json!({"a": 1})));
+        assert_eq!(clock.now_ms, 3_600_000);
+        assert_eq!(
+            d.history().first().unwrap().event_type.as_str(),
+            "ExecutionStarted"
+        );
+    }
+
+    #[test]
+    fn pending_task_without_timeout_is_reported() {
+        let mut e = exec(json!({"StartAt": "T", "States": {
+            "T": {"Type": "Task", "Resource": "arn:aws:lambda:us-east-1:1:function:f", "End": true}}}));
+        let err = Driver::new()
+            .run(&mut e, &mut ManualEnv::new(0, 1), &mut Never)
+            .unwrap_err();
+        assert!(err.to_string().contains("never arrive"), "{err}");
+    }
+
+    #[test]
+    fn pending_task_with_timeout_times_out() {
+        let mut e = exec(json!({"StartAt": "T", "States": {
+            "T": {"Type": "Task", "Resource": "arn:aws:lambda:us-east-1:1:function:f",
+                  "TimeoutSeconds": 5, "End": true}}}));
+        Driver::new()
+            .run(&mut e, &mut ManualEnv::new(0, 1), &mut Never)
+            .unwrap();
+        assert_eq!(
+            e.outcome().unwrap().error.as_deref(),
+            Some("States.Timeout")
+        );
+    }
+
+    #[test]
+    fn step_limit_stops_an_endless_loop() {
+        let mut e = exec(json!({"StartAt": "W", "States": {
+            "W": {"Type": "Wait", "Seconds": 1, "Next": "C"},
+            "C": {"Type": "Choice", "Choices": [{"Variable": "$.a", "NumericEquals": 1, "Next": "W"}],
+                  "Default": "D"},
+            "D": {"Type": "Succeed"}}}));
+        let err = Driver::new()
+            .max_steps(50)
+            .run(&mut e, &mut ManualEnv::new(0, 1), &mut Never)
+            .unwrap_err();
+        assert!(err.to_string().contains("50 steps"), "{err}");
+    }
+}
