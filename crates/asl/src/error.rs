@@ -43,6 +43,26 @@ pub mod names {
     pub const QUERY_EVALUATION_ERROR: &str = "States.QueryEvaluationError";
     pub const DATA_LIMIT_EXCEEDED: &str = "States.DataLimitExceeded";
     pub const RUNTIME: &str = "States.Runtime";
+
+    /// Every predefined name; other names starting with `States.` are reserved.
+    pub const PREDEFINED: [&str; 16] = [
+        ALL,
+        TIMEOUT,
+        HEARTBEAT_TIMEOUT,
+        TASK_FAILED,
+        PERMISSIONS,
+        RESULT_PATH_MATCH_FAILURE,
+        PARAMETER_PATH_FAILURE,
+        BRANCH_FAILED,
+        NO_CHOICE_MATCHED,
+        INTRINSIC_FAILURE,
+        EXCEED_TOLERATED_FAILURE_THRESHOLD,
+        ITEM_READER_FAILED,
+        RESULT_WRITER_FAILED,
+        QUERY_EVALUATION_ERROR,
+        DATA_LIMIT_EXCEEDED,
+        RUNTIME,
+    ];
 }
 
 /// An ASL runtime error: a name that Retry/Catch match on, and a human-readable cause.

@@ -136,6 +136,12 @@ impl Expr {
             };
             Ok(JValue::from_f64(f))
         });
+        // Step Functions does not offer `$eval`; `$parse` takes its place.
+        let _ = ev.register_fn_override("eval", |_: &[JValue]| {
+            Err(fail(
+                "The function $eval is not supported by Step Functions; use $parse",
+            ))
+        });
         let r = rng;
         let _ = ev.register_fn("uuid", move |_: &[JValue]| {
             Ok(JValue::from(crate::env::uuid_v4(&mut *r.borrow_mut())))
@@ -298,6 +304,14 @@ mod tests {
             seed: 9,
         };
         e.eval(&b, "Output")
+    }
+
+    #[test]
+    fn eval_is_not_offered() {
+        let f = eval("$eval('1 + 1')", json!({})).unwrap_err();
+        assert_eq!(f.error.as_deref(), Some("States.QueryEvaluationError"));
+        assert!(f.cause.unwrap().contains("$eval is not supported"));
+        assert_eq!(eval("$parse('[1, 2]')", json!({})).unwrap(), json!([1, 2]));
     }
 
     #[test]

@@ -34,12 +34,82 @@ enum Kind {
     Query(Box<serde_json_path::JsonPath>),
 }
 
+/// A Jayway function at the end of a path (`$.items.length()`), applied to what the rest of
+/// the path selects.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Func {
+    /// `length()` / `size()`: elements of an array, keys of an object, characters of a string.
+    Length,
+    Min,
+    Max,
+    Avg,
+    Stddev,
+    Sum,
+    First,
+    Last,
+    Keys,
+}
+
+const FUNCS: [(&str, Func); 10] = [
+    (".length()", Func::Length),
+    (".size()", Func::Length),
+    (".min()", Func::Min),
+    (".max()", Func::Max),
+    (".avg()", Func::Avg),
+    (".stddev()", Func::Stddev),
+    (".sum()", Func::Sum),
+    (".first()", Func::First),
+    (".last()", Func::Last),
+    (".keys()", Func::Keys),
+];
+
+impl Func {
+    /// Applies the function; `None` when it does not apply (as Jayway, which then reports no
+    /// result): a wrong type, or an aggregate over no numbers.
+    fn apply(self, v: &Value) -> Option<Value> {
+        let float = |f: f64| serde_json::Number::from_f64(f).map(Value::Number);
+        match self {
+            Func::Length => match v {
+                Value::Array(a) => Some(a.len().into()),
+                Value::Object(m) => Some(m.len().into()),
+                Value::String(s) => Some(s.chars().count().into()),
+                _ => None,
+            },
+            Func::First => v.as_array()?.first().cloned(),
+            Func::Last => v.as_array()?.last().cloned(),
+            Func::Keys => Some(Value::Array(
+                v.as_object()?.keys().cloned().map(Value::String).collect(),
+            )),
+            Func::Min | Func::Max | Func::Avg | Func::Stddev | Func::Sum => {
+                let nums: Vec<f64> = v.as_array()?.iter().filter_map(Value::as_f64).collect();
+                if nums.is_empty() {
+                    return None;
+                }
+                let n = nums.len() as f64;
+                let sum: f64 = nums.iter().sum();
+                // Jayway computes in doubles, so results are floats (`6.0`), as AWS prints them.
+                float(match self {
+                    Func::Min => nums.iter().copied().fold(f64::INFINITY, f64::min),
+                    Func::Max => nums.iter().copied().fold(f64::NEG_INFINITY, f64::max),
+                    Func::Sum => sum,
+                    Func::Avg => sum / n,
+                    _ => {
+                        let sq: f64 = nums.iter().map(|x| x * x).sum();
+                        (sq / n - (sum / n) * (sum / n)).max(0.0).sqrt()
+                    }
+                })
+            }
+        }
+    }
+}
+
 /// A parsed path.
 #[derive(Debug, Clone)]
 pub struct Path {
     text: String,
     root: Root,
     kind: Kind,
+    func: Option<Func>,
 }
 
 /// What a path is resolved against.
@@ -98,6 +168,10 @@ impl Path {
                 "'{text}' is not a valid path: it must start with '$'"
             ));
         };
+        let (rest, func) = FUNCS
+            .iter()
+            .find_map(|(suffix, f)| rest.strip_suffix(suffix).map(|r| (r, Some(*f))))
+            .unwrap_or((rest, None));
         let kind = match parse_definite(rest) {
             Some(segs) => Kind::Definite(segs),
             None => {
@@ -111,6 +185,7 @@ impl Path {
             text: text.to_string(),
             root,
             kind,
+            func,
         })
     }
 
@@ -125,18 +200,20 @@ impl Path {
 
     /// A reference path names exactly one node (no wildcards, filters or slices).
     pub fn is_reference(&self) -> bool {
-        matches!(self.kind, Kind::Definite(_))
+        matches!(self.kind, Kind::Definite(_)) && self.func.is_none()
     }
 
     /// `$` alone.
     pub fn is_root_only(&self) -> bool {
-        self.root == Root::Input && matches!(&self.kind, Kind::Definite(s) if s.is_empty())
+        self.root == Root::Input
+            && self.func.is_none()
+            && matches!(&self.kind, Kind::Definite(s) if s.is_empty())
     }
 
     /// The path in Jayway's normalized bracket notation (`$['a'][0]`), used in AWS messages.
     pub fn normalized(&self) -> String {
         let mut out = String::from("$");
-        if let Kind::Definite(segs) = &self.kind {
+        if let (Kind::Definite(segs), None) = (&self.kind, self.func) {
             for s in segs {
                 match s {
                     Seg::Key(k) => {
@@ -165,9 +242,21 @@ impl Path {
     /// Resolves the path. `None` when a definite path does not exist. An indefinite path
     /// always resolves, to the array of its matches.
     pub fn resolve<'a>(&self, r: &'a dyn Resolver) -> Option<Cow<'a, Value>> {
+        let v = self.resolve_base(r)?;
+        self.finish(v)
+    }
+
+    fn finish<'a>(&self, v: Cow<'a, Value>) -> Option<Cow<'a, Value>> {
+        match self.func {
+            None => Some(v),
+            Some(f) => f.apply(&v).map(Cow::Owned),
+        }
+    }
+
+    fn resolve_base<'a>(&self, r: &'a dyn Resolver) -> Option<Cow<'a, Value>> {
         match &self.root {
-            Root::Input => self.apply(r.input()),
-            Root::Var(name) => self.apply(r.var(name)?),
+            Root::Input => self.apply_base(r.input()),
+            Root::Var(name) => self.apply_base(r.var(name)?),
             Root::Context => match &self.kind {
                 Kind::Definite(segs) if !segs.is_empty() => {
                     let Seg::Key(first) = &segs[0] else {
@@ -178,14 +267,19 @@ impl Path {
                 }
                 _ => {
                     let ctx = r.context();
-                    self.apply(&ctx).map(|v| Cow::Owned(v.into_owned()))
+                    self.apply_base(&ctx).map(|v| Cow::Owned(v.into_owned()))
                 }
             },
         }
     }
 
-    /// Applies the path's segments to `root`, ignoring which root it names.
+    /// Applies the path's segments (and function) to `root`, ignoring which root it names.
     pub fn apply<'a>(&self, root: &'a Value) -> Option<Cow<'a, Value>> {
+        let v = self.apply_base(root)?;
+        self.finish(v)
+    }
+
+    fn apply_base<'a>(&self, root: &'a Value) -> Option<Cow<'a, Value>> {
         match &self.kind {
             Kind::Definite(segs) => walk(root, segs).map(Cow::Borrowed),
             Kind::Query(q) => {
@@ -202,7 +296,7 @@ impl Path {
     /// value that is not an object.
     pub fn set(&self, target: &mut Value, value: Value) -> Result<(), String> {
         let segs = match &self.kind {
-            Kind::Definite(s) if self.root == Root::Input => s,
+            Kind::Definite(s) if self.root == Root::Input && self.func.is_none() => s,
             _ => return Err(format!("'{}' is not a reference path", self.text)),
         };
         let Some((last, parents)) = segs.split_last() else {
@@ -336,6 +430,30 @@ mod tests {
             Path::parse("$.a['b'][0]").unwrap().normalized(),
             "$['a']['b'][0]"
         );
+    }
+
+    #[test]
+    fn jayway_functions() {
+        let v = json!({"items": [{"p": 1}, {"p": 5}, {"p": 12}], "nums": [3, 1, 2],
+                       "o": {"b": 1, "a": 2}, "s": "héllo", "e": []});
+        assert_eq!(get("$.items.length()", &v), Some(json!(3)));
+        assert_eq!(get("$.o.size()", &v), Some(json!(2)));
+        assert_eq!(get("$.s.length()", &v), Some(json!(5)));
+        assert_eq!(get("$.items[*].p.sum()", &v), Some(json!(18.0)));
+        assert_eq!(get("$.nums.min()", &v), Some(json!(1.0)));
+        assert_eq!(get("$.nums.max()", &v), Some(json!(3.0)));
+        assert_eq!(get("$.nums.avg()", &v), Some(json!(2.0)));
+        assert_eq!(get("$.nums.first()", &v), Some(json!(3)));
+        assert_eq!(get("$.nums.last()", &v), Some(json!(2)));
+        assert_eq!(get("$.o.keys()", &v), Some(json!(["b", "a"])));
+        let sd = get("$.nums.stddev()", &v).unwrap().as_f64().unwrap();
+        assert!((sd - (2.0f64 / 3.0).sqrt()).abs() < 1e-12);
+        // Aggregates over nothing, or the wrong type, find nothing (States.Runtime).
+        assert_eq!(get("$.e.sum()", &v), None);
+        assert_eq!(get("$.s.sum()", &v), None);
+        let p = Path::parse("$.items.length()").unwrap();
+        assert!(!p.is_reference());
+        assert!(p.set(&mut v.clone(), json!(1)).is_err());
     }
 
     #[test]

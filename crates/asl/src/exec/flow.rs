@@ -137,6 +137,7 @@ impl Execution {
             block: 0,
             parent: None,
             vars: Map::new(),
+            var_bytes: 0,
             prev: 0,
             active: None,
         });
@@ -898,6 +899,7 @@ impl Execution {
                 block: *block,
                 parent: Some(Parent { frame: fid, slot }),
                 vars: Map::new(),
+                var_bytes: 0,
                 prev: started,
                 active: None,
             });
@@ -1110,6 +1112,7 @@ impl Execution {
                     slot: index,
                 }),
                 vars: Map::new(),
+                var_bytes: 0,
                 prev: started,
                 active: None,
             });
@@ -1272,10 +1275,23 @@ impl Execution {
             Some(Value::Object(m)) => Some(m),
             _ => None,
         };
+        let mut sizes = Vec::new();
         if let Some(m) = &assigned_map {
-            let total: usize = m.values().map(json::byte_len).sum();
+            sizes.extend(m.values().map(json::byte_len));
+            let total: usize = sizes.iter().sum();
             if total > self.limits.max_payload_bytes {
                 let f = Failure::new(names::DATA_LIMIT_EXCEEDED, format!("The assigned variables of size {total} bytes exceed the maximum of {} bytes.", self.limits.max_payload_bytes));
+                return self.state_failed(fid, f, env);
+            }
+            let vars = &self.frame(fid).vars;
+            let replaced: usize = m
+                .keys()
+                .filter_map(|k| vars.get(k))
+                .map(json::byte_len)
+                .sum();
+            let after = self.var_bytes + total - replaced;
+            if after > self.limits.max_variable_bytes {
+                let f = Failure::new(names::DATA_LIMIT_EXCEEDED, format!("The variables of this execution would total {after} bytes, more than the maximum of {} bytes.", self.limits.max_variable_bytes));
                 return self.state_failed(fid, f, env);
             }
         }
@@ -1299,11 +1315,18 @@ impl Execution {
             Some(d)
         });
         let frame = self.frame_mut(fid);
+        let mut delta: isize = 0;
         if let Some(m) = assigned_map {
-            for (k, v) in m {
-                frame.vars.insert(k, v);
+            for ((k, v), size) in m.into_iter().zip(sizes) {
+                if let Some(old) = frame.vars.insert(k, v) {
+                    delta -= json::byte_len(&old) as isize;
+                }
+                delta += size as isize;
             }
         }
+        frame.var_bytes = frame.var_bytes.wrapping_add_signed(delta);
+        self.var_bytes = self.var_bytes.wrapping_add_signed(delta);
+        let frame = self.frame_mut(fid);
         frame.active = None;
         match next {
             Some(Transition::Next(n)) => self.queue.push_back(Work::Enter {

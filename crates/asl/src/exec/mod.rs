@@ -32,6 +32,8 @@ pub struct Limits {
     pub record_history: bool,
     /// Default Map concurrency when `MaxConcurrency` is 0 (0 = unbounded).
     pub inline_map_concurrency: usize,
+    /// Maximum total size of all live variables of an execution, in bytes.
+    pub max_variable_bytes: usize,
 }
 
 impl Default for Limits {
@@ -41,6 +43,7 @@ impl Default for Limits {
             max_history_events: 25_000,
             record_history: true,
             inline_map_concurrency: 0,
+            max_variable_bytes: 10 * 1024 * 1024,
         }
     }
 }
@@ -261,6 +264,8 @@ pub(crate) struct Frame {
     block: BlockId,
     parent: Option<Parent>,
     vars: Map<String, Value>,
+    /// The serialized size of `vars`, in bytes.
+    var_bytes: usize,
     prev: u64,
     active: Option<Active>,
 }
@@ -299,6 +304,8 @@ pub struct Execution {
     status: ExecStatus,
     start_ms: i64,
     paused: bool,
+    /// The serialized size of the variables of every live frame.
+    var_bytes: usize,
     queue: VecDeque<Work>,
     parked: VecDeque<Work>,
     outcome: Option<Outcome>,
@@ -323,6 +330,7 @@ impl Execution {
             status: ExecStatus::NotStarted,
             start_ms: 0,
             paused: false,
+            var_bytes: 0,
             queue: VecDeque::new(),
             parked: VecDeque::new(),
             outcome: None,
@@ -453,7 +461,9 @@ impl Execution {
     }
 
     pub(crate) fn release_frame(&mut self, id: FrameId) {
-        self.frames[id] = None;
+        if let Some(f) = self.frames[id].take() {
+            self.var_bytes -= f.var_bytes;
+        }
         self.free.push(id);
     }
 

@@ -232,3 +232,51 @@ fn history_cap() {
     exec.step(Input::Start, &mut ManualEnv::new(0, 1));
     assert_eq!(exec.status(), ExecStatus::Succeeded);
 }
+
+fn run_with_limits(def: Value, input: Value, limits: Limits) -> Execution {
+    let mut exec = Execution::new(
+        machine(def),
+        ExecutionInfo::new("us-east-1", "000000000000", "sm", "ex", input),
+        limits,
+    );
+    exec.step(Input::Start, &mut ManualEnv::new(1_700_000_000_000, 1));
+    exec
+}
+
+#[test]
+fn variable_total_is_capped_per_execution() {
+    let limits = Limits {
+        max_variable_bytes: 100,
+        ..Limits::default()
+    };
+    let big = "x".repeat(58); // 60 bytes as JSON
+                              // Reassigning the same name replaces its size: 60 bytes live at any time.
+    let ok = run_with_limits(
+        json!({"StartAt": "A", "States": {
+            "A": {"Type": "Pass", "Assign": {"v": big}, "Next": "B"},
+            "B": {"Type": "Pass", "Assign": {"v": big}, "End": true}}}),
+        json!({}),
+        limits.clone(),
+    );
+    assert_eq!(ok.status(), ExecStatus::Succeeded);
+    // A second name brings the total to 120 bytes.
+    let over = run_with_limits(
+        json!({"StartAt": "A", "States": {
+            "A": {"Type": "Pass", "Assign": {"v": big}, "Next": "B"},
+            "B": {"Type": "Pass", "Assign": {"w": big}, "End": true}}}),
+        json!({}),
+        limits.clone(),
+    );
+    let o = over.outcome().unwrap();
+    assert_eq!(o.error.as_deref(), Some("States.DataLimitExceeded"));
+    assert!(o.cause.as_deref().unwrap().contains("120 bytes"), "{o:?}");
+    // Variables of finished Map iterations are released.
+    let map = run_with_limits(
+        json!({"StartAt": "M", "States": {"M": {"Type": "Map", "ItemProcessor": {
+            "StartAt": "I", "States": {"I": {"Type": "Pass", "Assign": {"v.$": "$"}, "End": true}}},
+            "MaxConcurrency": 1, "End": true}}}),
+        json!([big, big, big]),
+        limits,
+    );
+    assert_eq!(map.status(), ExecStatus::Succeeded);
+}

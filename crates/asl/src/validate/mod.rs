@@ -17,6 +17,8 @@ use crate::jsonata::{self, Expr};
 use crate::path::{Path, Root};
 use crate::template::Template;
 
+mod lint;
+
 /// Diagnostic severity.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
 #[serde(rename_all = "UPPERCASE")]
@@ -102,6 +104,7 @@ fn check(text: &str, opts: Options) -> (Option<StateMachine>, Vec<Diagnostic>) {
         }
     };
     let sm = p.machine(&value);
+    lint::lint(&value, &mut p.diags);
     (sm, p.diags)
 }
 
@@ -698,6 +701,15 @@ impl Parser {
         let mut out = Vec::new();
         for (i, e) in arr.iter().enumerate() {
             match e.as_str() {
+                Some(s)
+                    if s.starts_with("States.")
+                        && !crate::error::names::PREDEFINED.contains(&s) =>
+                {
+                    self.schema(
+                        &format!("Error names starting with 'States.' are reserved: '{s}' is not a predefined error"),
+                        &format!("{loc}/ErrorEquals/{i}"),
+                    );
+                }
                 Some(s) => out.push(s.to_string()),
                 None => self.schema(
                     "Error names must be strings",
