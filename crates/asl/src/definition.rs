@@ -91,7 +91,7 @@ pub struct Catcher {
 }
 
 /// The integration pattern of a service task.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum Pattern {
     RequestResponse,
     Sync,
@@ -100,7 +100,7 @@ pub enum Pattern {
 }
 
 /// What a Task's `Resource` names.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum Resource {
     /// `arn:aws:states:<r>:<a>:activity:<name>`
     Activity { arn: String },

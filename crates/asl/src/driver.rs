@@ -42,6 +42,7 @@ pub struct Driver {
     history: Vec<HistoryEvent>,
     keep_history: bool,
     max_steps: u64,
+    round_trip: bool,
 }
 
 impl Default for Driver {
@@ -59,12 +60,20 @@ impl Driver {
             history: Vec::new(),
             keep_history: true,
             max_steps: u64::MAX,
+            round_trip: false,
         }
     }
 
     /// Stop with [`Error::Driver`] after this many steps (a guard for fuzzing and tests).
     pub fn max_steps(mut self, n: u64) -> Self {
         self.max_steps = n;
+        self
+    }
+
+    /// Save the execution's state to JSON and rebuild the execution from it after every step,
+    /// as a host that persists executions does. A test of [`crate::ExecutionState`].
+    pub fn round_trip_state(mut self) -> Self {
+        self.round_trip = true;
         self
     }
 
@@ -123,6 +132,11 @@ impl Driver {
                 }
             };
             let out = exec.step(input, clock);
+            if self.round_trip {
+                let saved = serde_json::to_vec(exec.state())?;
+                let sm = exec.state_machine().clone();
+                *exec = Execution::from_state(sm, serde_json::from_slice(&saved)?);
+            }
             if self.keep_history {
                 self.history.extend(out.events);
             }

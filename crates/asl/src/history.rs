@@ -19,6 +19,20 @@ macro_rules! event_types {
                 match s { $(stringify!($name) => Some(EventType::$name),)* _ => None }
             }
         }
+
+        impl serde::Serialize for EventType {
+            fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+                s.serialize_str(self.as_str())
+            }
+        }
+
+        impl<'de> serde::Deserialize<'de> for EventType {
+            fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+                let s = <std::borrow::Cow<'de, str>>::deserialize(d)?;
+                EventType::parse(&s)
+                    .ok_or_else(|| serde::de::Error::custom(format!("unknown event type '{s}'")))
+            }
+        }
     };
 }
 
@@ -163,7 +177,7 @@ impl EventType {
 }
 
 /// One history event. `details` is the `…EventDetails` object, in AWS's key order.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct HistoryEvent {
     pub id: u64,
     pub previous_event_id: u64,

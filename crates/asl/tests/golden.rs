@@ -114,20 +114,33 @@ fn run_case(c: &Value) -> Result<(), String> {
         .cloned()
         .unwrap_or_else(|| serde_json::json!({}));
     let info = ExecutionInfo::new("us-east-1", "123456789012", "Golden", "run-1", input);
-    let mut exec = Execution::new(sm, info, Limits::default());
-    let mut env = ManualEnv::new(1_700_000_000_000, 42);
     let mut scripts: HashMap<String, VecDeque<Value>> = HashMap::new();
     if let Some(t) = c.get("tasks").and_then(Value::as_object) {
         for (k, v) in t {
             scripts.insert(k.clone(), v.as_array().unwrap().iter().cloned().collect());
         }
     }
-    let mut tasks = Scripted(scripts);
-    let mut driver = Driver::new().max_steps(10_000);
-    driver
-        .run(&mut exec, &mut env, &mut tasks)
-        .map_err(|e| e.to_string())?;
-    let events = driver.into_history();
+    // Run twice: straight through, and saving and restoring the execution state after every
+    // step, as the shard does. Both must give the same history.
+    let mut runs = Vec::new();
+    for round_trip in [false, true] {
+        let mut exec = Execution::new(sm.clone(), info.clone(), Limits::default());
+        let mut env = ManualEnv::new(1_700_000_000_000, 42);
+        let mut tasks = Scripted(scripts.clone());
+        let mut driver = Driver::new().max_steps(10_000);
+        if round_trip {
+            driver = driver.round_trip_state();
+        }
+        driver
+            .run(&mut exec, &mut env, &mut tasks)
+            .map_err(|e| e.to_string())?;
+        runs.push((exec, driver.into_history()));
+    }
+    let (restored, restored_events) = runs.pop().unwrap();
+    let (exec, events) = runs.pop().unwrap();
+    if restored_events != events || restored.outcome() != exec.outcome() {
+        return Err("saving and restoring the execution state changed the run".into());
+    }
     let outcome = exec.outcome().unwrap();
     let expect = &c["expect"];
     let status = outcome.status.as_str();

@@ -52,7 +52,7 @@ impl Execution {
         map_item: Option<(usize, &Value, Option<&str>)>,
         key: &str,
     ) -> Option<Value> {
-        let info = &self.info;
+        let info = &self.st.info;
         let active = self.frame(frame).active.as_ref();
         let mut m = Map::new();
         match key {
@@ -61,7 +61,7 @@ impl Execution {
                 m.insert("Input".into(), info.input.clone());
                 m.insert(
                     "StartTime".into(),
-                    Value::String(json::iso_millis(self.start_ms)),
+                    Value::String(json::iso_millis(self.st.start_ms)),
                 );
                 m.insert("Name".into(), Value::String(info.name.clone()));
                 m.insert("RoleArn".into(), Value::String(info.role_arn.clone()));

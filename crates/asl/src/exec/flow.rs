@@ -1,7 +1,7 @@
 //! State processing: entering states, doing their work, output processing, Retry/Catch,
 //! Parallel branches and Map iterations.
 
-use std::collections::HashMap;
+use std::collections::BTreeMap;
 
 use serde_json::{Map, Value};
 
@@ -84,12 +84,12 @@ impl Execution {
 
     fn check_size(&self, v: &Value, what: &str) -> Result<(), Failure> {
         let n = json::byte_len(v);
-        if n > self.limits.max_payload_bytes {
+        if n > self.st.limits.max_payload_bytes {
             return Err(Failure::new(
                 names::DATA_LIMIT_EXCEEDED,
                 format!(
                     "The {what} of size {n} bytes exceeds the maximum number of bytes service limit of {} bytes.",
-                    self.limits.max_payload_bytes
+                    self.st.limits.max_payload_bytes
                 ),
             ));
         }
@@ -97,19 +97,19 @@ impl Execution {
     }
 
     fn overflowed(&self) -> bool {
-        self.next_event_id > self.limits.max_history_events.saturating_add(1)
+        self.st.next_event_id > self.st.limits.max_history_events.saturating_add(1)
     }
 
     // ---- inputs -----------------------------------------------------------------------
 
     pub(super) fn on_start(&mut self, env: &mut dyn Env) {
-        if self.status != ExecStatus::NotStarted {
+        if self.st.status != ExecStatus::NotStarted {
             return;
         }
-        self.status = ExecStatus::Running;
-        self.start_ms = self.now;
-        let input = self.info.input.clone();
-        let info = self.info.clone();
+        self.st.status = ExecStatus::Running;
+        self.st.start_ms = self.now;
+        let input = self.st.info.input.clone();
+        let info = self.st.info.clone();
         let input_s = json::to_compact(&input);
         self.emit(None, EventType::ExecutionStarted, || {
             details([
@@ -145,7 +145,7 @@ impl Execution {
             return self.frame_failed(root, f, env);
         }
         let start = self.sm.block(0).start_at;
-        self.queue.push_back(Work::Enter {
+        self.st.queue.push_back(Work::Enter {
             frame: root,
             state: start,
             input,
@@ -153,7 +153,7 @@ impl Execution {
     }
 
     fn task_frame(&self, task_id: u64) -> Option<FrameId> {
-        let fid = *self.tasks.get(&task_id)?;
+        let fid = *self.st.tasks.get(&task_id)?;
         match &self.frame(fid).active.as_ref()?.waiting {
             Waiting::Task { task_id: t, .. } if *t == task_id => Some(fid),
             _ => None,
@@ -176,7 +176,7 @@ impl Execution {
     }
 
     fn clear_task(&mut self, fid: FrameId, task_id: u64) {
-        self.tasks.remove(&task_id);
+        self.st.tasks.remove(&task_id);
         let a = self.active_mut(fid);
         let w = std::mem::replace(&mut a.waiting, Waiting::Nothing);
         if let Waiting::Task {
@@ -319,12 +319,12 @@ impl Execution {
     }
 
     pub(super) fn on_timer(&mut self, timer_id: u64, env: &mut dyn Env) {
-        let Some(kind) = self.timers.remove(&timer_id) else {
+        let Some(kind) = self.st.timers.remove(&timer_id) else {
             return;
         };
         match kind {
             TimerKind::Execution => {
-                if self.frames.first().and_then(Option::as_ref).is_some() {
+                if self.st.frames.first().and_then(Option::as_ref).is_some() {
                     self.abort_frame(0);
                 }
                 self.emit(None, EventType::ExecutionTimedOut, || {
@@ -341,7 +341,7 @@ impl Execution {
                 });
             }
             TimerKind::Wait(fid) => {
-                let ok = matches!(self.frames.get(fid).and_then(Option::as_ref).and_then(|f| f.active.as_ref()).map(|a| &a.waiting), Some(Waiting::Wait { timer_id: t }) if *t == timer_id);
+                let ok = matches!(self.st.frames.get(fid).and_then(Option::as_ref).and_then(|f| f.active.as_ref()).map(|a| &a.waiting), Some(Waiting::Wait { timer_id: t }) if *t == timer_id);
                 if ok {
                     let a = self.active_mut(fid);
                     a.waiting = Waiting::Nothing;
@@ -350,7 +350,7 @@ impl Execution {
                 }
             }
             TimerKind::Retry(fid) => {
-                let ok = matches!(self.frames.get(fid).and_then(Option::as_ref).and_then(|f| f.active.as_ref()).map(|a| &a.waiting), Some(Waiting::Retry { timer_id: t }) if *t == timer_id);
+                let ok = matches!(self.st.frames.get(fid).and_then(Option::as_ref).and_then(|f| f.active.as_ref()).map(|a| &a.waiting), Some(Waiting::Retry { timer_id: t }) if *t == timer_id);
                 if ok {
                     self.active_mut(fid).waiting = Waiting::Nothing;
                     self.start_work(fid, env);
@@ -359,6 +359,7 @@ impl Execution {
             TimerKind::TaskTimeout(fid) | TimerKind::Heartbeat(fid) => {
                 let heartbeat = matches!(kind, TimerKind::Heartbeat(_));
                 let task_id = match self
+                    .st
                     .frames
                     .get(fid)
                     .and_then(Option::as_ref)
@@ -392,10 +393,10 @@ impl Execution {
     }
 
     pub(super) fn on_stop(&mut self, error: Option<String>, cause: Option<String>) {
-        if self.status == ExecStatus::NotStarted {
-            self.status = ExecStatus::Running;
+        if self.st.status == ExecStatus::NotStarted {
+            self.st.status = ExecStatus::Running;
         }
-        if self.frames.first().and_then(Option::as_ref).is_some() {
+        if self.st.frames.first().and_then(Option::as_ref).is_some() {
             self.abort_frame(0);
         }
         let (e, c) = (error.clone(), cause.clone());
@@ -416,12 +417,12 @@ impl Execution {
     // ---- states -----------------------------------------------------------------------
 
     pub(super) fn enter(&mut self, fid: FrameId, sid: StateId, input: Value, env: &mut dyn Env) {
-        if self.frames.get(fid).and_then(Option::as_ref).is_none() {
+        if self.st.frames.get(fid).and_then(Option::as_ref).is_none() {
             return;
         }
         let sm = self.sm.clone();
         let st = sm.state(self.frame(fid).block, sid);
-        let record = self.limits.record_history;
+        let record = self.st.limits.record_history;
         let input_s = if record {
             json::to_compact(&input)
         } else {
@@ -449,7 +450,7 @@ impl Execution {
         if self.overflowed() {
             let f = Failure::runtime(format!(
                 "The execution reached the maximum number of history events ({}).",
-                self.limits.max_history_events
+                self.st.limits.max_history_events
             ));
             return self.frame_failed(0, f, env);
         }
@@ -737,8 +738,8 @@ impl Execution {
         else {
             return;
         };
-        let task_id = self.next_task_id;
-        self.next_task_id += 1;
+        let task_id = self.st.next_task_id;
+        self.st.next_task_id += 1;
         let needs_token = matches!(
             resource,
             Resource::Activity { .. }
@@ -748,7 +749,7 @@ impl Execution {
                 }
         );
         if needs_token {
-            let token = env.task_token(&self.info.execution_arn, task_id);
+            let token = env.task_token(&self.st.info.execution_arn, task_id);
             self.active_mut(fid).token = Some(token);
         }
         let a = self.active(fid);
@@ -786,7 +787,7 @@ impl Execution {
             Err(f) => return self.data_failed(fid, f, "Credentials", env),
         };
         let (ty, res) = resource.history_names();
-        let region = self.info.region.clone();
+        let region = self.st.info.region.clone();
         let params_s = json::to_compact(&params);
         match resource {
             Resource::Service { .. } => {
@@ -853,7 +854,7 @@ impl Execution {
             timeout.map(|t| self.start_timer(TimerKind::TaskTimeout(fid), self.now + t * 1000));
         let heartbeat_timer =
             heartbeat.map(|h| self.start_timer(TimerKind::Heartbeat(fid), self.now + h * 1000));
-        self.tasks.insert(task_id, fid);
+        self.st.tasks.insert(task_id, fid);
         let a = self.active_mut(fid);
         let token = a.token.clone();
         let attempt = a.retry_count;
@@ -893,7 +894,7 @@ impl Execution {
             None => input,
         };
         let started = self.emit(Some(fid), EventType::ParallelStateStarted, || None);
-        let mut running = HashMap::new();
+        let mut running = BTreeMap::new();
         for (slot, block) in branches.iter().enumerate() {
             let child = self.alloc_frame(Frame {
                 block: *block,
@@ -905,7 +906,7 @@ impl Execution {
             });
             running.insert(slot, child);
             let start = self.sm.block(*block).start_at;
-            self.queue.push_back(Work::Enter {
+            self.st.queue.push_back(Work::Enter {
                 frame: child,
                 state: start,
                 input: branch_input.clone(),
@@ -1009,7 +1010,7 @@ impl Execution {
             Err(f) => return self.data_failed(fid, f, "MaxConcurrency", env),
         };
         let mc = if mc == 0 {
-            self.limits.inline_map_concurrency
+            self.st.limits.inline_map_concurrency
         } else {
             mc
         };
@@ -1024,7 +1025,7 @@ impl Execution {
         self.active_mut(fid).waiting = Waiting::Children(Children {
             is_map: true,
             results: vec![None; len],
-            running: HashMap::new(),
+            running: BTreeMap::new(),
             next_index: 0,
             items: list,
             keys,
@@ -1120,7 +1121,7 @@ impl Execution {
                 c.running.insert(index, child);
             }
             let start = self.sm.block(*processor).start_at;
-            self.queue.push_back(Work::Enter {
+            self.st.queue.push_back(Work::Enter {
                 frame: child,
                 state: start,
                 input: iteration_input,
@@ -1265,7 +1266,7 @@ impl Execution {
         next: Option<Transition>,
         env: &mut dyn Env,
     ) {
-        let record = self.limits.record_history;
+        let record = self.st.limits.record_history;
         let out_s = if record {
             json::to_compact(&output)
         } else {
@@ -1279,8 +1280,8 @@ impl Execution {
         if let Some(m) = &assigned_map {
             sizes.extend(m.values().map(json::byte_len));
             let total: usize = sizes.iter().sum();
-            if total > self.limits.max_payload_bytes {
-                let f = Failure::new(names::DATA_LIMIT_EXCEEDED, format!("The assigned variables of size {total} bytes exceed the maximum of {} bytes.", self.limits.max_payload_bytes));
+            if total > self.st.limits.max_payload_bytes {
+                let f = Failure::new(names::DATA_LIMIT_EXCEEDED, format!("The assigned variables of size {total} bytes exceed the maximum of {} bytes.", self.st.limits.max_payload_bytes));
                 return self.state_failed(fid, f, env);
             }
             let vars = &self.frame(fid).vars;
@@ -1289,9 +1290,9 @@ impl Execution {
                 .filter_map(|k| vars.get(k))
                 .map(json::byte_len)
                 .sum();
-            let after = self.var_bytes + total - replaced;
-            if after > self.limits.max_variable_bytes {
-                let f = Failure::new(names::DATA_LIMIT_EXCEEDED, format!("The variables of this execution would total {after} bytes, more than the maximum of {} bytes.", self.limits.max_variable_bytes));
+            let after = self.st.var_bytes + total - replaced;
+            if after > self.st.limits.max_variable_bytes {
+                let f = Failure::new(names::DATA_LIMIT_EXCEEDED, format!("The variables of this execution would total {after} bytes, more than the maximum of {} bytes.", self.st.limits.max_variable_bytes));
                 return self.state_failed(fid, f, env);
             }
         }
@@ -1325,11 +1326,11 @@ impl Execution {
             }
         }
         frame.var_bytes = frame.var_bytes.wrapping_add_signed(delta);
-        self.var_bytes = self.var_bytes.wrapping_add_signed(delta);
+        self.st.var_bytes = self.st.var_bytes.wrapping_add_signed(delta);
         let frame = self.frame_mut(fid);
         frame.active = None;
         match next {
-            Some(Transition::Next(n)) => self.queue.push_back(Work::Enter {
+            Some(Transition::Next(n)) => self.st.queue.push_back(Work::Enter {
                 frame: fid,
                 state: n,
                 input: output,
@@ -1552,8 +1553,7 @@ impl Execution {
     fn abort_children(&mut self, fid: FrameId) {
         let (running, is_map) = match &mut self.active_mut(fid).waiting {
             Waiting::Children(c) => {
-                let mut r: Vec<(usize, FrameId)> = c.running.drain().collect();
-                r.sort();
+                let r: Vec<(usize, FrameId)> = std::mem::take(&mut c.running).into_iter().collect();
                 (r, c.is_map)
             }
             _ => return,
@@ -1576,9 +1576,11 @@ impl Execution {
     /// Stops whatever a frame is doing: cancels its task and timers, aborts its children and
     /// writes `{Type}StateAborted`.
     fn abort_frame(&mut self, fid: FrameId) {
-        self.queue
+        self.st
+            .queue
             .retain(|w| !matches!(w, Work::Enter { frame, .. } if *frame == fid));
-        self.parked
+        self.st
+            .parked
             .retain(|w| !matches!(w, Work::Enter { frame, .. } if *frame == fid));
         let Some(state) = self.frame(fid).active.as_ref().map(|a| a.state) else {
             return;
@@ -1591,7 +1593,7 @@ impl Execution {
                 heartbeat_timer,
                 ..
             } => {
-                self.tasks.remove(&task_id);
+                self.st.tasks.remove(&task_id);
                 self.cancel_timer(timeout_timer);
                 self.cancel_timer(heartbeat_timer);
                 self.out.commands.push(Command::CancelTask { task_id });

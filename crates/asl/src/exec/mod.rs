@@ -11,9 +11,10 @@
 mod context;
 mod flow;
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{BTreeMap, VecDeque};
 use std::sync::Arc;
 
+use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
 use crate::definition::{BlockId, Resource, StateId, StateMachine};
@@ -22,7 +23,7 @@ use crate::error::Failure;
 use crate::history::{EventType, HistoryEvent};
 
 /// Limits, AWS's by default.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Limits {
     /// Maximum size of execution input, state input/output and task results, in bytes.
     pub max_payload_bytes: usize,
@@ -49,7 +50,7 @@ impl Default for Limits {
 }
 
 /// Who this execution is.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct ExecutionInfo {
     pub execution_arn: String,
     pub name: String,
@@ -82,7 +83,7 @@ impl ExecutionInfo {
 }
 
 /// Something that happened to the execution.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub enum Input {
     /// Start the execution with `ExecutionInfo::input`.
     Start,
@@ -123,7 +124,7 @@ pub enum Input {
 }
 
 /// A task for the host to run.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct TaskRequest {
     pub task_id: u64,
     pub state_name: String,
@@ -139,7 +140,7 @@ pub struct TaskRequest {
 }
 
 /// What the host must do after a step.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub enum Command {
     InvokeTask(TaskRequest),
     /// The task is no longer wanted (timed out, aborted); results for it will be ignored.
@@ -158,7 +159,7 @@ pub enum Command {
 }
 
 /// An execution's status.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub enum ExecStatus {
     NotStarted,
     Running,
@@ -185,7 +186,7 @@ impl ExecStatus {
 }
 
 /// How an execution ended.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Outcome {
     pub status: ExecStatus,
     pub output: Option<Value>,
@@ -203,13 +204,13 @@ pub struct StepOutput {
 pub(crate) type FrameId = usize;
 
 /// A frame's place under its parent.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub(crate) struct Parent {
     frame: FrameId,
     slot: usize,
 }
 
-#[derive(Debug)]
+#[derive(Debug, Serialize, Deserialize)]
 pub(crate) enum Waiting {
     Nothing,
     Task {
@@ -227,12 +228,12 @@ pub(crate) enum Waiting {
     Children(Children),
 }
 
-#[derive(Debug)]
+#[derive(Debug, Serialize, Deserialize)]
 pub(crate) struct Children {
     is_map: bool,
     results: Vec<Option<Value>>,
     /// slot -> running frame
-    running: HashMap<usize, FrameId>,
+    running: BTreeMap<usize, FrameId>,
     next_index: usize,
     /// Map: the items; Parallel: the branch input (one element).
     items: Vec<Value>,
@@ -245,7 +246,7 @@ pub(crate) struct Children {
     last_event: u64,
 }
 
-#[derive(Debug)]
+#[derive(Debug, Serialize, Deserialize)]
 pub(crate) struct Active {
     state: StateId,
     entered_id: u64,
@@ -259,7 +260,7 @@ pub(crate) struct Active {
     waiting: Waiting,
 }
 
-#[derive(Debug)]
+#[derive(Debug, Serialize, Deserialize)]
 pub(crate) struct Frame {
     block: BlockId,
     parent: Option<Parent>,
@@ -270,7 +271,7 @@ pub(crate) struct Frame {
     active: Option<Active>,
 }
 
-#[derive(Debug)]
+#[derive(Debug, Serialize, Deserialize)]
 pub(crate) enum TimerKind {
     Execution,
     Wait(FrameId),
@@ -280,7 +281,7 @@ pub(crate) enum TimerKind {
 }
 
 /// Work to do inside a step.
-#[derive(Debug)]
+#[derive(Debug, Serialize, Deserialize)]
 pub(crate) enum Work {
     Enter {
         frame: FrameId,
@@ -289,9 +290,12 @@ pub(crate) enum Work {
     },
 }
 
-/// One execution.
-pub struct Execution {
-    sm: Arc<StateMachine>,
+/// The durable part of an execution: everything but the definition and per-step scratch.
+///
+/// Hosts persist it (serde) and rebuild the execution with [`Execution::from_state`] and the
+/// same definition. Steps are deterministic given the state, the input and the [`Env`].
+#[derive(Debug, Serialize, Deserialize)]
+pub struct ExecutionState {
     info: ExecutionInfo,
     limits: Limits,
     frames: Vec<Option<Frame>>,
@@ -299,16 +303,24 @@ pub struct Execution {
     next_event_id: u64,
     next_timer_id: u64,
     next_task_id: u64,
-    timers: HashMap<u64, TimerKind>,
-    tasks: HashMap<u64, FrameId>,
+    timers: BTreeMap<u64, TimerKind>,
+    tasks: BTreeMap<u64, FrameId>,
     status: ExecStatus,
     start_ms: i64,
     paused: bool,
     /// The serialized size of the variables of every live frame.
     var_bytes: usize,
+    /// Work of this step; empty between steps.
     queue: VecDeque<Work>,
+    /// States waiting for `Resume`.
     parked: VecDeque<Work>,
     outcome: Option<Outcome>,
+}
+
+/// One execution.
+pub struct Execution {
+    sm: Arc<StateMachine>,
+    st: ExecutionState,
     // Per-step scratch.
     now: i64,
     out: StepOutput,
@@ -316,64 +328,88 @@ pub struct Execution {
 
 impl Execution {
     pub fn new(sm: Arc<StateMachine>, info: ExecutionInfo, limits: Limits) -> Self {
+        Self::from_state(
+            sm,
+            ExecutionState {
+                info,
+                limits,
+                frames: Vec::new(),
+                free: Vec::new(),
+                next_event_id: 1,
+                next_timer_id: 1,
+                next_task_id: 1,
+                timers: BTreeMap::new(),
+                tasks: BTreeMap::new(),
+                status: ExecStatus::NotStarted,
+                start_ms: 0,
+                paused: false,
+                var_bytes: 0,
+                queue: VecDeque::new(),
+                parked: VecDeque::new(),
+                outcome: None,
+            },
+        )
+    }
+
+    /// Rebuilds an execution from its saved state and the definition it was started with.
+    pub fn from_state(sm: Arc<StateMachine>, st: ExecutionState) -> Self {
         Execution {
             sm,
-            info,
-            limits,
-            frames: Vec::new(),
-            free: Vec::new(),
-            next_event_id: 1,
-            next_timer_id: 1,
-            next_task_id: 1,
-            timers: HashMap::new(),
-            tasks: HashMap::new(),
-            status: ExecStatus::NotStarted,
-            start_ms: 0,
-            paused: false,
-            var_bytes: 0,
-            queue: VecDeque::new(),
-            parked: VecDeque::new(),
-            outcome: None,
+            st,
             now: 0,
             out: StepOutput::default(),
         }
     }
 
+    /// The durable state, to persist between steps.
+    pub fn state(&self) -> &ExecutionState {
+        &self.st
+    }
+
+    pub fn into_state(self) -> ExecutionState {
+        self.st
+    }
+
+    /// The definition this execution runs.
+    pub fn state_machine(&self) -> &Arc<StateMachine> {
+        &self.sm
+    }
+
     pub fn info(&self) -> &ExecutionInfo {
-        &self.info
+        &self.st.info
     }
 
     pub fn status(&self) -> ExecStatus {
-        self.status
+        self.st.status
     }
 
     pub fn outcome(&self) -> Option<&Outcome> {
-        self.outcome.as_ref()
+        self.st.outcome.as_ref()
     }
 
     pub fn is_paused(&self) -> bool {
-        self.paused
+        self.st.paused
     }
 
     /// The number of history events written so far.
     pub fn event_count(&self) -> u64 {
-        self.next_event_id - 1
+        self.st.next_event_id - 1
     }
 
     /// Task ids that are waiting for a result.
     pub fn pending_tasks(&self) -> impl Iterator<Item = u64> + '_ {
-        self.tasks.keys().copied()
+        self.st.tasks.keys().copied()
     }
 
     /// Timer ids that are set.
     pub fn pending_timers(&self) -> impl Iterator<Item = u64> + '_ {
-        self.timers.keys().copied()
+        self.st.timers.keys().copied()
     }
 
     /// Applies one input and runs until every frame waits or the execution ends.
     pub fn step(&mut self, input: Input, env: &mut dyn Env) -> StepOutput {
         self.now = env.now_ms();
-        if self.status.is_terminal() {
+        if self.st.status.is_terminal() {
             return StepOutput::default();
         }
         match input {
@@ -402,11 +438,11 @@ impl Execution {
             Input::TaskHeartbeat { task_id } => self.on_heartbeat(task_id),
             Input::TimerFired { timer_id } => self.on_timer(timer_id, env),
             Input::Stop { error, cause } => self.on_stop(error, cause),
-            Input::Pause => self.paused = true,
+            Input::Pause => self.st.paused = true,
             Input::Resume => {
-                self.paused = false;
-                let parked = std::mem::take(&mut self.parked);
-                self.queue.extend(parked);
+                self.st.paused = false;
+                let parked = std::mem::take(&mut self.st.parked);
+                self.st.queue.extend(parked);
             }
         }
         self.run(env);
@@ -414,13 +450,13 @@ impl Execution {
     }
 
     fn run(&mut self, env: &mut dyn Env) {
-        while let Some(work) = self.queue.pop_front() {
-            if self.status.is_terminal() {
-                self.queue.clear();
+        while let Some(work) = self.st.queue.pop_front() {
+            if self.st.status.is_terminal() {
+                self.st.queue.clear();
                 break;
             }
-            if self.paused {
-                self.parked.push_back(work);
+            if self.st.paused {
+                self.st.parked.push_back(work);
                 continue;
             }
             match work {
@@ -431,40 +467,40 @@ impl Execution {
                 } => self.enter(frame, state, input, env),
             }
         }
-        if self.status.is_terminal() {
-            self.queue.clear();
-            self.parked.clear();
+        if self.st.status.is_terminal() {
+            self.st.queue.clear();
+            self.st.parked.clear();
         }
     }
 
     // ---- bookkeeping ------------------------------------------------------------------
 
     pub(crate) fn frame(&self, id: FrameId) -> &Frame {
-        self.frames[id].as_ref().expect("live frame")
+        self.st.frames[id].as_ref().expect("live frame")
     }
 
     pub(crate) fn frame_mut(&mut self, id: FrameId) -> &mut Frame {
-        self.frames[id].as_mut().expect("live frame")
+        self.st.frames[id].as_mut().expect("live frame")
     }
 
     pub(crate) fn alloc_frame(&mut self, f: Frame) -> FrameId {
-        match self.free.pop() {
+        match self.st.free.pop() {
             Some(id) => {
-                self.frames[id] = Some(f);
+                self.st.frames[id] = Some(f);
                 id
             }
             None => {
-                self.frames.push(Some(f));
-                self.frames.len() - 1
+                self.st.frames.push(Some(f));
+                self.st.frames.len() - 1
             }
         }
     }
 
     pub(crate) fn release_frame(&mut self, id: FrameId) {
-        if let Some(f) = self.frames[id].take() {
-            self.var_bytes -= f.var_bytes;
+        if let Some(f) = self.st.frames[id].take() {
+            self.st.var_bytes -= f.var_bytes;
         }
-        self.free.push(id);
+        self.st.free.push(id);
     }
 
     /// Writes an event on a frame's chain (or the execution's when `frame` is `None`).
@@ -486,9 +522,9 @@ impl Execution {
         event_type: EventType,
         details: impl FnOnce() -> Option<Map<String, Value>>,
     ) -> u64 {
-        let id = self.next_event_id;
-        self.next_event_id += 1;
-        if self.limits.record_history {
+        let id = self.st.next_event_id;
+        self.st.next_event_id += 1;
+        if self.st.limits.record_history {
             self.out.events.push(HistoryEvent {
                 id,
                 previous_event_id: prev,
@@ -504,9 +540,9 @@ impl Execution {
     }
 
     pub(crate) fn start_timer(&mut self, kind: TimerKind, fire_at_ms: i64) -> u64 {
-        let id = self.next_timer_id;
-        self.next_timer_id += 1;
-        self.timers.insert(id, kind);
+        let id = self.st.next_timer_id;
+        self.st.next_timer_id += 1;
+        self.st.timers.insert(id, kind);
         self.out.commands.push(Command::StartTimer {
             timer_id: id,
             fire_at_ms,
@@ -516,7 +552,7 @@ impl Execution {
 
     pub(crate) fn cancel_timer(&mut self, id: Option<u64>) {
         if let Some(id) = id {
-            if self.timers.remove(&id).is_some() {
+            if self.st.timers.remove(&id).is_some() {
                 self.out
                     .commands
                     .push(Command::CancelTimer { timer_id: id });
@@ -525,16 +561,16 @@ impl Execution {
     }
 
     fn finish(&mut self, outcome: Outcome) {
-        self.status = outcome.status;
-        let timers: Vec<u64> = self.timers.keys().copied().collect();
+        self.st.status = outcome.status;
+        let timers: Vec<u64> = self.st.timers.keys().copied().collect();
         for t in timers {
             self.cancel_timer(Some(t));
         }
-        let tasks: Vec<u64> = self.tasks.drain().map(|(t, _)| t).collect();
+        let tasks: Vec<u64> = std::mem::take(&mut self.st.tasks).into_keys().collect();
         for task_id in tasks {
             self.out.commands.push(Command::CancelTask { task_id });
         }
-        self.outcome = Some(outcome.clone());
+        self.st.outcome = Some(outcome.clone());
         self.out.commands.push(Command::Finish(outcome));
     }
 }
