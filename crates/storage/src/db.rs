@@ -1,0 +1,134 @@
+//! The node's sled database and the trees of each Raft group.
+
+use std::path::Path;
+
+use crate::Result;
+
+/// One node's store: a single `sled::Db` shared by every Raft group on the node.
+#[derive(Clone)]
+pub struct NodeDb {
+    db: sled::Db,
+}
+
+impl NodeDb {
+    /// Opens (or creates) the store in `dir`.
+    pub fn open(dir: impl AsRef<Path>) -> Result<NodeDb> {
+        let db = sled::Config::new()
+            .path(dir)
+            .mode(sled::Mode::HighThroughput)
+            .open()?;
+        Ok(NodeDb { db })
+    }
+
+    /// A store in a temporary directory, removed when the last handle is dropped.
+    pub fn temporary() -> Result<NodeDb> {
+        let db = sled::Config::new().temporary(true).open()?;
+        Ok(NodeDb { db })
+    }
+
+    /// The trees of Raft group `group`.
+    pub fn group(&self, group: u64) -> Result<GroupTrees> {
+        Ok(GroupTrees {
+            group,
+            db: self.db.clone(),
+            log: self.db.open_tree(format!("g{group}/log"))?,
+            raft: self.db.open_tree(format!("g{group}/raft"))?,
+        })
+    }
+
+    /// Groups that have trees in this store (for restart).
+    pub fn groups(&self) -> Vec<u64> {
+        let mut out: Vec<u64> = self
+            .db
+            .tree_names()
+            .iter()
+            .filter_map(|n| {
+                let n = std::str::from_utf8(n).ok()?;
+                n.strip_prefix('g')?.strip_suffix("/raft")?.parse().ok()
+            })
+            .collect();
+        out.sort_unstable();
+        out
+    }
+
+    /// Removes every tree of a group (after its replica moved away).
+    pub fn drop_group(&self, group: u64) -> Result<()> {
+        let prefix = format!("g{group}/");
+        for name in self.db.tree_names() {
+            if name.starts_with(prefix.as_bytes()) {
+                self.db.drop_tree(name)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Writes everything buffered to disk.
+    pub async fn flush(&self) -> Result<()> {
+        self.db.flush_async().await?;
+        Ok(())
+    }
+
+    /// Bytes on disk.
+    pub fn size_on_disk(&self) -> u64 {
+        self.db.size_on_disk().unwrap_or(0)
+    }
+
+    pub fn sled(&self) -> &sled::Db {
+        &self.db
+    }
+}
+
+/// The trees of one Raft group.
+#[derive(Clone)]
+pub struct GroupTrees {
+    pub group: u64,
+    pub(crate) db: sled::Db,
+    /// Log entries by index (big-endian u64 keys).
+    pub(crate) log: sled::Tree,
+    /// Vote, committed id, last purged id, applied state, snapshot.
+    pub(crate) raft: sled::Tree,
+}
+
+impl GroupTrees {
+    /// An application tree of this group's state machine: `g{N}/sm/<name>`.
+    pub fn sm_tree(&self, name: &str) -> Result<sled::Tree> {
+        Ok(self.db.open_tree(format!("g{}/sm/{name}", self.group))?)
+    }
+
+    /// Names of this group's application trees (without the prefix).
+    pub fn sm_tree_names(&self) -> Vec<String> {
+        let prefix = format!("g{}/sm/", self.group);
+        self.db
+            .tree_names()
+            .iter()
+            .filter_map(|n| {
+                std::str::from_utf8(n)
+                    .ok()?
+                    .strip_prefix(&prefix)
+                    .map(str::to_string)
+            })
+            .collect()
+    }
+
+    pub(crate) async fn flush(&self) -> Result<()> {
+        self.db.flush_async().await?;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn groups_are_listed_and_dropped() {
+        let db = NodeDb::temporary().unwrap();
+        let g3 = db.group(3).unwrap();
+        db.group(10).unwrap();
+        g3.sm_tree("executions").unwrap().insert("k", "v").unwrap();
+        assert_eq!(db.groups(), vec![3, 10]);
+        assert_eq!(g3.sm_tree_names(), vec!["executions".to_string()]);
+        db.drop_group(3).unwrap();
+        assert_eq!(db.groups(), vec![10]);
+    }
+}

@@ -1,0 +1,18 @@
+//! The storage crate's error.
+
+/// What can go wrong below Raft.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("sled: {0}")]
+    Sled(#[from] sled::Error),
+    #[error("encoding: {0}")]
+    Json(#[from] serde_json::Error),
+    /// Stored bytes that cannot be what this crate wrote.
+    #[error("corrupt store: {0}")]
+    Corrupt(String),
+    /// An application state machine refused an entry or a snapshot.
+    #[error("state machine: {0}")]
+    App(String),
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;

@@ -1,0 +1,32 @@
+//! `trellis-storage`: Raft storage on sled for every Raft group of a node.
+//!
+//! * [`NodeDb`] is the node's one `sled::Db`. Each Raft group (the meta group, every shard)
+//!   gets its own trees, named `g{N}/log`, `g{N}/raft` and `g{N}/sm/<name>`.
+//! * [`LogStore`] implements openraft's `RaftLogStorage`: entries are flushed to disk before
+//!   openraft is told they are durable, and so is the vote.
+//! * [`StateMachineStore`] implements `RaftStateMachine` around an application state machine
+//!   ([`AppStateMachine`]): it applies entries, keeps the last applied log id and the
+//!   membership, and builds and installs snapshots of the application's trees.
+//!
+//! Both are generic over an openraft type config whose entries are `openraft::Entry` and whose
+//! snapshots are byte buffers. They pass `openraft::testing::Suite` (see `tests/suite.rs`).
+
+mod db;
+mod error;
+mod log;
+mod sm;
+
+pub use db::{GroupTrees, NodeDb};
+pub use error::{Error, Result};
+pub use log::LogStore;
+pub use sm::{AppStateMachine, StateMachineStore};
+
+/// Encodes a u64 so that byte order is numeric order (sled keys).
+pub fn be(n: u64) -> [u8; 8] {
+    n.to_be_bytes()
+}
+
+/// Decodes a key written by [`be`].
+pub fn from_be(bytes: &[u8]) -> Option<u64> {
+    Some(u64::from_be_bytes(bytes.get(..8)?.try_into().ok()?))
+}
