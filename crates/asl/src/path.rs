@@ -175,6 +175,7 @@ impl Path {
         let kind = match parse_definite(rest) {
             Some(segs) => Kind::Definite(segs),
             None => {
+                check_nesting(rest).map_err(|e| format!("'{text}' is not a valid path: {e}"))?;
                 let q = format!("${rest}");
                 let jp = serde_json_path::JsonPath::parse(&q)
                     .map_err(|e| format!("'{text}' is not a valid path: {e}"))?;
@@ -337,6 +338,48 @@ impl Path {
     }
 }
 
+/// How deep brackets and parentheses may nest in a query path. The query parser backtracks
+/// exponentially in the nesting depth, so deeper paths are refused before it sees them.
+pub const MAX_NESTING: usize = 10;
+
+/// Checks that brackets and parentheses outside quotes balance and nest at most
+/// [`MAX_NESTING`] deep, in one linear pass.
+fn check_nesting(q: &str) -> Result<(), String> {
+    let mut stack = Vec::new();
+    let mut quote = None;
+    let mut chars = q.chars();
+    while let Some(c) = chars.next() {
+        match (quote, c) {
+            (Some(_), '\\') => {
+                chars.next();
+            }
+            (Some(open), c) if c == open => quote = None,
+            (Some(_), _) => {}
+            (None, '\'' | '"') => quote = Some(c),
+            (None, '[' | '(') => {
+                stack.push(c);
+                if stack.len() > MAX_NESTING {
+                    return Err(format!("brackets nest deeper than {MAX_NESTING} levels"));
+                }
+            }
+            (None, ']' | ')') => {
+                let want = if c == ']' { '[' } else { '(' };
+                if stack.pop() != Some(want) {
+                    return Err(format!("unbalanced '{c}'"));
+                }
+            }
+            _ => {}
+        }
+    }
+    if quote.is_some() {
+        return Err("unterminated quoted name".into());
+    }
+    if let Some(open) = stack.last() {
+        return Err(format!("unclosed '{open}'"));
+    }
+    Ok(())
+}
+
 fn index(len: usize, i: i64) -> Option<usize> {
     let i = if i < 0 { len as i64 + i } else { i };
     (i >= 0 && (i as usize) < len).then_some(i as usize)
@@ -430,6 +473,24 @@ mod tests {
             Path::parse("$.a['b'][0]").unwrap().normalized(),
             "$['a']['b'][0]"
         );
+    }
+
+    #[test]
+    fn deep_or_unbalanced_queries_are_refused_quickly() {
+        let deep = format!("$.a{}{}", "[?(@.b".repeat(12), " > 1)]".repeat(12));
+        let e = Path::parse(&deep).unwrap_err();
+        assert!(e.contains("deeper than 10"), "{e}");
+        let e = Path::parse("$.a[?(@.b > 1]").unwrap_err();
+        assert!(e.contains("unbalanced"), "{e}");
+        let e = Path::parse("$.a[?(@.b == 'x)]").unwrap_err();
+        assert!(e.contains("unterminated"), "{e}");
+        // Brackets inside quotes do not count.
+        let p = Path::parse("$.a[?(@.b == '[((')]").unwrap();
+        let v = json!({"a": [{"b": "[(("}, {"b": 1}]});
+        assert_eq!(p.apply(&v).unwrap().into_owned(), json!([{"b": "[(("}]));
+        // Five nested filters are still fine.
+        let ok = format!("$.a{}{}", "[?(@.b".repeat(5), " > 1)]".repeat(5));
+        assert!(Path::parse(&ok).is_ok() || Path::parse(&ok).unwrap_err().contains("parser"));
     }
 
     #[test]
