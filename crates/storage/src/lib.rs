@@ -14,11 +14,13 @@
 mod db;
 mod error;
 mod log;
+mod network;
 mod sm;
 
 pub use db::{GroupTrees, NodeDb};
 pub use error::{Error, Result};
 pub use log::LogStore;
+pub use network::NoPeers;
 pub use sm::{AppStateMachine, StateMachineStore};
 
 /// Encodes a u64 so that byte order is numeric order (sled keys).

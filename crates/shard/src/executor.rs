@@ -1,0 +1,829 @@
+//! The executor: runs on the shard's Raft leader and is the only place where the shard's
+//! executions advance.
+//!
+//! One task owns the live executions. It takes a batch of commands (starts, task results,
+//! timer firings, stop/pause/resume, activity hand-outs), steps the executions they concern,
+//! proposes every changed execution's new record and events in one Raft entry, and only once
+//! that entry is committed replies to the callers and performs the side effects: task
+//! dispatch (connectors, activity queues) and timers. If the proposal fails, this node is no
+//! longer the leader: the executor stops, and the next leader rebuilds everything from the
+//! replicated records.
+
+use std::collections::{BTreeSet, HashMap, HashSet, VecDeque};
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use serde_json::value::RawValue;
+use serde_json::Value;
+use tokio::sync::{mpsc, oneshot, Notify};
+use tokio::time::Instant;
+use trellis_asl::definition::Resource;
+use trellis_asl::env::{Entropy, SplitMix64};
+use trellis_asl::exec::{ExecutionInfo, ExecutionState, TaskRequest};
+use trellis_asl::{Command, Env, Execution, HistoryEvent, Input, Limits, StateMachine};
+
+use crate::app::ShardApp;
+use crate::record::{parse_token, ExecRecord, Status, TaskRecord};
+use crate::request::{ShardOp, ShardRequest};
+use crate::{definition_hash, Error, Result};
+
+/// A boxed future, for the object-safe traits below.
+pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+
+/// Performs task side effects for the executor.
+pub trait Connectors: Send + Sync + 'static {
+    /// Runs a non-activity task (`http:invoke`, Lambda, ...). Resolves to what to feed back:
+    /// `TaskSucceeded`/`TaskFailed`, or `TaskSubmitted` for `.waitForTaskToken` tasks, whose
+    /// result then arrives through the task token.
+    fn invoke(&self, task: TaskRequest) -> BoxFuture<'static, Input>;
+}
+
+/// Gets entries committed.
+pub trait Proposer: Send + Sync + 'static {
+    fn propose(&self, req: ShardRequest) -> BoxFuture<'_, Result<()>>;
+}
+
+impl Proposer for openraft::Raft<crate::ShardConfig> {
+    fn propose(&self, req: ShardRequest) -> BoxFuture<'_, Result<()>> {
+        Box::pin(async move {
+            match self.client_write(req).await {
+                Ok(_) => Ok(()),
+                Err(openraft::error::RaftError::APIError(
+                    openraft::error::ClientWriteError::ForwardToLeader(f),
+                )) => Err(Error::NotLeader {
+                    leader: f.leader_id,
+                }),
+                Err(e) => Err(Error::Corrupt(format!("raft: {e}"))),
+            }
+        })
+    }
+}
+
+/// Settings of one shard's executor.
+#[derive(Debug, Clone)]
+pub struct ExecutorConfig {
+    pub shard: u32,
+    pub region: String,
+    pub account: String,
+    pub limits: Limits,
+    /// Most commands taken into one proposal.
+    pub max_batch: usize,
+}
+
+/// A request to start an execution.
+#[derive(Debug, Clone)]
+pub struct StartRequest {
+    /// The state machine's ARN (not a version or alias ARN).
+    pub state_machine_arn: String,
+    pub state_machine_name: String,
+    pub version_arn: Option<String>,
+    pub alias_arn: Option<String>,
+    pub role_arn: Option<String>,
+    pub name: String,
+    /// JSON text.
+    pub input: String,
+    pub definition: String,
+}
+
+/// What a start returned.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Started {
+    pub execution_arn: String,
+    pub start_ms: i64,
+}
+
+/// How a run is controlled from outside.
+#[derive(Debug, Clone)]
+pub enum Control {
+    Stop {
+        error: Option<String>,
+        cause: Option<String>,
+    },
+    Pause,
+    Resume,
+}
+
+/// A task token's answer.
+#[derive(Debug, Clone)]
+pub enum TokenAnswer {
+    Success(Value),
+    Failure {
+        error: Option<String>,
+        cause: Option<String>,
+    },
+    Heartbeat,
+}
+
+/// An activity task handed to a worker.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ActivityTask {
+    pub token: String,
+    /// JSON text.
+    pub input: String,
+}
+
+type Reply<T> = oneshot::Sender<Result<T>>;
+
+enum Cmd {
+    Start(Box<StartRequest>, Reply<Started>),
+    Feed { exec: u64, input: Input },
+    Token(String, TokenAnswer, Reply<()>),
+    Control(String, Control, Reply<i64>),
+    TakeActivity(String, String, Reply<Option<ActivityTask>>),
+}
+
+/// Talks to a running executor. Cheap to clone.
+#[derive(Clone)]
+pub struct ShardHandle {
+    tx: mpsc::Sender<Cmd>,
+    /// The shard's committed state, for reads.
+    pub app: ShardApp,
+    /// Woken when an activity task is queued on this shard.
+    pub activity_queued: Arc<Notify>,
+}
+
+impl ShardHandle {
+    async fn call<T>(&self, make: impl FnOnce(Reply<T>) -> Cmd) -> Result<T> {
+        let (tx, rx) = oneshot::channel();
+        self.tx.send(make(tx)).await.map_err(|_| Error::Stopped)?;
+        rx.await.map_err(|_| Error::Stopped)?
+    }
+
+    pub async fn start(&self, req: StartRequest) -> Result<Started> {
+        self.call(|r| Cmd::Start(Box::new(req), r)).await
+    }
+
+    /// Answers a task token (`SendTaskSuccess`, `SendTaskFailure`, `SendTaskHeartbeat`).
+    pub async fn answer(&self, token: &str, answer: TokenAnswer) -> Result<()> {
+        self.call(|r| Cmd::Token(token.to_string(), answer, r))
+            .await
+    }
+
+    /// Stop, pause or resume. Returns the stop date for `Stop`.
+    pub async fn control(&self, arn: &str, c: Control) -> Result<i64> {
+        self.call(|r| Cmd::Control(arn.to_string(), c, r)).await
+    }
+
+    /// Hands the oldest queued task of an activity to a worker, if there is one.
+    pub async fn take_activity(&self, arn: &str, worker: &str) -> Result<Option<ActivityTask>> {
+        self.call(|r| Cmd::TakeActivity(arn.to_string(), worker.to_string(), r))
+            .await
+    }
+
+    /// True once the executor stopped.
+    pub fn is_closed(&self) -> bool {
+        self.tx.is_closed()
+    }
+}
+
+/// The clock: epoch milliseconds that follow tokio's clock, so tests can pause and advance
+/// time.
+#[derive(Clone, Copy)]
+struct Clock {
+    base_ms: i64,
+    base: Instant,
+}
+
+impl Clock {
+    fn new() -> Clock {
+        let base_ms = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_millis() as i64)
+            .unwrap_or(0);
+        Clock {
+            base_ms,
+            base: Instant::now(),
+        }
+    }
+
+    fn now_ms(&self) -> i64 {
+        self.base_ms + self.base.elapsed().as_millis() as i64
+    }
+
+    fn instant(&self, ms: i64) -> Instant {
+        self.base + std::time::Duration::from_millis((ms - self.base_ms).max(0) as u64)
+    }
+}
+
+struct ShardEnv<'a> {
+    now: i64,
+    rng: &'a mut SplitMix64,
+    shard: u32,
+    exec: u64,
+}
+
+impl Entropy for ShardEnv<'_> {
+    fn next_u64(&mut self) -> u64 {
+        self.rng.next_u64()
+    }
+}
+
+impl Env for ShardEnv<'_> {
+    fn now_ms(&mut self) -> i64 {
+        self.now
+    }
+
+    fn task_token(&mut self, _execution_arn: &str, task_id: u64) -> String {
+        ExecRecord::token(self.shard, self.exec, task_id, self.rng.next_u64())
+    }
+}
+
+/// A live execution.
+struct Live {
+    exec: Execution,
+    rec: ExecRecord,
+    /// Events since the last proposal.
+    events: Vec<HistoryEvent>,
+    /// The definition, when it is not stored on the shard yet.
+    new_definition: Option<(u64, String)>,
+}
+
+/// Work to do once the batch is committed.
+enum Effect {
+    Dispatch(u64, TaskRequest),
+    Timer(u64, u64, i64),
+    Started(Reply<Started>, Started),
+    Done(Reply<()>),
+    Controlled(Reply<i64>, i64),
+    Activity(Reply<Option<ActivityTask>>, Option<ActivityTask>),
+}
+
+/// The executor of one shard.
+pub struct Executor {
+    cfg: ExecutorConfig,
+    app: ShardApp,
+    proposer: Arc<dyn Proposer>,
+    connectors: Arc<dyn Connectors>,
+    rx: mpsc::Receiver<Cmd>,
+    tx: mpsc::WeakSender<Cmd>,
+    activity_queued: Arc<Notify>,
+    clock: Clock,
+    rng: SplitMix64,
+    live: HashMap<u64, Live>,
+    by_arn: HashMap<String, u64>,
+    machines: HashMap<u64, Arc<StateMachine>>,
+    /// (due, execution id, timer id)
+    timers: BTreeSet<(i64, u64, u64)>,
+    /// Activity ARN -> queued (execution id, task id), oldest first.
+    activities: HashMap<String, VecDeque<(u64, u64)>>,
+    next_id: u64,
+    // Per batch.
+    dirty: HashSet<u64>,
+    effects: Vec<Effect>,
+}
+
+impl Executor {
+    /// Builds the executor from the shard's committed state (the caller makes sure this node
+    /// leads the shard and has applied its log) and returns it with its handle.
+    pub fn new(
+        cfg: ExecutorConfig,
+        app: ShardApp,
+        proposer: Arc<dyn Proposer>,
+        connectors: Arc<dyn Connectors>,
+    ) -> Result<(Executor, ShardHandle)> {
+        let (tx, rx) = mpsc::channel(4096);
+        let activity_queued = Arc::new(Notify::new());
+        let seed = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_nanos() as u64)
+            .unwrap_or(0)
+            ^ (u64::from(cfg.shard) << 48);
+        let mut ex = Executor {
+            next_id: app.next_exec_id()?,
+            cfg,
+            app: app.clone(),
+            proposer,
+            connectors,
+            rx,
+            tx: tx.downgrade(),
+            activity_queued: activity_queued.clone(),
+            clock: Clock::new(),
+            rng: SplitMix64::new(seed),
+            live: HashMap::new(),
+            by_arn: HashMap::new(),
+            machines: HashMap::new(),
+            timers: BTreeSet::new(),
+            activities: HashMap::new(),
+            dirty: HashSet::new(),
+            effects: Vec::new(),
+        };
+        ex.load()?;
+        Ok((
+            ex,
+            ShardHandle {
+                tx,
+                app,
+                activity_queued,
+            },
+        ))
+    }
+
+    /// Rebuilds live executions, timers and queues from the committed records, and
+    /// dispatches again the tasks whose results never arrived (at-least-once).
+    fn load(&mut self) -> Result<()> {
+        for rec in self.app.live()? {
+            let sm = self.machine(rec.definition, None)?;
+            let Some(raw) = &rec.state else {
+                return Err(Error::Corrupt(format!("{} is live without state", rec.arn)));
+            };
+            let state: ExecutionState = serde_json::from_str(raw.get())?;
+            let exec = Execution::from_state(sm, state);
+            for (timer, due) in &rec.timers {
+                self.timers.insert((*due, rec.id, *timer));
+            }
+            for (task, t) in &rec.tasks {
+                match (&t.activity, t.started) {
+                    (Some(a), false) => self
+                        .activities
+                        .entry(a.clone())
+                        .or_default()
+                        .push_back((rec.id, *task)),
+                    (None, false) => self
+                        .effects
+                        .push(Effect::Dispatch(rec.id, t.request.clone())),
+                    _ => {}
+                }
+            }
+            self.by_arn.insert(rec.arn.clone(), rec.id);
+            self.live.insert(
+                rec.id,
+                Live {
+                    exec,
+                    rec,
+                    events: Vec::new(),
+                    new_definition: None,
+                },
+            );
+        }
+        for q in self.activities.values_mut() {
+            q.make_contiguous().sort_unstable();
+        }
+        tracing::info!(
+            shard_id = self.cfg.shard,
+            live = self.live.len(),
+            timers = self.timers.len(),
+            "executor loaded"
+        );
+        Ok(())
+    }
+
+    fn machine(&mut self, hash: u64, text: Option<&str>) -> Result<Arc<StateMachine>> {
+        if let Some(sm) = self.machines.get(&hash) {
+            return Ok(sm.clone());
+        }
+        let text = match text {
+            Some(t) => t.to_string(),
+            None => self
+                .app
+                .definition(hash)?
+                .ok_or_else(|| Error::Corrupt(format!("definition {hash:x} is missing")))?,
+        };
+        let sm = trellis_asl::parse(&text, Default::default())
+            .map_err(|e| Error::api("InvalidDefinition", e.to_string()))?;
+        self.machines.insert(hash, sm.clone());
+        Ok(sm)
+    }
+
+    /// Runs until the handle is dropped or this node stops leading the shard.
+    pub async fn run(mut self) -> Result<()> {
+        // Effects left by `load` (tasks to dispatch again).
+        self.perform_effects();
+        let mut batch = Vec::new();
+        loop {
+            let next_timer = self.timers.first().map(|t| self.clock.instant(t.0));
+            tokio::select! {
+                cmd = self.rx.recv() => match cmd {
+                    Some(c) => batch.push(c),
+                    None => return Ok(()),
+                },
+                _ = sleep_until(next_timer) => {}
+            }
+            while batch.len() < self.cfg.max_batch {
+                match self.rx.try_recv() {
+                    Ok(c) => batch.push(c),
+                    Err(_) => break,
+                }
+            }
+            let now = self.clock.now_ms();
+            for cmd in batch.drain(..) {
+                self.handle(cmd, now);
+            }
+            self.fire_timers(now);
+            if let Err(e) = self.commit().await {
+                tracing::warn!(shard_id = self.cfg.shard, error = %e, "proposal failed; executor stops");
+                return Err(e);
+            }
+        }
+    }
+
+    fn handle(&mut self, cmd: Cmd, now: i64) {
+        match cmd {
+            Cmd::Start(req, reply) => match self.start(*req, now) {
+                Ok(Some(started)) => self.effects.push(Effect::Started(reply, started)),
+                Ok(None) => {}
+                Err(e) => {
+                    let _ = reply.send(Err(e));
+                }
+            },
+            Cmd::Feed { exec, input } => {
+                if self.live.contains_key(&exec) {
+                    self.feed(exec, input, now);
+                }
+            }
+            Cmd::Token(token, answer, reply) => match self.token(&token, answer, now) {
+                Ok(()) => self.effects.push(Effect::Done(reply)),
+                Err(e) => {
+                    let _ = reply.send(Err(e));
+                }
+            },
+            Cmd::Control(arn, c, reply) => match self.control(&arn, c, now) {
+                Ok(at) => self.effects.push(Effect::Controlled(reply, at)),
+                Err(e) => {
+                    let _ = reply.send(Err(e));
+                }
+            },
+            Cmd::TakeActivity(arn, worker, reply) => {
+                let task = self.take_activity(&arn, &worker, now);
+                self.effects.push(Effect::Activity(reply, task));
+            }
+        }
+    }
+
+    /// Starts an execution. `Ok(None)` when the reply was already sent.
+    fn start(&mut self, req: StartRequest, now: i64) -> Result<Option<Started>> {
+        let arn = format!(
+            "arn:aws:states:{}:{}:execution:{}:{}",
+            self.cfg.region, self.cfg.account, req.state_machine_name, req.name
+        );
+        if let Some(rec) = self.existing(&arn)? {
+            // Idempotent start: the same input while it runs returns the same execution.
+            if rec.status == Status::Running && rec.input == req.input {
+                return Ok(Some(Started {
+                    execution_arn: arn,
+                    start_ms: rec.start_ms,
+                }));
+            }
+            return Err(Error::api(
+                "ExecutionAlreadyExists",
+                format!("Execution Already Exists: '{arn}'"),
+            ));
+        }
+        let input: Value = serde_json::from_str(&req.input).map_err(|e| {
+            Error::api(
+                "InvalidExecutionInput",
+                format!("Invalid State Machine Execution Input: '{e}'"),
+            )
+        })?;
+        let hash = definition_hash(&req.definition);
+        let stored = self.machines.contains_key(&hash) || self.app.definition(hash)?.is_some();
+        let sm = self.machine(hash, Some(&req.definition))?;
+        let mut info = ExecutionInfo::new(
+            &self.cfg.region,
+            &self.cfg.account,
+            &req.state_machine_name,
+            &req.name,
+            input,
+        );
+        info.state_machine_arn = req.state_machine_arn.clone();
+        if let Some(r) = &req.role_arn {
+            info.role_arn = r.clone();
+        }
+        info.state_machine_version_arn = req.version_arn.clone();
+        info.state_machine_alias_arn = req.alias_arn.clone();
+        let id = self.next_id;
+        self.next_id += 1;
+        let rec = ExecRecord {
+            id,
+            arn: arn.clone(),
+            name: req.name,
+            state_machine_arn: req.state_machine_arn,
+            version_arn: req.version_arn,
+            alias_arn: req.alias_arn,
+            definition: hash,
+            express: false,
+            input: req.input,
+            status: Status::Running,
+            start_ms: now,
+            stop_ms: None,
+            output: None,
+            error: None,
+            cause: None,
+            paused: false,
+            redrive_count: 0,
+            redrive_ms: None,
+            last_event_id: 0,
+            timers: Default::default(),
+            tasks: Default::default(),
+            state: None,
+        };
+        self.by_arn.insert(arn.clone(), id);
+        self.live.insert(
+            id,
+            Live {
+                exec: Execution::new(sm, info, self.cfg.limits.clone()),
+                rec,
+                events: Vec::new(),
+                new_definition: (!stored).then_some((hash, req.definition)),
+            },
+        );
+        self.feed(id, Input::Start, now);
+        Ok(Some(Started {
+            execution_arn: arn,
+            start_ms: now,
+        }))
+    }
+
+    /// The record of an execution by ARN, live or stored.
+    fn existing(&self, arn: &str) -> Result<Option<ExecRecord>> {
+        if let Some(id) = self.by_arn.get(arn) {
+            return Ok(self.live.get(id).map(|l| l.rec.clone()));
+        }
+        self.app.record(arn)
+    }
+
+    /// Steps one execution and records what the step asks for.
+    fn feed(&mut self, id: u64, input: Input, now: i64) {
+        let Some(live) = self.live.get_mut(&id) else {
+            return;
+        };
+        let mut env = ShardEnv {
+            now,
+            rng: &mut self.rng,
+            shard: self.cfg.shard,
+            exec: id,
+        };
+        let out = live.exec.step(input, &mut env);
+        live.events.extend(out.events);
+        let rec = &mut live.rec;
+        for cmd in out.commands {
+            match cmd {
+                Command::InvokeTask(t) => {
+                    let activity = match &t.resource {
+                        Resource::Activity { arn } => Some(arn.clone()),
+                        _ => None,
+                    };
+                    if let Some(a) = &activity {
+                        self.activities
+                            .entry(a.clone())
+                            .or_default()
+                            .push_back((id, t.task_id));
+                    }
+                    rec.tasks.insert(
+                        t.task_id,
+                        TaskRecord {
+                            request: t.clone(),
+                            token: t.token.clone(),
+                            activity: activity.clone(),
+                            started: false,
+                        },
+                    );
+                    if activity.is_none() {
+                        self.effects.push(Effect::Dispatch(id, t));
+                    }
+                }
+                Command::StartTimer {
+                    timer_id,
+                    fire_at_ms,
+                } => {
+                    rec.timers.insert(timer_id, fire_at_ms);
+                    self.effects.push(Effect::Timer(id, timer_id, fire_at_ms));
+                }
+                Command::CancelTimer { .. } | Command::CancelTask { .. } => {}
+                Command::Finish(outcome) => {
+                    rec.status = Status::from_asl(outcome.status);
+                    rec.stop_ms = Some(now);
+                    rec.output = outcome.output.map(|v| v.to_string());
+                    rec.error = outcome.error;
+                    rec.cause = outcome.cause;
+                }
+            }
+        }
+        // Keep exactly what the interpreter still waits for.
+        let timers: HashSet<u64> = live.exec.pending_timers().collect();
+        let tasks: HashSet<u64> = live.exec.pending_tasks().collect();
+        rec.timers.retain(|t, _| timers.contains(t));
+        rec.tasks.retain(|t, _| tasks.contains(t));
+        rec.paused = live.exec.is_paused();
+        rec.last_event_id = live.exec.event_count();
+        self.dirty.insert(id);
+    }
+
+    fn token(&mut self, token: &str, answer: TokenAnswer, now: i64) -> Result<()> {
+        let invalid = || Error::api("InvalidToken", format!("Invalid Token: '{token}'"));
+        let (_shard, exec, task) = parse_token(token).ok_or_else(invalid)?;
+        let Some(live) = self.live.get_mut(&exec) else {
+            return Err(match self.app.arn_of(exec)? {
+                Some(_) => Error::api("TaskTimedOut", "Task Timed Out: the task is already closed"),
+                None => Error::api("TaskDoesNotExist", "Task Does Not Exist"),
+            });
+        };
+        let Some(t) = live.rec.tasks.get_mut(&task) else {
+            return Err(Error::api(
+                "TaskTimedOut",
+                "Task Timed Out: the task is already closed",
+            ));
+        };
+        if t.token.as_deref() != Some(token) {
+            return Err(invalid());
+        }
+        let input = match answer {
+            TokenAnswer::Success(output) => Input::TaskSucceeded {
+                task_id: task,
+                output,
+            },
+            TokenAnswer::Failure { error, cause } => Input::TaskFailed {
+                task_id: task,
+                error,
+                cause,
+            },
+            TokenAnswer::Heartbeat => Input::TaskHeartbeat { task_id: task },
+        };
+        self.feed(exec, input, now);
+        Ok(())
+    }
+
+    fn control(&mut self, arn: &str, c: Control, now: i64) -> Result<i64> {
+        let Some(&id) = self.by_arn.get(arn) else {
+            return match self.app.record(arn)? {
+                Some(rec) => match c {
+                    Control::Stop { .. } => Ok(rec.stop_ms.unwrap_or(now)),
+                    _ => Err(Error::api(
+                        "ExecutionNotRedrivable",
+                        format!("Execution is not running: '{arn}'"),
+                    )),
+                },
+                None => Err(Error::api(
+                    "ExecutionDoesNotExist",
+                    format!("Execution Does Not Exist: '{arn}'"),
+                )),
+            };
+        };
+        let input = match c {
+            Control::Stop { error, cause } => Input::Stop { error, cause },
+            Control::Pause => Input::Pause,
+            Control::Resume => Input::Resume,
+        };
+        self.feed(id, input, now);
+        Ok(now)
+    }
+
+    fn take_activity(&mut self, arn: &str, worker: &str, now: i64) -> Option<ActivityTask> {
+        loop {
+            let (exec, task) = self.activities.get_mut(arn)?.pop_front()?;
+            let Some(live) = self.live.get_mut(&exec) else {
+                continue;
+            };
+            let Some(t) = live.rec.tasks.get_mut(&task) else {
+                continue;
+            };
+            if t.started {
+                continue;
+            }
+            t.started = true;
+            let out = ActivityTask {
+                token: t.token.clone().unwrap_or_default(),
+                input: t.request.parameters.to_string(),
+            };
+            self.feed(
+                exec,
+                Input::TaskStarted {
+                    task_id: task,
+                    worker_name: (!worker.is_empty()).then(|| worker.to_string()),
+                },
+                now,
+            );
+            return Some(out);
+        }
+    }
+
+    fn fire_timers(&mut self, now: i64) {
+        while let Some(&(due, exec, timer)) = self.timers.first() {
+            if due > now {
+                break;
+            }
+            self.timers.pop_first();
+            let pending = self
+                .live
+                .get(&exec)
+                .is_some_and(|l| l.rec.timers.contains_key(&timer));
+            if pending {
+                self.feed(exec, Input::TimerFired { timer_id: timer }, now);
+            }
+        }
+    }
+
+    /// Proposes every changed execution, then performs the batch's effects.
+    async fn commit(&mut self) -> Result<()> {
+        if self.dirty.is_empty() {
+            self.perform_effects();
+            return Ok(());
+        }
+        let mut ops = Vec::with_capacity(self.dirty.len());
+        let mut dirty: Vec<u64> = self.dirty.drain().collect();
+        dirty.sort_unstable();
+        for id in &dirty {
+            let Some(live) = self.live.get_mut(id) else {
+                continue;
+            };
+            let mut record = live.rec.clone();
+            let state = serde_json::to_string(live.exec.state())?;
+            record.state = Some(RawValue::from_string(state)?);
+            ops.push(ShardOp::Put {
+                record: Box::new(record),
+                events: std::mem::take(&mut live.events),
+                definition: live.new_definition.take(),
+            });
+        }
+        let proposed = self.proposer.propose(ShardRequest { ops }).await;
+        if let Err(e) = proposed {
+            // In-memory state is ahead of what committed: answer every waiter and stop.
+            for effect in self.effects.drain(..) {
+                fail(effect, &e);
+            }
+            return Err(e);
+        }
+        for id in dirty {
+            if self
+                .live
+                .get(&id)
+                .is_some_and(|l| l.rec.status.is_terminal())
+            {
+                if let Some(l) = self.live.remove(&id) {
+                    self.by_arn.remove(&l.rec.arn);
+                }
+            }
+        }
+        self.perform_effects();
+        Ok(())
+    }
+
+    fn perform_effects(&mut self) {
+        let mut activity = false;
+        for effect in self.effects.drain(..) {
+            match effect {
+                Effect::Dispatch(exec, task) => {
+                    let connectors = self.connectors.clone();
+                    let tx = self.tx.clone();
+                    tokio::spawn(async move {
+                        let input = connectors.invoke(task).await;
+                        if let Some(tx) = tx.upgrade() {
+                            let _ = tx.send(Cmd::Feed { exec, input }).await;
+                        }
+                    });
+                }
+                Effect::Timer(exec, timer, due) => {
+                    self.timers.insert((due, exec, timer));
+                }
+                Effect::Started(r, s) => {
+                    let _ = r.send(Ok(s));
+                }
+                Effect::Done(r) => {
+                    let _ = r.send(Ok(()));
+                }
+                Effect::Controlled(r, at) => {
+                    let _ = r.send(Ok(at));
+                }
+                Effect::Activity(r, t) => {
+                    let _ = r.send(Ok(t));
+                }
+            }
+        }
+        if self.activities.values().any(|q| !q.is_empty()) {
+            activity = true;
+        }
+        if activity {
+            self.activity_queued.notify_waiters();
+        }
+    }
+}
+
+fn fail(effect: Effect, e: &Error) {
+    let err = || match e {
+        Error::NotLeader { leader } => Error::NotLeader { leader: *leader },
+        _ => Error::Stopped,
+    };
+    match effect {
+        Effect::Started(r, _) => {
+            let _ = r.send(Err(err()));
+        }
+        Effect::Done(r) => {
+            let _ = r.send(Err(err()));
+        }
+        Effect::Controlled(r, _) => {
+            let _ = r.send(Err(err()));
+        }
+        Effect::Activity(r, _) => {
+            let _ = r.send(Err(err()));
+        }
+        Effect::Dispatch(..) | Effect::Timer(..) => {}
+    }
+}
+
+async fn sleep_until(at: Option<Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
+}

@@ -1,0 +1,192 @@
+//! What a shard stores about an execution, and the keys it stores it under.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
+
+/// An execution's status, as `DescribeExecution` reports it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Status {
+    /// Held back by the state machine's concurrency cap (Trellis).
+    Queued,
+    Running,
+    Succeeded,
+    Failed,
+    TimedOut,
+    Aborted,
+}
+
+impl Status {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Status::Queued => "QUEUED",
+            Status::Running => "RUNNING",
+            Status::Succeeded => "SUCCEEDED",
+            Status::Failed => "FAILED",
+            Status::TimedOut => "TIMED_OUT",
+            Status::Aborted => "ABORTED",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Status> {
+        Some(match s {
+            "QUEUED" => Status::Queued,
+            "RUNNING" => Status::Running,
+            "SUCCEEDED" => Status::Succeeded,
+            "FAILED" => Status::Failed,
+            "TIMED_OUT" => Status::TimedOut,
+            "ABORTED" => Status::Aborted,
+            _ => return None,
+        })
+    }
+
+    pub fn is_terminal(self) -> bool {
+        !matches!(self, Status::Queued | Status::Running)
+    }
+
+    pub fn from_asl(s: trellis_asl::ExecStatus) -> Status {
+        use trellis_asl::ExecStatus as E;
+        match s {
+            E::NotStarted | E::Running => Status::Running,
+            E::Succeeded => Status::Succeeded,
+            E::Failed => Status::Failed,
+            E::TimedOut => Status::TimedOut,
+            E::Aborted => Status::Aborted,
+        }
+    }
+}
+
+/// A task the execution waits on, kept so a new leader can dispatch it again and so task
+/// tokens can be resolved.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TaskRecord {
+    pub request: trellis_asl::exec::TaskRequest,
+    /// `.waitForTaskToken` and activities: the token the worker answers with.
+    pub token: Option<String>,
+    /// Activity ARN for activity tasks.
+    pub activity: Option<String>,
+    /// An activity worker took it, or a callback task's invocation was submitted: it is no
+    /// longer dispatched again by a new leader.
+    pub started: bool,
+}
+
+/// One execution, as the shard stores it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ExecRecord {
+    /// Shard-local id, the prefix of its history and timer keys.
+    pub id: u64,
+    pub arn: String,
+    pub name: String,
+    pub state_machine_arn: String,
+    pub version_arn: Option<String>,
+    pub alias_arn: Option<String>,
+    /// Key of the definition text in the shard's `definitions` tree.
+    pub definition: u64,
+    pub express: bool,
+    pub input: String,
+    pub status: Status,
+    pub start_ms: i64,
+    pub stop_ms: Option<i64>,
+    pub output: Option<String>,
+    pub error: Option<String>,
+    pub cause: Option<String>,
+    pub paused: bool,
+    pub redrive_count: u32,
+    pub redrive_ms: Option<i64>,
+    /// Id of the last history event written.
+    pub last_event_id: u64,
+    /// Pending timers: timer id -> due time (epoch ms).
+    pub timers: BTreeMap<u64, i64>,
+    /// Pending tasks by task id.
+    pub tasks: BTreeMap<u64, TaskRecord>,
+    /// The interpreter's `ExecutionState` as JSON; `None` once it is terminal and cannot be
+    /// redriven.
+    pub state: Option<Box<RawValue>>,
+}
+
+impl ExecRecord {
+    /// The token-routing form: which shard and execution a task token belongs to.
+    pub fn token(shard: u32, exec_id: u64, task_id: u64, nonce: u64) -> String {
+        format!("{shard:x}.{exec_id:x}.{task_id:x}.{nonce:016x}")
+    }
+}
+
+/// Parses a task token made by [`ExecRecord::token`]: (shard, exec id, task id).
+pub fn parse_token(token: &str) -> Option<(u32, u64, u64)> {
+    let mut it = token.split('.');
+    let shard = u32::from_str_radix(it.next()?, 16).ok()?;
+    let exec = u64::from_str_radix(it.next()?, 16).ok()?;
+    let task = u64::from_str_radix(it.next()?, 16).ok()?;
+    let nonce = it.next()?;
+    if nonce.len() != 16 || it.next().is_some() {
+        return None;
+    }
+    Some((shard, exec, task))
+}
+
+/// Keys in the shard's trees. All integers are big-endian, so trees iterate in order.
+pub mod keys {
+    /// `history`: execution id + event id.
+    pub fn event(exec: u64, event: u64) -> [u8; 16] {
+        let mut k = [0u8; 16];
+        k[..8].copy_from_slice(&exec.to_be_bytes());
+        k[8..].copy_from_slice(&event.to_be_bytes());
+        k
+    }
+
+    /// `timers`: due time + execution id + timer id (due-ordered).
+    pub fn timer(due_ms: i64, exec: u64, timer: u64) -> [u8; 24] {
+        let mut k = [0u8; 24];
+        // Offset so negative times still sort before positive ones.
+        k[..8].copy_from_slice(&((due_ms as u64) ^ (1 << 63)).to_be_bytes());
+        k[8..16].copy_from_slice(&exec.to_be_bytes());
+        k[16..].copy_from_slice(&timer.to_be_bytes());
+        k
+    }
+
+    pub fn parse_timer(k: &[u8]) -> Option<(i64, u64, u64)> {
+        let n = |r: std::ops::Range<usize>| Some(u64::from_be_bytes(k.get(r)?.try_into().ok()?));
+        Some(((n(0..8)? ^ (1 << 63)) as i64, n(8..16)?, n(16..24)?))
+    }
+
+    /// `activities`: activity ARN, NUL, execution id + task id (queue of undispatched tasks).
+    pub fn activity(arn: &str, exec: u64, task: u64) -> Vec<u8> {
+        let mut k = Vec::with_capacity(arn.len() + 17);
+        k.extend_from_slice(arn.as_bytes());
+        k.push(0);
+        k.extend_from_slice(&exec.to_be_bytes());
+        k.extend_from_slice(&task.to_be_bytes());
+        k
+    }
+
+    pub fn activity_prefix(arn: &str) -> Vec<u8> {
+        let mut k = arn.as_bytes().to_vec();
+        k.push(0);
+        k
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tokens_route() {
+        let t = ExecRecord::token(63, 1234, 7, 0xdead_beef);
+        assert_eq!(parse_token(&t), Some((63, 1234, 7)));
+        assert_eq!(parse_token("nope"), None);
+        assert_eq!(parse_token("1.2.3.4"), None);
+        assert_eq!(parse_token(&format!("{t}.x")), None);
+    }
+
+    #[test]
+    fn timer_keys_sort_by_due() {
+        let a = keys::timer(-5, 9, 1);
+        let b = keys::timer(10, 1, 1);
+        let c = keys::timer(1_700_000_000_000, 0, 0);
+        assert!(a < b && b < c);
+        assert_eq!(keys::parse_timer(&b), Some((10, 1, 1)));
+        assert_eq!(keys::parse_timer(&a), Some((-5, 9, 1)));
+    }
+}

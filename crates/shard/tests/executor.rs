@@ -1,0 +1,357 @@
+//! The executor on a real single-node Raft group over sled: runs, control, activities,
+//! callbacks, and a restart on the same data.
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use serde_json::{json, Value};
+use trellis_asl::definition::{Pattern, Resource};
+use trellis_asl::exec::TaskRequest;
+use trellis_asl::{Input, Limits};
+use trellis_shard::executor::{
+    BoxFuture, Connectors, Control, ExecutorConfig, StartRequest, TokenAnswer,
+};
+use trellis_shard::raft::{open_single_node, ShardRaft};
+use trellis_shard::{Executor, ShardHandle, Status};
+use trellis_storage::NodeDb;
+
+/// Lambda-style tasks echo their parameters; `.waitForTaskToken` tasks are submitted and
+/// their tokens kept for the test to answer.
+#[derive(Default, Clone)]
+struct Fake {
+    tokens: Arc<Mutex<Vec<String>>>,
+}
+
+impl Connectors for Fake {
+    fn invoke(&self, t: TaskRequest) -> BoxFuture<'static, Input> {
+        let me = self.clone();
+        Box::pin(async move {
+            if let Resource::Service {
+                pattern: Pattern::WaitForTaskToken,
+                ..
+            } = t.resource
+            {
+                me.tokens.lock().unwrap().push(t.token.clone().unwrap());
+                return Input::TaskSubmitted {
+                    task_id: t.task_id,
+                    output: json!({"StatusCode": 200}),
+                };
+            }
+            Input::TaskSucceeded {
+                task_id: t.task_id,
+                output: json!({"echo": t.parameters}),
+            }
+        })
+    }
+}
+
+struct Node {
+    raft: ShardRaft,
+    handle: ShardHandle,
+    fake: Fake,
+    executor: tokio::task::JoinHandle<trellis_shard::Result<()>>,
+}
+
+impl Node {
+    /// Shuts the group down and waits until nothing holds the database any more.
+    async fn stop(self) {
+        self.raft.shutdown().await.unwrap();
+        drop(self.handle);
+        let _ = self.executor.await;
+        drop(self.raft);
+    }
+}
+
+async fn boot(dir: &std::path::Path) -> Node {
+    // sled releases its file lock from a background thread after the last handle drops.
+    let mut db = NodeDb::open(dir);
+    for _ in 0..250 {
+        if db.is_ok() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        db = NodeDb::open(dir);
+    }
+    let db = db.unwrap();
+    let (raft, app) = open_single_node(&db, 1, 1, "local").await.unwrap();
+    let fake = Fake::default();
+    let cfg = ExecutorConfig {
+        shard: 0,
+        region: "us-east-1".into(),
+        account: "000000000000".into(),
+        limits: Limits::default(),
+        max_batch: 256,
+    };
+    let (ex, handle) =
+        Executor::new(cfg, app, Arc::new(raft.clone()), Arc::new(fake.clone())).unwrap();
+    let executor = tokio::spawn(ex.run());
+    Node {
+        raft,
+        handle,
+        fake,
+        executor,
+    }
+}
+
+async fn eventually<T>(what: &str, mut f: impl FnMut() -> Option<T>) -> T {
+    for _ in 0..1500 {
+        if let Some(v) = f() {
+            return v;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    panic!("timed out waiting for {what}");
+}
+
+fn start_req(name: &str, definition: &Value, input: Value) -> StartRequest {
+    StartRequest {
+        state_machine_arn: "arn:aws:states:us-east-1:000000000000:stateMachine:M".into(),
+        state_machine_name: "M".into(),
+        version_arn: None,
+        alias_arn: None,
+        role_arn: None,
+        name: name.into(),
+        input: input.to_string(),
+        definition: definition.to_string(),
+    }
+}
+
+const ACTIVITY: &str = "arn:aws:states:us-east-1:000000000000:activity:work";
+
+fn machine() -> Value {
+    json!({"StartAt": "Prepare", "States": {
+        "Prepare": {"Type": "Pass", "Parameters": {"id.$": "$.id"}, "Next": "Call"},
+        "Call": {"Type": "Task", "Resource": "arn:aws:states:::lambda:invoke",
+                 "Parameters": {"FunctionName": "f", "Payload.$": "$"}, "ResultPath": "$.call",
+                 "Next": "Pause"},
+        "Pause": {"Type": "Wait", "Seconds": 1, "Next": "Work"},
+        "Work": {"Type": "Task", "Resource": ACTIVITY, "ResultPath": "$.work", "Next": "Confirm"},
+        "Confirm": {"Type": "Task", "Resource": "arn:aws:states:::lambda:invoke.waitForTaskToken",
+                    "Parameters": {"FunctionName": "f", "Payload": {"token.$": "$$.Task.Token"}},
+                    "ResultPath": "$.confirm", "End": true}
+    }})
+}
+
+fn check_history(node: &Node, arn: &str) -> Vec<String> {
+    let rec = node.handle.app.record(arn).unwrap().unwrap();
+    let events = node.handle.app.history(rec.id, 1, u64::MAX).unwrap();
+    let ids: Vec<u64> = events.iter().map(|e| e.id).collect();
+    let want: Vec<u64> = (1..=rec.last_event_id).collect();
+    assert_eq!(ids, want, "history of {arn} has a gap or a duplicate");
+    events
+        .iter()
+        .map(|e| e.event_type.as_str().to_string())
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn runs_tasks_timers_activities_and_callbacks() {
+    let dir = tempfile::tempdir().unwrap();
+    let node = boot(dir.path()).await;
+    let h = &node.handle;
+    let started = h
+        .start(start_req("one", &machine(), json!({"id": 7})))
+        .await
+        .unwrap();
+    // Idempotent by name with the same input; another input is refused.
+    let again = h
+        .start(start_req("one", &machine(), json!({"id": 7})))
+        .await
+        .unwrap();
+    assert_eq!(again, started);
+    let other = h
+        .start(start_req("one", &machine(), json!({"id": 8})))
+        .await;
+    assert!(matches!(
+        other,
+        Err(trellis_shard::Error::Api {
+            code: "ExecutionAlreadyExists",
+            ..
+        })
+    ));
+
+    // The activity task appears after the Wait; a worker takes and answers it.
+    let mut task = None;
+    for _ in 0..1500 {
+        task = h.take_activity(ACTIVITY, "worker-1").await.unwrap();
+        if task.is_some() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let task = task.expect("an activity task");
+    assert_eq!(serde_json::from_str::<Value>(&task.input).unwrap()["id"], 7);
+    h.answer(&task.token, TokenAnswer::Success(json!("worked")))
+        .await
+        .unwrap();
+    // A second answer for the closed task is refused.
+    let late = h.answer(&task.token, TokenAnswer::Success(json!(1))).await;
+    assert!(
+        matches!(
+            late,
+            Err(trellis_shard::Error::Api {
+                code: "TaskTimedOut",
+                ..
+            })
+        ),
+        "{late:?}"
+    );
+
+    let token = eventually("the callback token", || {
+        node.fake.tokens.lock().unwrap().first().cloned()
+    })
+    .await;
+    h.answer(&token, TokenAnswer::Success(json!({"ok": true})))
+        .await
+        .unwrap();
+
+    let arn = started.execution_arn.clone();
+    let rec = eventually("success", || {
+        h.app
+            .record(&arn)
+            .unwrap()
+            .filter(|r| r.status == Status::Succeeded)
+    })
+    .await;
+    let output: Value = serde_json::from_str(rec.output.as_deref().unwrap()).unwrap();
+    assert_eq!(
+        output,
+        json!({"id": 7, "call": {"echo": {"FunctionName": "f", "Payload": {"id": 7}}},
+               "work": "worked", "confirm": {"ok": true}})
+    );
+    let types = check_history(&node, &arn);
+    assert_eq!(types.first().map(String::as_str), Some("ExecutionStarted"));
+    assert!(types.contains(&"ActivityStarted".to_string()));
+    assert!(types.contains(&"TaskSubmitted".to_string()));
+    assert_eq!(types.last().map(String::as_str), Some("ExecutionSucceeded"));
+    assert!(rec.timers.is_empty() && rec.tasks.is_empty());
+    assert!(h.app.due_timers(i64::MAX, 10).unwrap().is_empty());
+
+    // Stop, pause and resume.
+    let s = h
+        .start(start_req("two", &machine(), json!({"id": 2})))
+        .await
+        .unwrap();
+    h.control(&s.execution_arn, Control::Pause).await.unwrap();
+    let paused = eventually("paused", || {
+        h.app.record(&s.execution_arn).unwrap().filter(|r| r.paused)
+    })
+    .await;
+    assert_eq!(paused.status, Status::Running);
+    h.control(&s.execution_arn, Control::Resume).await.unwrap();
+    h.control(
+        &s.execution_arn,
+        Control::Stop {
+            error: Some("Halt".into()),
+            cause: Some("test".into()),
+        },
+    )
+    .await
+    .unwrap();
+    let rec = eventually("aborted", || {
+        h.app
+            .record(&s.execution_arn)
+            .unwrap()
+            .filter(|r| r.status == Status::Aborted)
+    })
+    .await;
+    assert_eq!(rec.error.as_deref(), Some("Halt"));
+    check_history(&node, &s.execution_arn);
+    let missing = h
+        .control(
+            "arn:aws:states:us-east-1:000000000000:execution:M:nope",
+            Control::Pause,
+        )
+        .await;
+    assert!(matches!(
+        missing,
+        Err(trellis_shard::Error::Api {
+            code: "ExecutionDoesNotExist",
+            ..
+        })
+    ));
+    node.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn executions_continue_after_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let n = 40;
+    let (arns, taken) = {
+        let node = boot(dir.path()).await;
+        let mut arns = Vec::new();
+        for i in 0..n {
+            let s = node
+                .handle
+                .start(start_req(&format!("r{i}"), &machine(), json!({"id": i})))
+                .await
+                .unwrap();
+            arns.push(s.execution_arn);
+        }
+        // Workers take half of the activity tasks before the restart and answer them after
+        // it, with the tokens they hold.
+        let mut taken = Vec::new();
+        while taken.len() < n / 2 {
+            match node.handle.take_activity(ACTIVITY, "w").await.unwrap() {
+                Some(t) => taken.push(t.token),
+                None => tokio::time::sleep(Duration::from_millis(20)).await,
+            }
+        }
+        node.stop().await;
+        (arns, taken)
+    };
+    let node = boot(dir.path()).await;
+    let h = &node.handle;
+    let mut answered = 0;
+    for t in &taken {
+        h.answer(t, TokenAnswer::Success(json!("after-restart")))
+            .await
+            .unwrap();
+        answered += 1;
+    }
+    let mut tokens_answered = 0;
+    for _ in 0..3000 {
+        if let Some(t) = h.take_activity(ACTIVITY, "w").await.unwrap() {
+            h.answer(&t.token, TokenAnswer::Success(json!("after-restart")))
+                .await
+                .unwrap();
+            answered += 1;
+        }
+        let tokens: Vec<String> = node.fake.tokens.lock().unwrap().drain(..).collect();
+        for t in tokens {
+            h.answer(&t, TokenAnswer::Success(json!(true)))
+                .await
+                .unwrap();
+            tokens_answered += 1;
+        }
+        let done = arns
+            .iter()
+            .filter(|a| {
+                h.app
+                    .record(a)
+                    .unwrap()
+                    .is_some_and(|r| r.status.is_terminal())
+            })
+            .count();
+        if done == n {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(answered, n);
+    assert_eq!(tokens_answered, n);
+    for a in &arns {
+        let rec = h.app.record(a).unwrap().unwrap();
+        assert_eq!(
+            rec.status,
+            Status::Succeeded,
+            "{a}: {:?} {:?}",
+            rec.error,
+            rec.cause
+        );
+        let out: Value = serde_json::from_str(rec.output.as_deref().unwrap()).unwrap();
+        assert_eq!(out["work"], "after-restart");
+        check_history(&node, a);
+    }
+    node.stop().await;
+}
