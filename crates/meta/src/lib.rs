@@ -1,0 +1,312 @@
+//! `trellis-meta`: the meta group (Raft group 0).
+//!
+//! It replicates small, rarely written records: state machines with their revisions,
+//! versions and aliases, activities, and cluster settings (the shard count). The records are
+//! JSON values in named tables; what they mean (ARNs, revision ids, validation) is decided on
+//! the meta leader by the node before it proposes them, so applying is a plain write.
+
+use std::collections::BTreeMap;
+use std::io::Cursor;
+use std::sync::Arc;
+use std::time::Duration;
+
+use openraft::{BasicNode, LogId, Raft};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use trellis_storage::{AppStateMachine, GroupTrees, LogStore, NoPeers, NodeDb, StateMachineStore};
+
+/// The tables of the meta group.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Table {
+    /// State machine ARN -> record.
+    Machines,
+    /// Version ARN -> record.
+    Versions,
+    /// Alias ARN -> record.
+    Aliases,
+    /// Activity ARN -> record.
+    Activities,
+    /// Setting name -> value.
+    Settings,
+}
+
+impl Table {
+    pub const ALL: [Table; 5] = [
+        Table::Machines,
+        Table::Versions,
+        Table::Aliases,
+        Table::Activities,
+        Table::Settings,
+    ];
+
+    fn name(self) -> &'static str {
+        match self {
+            Table::Machines => "machines",
+            Table::Versions => "versions",
+            Table::Aliases => "aliases",
+            Table::Activities => "activities",
+            Table::Settings => "settings",
+        }
+    }
+}
+
+/// One write.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub enum MetaOp {
+    Put {
+        table: Table,
+        key: String,
+        value: Value,
+    },
+    Delete {
+        table: Table,
+        key: String,
+    },
+}
+
+/// A meta entry: writes applied together.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct MetaRequest {
+    pub ops: Vec<MetaOp>,
+}
+
+#[derive(Debug, Default, Clone, Serialize, Deserialize)]
+pub struct MetaResponse;
+
+openraft::declare_raft_types!(
+    /// The openraft type configuration of the meta group.
+    pub MetaConfig:
+        D = MetaRequest,
+        R = MetaResponse,
+        NodeId = u64,
+        Node = openraft::BasicNode,
+        Entry = openraft::Entry<MetaConfig>,
+        SnapshotData = Cursor<Vec<u8>>,
+        AsyncRuntime = openraft::TokioRuntime,
+);
+
+/// The meta crate's error.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("storage: {0}")]
+    Storage(#[from] trellis_storage::Error),
+    #[error("sled: {0}")]
+    Sled(#[from] sled::Error),
+    #[error("encoding: {0}")]
+    Json(#[from] serde_json::Error),
+    #[error("raft: {0}")]
+    Raft(String),
+    #[error("not the meta leader")]
+    NotLeader { leader: Option<u64> },
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// The meta state machine: one sled tree per table.
+#[derive(Clone)]
+pub struct MetaApp {
+    tables: Vec<(Table, sled::Tree)>,
+}
+
+impl MetaApp {
+    pub fn open(trees: &GroupTrees) -> Result<MetaApp> {
+        let mut tables = Vec::new();
+        for t in Table::ALL {
+            tables.push((t, trees.sm_tree(t.name())?));
+        }
+        Ok(MetaApp { tables })
+    }
+
+    fn tree(&self, t: Table) -> &sled::Tree {
+        // Every table is opened in `open`.
+        &self.tables.iter().find(|(n, _)| *n == t).expect("table").1
+    }
+
+    pub fn get(&self, table: Table, key: &str) -> Result<Option<Value>> {
+        match self.tree(table).get(key.as_bytes())? {
+            Some(v) => Ok(Some(serde_json::from_slice(&v)?)),
+            None => Ok(None),
+        }
+    }
+
+    /// Records of a table in key order, after `after` (exclusive), at most `limit`.
+    pub fn list(
+        &self,
+        table: Table,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<(String, Value)>> {
+        let tree = self.tree(table);
+        let iter = match after {
+            Some(a) => tree.range::<&[u8], _>((
+                std::ops::Bound::Excluded(a.as_bytes()),
+                std::ops::Bound::Unbounded,
+            )),
+            None => tree.iter(),
+        };
+        iter.take(limit)
+            .map(|kv| {
+                let (k, v) = kv?;
+                Ok((
+                    String::from_utf8_lossy(&k).into_owned(),
+                    serde_json::from_slice(&v)?,
+                ))
+            })
+            .collect()
+    }
+
+    fn apply_op(&self, op: &MetaOp) -> Result<()> {
+        match op {
+            MetaOp::Put { table, key, value } => {
+                self.tree(*table)
+                    .insert(key.as_bytes(), serde_json::to_vec(value)?)?;
+            }
+            MetaOp::Delete { table, key } => {
+                self.tree(*table).remove(key.as_bytes())?;
+            }
+        }
+        Ok(())
+    }
+}
+
+impl AppStateMachine<MetaConfig> for MetaApp {
+    fn apply(
+        &mut self,
+        _: &LogId<u64>,
+        req: &MetaRequest,
+    ) -> trellis_storage::Result<MetaResponse> {
+        for op in &req.ops {
+            self.apply_op(op)
+                .map_err(|e| trellis_storage::Error::App(e.to_string()))?;
+        }
+        Ok(MetaResponse)
+    }
+
+    fn export(&self) -> trellis_storage::Result<Vec<u8>> {
+        let mut all: BTreeMap<&str, Vec<(String, Value)>> = BTreeMap::new();
+        for (t, _) in &self.tables {
+            let rows = self
+                .list(*t, None, usize::MAX)
+                .map_err(|e| trellis_storage::Error::App(e.to_string()))?;
+            all.insert(t.name(), rows);
+        }
+        Ok(serde_json::to_vec(&all)?)
+    }
+
+    fn import(&mut self, data: &[u8]) -> trellis_storage::Result<()> {
+        let all: BTreeMap<String, Vec<(String, Value)>> = serde_json::from_slice(data)?;
+        for (t, tree) in &self.tables {
+            tree.clear()?;
+            for (k, v) in all.get(t.name()).into_iter().flatten() {
+                tree.insert(k.as_bytes(), serde_json::to_vec(v)?)?;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The meta group on this node.
+#[derive(Clone)]
+pub struct Meta {
+    pub raft: Raft<MetaConfig>,
+    pub app: MetaApp,
+}
+
+impl Meta {
+    /// Opens the meta group of a single-node cluster and waits until this node leads it.
+    pub async fn open_single_node(db: &NodeDb, node: u64, addr: &str) -> Result<Meta> {
+        let trees = db.group(0)?;
+        let app = MetaApp::open(&trees)?;
+        let sm = StateMachineStore::open(trees.clone(), app.clone())?;
+        let log = LogStore::<MetaConfig>::new(trees);
+        let cfg = openraft::Config {
+            cluster_name: "meta".into(),
+            heartbeat_interval: 100,
+            election_timeout_min: 300,
+            election_timeout_max: 600,
+            ..Default::default()
+        }
+        .validate()
+        .map_err(|e| Error::Raft(e.to_string()))?;
+        let raft = Raft::new(node, Arc::new(cfg), NoPeers::default(), log, sm)
+            .await
+            .map_err(|e| Error::Raft(e.to_string()))?;
+        if !raft
+            .is_initialized()
+            .await
+            .map_err(|e| Error::Raft(e.to_string()))?
+        {
+            raft.initialize(BTreeMap::from([(node, BasicNode::new(addr))]))
+                .await
+                .map_err(|e| Error::Raft(e.to_string()))?;
+        }
+        raft.wait(Some(Duration::from_secs(30)))
+            .current_leader(node, "this node leads meta")
+            .await
+            .map_err(|e| Error::Raft(e.to_string()))?;
+        let last = raft.metrics().borrow().last_log_index;
+        if last.is_some() {
+            raft.wait(Some(Duration::from_secs(30)))
+                .applied_index_at_least(last, "meta applied")
+                .await
+                .map_err(|e| Error::Raft(e.to_string()))?;
+        }
+        Ok(Meta { raft, app })
+    }
+
+    /// Proposes writes and waits until they are applied here.
+    pub async fn write(&self, ops: Vec<MetaOp>) -> Result<()> {
+        match self.raft.client_write(MetaRequest { ops }).await {
+            Ok(_) => Ok(()),
+            Err(openraft::error::RaftError::APIError(
+                openraft::error::ClientWriteError::ForwardToLeader(f),
+            )) => Err(Error::NotLeader {
+                leader: f.leader_id,
+            }),
+            Err(e) => Err(Error::Raft(e.to_string())),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[tokio::test]
+    async fn writes_are_replicated_reads() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = NodeDb::open(dir.path()).unwrap();
+        let meta = Meta::open_single_node(&db, 1, "local").await.unwrap();
+        meta.write(vec![
+            MetaOp::Put {
+                table: Table::Machines,
+                key: "b".into(),
+                value: json!({"n": 2}),
+            },
+            MetaOp::Put {
+                table: Table::Machines,
+                key: "a".into(),
+                value: json!({"n": 1}),
+            },
+        ])
+        .await
+        .unwrap();
+        meta.write(vec![MetaOp::Delete {
+            table: Table::Machines,
+            key: "b".into(),
+        }])
+        .await
+        .unwrap();
+        let rows = meta.app.list(Table::Machines, None, 10).unwrap();
+        assert_eq!(rows, vec![("a".to_string(), json!({"n": 1}))]);
+        let mut copy = meta.app.clone();
+        let snap = copy.export().unwrap();
+        copy.import(&snap).unwrap();
+        assert_eq!(
+            meta.app.get(Table::Machines, "a").unwrap(),
+            Some(json!({"n": 1}))
+        );
+        meta.raft.shutdown().await.unwrap();
+    }
+}
