@@ -18,7 +18,7 @@ pub struct Connectors {
     pub mock: Option<MockCase>,
 }
 
-fn failed(task_id: u64, error: &str, cause: impl Into<String>) -> Input {
+pub(crate) fn failed(task_id: u64, error: &str, cause: impl Into<String>) -> Input {
     Input::TaskFailed {
         task_id,
         error: Some(error.into()),
@@ -27,7 +27,7 @@ fn failed(task_id: u64, error: &str, cause: impl Into<String>) -> Input {
 }
 
 /// The function name in a name, a function ARN or a partial ARN (`NAME[:alias]`).
-fn function_name(s: &str) -> &str {
+pub(crate) fn function_name(s: &str) -> &str {
     match s.find(":function:") {
         Some(i) => {
             let rest = &s[i + ":function:".len()..];
@@ -59,7 +59,7 @@ impl Connectors {
                 if *pattern != Pattern::RequestResponse {
                     return Err(self.callback_error(t));
                 }
-                Ok(self.http(t))
+                Ok(http_invoke(t))
             }
             Resource::Service { service, action, pattern } if service == "lambda" && action == "invoke" => {
                 if *pattern == Pattern::WaitForTaskToken {
@@ -67,7 +67,7 @@ impl Connectors {
                 }
                 let name = t.parameters.get("FunctionName").and_then(Value::as_str).unwrap_or_default();
                 let payload = t.parameters.get("Payload").cloned().unwrap_or(json!({}));
-                Ok(match self.call_function(t.task_id, name, &payload, t.timeout_seconds) {
+                Ok(match call_function(&self.functions, t.task_id, name, &payload, t.timeout_seconds) {
                     Ok(v) => Input::TaskSucceeded {
                         task_id: t.task_id,
                         output: json!({"ExecutedVersion": "$LATEST", "Payload": v, "StatusCode": 200}),
@@ -75,7 +75,7 @@ impl Connectors {
                     Err(input) => input,
                 })
             }
-            Resource::Lambda { arn } => Ok(match self.call_function(t.task_id, arn, &t.parameters, t.timeout_seconds) {
+            Resource::Lambda { arn } => Ok(match call_function(&self.functions, t.task_id, arn, &t.parameters, t.timeout_seconds) {
                 Ok(v) => Input::TaskSucceeded { task_id: t.task_id, output: v },
                 Err(input) => input,
             }),
@@ -98,121 +98,125 @@ impl Connectors {
             t.state_name
         )
     }
+}
 
-    fn call_function(
-        &self,
-        task_id: u64,
-        name_or_arn: &str,
-        payload: &Value,
-        timeout: Option<u64>,
-    ) -> Result<Value, Input> {
-        let name = function_name(name_or_arn);
-        let Some(url) = self.functions.get(name) else {
-            return Err(failed(
-                task_id,
-                "Lambda.ResourceNotFoundException",
-                format!("Function not found: {name_or_arn} (map it with --function {name}=URL)"),
-            ));
-        };
-        let agent = ureq::AgentBuilder::new()
-            .timeout(Duration::from_secs(timeout.unwrap_or(60)))
-            .build();
-        match agent
-            .post(url)
-            .set("Content-Type", "application/json")
-            .send_string(&payload.to_string())
-        {
-            Ok(resp) => {
-                let body = resp.into_string().unwrap_or_default();
-                Ok(serde_json::from_str(&body).unwrap_or(Value::String(body)))
-            }
-            Err(ureq::Error::Status(_, resp)) => {
-                let body = resp.into_string().unwrap_or_default();
-                let parsed: Value = serde_json::from_str(&body).unwrap_or(Value::Null);
-                let error = parsed
-                    .get("errorType")
-                    .and_then(Value::as_str)
-                    .unwrap_or("Lambda.Unknown")
-                    .to_string();
-                Err(failed(task_id, &error, body))
-            }
-            Err(e) => Err(failed(task_id, "Lambda.ServiceException", e.to_string())),
+/// Calls a Lambda function played by an HTTP endpoint: POST the payload, the reply is the
+/// result; a non-2xx reply fails with its `errorType` (or `Lambda.Unknown`).
+pub(crate) fn call_function(
+    functions: &HashMap<String, String>,
+    task_id: u64,
+    name_or_arn: &str,
+    payload: &Value,
+    timeout: Option<u64>,
+) -> Result<Value, Input> {
+    let name = function_name(name_or_arn);
+    let Some(url) = functions.get(name) else {
+        return Err(failed(
+            task_id,
+            "Lambda.ResourceNotFoundException",
+            format!("Function not found: {name_or_arn} (map it with --function {name}=URL)"),
+        ));
+    };
+    let agent = ureq::AgentBuilder::new()
+        .timeout(Duration::from_secs(timeout.unwrap_or(60)))
+        .build();
+    match agent
+        .post(url)
+        .set("Content-Type", "application/json")
+        .send_string(&payload.to_string())
+    {
+        Ok(resp) => {
+            let body = resp.into_string().unwrap_or_default();
+            Ok(serde_json::from_str(&body).unwrap_or(Value::String(body)))
+        }
+        Err(ureq::Error::Status(_, resp)) => {
+            let body = resp.into_string().unwrap_or_default();
+            let parsed: Value = serde_json::from_str(&body).unwrap_or(Value::Null);
+            let error = parsed
+                .get("errorType")
+                .and_then(Value::as_str)
+                .unwrap_or("Lambda.Unknown")
+                .to_string();
+            Err(failed(task_id, &error, body))
+        }
+        Err(e) => Err(failed(task_id, "Lambda.ServiceException", e.to_string())),
+    }
+}
+
+/// `arn:aws:states:::http:invoke`: the request the parameters describe, with AWS's result
+/// shape (`Headers`, `ResponseBody`, `StatusCode`, `StatusText`).
+pub(crate) fn http_invoke(t: &TaskRequest) -> Input {
+    let p = &t.parameters;
+    let Some(endpoint) = p.get("ApiEndpoint").and_then(Value::as_str) else {
+        return failed(
+            t.task_id,
+            "States.Runtime",
+            "the http:invoke task needs an 'ApiEndpoint' string",
+        );
+    };
+    let method = p
+        .get("Method")
+        .and_then(Value::as_str)
+        .unwrap_or("GET")
+        .to_uppercase();
+    let agent = ureq::AgentBuilder::new()
+        .timeout(Duration::from_secs(t.timeout_seconds.unwrap_or(60)))
+        .build();
+    let mut req = agent.request(&method, endpoint);
+    if let Some(q) = p.get("QueryParameters").and_then(Value::as_object) {
+        for (k, v) in q {
+            req = req.query(
+                k,
+                &v.as_str()
+                    .map(str::to_string)
+                    .unwrap_or_else(|| v.to_string()),
+            );
         }
     }
-
-    fn http(&self, t: &TaskRequest) -> Input {
-        let p = &t.parameters;
-        let Some(endpoint) = p.get("ApiEndpoint").and_then(Value::as_str) else {
-            return failed(
-                t.task_id,
-                "States.Runtime",
-                "the http:invoke task needs an 'ApiEndpoint' string",
+    if let Some(h) = p.get("Headers").and_then(Value::as_object) {
+        for (k, v) in h {
+            req = req.set(
+                k,
+                &v.as_str()
+                    .map(str::to_string)
+                    .unwrap_or_else(|| v.to_string()),
             );
-        };
-        let method = p
-            .get("Method")
-            .and_then(Value::as_str)
-            .unwrap_or("GET")
-            .to_uppercase();
-        let agent = ureq::AgentBuilder::new()
-            .timeout(Duration::from_secs(t.timeout_seconds.unwrap_or(60)))
-            .build();
-        let mut req = agent.request(&method, endpoint);
-        if let Some(q) = p.get("QueryParameters").and_then(Value::as_object) {
-            for (k, v) in q {
-                req = req.query(
-                    k,
-                    &v.as_str()
-                        .map(str::to_string)
-                        .unwrap_or_else(|| v.to_string()),
-                );
-            }
         }
-        if let Some(h) = p.get("Headers").and_then(Value::as_object) {
-            for (k, v) in h {
-                req = req.set(
-                    k,
-                    &v.as_str()
-                        .map(str::to_string)
-                        .unwrap_or_else(|| v.to_string()),
-                );
-            }
+    }
+    let result = match p.get("RequestBody") {
+        Some(Value::String(s)) => req.send_string(s),
+        Some(body) => req
+            .set("Content-Type", "application/json")
+            .send_string(&body.to_string()),
+        None => req.call(),
+    };
+    let (resp, ok) = match result {
+        Ok(r) => (r, true),
+        Err(ureq::Error::Status(_, r)) => (r, false),
+        Err(e) => return failed(t.task_id, "States.Http.Socket", e.to_string()),
+    };
+    let status = resp.status();
+    let status_text = resp.status_text().to_string();
+    let mut headers = Map::new();
+    for name in resp.headers_names() {
+        if let Some(v) = resp.header(&name) {
+            headers.insert(name.clone(), Value::String(v.to_string()));
         }
-        let result = match p.get("RequestBody") {
-            Some(Value::String(s)) => req.send_string(s),
-            Some(body) => req
-                .set("Content-Type", "application/json")
-                .send_string(&body.to_string()),
-            None => req.call(),
-        };
-        let (resp, ok) = match result {
-            Ok(r) => (r, true),
-            Err(ureq::Error::Status(_, r)) => (r, false),
-            Err(e) => return failed(t.task_id, "States.Http.Socket", e.to_string()),
-        };
-        let status = resp.status();
-        let status_text = resp.status_text().to_string();
-        let mut headers = Map::new();
-        for name in resp.headers_names() {
-            if let Some(v) = resp.header(&name) {
-                headers.insert(name.clone(), Value::String(v.to_string()));
-            }
+    }
+    let body = resp.into_string().unwrap_or_default();
+    let body_v = serde_json::from_str(&body).unwrap_or(Value::String(body));
+    let out = json!({"Headers": headers, "ResponseBody": body_v, "StatusCode": status, "StatusText": status_text});
+    if ok {
+        Input::TaskSucceeded {
+            task_id: t.task_id,
+            output: out,
         }
-        let body = resp.into_string().unwrap_or_default();
-        let body_v = serde_json::from_str(&body).unwrap_or(Value::String(body));
-        let out = json!({"Headers": headers, "ResponseBody": body_v, "StatusCode": status, "StatusText": status_text});
-        if ok {
-            Input::TaskSucceeded {
-                task_id: t.task_id,
-                output: out,
-            }
-        } else {
-            failed(
-                t.task_id,
-                &format!("States.Http.StatusCode.{status}"),
-                out.to_string(),
-            )
-        }
+    } else {
+        failed(
+            t.task_id,
+            &format!("States.Http.StatusCode.{status}"),
+            out.to_string(),
+        )
     }
 }
 

@@ -1,13 +1,20 @@
 //! `trellis`: the Trellis node binary.
 //!
-//! For now it carries the local runner: `trellis run` executes one state machine in-process on
-//! the same step function the cluster uses, and `trellis validate` prints AWS's
-//! `ValidateStateMachineDefinition` response. `trellis dev` and `trellis server` come with the
-//! durable node (see docs/architecture.md).
+//! * `trellis dev`: a single-node cluster with data in `./trellis-data`, the AWS JSON API on
+//!   127.0.0.1:8083 and gRPC on 127.0.0.1:7300.
+//! * `trellis server --config FILE`: a node configured by file, environment and flags.
+//! * `trellis run`: one execution in-process on the same step function, and
+//!   `trellis validate`: AWS's `ValidateStateMachineDefinition` response.
 
+mod aws;
+mod config;
 mod connectors;
+mod grpc;
 mod mock;
+mod node;
 mod run;
+mod serve;
+mod tasks;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -27,6 +34,11 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Start a single-node cluster for development: data in ./trellis-data, the AWS JSON API
+    /// on 127.0.0.1:8083, gRPC on 127.0.0.1:7300.
+    Dev(serve::Flags),
+    /// Start a node from a configuration file (see docs/operations.md).
+    Server(serve::Flags),
     /// Run one execution in-process and print its result as one JSON line.
     Run(run::Args),
     /// Validate a definition and print the ValidateStateMachineDefinition response.
@@ -42,6 +54,10 @@ enum Command {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
+        Command::Dev(flags) | Command::Server(flags) => flags
+            .config()
+            .and_then(serve::run)
+            .map(|()| ExitCode::SUCCESS),
         Command::Run(args) => run::main(args),
         Command::Validate {
             definition,

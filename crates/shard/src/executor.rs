@@ -360,7 +360,7 @@ impl Executor {
         for q in self.activities.values_mut() {
             q.make_contiguous().sort_unstable();
         }
-        tracing::info!(
+        tracing::debug!(
             shard_id = self.cfg.shard,
             live = self.live.len(),
             timers = self.timers.len(),

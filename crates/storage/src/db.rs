@@ -1,13 +1,53 @@
 //! The node's sled database and the trees of each Raft group.
 
 use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 
 use crate::Result;
+
+/// Makes writes durable with as few fsyncs as possible: callers that ask while a flush runs
+/// share the next one (group commit across every Raft group of the node).
+pub(crate) struct Flusher {
+    db: sled::Db,
+    /// Flush requests so far.
+    requested: AtomicU64,
+    /// The request count the last completed flush covered.
+    done: tokio::sync::Mutex<u64>,
+}
+
+impl Flusher {
+    fn new(db: sled::Db) -> Arc<Flusher> {
+        Arc::new(Flusher {
+            db,
+            requested: AtomicU64::new(0),
+            done: tokio::sync::Mutex::new(0),
+        })
+    }
+
+    /// Returns once everything written before the call is on disk.
+    pub(crate) async fn flush(&self) -> Result<()> {
+        let mine = self.requested.fetch_add(1, Ordering::SeqCst) + 1;
+        let mut done = self.done.lock().await;
+        if *done >= mine {
+            // A flush that started after this request finished meanwhile.
+            return Ok(());
+        }
+        let covers = self.requested.load(Ordering::SeqCst);
+        let db = self.db.clone();
+        tokio::task::spawn_blocking(move || db.flush())
+            .await
+            .map_err(|e| crate::Error::Corrupt(format!("flush task: {e}")))??;
+        *done = covers;
+        Ok(())
+    }
+}
 
 /// One node's store: a single `sled::Db` shared by every Raft group on the node.
 #[derive(Clone)]
 pub struct NodeDb {
     db: sled::Db,
+    flusher: Arc<Flusher>,
 }
 
 impl NodeDb {
@@ -17,13 +57,19 @@ impl NodeDb {
             .path(dir)
             .mode(sled::Mode::HighThroughput)
             .open()?;
-        Ok(NodeDb { db })
+        Ok(NodeDb {
+            flusher: Flusher::new(db.clone()),
+            db,
+        })
     }
 
     /// A store in a temporary directory, removed when the last handle is dropped.
     pub fn temporary() -> Result<NodeDb> {
         let db = sled::Config::new().temporary(true).open()?;
-        Ok(NodeDb { db })
+        Ok(NodeDb {
+            flusher: Flusher::new(db.clone()),
+            db,
+        })
     }
 
     /// The trees of Raft group `group`.
@@ -31,6 +77,7 @@ impl NodeDb {
         Ok(GroupTrees {
             group,
             db: self.db.clone(),
+            flusher: self.flusher.clone(),
             log: self.db.open_tree(format!("g{group}/log"))?,
             raft: self.db.open_tree(format!("g{group}/raft"))?,
         })
@@ -64,8 +111,7 @@ impl NodeDb {
 
     /// Writes everything buffered to disk.
     pub async fn flush(&self) -> Result<()> {
-        self.db.flush_async().await?;
-        Ok(())
+        self.flusher.flush().await
     }
 
     /// Bytes on disk.
@@ -83,6 +129,7 @@ impl NodeDb {
 pub struct GroupTrees {
     pub group: u64,
     pub(crate) db: sled::Db,
+    flusher: Arc<Flusher>,
     /// Log entries by index (big-endian u64 keys).
     pub(crate) log: sled::Tree,
     /// Vote, committed id, last purged id, applied state, snapshot.
@@ -111,8 +158,7 @@ impl GroupTrees {
     }
 
     pub(crate) async fn flush(&self) -> Result<()> {
-        self.db.flush_async().await?;
-        Ok(())
+        self.flusher.flush().await
     }
 }
 

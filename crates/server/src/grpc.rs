@@ -1,0 +1,315 @@
+//! The gRPC API (`trellis.v1`): thin wrappers over [`Node`]. Errors carry an `ErrorDetail`
+//! with the AWS exception name (see `trellis_proto::error`).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tonic::codegen::tokio_stream::wrappers::ReceiverStream;
+use tonic::{Request, Response, Status};
+use trellis_proto::v1 as pb;
+use trellis_proto::v1::activities_server::{Activities, ActivitiesServer};
+use trellis_proto::v1::admin_server::{Admin, AdminServer};
+use trellis_proto::v1::executions_server::{Executions, ExecutionsServer};
+use trellis_proto::v1::state_machines_server::{StateMachines, StateMachinesServer};
+
+use crate::node::Node;
+
+type R<T> = Result<Response<T>, Status>;
+
+fn ok<T>(v: T) -> R<T> {
+    Ok(Response::new(v))
+}
+
+/// Serves every gRPC service on `listener` until `stop` resolves.
+pub async fn serve(
+    node: Arc<Node>,
+    listener: tokio::net::TcpListener,
+    stop: impl std::future::Future<Output = ()> + Send + 'static,
+) -> Result<(), tonic::transport::Error> {
+    let svc = Svc(node);
+    let incoming = tonic::codegen::tokio_stream::wrappers::TcpListenerStream::new(listener);
+    tonic::transport::Server::builder()
+        .add_service(StateMachinesServer::new(svc.clone()))
+        .add_service(ExecutionsServer::new(svc.clone()))
+        .add_service(ActivitiesServer::new(svc.clone()))
+        .add_service(AdminServer::new(svc))
+        .serve_with_incoming_shutdown(incoming, stop)
+        .await
+}
+
+#[derive(Clone)]
+struct Svc(Arc<Node>);
+
+#[tonic::async_trait]
+impl StateMachines for Svc {
+    async fn create_state_machine(
+        &self,
+        r: Request<pb::CreateStateMachineRequest>,
+    ) -> R<pb::CreateStateMachineResponse> {
+        ok(self.0.create_state_machine(r.into_inner()).await?)
+    }
+    async fn update_state_machine(
+        &self,
+        r: Request<pb::UpdateStateMachineRequest>,
+    ) -> R<pb::UpdateStateMachineResponse> {
+        ok(self.0.update_state_machine(r.into_inner()).await?)
+    }
+    async fn describe_state_machine(
+        &self,
+        r: Request<pb::DescribeStateMachineRequest>,
+    ) -> R<pb::StateMachine> {
+        ok(self
+            .0
+            .describe_state_machine(&r.into_inner().state_machine_arn)?)
+    }
+    async fn list_state_machines(
+        &self,
+        r: Request<pb::ListStateMachinesRequest>,
+    ) -> R<pb::ListStateMachinesResponse> {
+        ok(self.0.list_state_machines(r.into_inner())?)
+    }
+    async fn delete_state_machine(
+        &self,
+        r: Request<pb::DeleteStateMachineRequest>,
+    ) -> R<pb::Empty> {
+        self.0
+            .delete_state_machine(&r.into_inner().state_machine_arn)
+            .await?;
+        ok(pb::Empty {})
+    }
+    async fn validate_state_machine_definition(
+        &self,
+        r: Request<pb::ValidateRequest>,
+    ) -> R<pb::ValidateResponse> {
+        ok(self.0.validate(&r.into_inner()))
+    }
+    async fn publish_state_machine_version(
+        &self,
+        r: Request<pb::PublishVersionRequest>,
+    ) -> R<pb::PublishVersionResponse> {
+        ok(self.0.publish_version(r.into_inner()).await?)
+    }
+    async fn list_state_machine_versions(
+        &self,
+        r: Request<pb::ListVersionsRequest>,
+    ) -> R<pb::ListVersionsResponse> {
+        ok(self.0.list_versions(r.into_inner())?)
+    }
+    async fn delete_state_machine_version(
+        &self,
+        r: Request<pb::DeleteVersionRequest>,
+    ) -> R<pb::Empty> {
+        self.0
+            .delete_version(&r.into_inner().state_machine_version_arn)
+            .await?;
+        ok(pb::Empty {})
+    }
+    async fn create_state_machine_alias(
+        &self,
+        r: Request<pb::CreateAliasRequest>,
+    ) -> R<pb::CreateAliasResponse> {
+        ok(self.0.create_alias(r.into_inner()).await?)
+    }
+    async fn describe_state_machine_alias(
+        &self,
+        r: Request<pb::DescribeAliasRequest>,
+    ) -> R<pb::Alias> {
+        ok(self
+            .0
+            .describe_alias(&r.into_inner().state_machine_alias_arn)?)
+    }
+    async fn update_state_machine_alias(
+        &self,
+        r: Request<pb::UpdateAliasRequest>,
+    ) -> R<pb::UpdateAliasResponse> {
+        ok(self.0.update_alias(r.into_inner()).await?)
+    }
+    async fn delete_state_machine_alias(&self, r: Request<pb::DeleteAliasRequest>) -> R<pb::Empty> {
+        self.0
+            .delete_alias(&r.into_inner().state_machine_alias_arn)
+            .await?;
+        ok(pb::Empty {})
+    }
+    async fn list_state_machine_aliases(
+        &self,
+        r: Request<pb::ListAliasesRequest>,
+    ) -> R<pb::ListAliasesResponse> {
+        ok(self.0.list_aliases(r.into_inner())?)
+    }
+}
+
+#[tonic::async_trait]
+impl Executions for Svc {
+    async fn start_execution(
+        &self,
+        r: Request<pb::StartExecutionRequest>,
+    ) -> R<pb::StartExecutionResponse> {
+        ok(self.0.start_execution(r.into_inner()).await?)
+    }
+    async fn start_sync_execution(
+        &self,
+        r: Request<pb::StartExecutionRequest>,
+    ) -> R<pb::SyncExecutionResult> {
+        ok(self.0.start_sync_execution(r.into_inner()).await?)
+    }
+    async fn stop_execution(
+        &self,
+        r: Request<pb::StopExecutionRequest>,
+    ) -> R<pb::StopExecutionResponse> {
+        ok(self.0.stop_execution(r.into_inner()).await?)
+    }
+    async fn describe_execution(
+        &self,
+        r: Request<pb::DescribeExecutionRequest>,
+    ) -> R<pb::Execution> {
+        ok(self.0.describe_execution(&r.into_inner().execution_arn)?)
+    }
+    async fn list_executions(
+        &self,
+        r: Request<pb::ListExecutionsRequest>,
+    ) -> R<pb::ListExecutionsResponse> {
+        ok(self.0.list_executions(r.into_inner())?)
+    }
+    async fn get_execution_history(
+        &self,
+        r: Request<pb::GetExecutionHistoryRequest>,
+    ) -> R<pb::GetExecutionHistoryResponse> {
+        ok(self.0.get_execution_history(r.into_inner())?)
+    }
+    async fn redrive_execution(
+        &self,
+        r: Request<pb::RedriveExecutionRequest>,
+    ) -> R<pb::RedriveExecutionResponse> {
+        let arn = r.into_inner().execution_arn;
+        self.0.describe_execution(&arn)?;
+        Err(Status::unimplemented(
+            "RedriveExecution is not implemented yet (see docs/compatibility.md)",
+        ))
+    }
+    async fn pause_execution(&self, r: Request<pb::PauseExecutionRequest>) -> R<pb::Empty> {
+        self.0
+            .pause_execution(&r.into_inner().execution_arn, true)
+            .await?;
+        ok(pb::Empty {})
+    }
+    async fn resume_execution(&self, r: Request<pb::ResumeExecutionRequest>) -> R<pb::Empty> {
+        self.0
+            .pause_execution(&r.into_inner().execution_arn, false)
+            .await?;
+        ok(pb::Empty {})
+    }
+
+    type WatchExecutionStream = ReceiverStream<Result<pb::HistoryEvent, Status>>;
+
+    async fn watch_execution(
+        &self,
+        r: Request<pb::WatchExecutionRequest>,
+    ) -> R<Self::WatchExecutionStream> {
+        let r = r.into_inner();
+        // Fail fast on an unknown execution.
+        self.0.describe_execution(&r.execution_arn)?;
+        let (tx, rx) = tokio::sync::mpsc::channel(256);
+        let node = self.0.clone();
+        tokio::spawn(async move {
+            let mut after = r.after_event_id;
+            loop {
+                match node.events_after(&r.execution_arn, after) {
+                    Ok((events, done)) => {
+                        for e in events {
+                            after = e.id;
+                            if tx.send(Ok(e)).await.is_err() {
+                                return;
+                            }
+                        }
+                        if done {
+                            return;
+                        }
+                    }
+                    Err(e) => {
+                        let _ = tx.send(Err(e.to_status())).await;
+                        return;
+                    }
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        });
+        ok(ReceiverStream::new(rx))
+    }
+}
+
+#[tonic::async_trait]
+impl Activities for Svc {
+    async fn create_activity(
+        &self,
+        r: Request<pb::CreateActivityRequest>,
+    ) -> R<pb::CreateActivityResponse> {
+        ok(self.0.create_activity(&r.into_inner().name).await?)
+    }
+    async fn describe_activity(&self, r: Request<pb::DescribeActivityRequest>) -> R<pb::Activity> {
+        ok(self.0.describe_activity(&r.into_inner().activity_arn)?)
+    }
+    async fn list_activities(
+        &self,
+        r: Request<pb::ListActivitiesRequest>,
+    ) -> R<pb::ListActivitiesResponse> {
+        ok(self.0.list_activities(r.into_inner())?)
+    }
+    async fn delete_activity(&self, r: Request<pb::DeleteActivityRequest>) -> R<pb::Empty> {
+        self.0.delete_activity(&r.into_inner().activity_arn).await?;
+        ok(pb::Empty {})
+    }
+    async fn get_activity_task(
+        &self,
+        r: Request<pb::GetActivityTaskRequest>,
+    ) -> R<pb::ActivityTask> {
+        let r = r.into_inner();
+        ok(self
+            .0
+            .get_activity_task(&r.activity_arn, &r.worker_name, Duration::from_secs(60))
+            .await?)
+    }
+    async fn send_task_success(&self, r: Request<pb::SendTaskSuccessRequest>) -> R<pb::Empty> {
+        let r = r.into_inner();
+        self.0.send_task_success(&r.task_token, &r.output).await?;
+        ok(pb::Empty {})
+    }
+    async fn send_task_failure(&self, r: Request<pb::SendTaskFailureRequest>) -> R<pb::Empty> {
+        let r = r.into_inner();
+        self.0
+            .send_task_failure(&r.task_token, &r.error, &r.cause)
+            .await?;
+        ok(pb::Empty {})
+    }
+    async fn send_task_heartbeat(&self, r: Request<pb::SendTaskHeartbeatRequest>) -> R<pb::Empty> {
+        self.0
+            .send_task_heartbeat(&r.into_inner().task_token)
+            .await?;
+        ok(pb::Empty {})
+    }
+}
+
+#[tonic::async_trait]
+impl Admin for Svc {
+    async fn cluster_status(&self, _: Request<pb::Empty>) -> R<pb::ClusterStatusResponse> {
+        let me = self.0.this_node();
+        ok(pb::ClusterStatusResponse {
+            node_id: me.id,
+            meta_leader: me.id,
+            shard_count: self.0.shard_count(),
+            nodes: vec![me],
+        })
+    }
+    async fn list_nodes(&self, _: Request<pb::Empty>) -> R<pb::ListNodesResponse> {
+        ok(pb::ListNodesResponse {
+            nodes: vec![self.0.this_node()],
+        })
+    }
+    async fn list_shards(&self, _: Request<pb::Empty>) -> R<pb::ListShardsResponse> {
+        ok(self.0.list_shards())
+    }
+    async fn doctor(&self, _: Request<pb::Empty>) -> R<pb::DoctorReport> {
+        Err(Status::unimplemented(
+            "the detector is not implemented yet (see docs/compatibility.md)",
+        ))
+    }
+}

@@ -1,0 +1,1654 @@
+//! A Trellis node: the meta group, the shards this node leads, and the API operations with
+//! AWS Step Functions semantics. Both front ends (gRPC and the AWS JSON API) call these
+//! methods; requests and responses are the `trellis.v1` messages.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use serde_json::{json, Value};
+use tokio::sync::Mutex;
+use trellis_asl::env::{Entropy, SplitMix64};
+use trellis_asl::exec::ExecutionInfo;
+use trellis_asl::{Command, Env, ExecStatus, Execution, Input, Limits};
+use trellis_meta::{Meta, MetaOp, Table};
+use trellis_proto::v1 as pb;
+use trellis_proto::{ApiError, Code};
+use trellis_shard::executor::{
+    Connectors as _, Control, ExecutorConfig, StartRequest, TokenAnswer,
+};
+use trellis_shard::raft::ShardRaft;
+use trellis_shard::{shard_of, Executor, ShardHandle, Status};
+use trellis_storage::NodeDb;
+
+use crate::config::Config;
+use crate::tasks::NodeConnectors;
+
+type ApiResult<T> = Result<T, ApiError>;
+
+/// Largest execution input, task output and definition, as AWS.
+pub const MAX_PAYLOAD: usize = 262_144;
+
+fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
+fn internal(e: impl std::fmt::Display) -> ApiError {
+    ApiError::new(Code::InternalFailure, e.to_string())
+}
+
+fn from_shard(e: trellis_shard::Error) -> ApiError {
+    match e {
+        trellis_shard::Error::Api { code, message } => ApiError::new(
+            Code::from_name(code).unwrap_or(Code::InternalFailure),
+            message,
+        ),
+        trellis_shard::Error::NotLeader { leader } => ApiError::not_leader(leader),
+        trellis_shard::Error::Stopped => {
+            ApiError::new(Code::ServiceUnavailable, "the shard is restarting; retry")
+        }
+        e => internal(e),
+    }
+}
+
+fn from_meta(e: trellis_meta::Error) -> ApiError {
+    match e {
+        trellis_meta::Error::NotLeader { leader } => ApiError::not_leader(leader),
+        e => internal(e),
+    }
+}
+
+/// AWS's naming rule for state machines, executions, activities and aliases.
+pub fn check_name(name: &str) -> ApiResult<()> {
+    let bad = name.is_empty()
+        || name.chars().count() > 80
+        || name
+            .chars()
+            .any(|c| c.is_whitespace() || c.is_control() || "<>{}[]?*\"#%\\^|~`$&,;:/".contains(c));
+    if bad {
+        return Err(ApiError::new(
+            Code::InvalidName,
+            format!("Invalid Name: '{name}'"),
+        ));
+    }
+    Ok(())
+}
+
+/// A parsed Step Functions ARN: `arn:<partition>:states:<region>:<account>:<kind>:<rest>`.
+struct Arn<'a> {
+    kind: &'a str,
+    parts: Vec<&'a str>,
+}
+
+fn parse_arn<'a>(arn: &'a str, kinds: &[&str]) -> ApiResult<Arn<'a>> {
+    let invalid = |why: &str| ApiError::new(Code::InvalidArn, format!("Invalid Arn: '{why}'"));
+    let p: Vec<&str> = arn.split(':').collect();
+    if p.len() < 7 || p[0] != "arn" || p[2] != "states" {
+        return Err(invalid(&format!("Invalid ARN prefix: {arn}")));
+    }
+    if !kinds.contains(&p[5]) {
+        return Err(invalid(&format!(
+            "Resource type not valid in this context: {}",
+            p[5]
+        )));
+    }
+    if p[6..].iter().any(|s| s.is_empty()) {
+        return Err(invalid(&format!("Invalid ARN: {arn}")));
+    }
+    Ok(Arn {
+        kind: p[5],
+        parts: p[6..].to_vec(),
+    })
+}
+
+/// One shard on this node.
+struct ShardSlot {
+    raft: ShardRaft,
+    handle: ShardHandle,
+}
+
+/// A node of a single-node cluster (the cluster milestone adds peers).
+pub struct Node {
+    pub cfg: Config,
+    db: NodeDb,
+    meta: Meta,
+    /// Serializes read-modify-write of meta records on this (leader) node.
+    meta_lock: Mutex<()>,
+    shards: Vec<ShardSlot>,
+    connectors: NodeConnectors,
+    express_seq: std::sync::atomic::AtomicU64,
+}
+
+impl Node {
+    /// Opens the data directory, the meta group and every shard, and starts the executors.
+    pub async fn start(cfg: Config) -> anyhow::Result<Arc<Node>> {
+        std::fs::create_dir_all(&cfg.node.data_dir)?;
+        let db = NodeDb::open(&cfg.node.data_dir)?;
+        let meta = Meta::open_single_node(&db, cfg.node.id, &cfg.node.grpc_addr).await?;
+        // The shard count is fixed at bootstrap.
+        let shards = match meta.app.get(Table::Settings, "shards")? {
+            Some(v) => {
+                let n = v.as_u64().unwrap_or(0) as u32;
+                if n != cfg.cluster.shards {
+                    tracing::warn!(
+                        configured = cfg.cluster.shards,
+                        bootstrapped = n,
+                        "cluster.shards is fixed at bootstrap; using the bootstrapped count"
+                    );
+                }
+                n
+            }
+            None => {
+                meta.write(vec![MetaOp::Put {
+                    table: Table::Settings,
+                    key: "shards".into(),
+                    value: json!(cfg.cluster.shards),
+                }])
+                .await?;
+                cfg.cluster.shards
+            }
+        };
+        let connectors = NodeConnectors::new(cfg.functions.clone());
+        let mut set = tokio::task::JoinSet::new();
+        for shard in 0..shards {
+            let db = db.clone();
+            let (node, addr) = (cfg.node.id, cfg.node.grpc_addr.clone());
+            set.spawn(async move {
+                let r =
+                    trellis_shard::raft::open_single_node(&db, u64::from(shard) + 1, node, &addr)
+                        .await;
+                (shard, r)
+            });
+        }
+        let mut opened = BTreeMap::new();
+        while let Some(r) = set.join_next().await {
+            let (shard, r) = r?;
+            opened.insert(shard, r?);
+        }
+        let mut slots = Vec::new();
+        for (shard, (raft, app)) in opened {
+            let ecfg = ExecutorConfig {
+                shard,
+                region: cfg.aws.region.clone(),
+                account: cfg.aws.account.clone(),
+                limits: Limits::default(),
+                max_batch: cfg.cluster.max_batch,
+            };
+            let (ex, handle) = Executor::new(
+                ecfg,
+                app,
+                Arc::new(raft.clone()),
+                Arc::new(connectors.clone()),
+            )?;
+            tokio::spawn(async move {
+                if let Err(e) = ex.run().await {
+                    tracing::error!(shard_id = shard, error = %e, "shard executor stopped");
+                }
+            });
+            slots.push(ShardSlot { raft, handle });
+        }
+        tracing::info!(
+            node_id = cfg.node.id,
+            shards,
+            data_dir = %cfg.node.data_dir.display(),
+            "node started"
+        );
+        Ok(Arc::new(Node {
+            cfg,
+            db,
+            meta,
+            meta_lock: Mutex::new(()),
+            shards: slots,
+            connectors,
+            express_seq: Default::default(),
+        }))
+    }
+
+    /// Stops every Raft group and flushes the store.
+    pub async fn shutdown(&self) {
+        for s in &self.shards {
+            let _ = s.raft.shutdown().await;
+        }
+        let _ = self.meta.raft.shutdown().await;
+        let _ = self.db.flush().await;
+    }
+
+    pub fn shard_count(&self) -> u32 {
+        self.shards.len() as u32
+    }
+
+    fn shard(&self, execution_arn: &str) -> &ShardSlot {
+        &self.shards[shard_of(execution_arn, self.shard_count()) as usize]
+    }
+
+    fn arn_prefix(&self) -> String {
+        format!(
+            "arn:aws:states:{}:{}",
+            self.cfg.aws.region, self.cfg.aws.account
+        )
+    }
+
+    // ============================================================ state machines
+
+    fn machine(&self, arn: &str) -> ApiResult<Value> {
+        self.meta
+            .app
+            .get(Table::Machines, arn)
+            .map_err(from_meta)?
+            .ok_or_else(|| {
+                ApiError::new(
+                    Code::StateMachineDoesNotExist,
+                    format!("State Machine Does Not Exist: '{arn}'"),
+                )
+            })
+    }
+
+    /// Resolves a state machine, version or alias ARN to (machine record, version ARN,
+    /// alias ARN, definition).
+    fn resolve(&self, arn: &str) -> ApiResult<(Value, Option<String>, Option<String>, String)> {
+        let a = parse_arn(arn, &["stateMachine"])?;
+        match a.parts.len() {
+            1 => {
+                let m = self.machine(arn)?;
+                let def = m["definition"].as_str().unwrap_or_default().to_string();
+                Ok((m, None, None, def))
+            }
+            2 => {
+                let base = format!("{}:stateMachine:{}", self.arn_prefix(), a.parts[0]);
+                let m = self.machine(&base)?;
+                if a.parts[1].chars().all(|c| c.is_ascii_digit()) {
+                    let v = self
+                        .meta
+                        .app
+                        .get(Table::Versions, arn)
+                        .map_err(from_meta)?
+                        .ok_or_else(|| {
+                            ApiError::new(
+                                Code::StateMachineDoesNotExist,
+                                format!("State Machine Does Not Exist: '{arn}'"),
+                            )
+                        })?;
+                    let def = v["definition"].as_str().unwrap_or_default().to_string();
+                    Ok((m, Some(arn.to_string()), None, def))
+                } else {
+                    let alias = self
+                        .meta
+                        .app
+                        .get(Table::Aliases, arn)
+                        .map_err(from_meta)?
+                        .ok_or_else(|| {
+                            ApiError::new(
+                                Code::ResourceNotFound,
+                                format!("Resource Not Found: '{arn}'"),
+                            )
+                        })?;
+                    let version = pick_version(&alias, &mut SplitMix64::new(now_ms() as u64));
+                    let v = self
+                        .meta
+                        .app
+                        .get(Table::Versions, &version)
+                        .map_err(from_meta)?
+                        .ok_or_else(|| {
+                            internal(format!("alias {arn} routes to a missing version"))
+                        })?;
+                    let def = v["definition"].as_str().unwrap_or_default().to_string();
+                    Ok((m, Some(version), Some(arn.to_string()), def))
+                }
+            }
+            _ => Err(ApiError::new(
+                Code::InvalidArn,
+                format!("Invalid Arn: 'Invalid ARN: {arn}'"),
+            )),
+        }
+    }
+
+    fn validate_definition(definition: &str, express: bool) -> ApiResult<()> {
+        let diags = trellis_asl::validate::validate(definition, trellis_asl::Options { express });
+        let errors: Vec<_> = diags
+            .into_iter()
+            .filter(|d| d.severity == trellis_asl::Severity::Error)
+            .collect();
+        if errors.is_empty() {
+            return Ok(());
+        }
+        Err(ApiError::new(
+            Code::InvalidDefinition,
+            format!(
+                "Invalid State Machine Definition: '{}'",
+                trellis_asl::validate::summary(&errors)
+            ),
+        ))
+    }
+
+    pub async fn create_state_machine(
+        &self,
+        r: pb::CreateStateMachineRequest,
+    ) -> ApiResult<pb::CreateStateMachineResponse> {
+        check_name(&r.name)?;
+        if r.role_arn.is_empty() {
+            return Err(ApiError::new(
+                Code::ValidationException,
+                "1 validation error detected: Value null at 'roleArn' failed to satisfy constraint: Member must not be null",
+            ));
+        }
+        let express = r.r#type == pb::StateMachineType::Express as i32;
+        Self::validate_definition(&r.definition, express)?;
+        let arn = format!("{}:stateMachine:{}", self.arn_prefix(), r.name);
+        let _g = self.meta_lock.lock().await;
+        if let Some(existing) = self
+            .meta
+            .app
+            .get(Table::Machines, &arn)
+            .map_err(from_meta)?
+        {
+            // Idempotent when the definition and type are the same.
+            if existing["definition"] == json!(r.definition)
+                && existing["type"] == json!(type_name(r.r#type))
+            {
+                return Ok(pb::CreateStateMachineResponse {
+                    state_machine_arn: arn,
+                    creation_date: existing["creationDate"].as_i64().unwrap_or(0),
+                    state_machine_version_arn: String::new(),
+                });
+            }
+            return Err(ApiError::new(
+                Code::StateMachineAlreadyExists,
+                format!("State Machine Already Exists: '{arn}'"),
+            ));
+        }
+        let now = now_ms();
+        let revision = revision_id(&r.definition, now);
+        let mut record = json!({
+            "stateMachineArn": arn, "name": r.name, "definition": r.definition,
+            "roleArn": r.role_arn, "type": type_name(r.r#type), "creationDate": now,
+            "revisionId": revision, "description": "", "versions": 0,
+            "maxConcurrentExecutions": r.settings.map(|s| s.max_concurrent_executions).unwrap_or(0),
+        });
+        let mut ops = Vec::new();
+        let mut version_arn = String::new();
+        if r.publish {
+            let (op, varn) = publish_op(&mut record, &r.version_description, now);
+            ops.push(op);
+            version_arn = varn;
+        }
+        ops.push(MetaOp::Put {
+            table: Table::Machines,
+            key: arn.clone(),
+            value: record,
+        });
+        self.meta.write(ops).await.map_err(from_meta)?;
+        Ok(pb::CreateStateMachineResponse {
+            state_machine_arn: arn,
+            creation_date: now,
+            state_machine_version_arn: version_arn,
+        })
+    }
+
+    pub async fn update_state_machine(
+        &self,
+        r: pb::UpdateStateMachineRequest,
+    ) -> ApiResult<pb::UpdateStateMachineResponse> {
+        parse_arn(&r.state_machine_arn, &["stateMachine"])?;
+        if r.definition.is_none() && r.role_arn.is_none() && r.settings.is_none() {
+            return Err(ApiError::new(
+                Code::MissingRequiredParameter,
+                "Either the definition, the roleArn or the settings must be specified",
+            ));
+        }
+        let _g = self.meta_lock.lock().await;
+        let mut m = self.machine(&r.state_machine_arn)?;
+        let express = m["type"] == "EXPRESS";
+        let now = now_ms();
+        if let Some(d) = &r.definition {
+            Self::validate_definition(d, express)?;
+            m["definition"] = json!(d);
+            m["revisionId"] = json!(revision_id(d, now));
+        }
+        if let Some(role) = &r.role_arn {
+            m["roleArn"] = json!(role);
+        }
+        if let Some(s) = &r.settings {
+            m["maxConcurrentExecutions"] = json!(s.max_concurrent_executions);
+        }
+        m["updateDate"] = json!(now);
+        let mut ops = Vec::new();
+        let mut version_arn = String::new();
+        if r.publish {
+            let (op, varn) = publish_op(&mut m, &r.version_description, now);
+            ops.push(op);
+            version_arn = varn;
+        }
+        let revision = m["revisionId"].as_str().unwrap_or_default().to_string();
+        ops.push(MetaOp::Put {
+            table: Table::Machines,
+            key: r.state_machine_arn.clone(),
+            value: m,
+        });
+        self.meta.write(ops).await.map_err(from_meta)?;
+        Ok(pb::UpdateStateMachineResponse {
+            update_date: now,
+            revision_id: revision,
+            state_machine_version_arn: version_arn,
+        })
+    }
+
+    pub fn describe_state_machine(&self, arn: &str) -> ApiResult<pb::StateMachine> {
+        let (m, version, _, def) = self.resolve(arn)?;
+        Ok(pb::StateMachine {
+            state_machine_arn: version.unwrap_or_else(|| {
+                m["stateMachineArn"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .to_string()
+            }),
+            name: m["name"].as_str().unwrap_or_default().into(),
+            status: "ACTIVE".into(),
+            definition: def,
+            role_arn: m["roleArn"].as_str().unwrap_or_default().into(),
+            r#type: type_enum(m["type"].as_str().unwrap_or_default()),
+            creation_date: m["creationDate"].as_i64().unwrap_or(0),
+            revision_id: m["revisionId"].as_str().unwrap_or_default().into(),
+            description: m["description"].as_str().unwrap_or_default().into(),
+            settings: Some(pb::StateMachineSettings {
+                max_concurrent_executions: m["maxConcurrentExecutions"].as_u64().unwrap_or(0)
+                    as u32,
+            }),
+        })
+    }
+
+    pub fn list_state_machines(
+        &self,
+        r: pb::ListStateMachinesRequest,
+    ) -> ApiResult<pb::ListStateMachinesResponse> {
+        let max = page_size(r.max_results)?;
+        let after = (!r.next_token.is_empty()).then_some(r.next_token.as_str());
+        let rows = self
+            .meta
+            .app
+            .list(Table::Machines, after, max + 1)
+            .map_err(from_meta)?;
+        let more = rows.len() > max;
+        let items: Vec<_> = rows.into_iter().take(max).collect();
+        let next_token = if more {
+            items.last().map(|(k, _)| k.clone()).unwrap_or_default()
+        } else {
+            String::new()
+        };
+        Ok(pb::ListStateMachinesResponse {
+            state_machines: items
+                .into_iter()
+                .map(|(_, m)| pb::StateMachineListItem {
+                    state_machine_arn: m["stateMachineArn"].as_str().unwrap_or_default().into(),
+                    name: m["name"].as_str().unwrap_or_default().into(),
+                    r#type: type_enum(m["type"].as_str().unwrap_or_default()),
+                    creation_date: m["creationDate"].as_i64().unwrap_or(0),
+                })
+                .collect(),
+            next_token,
+        })
+    }
+
+    pub async fn delete_state_machine(&self, arn: &str) -> ApiResult<()> {
+        parse_arn(arn, &["stateMachine"])?;
+        let _g = self.meta_lock.lock().await;
+        if self
+            .meta
+            .app
+            .get(Table::Machines, arn)
+            .map_err(from_meta)?
+            .is_none()
+        {
+            // Deleting a missing machine succeeds, as on AWS.
+            return Ok(());
+        }
+        let mut ops = vec![MetaOp::Delete {
+            table: Table::Machines,
+            key: arn.to_string(),
+        }];
+        for table in [Table::Versions, Table::Aliases] {
+            let prefix = format!("{arn}:");
+            for (k, _) in self
+                .meta
+                .app
+                .list(table, None, usize::MAX)
+                .map_err(from_meta)?
+            {
+                if k.starts_with(&prefix) {
+                    ops.push(MetaOp::Delete { table, key: k });
+                }
+            }
+        }
+        self.meta.write(ops).await.map_err(from_meta)
+    }
+
+    pub async fn publish_version(
+        &self,
+        r: pb::PublishVersionRequest,
+    ) -> ApiResult<pb::PublishVersionResponse> {
+        parse_arn(&r.state_machine_arn, &["stateMachine"])?;
+        let _g = self.meta_lock.lock().await;
+        let mut m = self.machine(&r.state_machine_arn)?;
+        if !r.revision_id.is_empty() && m["revisionId"] != json!(r.revision_id) {
+            return Err(ApiError::new(
+                Code::ConflictException,
+                format!("Failed to publish the State Machine version for revision {}. The current State Machine revision is {}.", r.revision_id, m["revisionId"].as_str().unwrap_or_default()),
+            ));
+        }
+        let now = now_ms();
+        let (op, varn) = publish_op(&mut m, &r.description, now);
+        self.meta
+            .write(vec![
+                op,
+                MetaOp::Put {
+                    table: Table::Machines,
+                    key: r.state_machine_arn.clone(),
+                    value: m,
+                },
+            ])
+            .await
+            .map_err(from_meta)?;
+        Ok(pb::PublishVersionResponse {
+            creation_date: now,
+            state_machine_version_arn: varn,
+        })
+    }
+
+    pub fn list_versions(&self, r: pb::ListVersionsRequest) -> ApiResult<pb::ListVersionsResponse> {
+        self.machine(&r.state_machine_arn)?;
+        let prefix = format!("{}:", r.state_machine_arn);
+        let mut items: Vec<(u64, pb::VersionListItem)> = self
+            .meta
+            .app
+            .list(Table::Versions, None, usize::MAX)
+            .map_err(from_meta)?
+            .into_iter()
+            .filter(|(k, _)| k.starts_with(&prefix))
+            .map(|(k, v)| {
+                let n = k[prefix.len()..].parse().unwrap_or(0);
+                (
+                    n,
+                    pb::VersionListItem {
+                        state_machine_version_arn: k,
+                        creation_date: v["creationDate"].as_i64().unwrap_or(0),
+                    },
+                )
+            })
+            .collect();
+        items.sort_by_key(|v| std::cmp::Reverse(v.0));
+        Ok(pb::ListVersionsResponse {
+            state_machine_versions: items.into_iter().map(|(_, v)| v).collect(),
+            next_token: String::new(),
+        })
+    }
+
+    pub async fn delete_version(&self, arn: &str) -> ApiResult<()> {
+        let a = parse_arn(arn, &["stateMachine"])?;
+        if a.parts.len() != 2 {
+            return Err(ApiError::new(
+                Code::InvalidArn,
+                format!("Invalid Arn: 'Invalid ARN: {arn}'"),
+            ));
+        }
+        let _g = self.meta_lock.lock().await;
+        for (k, alias) in self
+            .meta
+            .app
+            .list(Table::Aliases, None, usize::MAX)
+            .map_err(from_meta)?
+        {
+            let routes = alias["routingConfiguration"]
+                .as_array()
+                .cloned()
+                .unwrap_or_default();
+            if routes
+                .iter()
+                .any(|r| r["stateMachineVersionArn"] == json!(arn))
+            {
+                return Err(ApiError::new(
+                    Code::ConflictException,
+                    format!("Version to be deleted must not be referenced by an alias. Current list of aliases referencing this version: [{k}]"),
+                ));
+            }
+        }
+        self.meta
+            .write(vec![MetaOp::Delete {
+                table: Table::Versions,
+                key: arn.to_string(),
+            }])
+            .await
+            .map_err(from_meta)
+    }
+
+    fn check_routes(&self, routes: &[pb::RoutingConfiguration]) -> ApiResult<String> {
+        if routes.is_empty() || routes.len() > 2 {
+            return Err(ApiError::new(Code::ValidationException, "1 validation error detected: Value at 'routingConfiguration' failed to satisfy constraint: Member must have length between 1 and 2"));
+        }
+        let total: u32 = routes.iter().map(|r| r.weight).sum();
+        if total != 100 || routes.iter().any(|r| r.weight > 100) {
+            return Err(ApiError::new(
+                Code::ValidationException,
+                "The sum of the weights in the routing configuration must be equal to 100",
+            ));
+        }
+        let mut machine = None;
+        for r in routes {
+            let a = parse_arn(&r.state_machine_version_arn, &["stateMachine"])?;
+            if a.parts.len() != 2
+                || self
+                    .meta
+                    .app
+                    .get(Table::Versions, &r.state_machine_version_arn)
+                    .map_err(from_meta)?
+                    .is_none()
+            {
+                return Err(ApiError::new(
+                    Code::ResourceNotFound,
+                    format!("Resource Not Found: '{}'", r.state_machine_version_arn),
+                ));
+            }
+            let m = format!("{}:stateMachine:{}", self.arn_prefix(), a.parts[0]);
+            if machine.get_or_insert_with(|| m.clone()) != &m {
+                return Err(ApiError::new(
+                    Code::ValidationException,
+                    "All versions in a routing configuration must belong to the same state machine",
+                ));
+            }
+        }
+        Ok(machine.unwrap_or_default())
+    }
+
+    pub async fn create_alias(
+        &self,
+        r: pb::CreateAliasRequest,
+    ) -> ApiResult<pb::CreateAliasResponse> {
+        check_name(&r.name)?;
+        if r.name.chars().all(|c| c.is_ascii_digit()) {
+            return Err(ApiError::new(
+                Code::InvalidName,
+                format!("Invalid Name: '{}'", r.name),
+            ));
+        }
+        let machine = self.check_routes(&r.routing_configuration)?;
+        let arn = format!("{machine}:{}", r.name);
+        let _g = self.meta_lock.lock().await;
+        if self
+            .meta
+            .app
+            .get(Table::Aliases, &arn)
+            .map_err(from_meta)?
+            .is_some()
+        {
+            return Err(ApiError::new(
+                Code::ConflictException,
+                format!("Alias already exists: '{arn}'"),
+            ));
+        }
+        let now = now_ms();
+        let value = json!({"stateMachineAliasArn": arn, "name": r.name, "description": r.description,
+            "routingConfiguration": routes_json(&r.routing_configuration), "creationDate": now, "updateDate": now});
+        self.meta
+            .write(vec![MetaOp::Put {
+                table: Table::Aliases,
+                key: arn.clone(),
+                value,
+            }])
+            .await
+            .map_err(from_meta)?;
+        Ok(pb::CreateAliasResponse {
+            state_machine_alias_arn: arn,
+            creation_date: now,
+        })
+    }
+
+    pub fn describe_alias(&self, arn: &str) -> ApiResult<pb::Alias> {
+        parse_arn(arn, &["stateMachine"])?;
+        let a = self
+            .meta
+            .app
+            .get(Table::Aliases, arn)
+            .map_err(from_meta)?
+            .ok_or_else(|| {
+                ApiError::new(
+                    Code::ResourceNotFound,
+                    format!("Resource Not Found: '{arn}'"),
+                )
+            })?;
+        Ok(alias_pb(&a))
+    }
+
+    pub async fn update_alias(
+        &self,
+        r: pb::UpdateAliasRequest,
+    ) -> ApiResult<pb::UpdateAliasResponse> {
+        let _g = self.meta_lock.lock().await;
+        let mut a = self
+            .meta
+            .app
+            .get(Table::Aliases, &r.state_machine_alias_arn)
+            .map_err(from_meta)?
+            .ok_or_else(|| {
+                ApiError::new(
+                    Code::ResourceNotFound,
+                    format!("Resource Not Found: '{}'", r.state_machine_alias_arn),
+                )
+            })?;
+        if !r.routing_configuration.is_empty() {
+            self.check_routes(&r.routing_configuration)?;
+            a["routingConfiguration"] = routes_json(&r.routing_configuration);
+        }
+        if let Some(d) = r.description {
+            a["description"] = json!(d);
+        }
+        let now = now_ms();
+        a["updateDate"] = json!(now);
+        self.meta
+            .write(vec![MetaOp::Put {
+                table: Table::Aliases,
+                key: r.state_machine_alias_arn,
+                value: a,
+            }])
+            .await
+            .map_err(from_meta)?;
+        Ok(pb::UpdateAliasResponse { update_date: now })
+    }
+
+    pub async fn delete_alias(&self, arn: &str) -> ApiResult<()> {
+        parse_arn(arn, &["stateMachine"])?;
+        self.meta
+            .write(vec![MetaOp::Delete {
+                table: Table::Aliases,
+                key: arn.to_string(),
+            }])
+            .await
+            .map_err(from_meta)
+    }
+
+    pub fn list_aliases(&self, r: pb::ListAliasesRequest) -> ApiResult<pb::ListAliasesResponse> {
+        self.machine(&r.state_machine_arn)?;
+        let prefix = format!("{}:", r.state_machine_arn);
+        let items = self
+            .meta
+            .app
+            .list(Table::Aliases, None, usize::MAX)
+            .map_err(from_meta)?
+            .into_iter()
+            .filter(|(k, _)| k.starts_with(&prefix))
+            .map(|(k, v)| pb::AliasListItem {
+                state_machine_alias_arn: k,
+                creation_date: v["creationDate"].as_i64().unwrap_or(0),
+            })
+            .collect();
+        Ok(pb::ListAliasesResponse {
+            state_machine_aliases: items,
+            next_token: String::new(),
+        })
+    }
+
+    pub fn validate(&self, r: &pb::ValidateRequest) -> pb::ValidateResponse {
+        let express = r.r#type == pb::StateMachineType::Express as i32;
+        let diags =
+            trellis_asl::validate::validate(&r.definition, trellis_asl::Options { express });
+        let failed = diags
+            .iter()
+            .any(|d| d.severity == trellis_asl::Severity::Error);
+        pb::ValidateResponse {
+            result: if failed { "FAIL" } else { "OK" }.into(),
+            diagnostics: diags
+                .into_iter()
+                .map(|d| pb::Diagnostic {
+                    severity: match d.severity {
+                        trellis_asl::Severity::Error => "ERROR",
+                        trellis_asl::Severity::Warning => "WARNING",
+                    }
+                    .into(),
+                    code: d.code,
+                    message: d.message,
+                    location: d.location,
+                })
+                .collect(),
+            truncated: false,
+        }
+    }
+
+    // ============================================================ executions
+
+    fn check_input(input: &str) -> ApiResult<String> {
+        let input = if input.is_empty() { "{}" } else { input };
+        if input.len() > MAX_PAYLOAD {
+            return Err(ApiError::new(
+                Code::ValidationException,
+                format!("1 validation error detected: Value at 'input' failed to satisfy constraint: Member must have length less than or equal to {MAX_PAYLOAD}"),
+            ));
+        }
+        serde_json::from_str::<Value>(input).map_err(|e| {
+            ApiError::new(
+                Code::InvalidExecutionInput,
+                format!("Invalid State Machine Execution Input: '{e}'"),
+            )
+        })?;
+        Ok(input.to_string())
+    }
+
+    pub async fn start_execution(
+        &self,
+        r: pb::StartExecutionRequest,
+    ) -> ApiResult<pb::StartExecutionResponse> {
+        let (m, version, alias, definition) = self.resolve(&r.state_machine_arn)?;
+        let name = if r.name.is_empty() {
+            trellis_asl::env::uuid_v4(&mut SplitMix64::new(
+                now_ms() as u64
+                    ^ self
+                        .express_seq
+                        .fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+                        .rotate_left(32),
+            ))
+        } else {
+            r.name.clone()
+        };
+        check_name(&name)?;
+        let input = Self::check_input(&r.input)?;
+        let machine_arn = m["stateMachineArn"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string();
+        let machine_name = m["name"].as_str().unwrap_or_default().to_string();
+        if m["type"] == "EXPRESS" {
+            let res = self
+                .run_express(&machine_arn, &machine_name, &name, &input, &definition)
+                .await?;
+            return Ok(pb::StartExecutionResponse {
+                execution_arn: res.execution_arn,
+                start_date: res.start_date,
+            });
+        }
+        let arn = format!("{}:execution:{machine_name}:{name}", self.arn_prefix());
+        let started = self
+            .shard(&arn)
+            .handle
+            .start(StartRequest {
+                state_machine_arn: machine_arn,
+                state_machine_name: machine_name,
+                version_arn: version,
+                alias_arn: alias,
+                role_arn: m["roleArn"].as_str().map(str::to_string),
+                name,
+                input,
+                definition,
+            })
+            .await
+            .map_err(from_shard)?;
+        Ok(pb::StartExecutionResponse {
+            execution_arn: started.execution_arn,
+            start_date: started.start_ms,
+        })
+    }
+
+    pub async fn start_sync_execution(
+        &self,
+        r: pb::StartExecutionRequest,
+    ) -> ApiResult<pb::SyncExecutionResult> {
+        let (m, _, _, definition) = self.resolve(&r.state_machine_arn)?;
+        if m["type"] != "EXPRESS" {
+            return Err(ApiError::new(
+                Code::StateMachineTypeNotSupported,
+                "This operation is not supported by this type of state machine",
+            ));
+        }
+        let name = if r.name.is_empty() {
+            format!(
+                "sync-{}",
+                self.express_seq
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+            )
+        } else {
+            r.name.clone()
+        };
+        check_name(&name)?;
+        let input = Self::check_input(&r.input)?;
+        let machine_arn = m["stateMachineArn"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string();
+        let machine_name = m["name"].as_str().unwrap_or_default().to_string();
+        self.run_express(&machine_arn, &machine_name, &name, &input, &definition)
+            .await
+    }
+
+    /// Runs an Express execution in memory on this node (not persisted, as AWS Express).
+    async fn run_express(
+        &self,
+        machine_arn: &str,
+        machine: &str,
+        name: &str,
+        input: &str,
+        definition: &str,
+    ) -> ApiResult<pb::SyncExecutionResult> {
+        let sm = trellis_asl::parse(definition, trellis_asl::Options { express: true })
+            .map_err(|e| ApiError::new(Code::InvalidDefinition, e.to_string()))?;
+        let seq = self
+            .express_seq
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let mut rng = SplitMix64::new(now_ms() as u64 ^ seq.rotate_left(17));
+        let uuid = trellis_asl::env::uuid_v4(&mut rng);
+        let input_v: Value = serde_json::from_str(input).map_err(internal)?;
+        let mut info = ExecutionInfo::new(
+            &self.cfg.aws.region,
+            &self.cfg.aws.account,
+            machine,
+            name,
+            input_v,
+        );
+        info.execution_arn = format!("{}:express:{machine}:{name}:{uuid}", self.arn_prefix());
+        info.state_machine_arn = machine_arn.to_string();
+        let arn = info.execution_arn.clone();
+        let mut exec = Execution::new(
+            sm,
+            info,
+            Limits {
+                record_history: false,
+                ..Limits::default()
+            },
+        );
+        let start = now_ms();
+        let mut env = RealEnv { rng };
+        let mut inputs = std::collections::VecDeque::from([Input::Start]);
+        let mut timers: BTreeSet<(i64, u64)> = BTreeSet::new();
+        let mut due: HashMap<u64, i64> = HashMap::new();
+        let mut running = tokio::task::JoinSet::new();
+        while !exec.status().is_terminal() {
+            let input = match inputs.pop_front() {
+                Some(i) => i,
+                None => {
+                    let next = timers.first().copied();
+                    tokio::select! {
+                        Some(done) = running.join_next(), if !running.is_empty() => done.map_err(internal)?,
+                        _ = sleep_until_ms(next.map(|t| t.0)), if next.is_some() => {
+                            let (at, id) = next.unwrap_or_default();
+                            timers.remove(&(at, id));
+                            due.remove(&id);
+                            Input::TimerFired { timer_id: id }
+                        }
+                        else => return Err(internal("the express execution waits for nothing")),
+                    }
+                }
+            };
+            let out = exec.step(input, &mut env);
+            for cmd in out.commands {
+                match cmd {
+                    Command::InvokeTask(t) => {
+                        let c = self.connectors.clone();
+                        running.spawn(async move { c.invoke(t).await });
+                    }
+                    Command::StartTimer {
+                        timer_id,
+                        fire_at_ms,
+                    } => {
+                        timers.insert((fire_at_ms, timer_id));
+                        due.insert(timer_id, fire_at_ms);
+                    }
+                    Command::CancelTimer { timer_id } => {
+                        if let Some(at) = due.remove(&timer_id) {
+                            timers.remove(&(at, timer_id));
+                        }
+                    }
+                    Command::CancelTask { .. } | Command::Finish(_) => {}
+                }
+            }
+        }
+        running.abort_all();
+        let o = exec
+            .outcome()
+            .cloned()
+            .ok_or_else(|| internal("no outcome"))?;
+        Ok(pb::SyncExecutionResult {
+            execution_arn: arn,
+            state_machine_arn: machine_arn.to_string(),
+            name: name.to_string(),
+            start_date: start,
+            stop_date: now_ms(),
+            status: o.status.as_str().into(),
+            error: o.error.unwrap_or_default(),
+            cause: o.cause.unwrap_or_default(),
+            input: input.to_string(),
+            output: if o.status == ExecStatus::Succeeded {
+                o.output.map(|v| v.to_string())
+            } else {
+                None
+            },
+        })
+    }
+
+    fn record(&self, arn: &str) -> ApiResult<trellis_shard::ExecRecord> {
+        let a = parse_arn(arn, &["execution", "express"])?;
+        if a.kind == "express" {
+            return Err(ApiError::new(
+                Code::InvalidArn,
+                "Invalid Arn: 'Resource type not valid in this context: express'",
+            ));
+        }
+        if a.parts.len() != 2 {
+            return Err(ApiError::new(
+                Code::InvalidArn,
+                format!("Invalid Arn: 'Invalid ARN: {arn}'"),
+            ));
+        }
+        self.shard(arn)
+            .handle
+            .app
+            .record(arn)
+            .map_err(from_shard)?
+            .ok_or_else(|| {
+                ApiError::new(
+                    Code::ExecutionDoesNotExist,
+                    format!("Execution Does Not Exist: '{arn}'"),
+                )
+            })
+    }
+
+    pub fn describe_execution(&self, arn: &str) -> ApiResult<pb::Execution> {
+        let rec = self.record(arn)?;
+        Ok(execution_pb(&rec, shard_of(arn, self.shard_count())))
+    }
+
+    pub async fn stop_execution(
+        &self,
+        r: pb::StopExecutionRequest,
+    ) -> ApiResult<pb::StopExecutionResponse> {
+        self.record(&r.execution_arn)?;
+        let at = self
+            .shard(&r.execution_arn)
+            .handle
+            .control(
+                &r.execution_arn,
+                Control::Stop {
+                    error: non_empty(r.error),
+                    cause: non_empty(r.cause),
+                },
+            )
+            .await
+            .map_err(from_shard)?;
+        Ok(pb::StopExecutionResponse { stop_date: at })
+    }
+
+    pub async fn pause_execution(&self, arn: &str, pause: bool) -> ApiResult<()> {
+        let rec = self.record(arn)?;
+        if rec.status.is_terminal() {
+            return Err(ApiError::new(
+                Code::ValidationException,
+                format!("Execution is not running: '{arn}'"),
+            ));
+        }
+        self.shard(arn)
+            .handle
+            .control(
+                arn,
+                if pause {
+                    Control::Pause
+                } else {
+                    Control::Resume
+                },
+            )
+            .await
+            .map_err(from_shard)?;
+        Ok(())
+    }
+
+    pub fn list_executions(
+        &self,
+        r: pb::ListExecutionsRequest,
+    ) -> ApiResult<pb::ListExecutionsResponse> {
+        self.machine(&r.state_machine_arn)?;
+        let status = if r.status_filter.is_empty() {
+            None
+        } else {
+            Some(Status::parse(&r.status_filter).ok_or_else(|| {
+                ApiError::new(Code::ValidationException, format!("1 validation error detected: Value '{}' at 'statusFilter' failed to satisfy constraint: Member must satisfy enum value set: [SUCCEEDED, TIMED_OUT, PENDING_REDRIVE, ABORTED, FAILED, RUNNING]", r.status_filter))
+            })?)
+        };
+        let max = page_size(r.max_results)?;
+        let mut all = Vec::new();
+        for s in &self.shards {
+            let mut after: Option<String> = None;
+            loop {
+                let batch = s
+                    .handle
+                    .app
+                    .scan(after.as_deref(), 1024)
+                    .map_err(from_shard)?;
+                let Some(last) = batch.last() else { break };
+                after = Some(last.arn.clone());
+                all.extend(batch.into_iter().filter(|e| {
+                    e.state_machine_arn == r.state_machine_arn
+                        && status.is_none_or(|st| e.status == st)
+                }));
+            }
+        }
+        // Newest first, as AWS lists them; ties by ARN for a stable order.
+        all.sort_by(|a, b| b.start_ms.cmp(&a.start_ms).then_with(|| a.arn.cmp(&b.arn)));
+        let offset: usize = if r.next_token.is_empty() {
+            0
+        } else {
+            r.next_token.parse().map_err(|_| {
+                ApiError::new(
+                    Code::InvalidToken,
+                    format!("Invalid Token: '{}'", r.next_token),
+                )
+            })?
+        };
+        let page: Vec<_> = all.iter().skip(offset).take(max).collect();
+        let next_token = if offset + page.len() < all.len() {
+            (offset + page.len()).to_string()
+        } else {
+            String::new()
+        };
+        Ok(pb::ListExecutionsResponse {
+            executions: page
+                .into_iter()
+                .map(|e| pb::ExecutionListItem {
+                    execution_arn: e.arn.clone(),
+                    state_machine_arn: e.state_machine_arn.clone(),
+                    name: e.name.clone(),
+                    status: e.status.as_str().into(),
+                    start_date: e.start_ms,
+                    stop_date: e.stop_ms.unwrap_or(0),
+                    redrive_count: e.redrive_count,
+                })
+                .collect(),
+            next_token,
+        })
+    }
+
+    pub fn get_execution_history(
+        &self,
+        r: pb::GetExecutionHistoryRequest,
+    ) -> ApiResult<pb::GetExecutionHistoryResponse> {
+        let rec = self.record(&r.execution_arn)?;
+        let max = page_size(r.max_results)? as u64;
+        let app = &self.shard(&r.execution_arn).handle.app;
+        let bad_token = || {
+            ApiError::new(
+                Code::InvalidToken,
+                format!("Invalid Token: '{}'", r.next_token),
+            )
+        };
+        let cursor: Option<u64> = if r.next_token.is_empty() {
+            None
+        } else {
+            Some(r.next_token.parse().map_err(|_| bad_token())?)
+        };
+        let last = rec.last_event_id;
+        let (from, to) = if r.reverse_order {
+            let hi = cursor.unwrap_or(last);
+            (hi.saturating_sub(max - 1).max(1), hi)
+        } else {
+            let lo = cursor.unwrap_or(1);
+            (lo, (lo + max - 1).min(last))
+        };
+        if from > to + 1 || to > last {
+            return Err(bad_token());
+        }
+        let mut events = if from <= to {
+            app.history(rec.id, from, to).map_err(from_shard)?
+        } else {
+            Vec::new()
+        };
+        let next_token = if r.reverse_order {
+            if from > 1 {
+                (from - 1).to_string()
+            } else {
+                String::new()
+            }
+        } else if to < last {
+            (to + 1).to_string()
+        } else {
+            String::new()
+        };
+        if r.reverse_order {
+            events.reverse();
+        }
+        Ok(pb::GetExecutionHistoryResponse {
+            events: events.iter().map(event_pb).collect(),
+            next_token,
+        })
+    }
+
+    /// History events with ids after `after`, for WatchExecution: (events, terminal).
+    pub fn events_after(&self, arn: &str, after: u64) -> ApiResult<(Vec<pb::HistoryEvent>, bool)> {
+        let rec = self.record(arn)?;
+        let app = &self.shard(arn).handle.app;
+        let events = if after < rec.last_event_id {
+            app.history(rec.id, after + 1, rec.last_event_id)
+                .map_err(from_shard)?
+        } else {
+            Vec::new()
+        };
+        Ok((
+            events.iter().map(event_pb).collect(),
+            rec.status.is_terminal(),
+        ))
+    }
+
+    // ============================================================ activities and tasks
+
+    pub async fn create_activity(&self, name: &str) -> ApiResult<pb::CreateActivityResponse> {
+        check_name(name)?;
+        let arn = format!("{}:activity:{name}", self.arn_prefix());
+        let _g = self.meta_lock.lock().await;
+        if let Some(a) = self
+            .meta
+            .app
+            .get(Table::Activities, &arn)
+            .map_err(from_meta)?
+        {
+            // CreateActivity is idempotent.
+            return Ok(pb::CreateActivityResponse {
+                activity_arn: arn,
+                creation_date: a["creationDate"].as_i64().unwrap_or(0),
+            });
+        }
+        let now = now_ms();
+        self.meta
+            .write(vec![MetaOp::Put {
+                table: Table::Activities,
+                key: arn.clone(),
+                value: json!({"activityArn": arn, "name": name, "creationDate": now}),
+            }])
+            .await
+            .map_err(from_meta)?;
+        Ok(pb::CreateActivityResponse {
+            activity_arn: arn,
+            creation_date: now,
+        })
+    }
+
+    fn activity(&self, arn: &str) -> ApiResult<Value> {
+        parse_arn(arn, &["activity"])?;
+        self.meta
+            .app
+            .get(Table::Activities, arn)
+            .map_err(from_meta)?
+            .ok_or_else(|| {
+                ApiError::new(
+                    Code::ActivityDoesNotExist,
+                    format!("Activity Does Not Exist: '{arn}'"),
+                )
+            })
+    }
+
+    pub fn describe_activity(&self, arn: &str) -> ApiResult<pb::Activity> {
+        let a = self.activity(arn)?;
+        Ok(pb::Activity {
+            activity_arn: arn.into(),
+            name: a["name"].as_str().unwrap_or_default().into(),
+            creation_date: a["creationDate"].as_i64().unwrap_or(0),
+        })
+    }
+
+    pub fn list_activities(
+        &self,
+        r: pb::ListActivitiesRequest,
+    ) -> ApiResult<pb::ListActivitiesResponse> {
+        let max = page_size(r.max_results)?;
+        let after = (!r.next_token.is_empty()).then_some(r.next_token.as_str());
+        let rows = self
+            .meta
+            .app
+            .list(Table::Activities, after, max + 1)
+            .map_err(from_meta)?;
+        let more = rows.len() > max;
+        let rows: Vec<_> = rows.into_iter().take(max).collect();
+        let next_token = if more {
+            rows.last().map(|(k, _)| k.clone()).unwrap_or_default()
+        } else {
+            String::new()
+        };
+        Ok(pb::ListActivitiesResponse {
+            activities: rows
+                .into_iter()
+                .map(|(k, a)| pb::Activity {
+                    activity_arn: k,
+                    name: a["name"].as_str().unwrap_or_default().into(),
+                    creation_date: a["creationDate"].as_i64().unwrap_or(0),
+                })
+                .collect(),
+            next_token,
+        })
+    }
+
+    pub async fn delete_activity(&self, arn: &str) -> ApiResult<()> {
+        parse_arn(arn, &["activity"])?;
+        self.meta
+            .write(vec![MetaOp::Delete {
+                table: Table::Activities,
+                key: arn.to_string(),
+            }])
+            .await
+            .map_err(from_meta)
+    }
+
+    /// Long-polls every shard for a task of the activity, up to `wait`.
+    pub async fn get_activity_task(
+        &self,
+        arn: &str,
+        worker: &str,
+        wait: Duration,
+    ) -> ApiResult<pb::ActivityTask> {
+        self.activity(arn)?;
+        let deadline = tokio::time::Instant::now() + wait;
+        let start = (now_ms() as usize) % self.shards.len().max(1);
+        loop {
+            // Register interest before looking, so a task queued meanwhile wakes us.
+            let notified: Vec<_> = self
+                .shards
+                .iter()
+                .map(|s| s.handle.activity_queued.clone())
+                .collect();
+            let waits: Vec<_> = notified.iter().map(|n| Box::pin(n.notified())).collect();
+            for i in 0..self.shards.len() {
+                let s = &self.shards[(start + i) % self.shards.len()];
+                if let Some(t) = s
+                    .handle
+                    .take_activity(arn, worker)
+                    .await
+                    .map_err(from_shard)?
+                {
+                    return Ok(pb::ActivityTask {
+                        task_token: t.token,
+                        input: t.input,
+                    });
+                }
+            }
+            let any = futures_select_all(waits);
+            if tokio::time::timeout_at(deadline, any).await.is_err() {
+                return Ok(pb::ActivityTask::default());
+            }
+        }
+    }
+
+    async fn answer(&self, token: &str, answer: TokenAnswer) -> ApiResult<()> {
+        if token.is_empty() || token.len() > 2048 {
+            return Err(ApiError::new(
+                Code::InvalidToken,
+                format!("Invalid Token: '{token}'"),
+            ));
+        }
+        let (shard, _, _) = trellis_shard::record::parse_token(token).ok_or_else(|| {
+            ApiError::new(Code::InvalidToken, format!("Invalid Token: '{token}'"))
+        })?;
+        let slot = self.shards.get(shard as usize).ok_or_else(|| {
+            ApiError::new(Code::InvalidToken, format!("Invalid Token: '{token}'"))
+        })?;
+        slot.handle.answer(token, answer).await.map_err(from_shard)
+    }
+
+    pub async fn send_task_success(&self, token: &str, output: &str) -> ApiResult<()> {
+        if output.len() > MAX_PAYLOAD {
+            return Err(ApiError::new(Code::ValidationException, format!("1 validation error detected: Value at 'output' failed to satisfy constraint: Member must have length less than or equal to {MAX_PAYLOAD}")));
+        }
+        let v: Value = serde_json::from_str(output)
+            .map_err(|e| ApiError::new(Code::InvalidOutput, format!("Invalid Output: '{e}'")))?;
+        self.answer(token, TokenAnswer::Success(v)).await
+    }
+
+    pub async fn send_task_failure(&self, token: &str, error: &str, cause: &str) -> ApiResult<()> {
+        self.answer(
+            token,
+            TokenAnswer::Failure {
+                error: non_empty(error.to_string()),
+                cause: non_empty(cause.to_string()),
+            },
+        )
+        .await
+    }
+
+    pub async fn send_task_heartbeat(&self, token: &str) -> ApiResult<()> {
+        self.answer(token, TokenAnswer::Heartbeat).await
+    }
+
+    // ============================================================ admin
+
+    pub fn list_shards(&self) -> pb::ListShardsResponse {
+        pb::ListShardsResponse {
+            shards: self
+                .shards
+                .iter()
+                .enumerate()
+                .map(|(i, s)| {
+                    let m = s.raft.metrics().borrow().clone();
+                    pb::Shard {
+                        id: i as u32,
+                        leader: m.current_leader.unwrap_or(0),
+                        replicas: m.membership_config.membership().voter_ids().collect(),
+                        applied_index: m.last_applied.map(|l| l.index).unwrap_or(0),
+                        running_executions: s
+                            .handle
+                            .app
+                            .live()
+                            .map(|l| l.len() as u64)
+                            .unwrap_or(0),
+                    }
+                })
+                .collect(),
+        }
+    }
+
+    pub fn this_node(&self) -> pb::Node {
+        let n = self.shards.len() as u32;
+        pb::Node {
+            id: self.cfg.node.id,
+            grpc_addr: self.cfg.node.grpc_addr.clone(),
+            http_addr: self.cfg.node.http_addr.clone(),
+            state: "UP".into(),
+            leader_shards: n,
+            replica_shards: n,
+        }
+    }
+}
+
+/// A selected future over many notifications (any one wakes the poller).
+async fn futures_select_all<F: std::future::Future<Output = ()> + Unpin>(mut futs: Vec<F>) {
+    std::future::poll_fn(|cx| {
+        for f in futs.iter_mut() {
+            if std::pin::Pin::new(f).poll(cx).is_ready() {
+                return std::task::Poll::Ready(());
+            }
+        }
+        std::task::Poll::Pending
+    })
+    .await
+}
+
+async fn sleep_until_ms(at: Option<i64>) {
+    if let Some(at) = at {
+        let d = (at - now_ms()).max(0) as u64;
+        tokio::time::sleep(Duration::from_millis(d)).await;
+    }
+}
+
+struct RealEnv {
+    rng: SplitMix64,
+}
+
+impl Entropy for RealEnv {
+    fn next_u64(&mut self) -> u64 {
+        self.rng.next_u64()
+    }
+}
+
+impl Env for RealEnv {
+    fn now_ms(&mut self) -> i64 {
+        now_ms()
+    }
+}
+
+fn non_empty(s: String) -> Option<String> {
+    (!s.is_empty()).then_some(s)
+}
+
+fn page_size(max: u32) -> ApiResult<usize> {
+    if max > 1000 {
+        return Err(ApiError::new(
+            Code::ValidationException,
+            format!("1 validation error detected: Value '{max}' at 'maxResults' failed to satisfy constraint: Member must have value less than or equal to 1000"),
+        ));
+    }
+    Ok(if max == 0 { 100 } else { max as usize })
+}
+
+fn type_name(t: i32) -> &'static str {
+    if t == pb::StateMachineType::Express as i32 {
+        "EXPRESS"
+    } else {
+        "STANDARD"
+    }
+}
+
+fn type_enum(s: &str) -> i32 {
+    if s == "EXPRESS" {
+        pb::StateMachineType::Express as i32
+    } else {
+        pb::StateMachineType::Standard as i32
+    }
+}
+
+fn revision_id(definition: &str, now: i64) -> String {
+    let mut r = SplitMix64::new(trellis_shard::definition_hash(definition) ^ now as u64);
+    trellis_asl::env::uuid_v4(&mut r)
+}
+
+/// Publishes the machine's current definition as its next version.
+fn publish_op(m: &mut Value, description: &str, now: i64) -> (MetaOp, String) {
+    let n = m["versions"].as_u64().unwrap_or(0) + 1;
+    m["versions"] = json!(n);
+    let arn = format!("{}:{n}", m["stateMachineArn"].as_str().unwrap_or_default());
+    let value = json!({"stateMachineVersionArn": arn, "definition": m["definition"], "roleArn": m["roleArn"],
+        "revisionId": m["revisionId"], "description": description, "creationDate": now});
+    (
+        MetaOp::Put {
+            table: Table::Versions,
+            key: arn.clone(),
+            value,
+        },
+        arn,
+    )
+}
+
+fn routes_json(routes: &[pb::RoutingConfiguration]) -> Value {
+    Value::Array(routes.iter().map(|r| json!({"stateMachineVersionArn": r.state_machine_version_arn, "weight": r.weight})).collect())
+}
+
+fn alias_pb(a: &Value) -> pb::Alias {
+    pb::Alias {
+        state_machine_alias_arn: a["stateMachineAliasArn"]
+            .as_str()
+            .unwrap_or_default()
+            .into(),
+        name: a["name"].as_str().unwrap_or_default().into(),
+        description: a["description"].as_str().unwrap_or_default().into(),
+        routing_configuration: a["routingConfiguration"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .map(|r| pb::RoutingConfiguration {
+                state_machine_version_arn: r["stateMachineVersionArn"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .into(),
+                weight: r["weight"].as_u64().unwrap_or(0) as u32,
+            })
+            .collect(),
+        creation_date: a["creationDate"].as_i64().unwrap_or(0),
+        update_date: a["updateDate"].as_i64().unwrap_or(0),
+    }
+}
+
+/// Picks a version of an alias by its weights.
+fn pick_version(alias: &Value, rng: &mut SplitMix64) -> String {
+    let routes = alias["routingConfiguration"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
+    let roll = rng.next_u64() % 100;
+    let mut acc = 0;
+    for r in &routes {
+        acc += r["weight"].as_u64().unwrap_or(0);
+        if roll < acc {
+            return r["stateMachineVersionArn"]
+                .as_str()
+                .unwrap_or_default()
+                .to_string();
+        }
+    }
+    routes
+        .first()
+        .and_then(|r| r["stateMachineVersionArn"].as_str())
+        .unwrap_or_default()
+        .to_string()
+}
+
+pub fn execution_pb(rec: &trellis_shard::ExecRecord, shard: u32) -> pb::Execution {
+    pb::Execution {
+        execution_arn: rec.arn.clone(),
+        state_machine_arn: rec.state_machine_arn.clone(),
+        name: rec.name.clone(),
+        status: rec.status.as_str().into(),
+        start_date: rec.start_ms,
+        stop_date: rec.stop_ms.unwrap_or(0),
+        input: rec.input.clone(),
+        output: if rec.status == Status::Succeeded {
+            rec.output.clone()
+        } else {
+            None
+        },
+        error: rec.error.clone().unwrap_or_default(),
+        cause: rec.cause.clone().unwrap_or_default(),
+        redrive_count: rec.redrive_count,
+        redrive_date: rec.redrive_ms.unwrap_or(0),
+        redrive_status: if matches!(
+            rec.status,
+            Status::Failed | Status::TimedOut | Status::Aborted
+        ) {
+            "REDRIVABLE"
+        } else {
+            "NOT_REDRIVABLE"
+        }
+        .into(),
+        redrive_status_reason: match rec.status {
+            Status::Running | Status::Queued => {
+                "Execution is RUNNING and cannot be redriven".into()
+            }
+            Status::Succeeded => "Execution is SUCCEEDED and cannot be redriven".into(),
+            _ => String::new(),
+        },
+        state_machine_version_arn: rec.version_arn.clone().unwrap_or_default(),
+        state_machine_alias_arn: rec.alias_arn.clone().unwrap_or_default(),
+        paused: rec.paused,
+        shard,
+    }
+}
+
+pub fn event_pb(e: &trellis_asl::HistoryEvent) -> pb::HistoryEvent {
+    let aws = e.to_aws_json();
+    let mut details = serde_json::Map::new();
+    if let Value::Object(m) = aws {
+        for (k, v) in m {
+            if k.ends_with("EventDetails") {
+                details.insert(k, v);
+            }
+        }
+    }
+    pb::HistoryEvent {
+        timestamp: e.timestamp_ms,
+        r#type: e.event_type.as_str().into(),
+        id: e.id,
+        previous_event_id: e.previous_event_id,
+        details_json: if details.is_empty() {
+            String::new()
+        } else {
+            Value::Object(details).to_string()
+        },
+    }
+}

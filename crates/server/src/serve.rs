@@ -1,0 +1,137 @@
+//! `trellis dev` and `trellis server`: start a node and serve its APIs until SIGTERM/Ctrl-C.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use anyhow::{Context, Result};
+
+use crate::config::Config;
+use crate::node::Node;
+
+#[derive(clap::Args, Debug, Default)]
+pub struct Flags {
+    /// Configuration file (TOML).
+    #[arg(long)]
+    pub config: Option<PathBuf>,
+    /// Data directory (overrides node.data_dir).
+    #[arg(long)]
+    pub data_dir: Option<PathBuf>,
+    /// gRPC listen address (overrides node.grpc_addr).
+    #[arg(long)]
+    pub grpc_addr: Option<String>,
+    /// HTTP listen address for the AWS JSON API (overrides node.http_addr).
+    #[arg(long)]
+    pub http_addr: Option<String>,
+    /// Number of shards at bootstrap (overrides cluster.shards).
+    #[arg(long)]
+    pub shards: Option<u32>,
+    /// Map a Lambda function name to an HTTP endpoint: NAME=URL. Repeatable.
+    #[arg(long = "function", value_name = "NAME=URL")]
+    pub functions: Vec<String>,
+}
+
+impl Flags {
+    /// Defaults -> TOML -> TRELLIS__ env -> these flags.
+    pub fn config(&self) -> Result<Config> {
+        let mut cfg = Config::load(self.config.as_deref(), std::env::vars())?;
+        if let Some(d) = &self.data_dir {
+            cfg.node.data_dir = d.clone();
+        }
+        if let Some(a) = &self.grpc_addr {
+            cfg.node.grpc_addr = a.clone();
+        }
+        if let Some(a) = &self.http_addr {
+            cfg.node.http_addr = a.clone();
+        }
+        if let Some(s) = self.shards {
+            cfg.cluster.shards = s;
+        }
+        for f in &self.functions {
+            let (name, url) = f
+                .split_once('=')
+                .with_context(|| format!("--function expects NAME=URL, got '{f}'"))?;
+            cfg.functions.insert(name.to_string(), url.to_string());
+        }
+        cfg.check()?;
+        Ok(cfg)
+    }
+}
+
+/// Runs a node until it is told to stop.
+pub fn run(cfg: Config) -> Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("TRELLIS_LOG")
+                .unwrap_or_else(|_| "info,openraft=warn,sled=warn".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    rt.block_on(async move {
+        let http = tokio::net::TcpListener::bind(&cfg.node.http_addr)
+            .await
+            .with_context(|| format!("cannot listen on {} (node.http_addr)", cfg.node.http_addr))?;
+        let grpc = tokio::net::TcpListener::bind(&cfg.node.grpc_addr)
+            .await
+            .with_context(|| format!("cannot listen on {} (node.grpc_addr)", cfg.node.grpc_addr))?;
+        let node = Node::start(cfg).await?;
+        serve(node, http, grpc, shutdown_signal()).await
+    })
+}
+
+/// Serves both APIs on bound listeners until `stop` resolves, then shuts the node down.
+pub async fn serve(
+    node: Arc<Node>,
+    http: tokio::net::TcpListener,
+    grpc: tokio::net::TcpListener,
+    stop: impl std::future::Future<Output = ()> + Send + 'static,
+) -> Result<()> {
+    let http_addr = http.local_addr()?;
+    let grpc_addr = grpc.local_addr()?;
+    let (tx, rx) = tokio::sync::watch::channel(false);
+    let mut rx_http = rx.clone();
+    let mut rx_grpc = rx;
+    let app = crate::aws::router(node.clone());
+    let http_task = tokio::spawn(async move {
+        axum::serve(http, app)
+            .with_graceful_shutdown(async move {
+                let _ = rx_http.wait_for(|s| *s).await;
+            })
+            .await
+    });
+    let grpc_task = tokio::spawn(crate::grpc::serve(node.clone(), grpc, async move {
+        let _ = rx_grpc.wait_for(|s| *s).await;
+    }));
+    tracing::info!(%http_addr, %grpc_addr, "serving the AWS JSON API and gRPC");
+    eprintln!("trellis: AWS Step Functions API on http://{http_addr}, gRPC on {grpc_addr}");
+    stop.await;
+    tracing::info!("shutting down");
+    let _ = tx.send(true);
+    let _ = http_task.await;
+    let _ = grpc_task.await;
+    node.shutdown().await;
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => {},
+        _ = term => {},
+    }
+}
