@@ -491,6 +491,7 @@ impl Executor {
             info.role_arn = r.clone();
         }
         info.state_machine_version_arn = req.version_arn.clone();
+        info.input_text = Some(req.input.clone());
         info.state_machine_alias_arn = req.alias_arn.clone();
         let id = self.next_id;
         self.next_id += 1;

@@ -108,9 +108,12 @@ impl Execution {
         }
         self.st.status = ExecStatus::Running;
         self.st.start_ms = self.now;
-        let input = self.st.info.input.clone();
-        let info = self.st.info.clone();
-        let input_s = json::to_compact(&input);
+        let info = &self.st.info;
+        let input_s = info
+            .input_text
+            .clone()
+            .unwrap_or_else(|| json::to_compact(&info.input));
+        let info = info.clone_without_input();
         self.emit(None, EventType::ExecutionStarted, || {
             details([
                 ("input", Value::String(input_s)),
@@ -141,6 +144,7 @@ impl Execution {
             prev: 0,
             active: None,
         });
+        let input = self.st.info.input.clone();
         if let Err(f) = self.check_size(&input, "execution input") {
             return self.frame_failed(root, f, env);
         }

@@ -62,6 +62,10 @@ pub struct ExecutionInfo {
     pub redrive_count: u64,
     pub state_machine_version_arn: Option<String>,
     pub state_machine_alias_arn: Option<String>,
+    /// The input exactly as the client sent it, recorded verbatim in `ExecutionStarted`
+    /// (`None`: the compact rendering of `input`).
+    #[serde(default)]
+    pub input_text: Option<String>,
 }
 
 impl ExecutionInfo {
@@ -78,6 +82,24 @@ impl ExecutionInfo {
             redrive_count: 0,
             state_machine_version_arn: None,
             state_machine_alias_arn: None,
+            input_text: None,
+        }
+    }
+
+    /// A copy without the (possibly large) input.
+    pub(crate) fn clone_without_input(&self) -> ExecutionInfo {
+        ExecutionInfo {
+            execution_arn: self.execution_arn.clone(),
+            name: self.name.clone(),
+            state_machine_arn: self.state_machine_arn.clone(),
+            state_machine_name: self.state_machine_name.clone(),
+            role_arn: self.role_arn.clone(),
+            region: self.region.clone(),
+            input: Value::Null,
+            redrive_count: self.redrive_count,
+            state_machine_version_arn: self.state_machine_version_arn.clone(),
+            state_machine_alias_arn: self.state_machine_alias_arn.clone(),
+            input_text: None,
         }
     }
 }

@@ -1,0 +1,214 @@
+"""Starts a real `trellis dev` node (and a small HTTP server that plays Lambda functions) for
+the compatibility tests, which talk to it through boto3 and the AWS CLI only."""
+import importlib.util
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import tempfile
+import threading
+import time
+import urllib.request
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import boto3
+import pytest
+from botocore.config import Config
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def trellis_bin():
+    for p in (os.environ.get("TRELLIS_BIN"), ROOT / "target/debug/trellis", ROOT / "target/release/trellis"):
+        if p and Path(p).exists():
+            return str(p)
+    raise RuntimeError("no trellis binary: run `cargo build --bin trellis` or set TRELLIS_BIN")
+
+
+def _example_functions():
+    spec = importlib.util.spec_from_file_location("pi_functions", ROOT / "examples/product-import/functions.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+class Functions:
+    """HTTP endpoints that play Lambda functions: the product import's three, plus
+    `echo`, `notify` (keeps task tokens) and `reserve` (the order example's stock call)."""
+
+    def __init__(self):
+        self.example = _example_functions()
+        self.tokens = []
+        self.calls = []
+        self.lock = threading.Lock()
+        fns = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self):
+                body = json.loads(self.rfile.read(int(self.headers.get("Content-Length", 0))) or b"{}")
+                status, reply = 200, None
+                with fns.lock:
+                    fns.calls.append((self.path, body))
+                    try:
+                        if self.path == "/echo":
+                            reply = {"echo": body}
+                        elif self.path == "/notify":
+                            fns.tokens.append(body)
+                            reply = {"sent": True}
+                        elif self.path == "/reserve":
+                            reply = {"reserved": True, "items": len(body.get("items", []))}
+                        elif self.path == "/fail":
+                            status, reply = 500, {"errorType": "CustomError", "errorMessage": "it failed"}
+                        else:
+                            fn = fns.example.FUNCTIONS[self.path]
+                            reply = fn(body)
+                    except Exception as e:  # Lambda-style error
+                        status, reply = 500, {"errorType": type(e).__name__, "errorMessage": str(e)}
+                data = json.dumps(reply).encode()
+                self.send_response(status)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+            def log_message(self, *args):
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def wait_token(self, key, value, timeout=30):
+        deadline = time.time() + timeout
+        while time.time() < deadline:
+            with self.lock:
+                for t in self.tokens:
+                    if t.get(key) == value:
+                        return t
+            time.sleep(0.05)
+        raise AssertionError(f"no token with {key}={value}")
+
+
+class Node:
+    """A `trellis dev` process on free ports and its own data directory."""
+
+    def __init__(self, functions, data_dir):
+        self.functions = functions
+        self.data_dir = data_dir
+        self.http_port = free_port()
+        self.grpc_port = free_port()
+        self.proc = None
+        self.log = open(os.path.join(os.path.dirname(data_dir), f"node-{self.http_port}.log"), "ab")
+
+    @property
+    def endpoint(self):
+        return f"http://127.0.0.1:{self.http_port}"
+
+    def start(self):
+        names = ["transform", "store", "stock", "echo", "notify", "reserve", "fail"]
+        args = [trellis_bin(), "dev", "--data-dir", self.data_dir, "--shards", "8",
+                "--http-addr", f"127.0.0.1:{self.http_port}", "--grpc-addr", f"127.0.0.1:{self.grpc_port}"]
+        for n in names:
+            args += ["--function", f"{n}={self.functions.url}/{n}"]
+        self.proc = subprocess.Popen(args, stdout=self.log, stderr=self.log)
+        deadline = time.time() + 60
+        while time.time() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"trellis exited with {self.proc.returncode}; see {self.log.name}")
+            try:
+                with urllib.request.urlopen(f"{self.endpoint}/healthz", timeout=1) as r:
+                    if r.status == 200:
+                        return self
+            except OSError:
+                time.sleep(0.1)
+        raise RuntimeError("trellis did not become healthy")
+
+    def kill(self):
+        """kill -9: no shutdown, no flush beyond what was acknowledged."""
+        self.proc.send_signal(signal.SIGKILL)
+        self.proc.wait()
+
+    def stop(self):
+        if self.proc and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+
+    def client(self, **config):
+        return boto3.client(
+            "stepfunctions",
+            endpoint_url=self.endpoint,
+            region_name="us-east-1",
+            aws_access_key_id="test",
+            aws_secret_access_key="test",
+            config=Config(retries={"max_attempts": 1}, read_timeout=90, **config),
+        )
+
+
+@pytest.fixture(scope="session")
+def functions():
+    f = Functions()
+    yield f
+    f.server.shutdown()
+
+
+@pytest.fixture(scope="session")
+def workdir():
+    d = tempfile.mkdtemp(prefix="trellis-compat-")
+    yield d
+    shutil.rmtree(d, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def node(functions, workdir):
+    n = Node(functions, os.path.join(workdir, "data")).start()
+    yield n
+    n.stop()
+
+
+@pytest.fixture(scope="session")
+def sfn(node):
+    return node.client()
+
+
+@pytest.fixture(scope="session")
+def sfn_sync(node):
+    # StartSyncExecution carries the "sync-" host prefix; disable it for a local endpoint.
+    return node.client(inject_host_prefix=False)
+
+
+ROLE = "arn:aws:iam::000000000000:role/trellis"
+
+
+def wait_status(sfn, arn, timeout=60, done=("SUCCEEDED", "FAILED", "TIMED_OUT", "ABORTED")):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        d = sfn.describe_execution(executionArn=arn)
+        if d["status"] in done:
+            return d
+        time.sleep(0.05)
+    raise AssertionError(f"{arn} still {d['status']}")
+
+
+def full_history(sfn, arn, **kw):
+    events, token = [], None
+    while True:
+        args = dict(executionArn=arn, **kw)
+        if token:
+            args["nextToken"] = token
+        page = sfn.get_execution_history(**args)
+        events += page["events"]
+        token = page.get("nextToken")
+        if not token:
+            return events
