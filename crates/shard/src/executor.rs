@@ -729,8 +729,12 @@ impl Executor {
                 continue;
             };
             let mut record = live.rec.clone();
-            let state = serde_json::to_string(live.exec.state())?;
-            record.state = Some(RawValue::from_string(state)?);
+            // A finished execution needs no interpreter state (redrive would; it is not
+            // implemented yet, see docs/compatibility.md).
+            if !record.status.is_terminal() {
+                let state = serde_json::to_string(live.exec.state())?;
+                record.state = Some(RawValue::from_string(state)?);
+            }
             ops.push(ShardOp::Put {
                 record: Box::new(record),
                 events: std::mem::take(&mut live.events),
