@@ -6,15 +6,7 @@
 //! * `trellis run`: one execution in-process on the same step function, and
 //!   `trellis validate`: AWS's `ValidateStateMachineDefinition` response.
 
-mod aws;
-mod config;
-mod connectors;
-mod grpc;
-mod mock;
-mod node;
-mod run;
-mod serve;
-mod tasks;
+use trellis_server::{run, serve};
 
 use std::path::PathBuf;
 use std::process::ExitCode;

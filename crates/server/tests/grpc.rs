@@ -1,0 +1,244 @@
+//! The gRPC API on a node started in-process on port 0.
+
+use std::time::Duration;
+
+use serde_json::json;
+use trellis_client::{v1 as pb, Client, Code};
+use trellis_server::config::Config;
+use trellis_server::node::Node;
+
+struct Running {
+    client: Client,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    served: tokio::task::JoinHandle<anyhow::Result<()>>,
+    _dir: tempfile::TempDir,
+}
+
+impl Running {
+    async fn stop(mut self) {
+        if let Some(s) = self.stop.take() {
+            let _ = s.send(());
+        }
+        self.served.await.unwrap().unwrap();
+    }
+}
+
+async fn start() -> Running {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = Config::default();
+    cfg.node.data_dir = dir.path().join("data");
+    cfg.cluster.shards = 4;
+    let http = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let grpc = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = grpc.local_addr().unwrap();
+    cfg.node.grpc_addr = addr.to_string();
+    let node = Node::start(cfg).await.unwrap();
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    let served = tokio::spawn(trellis_server::serve::serve(node, http, grpc, async move {
+        let _ = rx.await;
+    }));
+    let client = Client::connect(&format!("http://{addr}")).await.unwrap();
+    Running {
+        client,
+        stop: Some(tx),
+        served,
+        _dir: dir,
+    }
+}
+
+async fn create(c: &mut Client, name: &str, def: serde_json::Value) -> String {
+    c.state_machines
+        .create_state_machine(pb::CreateStateMachineRequest {
+            name: name.into(),
+            definition: def.to_string(),
+            role_arn: "arn:aws:iam::000000000000:role/r".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .state_machine_arn
+}
+
+async fn describe(c: &mut Client, arn: &str) -> pb::Execution {
+    c.executions
+        .describe_execution(pb::DescribeExecutionRequest {
+            execution_arn: arn.into(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn watch_history_and_errors() {
+    let mut r = start().await;
+    let c = &mut r.client;
+    let sm = create(
+        c,
+        "Watched",
+        json!({"StartAt": "A", "States": {
+            "A": {"Type": "Pass", "Next": "W"},
+            "W": {"Type": "Wait", "Seconds": 1, "Next": "B"},
+            "B": {"Type": "Pass", "Result": "done", "End": true}}}),
+    )
+    .await;
+    let e = c
+        .executions
+        .start_execution(pb::StartExecutionRequest {
+            state_machine_arn: sm,
+            name: "w1".into(),
+            input: "{}".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let mut stream = c
+        .executions
+        .watch_execution(pb::WatchExecutionRequest {
+            execution_arn: e.execution_arn.clone(),
+            after_event_id: 0,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let mut watched = Vec::new();
+    while let Some(ev) = tokio::time::timeout(Duration::from_secs(30), stream.message())
+        .await
+        .expect("the watch ends")
+        .unwrap()
+    {
+        watched.push(ev);
+    }
+    let types: Vec<&str> = watched.iter().map(|e| e.r#type.as_str()).collect();
+    assert_eq!(types.first(), Some(&"ExecutionStarted"));
+    assert_eq!(types.last(), Some(&"ExecutionSucceeded"));
+    let history = c
+        .executions
+        .get_execution_history(pb::GetExecutionHistoryRequest {
+            execution_arn: e.execution_arn.clone(),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .events;
+    assert_eq!(history, watched);
+    let d = describe(c, &e.execution_arn).await;
+    assert_eq!(
+        (d.status.as_str(), d.output.as_deref()),
+        ("SUCCEEDED", Some("\"done\""))
+    );
+
+    // Errors carry the AWS exception name in the status details.
+    let err = c
+        .executions
+        .describe_execution(pb::DescribeExecutionRequest {
+            execution_arn: "arn:aws:states:us-east-1:000000000000:execution:Watched:none".into(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), tonic::Code::NotFound);
+    let api = trellis_client::ApiError::from_status(&err);
+    assert_eq!(api.code, Code::ExecutionDoesNotExist);
+    let err = c
+        .state_machines
+        .describe_state_machine(pb::DescribeStateMachineRequest {
+            state_machine_arn: "not-an-arn".into(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), tonic::Code::InvalidArgument);
+    assert_eq!(
+        trellis_client::ApiError::from_status(&err).code,
+        Code::InvalidArn
+    );
+    r.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn activities_pause_and_resume() {
+    let mut r = start().await;
+    let c = &mut r.client;
+    let act = c
+        .activities
+        .create_activity(pb::CreateActivityRequest { name: "job".into() })
+        .await
+        .unwrap()
+        .into_inner()
+        .activity_arn;
+    let sm = create(
+        c,
+        "Worked",
+        json!({"StartAt": "W", "States": {
+            "W": {"Type": "Wait", "Seconds": 1, "Next": "T"},
+            "T": {"Type": "Task", "Resource": act, "End": true}}}),
+    )
+    .await;
+    let arn = c
+        .executions
+        .start_execution(pb::StartExecutionRequest {
+            state_machine_arn: sm,
+            name: "p1".into(),
+            input: r#"{"job": 1}"#.into(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .execution_arn;
+    // Paused during the Wait: the Task state does not start until Resume.
+    c.executions
+        .pause_execution(pb::PauseExecutionRequest {
+            execution_arn: arn.clone(),
+        })
+        .await
+        .unwrap();
+    assert!(describe(c, &arn).await.paused);
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let history = c
+        .executions
+        .get_execution_history(pb::GetExecutionHistoryRequest {
+            execution_arn: arn.clone(),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .events;
+    assert!(!history.iter().any(|e| e.r#type == "TaskStateEntered"));
+    c.executions
+        .resume_execution(pb::ResumeExecutionRequest {
+            execution_arn: arn.clone(),
+        })
+        .await
+        .unwrap();
+    let task = c
+        .activities
+        .get_activity_task(pb::GetActivityTaskRequest {
+            activity_arn: act,
+            worker_name: "w".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(task.input, r#"{"job":1}"#);
+    c.activities
+        .send_task_success(pb::SendTaskSuccessRequest {
+            task_token: task.task_token,
+            output: r#"{"ok":true}"#.into(),
+        })
+        .await
+        .unwrap();
+    let mut d = describe(c, &arn).await;
+    for _ in 0..500 {
+        if d.status != "RUNNING" {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        d = describe(c, &arn).await;
+    }
+    assert_eq!(d.status, "SUCCEEDED");
+    assert!(!d.paused);
+    assert_eq!(d.output.as_deref(), Some(r#"{"ok":true}"#));
+    r.stop().await;
+}
