@@ -249,3 +249,24 @@ def test_aws_cli(node, sfn):
                           "--execution-arn", "arn:aws:states:us-east-1:000000000000:execution:FromCli:none"],
                          env=env, capture_output=True, text=True, timeout=60)
     assert out.returncode != 0 and "ExecutionDoesNotExist" in out.stderr
+
+
+def test_health_and_metrics(node, sfn):
+    import urllib.request
+    arn = create(sfn, "Metered", {"StartAt": "P", "States": {"P": {"Type": "Pass", "End": True}}})
+    wait_status(sfn, sfn.start_execution(stateMachineArn=arn, name="m1")["executionArn"])
+    for path in ("/healthz", "/readyz"):
+        with urllib.request.urlopen(node.endpoint + path, timeout=5) as r:
+            assert r.status == 200
+    with urllib.request.urlopen(node.endpoint + "/metrics", timeout=5) as r:
+        text = r.read().decode()
+    values = {}
+    for line in text.splitlines():
+        if line and not line.startswith("#"):
+            k, v = line.rsplit(" ", 1)
+            values[k] = float(v)
+    assert values["trellis_executions_started_total"] >= 1
+    assert values['trellis_executions_finished_total{status="SUCCEEDED"}'] >= 1
+    assert values["trellis_state_transitions_total"] >= 1
+    assert values["trellis_proposal_batch_executions_count"] >= 1
+    assert "trellis_raft_apply_seconds_bucket{le=\"+Inf\"}" in values

@@ -29,6 +29,15 @@ pub fn router(node: Arc<Node>) -> Router {
         .route("/", post(handle))
         .route("/healthz", get(|| async { "ok" }))
         .route("/readyz", get(|| async { "ok" }))
+        .route(
+            "/metrics",
+            get(|| async {
+                (
+                    [("content-type", "text/plain; version=0.0.4")],
+                    trellis_shard::metrics::metrics().render(),
+                )
+            }),
+        )
         .with_state(node)
 }
 

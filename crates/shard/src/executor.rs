@@ -269,6 +269,8 @@ pub struct Executor {
     /// Activity ARN -> queued (execution id, task id), oldest first.
     activities: HashMap<String, VecDeque<(u64, u64)>>,
     next_id: u64,
+    /// This executor's share of the node's activity backlog gauge.
+    backlog: u64,
     // Per batch.
     dirty: HashSet<u64>,
     effects: Vec<Effect>,
@@ -292,6 +294,7 @@ impl Executor {
             ^ (u64::from(cfg.shard) << 48);
         let mut ex = Executor {
             next_id: app.next_exec_id()?,
+            backlog: 0,
             cfg,
             app: app.clone(),
             proposer,
@@ -360,6 +363,9 @@ impl Executor {
         for q in self.activities.values_mut() {
             q.make_contiguous().sort_unstable();
         }
+        crate::metrics::metrics()
+            .running
+            .fetch_add(self.live.len() as u64, std::sync::atomic::Ordering::Relaxed);
         tracing::debug!(
             shard_id = self.cfg.shard,
             live = self.live.len(),
@@ -388,6 +394,17 @@ impl Executor {
 
     /// Runs until the handle is dropped or this node stops leading the shard.
     pub async fn run(mut self) -> Result<()> {
+        let r = self.run_loop().await;
+        // These executions now advance elsewhere (or after a restart).
+        let m = crate::metrics::metrics();
+        m.running
+            .fetch_sub(self.live.len() as u64, std::sync::atomic::Ordering::Relaxed);
+        m.activity_backlog
+            .fetch_sub(self.backlog, std::sync::atomic::Ordering::Relaxed);
+        r
+    }
+
+    async fn run_loop(&mut self) -> Result<()> {
         // Effects left by `load` (tasks to dispatch again).
         self.perform_effects();
         let mut batch = Vec::new();
@@ -530,6 +547,9 @@ impl Executor {
             },
         );
         self.feed(id, Input::Start, now);
+        let m = crate::metrics::metrics();
+        m.started.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        m.running.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         Ok(Some(Started {
             execution_arn: arn,
             start_ms: now,
@@ -556,6 +576,14 @@ impl Executor {
             exec: id,
         };
         let out = live.exec.step(input, &mut env);
+        let entered = out
+            .events
+            .iter()
+            .filter(|e| e.event_type.as_str().ends_with("StateEntered"))
+            .count() as u64;
+        crate::metrics::metrics()
+            .transitions
+            .fetch_add(entered, std::sync::atomic::Ordering::Relaxed);
         live.events.extend(out.events);
         let rec = &mut live.rec;
         for cmd in out.commands {
@@ -594,6 +622,14 @@ impl Executor {
                 Command::CancelTimer { .. } | Command::CancelTask { .. } => {}
                 Command::Finish(outcome) => {
                     rec.status = Status::from_asl(outcome.status);
+                    let m = crate::metrics::metrics();
+                    if let Some(i) = crate::metrics::FINISHED
+                        .iter()
+                        .position(|s| *s == rec.status.as_str())
+                    {
+                        m.finished[i].fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    }
+                    m.running.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
                     rec.stop_ms = Some(now);
                     rec.output = outcome.output.map(|v| v.to_string());
                     rec.error = outcome.error;
@@ -705,6 +741,9 @@ impl Executor {
                 break;
             }
             self.timers.pop_first();
+            crate::metrics::metrics()
+                .timer_lag_seconds
+                .observe((now - due).max(0) as f64 / 1000.0);
             let pending = self
                 .live
                 .get(&exec)
@@ -741,7 +780,11 @@ impl Executor {
                 definition: live.new_definition.take(),
             });
         }
+        let m = crate::metrics::metrics();
+        m.batch_size.observe(ops.len() as f64);
+        let t0 = Instant::now();
         let proposed = self.proposer.propose(ShardRequest { ops }).await;
+        m.apply_seconds.observe(t0.elapsed().as_secs_f64());
         if let Err(e) = proposed {
             // In-memory state is ahead of what committed: answer every waiter and stop.
             for effect in self.effects.drain(..) {
@@ -795,9 +838,14 @@ impl Executor {
                 }
             }
         }
-        if self.activities.values().any(|q| !q.is_empty()) {
+        let backlog: u64 = self.activities.values().map(|q| q.len() as u64).sum();
+        if backlog > 0 {
             activity = true;
         }
+        let m = &crate::metrics::metrics().activity_backlog;
+        m.fetch_add(backlog, std::sync::atomic::Ordering::Relaxed);
+        m.fetch_sub(self.backlog, std::sync::atomic::Ordering::Relaxed);
+        self.backlog = backlog;
         if activity {
             self.activity_queued.notify_waiters();
         }

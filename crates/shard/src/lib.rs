@@ -10,6 +10,7 @@
 
 pub mod app;
 pub mod executor;
+pub mod metrics;
 pub mod raft;
 pub mod record;
 pub mod request;
