@@ -176,6 +176,7 @@ impl Node {
                 account: cfg.aws.account.clone(),
                 limits: Limits::default(),
                 max_batch: cfg.cluster.max_batch,
+                detector: Default::default(),
             };
             let (ex, handle) = Executor::new(
                 ecfg,
@@ -1433,6 +1434,24 @@ impl Node {
                 })
                 .collect(),
         }
+    }
+
+    /// Runs the detector on every shard this node leads and collects what it found.
+    pub async fn doctor(&self) -> ApiResult<pb::DoctorReport> {
+        let mut out = pb::DoctorReport::default();
+        for s in &self.shards {
+            let r = s.handle.scan().await.map_err(from_shard)?;
+            out.scanned_executions += r.scanned;
+            out.findings
+                .extend(r.findings.into_iter().map(|f| pb::Finding {
+                    shard: f.shard,
+                    kind: f.kind.into(),
+                    execution_arn: f.execution_arn,
+                    detail: f.detail,
+                    repaired: f.repaired,
+                }));
+        }
+        Ok(out)
     }
 
     pub fn this_node(&self) -> pb::Node {

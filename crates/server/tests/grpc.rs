@@ -240,5 +240,8 @@ async fn activities_pause_and_resume() {
     assert_eq!(d.status, "SUCCEEDED");
     assert!(!d.paused);
     assert_eq!(d.output.as_deref(), Some(r#"{"ok":true}"#));
+    // A healthy node: the detector scans and finds nothing.
+    let doc = c.admin.doctor(pb::Empty {}).await.unwrap().into_inner();
+    assert!(doc.findings.is_empty(), "{:?}", doc.findings);
     r.stop().await;
 }

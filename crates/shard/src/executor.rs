@@ -13,7 +13,7 @@ use std::collections::{BTreeSet, HashMap, HashSet, VecDeque};
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use serde_json::value::RawValue;
 use serde_json::Value;
@@ -70,6 +70,46 @@ pub struct ExecutorConfig {
     pub limits: Limits,
     /// Most commands taken into one proposal.
     pub max_batch: usize,
+    pub detector: DetectorConfig,
+}
+
+/// When the detector calls something wrong.
+#[derive(Debug, Clone)]
+pub struct DetectorConfig {
+    /// How often each executor scans its executions.
+    pub interval: Duration,
+    /// A timer this late is overdue.
+    pub overdue_after: Duration,
+    /// A connector task without a result for this long is dispatched again.
+    pub undelivered_after: Duration,
+}
+
+impl Default for DetectorConfig {
+    fn default() -> Self {
+        DetectorConfig {
+            interval: Duration::from_secs(30),
+            overdue_after: Duration::from_secs(5),
+            undelivered_after: Duration::from_secs(300),
+        }
+    }
+}
+
+/// Something the detector found.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Finding {
+    pub shard: u32,
+    /// `STUCK_EXECUTION`, `OVERDUE_TIMER`, `UNDELIVERED_TASK` or `EXPIRED_TOKEN`.
+    pub kind: &'static str,
+    pub execution_arn: String,
+    pub detail: String,
+    pub repaired: bool,
+}
+
+/// The result of one scan.
+#[derive(Debug, Clone, Default)]
+pub struct ScanReport {
+    pub scanned: u64,
+    pub findings: Vec<Finding>,
 }
 
 /// A request to start an execution.
@@ -128,10 +168,16 @@ type Reply<T> = oneshot::Sender<Result<T>>;
 
 enum Cmd {
     Start(Box<StartRequest>, Reply<Started>),
-    Feed { exec: u64, input: Input },
+    Feed {
+        exec: u64,
+        input: Input,
+    },
     Token(String, TokenAnswer, Reply<()>),
     Control(String, Control, Reply<i64>),
     TakeActivity(String, String, Reply<Option<ActivityTask>>),
+    Scan(Reply<ScanReport>),
+    #[cfg(feature = "fault-injection")]
+    DropTimers(String, Reply<()>),
 }
 
 /// Talks to a running executor. Cheap to clone.
@@ -170,6 +216,18 @@ impl ShardHandle {
     pub async fn take_activity(&self, arn: &str, worker: &str) -> Result<Option<ActivityTask>> {
         self.call(|r| Cmd::TakeActivity(arn.to_string(), worker.to_string(), r))
             .await
+    }
+
+    /// Runs the detector now and returns what it found (and repaired).
+    pub async fn scan(&self) -> Result<ScanReport> {
+        self.call(Cmd::Scan).await
+    }
+
+    /// Fault injection: forgets an execution's armed timers (as a lost in-memory timer
+    /// would), leaving its record as it is.
+    #[cfg(feature = "fault-injection")]
+    pub async fn inject_drop_timers(&self, arn: &str) -> Result<()> {
+        self.call(|r| Cmd::DropTimers(arn.to_string(), r)).await
     }
 
     /// True once the executor stopped.
@@ -248,6 +306,7 @@ enum Effect {
     Done(Reply<()>),
     Controlled(Reply<i64>, i64),
     Activity(Reply<Option<ActivityTask>>, Option<ActivityTask>),
+    Scanned(Reply<ScanReport>, ScanReport),
 }
 
 /// The executor of one shard.
@@ -271,6 +330,8 @@ pub struct Executor {
     next_id: u64,
     /// This executor's share of the node's activity backlog gauge.
     backlog: u64,
+    /// When each connector task was last dispatched: (execution, task) -> epoch ms.
+    dispatched: HashMap<(u64, u64), i64>,
     // Per batch.
     dirty: HashSet<u64>,
     effects: Vec<Effect>,
@@ -295,6 +356,7 @@ impl Executor {
         let mut ex = Executor {
             next_id: app.next_exec_id()?,
             backlog: 0,
+            dispatched: HashMap::new(),
             cfg,
             app: app.clone(),
             proposer,
@@ -408,14 +470,26 @@ impl Executor {
         // Effects left by `load` (tasks to dispatch again).
         self.perform_effects();
         let mut batch = Vec::new();
+        let mut scan = tokio::time::interval(self.cfg.detector.interval);
+        scan.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        scan.tick().await;
         loop {
             let next_timer = self.timers.first().map(|t| self.clock.instant(t.0));
+            let mut periodic = false;
             tokio::select! {
                 cmd = self.rx.recv() => match cmd {
                     Some(c) => batch.push(c),
                     None => return Ok(()),
                 },
                 _ = sleep_until(next_timer) => {}
+                _ = scan.tick() => periodic = true,
+            }
+            if periodic {
+                let report = self.detect(self.clock.now_ms());
+                for f in &report.findings {
+                    tracing::warn!(shard_id = f.shard, execution_id = %f.execution_arn, kind = f.kind,
+                        repaired = f.repaired, detail = %f.detail, "detector finding");
+                }
             }
             while batch.len() < self.cfg.max_batch {
                 match self.rx.try_recv() {
@@ -464,6 +538,17 @@ impl Executor {
             Cmd::TakeActivity(arn, worker, reply) => {
                 let task = self.take_activity(&arn, &worker, now);
                 self.effects.push(Effect::Activity(reply, task));
+            }
+            Cmd::Scan(reply) => {
+                let report = self.detect(now);
+                self.effects.push(Effect::Scanned(reply, report));
+            }
+            #[cfg(feature = "fault-injection")]
+            Cmd::DropTimers(arn, reply) => {
+                if let Some(id) = self.by_arn.get(&arn).copied() {
+                    self.timers.retain(|t| t.1 != id);
+                }
+                let _ = reply.send(Ok(()));
             }
         }
     }
@@ -735,6 +820,158 @@ impl Executor {
         }
     }
 
+    /// The detector: looks at every live execution for what should not be, repairs what it
+    /// can, and reports everything.
+    ///
+    /// * `STUCK_EXECUTION`: running, not paused, and waiting for nothing (no timer, no task).
+    ///   Reported; nothing safe can be done automatically.
+    /// * `OVERDUE_TIMER`: a pending timer past its due time by more than `overdue_after`, or
+    ///   one missing from the timer wheel. Repaired: it fires (or is re-armed).
+    /// * `UNDELIVERED_TASK`: a connector task whose result has not come back within
+    ///   `undelivered_after`, or that was never dispatched. Repaired: dispatched again
+    ///   (side effects are at-least-once).
+    /// * `EXPIRED_TOKEN`: a token task (activity or callback) still pending after its
+    ///   `TimeoutSeconds` without a timeout timer. Repaired: it fails with `States.Timeout`.
+    fn detect(&mut self, now: i64) -> ScanReport {
+        let cfg = self.cfg.detector.clone();
+        let overdue = cfg.overdue_after.as_millis() as i64;
+        let undelivered = cfg.undelivered_after.as_millis() as i64;
+        let armed: HashSet<(u64, u64)> = self.timers.iter().map(|t| (t.1, t.2)).collect();
+        let mut report = ScanReport::default();
+        let mut fire = Vec::new();
+        let mut rearm = Vec::new();
+        let mut redispatch = Vec::new();
+        let mut expire = Vec::new();
+        let shard = self.cfg.shard;
+        let mut ids: Vec<u64> = self.live.keys().copied().collect();
+        ids.sort_unstable();
+        for id in ids {
+            let Some(live) = self.live.get(&id) else {
+                continue;
+            };
+            if live.rec.status.is_terminal() {
+                continue;
+            }
+            report.scanned += 1;
+            let arn = live.rec.arn.clone();
+            let mut finding = |kind, detail: String, repaired| {
+                report.findings.push(Finding {
+                    shard,
+                    kind,
+                    execution_arn: arn.clone(),
+                    detail,
+                    repaired,
+                })
+            };
+            let timers: Vec<u64> = live.exec.pending_timers().collect();
+            let tasks: Vec<u64> = live.exec.pending_tasks().collect();
+            if timers.is_empty() && tasks.is_empty() && !live.rec.paused {
+                finding(
+                    "STUCK_EXECUTION",
+                    "running, not paused, and waiting for no timer and no task".into(),
+                    false,
+                );
+            }
+            for (timer, due) in &live.rec.timers {
+                if now - due > overdue {
+                    finding(
+                        "OVERDUE_TIMER",
+                        format!("timer {timer} was due {} ms ago; fired", now - due),
+                        true,
+                    );
+                    fire.push((id, *timer));
+                } else if !armed.contains(&(id, *timer)) {
+                    finding(
+                        "OVERDUE_TIMER",
+                        format!(
+                            "timer {timer} (due in {} ms) was not armed; re-armed",
+                            due - now
+                        ),
+                        true,
+                    );
+                    rearm.push((id, *timer, *due));
+                }
+            }
+            for (task, t) in &live.rec.tasks {
+                if t.activity.is_none() && !t.started {
+                    match self.dispatched.get(&(id, *task)) {
+                        Some(at) if now - at <= undelivered => {}
+                        Some(at) => {
+                            finding(
+                                "UNDELIVERED_TASK",
+                                format!("task {task} ({}) has had no result for {} ms; dispatched again", t.request.resource_arn, now - at),
+                                true,
+                            );
+                            redispatch.push((id, t.request.clone()));
+                        }
+                        None => {
+                            finding(
+                                "UNDELIVERED_TASK",
+                                format!(
+                                    "task {task} ({}) was never dispatched; dispatched",
+                                    t.request.resource_arn
+                                ),
+                                true,
+                            );
+                            redispatch.push((id, t.request.clone()));
+                        }
+                    }
+                }
+                if t.token.is_some() {
+                    if let (Some(timeout), Some(at)) = (
+                        t.request.timeout_seconds,
+                        self.dispatched
+                            .get(&(id, *task))
+                            .copied()
+                            .or(Some(live.rec.start_ms)),
+                    ) {
+                        let deadline = at + (timeout as i64) * 1000 + overdue;
+                        let has_timer = !live.rec.timers.is_empty();
+                        if now > deadline && !has_timer {
+                            finding(
+                                "EXPIRED_TOKEN",
+                                format!("task {task} passed its {timeout} s timeout with no timeout timer; failed with States.Timeout"),
+                                true,
+                            );
+                            expire.push((id, *task));
+                        }
+                    }
+                }
+            }
+        }
+        for (id, timer) in fire {
+            self.timers.retain(|t| !(t.1 == id && t.2 == timer));
+            self.feed(id, Input::TimerFired { timer_id: timer }, now);
+        }
+        for (id, timer, due) in rearm {
+            self.timers.insert((due, id, timer));
+        }
+        for (id, task) in redispatch {
+            self.effects.push(Effect::Dispatch(id, task));
+        }
+        for (id, task) in expire {
+            self.feed(
+                id,
+                Input::TaskFailed {
+                    task_id: task,
+                    error: Some(trellis_asl::error::names::TIMEOUT.into()),
+                    cause: Some("The task token expired (found by the detector)".into()),
+                },
+                now,
+            );
+        }
+        self.dispatched.retain(|(e, t), _| {
+            self.live
+                .get(e)
+                .is_some_and(|l| l.rec.tasks.contains_key(t))
+        });
+        let m = crate::metrics::metrics();
+        for f in &report.findings {
+            m.finding(f.kind);
+        }
+        report
+    }
+
     fn fire_timers(&mut self, now: i64) {
         while let Some(&(due, exec, timer)) = self.timers.first() {
             if due > now {
@@ -812,6 +1049,8 @@ impl Executor {
         for effect in self.effects.drain(..) {
             match effect {
                 Effect::Dispatch(exec, task) => {
+                    self.dispatched
+                        .insert((exec, task.task_id), self.clock.now_ms());
                     let connectors = self.connectors.clone();
                     let tx = self.tx.clone();
                     tokio::spawn(async move {
@@ -835,6 +1074,9 @@ impl Executor {
                 }
                 Effect::Activity(r, t) => {
                     let _ = r.send(Ok(t));
+                }
+                Effect::Scanned(r, report) => {
+                    let _ = r.send(Ok(report));
                 }
             }
         }
@@ -868,6 +1110,9 @@ fn fail(effect: Effect, e: &Error) {
             let _ = r.send(Err(err()));
         }
         Effect::Activity(r, _) => {
+            let _ = r.send(Err(err()));
+        }
+        Effect::Scanned(r, _) => {
             let _ = r.send(Err(err()));
         }
         Effect::Dispatch(..) | Effect::Timer(..) => {}

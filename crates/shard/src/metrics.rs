@@ -56,6 +56,8 @@ pub struct Metrics {
     pub transitions: AtomicU64,
     pub running: AtomicU64,
     pub activity_backlog: AtomicU64,
+    /// Detector findings by kind (see [`FINDINGS`]).
+    pub findings: [AtomicU64; 4],
     /// Executions per proposal.
     pub batch_size: Histogram,
     /// Seconds from proposing an entry until it is applied.
@@ -71,6 +73,13 @@ const SECONDS: &[f64] = &[
 
 pub const FINISHED: [&str; 4] = ["SUCCEEDED", "FAILED", "TIMED_OUT", "ABORTED"];
 
+pub const FINDINGS: [&str; 4] = [
+    "STUCK_EXECUTION",
+    "OVERDUE_TIMER",
+    "UNDELIVERED_TASK",
+    "EXPIRED_TOKEN",
+];
+
 /// The process-wide metrics.
 pub fn metrics() -> &'static Metrics {
     static M: std::sync::OnceLock<Metrics> = std::sync::OnceLock::new();
@@ -80,6 +89,7 @@ pub fn metrics() -> &'static Metrics {
         transitions: AtomicU64::new(0),
         running: AtomicU64::new(0),
         activity_backlog: AtomicU64::new(0),
+        findings: Default::default(),
         batch_size: Histogram::new(SIZES),
         apply_seconds: Histogram::new(SECONDS),
         timer_lag_seconds: Histogram::new(SECONDS),
@@ -87,6 +97,12 @@ pub fn metrics() -> &'static Metrics {
 }
 
 impl Metrics {
+    pub fn finding(&self, kind: &str) {
+        if let Some(i) = FINDINGS.iter().position(|k| *k == kind) {
+            self.findings[i].fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
     /// Prometheus text exposition.
     pub fn render(&self) -> String {
         let mut out = String::new();
@@ -131,6 +147,13 @@ impl Metrics {
             "Activity tasks queued and not taken by a worker.",
             self.activity_backlog.load(Ordering::Relaxed),
         );
+        out.push_str("# HELP trellis_detector_findings_total What the stuck-execution detector found, by kind.\n# TYPE trellis_detector_findings_total counter\n");
+        for (i, k) in FINDINGS.iter().enumerate() {
+            out.push_str(&format!(
+                "trellis_detector_findings_total{{kind=\"{k}\"}} {}\n",
+                self.findings[i].load(Ordering::Relaxed)
+            ));
+        }
         self.batch_size.render(
             "trellis_proposal_batch_executions",
             "Executions per shard Raft proposal.",

@@ -81,6 +81,7 @@ async fn boot(dir: &std::path::Path) -> Node {
         account: "000000000000".into(),
         limits: Limits::default(),
         max_batch: 256,
+        detector: Default::default(),
     };
     let (ex, handle) =
         Executor::new(cfg, app, Arc::new(raft.clone()), Arc::new(fake.clone())).unwrap();

@@ -1,0 +1,267 @@
+//! The detector finds each injected fault, and repairs what can be repaired.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde_json::{json, Value};
+use trellis_asl::exec::TaskRequest;
+use trellis_asl::{Input, Limits};
+use trellis_shard::executor::{
+    BoxFuture, Connectors, DetectorConfig, ExecutorConfig, ScanReport, StartRequest,
+};
+use trellis_shard::raft::{open_single_node, ShardRaft};
+use trellis_shard::{Executor, ShardApp, ShardHandle, ShardOp, Status};
+use trellis_storage::NodeDb;
+
+/// Echoes parameters; when `lose_first` is set, the first call's result never comes back
+/// (a lost reply), and later calls answer.
+#[derive(Clone, Default)]
+struct Flaky {
+    lose_first: Arc<AtomicBool>,
+}
+
+impl Connectors for Flaky {
+    fn invoke(&self, t: TaskRequest) -> BoxFuture<'static, Input> {
+        let lose = self.lose_first.swap(false, Ordering::SeqCst);
+        Box::pin(async move {
+            if lose {
+                std::future::pending::<()>().await;
+            }
+            Input::TaskSucceeded {
+                task_id: t.task_id,
+                output: json!({"echo": t.parameters}),
+            }
+        })
+    }
+}
+
+struct Node {
+    raft: ShardRaft,
+    handle: ShardHandle,
+    executor: tokio::task::JoinHandle<trellis_shard::Result<()>>,
+}
+
+impl Node {
+    async fn stop(self) {
+        self.raft.shutdown().await.unwrap();
+        drop(self.handle);
+        let _ = self.executor.await;
+    }
+}
+
+async fn open_db(dir: &std::path::Path) -> NodeDb {
+    for _ in 0..250 {
+        if let Ok(db) = NodeDb::open(dir) {
+            return db;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    panic!("the database stayed locked");
+}
+
+async fn boot(dir: &std::path::Path, connectors: Flaky) -> Node {
+    let db = open_db(dir).await;
+    let (raft, app) = open_single_node(&db, 1, 1, "local").await.unwrap();
+    let cfg = ExecutorConfig {
+        shard: 0,
+        region: "us-east-1".into(),
+        account: "000000000000".into(),
+        limits: Limits::default(),
+        max_batch: 64,
+        // Scans happen when the test asks for them.
+        detector: DetectorConfig {
+            interval: Duration::from_secs(3600),
+            overdue_after: Duration::from_millis(200),
+            undelivered_after: Duration::from_millis(300),
+        },
+    };
+    let (ex, handle) =
+        Executor::new(cfg, app, Arc::new(raft.clone()), Arc::new(connectors)).unwrap();
+    let executor = tokio::spawn(ex.run());
+    Node {
+        raft,
+        handle,
+        executor,
+    }
+}
+
+fn start_req(name: &str, def: Value) -> StartRequest {
+    StartRequest {
+        state_machine_arn: "arn:aws:states:us-east-1:000000000000:stateMachine:M".into(),
+        state_machine_name: "M".into(),
+        version_arn: None,
+        alias_arn: None,
+        role_arn: None,
+        name: name.into(),
+        input: "{}".into(),
+        definition: def.to_string(),
+    }
+}
+
+/// Scans until a finding of `kind` shows up (bounded).
+async fn scan_for(h: &ShardHandle, kind: &str) -> ScanReport {
+    for _ in 0..500 {
+        let r = h.scan().await.unwrap();
+        if r.findings.iter().any(|f| f.kind == kind) {
+            return r;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    panic!("the detector never reported {kind}");
+}
+
+async fn status(app: &ShardApp, arn: &str, want: Status) {
+    for _ in 0..1500 {
+        if app.record(arn).unwrap().is_some_and(|r| r.status == want) {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    panic!("{arn} never reached {want:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lost_task_results_are_dispatched_again() {
+    let dir = tempfile::tempdir().unwrap();
+    let flaky = Flaky::default();
+    flaky.lose_first.store(true, Ordering::SeqCst);
+    let node = boot(dir.path(), flaky).await;
+    let s = node
+        .handle
+        .start(start_req(
+            "lost",
+            json!({"StartAt": "T", "States": {"T": {"Type": "Task",
+                "Resource": "arn:aws:states:::lambda:invoke", "Parameters": {"FunctionName": "f"}, "End": true}}}),
+        ))
+        .await
+        .unwrap();
+    // Nothing is wrong yet: the task was just dispatched.
+    let first = node.handle.scan().await.unwrap();
+    assert!(first.findings.is_empty(), "{first:?}");
+    let r = scan_for(&node.handle, "UNDELIVERED_TASK").await;
+    let f = r
+        .findings
+        .iter()
+        .find(|f| f.kind == "UNDELIVERED_TASK")
+        .unwrap();
+    assert!(f.repaired && f.execution_arn == s.execution_arn, "{f:?}");
+    status(&node.handle.app, &s.execution_arn, Status::Succeeded).await;
+    assert!(node.handle.scan().await.unwrap().findings.is_empty());
+    node.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lost_timers_fire_when_overdue() {
+    let dir = tempfile::tempdir().unwrap();
+    let node = boot(dir.path(), Flaky::default()).await;
+    let s = node
+        .handle
+        .start(start_req(
+            "late",
+            json!({"StartAt": "W", "States": {"W": {"Type": "Wait", "Seconds": 1, "End": true}}}),
+        ))
+        .await
+        .unwrap();
+    node.handle
+        .inject_drop_timers(&s.execution_arn)
+        .await
+        .unwrap();
+    // Before it is due, the missing timer is re-armed; drop it again to make it overdue.
+    let early = scan_for(&node.handle, "OVERDUE_TIMER").await;
+    assert!(early.findings[0].detail.contains("re-armed"), "{early:?}");
+    node.handle
+        .inject_drop_timers(&s.execution_arn)
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(1300)).await;
+    assert_eq!(
+        node.handle
+            .app
+            .record(&s.execution_arn)
+            .unwrap()
+            .unwrap()
+            .status,
+        Status::Running,
+        "without its timer the Wait never ends"
+    );
+    let r = scan_for(&node.handle, "OVERDUE_TIMER").await;
+    assert!(r
+        .findings
+        .iter()
+        .any(|f| f.detail.contains("fired") && f.repaired));
+    status(&node.handle.app, &s.execution_arn, Status::Succeeded).await;
+    node.stop().await;
+}
+
+/// Rewrites an execution's stored record while no executor runs (a corrupted store).
+async fn corrupt(dir: &std::path::Path, arn: &str, edit: impl FnOnce(&mut Value)) {
+    let db = open_db(dir).await;
+    let app = ShardApp::open(&db.group(1).unwrap()).unwrap();
+    let mut rec = app.record(arn).unwrap().unwrap();
+    let mut state: Value = serde_json::from_str(rec.state.as_ref().unwrap().get()).unwrap();
+    edit(&mut state);
+    rec.timers.clear();
+    rec.state = Some(serde_json::value::RawValue::from_string(state.to_string()).unwrap());
+    app.apply_op(&ShardOp::Put {
+        record: Box::new(rec),
+        events: Vec::new(),
+        definition: None,
+    })
+    .unwrap();
+    db.flush().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stuck_executions_and_expired_tokens_are_found() {
+    let dir = tempfile::tempdir().unwrap();
+    let activity = "arn:aws:states:us-east-1:000000000000:activity:a";
+    let (stuck, expired) = {
+        let node = boot(dir.path(), Flaky::default()).await;
+        let a = node
+            .handle
+            .start(start_req(
+                "stuck",
+                json!({"StartAt": "W", "States": {"W": {"Type": "Wait", "Seconds": 600, "End": true}}}),
+            ))
+            .await
+            .unwrap();
+        let b = node
+            .handle
+            .start(start_req(
+                "expired",
+                json!({"StartAt": "T", "States": {"T": {"Type": "Task", "Resource": activity,
+                    "TimeoutSeconds": 1, "End": true}}}),
+            ))
+            .await
+            .unwrap();
+        node.stop().await;
+        (a.execution_arn, b.execution_arn)
+    };
+    // The stuck one loses everything it waits for; the other loses its timeout timer.
+    corrupt(dir.path(), &stuck, |s| {
+        s["frames"] = json!([]);
+        s["timers"] = json!({});
+    })
+    .await;
+    corrupt(dir.path(), &expired, |s| s["timers"] = json!({})).await;
+
+    let node = boot(dir.path(), Flaky::default()).await;
+    let r = scan_for(&node.handle, "STUCK_EXECUTION").await;
+    let f = r
+        .findings
+        .iter()
+        .find(|f| f.kind == "STUCK_EXECUTION")
+        .unwrap();
+    assert_eq!(f.execution_arn, stuck);
+    assert!(!f.repaired);
+    let r = scan_for(&node.handle, "EXPIRED_TOKEN").await;
+    assert!(r
+        .findings
+        .iter()
+        .any(|f| f.execution_arn == expired && f.repaired));
+    status(&node.handle.app, &expired, Status::Failed).await;
+    let rec = node.handle.app.record(&expired).unwrap().unwrap();
+    assert_eq!(rec.error.as_deref(), Some("States.Timeout"));
+    node.stop().await;
+}
