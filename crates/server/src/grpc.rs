@@ -316,8 +316,6 @@ impl Admin for Svc {
         ok(self.0.list_shards())
     }
     async fn doctor(&self, _: Request<pb::Empty>) -> R<pb::DoctorReport> {
-        Err(Status::unimplemented(
-            "the detector is not implemented yet (see docs/compatibility.md)",
-        ))
+        ok(self.0.doctor().await?)
     }
 }
