@@ -104,6 +104,19 @@ fn parse_arn<'a>(arn: &'a str, kinds: &[&str]) -> ApiResult<Arn<'a>> {
     })
 }
 
+/// The per-state-machine cap on concurrent executions (opt-in): executions over the cap wait
+/// QUEUED in start order and are admitted as others end.
+#[derive(Default)]
+struct Admission {
+    machines: HashMap<String, MachineQueue>,
+}
+
+#[derive(Default)]
+struct MachineQueue {
+    running: u64,
+    waiting: std::collections::VecDeque<String>,
+}
+
 /// One shard on this node.
 struct ShardSlot {
     raft: ShardRaft,
@@ -120,6 +133,7 @@ pub struct Node {
     shards: Vec<ShardSlot>,
     connectors: NodeConnectors,
     express_seq: std::sync::atomic::AtomicU64,
+    admission: std::sync::Mutex<Admission>,
 }
 
 impl Node {
@@ -169,6 +183,7 @@ impl Node {
             opened.insert(shard, r?);
         }
         let mut slots = Vec::new();
+        let (finished_tx, mut finished_rx) = tokio::sync::mpsc::unbounded_channel();
         for (shard, (raft, app)) in opened {
             let ecfg = ExecutorConfig {
                 shard,
@@ -184,6 +199,7 @@ impl Node {
                 Arc::new(raft.clone()),
                 Arc::new(connectors.clone()),
             )?;
+            let ex = ex.on_finish(finished_tx.clone());
             tokio::spawn(async move {
                 if let Err(e) = ex.run().await {
                     tracing::error!(shard_id = shard, error = %e, "shard executor stopped");
@@ -197,7 +213,7 @@ impl Node {
             data_dir = %cfg.node.data_dir.display(),
             "node started"
         );
-        Ok(Arc::new(Node {
+        let node = Arc::new(Node {
             cfg,
             db,
             meta,
@@ -205,7 +221,117 @@ impl Node {
             shards: slots,
             connectors,
             express_seq: Default::default(),
-        }))
+            admission: Default::default(),
+        });
+        node.rebuild_admission().await?;
+        let weak = Arc::downgrade(&node);
+        tokio::spawn(async move {
+            while let Some(f) = finished_rx.recv().await {
+                let Some(node) = weak.upgrade() else { return };
+                node.finished(f).await;
+            }
+        });
+        Ok(node)
+    }
+
+    /// The cap of a state machine (0 = none).
+    fn cap(&self, machine_arn: &str) -> u64 {
+        self.meta
+            .app
+            .get(Table::Machines, machine_arn)
+            .ok()
+            .flatten()
+            .and_then(|m| m["maxConcurrentExecutions"].as_u64())
+            .unwrap_or(0)
+    }
+
+    /// Counts running and queued capped executions after a restart, and admits what fits.
+    async fn rebuild_admission(&self) -> anyhow::Result<()> {
+        let mut queued: BTreeMap<String, Vec<(i64, String)>> = BTreeMap::new();
+        {
+            let mut adm = self.admission.lock().unwrap_or_else(|p| p.into_inner());
+            for s in &self.shards {
+                for rec in s.handle.app.live()? {
+                    if !rec.capped {
+                        continue;
+                    }
+                    let q = adm
+                        .machines
+                        .entry(rec.state_machine_arn.clone())
+                        .or_default();
+                    if rec.status == Status::Running {
+                        q.running += 1;
+                    } else {
+                        queued
+                            .entry(rec.state_machine_arn.clone())
+                            .or_default()
+                            .push((rec.start_ms, rec.arn.clone()));
+                    }
+                }
+            }
+            for (machine, mut list) in queued {
+                list.sort();
+                let q = adm.machines.entry(machine).or_default();
+                q.waiting.extend(list.into_iter().map(|(_, arn)| arn));
+            }
+        }
+        let machines: Vec<String> = {
+            let adm = self.admission.lock().unwrap_or_else(|p| p.into_inner());
+            adm.machines.keys().cloned().collect()
+        };
+        for m in machines {
+            self.admit_waiting(&m).await;
+        }
+        Ok(())
+    }
+
+    /// Queues a new capped execution, admitting it at once if the cap allows.
+    async fn enqueue(&self, machine_arn: &str, arn: &str) {
+        {
+            let mut adm = self.admission.lock().unwrap_or_else(|p| p.into_inner());
+            adm.machines
+                .entry(machine_arn.to_string())
+                .or_default()
+                .waiting
+                .push_back(arn.to_string());
+        }
+        self.admit_waiting(machine_arn).await;
+    }
+
+    async fn finished(&self, f: trellis_shard::executor::Finished) {
+        {
+            let mut adm = self.admission.lock().unwrap_or_else(|p| p.into_inner());
+            let q = adm.machines.entry(f.state_machine_arn.clone()).or_default();
+            if f.ran {
+                q.running = q.running.saturating_sub(1);
+            } else {
+                q.waiting.retain(|a| *a != f.execution_arn);
+            }
+        }
+        self.admit_waiting(&f.state_machine_arn).await;
+    }
+
+    /// Admits queued executions of a machine while it is under its cap.
+    async fn admit_waiting(&self, machine_arn: &str) {
+        let cap = self.cap(machine_arn);
+        let admit: Vec<String> = {
+            let mut adm = self.admission.lock().unwrap_or_else(|p| p.into_inner());
+            let q = adm.machines.entry(machine_arn.to_string()).or_default();
+            let mut out = Vec::new();
+            while cap == 0 || q.running < cap {
+                let Some(arn) = q.waiting.pop_front() else {
+                    break;
+                };
+                q.running += 1;
+                out.push(arn);
+            }
+            out
+        };
+        for arn in admit {
+            if let Err(e) = self.shard(&arn).handle.admit(&arn).await {
+                tracing::warn!(execution_id = %arn, error = %e, "admitting a queued execution failed");
+            }
+        }
     }
 
     /// Stops every Raft group and flushes the store.
@@ -866,6 +992,7 @@ impl Node {
             });
         }
         let arn = format!("{}:execution:{machine_name}:{name}", self.arn_prefix());
+        let capped = self.cap(&machine_arn) > 0;
         let started = self
             .shard(&arn)
             .handle
@@ -878,9 +1005,17 @@ impl Node {
                 name,
                 input,
                 definition,
+                queued: capped,
             })
             .await
             .map_err(from_shard)?;
+        if capped && !started.existed {
+            let machine = m["stateMachineArn"]
+                .as_str()
+                .unwrap_or_default()
+                .to_string();
+            self.enqueue(&machine, &started.execution_arn).await;
+        }
         Ok(pb::StartExecutionResponse {
             execution_arn: started.execution_arn,
             start_date: started.start_ms,

@@ -245,3 +245,88 @@ async fn activities_pause_and_resume() {
     assert!(doc.findings.is_empty(), "{:?}", doc.findings);
     r.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrency_cap_queues_in_order() {
+    let mut r = start().await;
+    let c = &mut r.client;
+    let sm = c
+        .state_machines
+        .create_state_machine(pb::CreateStateMachineRequest {
+            name: "Capped".into(),
+            definition: json!({"StartAt": "W", "States": {"W": {"Type": "Wait", "Seconds": 1, "End": true}}})
+                .to_string(),
+            role_arn: "arn:aws:iam::000000000000:role/r".into(),
+            settings: Some(pb::StateMachineSettings {
+                max_concurrent_executions: 1,
+            }),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .state_machine_arn;
+    let mut arns = Vec::new();
+    for i in 0..4 {
+        arns.push(
+            c.executions
+                .start_execution(pb::StartExecutionRequest {
+                    state_machine_arn: sm.clone(),
+                    name: format!("q{i}"),
+                    input: "{}".into(),
+                })
+                .await
+                .unwrap()
+                .into_inner()
+                .execution_arn,
+        );
+    }
+    // One runs; the others wait, visible as QUEUED, and are not rejected.
+    let statuses: Vec<String> = {
+        let mut v = Vec::new();
+        for a in &arns {
+            v.push(describe(c, a).await.status);
+        }
+        v
+    };
+    assert_eq!(statuses, ["RUNNING", "QUEUED", "QUEUED", "QUEUED"]);
+    // A queued execution can be stopped; it never runs.
+    c.executions
+        .stop_execution(pb::StopExecutionRequest {
+            execution_arn: arns[3].clone(),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let mut done = Vec::new();
+    for _ in 0..1000 {
+        done.clear();
+        for a in &arns {
+            let d = describe(c, a).await;
+            done.push((d.status, d.start_date, d.stop_date));
+        }
+        if done.iter().all(|d| d.0 != "RUNNING" && d.0 != "QUEUED") {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let st: Vec<&str> = done.iter().map(|d| d.0.as_str()).collect();
+    assert_eq!(st, ["SUCCEEDED", "SUCCEEDED", "SUCCEEDED", "ABORTED"]);
+    // Admitted in start order: each one stops before the next can finish its 1 s Wait.
+    assert!(done[0].2 <= done[1].2 && done[1].2 <= done[2].2);
+    let history = c
+        .executions
+        .get_execution_history(pb::GetExecutionHistoryRequest {
+            execution_arn: arns[3].clone(),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .events;
+    assert!(
+        history.is_empty(),
+        "a queued execution that was stopped never ran"
+    );
+    r.stop().await;
+}

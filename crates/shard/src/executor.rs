@@ -125,6 +125,8 @@ pub struct StartRequest {
     /// JSON text.
     pub input: String,
     pub definition: String,
+    /// Hold it QUEUED until [`ShardHandle::admit`] (a per-machine concurrency cap).
+    pub queued: bool,
 }
 
 /// What a start returned.
@@ -132,6 +134,17 @@ pub struct StartRequest {
 pub struct Started {
     pub execution_arn: String,
     pub start_ms: i64,
+    /// The execution already existed (an idempotent repeat of the same start).
+    pub existed: bool,
+}
+
+/// A capped execution ended.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Finished {
+    pub state_machine_arn: String,
+    pub execution_arn: String,
+    /// It ran (was admitted) rather than being stopped while queued.
+    pub ran: bool,
 }
 
 /// How a run is controlled from outside.
@@ -176,6 +189,7 @@ enum Cmd {
     Control(String, Control, Reply<i64>),
     TakeActivity(String, String, Reply<Option<ActivityTask>>),
     Scan(Reply<ScanReport>),
+    Admit(String, Reply<()>),
     #[cfg(feature = "fault-injection")]
     DropTimers(String, Reply<()>),
 }
@@ -216,6 +230,11 @@ impl ShardHandle {
     pub async fn take_activity(&self, arn: &str, worker: &str) -> Result<Option<ActivityTask>> {
         self.call(|r| Cmd::TakeActivity(arn.to_string(), worker.to_string(), r))
             .await
+    }
+
+    /// Lets a QUEUED execution run.
+    pub async fn admit(&self, arn: &str) -> Result<()> {
+        self.call(|r| Cmd::Admit(arn.to_string(), r)).await
     }
 
     /// Runs the detector now and returns what it found (and repaired).
@@ -330,6 +349,8 @@ pub struct Executor {
     next_id: u64,
     /// This executor's share of the node's activity backlog gauge.
     backlog: u64,
+    /// Told of every capped execution that ends.
+    on_finish: Option<mpsc::UnboundedSender<Finished>>,
     /// When each connector task was last dispatched: (execution, task) -> epoch ms.
     dispatched: HashMap<(u64, u64), i64>,
     // Per batch.
@@ -356,6 +377,7 @@ impl Executor {
         let mut ex = Executor {
             next_id: app.next_exec_id()?,
             backlog: 0,
+            on_finish: None,
             dispatched: HashMap::new(),
             cfg,
             app: app.clone(),
@@ -383,6 +405,13 @@ impl Executor {
                 activity_queued,
             },
         ))
+    }
+
+    /// Reports every capped execution that ends on `tx`, after the entry that ends it
+    /// commits.
+    pub fn on_finish(mut self, tx: mpsc::UnboundedSender<Finished>) -> Self {
+        self.on_finish = Some(tx);
+        self
     }
 
     /// Rebuilds live executions, timers and queues from the committed records, and
@@ -425,9 +454,14 @@ impl Executor {
         for q in self.activities.values_mut() {
             q.make_contiguous().sort_unstable();
         }
+        let running = self
+            .live
+            .values()
+            .filter(|l| l.rec.status == Status::Running)
+            .count();
         crate::metrics::metrics()
             .running
-            .fetch_add(self.live.len() as u64, std::sync::atomic::Ordering::Relaxed);
+            .fetch_add(running as u64, std::sync::atomic::Ordering::Relaxed);
         tracing::debug!(
             shard_id = self.cfg.shard,
             live = self.live.len(),
@@ -459,8 +493,13 @@ impl Executor {
         let r = self.run_loop().await;
         // These executions now advance elsewhere (or after a restart).
         let m = crate::metrics::metrics();
+        let running = self
+            .live
+            .values()
+            .filter(|l| l.rec.status == Status::Running)
+            .count();
         m.running
-            .fetch_sub(self.live.len() as u64, std::sync::atomic::Ordering::Relaxed);
+            .fetch_sub(running as u64, std::sync::atomic::Ordering::Relaxed);
         m.activity_backlog
             .fetch_sub(self.backlog, std::sync::atomic::Ordering::Relaxed);
         r
@@ -539,6 +578,24 @@ impl Executor {
                 let task = self.take_activity(&arn, &worker, now);
                 self.effects.push(Effect::Activity(reply, task));
             }
+            Cmd::Admit(arn, reply) => {
+                if let Some(id) = self.by_arn.get(&arn).copied() {
+                    let queued = self
+                        .live
+                        .get(&id)
+                        .is_some_and(|l| l.rec.status == Status::Queued);
+                    if queued {
+                        if let Some(l) = self.live.get_mut(&id) {
+                            l.rec.status = Status::Running;
+                        }
+                        self.feed(id, Input::Start, now);
+                        crate::metrics::metrics()
+                            .running
+                            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    }
+                }
+                self.effects.push(Effect::Done(reply));
+            }
             Cmd::Scan(reply) => {
                 let report = self.detect(now);
                 self.effects.push(Effect::Scanned(reply, report));
@@ -561,10 +618,11 @@ impl Executor {
         );
         if let Some(rec) = self.existing(&arn)? {
             // Idempotent start: the same input while it runs returns the same execution.
-            if rec.status == Status::Running && rec.input == req.input {
+            if !rec.status.is_terminal() && rec.input == req.input {
                 return Ok(Some(Started {
                     execution_arn: arn,
                     start_ms: rec.start_ms,
+                    existed: true,
                 }));
             }
             return Err(Error::api(
@@ -606,8 +664,13 @@ impl Executor {
             alias_arn: req.alias_arn,
             definition: hash,
             express: false,
+            capped: req.queued,
             input: req.input,
-            status: Status::Running,
+            status: if req.queued {
+                Status::Queued
+            } else {
+                Status::Running
+            },
             start_ms: now,
             stop_ms: None,
             output: None,
@@ -631,13 +694,19 @@ impl Executor {
                 new_definition: (!stored).then_some((hash, req.definition)),
             },
         );
-        self.feed(id, Input::Start, now);
         let m = crate::metrics::metrics();
         m.started.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        m.running.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        if req.queued {
+            // Stored as QUEUED; it starts when admitted.
+            self.dirty.insert(id);
+        } else {
+            self.feed(id, Input::Start, now);
+            m.running.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        }
         Ok(Some(Started {
             execution_arn: arn,
             start_ms: now,
+            existed: false,
         }))
     }
 
@@ -782,6 +851,25 @@ impl Executor {
                 )),
             };
         };
+        if let Some(l) = self
+            .live
+            .get_mut(&id)
+            .filter(|l| l.rec.status == Status::Queued)
+        {
+            // Never started: it ends without running a state.
+            if let Control::Stop { error, cause } = c {
+                l.rec.status = Status::Aborted;
+                l.rec.stop_ms = Some(now);
+                l.rec.error = error;
+                l.rec.cause = cause;
+                self.dirty.insert(id);
+                return Ok(now);
+            }
+            return Err(Error::api(
+                "ValidationException",
+                format!("Execution is queued, not running: '{arn}'"),
+            ));
+        }
         let input = match c {
             Control::Stop { error, cause } => Input::Stop { error, cause },
             Control::Pause => Input::Pause,
@@ -865,7 +953,8 @@ impl Executor {
             };
             let timers: Vec<u64> = live.exec.pending_timers().collect();
             let tasks: Vec<u64> = live.exec.pending_tasks().collect();
-            if timers.is_empty() && tasks.is_empty() && !live.rec.paused {
+            let queued = live.rec.status == Status::Queued;
+            if timers.is_empty() && tasks.is_empty() && !live.rec.paused && !queued {
                 finding(
                     "STUCK_EXECUTION",
                     "running, not paused, and waiting for no timer and no task".into(),
@@ -1037,6 +1126,13 @@ impl Executor {
             {
                 if let Some(l) = self.live.remove(&id) {
                     self.by_arn.remove(&l.rec.arn);
+                    if let (true, Some(tx)) = (l.rec.capped, &self.on_finish) {
+                        let _ = tx.send(Finished {
+                            state_machine_arn: l.rec.state_machine_arn.clone(),
+                            execution_arn: l.rec.arn.clone(),
+                            ran: l.exec.status() != trellis_asl::ExecStatus::NotStarted,
+                        });
+                    }
                 }
             }
         }

@@ -84,6 +84,10 @@ pub struct ExecRecord {
     /// Key of the definition text in the shard's `definitions` tree.
     pub definition: u64,
     pub express: bool,
+    /// Its state machine caps concurrent executions: it starts QUEUED and runs when the node
+    /// admits it.
+    #[serde(default)]
+    pub capped: bool,
     pub input: String,
     pub status: Status,
     pub start_ms: i64,

@@ -96,6 +96,7 @@ fn start_req(name: &str, def: Value) -> StartRequest {
         name: name.into(),
         input: "{}".into(),
         definition: def.to_string(),
+        queued: false,
     }
 }
 
