@@ -49,6 +49,7 @@ class Functions:
         self.example = _example_functions()
         self.tokens = []
         self.calls = []
+        self.flaky_seen = set()
         self.lock = threading.Lock()
         fns = self
 
@@ -66,6 +67,14 @@ class Functions:
                             reply = {"sent": True}
                         elif self.path == "/reserve":
                             reply = {"reserved": True, "items": len(body.get("items", []))}
+                        elif self.path == "/flaky":
+                            # Fails the first call for each key, then answers.
+                            key = body.get("key")
+                            if key not in fns.flaky_seen:
+                                fns.flaky_seen.add(key)
+                                status, reply = 500, {"errorType": "Flaky", "errorMessage": "first call fails"}
+                            else:
+                                reply = {"ok": key}
                         elif self.path == "/fail":
                             status, reply = 500, {"errorType": "CustomError", "errorMessage": "it failed"}
                         else:
@@ -114,7 +123,7 @@ class Node:
         return f"http://127.0.0.1:{self.http_port}"
 
     def start(self):
-        names = ["transform", "store", "stock", "echo", "notify", "reserve", "fail"]
+        names = ["transform", "store", "stock", "echo", "notify", "reserve", "fail", "flaky"]
         args = [trellis_bin(), "dev", "--data-dir", self.data_dir, "--shards", "8",
                 "--http-addr", f"127.0.0.1:{self.http_port}", "--grpc-addr", f"127.0.0.1:{self.grpc_port}"]
         for n in names:

@@ -270,3 +270,28 @@ def test_health_and_metrics(node, sfn):
     assert values["trellis_state_transitions_total"] >= 1
     assert values["trellis_proposal_batch_executions_count"] >= 1
     assert "trellis_raft_apply_seconds_bucket{le=\"+Inf\"}" in values
+
+
+def test_redrive(sfn):
+    arn = create(sfn, "Redrivable", {"StartAt": "Prep", "States": {
+        "Prep": {"Type": "Pass", "Result": "r1", "ResultPath": "$.key", "Next": "Call"},
+        "Call": {"Type": "Task", "Resource": "arn:aws:states:::lambda:invoke",
+                 "Parameters": {"FunctionName": "flaky", "Payload": {"key.$": "$.key"}},
+                 "OutputPath": "$.Payload", "End": True}}})
+    e = sfn.start_execution(stateMachineArn=arn, name="rd")["executionArn"]
+    d = wait_status(sfn, e)
+    assert d["status"] == "FAILED" and d["error"] == "Flaky"
+    assert d["redriveStatus"] == "REDRIVABLE"
+    r = sfn.redrive_execution(executionArn=e)
+    assert "redriveDate" in r
+    d = wait_status(sfn, e)
+    assert d["status"] == "SUCCEEDED" and json.loads(d["output"]) == {"ok": "r1"}
+    assert d["redriveCount"] == 1 and "redriveDate" in d
+    types = [ev["type"] for ev in full_history(sfn, e)]
+    assert types.count("ExecutionFailed") == 1 and "ExecutionRedriven" in types
+    # Prep is not run again: the redrive starts at the state that failed.
+    assert types.count("PassStateEntered") == 1
+    assert [ev["id"] for ev in full_history(sfn, e)] == list(range(1, len(types) + 1))
+    with pytest.raises(ClientError) as err:
+        sfn.redrive_execution(executionArn=e)
+    assert code(err) == "ExecutionNotRedrivable"

@@ -3,7 +3,10 @@
 //! ```no_run
 //! # async fn f() -> Result<(), trellis_client::Error> {
 //! let mut c = trellis_client::Client::connect("http://127.0.0.1:7300").await?;
-//! let machines = c.state_machines.list_state_machines(Default::default()).await?;
+//! let machines = c
+//!     .state_machines
+//!     .list_state_machines(trellis_client::v1::ListStateMachinesRequest::default())
+//!     .await?;
 //! # Ok(()) }
 //! ```
 //!

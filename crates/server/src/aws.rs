@@ -383,6 +383,10 @@ async fn dispatch(node: &Node, headers: &HeaderMap, body: &[u8]) -> ApiResult<Va
                 .await?;
             Ok(json!({"stopDate": secs(out.stop_date)}))
         }
+        "RedriveExecution" => {
+            let out = node.redrive_execution(&r.s("executionArn")?).await?;
+            Ok(json!({"redriveDate": secs(out.redrive_date)}))
+        }
         "DescribeExecution" => {
             let e = node.describe_execution(&r.s("executionArn")?)?;
             Ok(execution_json(&e))
@@ -562,6 +566,9 @@ fn execution_json(e: &pb::Execution) -> Value {
         "name": e.name, "status": e.status, "startDate": secs(e.start_date),
         "input": e.input, "inputDetails": {"included": true}, "redriveCount": e.redrive_count,
         "redriveStatus": e.redrive_status});
+    if e.redrive_date != 0 {
+        v["redriveDate"] = secs(e.redrive_date);
+    }
     if e.stop_date != 0 {
         v["stopDate"] = secs(e.stop_date);
     }

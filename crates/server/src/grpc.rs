@@ -188,11 +188,10 @@ impl Executions for Svc {
         &self,
         r: Request<pb::RedriveExecutionRequest>,
     ) -> R<pb::RedriveExecutionResponse> {
-        let arn = r.into_inner().execution_arn;
-        self.0.describe_execution(&arn)?;
-        Err(Status::unimplemented(
-            "RedriveExecution is not implemented yet (see docs/compatibility.md)",
-        ))
+        ok(self
+            .0
+            .redrive_execution(&r.into_inner().execution_arn)
+            .await?)
     }
     async fn pause_execution(&self, r: Request<pb::PauseExecutionRequest>) -> R<pb::Empty> {
         self.0

@@ -1209,6 +1209,17 @@ impl Node {
         Ok(pb::StopExecutionResponse { stop_date: at })
     }
 
+    pub async fn redrive_execution(&self, arn: &str) -> ApiResult<pb::RedriveExecutionResponse> {
+        self.record(arn)?;
+        let at = self
+            .shard(arn)
+            .handle
+            .redrive(arn)
+            .await
+            .map_err(from_shard)?;
+        Ok(pb::RedriveExecutionResponse { redrive_date: at })
+    }
+
     pub async fn pause_execution(&self, arn: &str, pause: bool) -> ApiResult<()> {
         let rec = self.record(arn)?;
         if rec.status.is_terminal() {

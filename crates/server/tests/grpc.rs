@@ -171,7 +171,7 @@ async fn activities_pause_and_resume() {
         c,
         "Worked",
         json!({"StartAt": "W", "States": {
-            "W": {"Type": "Wait", "Seconds": 1, "Next": "T"},
+            "W": {"Type": "Wait", "Seconds": 3, "Next": "T"},
             "T": {"Type": "Task", "Resource": act, "End": true}}}),
     )
     .await;
@@ -194,7 +194,8 @@ async fn activities_pause_and_resume() {
         .await
         .unwrap();
     assert!(describe(c, &arn).await.paused);
-    tokio::time::sleep(Duration::from_millis(1500)).await;
+    // Past the Wait's end: the Wait completes, but the next state does not start.
+    tokio::time::sleep(Duration::from_millis(3500)).await;
     let history = c
         .executions
         .get_execution_history(pb::GetExecutionHistoryRequest {

@@ -190,6 +190,7 @@ enum Cmd {
     TakeActivity(String, String, Reply<Option<ActivityTask>>),
     Scan(Reply<ScanReport>),
     Admit(String, Reply<()>),
+    Redrive(String, Reply<i64>),
     #[cfg(feature = "fault-injection")]
     DropTimers(String, Reply<()>),
 }
@@ -230,6 +231,12 @@ impl ShardHandle {
     pub async fn take_activity(&self, arn: &str, worker: &str) -> Result<Option<ActivityTask>> {
         self.call(|r| Cmd::TakeActivity(arn.to_string(), worker.to_string(), r))
             .await
+    }
+
+    /// `RedriveExecution`: runs a FAILED, TIMED_OUT or ABORTED execution again from the
+    /// top-level state where it stopped. Returns the redrive date.
+    pub async fn redrive(&self, arn: &str) -> Result<i64> {
+        self.call(|r| Cmd::Redrive(arn.to_string(), r)).await
     }
 
     /// Lets a QUEUED execution run.
@@ -596,6 +603,12 @@ impl Executor {
                 }
                 self.effects.push(Effect::Done(reply));
             }
+            Cmd::Redrive(arn, reply) => match self.redrive(&arn, now) {
+                Ok(at) => self.effects.push(Effect::Controlled(reply, at)),
+                Err(e) => {
+                    let _ = reply.send(Err(e));
+                }
+            },
             Cmd::Scan(reply) => {
                 let report = self.detect(now);
                 self.effects.push(Effect::Scanned(reply, report));
@@ -879,6 +892,70 @@ impl Executor {
         Ok(now)
     }
 
+    fn redrive(&mut self, arn: &str, now: i64) -> Result<i64> {
+        let not = |why: String| Error::api("ExecutionNotRedrivable", why);
+        if self.by_arn.contains_key(arn) {
+            return Err(not(format!(
+                "Execution is RUNNING and cannot be redriven: '{arn}'"
+            )));
+        }
+        let Some(mut rec) = self.app.record(arn)? else {
+            return Err(Error::api(
+                "ExecutionDoesNotExist",
+                format!("Execution Does Not Exist: '{arn}'"),
+            ));
+        };
+        let Some(raw) = rec.state.take() else {
+            return Err(not(format!(
+                "Execution is {} and cannot be redriven: '{arn}'",
+                rec.status.as_str()
+            )));
+        };
+        if rec.stop_ms.is_some_and(|s| now - s > 14 * 86_400_000) {
+            return Err(not(format!(
+                "Execution closed more than 14 days ago and cannot be redriven: '{arn}'"
+            )));
+        }
+        if rec.last_event_id >= 24_999 {
+            return Err(not(format!(
+                "Execution has {} history events and cannot be redriven: '{arn}'",
+                rec.last_event_id
+            )));
+        }
+        let sm = self.machine(rec.definition, None)?;
+        let state: ExecutionState = serde_json::from_str(raw.get())?;
+        let exec = Execution::from_state(sm, state);
+        if !exec.redrivable() {
+            return Err(not(format!(
+                "Execution is {} and cannot be redriven: '{arn}'",
+                rec.status.as_str()
+            )));
+        }
+        let id = rec.id;
+        rec.status = Status::Running;
+        rec.stop_ms = None;
+        rec.output = None;
+        rec.error = None;
+        rec.cause = None;
+        rec.redrive_count += 1;
+        rec.redrive_ms = Some(now);
+        self.by_arn.insert(arn.to_string(), id);
+        self.live.insert(
+            id,
+            Live {
+                exec,
+                rec,
+                events: Vec::new(),
+                new_definition: None,
+            },
+        );
+        crate::metrics::metrics()
+            .running
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        self.feed(id, Input::Redrive, now);
+        Ok(now)
+    }
+
     fn take_activity(&mut self, arn: &str, worker: &str, now: i64) -> Option<ActivityTask> {
         loop {
             let (exec, task) = self.activities.get_mut(arn)?.pop_front()?;
@@ -1096,7 +1173,7 @@ impl Executor {
             let mut record = live.rec.clone();
             // A finished execution needs no interpreter state (redrive would; it is not
             // implemented yet, see docs/compatibility.md).
-            if !record.status.is_terminal() {
+            if !record.status.is_terminal() || live.exec.redrivable() {
                 let state = serde_json::to_string(live.exec.state())?;
                 record.state = Some(RawValue::from_string(state)?);
             }

@@ -160,7 +160,7 @@ async fn lost_timers_fire_when_overdue() {
         .handle
         .start(start_req(
             "late",
-            json!({"StartAt": "W", "States": {"W": {"Type": "Wait", "Seconds": 1, "End": true}}}),
+            json!({"StartAt": "W", "States": {"W": {"Type": "Wait", "Seconds": 2, "End": true}}}),
         ))
         .await
         .unwrap();
@@ -175,7 +175,7 @@ async fn lost_timers_fire_when_overdue() {
         .inject_drop_timers(&s.execution_arn)
         .await
         .unwrap();
-    tokio::time::sleep(Duration::from_millis(1300)).await;
+    tokio::time::sleep(Duration::from_millis(2300)).await;
     assert_eq!(
         node.handle
             .app

@@ -328,6 +328,7 @@ impl Execution {
         };
         match kind {
             TimerKind::Execution => {
+                self.capture_redrive();
                 if self.st.frames.first().and_then(Option::as_ref).is_some() {
                     self.abort_frame(0);
                 }
@@ -396,10 +397,75 @@ impl Execution {
         }
     }
 
+    /// Remembers the top-level state the execution is in, for a redrive.
+    fn capture_redrive(&mut self) {
+        let Some(root) = self.st.frames.first().and_then(Option::as_ref) else {
+            return;
+        };
+        if root.parent.is_some() {
+            return;
+        }
+        self.st.redrive = Some(match &root.active {
+            Some(a) => RedrivePoint {
+                state: a.state,
+                input: a.raw_input.clone(),
+                vars: root.vars.clone(),
+                var_bytes: root.var_bytes,
+            },
+            // Not in a state (stopped between states, or failed on the execution input):
+            // start over.
+            None => RedrivePoint {
+                state: self.sm.block(0).start_at,
+                input: self.st.info.input.clone(),
+                vars: root.vars.clone(),
+                var_bytes: root.var_bytes,
+            },
+        });
+    }
+
+    /// `RedriveExecution`: `ExecutionRedriven`, then the stopped state runs again with the
+    /// same input and variables.
+    pub(super) fn on_redrive(&mut self) {
+        let Some(point) = self.st.redrive.take() else {
+            return;
+        };
+        self.st.status = ExecStatus::Running;
+        self.st.outcome = None;
+        self.st.info.redrive_count += 1;
+        let count = self.st.info.redrive_count;
+        let last = self.st.next_event_id.saturating_sub(1);
+        let redriven = self.emit_after(None, last, EventType::ExecutionRedriven, || {
+            details([("redriveCount", Value::from(count))])
+        });
+        if let Some(t) = self.sm.timeout_seconds {
+            self.start_timer(TimerKind::Execution, self.now + (t as i64) * 1000);
+        }
+        // The old top-level frame was aborted when the execution ended; the new one takes
+        // its place (frame 0).
+        if self.st.frames.first().and_then(Option::as_ref).is_some() {
+            self.release_frame(0);
+        }
+        let root = self.alloc_frame(Frame {
+            block: 0,
+            parent: None,
+            vars: point.vars,
+            var_bytes: point.var_bytes,
+            prev: redriven,
+            active: None,
+        });
+        self.st.var_bytes = point.var_bytes;
+        self.st.queue.push_back(Work::Enter {
+            frame: root,
+            state: point.state,
+            input: point.input,
+        });
+    }
+
     pub(super) fn on_stop(&mut self, error: Option<String>, cause: Option<String>) {
         if self.st.status == ExecStatus::NotStarted {
             self.st.status = ExecStatus::Running;
         }
+        self.capture_redrive();
         if self.st.frames.first().and_then(Option::as_ref).is_some() {
             self.abort_frame(0);
         }
@@ -1509,6 +1575,7 @@ impl Execution {
 
     pub(super) fn frame_failed(&mut self, fid: FrameId, f: Failure, env: &mut dyn Env) {
         let Some(parent) = self.frame(fid).parent.clone() else {
+            self.capture_redrive();
             let (e, c) = (f.error.clone(), f.cause.clone());
             self.emit(Some(fid), EventType::ExecutionFailed, || {
                 details([

@@ -143,6 +143,9 @@ pub enum Input {
     /// Start no new state until `Resume`.
     Pause,
     Resume,
+    /// `RedriveExecution`: run a FAILED, TIMED_OUT or ABORTED execution again from the
+    /// top-level state where it stopped. Ignored unless [`Execution::redrivable`].
+    Redrive,
 }
 
 /// A task for the host to run.
@@ -337,6 +340,18 @@ pub struct ExecutionState {
     /// States waiting for `Resume`.
     parked: VecDeque<Work>,
     outcome: Option<Outcome>,
+    /// Where a redrive starts: the top-level state the execution stopped in.
+    #[serde(default)]
+    redrive: Option<RedrivePoint>,
+}
+
+/// The top-level state an execution stopped in, its input and the variables then.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub(crate) struct RedrivePoint {
+    state: StateId,
+    input: Value,
+    vars: Map<String, Value>,
+    var_bytes: usize,
 }
 
 /// One execution.
@@ -369,6 +384,7 @@ impl Execution {
                 queue: VecDeque::new(),
                 parked: VecDeque::new(),
                 outcome: None,
+                redrive: None,
             },
         )
     }
@@ -428,9 +444,25 @@ impl Execution {
         self.st.timers.keys().copied()
     }
 
+    /// Can `Input::Redrive` run this execution again? (FAILED, TIMED_OUT or ABORTED, with a
+    /// state to start from.)
+    pub fn redrivable(&self) -> bool {
+        matches!(
+            self.st.status,
+            ExecStatus::Failed | ExecStatus::TimedOut | ExecStatus::Aborted
+        ) && self.st.redrive.is_some()
+    }
+
     /// Applies one input and runs until every frame waits or the execution ends.
     pub fn step(&mut self, input: Input, env: &mut dyn Env) -> StepOutput {
         self.now = env.now_ms();
+        if matches!(input, Input::Redrive) {
+            if self.redrivable() {
+                self.on_redrive();
+                self.run(env);
+            }
+            return std::mem::take(&mut self.out);
+        }
         if self.st.status.is_terminal() {
             return StepOutput::default();
         }
@@ -466,6 +498,7 @@ impl Execution {
                 let parked = std::mem::take(&mut self.st.parked);
                 self.st.queue.extend(parked);
             }
+            Input::Redrive => {}
         }
         self.run(env);
         std::mem::take(&mut self.out)

@@ -280,3 +280,105 @@ fn variable_total_is_capped_per_execution() {
     );
     assert_eq!(map.status(), ExecStatus::Succeeded);
 }
+
+#[test]
+fn redrive_reruns_the_failed_state() {
+    let (mut exec, mut env, out) = start(
+        json!({"StartAt": "Prep", "States": {
+            "Prep": {"Type": "Pass", "Assign": {"seen": "yes"}, "Next": "Call"},
+            "Call": {"Type": "Task", "Resource": "arn:aws:states:::lambda:invoke",
+                     "Parameters": {"n.$": "$.n", "count.$": "$$.Execution.RedriveCount", "seen.$": "$seen"},
+                     "End": true}}}),
+        json!({"n": 1}),
+    );
+    let task = |out: &StepOutput| {
+        out.commands
+            .iter()
+            .find_map(|c| match c {
+                Command::InvokeTask(t) => Some(t.clone()),
+                _ => None,
+            })
+            .unwrap()
+    };
+    let t = task(&out);
+    assert_eq!(t.parameters, json!({"n": 1, "count": 0, "seen": "yes"}));
+    assert!(!exec.redrivable());
+    let out = exec.step(
+        Input::TaskFailed {
+            task_id: t.task_id,
+            error: Some("Boom".into()),
+            cause: None,
+        },
+        &mut env,
+    );
+    assert_eq!(exec.status(), ExecStatus::Failed);
+    assert!(exec.redrivable());
+    let failed_id = out.events.last().unwrap().id;
+    // Round-trip the state, as the shard stores it between the failure and the redrive.
+    let saved = serde_json::to_string(exec.state()).unwrap();
+    let mut exec = Execution::from_state(
+        exec.state_machine().clone(),
+        serde_json::from_str(&saved).unwrap(),
+    );
+    let out = exec.step(Input::Redrive, &mut env);
+    assert_eq!(exec.status(), ExecStatus::Running);
+    assert_eq!(
+        types(&out),
+        [
+            "ExecutionRedriven",
+            "TaskStateEntered",
+            "TaskScheduled",
+            "TaskStarted"
+        ]
+    );
+    assert_eq!(out.events[0].previous_event_id, failed_id);
+    assert_eq!(
+        out.events[0].details.as_ref().unwrap()["redriveCount"],
+        json!(1)
+    );
+    assert_eq!(out.events[1].previous_event_id, out.events[0].id);
+    let t = task(&out);
+    assert_eq!(t.parameters, json!({"n": 1, "count": 1, "seen": "yes"}));
+    exec.step(
+        Input::TaskSucceeded {
+            task_id: t.task_id,
+            output: json!("ok"),
+        },
+        &mut env,
+    );
+    assert_eq!(exec.status(), ExecStatus::Succeeded);
+    assert!(!exec.redrivable());
+    // A succeeded execution ignores Redrive.
+    assert!(exec.step(Input::Redrive, &mut env).events.is_empty());
+}
+
+#[test]
+fn redrive_after_stop_restarts_the_stopped_state() {
+    let (mut exec, mut env, _) = start(
+        json!({"StartAt": "W", "States": {"W": {"Type": "Wait", "Seconds": 5, "Next": "P"},
+               "P": {"Type": "Pass", "End": true}}}),
+        json!({"k": 1}),
+    );
+    exec.step(
+        Input::Stop {
+            error: None,
+            cause: None,
+        },
+        &mut env,
+    );
+    assert_eq!(exec.status(), ExecStatus::Aborted);
+    let out = exec.step(Input::Redrive, &mut env);
+    assert_eq!(types(&out), ["ExecutionRedriven", "WaitStateEntered"]);
+    let timer = out
+        .commands
+        .iter()
+        .find_map(|c| match c {
+            Command::StartTimer { timer_id, .. } => Some(*timer_id),
+            _ => None,
+        })
+        .unwrap();
+    let out = exec.step(Input::TimerFired { timer_id: timer }, &mut env);
+    assert_eq!(exec.status(), ExecStatus::Succeeded);
+    assert_eq!(types(&out).last(), Some(&"ExecutionSucceeded"));
+    assert_eq!(exec.outcome().unwrap().output, Some(json!({"k": 1})));
+}
