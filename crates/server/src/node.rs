@@ -586,24 +586,34 @@ impl Node {
         })
     }
 
+    /// One page of a meta table in key order; the token is the last key returned.
+    fn meta_page(
+        &self,
+        table: Table,
+        max_results: u32,
+        next_token: &str,
+    ) -> ApiResult<(Vec<(String, Value)>, String)> {
+        let max = page_size(max_results)?;
+        let after = (!next_token.is_empty()).then_some(next_token);
+        let mut rows = self
+            .meta
+            .app
+            .list(table, after, max + 1)
+            .map_err(from_meta)?;
+        let more = rows.len() > max;
+        rows.truncate(max);
+        let token = match (more, rows.last()) {
+            (true, Some((k, _))) => k.clone(),
+            _ => String::new(),
+        };
+        Ok((rows, token))
+    }
+
     pub fn list_state_machines(
         &self,
         r: pb::ListStateMachinesRequest,
     ) -> ApiResult<pb::ListStateMachinesResponse> {
-        let max = page_size(r.max_results)?;
-        let after = (!r.next_token.is_empty()).then_some(r.next_token.as_str());
-        let rows = self
-            .meta
-            .app
-            .list(Table::Machines, after, max + 1)
-            .map_err(from_meta)?;
-        let more = rows.len() > max;
-        let items: Vec<_> = rows.into_iter().take(max).collect();
-        let next_token = if more {
-            items.last().map(|(k, _)| k.clone()).unwrap_or_default()
-        } else {
-            String::new()
-        };
+        let (items, next_token) = self.meta_page(Table::Machines, r.max_results, &r.next_token)?;
         Ok(pb::ListStateMachinesResponse {
             state_machines: items
                 .into_iter()
@@ -1438,20 +1448,7 @@ impl Node {
         &self,
         r: pb::ListActivitiesRequest,
     ) -> ApiResult<pb::ListActivitiesResponse> {
-        let max = page_size(r.max_results)?;
-        let after = (!r.next_token.is_empty()).then_some(r.next_token.as_str());
-        let rows = self
-            .meta
-            .app
-            .list(Table::Activities, after, max + 1)
-            .map_err(from_meta)?;
-        let more = rows.len() > max;
-        let rows: Vec<_> = rows.into_iter().take(max).collect();
-        let next_token = if more {
-            rows.last().map(|(k, _)| k.clone()).unwrap_or_default()
-        } else {
-            String::new()
-        };
+        let (rows, next_token) = self.meta_page(Table::Activities, r.max_results, &r.next_token)?;
         Ok(pb::ListActivitiesResponse {
             activities: rows
                 .into_iter()

@@ -1,18 +1,17 @@
 //! The detector finds each injected fault, and repairs what can be repaired.
 
+mod common;
+
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+use common::{open_db, Node};
 use serde_json::{json, Value};
 use trellis_asl::exec::TaskRequest;
-use trellis_asl::{Input, Limits};
-use trellis_shard::executor::{
-    BoxFuture, Connectors, DetectorConfig, ExecutorConfig, ScanReport, StartRequest,
-};
-use trellis_shard::raft::{open_single_node, ShardRaft};
-use trellis_shard::{Executor, ShardApp, ShardHandle, ShardOp, Status};
-use trellis_storage::NodeDb;
+use trellis_asl::Input;
+use trellis_shard::executor::{BoxFuture, Connectors, DetectorConfig, ScanReport, StartRequest};
+use trellis_shard::{ShardApp, ShardHandle, ShardOp, Status};
 
 /// Echoes parameters; when `lose_first` is set, the first call's result never comes back
 /// (a lost reply), and later calls answer.
@@ -36,68 +35,18 @@ impl Connectors for Flaky {
     }
 }
 
-struct Node {
-    raft: ShardRaft,
-    handle: ShardHandle,
-    executor: tokio::task::JoinHandle<trellis_shard::Result<()>>,
-}
-
-impl Node {
-    async fn stop(self) {
-        self.raft.shutdown().await.unwrap();
-        drop(self.handle);
-        let _ = self.executor.await;
-    }
-}
-
-async fn open_db(dir: &std::path::Path) -> NodeDb {
-    for _ in 0..250 {
-        if let Ok(db) = NodeDb::open(dir) {
-            return db;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    panic!("the database stayed locked");
-}
-
 async fn boot(dir: &std::path::Path, connectors: Flaky) -> Node {
-    let db = open_db(dir).await;
-    let (raft, app) = open_single_node(&db, 1, 1, "local").await.unwrap();
-    let cfg = ExecutorConfig {
-        shard: 0,
-        region: "us-east-1".into(),
-        account: "000000000000".into(),
-        limits: Limits::default(),
-        max_batch: 64,
-        // Scans happen when the test asks for them.
-        detector: DetectorConfig {
-            interval: Duration::from_secs(3600),
-            overdue_after: Duration::from_millis(200),
-            undelivered_after: Duration::from_millis(300),
-        },
+    // Scans happen when the test asks for them.
+    let detector = DetectorConfig {
+        interval: Duration::from_secs(3600),
+        overdue_after: Duration::from_millis(200),
+        undelivered_after: Duration::from_millis(300),
     };
-    let (ex, handle) =
-        Executor::new(cfg, app, Arc::new(raft.clone()), Arc::new(connectors)).unwrap();
-    let executor = tokio::spawn(ex.run());
-    Node {
-        raft,
-        handle,
-        executor,
-    }
+    common::boot(dir, connectors, detector).await
 }
 
 fn start_req(name: &str, def: Value) -> StartRequest {
-    StartRequest {
-        state_machine_arn: "arn:aws:states:us-east-1:000000000000:stateMachine:M".into(),
-        state_machine_name: "M".into(),
-        version_arn: None,
-        alias_arn: None,
-        role_arn: None,
-        name: name.into(),
-        input: "{}".into(),
-        definition: def.to_string(),
-        queued: false,
-    }
+    common::start_req(name, &def, json!({}))
 }
 
 /// Scans until a finding of `kind` shows up (bounded).

@@ -1,19 +1,19 @@
 //! The executor on a real single-node Raft group over sled: runs, control, activities,
 //! callbacks, and a restart on the same data.
 
+mod common;
+
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
+
+use common::{eventually, start_req, Node};
 
 use serde_json::{json, Value};
 use trellis_asl::definition::{Pattern, Resource};
 use trellis_asl::exec::TaskRequest;
-use trellis_asl::{Input, Limits};
-use trellis_shard::executor::{
-    BoxFuture, Connectors, Control, ExecutorConfig, StartRequest, TokenAnswer,
-};
-use trellis_shard::raft::{open_single_node, ShardRaft};
-use trellis_shard::{Executor, ShardHandle, Status};
-use trellis_storage::NodeDb;
+use trellis_asl::Input;
+use trellis_shard::executor::{BoxFuture, Connectors, Control, TokenAnswer};
+use trellis_shard::Status;
 
 /// Lambda-style tasks echo their parameters; `.waitForTaskToken` tasks are submitted and
 /// their tokens kept for the test to answer.
@@ -45,77 +45,10 @@ impl Connectors for Fake {
     }
 }
 
-struct Node {
-    raft: ShardRaft,
-    handle: ShardHandle,
-    fake: Fake,
-    executor: tokio::task::JoinHandle<trellis_shard::Result<()>>,
-}
-
-impl Node {
-    /// Shuts the group down and waits until nothing holds the database any more.
-    async fn stop(self) {
-        self.raft.shutdown().await.unwrap();
-        drop(self.handle);
-        let _ = self.executor.await;
-        drop(self.raft);
-    }
-}
-
-async fn boot(dir: &std::path::Path) -> Node {
-    // sled releases its file lock from a background thread after the last handle drops.
-    let mut db = NodeDb::open(dir);
-    for _ in 0..250 {
-        if db.is_ok() {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-        db = NodeDb::open(dir);
-    }
-    let db = db.unwrap();
-    let (raft, app) = open_single_node(&db, 1, 1, "local").await.unwrap();
+async fn boot(dir: &std::path::Path) -> (Node, Fake) {
     let fake = Fake::default();
-    let cfg = ExecutorConfig {
-        shard: 0,
-        region: "us-east-1".into(),
-        account: "000000000000".into(),
-        limits: Limits::default(),
-        max_batch: 256,
-        detector: Default::default(),
-    };
-    let (ex, handle) =
-        Executor::new(cfg, app, Arc::new(raft.clone()), Arc::new(fake.clone())).unwrap();
-    let executor = tokio::spawn(ex.run());
-    Node {
-        raft,
-        handle,
-        fake,
-        executor,
-    }
-}
-
-async fn eventually<T>(what: &str, mut f: impl FnMut() -> Option<T>) -> T {
-    for _ in 0..1500 {
-        if let Some(v) = f() {
-            return v;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    panic!("timed out waiting for {what}");
-}
-
-fn start_req(name: &str, definition: &Value, input: Value) -> StartRequest {
-    StartRequest {
-        state_machine_arn: "arn:aws:states:us-east-1:000000000000:stateMachine:M".into(),
-        state_machine_name: "M".into(),
-        version_arn: None,
-        alias_arn: None,
-        role_arn: None,
-        name: name.into(),
-        input: input.to_string(),
-        definition: definition.to_string(),
-        queued: false,
-    }
+    let node = common::boot(dir, fake.clone(), Default::default()).await;
+    (node, fake)
 }
 
 const ACTIVITY: &str = "arn:aws:states:us-east-1:000000000000:activity:work";
@@ -149,7 +82,7 @@ fn check_history(node: &Node, arn: &str) -> Vec<String> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn runs_tasks_timers_activities_and_callbacks() {
     let dir = tempfile::tempdir().unwrap();
-    let node = boot(dir.path()).await;
+    let (node, fake) = boot(dir.path()).await;
     let h = &node.handle;
     let started = h
         .start(start_req("one", &machine(), json!({"id": 7})))
@@ -203,7 +136,7 @@ async fn runs_tasks_timers_activities_and_callbacks() {
     );
 
     let token = eventually("the callback token", || {
-        node.fake.tokens.lock().unwrap().first().cloned()
+        fake.tokens.lock().unwrap().first().cloned()
     })
     .await;
     h.answer(&token, TokenAnswer::Success(json!({"ok": true})))
@@ -283,7 +216,7 @@ async fn executions_continue_after_a_restart() {
     let dir = tempfile::tempdir().unwrap();
     let n = 40;
     let (arns, taken) = {
-        let node = boot(dir.path()).await;
+        let (node, _fake) = boot(dir.path()).await;
         let mut arns = Vec::new();
         for i in 0..n {
             let s = node
@@ -305,7 +238,7 @@ async fn executions_continue_after_a_restart() {
         node.stop().await;
         (arns, taken)
     };
-    let node = boot(dir.path()).await;
+    let (node, fake) = boot(dir.path()).await;
     let h = &node.handle;
     let mut answered = 0;
     for t in &taken {
@@ -322,7 +255,7 @@ async fn executions_continue_after_a_restart() {
                 .unwrap();
             answered += 1;
         }
-        let tokens: Vec<String> = node.fake.tokens.lock().unwrap().drain(..).collect();
+        let tokens: Vec<String> = fake.tokens.lock().unwrap().drain(..).collect();
         for t in tokens {
             h.answer(&t, TokenAnswer::Success(json!(true)))
                 .await
