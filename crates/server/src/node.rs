@@ -223,6 +223,7 @@ impl Node {
             express_seq: Default::default(),
             admission: Default::default(),
         });
+        node.connectors.bind(Arc::downgrade(&node));
         node.rebuild_admission().await?;
         let weak = Arc::downgrade(&node);
         tokio::spawn(async move {

@@ -936,6 +936,7 @@ impl Execution {
         };
         self.out.commands.push(Command::InvokeTask(TaskRequest {
             task_id,
+            execution_arn: self.st.info.execution_arn.clone(),
             state_name: st.name.clone(),
             resource: resource.clone(),
             resource_arn: resource_arn.clone(),

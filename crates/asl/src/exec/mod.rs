@@ -152,6 +152,9 @@ pub enum Input {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct TaskRequest {
     pub task_id: u64,
+    /// The execution the task belongs to.
+    #[serde(default)]
+    pub execution_arn: String,
     pub state_name: String,
     pub resource: Resource,
     pub resource_arn: String,
