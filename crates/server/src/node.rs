@@ -402,17 +402,7 @@ impl Node {
                     let def = v["definition"].as_str().unwrap_or_default().to_string();
                     Ok((m, Some(arn.to_string()), None, def))
                 } else {
-                    let alias = self
-                        .meta
-                        .app
-                        .get(Table::Aliases, arn)
-                        .map_err(from_meta)?
-                        .ok_or_else(|| {
-                            ApiError::new(
-                                Code::ResourceNotFound,
-                                format!("Resource Not Found: '{arn}'"),
-                            )
-                        })?;
+                    let alias = self.alias(arn)?;
                     let version = pick_version(&alias, &mut SplitMix64::new(now_ms() as u64));
                     let v = self
                         .meta
@@ -841,10 +831,9 @@ impl Node {
         })
     }
 
-    pub fn describe_alias(&self, arn: &str) -> ApiResult<pb::Alias> {
-        parse_arn(arn, &["stateMachine"])?;
-        let a = self
-            .meta
+    /// An alias record, or AWS's `ResourceNotFound`.
+    fn alias(&self, arn: &str) -> ApiResult<Value> {
+        self.meta
             .app
             .get(Table::Aliases, arn)
             .map_err(from_meta)?
@@ -853,7 +842,12 @@ impl Node {
                     Code::ResourceNotFound,
                     format!("Resource Not Found: '{arn}'"),
                 )
-            })?;
+            })
+    }
+
+    pub fn describe_alias(&self, arn: &str) -> ApiResult<pb::Alias> {
+        parse_arn(arn, &["stateMachine"])?;
+        let a = self.alias(arn)?;
         Ok(alias_pb(&a))
     }
 
@@ -862,17 +856,7 @@ impl Node {
         r: pb::UpdateAliasRequest,
     ) -> ApiResult<pb::UpdateAliasResponse> {
         let _g = self.meta_lock.lock().await;
-        let mut a = self
-            .meta
-            .app
-            .get(Table::Aliases, &r.state_machine_alias_arn)
-            .map_err(from_meta)?
-            .ok_or_else(|| {
-                ApiError::new(
-                    Code::ResourceNotFound,
-                    format!("Resource Not Found: '{}'", r.state_machine_alias_arn),
-                )
-            })?;
+        let mut a = self.alias(&r.state_machine_alias_arn)?;
         if !r.routing_configuration.is_empty() {
             self.check_routes(&r.routing_configuration)?;
             a["routingConfiguration"] = routes_json(&r.routing_configuration);
