@@ -736,6 +736,13 @@ impl Executor {
         let Some(live) = self.live.get_mut(&id) else {
             return;
         };
+        let _span = tracing::debug_span!(
+            "step",
+            shard_id = self.cfg.shard,
+            execution_id = %live.rec.arn
+        )
+        .entered();
+        tracing::trace!(?input, "input");
         let mut env = ShardEnv {
             now,
             rng: &mut self.rng,
