@@ -125,10 +125,18 @@ impl ShardApp {
                 activities.insert(keys::activity(a, rec.id, *id), &[]);
             }
         }
-        self.timers.apply_batch(timers)?;
-        self.tokens.apply_batch(tokens)?;
-        self.activities.apply_batch(activities)?;
-        self.ids.insert(rec.id.to_be_bytes(), rec.arn.as_bytes())?;
+        let changed = match &old {
+            Some(before) => before.timers != rec.timers || before.tasks != rec.tasks,
+            None => !rec.timers.is_empty() || !rec.tasks.is_empty(),
+        };
+        if changed {
+            self.timers.apply_batch(timers)?;
+            self.tokens.apply_batch(tokens)?;
+            self.activities.apply_batch(activities)?;
+        }
+        if old.is_none() {
+            self.ids.insert(rec.id.to_be_bytes(), rec.arn.as_bytes())?;
+        }
         self.executions.insert(rec.arn.as_bytes(), json(rec)?)?;
         Ok(())
     }
