@@ -844,6 +844,8 @@ async fn activity(c: &mut Client, j: bool, cmd: Activity) -> Result<()> {
     Ok(())
 }
 
+const NODE_HEADERS: &[&str] = &["NODE", "STATE", "GRPC", "HTTP", "LEADS", "REPLICAS"];
+
 async fn cluster(c: &mut Client, j: bool, cmd: ClusterCmd) -> Result<()> {
     let node_row = |n: &pb::Node| {
         vec![
@@ -874,10 +876,7 @@ async fn cluster(c: &mut Client, j: bool, cmd: ClusterCmd) -> Result<()> {
                     "node {}  meta leader {}  shards {}",
                     s.node_id, s.meta_leader, s.shard_count
                 );
-                table(
-                    &["NODE", "STATE", "GRPC", "HTTP", "LEADS", "REPLICAS"],
-                    s.nodes.iter().map(node_row).collect(),
-                );
+                table(NODE_HEADERS, s.nodes.iter().map(node_row).collect());
             }
         }
         ClusterCmd::Nodes => {
@@ -890,10 +889,7 @@ async fn cluster(c: &mut Client, j: bool, cmd: ClusterCmd) -> Result<()> {
             if j {
                 println!("{}", Value::Array(r.nodes.iter().map(node_json).collect()));
             } else {
-                table(
-                    &["NODE", "STATE", "GRPC", "HTTP", "LEADS", "REPLICAS"],
-                    r.nodes.iter().map(node_row).collect(),
-                );
+                table(NODE_HEADERS, r.nodes.iter().map(node_row).collect());
             }
         }
         ClusterCmd::Shards => {

@@ -577,6 +577,24 @@ impl Node {
         })
     }
 
+    /// Writes one meta record.
+    async fn meta_put(&self, table: Table, key: impl Into<String>, value: Value) -> ApiResult<()> {
+        let key = key.into();
+        self.meta
+            .write(vec![MetaOp::Put { table, key, value }])
+            .await
+            .map_err(from_meta)
+    }
+
+    /// Deletes one meta record.
+    async fn meta_delete(&self, table: Table, key: impl Into<String>) -> ApiResult<()> {
+        let key = key.into();
+        self.meta
+            .write(vec![MetaOp::Delete { table, key }])
+            .await
+            .map_err(from_meta)
+    }
+
     /// One page of a meta table in key order; the token is the last key returned.
     fn meta_page(
         &self,
@@ -741,13 +759,7 @@ impl Node {
                 ));
             }
         }
-        self.meta
-            .write(vec![MetaOp::Delete {
-                table: Table::Versions,
-                key: arn.to_string(),
-            }])
-            .await
-            .map_err(from_meta)
+        self.meta_delete(Table::Versions, arn.to_string()).await
     }
 
     fn check_routes(&self, routes: &[pb::RoutingConfiguration]) -> ApiResult<String> {
@@ -817,14 +829,7 @@ impl Node {
         let now = now_ms();
         let value = json!({"stateMachineAliasArn": arn, "name": r.name, "description": r.description,
             "routingConfiguration": routes_json(&r.routing_configuration), "creationDate": now, "updateDate": now});
-        self.meta
-            .write(vec![MetaOp::Put {
-                table: Table::Aliases,
-                key: arn.clone(),
-                value,
-            }])
-            .await
-            .map_err(from_meta)?;
+        self.meta_put(Table::Aliases, arn.clone(), value).await?;
         Ok(pb::CreateAliasResponse {
             state_machine_alias_arn: arn,
             creation_date: now,
@@ -866,26 +871,14 @@ impl Node {
         }
         let now = now_ms();
         a["updateDate"] = json!(now);
-        self.meta
-            .write(vec![MetaOp::Put {
-                table: Table::Aliases,
-                key: r.state_machine_alias_arn,
-                value: a,
-            }])
-            .await
-            .map_err(from_meta)?;
+        self.meta_put(Table::Aliases, r.state_machine_alias_arn, a)
+            .await?;
         Ok(pb::UpdateAliasResponse { update_date: now })
     }
 
     pub async fn delete_alias(&self, arn: &str) -> ApiResult<()> {
         parse_arn(arn, &["stateMachine"])?;
-        self.meta
-            .write(vec![MetaOp::Delete {
-                table: Table::Aliases,
-                key: arn.to_string(),
-            }])
-            .await
-            .map_err(from_meta)
+        self.meta_delete(Table::Aliases, arn.to_string()).await
     }
 
     pub fn list_aliases(&self, r: pb::ListAliasesRequest) -> ApiResult<pb::ListAliasesResponse> {
@@ -1392,14 +1385,12 @@ impl Node {
             });
         }
         let now = now_ms();
-        self.meta
-            .write(vec![MetaOp::Put {
-                table: Table::Activities,
-                key: arn.clone(),
-                value: json!({"activityArn": arn, "name": name, "creationDate": now}),
-            }])
-            .await
-            .map_err(from_meta)?;
+        self.meta_put(
+            Table::Activities,
+            arn.clone(),
+            json!({"activityArn": arn, "name": name, "creationDate": now}),
+        )
+        .await?;
         Ok(pb::CreateActivityResponse {
             activity_arn: arn,
             creation_date: now,
@@ -1449,13 +1440,7 @@ impl Node {
 
     pub async fn delete_activity(&self, arn: &str) -> ApiResult<()> {
         parse_arn(arn, &["activity"])?;
-        self.meta
-            .write(vec![MetaOp::Delete {
-                table: Table::Activities,
-                key: arn.to_string(),
-            }])
-            .await
-            .map_err(from_meta)
+        self.meta_delete(Table::Activities, arn.to_string()).await
     }
 
     /// Long-polls every shard for a task of the activity, up to `wait`.
