@@ -34,6 +34,8 @@ pub struct ClusterSection {
     pub shards: u32,
     /// Most commands a shard executor takes into one Raft proposal.
     pub max_batch: usize,
+    /// The longest an Express execution may run before it times out (AWS: 5 minutes).
+    pub express_max_seconds: u64,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -59,6 +61,7 @@ impl Default for ClusterSection {
         ClusterSection {
             shards: 64,
             max_batch: 512,
+            express_max_seconds: 300,
         }
     }
 }

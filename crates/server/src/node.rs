@@ -1082,6 +1082,10 @@ impl Node {
         let mut timers: BTreeSet<(i64, u64)> = BTreeSet::new();
         let mut due: HashMap<u64, i64> = HashMap::new();
         let mut running = tokio::task::JoinSet::new();
+        // Express executions run for at most `cluster.express_max_seconds` (AWS: 5 minutes).
+        let deadline =
+            tokio::time::Instant::now() + Duration::from_secs(self.cfg.cluster.express_max_seconds);
+        let mut timed_out = false;
         while !exec.status().is_terminal() {
             let input = match inputs.pop_front() {
                 Some(i) => i,
@@ -1095,7 +1099,10 @@ impl Node {
                             due.remove(&id);
                             Input::TimerFired { timer_id: id }
                         }
-                        else => return Err(internal("the express execution waits for nothing")),
+                        _ = tokio::time::sleep_until(deadline) => {
+                            timed_out = true;
+                            break;
+                        }
                     }
                 }
             };
@@ -1123,10 +1130,18 @@ impl Node {
             }
         }
         running.abort_all();
-        let o = exec
-            .outcome()
-            .cloned()
-            .ok_or_else(|| internal("no outcome"))?;
+        let o = if timed_out {
+            trellis_asl::Outcome {
+                status: ExecStatus::TimedOut,
+                output: None,
+                error: Some(trellis_asl::error::names::TIMEOUT.into()),
+                cause: Some("The execution timed out.".into()),
+            }
+        } else {
+            exec.outcome()
+                .cloned()
+                .ok_or_else(|| internal("no outcome"))?
+        };
         Ok(pb::SyncExecutionResult {
             execution_arn: arn,
             state_machine_arn: machine_arn.to_string(),

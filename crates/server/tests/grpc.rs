@@ -24,10 +24,15 @@ impl Running {
 }
 
 async fn start() -> Running {
+    start_with(|_| {}).await
+}
+
+async fn start_with(tune: impl FnOnce(&mut Config)) -> Running {
     let dir = tempfile::tempdir().unwrap();
     let mut cfg = Config::default();
     cfg.node.data_dir = dir.path().join("data");
     cfg.cluster.shards = 4;
+    tune(&mut cfg);
     let http = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let grpc = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = grpc.local_addr().unwrap();
@@ -329,5 +334,38 @@ async fn concurrency_cap_queues_in_order() {
         history.is_empty(),
         "a queued execution that was stopped never ran"
     );
+    r.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn express_executions_time_out() {
+    // Five minutes by default; one second here.
+    let mut r = start_with(|c| c.cluster.express_max_seconds = 1).await;
+    let c = &mut r.client;
+    let sm = c
+        .state_machines
+        .create_state_machine(pb::CreateStateMachineRequest {
+            name: "LongExpress".into(),
+            definition: json!({"StartAt": "W", "States": {"W": {"Type": "Wait", "Seconds": 3600, "End": true}}})
+                .to_string(),
+            role_arn: "arn:aws:iam::000000000000:role/r".into(),
+            r#type: pb::StateMachineType::Express as i32,
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .state_machine_arn;
+    let out = c
+        .executions
+        .start_sync_execution(pb::StartExecutionRequest {
+            state_machine_arn: sm,
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(out.status, "TIMED_OUT");
+    assert_eq!(out.error, "States.Timeout");
     r.stop().await;
 }
