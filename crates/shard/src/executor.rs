@@ -743,6 +743,10 @@ impl Executor {
         )
         .entered();
         tracing::trace!(?input, "input");
+        let submitted = match &input {
+            Input::TaskSubmitted { task_id, .. } => Some(*task_id),
+            _ => None,
+        };
         let mut env = ShardEnv {
             now,
             rng: &mut self.rng,
@@ -816,6 +820,11 @@ impl Executor {
         let tasks: HashSet<u64> = live.exec.pending_tasks().collect();
         rec.timers.retain(|t, _| timers.contains(t));
         rec.tasks.retain(|t, _| tasks.contains(t));
+        // A callback task whose call returned waits for its token: it is not dispatched
+        // again, and the detector does not count it as undelivered.
+        if let Some(t) = submitted.and_then(|t| rec.tasks.get_mut(&t)) {
+            t.started = true;
+        }
         rec.paused = live.exec.is_paused();
         rec.last_event_id = live.exec.event_count();
         self.dirty.insert(id);

@@ -27,6 +27,12 @@ impl Connectors for Flaky {
             if lose {
                 std::future::pending::<()>().await;
             }
+            if t.resource_arn.ends_with(".waitForTaskToken") {
+                return Input::TaskSubmitted {
+                    task_id: t.task_id,
+                    output: json!({}),
+                };
+            }
             Input::TaskSucceeded {
                 task_id: t.task_id,
                 output: json!({"echo": t.parameters}),
@@ -213,5 +219,33 @@ async fn stuck_executions_and_expired_tokens_are_found() {
     status(&node.handle.app, &expired, Status::Failed).await;
     let rec = node.handle.app.record(&expired).unwrap().unwrap();
     assert_eq!(rec.error.as_deref(), Some("States.Timeout"));
+    node.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn submitted_callbacks_are_not_undelivered() {
+    let dir = tempfile::tempdir().unwrap();
+    let node = boot(dir.path(), Flaky::default()).await;
+    let s = node
+        .handle
+        .start(start_req(
+            "waiting",
+            json!({"StartAt": "T", "States": {"T": {"Type": "Task",
+                "Resource": "arn:aws:states:::lambda:invoke.waitForTaskToken",
+                "Parameters": {"FunctionName": "f", "Payload": {"t.$": "$$.Task.Token"}}, "End": true}}}),
+        ))
+        .await
+        .unwrap();
+    // Past `undelivered_after`, the task waits for its token, which is not a fault.
+    for _ in 0..500 {
+        let rec = node.handle.app.record(&s.execution_arn).unwrap().unwrap();
+        if rec.tasks.values().all(|t| t.started) && !rec.tasks.is_empty() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    let r = node.handle.scan().await.unwrap();
+    assert!(r.findings.is_empty(), "{r:?}");
     node.stop().await;
 }
