@@ -947,45 +947,46 @@ impl Node {
         Ok(input.to_string())
     }
 
+    /// The execution name: the one given (checked), or a random UUID as AWS picks.
+    fn execution_name(&self, given: &str) -> ApiResult<String> {
+        if given.is_empty() {
+            let seq = self
+                .express_seq
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            let mut rng = SplitMix64::new(now_ms() as u64 ^ seq.rotate_left(32));
+            return Ok(trellis_asl::env::uuid_v4(&mut rng));
+        }
+        check_name(given)?;
+        Ok(given.to_string())
+    }
+
     pub async fn start_execution(
         &self,
         r: pb::StartExecutionRequest,
     ) -> ApiResult<pb::StartExecutionResponse> {
         let (m, version, alias, definition) = self.resolve(&r.state_machine_arn)?;
-        let name = if r.name.is_empty() {
-            trellis_asl::env::uuid_v4(&mut SplitMix64::new(
-                now_ms() as u64
-                    ^ self
-                        .express_seq
-                        .fetch_add(1, std::sync::atomic::Ordering::Relaxed)
-                        .rotate_left(32),
-            ))
-        } else {
-            r.name.clone()
-        };
-        check_name(&name)?;
+        let name = self.execution_name(&r.name)?;
         let input = Self::check_input(&r.input)?;
-        let machine_arn = m["stateMachineArn"]
-            .as_str()
-            .unwrap_or_default()
-            .to_string();
-        let machine_name = m["name"].as_str().unwrap_or_default().to_string();
         if m["type"] == "EXPRESS" {
-            let res = self
-                .run_express(&machine_arn, &machine_name, &name, &input, &definition)
-                .await?;
+            let res = self.run_express(&m, &name, &input, &definition).await?;
             return Ok(pb::StartExecutionResponse {
                 execution_arn: res.execution_arn,
                 start_date: res.start_date,
             });
         }
+        let machine_arn = m["stateMachineArn"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string();
+        let machine_name = m["name"].as_str().unwrap_or_default().to_string();
         let arn = format!("{}:execution:{machine_name}:{name}", self.arn_prefix());
-        let capped = self.cap(&machine_arn) > 0;
+        // The machine record is already here: no second meta read for its cap.
+        let capped = m["maxConcurrentExecutions"].as_u64().unwrap_or(0) > 0;
         let started = self
             .shard(&arn)
             .handle
             .start(StartRequest {
-                state_machine_arn: machine_arn,
+                state_machine_arn: machine_arn.clone(),
                 state_machine_name: machine_name,
                 version_arn: version,
                 alias_arn: alias,
@@ -998,11 +999,7 @@ impl Node {
             .await
             .map_err(from_shard)?;
         if capped && !started.existed {
-            let machine = m["stateMachineArn"]
-                .as_str()
-                .unwrap_or_default()
-                .to_string();
-            self.enqueue(&machine, &started.execution_arn).await;
+            self.enqueue(&machine_arn, &started.execution_arn).await;
         }
         Ok(pb::StartExecutionResponse {
             execution_arn: started.execution_arn,
@@ -1021,35 +1018,22 @@ impl Node {
                 "This operation is not supported by this type of state machine",
             ));
         }
-        let name = if r.name.is_empty() {
-            format!(
-                "sync-{}",
-                self.express_seq
-                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed)
-            )
-        } else {
-            r.name.clone()
-        };
-        check_name(&name)?;
+        let name = self.execution_name(&r.name)?;
         let input = Self::check_input(&r.input)?;
-        let machine_arn = m["stateMachineArn"]
-            .as_str()
-            .unwrap_or_default()
-            .to_string();
-        let machine_name = m["name"].as_str().unwrap_or_default().to_string();
-        self.run_express(&machine_arn, &machine_name, &name, &input, &definition)
-            .await
+        self.run_express(&m, &name, &input, &definition).await
     }
 
-    /// Runs an Express execution in memory on this node (not persisted, as AWS Express).
+    /// Runs an Express execution of machine record `m` in memory on this node (not
+    /// persisted, as AWS Express).
     async fn run_express(
         &self,
-        machine_arn: &str,
-        machine: &str,
+        m: &Value,
         name: &str,
         input: &str,
         definition: &str,
     ) -> ApiResult<pb::SyncExecutionResult> {
+        let machine_arn = m["stateMachineArn"].as_str().unwrap_or_default();
+        let machine = m["name"].as_str().unwrap_or_default();
         let sm = trellis_asl::parse(definition, trellis_asl::Options { express: true })
             .map_err(|e| ApiError::new(Code::InvalidDefinition, e.to_string()))?;
         let seq = self
