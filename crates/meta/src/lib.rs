@@ -5,6 +5,8 @@
 //! JSON values in named tables; what they mean (ARNs, revision ids, validation) is decided on
 //! the meta leader by the node before it proposes them, so applying is a plain write.
 
+pub mod placement;
+
 use std::collections::BTreeMap;
 use std::io::Cursor;
 use std::sync::Arc;
@@ -28,15 +30,21 @@ pub enum Table {
     Activities,
     /// Setting name -> value.
     Settings,
+    /// Node id (20 digits) -> `{"id", "grpcAddr", "httpAddr", "zone", "state"}`.
+    Nodes,
+    /// Shard id (10 digits) -> `{"id", "replicas": [node ids], "epoch"}`.
+    Shards,
 }
 
 impl Table {
-    pub const ALL: [Table; 5] = [
+    pub const ALL: [Table; 7] = [
         Table::Machines,
         Table::Versions,
         Table::Aliases,
         Table::Activities,
         Table::Settings,
+        Table::Nodes,
+        Table::Shards,
     ];
 
     fn name(self) -> &'static str {
@@ -46,6 +54,8 @@ impl Table {
             Table::Aliases => "aliases",
             Table::Activities => "activities",
             Table::Settings => "settings",
+            Table::Nodes => "nodes",
+            Table::Shards => "shards",
         }
     }
 }
@@ -213,45 +223,115 @@ pub struct Meta {
 }
 
 impl Meta {
-    /// Opens the meta group of a single-node cluster and waits until this node leads it.
-    pub async fn open_single_node(db: &NodeDb, node: u64, addr: &str) -> Result<Meta> {
+    /// Opens this node's replica of the meta group, sending through `network`. It is not
+    /// initialized: the bootstrapping node calls [`Meta::initialize`], the others join.
+    pub async fn open<N>(db: &NodeDb, node: u64, network: N) -> Result<Meta>
+    where
+        N: openraft::network::RaftNetworkFactory<MetaConfig>,
+    {
         let trees = db.group(0)?;
         let app = MetaApp::open(&trees)?;
         let sm = StateMachineStore::open(trees.clone(), app.clone())?;
         let log = LogStore::<MetaConfig>::new(trees);
         let cfg = openraft::Config {
             cluster_name: "meta".into(),
-            heartbeat_interval: 100,
-            election_timeout_min: 300,
-            election_timeout_max: 600,
+            heartbeat_interval: 200,
+            election_timeout_min: 800,
+            election_timeout_max: 1600,
             ..Default::default()
         }
         .validate()
         .map_err(|e| Error::Raft(e.to_string()))?;
-        let raft = Raft::new(node, Arc::new(cfg), NoPeers::default(), log, sm)
+        let raft = Raft::new(node, Arc::new(cfg), network, log, sm)
             .await
             .map_err(|e| Error::Raft(e.to_string()))?;
-        if !raft
+        Ok(Meta { raft, app })
+    }
+
+    /// Makes this node the meta group's only voter, unless the group was initialized
+    /// before (a restart).
+    pub async fn initialize(&self, node: u64, addr: &str) -> Result<()> {
+        if !self
+            .raft
             .is_initialized()
             .await
             .map_err(|e| Error::Raft(e.to_string()))?
         {
-            raft.initialize(BTreeMap::from([(node, BasicNode::new(addr))]))
+            self.raft
+                .initialize(BTreeMap::from([(node, BasicNode::new(addr))]))
                 .await
                 .map_err(|e| Error::Raft(e.to_string()))?;
         }
-        raft.wait(Some(Duration::from_secs(30)))
+        Ok(())
+    }
+
+    /// Opens the meta group of a single-node cluster and waits until this node leads it.
+    pub async fn open_single_node(db: &NodeDb, node: u64, addr: &str) -> Result<Meta> {
+        let meta = Meta::open(db, node, NoPeers::default()).await?;
+        meta.initialize(node, addr).await?;
+        meta.raft
+            .wait(Some(Duration::from_secs(30)))
             .current_leader(node, "this node leads meta")
             .await
             .map_err(|e| Error::Raft(e.to_string()))?;
-        let last = raft.metrics().borrow().last_log_index;
+        meta.wait_applied().await?;
+        Ok(meta)
+    }
+
+    /// Waits until everything in the local log is applied.
+    pub async fn wait_applied(&self) -> Result<()> {
+        let last = self.raft.metrics().borrow().last_log_index;
         if last.is_some() {
-            raft.wait(Some(Duration::from_secs(30)))
+            self.raft
+                .wait(Some(Duration::from_secs(30)))
                 .applied_index_at_least(last, "meta applied")
                 .await
                 .map_err(|e| Error::Raft(e.to_string()))?;
         }
-        Ok(Meta { raft, app })
+        Ok(())
+    }
+
+    /// The meta leader as this node knows it.
+    pub fn leader(&self) -> Option<u64> {
+        self.raft.metrics().borrow().current_leader
+    }
+
+    /// This node's last applied meta index.
+    pub fn applied(&self) -> u64 {
+        self.raft
+            .metrics()
+            .borrow()
+            .last_applied
+            .map(|l| l.index)
+            .unwrap_or(0)
+    }
+
+    /// Waits (up to `timeout`) until this node has applied `index`.
+    pub async fn wait_for(&self, index: u64, timeout: Duration) -> Result<()> {
+        self.raft
+            .wait(Some(timeout))
+            .applied_index_at_least(Some(index), "meta caught up")
+            .await
+            .map(|_| ())
+            .map_err(|e| Error::Raft(e.to_string()))
+    }
+
+    /// The node records, in id order.
+    pub fn nodes(&self) -> Result<Vec<placement::NodeRecord>> {
+        self.app
+            .list(Table::Nodes, None, usize::MAX)?
+            .into_iter()
+            .map(|(_, v)| Ok(serde_json::from_value(v)?))
+            .collect()
+    }
+
+    /// The shard map, in shard order.
+    pub fn shard_map(&self) -> Result<Vec<placement::ShardRecord>> {
+        self.app
+            .list(Table::Shards, None, usize::MAX)?
+            .into_iter()
+            .map(|(_, v)| Ok(serde_json::from_value(v)?))
+            .collect()
     }
 
     /// Proposes writes and waits until they are applied here.

@@ -190,7 +190,7 @@ async fn dispatch(node: &Node, headers: &HeaderMap, body: &[u8]) -> ApiResult<Va
             Ok(machine_json(&m))
         }
         "DescribeStateMachineForExecution" => {
-            let e = node.describe_execution(&r.s("executionArn")?)?;
+            let e = node.describe_execution(&r.s("executionArn")?).await?;
             let m = node.describe_state_machine(&e.state_machine_arn)?;
             let mut v = machine_json(&m);
             if let Value::Object(o) = &mut v {
@@ -388,7 +388,7 @@ async fn dispatch(node: &Node, headers: &HeaderMap, body: &[u8]) -> ApiResult<Va
             Ok(json!({"redriveDate": secs(out.redrive_date)}))
         }
         "DescribeExecution" => {
-            let e = node.describe_execution(&r.s("executionArn")?)?;
+            let e = node.describe_execution(&r.s("executionArn")?).await?;
             Ok(execution_json(&e))
         }
         "ListExecutions" => {
@@ -399,13 +399,15 @@ async fn dispatch(node: &Node, headers: &HeaderMap, body: &[u8]) -> ApiResult<Va
                     "Map Runs are not supported by Trellis yet",
                 ));
             }
-            let out = node.list_executions(pb::ListExecutionsRequest {
-                state_machine_arn: arn.ok_or_else(|| missing("stateMachineArn"))?,
-                status_filter: r.or_empty("statusFilter")?,
-                max_results: r.u32("maxResults")?,
-                next_token: r.or_empty("nextToken")?,
-                redrive_filter_redriven: false,
-            })?;
+            let out = node
+                .list_executions(pb::ListExecutionsRequest {
+                    state_machine_arn: arn.ok_or_else(|| missing("stateMachineArn"))?,
+                    status_filter: r.or_empty("statusFilter")?,
+                    max_results: r.u32("maxResults")?,
+                    next_token: r.or_empty("nextToken")?,
+                    redrive_filter_redriven: false,
+                })
+                .await?;
             let items: Vec<Value> = out
                 .executions
                 .iter()
@@ -425,13 +427,15 @@ async fn dispatch(node: &Node, headers: &HeaderMap, body: &[u8]) -> ApiResult<Va
                 r.0.get("includeExecutionData")
                     .and_then(Value::as_bool)
                     .unwrap_or(true);
-            let out = node.get_execution_history(pb::GetExecutionHistoryRequest {
-                execution_arn: r.s("executionArn")?,
-                max_results: r.u32("maxResults")?,
-                reverse_order: r.bool("reverseOrder"),
-                next_token: r.or_empty("nextToken")?,
-                include_execution_data: include,
-            })?;
+            let out = node
+                .get_execution_history(pb::GetExecutionHistoryRequest {
+                    execution_arn: r.s("executionArn")?,
+                    max_results: r.u32("maxResults")?,
+                    reverse_order: r.bool("reverseOrder"),
+                    next_token: r.or_empty("nextToken")?,
+                    include_execution_data: include,
+                })
+                .await?;
             let events: Vec<Value> = out.events.iter().map(|e| event_json(e, include)).collect();
             Ok(with_token(json!({"events": events}), &out.next_token))
         }

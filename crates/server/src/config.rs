@@ -22,9 +22,16 @@ pub struct Config {
 #[serde(default, deny_unknown_fields)]
 pub struct NodeSection {
     pub id: u64,
+    /// Take the id from the hostname's trailing ordinal plus one (`trellis-2` -> 3), for a
+    /// Kubernetes StatefulSet.
+    pub id_from_hostname: bool,
     pub data_dir: PathBuf,
     pub grpc_addr: String,
     pub http_addr: String,
+    /// The gRPC address other nodes use to reach this one (default: `grpc_addr`).
+    pub advertise_addr: String,
+    /// Placement spreads a shard's replicas over distinct zones when nodes carry one.
+    pub zone: String,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -36,6 +43,15 @@ pub struct ClusterSection {
     pub max_batch: usize,
     /// The longest an Express execution may run before it times out (AWS: 5 minutes).
     pub express_max_seconds: u64,
+    /// Existing members to join through, comma-separated gRPC addresses. Empty (or only
+    /// this node's own address): this node bootstraps a new cluster.
+    pub join: String,
+    /// The bootstrapping node places shards once this many nodes are members.
+    pub bootstrap_expect: u32,
+    /// Replicas per shard group (capped at the node count).
+    pub replication_factor: u32,
+    /// Tests only: accept `trellisctl`'s partition commands (drop traffic to chosen nodes).
+    pub fault_injection: bool,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -49,9 +65,12 @@ impl Default for NodeSection {
     fn default() -> Self {
         NodeSection {
             id: 1,
+            id_from_hostname: false,
             data_dir: PathBuf::from("./trellis-data"),
             grpc_addr: "127.0.0.1:7300".into(),
             http_addr: "127.0.0.1:8083".into(),
+            advertise_addr: String::new(),
+            zone: String::new(),
         }
     }
 }
@@ -62,6 +81,10 @@ impl Default for ClusterSection {
             shards: 64,
             max_batch: 512,
             express_max_seconds: 300,
+            join: String::new(),
+            bootstrap_expect: 1,
+            replication_factor: 3,
+            fault_injection: false,
         }
     }
 }
@@ -111,11 +134,59 @@ impl Config {
         if self.node.id == 0 {
             bail!("node.id must not be 0");
         }
+        if self.cluster.bootstrap_expect == 0 {
+            bail!("cluster.bootstrap_expect must be at least 1");
+        }
+        if self.cluster.replication_factor == 0 {
+            bail!("cluster.replication_factor must be at least 1");
+        }
         if self.cluster.max_batch == 0 {
             bail!("cluster.max_batch must be at least 1");
         }
         Ok(())
     }
+}
+
+impl NodeSection {
+    /// The address peers and forwarded calls use for this node.
+    pub fn advertised(&self) -> &str {
+        if self.advertise_addr.is_empty() {
+            &self.grpc_addr
+        } else {
+            &self.advertise_addr
+        }
+    }
+}
+
+impl ClusterSection {
+    /// The join addresses, without this node's own.
+    pub fn join_addrs(&self, own: &str) -> Vec<String> {
+        self.join
+            .split(',')
+            .map(str::trim)
+            .filter(|a| !a.is_empty() && *a != own)
+            .map(str::to_string)
+            .collect()
+    }
+}
+
+/// The node id of a StatefulSet pod: its hostname's trailing number plus one.
+pub fn id_from_hostname(host: &str) -> Result<u64> {
+    let digits: String = host
+        .chars()
+        .rev()
+        .take_while(|c| c.is_ascii_digit())
+        .collect::<Vec<_>>()
+        .into_iter()
+        .rev()
+        .collect();
+    if digits.is_empty() {
+        bail!("node.id_from_hostname: hostname '{host}' does not end in an ordinal");
+    }
+    Ok(digits
+        .parse::<u64>()
+        .with_context(|| format!("hostname ordinal '{digits}'"))?
+        + 1)
 }
 
 fn merge(base: &mut toml::Value, over: toml::Value) {
@@ -192,6 +263,22 @@ mod tests {
         assert_eq!(c.cluster.shards, 8);
         assert_eq!(c.aws.region, "eu-west-1");
         assert_eq!(c.functions["f"], "http://x");
+    }
+
+    #[test]
+    fn statefulset_ordinals_become_ids() {
+        assert_eq!(id_from_hostname("trellis-0").unwrap(), 1);
+        assert_eq!(id_from_hostname("trellis-12").unwrap(), 13);
+        assert!(id_from_hostname("trellis").is_err());
+    }
+
+    #[test]
+    fn join_list_skips_this_node() {
+        let c = ClusterSection {
+            join: "a:1, b:2,,c:3".into(),
+            ..Default::default()
+        };
+        assert_eq!(c.join_addrs("b:2"), vec!["a:1", "c:3"]);
     }
 
     #[test]

@@ -26,7 +26,7 @@ pub async fn serve(
     listener: tokio::net::TcpListener,
     stop: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> Result<(), tonic::transport::Error> {
-    let svc = Svc(node);
+    let svc = Svc(node.clone());
     use tonic::codegen::tokio_stream::StreamExt as _;
     // Small request/response pairs: without TCP_NODELAY each reply waits ~40 ms for a
     // delayed ACK.
@@ -41,6 +41,7 @@ pub async fn serve(
         .add_service(ExecutionsServer::new(svc.clone()))
         .add_service(ActivitiesServer::new(svc.clone()))
         .add_service(AdminServer::new(svc))
+        .add_service(crate::cluster::service::Service::new(&node))
         .serve_with_incoming_shutdown(incoming, stop)
         .await
 }
@@ -170,19 +171,22 @@ impl Executions for Svc {
         &self,
         r: Request<pb::DescribeExecutionRequest>,
     ) -> R<pb::Execution> {
-        ok(self.0.describe_execution(&r.into_inner().execution_arn)?)
+        ok(self
+            .0
+            .describe_execution(&r.into_inner().execution_arn)
+            .await?)
     }
     async fn list_executions(
         &self,
         r: Request<pb::ListExecutionsRequest>,
     ) -> R<pb::ListExecutionsResponse> {
-        ok(self.0.list_executions(r.into_inner())?)
+        ok(self.0.list_executions(r.into_inner()).await?)
     }
     async fn get_execution_history(
         &self,
         r: Request<pb::GetExecutionHistoryRequest>,
     ) -> R<pb::GetExecutionHistoryResponse> {
-        ok(self.0.get_execution_history(r.into_inner())?)
+        ok(self.0.get_execution_history(r.into_inner()).await?)
     }
     async fn redrive_execution(
         &self,
@@ -214,13 +218,13 @@ impl Executions for Svc {
     ) -> R<Self::WatchExecutionStream> {
         let r = r.into_inner();
         // Fail fast on an unknown execution.
-        self.0.describe_execution(&r.execution_arn)?;
+        self.0.describe_execution(&r.execution_arn).await?;
         let (tx, rx) = tokio::sync::mpsc::channel(256);
         let node = self.0.clone();
         tokio::spawn(async move {
             let mut after = r.after_event_id;
             loop {
-                match node.events_after(&r.execution_arn, after) {
+                match node.events_after(&r.execution_arn, after).await {
                     Ok((events, done)) => {
                         for e in events {
                             after = e.id;
@@ -298,23 +302,21 @@ impl Activities for Svc {
 #[tonic::async_trait]
 impl Admin for Svc {
     async fn cluster_status(&self, _: Request<pb::Empty>) -> R<pb::ClusterStatusResponse> {
-        let me = self.0.this_node();
-        ok(pb::ClusterStatusResponse {
-            node_id: me.id,
-            meta_leader: me.id,
-            shard_count: self.0.shard_count(),
-            nodes: vec![me],
-        })
+        ok(self.0.cluster_status().await?)
     }
     async fn list_nodes(&self, _: Request<pb::Empty>) -> R<pb::ListNodesResponse> {
         ok(pb::ListNodesResponse {
-            nodes: vec![self.0.this_node()],
+            nodes: self.0.list_nodes().await?,
         })
     }
     async fn list_shards(&self, _: Request<pb::Empty>) -> R<pb::ListShardsResponse> {
-        ok(self.0.list_shards())
+        ok(self.0.list_shards().await?)
     }
     async fn doctor(&self, _: Request<pb::Empty>) -> R<pb::DoctorReport> {
         ok(self.0.doctor().await?)
+    }
+    async fn partition(&self, r: Request<pb::PartitionRequest>) -> R<pb::Empty> {
+        self.0.partition(r.into_inner().nodes)?;
+        ok(pb::Empty {})
     }
 }

@@ -3,6 +3,7 @@
 //! tests start nodes in-process through [`node::Node`] and [`serve::serve`].
 
 pub mod aws;
+pub mod cluster;
 pub mod config;
 pub mod connectors;
 pub mod grpc;

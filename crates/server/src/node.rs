@@ -14,17 +14,17 @@ use trellis_asl::{Command, Env, ExecStatus, Execution, Input, Limits};
 use trellis_meta::{Meta, MetaOp, Table};
 use trellis_proto::v1 as pb;
 use trellis_proto::{ApiError, Code};
-use trellis_shard::executor::{
-    Connectors as _, Control, ExecutorConfig, StartRequest, TokenAnswer,
-};
+use trellis_shard::executor::{Connectors as _, Control, StartRequest, TokenAnswer};
 use trellis_shard::raft::ShardRaft;
-use trellis_shard::{shard_of, Executor, ShardHandle, Status};
+use trellis_shard::{shard_of, ShardApp, ShardHandle, Status};
 use trellis_storage::NodeDb;
 
+use crate::cluster::join_all;
+use crate::cluster::transport::Transport;
 use crate::config::Config;
 use crate::tasks::NodeConnectors;
 
-type ApiResult<T> = Result<T, ApiError>;
+pub(crate) type ApiResult<T> = Result<T, ApiError>;
 
 /// Largest execution input, task output and definition, as AWS.
 pub const MAX_PAYLOAD: usize = 262_144;
@@ -36,7 +36,7 @@ fn now_ms() -> i64 {
         .unwrap_or(0)
 }
 
-fn internal(e: impl std::fmt::Display) -> ApiError {
+pub(crate) fn internal(e: impl std::fmt::Display) -> ApiError {
     ApiError::new(Code::InternalFailure, e.to_string())
 }
 
@@ -54,7 +54,7 @@ fn from_shard(e: trellis_shard::Error) -> ApiError {
     }
 }
 
-fn from_meta(e: trellis_meta::Error) -> ApiError {
+pub(crate) fn from_meta(e: trellis_meta::Error) -> ApiError {
     match e {
         trellis_meta::Error::NotLeader { leader } => ApiError::not_leader(leader),
         e => internal(e),
@@ -117,114 +117,98 @@ struct MachineQueue {
     waiting: std::collections::VecDeque<String>,
 }
 
-/// One shard on this node.
-struct ShardSlot {
-    raft: ShardRaft,
-    handle: ShardHandle,
+/// This node's replica of one shard.
+pub(crate) struct Replica {
+    pub(crate) shard: u32,
+    pub(crate) raft: ShardRaft,
+    pub(crate) app: ShardApp,
+    /// The executor's handle while this node leads the shard.
+    leading: std::sync::RwLock<Option<ShardHandle>>,
 }
 
-/// A node of a single-node cluster (the cluster milestone adds peers).
+impl Replica {
+    pub(crate) fn new(shard: u32, raft: ShardRaft, app: ShardApp) -> Replica {
+        Replica {
+            shard,
+            raft,
+            app,
+            leading: Default::default(),
+        }
+    }
+
+    pub(crate) fn handle(&self) -> Option<ShardHandle> {
+        self.leading
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    pub(crate) fn set_handle(&self, h: Option<ShardHandle>) {
+        *self.leading.write().unwrap_or_else(|p| p.into_inner()) = h;
+    }
+}
+
+/// A shard's slot on this node: empty when the node holds no replica of it.
+#[derive(Default)]
+pub(crate) struct ShardCell(std::sync::RwLock<Option<Arc<Replica>>>);
+
+impl ShardCell {
+    pub(crate) fn get(&self) -> Option<Arc<Replica>> {
+        self.0.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    pub(crate) fn set(&self, r: Arc<Replica>) {
+        *self.0.write().unwrap_or_else(|p| p.into_inner()) = Some(r);
+    }
+}
+
+/// A Trellis node: a member of the meta group and a replica of some shards, leading some.
 pub struct Node {
     pub cfg: Config,
     db: NodeDb,
-    meta: Meta,
+    pub(crate) meta: Meta,
+    pub(crate) transport: Arc<Transport>,
     /// Serializes read-modify-write of meta records on this (leader) node.
-    meta_lock: Mutex<()>,
-    shards: Vec<ShardSlot>,
+    pub(crate) meta_lock: Mutex<()>,
+    /// One cell per shard, once the shard count is known.
+    shards: std::sync::OnceLock<Box<[ShardCell]>>,
     connectors: NodeConnectors,
     express_seq: std::sync::atomic::AtomicU64,
     admission: std::sync::Mutex<Admission>,
+    finished_tx: tokio::sync::mpsc::UnboundedSender<trellis_shard::executor::Finished>,
+    /// Shard -> the node that last served it as leader.
+    leaders: std::sync::Mutex<HashMap<u32, u64>>,
+    stopping: std::sync::atomic::AtomicBool,
+    pub(crate) bootstrapped: std::sync::atomic::AtomicBool,
 }
 
 impl Node {
-    /// Opens the data directory, the meta group and every shard, and starts the executors.
-    pub async fn start(cfg: Config) -> anyhow::Result<Arc<Node>> {
+    /// Opens the data directory and this node's meta replica. Nothing is served or joined
+    /// yet: serve the transport, then call [`Node::bootstrap`].
+    pub async fn open(cfg: Config) -> anyhow::Result<Arc<Node>> {
         std::fs::create_dir_all(&cfg.node.data_dir)?;
         let db = NodeDb::open(&cfg.node.data_dir)?;
-        let meta = Meta::open_single_node(&db, cfg.node.id, &cfg.node.grpc_addr).await?;
-        // The shard count is fixed at bootstrap.
-        let shards = match meta.app.get(Table::Settings, "shards")? {
-            Some(v) => {
-                let n = v.as_u64().unwrap_or(0) as u32;
-                if n != cfg.cluster.shards {
-                    tracing::warn!(
-                        configured = cfg.cluster.shards,
-                        bootstrapped = n,
-                        "cluster.shards is fixed at bootstrap; using the bootstrapped count"
-                    );
-                }
-                n
-            }
-            None => {
-                meta.write(vec![MetaOp::Put {
-                    table: Table::Settings,
-                    key: "shards".into(),
-                    value: json!(cfg.cluster.shards),
-                }])
-                .await?;
-                cfg.cluster.shards
-            }
-        };
+        let transport = Transport::new(cfg.node.id);
+        let meta = Meta::open(&db, cfg.node.id, transport.network(0)).await?;
+        transport.register(0, Arc::new(meta.raft.clone()));
         let connectors = NodeConnectors::new(cfg.functions.clone());
-        let mut set = tokio::task::JoinSet::new();
-        for shard in 0..shards {
-            let db = db.clone();
-            let (node, addr) = (cfg.node.id, cfg.node.grpc_addr.clone());
-            set.spawn(async move {
-                let r =
-                    trellis_shard::raft::open_single_node(&db, u64::from(shard) + 1, node, &addr)
-                        .await;
-                (shard, r)
-            });
-        }
-        let mut opened = BTreeMap::new();
-        while let Some(r) = set.join_next().await {
-            let (shard, r) = r?;
-            opened.insert(shard, r?);
-        }
-        let mut slots = Vec::new();
         let (finished_tx, mut finished_rx) = tokio::sync::mpsc::unbounded_channel();
-        for (shard, (raft, app)) in opened {
-            let ecfg = ExecutorConfig {
-                shard,
-                region: cfg.aws.region.clone(),
-                account: cfg.aws.account.clone(),
-                limits: Limits::default(),
-                max_batch: cfg.cluster.max_batch,
-                detector: Default::default(),
-            };
-            let (ex, handle) = Executor::new(
-                ecfg,
-                app,
-                Arc::new(raft.clone()),
-                Arc::new(connectors.clone()),
-            )?;
-            let ex = ex.on_finish(finished_tx.clone());
-            tokio::spawn(async move {
-                if let Err(e) = ex.run().await {
-                    tracing::error!(shard_id = shard, error = %e, "shard executor stopped");
-                }
-            });
-            slots.push(ShardSlot { raft, handle });
-        }
-        tracing::info!(
-            node_id = cfg.node.id,
-            shards,
-            data_dir = %cfg.node.data_dir.display(),
-            "node started"
-        );
         let node = Arc::new(Node {
             cfg,
             db,
             meta,
+            transport,
             meta_lock: Mutex::new(()),
-            shards: slots,
+            shards: Default::default(),
             connectors,
             express_seq: Default::default(),
             admission: Default::default(),
+            finished_tx,
+            leaders: Default::default(),
+            stopping: Default::default(),
+            bootstrapped: Default::default(),
         });
         node.connectors.bind(Arc::downgrade(&node));
-        node.rebuild_admission().await?;
         let weak = Arc::downgrade(&node);
         tokio::spawn(async move {
             while let Some(f) = finished_rx.recv().await {
@@ -233,6 +217,65 @@ impl Node {
             }
         });
         Ok(node)
+    }
+
+    /// Opens a node that needs no peers to start (a new single-node cluster, or a restart)
+    /// and waits until its shards have leaders. Nodes that join others use [`Node::open`],
+    /// serve, then [`Node::bootstrap`].
+    pub async fn start(cfg: Config) -> anyhow::Result<Arc<Node>> {
+        let node = Node::open(cfg).await?;
+        node.bootstrap().await?;
+        node.wait_ready(Duration::from_secs(60)).await?;
+        tracing::info!(
+            node_id = node.id(),
+            shards = node.shard_count(),
+            data_dir = %node.cfg.node.data_dir.display(),
+            "node started"
+        );
+        Ok(node)
+    }
+
+    pub(crate) fn cells(&self) -> &[ShardCell] {
+        self.shards.get().map(|b| &b[..]).unwrap_or(&[])
+    }
+
+    pub(crate) fn init_cells(&self, n: u32) -> &[ShardCell] {
+        self.shards
+            .get_or_init(|| (0..n).map(|_| ShardCell::default()).collect())
+    }
+
+    pub(crate) fn db(&self) -> &NodeDb {
+        &self.db
+    }
+
+    pub(crate) fn stopping(&self) -> bool {
+        self.stopping.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    pub(crate) fn leader_cache(&self) -> std::sync::MutexGuard<'_, HashMap<u32, u64>> {
+        self.leaders.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    pub(crate) fn connectors(&self) -> &NodeConnectors {
+        &self.connectors
+    }
+
+    pub(crate) fn finished_sender(
+        &self,
+    ) -> tokio::sync::mpsc::UnboundedSender<trellis_shard::executor::Finished> {
+        self.finished_tx.clone()
+    }
+
+    pub(crate) fn meta_applied(&self) -> u64 {
+        self.meta.applied()
+    }
+
+    /// Called when this node starts leading `shard`: counts its capped executions and
+    /// admits what fits.
+    pub(crate) async fn on_leading(&self, shard: u32) {
+        if let Err(e) = self.rebuild_admission(shard).await {
+            tracing::warn!(shard_id = shard, error = %e, "rebuilding admission");
+        }
     }
 
     /// The cap of a state machine (0 = none).
@@ -246,13 +289,17 @@ impl Node {
             .unwrap_or(0)
     }
 
-    /// Counts running and queued capped executions after a restart, and admits what fits.
-    async fn rebuild_admission(&self) -> anyhow::Result<()> {
+    /// Counts running and queued capped executions of a shard this node starts leading,
+    /// and admits what fits.
+    async fn rebuild_admission(&self, shard: u32) -> anyhow::Result<()> {
         let mut queued: BTreeMap<String, Vec<(i64, String)>> = BTreeMap::new();
+        let Some(rep) = self.cells().get(shard as usize).and_then(ShardCell::get) else {
+            return Ok(());
+        };
         {
             let mut adm = self.admission.lock().unwrap_or_else(|p| p.into_inner());
-            for s in &self.shards {
-                for rec in s.handle.app.live()? {
+            {
+                for rec in rep.app.live()? {
                     if !rec.capped {
                         continue;
                     }
@@ -329,7 +376,11 @@ impl Node {
             out
         };
         for arn in admit {
-            if let Err(e) = self.shard(&arn).handle.admit(&arn).await {
+            let admitted = match self.local(&arn) {
+                Ok(h) => h.admit(&arn).await.map_err(from_shard),
+                Err(e) => Err(e),
+            };
+            if let Err(e) = admitted {
                 tracing::warn!(execution_id = %arn, error = %e, "admitting a queued execution failed");
             }
         }
@@ -337,22 +388,49 @@ impl Node {
 
     /// Stops every Raft group and flushes the store.
     pub async fn shutdown(&self) {
-        for s in &self.shards {
-            let _ = s.raft.shutdown().await;
+        self.stopping
+            .store(true, std::sync::atomic::Ordering::Relaxed);
+        for c in self.cells() {
+            if let Some(r) = c.get() {
+                r.set_handle(None);
+                let _ = r.raft.shutdown().await;
+            }
         }
         let _ = self.meta.raft.shutdown().await;
         let _ = self.db.flush().await;
     }
 
+    /// The cluster's shard count (0 until this node knows the shard map).
     pub fn shard_count(&self) -> u32 {
-        self.shards.len() as u32
+        self.cells().len() as u32
     }
 
-    fn shard(&self, execution_arn: &str) -> &ShardSlot {
-        &self.shards[shard_of(execution_arn, self.shard_count()) as usize]
+    /// The shard of an execution.
+    pub(crate) fn shard_id(&self, execution_arn: &str) -> ApiResult<u32> {
+        match self.shard_count() {
+            0 => Err(ApiError::new(
+                Code::ServiceUnavailable,
+                "this node has not joined the cluster yet; retry",
+            )),
+            n => Ok(shard_of(execution_arn, n)),
+        }
     }
 
-    fn arn_prefix(&self) -> String {
+    /// The executor of a shard this node leads, or `NotLeader` with the leader it knows.
+    pub(crate) fn leading(&self, shard: u32) -> ApiResult<ShardHandle> {
+        let Some(rep) = self.cells().get(shard as usize).and_then(ShardCell::get) else {
+            return Err(ApiError::not_leader(None));
+        };
+        rep.handle()
+            .ok_or_else(|| ApiError::not_leader(rep.raft.metrics().borrow().current_leader))
+    }
+
+    /// The executor of the shard of `execution_arn`, if this node leads it.
+    pub(crate) fn local(&self, execution_arn: &str) -> ApiResult<ShardHandle> {
+        self.leading(self.shard_id(execution_arn)?)
+    }
+
+    pub(crate) fn arn_prefix(&self) -> String {
         format!(
             "arn:aws:states:{}:{}",
             self.cfg.aws.region, self.cfg.aws.account
@@ -376,7 +454,10 @@ impl Node {
 
     /// Resolves a state machine, version or alias ARN to (machine record, version ARN,
     /// alias ARN, definition).
-    fn resolve(&self, arn: &str) -> ApiResult<(Value, Option<String>, Option<String>, String)> {
+    pub(crate) fn resolve(
+        &self,
+        arn: &str,
+    ) -> ApiResult<(Value, Option<String>, Option<String>, String)> {
         let a = parse_arn(arn, &["stateMachine"])?;
         match a.parts.len() {
             1 => {
@@ -441,7 +522,7 @@ impl Node {
         ))
     }
 
-    pub async fn create_state_machine(
+    pub(crate) async fn create_state_machine_here(
         &self,
         r: pb::CreateStateMachineRequest,
     ) -> ApiResult<pb::CreateStateMachineResponse> {
@@ -505,7 +586,7 @@ impl Node {
         })
     }
 
-    pub async fn update_state_machine(
+    pub(crate) async fn update_state_machine_here(
         &self,
         r: pb::UpdateStateMachineRequest,
     ) -> ApiResult<pb::UpdateStateMachineResponse> {
@@ -578,7 +659,12 @@ impl Node {
     }
 
     /// Writes one meta record.
-    async fn meta_put(&self, table: Table, key: impl Into<String>, value: Value) -> ApiResult<()> {
+    pub(crate) async fn meta_put(
+        &self,
+        table: Table,
+        key: impl Into<String>,
+        value: Value,
+    ) -> ApiResult<()> {
         let key = key.into();
         self.meta
             .write(vec![MetaOp::Put { table, key, value }])
@@ -637,7 +723,7 @@ impl Node {
         })
     }
 
-    pub async fn delete_state_machine(&self, arn: &str) -> ApiResult<()> {
+    pub(crate) async fn delete_state_machine_here(&self, arn: &str) -> ApiResult<()> {
         parse_arn(arn, &["stateMachine"])?;
         let _g = self.meta_lock.lock().await;
         if self
@@ -670,7 +756,7 @@ impl Node {
         self.meta.write(ops).await.map_err(from_meta)
     }
 
-    pub async fn publish_version(
+    pub(crate) async fn publish_version_here(
         &self,
         r: pb::PublishVersionRequest,
     ) -> ApiResult<pb::PublishVersionResponse> {
@@ -730,7 +816,7 @@ impl Node {
         })
     }
 
-    pub async fn delete_version(&self, arn: &str) -> ApiResult<()> {
+    pub(crate) async fn delete_version_here(&self, arn: &str) -> ApiResult<()> {
         let a = parse_arn(arn, &["stateMachine"])?;
         if a.parts.len() != 2 {
             return Err(ApiError::new(
@@ -800,7 +886,7 @@ impl Node {
         Ok(machine.unwrap_or_default())
     }
 
-    pub async fn create_alias(
+    pub(crate) async fn create_alias_here(
         &self,
         r: pb::CreateAliasRequest,
     ) -> ApiResult<pb::CreateAliasResponse> {
@@ -856,7 +942,7 @@ impl Node {
         Ok(alias_pb(&a))
     }
 
-    pub async fn update_alias(
+    pub(crate) async fn update_alias_here(
         &self,
         r: pb::UpdateAliasRequest,
     ) -> ApiResult<pb::UpdateAliasResponse> {
@@ -876,7 +962,7 @@ impl Node {
         Ok(pb::UpdateAliasResponse { update_date: now })
     }
 
-    pub async fn delete_alias(&self, arn: &str) -> ApiResult<()> {
+    pub(crate) async fn delete_alias_here(&self, arn: &str) -> ApiResult<()> {
         parse_arn(arn, &["stateMachine"])?;
         self.meta_delete(Table::Aliases, arn.to_string()).await
     }
@@ -948,7 +1034,7 @@ impl Node {
     }
 
     /// The execution name: the one given (checked), or a random UUID as AWS picks.
-    fn execution_name(&self, given: &str) -> ApiResult<String> {
+    pub(crate) fn execution_name(&self, given: &str) -> ApiResult<String> {
         if given.is_empty() {
             let seq = self
                 .express_seq
@@ -960,7 +1046,7 @@ impl Node {
         Ok(given.to_string())
     }
 
-    pub async fn start_execution(
+    pub(crate) async fn start_execution_here(
         &self,
         r: pb::StartExecutionRequest,
     ) -> ApiResult<pb::StartExecutionResponse> {
@@ -983,8 +1069,7 @@ impl Node {
         // The machine record is already here: no second meta read for its cap.
         let capped = m["maxConcurrentExecutions"].as_u64().unwrap_or(0) > 0;
         let started = self
-            .shard(&arn)
-            .handle
+            .local(&arn)?
             .start(StartRequest {
                 state_machine_arn: machine_arn.clone(),
                 state_machine_name: machine_name,
@@ -1145,6 +1230,21 @@ impl Node {
     }
 
     fn record(&self, arn: &str) -> ApiResult<trellis_shard::ExecRecord> {
+        self.check_execution_arn(arn)?;
+        self.local(arn)?
+            .app
+            .record(arn)
+            .map_err(from_shard)?
+            .ok_or_else(|| {
+                ApiError::new(
+                    Code::ExecutionDoesNotExist,
+                    format!("Execution Does Not Exist: '{arn}'"),
+                )
+            })
+    }
+
+    /// Checks that `arn` names a Standard execution.
+    pub(crate) fn check_execution_arn(&self, arn: &str) -> ApiResult<()> {
         let a = parse_arn(arn, &["execution", "express"])?;
         if a.kind == "express" {
             return Err(ApiError::new(
@@ -1158,32 +1258,21 @@ impl Node {
                 format!("Invalid Arn: 'Invalid ARN: {arn}'"),
             ));
         }
-        self.shard(arn)
-            .handle
-            .app
-            .record(arn)
-            .map_err(from_shard)?
-            .ok_or_else(|| {
-                ApiError::new(
-                    Code::ExecutionDoesNotExist,
-                    format!("Execution Does Not Exist: '{arn}'"),
-                )
-            })
+        Ok(())
     }
 
-    pub fn describe_execution(&self, arn: &str) -> ApiResult<pb::Execution> {
+    pub(crate) fn describe_execution_here(&self, arn: &str) -> ApiResult<pb::Execution> {
         let rec = self.record(arn)?;
         Ok(execution_pb(&rec, shard_of(arn, self.shard_count())))
     }
 
-    pub async fn stop_execution(
+    pub(crate) async fn stop_execution_here(
         &self,
         r: pb::StopExecutionRequest,
     ) -> ApiResult<pb::StopExecutionResponse> {
         self.record(&r.execution_arn)?;
         let at = self
-            .shard(&r.execution_arn)
-            .handle
+            .local(&r.execution_arn)?
             .control(
                 &r.execution_arn,
                 Control::Stop {
@@ -1196,18 +1285,16 @@ impl Node {
         Ok(pb::StopExecutionResponse { stop_date: at })
     }
 
-    pub async fn redrive_execution(&self, arn: &str) -> ApiResult<pb::RedriveExecutionResponse> {
+    pub(crate) async fn redrive_execution_here(
+        &self,
+        arn: &str,
+    ) -> ApiResult<pb::RedriveExecutionResponse> {
         self.record(arn)?;
-        let at = self
-            .shard(arn)
-            .handle
-            .redrive(arn)
-            .await
-            .map_err(from_shard)?;
+        let at = self.local(arn)?.redrive(arn).await.map_err(from_shard)?;
         Ok(pb::RedriveExecutionResponse { redrive_date: at })
     }
 
-    pub async fn pause_execution(&self, arn: &str, pause: bool) -> ApiResult<()> {
+    pub(crate) async fn pause_execution_here(&self, arn: &str, pause: bool) -> ApiResult<()> {
         let rec = self.record(arn)?;
         if rec.status.is_terminal() {
             return Err(ApiError::new(
@@ -1215,8 +1302,7 @@ impl Node {
                 format!("Execution is not running: '{arn}'"),
             ));
         }
-        self.shard(arn)
-            .handle
+        self.local(arn)?
             .control(
                 arn,
                 if pause {
@@ -1230,28 +1316,24 @@ impl Node {
         Ok(())
     }
 
-    pub fn list_executions(
+    /// The executions of one state machine on the shards this node leads, newest first,
+    /// with the shards they cover.
+    pub(crate) fn list_executions_here(
         &self,
-        r: pb::ListExecutionsRequest,
+        r: &pb::ListExecutionsRequest,
     ) -> ApiResult<pb::ListExecutionsResponse> {
-        self.machine(&r.state_machine_arn)?;
-        let status = if r.status_filter.is_empty() {
-            None
-        } else {
-            Some(Status::parse(&r.status_filter).ok_or_else(|| {
-                ApiError::new(Code::ValidationException, format!("1 validation error detected: Value '{}' at 'statusFilter' failed to satisfy constraint: Member must satisfy enum value set: [SUCCEEDED, TIMED_OUT, PENDING_REDRIVE, ABORTED, FAILED, RUNNING]", r.status_filter))
-            })?)
-        };
-        let max = page_size(r.max_results)?;
+        let status = Self::status_filter(&r.status_filter)?;
         let mut all = Vec::new();
-        for s in &self.shards {
+        let mut covered = Vec::new();
+        for (i, c) in self.cells().iter().enumerate() {
+            let Some(rep) = c.get() else { continue };
+            if rep.handle().is_none() {
+                continue;
+            }
+            covered.push(i as u32);
             let mut after: Option<String> = None;
             loop {
-                let batch = s
-                    .handle
-                    .app
-                    .scan(after.as_deref(), 1024)
-                    .map_err(from_shard)?;
+                let batch = rep.app.scan(after.as_deref(), 1024).map_err(from_shard)?;
                 let Some(last) = batch.last() else { break };
                 after = Some(last.arn.clone());
                 all.extend(batch.into_iter().filter(|e| {
@@ -1260,8 +1342,45 @@ impl Node {
                 }));
             }
         }
-        // Newest first, as AWS lists them; ties by ARN for a stable order.
-        all.sort_by(|a, b| b.start_ms.cmp(&a.start_ms).then_with(|| a.arn.cmp(&b.arn)));
+        Ok(pb::ListExecutionsResponse {
+            executions: all
+                .into_iter()
+                .map(|e| pb::ExecutionListItem {
+                    execution_arn: e.arn,
+                    state_machine_arn: e.state_machine_arn,
+                    name: e.name,
+                    status: e.status.as_str().into(),
+                    start_date: e.start_ms,
+                    stop_date: e.stop_ms.unwrap_or(0),
+                    redrive_count: e.redrive_count,
+                })
+                .collect(),
+            next_token: String::new(),
+            shards: covered,
+        })
+    }
+
+    fn status_filter(filter: &str) -> ApiResult<Option<Status>> {
+        if filter.is_empty() {
+            return Ok(None);
+        }
+        Status::parse(filter).map(Some).ok_or_else(|| {
+            ApiError::new(Code::ValidationException, format!("1 validation error detected: Value '{filter}' at 'statusFilter' failed to satisfy constraint: Member must satisfy enum value set: [SUCCEEDED, TIMED_OUT, PENDING_REDRIVE, ABORTED, FAILED, RUNNING]"))
+        })
+    }
+
+    /// ListExecutions: every node's part (the shards it leads), merged, newest first; the
+    /// token is an offset into that order.
+    pub async fn list_executions(
+        &self,
+        r: pb::ListExecutionsRequest,
+    ) -> ApiResult<pb::ListExecutionsResponse> {
+        self.machine(&r.state_machine_arn)?;
+        Self::status_filter(&r.status_filter)?;
+        let max = page_size(r.max_results)?;
+        if crate::cluster::route::forwarded() {
+            return self.list_executions_here(&r);
+        }
         let offset: usize = if r.next_token.is_empty() {
             0
         } else {
@@ -1272,36 +1391,78 @@ impl Node {
                 )
             })?
         };
-        let page: Vec<_> = all.iter().skip(offset).take(max).collect();
+        let mut all = Vec::new();
+        let mut covered = vec![false; self.shard_count() as usize];
+        let mut missing = usize::MAX;
+        for attempt in 0..40u32 {
+            all.clear();
+            covered.iter_mut().for_each(|c| *c = false);
+            let mut parts = vec![self.list_executions_here(&r)?];
+            let fan = self.other_nodes().into_iter().map(|n| {
+                let req = r.clone();
+                async move {
+                    self.forward::<_, pb::ListExecutionsResponse>(n, "ListExecutions", &req)
+                        .await
+                }
+            });
+            for p in join_all(fan).await {
+                match p {
+                    Ok(p) => parts.push(p),
+                    Err(e) if matches!(e.code, Code::ServiceUnavailable | Code::NotLeader) => {}
+                    Err(e) => return Err(e),
+                }
+            }
+            for p in parts {
+                for s in p.shards {
+                    if let Some(c) = covered.get_mut(s as usize) {
+                        if *c {
+                            // Two nodes answered for one shard (a leader change meanwhile).
+                            continue;
+                        }
+                        *c = true;
+                    }
+                }
+                all.extend(p.executions);
+            }
+            missing = covered.iter().filter(|c| !**c).count();
+            if missing == 0 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50 * u64::from(attempt.min(4) + 1))).await;
+        }
+        if missing > 0 {
+            return Err(ApiError::new(
+                Code::ServiceUnavailable,
+                format!("{missing} shards have no reachable leader; retry"),
+            ));
+        }
+        // A shard answered twice carries duplicates; newest first, ties by ARN.
+        all.sort_by(|a, b| {
+            b.start_date
+                .cmp(&a.start_date)
+                .then_with(|| a.execution_arn.cmp(&b.execution_arn))
+        });
+        all.dedup_by(|a, b| a.execution_arn == b.execution_arn);
+        let page: Vec<_> = all.iter().skip(offset).take(max).cloned().collect();
         let next_token = if offset + page.len() < all.len() {
             (offset + page.len()).to_string()
         } else {
             String::new()
         };
         Ok(pb::ListExecutionsResponse {
-            executions: page
-                .into_iter()
-                .map(|e| pb::ExecutionListItem {
-                    execution_arn: e.arn.clone(),
-                    state_machine_arn: e.state_machine_arn.clone(),
-                    name: e.name.clone(),
-                    status: e.status.as_str().into(),
-                    start_date: e.start_ms,
-                    stop_date: e.stop_ms.unwrap_or(0),
-                    redrive_count: e.redrive_count,
-                })
-                .collect(),
+            executions: page,
             next_token,
+            shards: Vec::new(),
         })
     }
 
-    pub fn get_execution_history(
+    pub(crate) fn get_execution_history_here(
         &self,
-        r: pb::GetExecutionHistoryRequest,
+        r: &pb::GetExecutionHistoryRequest,
     ) -> ApiResult<pb::GetExecutionHistoryResponse> {
         let rec = self.record(&r.execution_arn)?;
         let max = page_size(r.max_results)? as u64;
-        let app = &self.shard(&r.execution_arn).handle.app;
+        let app = &self.local(&r.execution_arn)?.app;
         let bad_token = || {
             ApiError::new(
                 Code::InvalidToken,
@@ -1350,24 +1511,33 @@ impl Node {
     }
 
     /// History events with ids after `after`, for WatchExecution: (events, terminal).
-    pub fn events_after(&self, arn: &str, after: u64) -> ApiResult<(Vec<pb::HistoryEvent>, bool)> {
-        let rec = self.record(arn)?;
-        let app = &self.shard(arn).handle.app;
-        let events = if after < rec.last_event_id {
-            app.history(rec.id, after + 1, rec.last_event_id)
-                .map_err(from_shard)?
-        } else {
-            Vec::new()
-        };
-        Ok((
-            events.iter().map(event_pb).collect(),
-            rec.status.is_terminal(),
-        ))
+    pub async fn events_after(
+        &self,
+        arn: &str,
+        after: u64,
+    ) -> ApiResult<(Vec<pb::HistoryEvent>, bool)> {
+        // The status first: if it is terminal, the history read next is complete.
+        let e = self.describe_execution(arn).await?;
+        let terminal = !matches!(e.status.as_str(), "RUNNING" | "QUEUED" | "PAUSED");
+        let h = self
+            .get_execution_history(pb::GetExecutionHistoryRequest {
+                execution_arn: arn.to_string(),
+                max_results: 1000,
+                next_token: (after + 1).to_string(),
+                reverse_order: false,
+                include_execution_data: true,
+            })
+            .await?;
+        let done = terminal && h.next_token.is_empty();
+        Ok((h.events, done))
     }
 
     // ============================================================ activities and tasks
 
-    pub async fn create_activity(&self, name: &str) -> ApiResult<pb::CreateActivityResponse> {
+    pub(crate) async fn create_activity_here(
+        &self,
+        name: &str,
+    ) -> ApiResult<pb::CreateActivityResponse> {
         check_name(name)?;
         let arn = format!("{}:activity:{name}", self.arn_prefix());
         let _g = self.meta_lock.lock().await;
@@ -1437,12 +1607,14 @@ impl Node {
         })
     }
 
-    pub async fn delete_activity(&self, arn: &str) -> ApiResult<()> {
+    pub(crate) async fn delete_activity_here(&self, arn: &str) -> ApiResult<()> {
         parse_arn(arn, &["activity"])?;
         self.meta_delete(Table::Activities, arn.to_string()).await
     }
 
-    /// Long-polls every shard for a task of the activity, up to `wait`.
+    /// Long-polls every shard for a task of the activity, up to `wait`: the shards this node
+    /// leads as their tasks are queued, the other nodes' shards every 200 ms. A forwarded
+    /// poll (`wait` zero) looks once at this node's shards.
     pub async fn get_activity_task(
         &self,
         arn: &str,
@@ -1451,37 +1623,65 @@ impl Node {
     ) -> ApiResult<pb::ActivityTask> {
         self.activity(arn)?;
         let deadline = tokio::time::Instant::now() + wait;
-        let start = (now_ms() as usize) % self.shards.len().max(1);
         loop {
-            // Register interest before looking, so a task queued meanwhile wakes us.
-            let notified: Vec<_> = self
-                .shards
+            let led: Vec<ShardHandle> = self
+                .cells()
                 .iter()
-                .map(|s| s.handle.activity_queued.clone())
+                .filter_map(|c| c.get().and_then(|r| r.handle()))
                 .collect();
+            // Register interest before looking, so a task queued meanwhile wakes us.
+            let notified: Vec<_> = led.iter().map(|h| h.activity_queued.clone()).collect();
             let waits: Vec<_> = notified.iter().map(|n| Box::pin(n.notified())).collect();
-            for i in 0..self.shards.len() {
-                let s = &self.shards[(start + i) % self.shards.len()];
-                if let Some(t) = s
-                    .handle
-                    .take_activity(arn, worker)
+            let start = (now_ms() as usize) % led.len().max(1);
+            for i in 0..led.len() {
+                let h = &led[(start + i) % led.len()];
+                match h.take_activity(arn, worker).await {
+                    Ok(Some(t)) => {
+                        return Ok(pb::ActivityTask {
+                            task_token: t.token,
+                            input: t.input,
+                        })
+                    }
+                    Ok(None) => {}
+                    // The shard changed hands meanwhile: its tasks are polled there.
+                    Err(trellis_shard::Error::Stopped | trellis_shard::Error::NotLeader { .. }) => {
+                    }
+                    Err(e) => return Err(from_shard(e)),
+                }
+            }
+            if wait.is_zero() {
+                return Ok(pb::ActivityTask::default());
+            }
+            let others = self.other_nodes();
+            let req = pb::GetActivityTaskRequest {
+                activity_arn: arn.to_string(),
+                worker_name: worker.to_string(),
+            };
+            for n in others.iter() {
+                if let Ok(t) = self
+                    .forward::<_, pb::ActivityTask>(*n, "GetActivityTask", &req)
                     .await
-                    .map_err(from_shard)?
                 {
-                    return Ok(pb::ActivityTask {
-                        task_token: t.token,
-                        input: t.input,
-                    });
+                    if !t.task_token.is_empty() {
+                        return Ok(t);
+                    }
                 }
             }
             let any = futures_select_all(waits);
-            if tokio::time::timeout_at(deadline, any).await.is_err() {
+            let tick = if others.is_empty() {
+                Duration::from_secs(3600)
+            } else {
+                Duration::from_millis(200)
+            };
+            let until = deadline.min(tokio::time::Instant::now() + tick);
+            let _ = tokio::time::timeout_at(until, any).await;
+            if tokio::time::Instant::now() >= deadline {
                 return Ok(pb::ActivityTask::default());
             }
         }
     }
 
-    async fn answer(&self, token: &str, answer: TokenAnswer) -> ApiResult<()> {
+    pub(crate) async fn answer_here(&self, token: &str, answer: TokenAnswer) -> ApiResult<()> {
         if token.is_empty() || token.len() > 2048 {
             return Err(ApiError::new(
                 Code::InvalidToken,
@@ -1491,23 +1691,34 @@ impl Node {
         let (shard, _, _) = trellis_shard::record::parse_token(token).ok_or_else(|| {
             ApiError::new(Code::InvalidToken, format!("Invalid Token: '{token}'"))
         })?;
-        let slot = self.shards.get(shard as usize).ok_or_else(|| {
-            ApiError::new(Code::InvalidToken, format!("Invalid Token: '{token}'"))
-        })?;
-        slot.handle.answer(token, answer).await.map_err(from_shard)
+        if shard >= self.shard_count() {
+            return Err(ApiError::new(
+                Code::InvalidToken,
+                format!("Invalid Token: '{token}'"),
+            ));
+        }
+        self.leading(shard)?
+            .answer(token, answer)
+            .await
+            .map_err(from_shard)
     }
 
-    pub async fn send_task_success(&self, token: &str, output: &str) -> ApiResult<()> {
+    pub(crate) async fn send_task_success_here(&self, token: &str, output: &str) -> ApiResult<()> {
         if output.len() > MAX_PAYLOAD {
             return Err(ApiError::new(Code::ValidationException, format!("1 validation error detected: Value at 'output' failed to satisfy constraint: Member must have length less than or equal to {MAX_PAYLOAD}")));
         }
         let v: Value = serde_json::from_str(output)
             .map_err(|e| ApiError::new(Code::InvalidOutput, format!("Invalid Output: '{e}'")))?;
-        self.answer(token, TokenAnswer::Success(v)).await
+        self.answer_here(token, TokenAnswer::Success(v)).await
     }
 
-    pub async fn send_task_failure(&self, token: &str, error: &str, cause: &str) -> ApiResult<()> {
-        self.answer(
+    pub(crate) async fn send_task_failure_here(
+        &self,
+        token: &str,
+        error: &str,
+        cause: &str,
+    ) -> ApiResult<()> {
+        self.answer_here(
             token,
             TokenAnswer::Failure {
                 error: non_empty(error.to_string()),
@@ -1517,42 +1728,20 @@ impl Node {
         .await
     }
 
-    pub async fn send_task_heartbeat(&self, token: &str) -> ApiResult<()> {
-        self.answer(token, TokenAnswer::Heartbeat).await
+    pub(crate) async fn send_task_heartbeat_here(&self, token: &str) -> ApiResult<()> {
+        self.answer_here(token, TokenAnswer::Heartbeat).await
     }
 
     // ============================================================ admin
 
-    pub fn list_shards(&self) -> pb::ListShardsResponse {
-        pb::ListShardsResponse {
-            shards: self
-                .shards
-                .iter()
-                .enumerate()
-                .map(|(i, s)| {
-                    let m = s.raft.metrics().borrow().clone();
-                    pb::Shard {
-                        id: i as u32,
-                        leader: m.current_leader.unwrap_or(0),
-                        replicas: m.membership_config.membership().voter_ids().collect(),
-                        applied_index: m.last_applied.map(|l| l.index).unwrap_or(0),
-                        running_executions: s
-                            .handle
-                            .app
-                            .live()
-                            .map(|l| l.len() as u64)
-                            .unwrap_or(0),
-                    }
-                })
-                .collect(),
-        }
-    }
-
     /// Runs the detector on every shard this node leads and collects what it found.
-    pub async fn doctor(&self) -> ApiResult<pb::DoctorReport> {
+    pub(crate) async fn doctor_here(&self) -> ApiResult<pb::DoctorReport> {
         let mut out = pb::DoctorReport::default();
-        for s in &self.shards {
-            let r = s.handle.scan().await.map_err(from_shard)?;
+        for c in self.cells() {
+            let Some(h) = c.get().and_then(|r| r.handle()) else {
+                continue;
+            };
+            let r = h.scan().await.map_err(from_shard)?;
             out.scanned_executions += r.scanned;
             out.findings
                 .extend(r.findings.into_iter().map(|f| pb::Finding {
@@ -1564,18 +1753,6 @@ impl Node {
                 }));
         }
         Ok(out)
-    }
-
-    pub fn this_node(&self) -> pb::Node {
-        let n = self.shards.len() as u32;
-        pb::Node {
-            id: self.cfg.node.id,
-            grpc_addr: self.cfg.node.grpc_addr.clone(),
-            http_addr: self.cfg.node.http_addr.clone(),
-            state: "UP".into(),
-            leader_shards: n,
-            replica_shards: n,
-        }
     }
 }
 

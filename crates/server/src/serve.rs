@@ -25,6 +25,24 @@ pub struct Flags {
     /// Number of shards at bootstrap (overrides cluster.shards).
     #[arg(long)]
     pub shards: Option<u32>,
+    /// This node's id (overrides node.id).
+    #[arg(long)]
+    pub node_id: Option<u64>,
+    /// Take the node id from the hostname's ordinal plus one (Kubernetes StatefulSet).
+    #[arg(long)]
+    pub id_from_hostname: bool,
+    /// The gRPC address other nodes reach this one at (overrides node.advertise_addr).
+    #[arg(long)]
+    pub advertise_addr: Option<String>,
+    /// An existing member to join through (overrides cluster.join; comma-separated).
+    #[arg(long)]
+    pub join: Option<String>,
+    /// Place shards once this many nodes are members (overrides cluster.bootstrap_expect).
+    #[arg(long)]
+    pub bootstrap_expect: Option<u32>,
+    /// This node's zone label (overrides node.zone).
+    #[arg(long)]
+    pub zone: Option<String>,
     /// Map a Lambda function name to an HTTP endpoint: NAME=URL. Repeatable.
     #[arg(long = "function", value_name = "NAME=URL")]
     pub functions: Vec<String>,
@@ -46,6 +64,31 @@ impl Flags {
         if let Some(s) = self.shards {
             cfg.cluster.shards = s;
         }
+        if let Some(id) = self.node_id {
+            cfg.node.id = id;
+        }
+        if self.id_from_hostname {
+            cfg.node.id_from_hostname = true;
+        }
+        if cfg.node.id_from_hostname {
+            let host = std::env::var("HOSTNAME")
+                .ok()
+                .or_else(|| std::fs::read_to_string("/etc/hostname").ok())
+                .unwrap_or_default();
+            cfg.node.id = crate::config::id_from_hostname(host.trim())?;
+        }
+        if let Some(a) = &self.advertise_addr {
+            cfg.node.advertise_addr = a.clone();
+        }
+        if let Some(j) = &self.join {
+            cfg.cluster.join = j.clone();
+        }
+        if let Some(k) = self.bootstrap_expect {
+            cfg.cluster.bootstrap_expect = k;
+        }
+        if let Some(z) = &self.zone {
+            cfg.node.zone = z.clone();
+        }
         for f in &self.functions {
             let (name, url) = f
                 .split_once('=')
@@ -62,7 +105,7 @@ pub fn run(cfg: Config) -> Result<()> {
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_env("TRELLIS_LOG")
-                .unwrap_or_else(|_| "info,openraft=warn,sled=warn".into()),
+                .unwrap_or_else(|_| "info,openraft=error,sled=warn".into()),
         )
         .with_writer(std::io::stderr)
         .init();
@@ -76,7 +119,7 @@ pub fn run(cfg: Config) -> Result<()> {
         let grpc = tokio::net::TcpListener::bind(&cfg.node.grpc_addr)
             .await
             .with_context(|| format!("cannot listen on {} (node.grpc_addr)", cfg.node.grpc_addr))?;
-        let node = Node::start(cfg).await?;
+        let node = Node::open(cfg).await?;
         serve(node, http, grpc, shutdown_signal()).await
     })
 }
@@ -104,8 +147,26 @@ pub async fn serve(
     let grpc_task = tokio::spawn(crate::grpc::serve(node.clone(), grpc, async move {
         let _ = rx_grpc.wait_for(|s| *s).await;
     }));
-    tracing::info!(%http_addr, %grpc_addr, "serving the AWS JSON API and gRPC");
-    eprintln!("trellis: AWS Step Functions API on http://{http_addr}, gRPC on {grpc_addr}");
+    // Peers reach this node from here on; now join (or bootstrap) the cluster.
+    let joined = async {
+        node.bootstrap().await?;
+        node.wait_ready(std::time::Duration::from_secs(120)).await
+    };
+    tokio::pin!(stop);
+    tokio::select! {
+        r = joined => r?,
+        _ = &mut stop => {
+            let _ = tx.send(true);
+            node.shutdown().await;
+            return Ok(());
+        }
+    }
+    tracing::info!(%http_addr, %grpc_addr, node_id = node.id(), shards = node.shard_count(),
+        "serving the AWS JSON API and gRPC");
+    eprintln!(
+        "trellis: node {} serving the AWS Step Functions API on http://{http_addr}, gRPC on {grpc_addr}",
+        node.id()
+    );
     stop.await;
     tracing::info!("shutting down");
     let _ = tx.send(true);

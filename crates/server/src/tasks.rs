@@ -127,7 +127,7 @@ impl NodeConnectors {
             Pattern::Sync | Pattern::Sync2 => {
                 let mut wait = Duration::from_millis(20);
                 loop {
-                    match node.describe_execution(&started.execution_arn) {
+                    match node.describe_execution(&started.execution_arn).await {
                         Ok(d) if d.status != "RUNNING" && d.status != "QUEUED" => {
                             return sync_result(
                                 id,

@@ -14,13 +14,14 @@ use crate::{Error, Result};
 /// A shard group's Raft instance.
 pub type ShardRaft = Raft<ShardConfig>;
 
-/// Raft timing for groups on one node; multi-node settings come with the cluster transport.
+/// Raft timing of shard groups. A heartbeat every 200 ms; a follower that hears nothing for
+/// 0.8–1.6 s calls an election, so a dead leader's shards have a new one within about 2 s.
 pub fn raft_config(cluster: &str) -> Result<Arc<openraft::Config>> {
     let cfg = openraft::Config {
         cluster_name: cluster.to_string(),
-        heartbeat_interval: 100,
-        election_timeout_min: 300,
-        election_timeout_max: 600,
+        heartbeat_interval: 200,
+        election_timeout_min: 800,
+        election_timeout_max: 1600,
         // Keep the log short: snapshot every 5,000 entries, keep 1,000 after it.
         snapshot_policy: openraft::SnapshotPolicy::LogsSinceLast(5_000),
         max_in_snapshot_log_to_keep: 1_000,
@@ -31,6 +32,51 @@ pub fn raft_config(cluster: &str) -> Result<Arc<openraft::Config>> {
     ))
 }
 
+/// How long a leader keeps executing without hearing from a quorum: the shortest election
+/// timeout, after which the followers may have elected someone else.
+pub const LEADER_LEASE: Duration = Duration::from_millis(800);
+
+/// Opens this node's replica of shard group `group` (not initialized: see [`initialize`]).
+pub async fn open<N>(
+    db: &NodeDb,
+    group: u64,
+    node: u64,
+    network: N,
+) -> Result<(ShardRaft, ShardApp)>
+where
+    N: openraft::network::RaftNetworkFactory<ShardConfig>,
+{
+    let trees = db.group(group)?;
+    let app = ShardApp::open(&trees)?;
+    let sm = StateMachineStore::open(trees.clone(), app.clone())?;
+    let log = LogStore::<ShardConfig>::new(trees);
+    let raft = Raft::new(
+        node,
+        raft_config(&format!("shard-{group}"))?,
+        network,
+        log,
+        sm,
+    )
+    .await
+    .map_err(|e| Error::Corrupt(format!("raft: {e}")))?;
+    Ok((raft, app))
+}
+
+/// Initializes a new group with `members` as its voters; a group initialized before is left
+/// as it is.
+pub async fn initialize(raft: &ShardRaft, members: BTreeMap<u64, BasicNode>) -> Result<()> {
+    let initialized = raft
+        .is_initialized()
+        .await
+        .map_err(|e| Error::Corrupt(format!("raft: {e}")))?;
+    if !initialized {
+        raft.initialize(members)
+            .await
+            .map_err(|e| Error::Corrupt(format!("raft: {e}")))?;
+    }
+    Ok(())
+}
+
 /// Opens (or creates) shard group `group` on a single-node cluster whose only voter is
 /// `node`, and waits until this node leads it.
 pub async fn open_single_node(
@@ -39,34 +85,18 @@ pub async fn open_single_node(
     node: u64,
     addr: &str,
 ) -> Result<(ShardRaft, ShardApp)> {
-    let trees = db.group(group)?;
-    let app = ShardApp::open(&trees)?;
-    let sm = StateMachineStore::open(trees.clone(), app.clone())?;
-    let log = LogStore::<ShardConfig>::new(trees);
-    let raft = Raft::new(
-        node,
-        raft_config(&format!("shard-{group}"))?,
-        NoPeers::default(),
-        log,
-        sm,
-    )
-    .await
-    .map_err(|e| Error::Corrupt(format!("raft: {e}")))?;
-    let initialized = raft
-        .is_initialized()
-        .await
-        .map_err(|e| Error::Corrupt(format!("raft: {e}")))?;
-    if !initialized {
-        let members = BTreeMap::from([(node, BasicNode::new(addr))]);
-        raft.initialize(members)
-            .await
-            .map_err(|e| Error::Corrupt(format!("raft: {e}")))?;
-    }
+    let (raft, app) = open(db, group, node, NoPeers::default()).await?;
+    initialize(&raft, BTreeMap::from([(node, BasicNode::new(addr))])).await?;
     raft.wait(Some(Duration::from_secs(30)))
         .current_leader(node, "this node leads the shard")
         .await
         .map_err(|e| Error::Corrupt(format!("raft: {e}")))?;
-    // The executor reads committed state: wait until the log is applied.
+    wait_applied(&raft).await?;
+    Ok((raft, app))
+}
+
+/// Waits until everything in the local log is applied (the executor reads committed state).
+pub async fn wait_applied(raft: &ShardRaft) -> Result<()> {
     let m = raft.metrics().borrow().clone();
     if let Some(last) = m.last_log_index {
         raft.wait(Some(Duration::from_secs(30)))
@@ -74,5 +104,5 @@ pub async fn open_single_node(
             .await
             .map_err(|e| Error::Corrupt(format!("raft: {e}")))?;
     }
-    Ok((raft, app))
+    Ok(())
 }
