@@ -848,7 +848,9 @@ async fn activity(c: &mut Client, j: bool, cmd: Activity) -> Result<()> {
     Ok(())
 }
 
-const NODE_HEADERS: &[&str] = &["NODE", "STATE", "GRPC", "HTTP", "LEADS", "REPLICAS"];
+const NODE_HEADERS: &[&str] = &[
+    "NODE", "STATE", "GRPC", "HTTP", "ZONE", "META", "LEADS", "REPLICAS",
+];
 
 async fn cluster(c: &mut Client, j: bool, cmd: ClusterCmd) -> Result<()> {
     let node_row = |n: &pb::Node| {
@@ -857,11 +859,17 @@ async fn cluster(c: &mut Client, j: bool, cmd: ClusterCmd) -> Result<()> {
             n.state.clone(),
             n.grpc_addr.clone(),
             n.http_addr.clone(),
+            if n.zone.is_empty() {
+                "-".into()
+            } else {
+                n.zone.clone()
+            },
+            if n.meta_voter { "voter" } else { "learner" }.into(),
             n.leader_shards.to_string(),
             n.replica_shards.to_string(),
         ]
     };
-    let node_json = |n: &pb::Node| json!({"id": n.id, "state": n.state, "grpcAddr": n.grpc_addr, "httpAddr": n.http_addr, "leaderShards": n.leader_shards, "replicaShards": n.replica_shards});
+    let node_json = |n: &pb::Node| json!({"id": n.id, "state": n.state, "grpcAddr": n.grpc_addr, "httpAddr": n.http_addr, "zone": n.zone, "metaVoter": n.meta_voter, "leaderShards": n.leader_shards, "replicaShards": n.replica_shards});
     match cmd {
         ClusterCmd::Status => {
             let s = c
@@ -873,12 +881,21 @@ async fn cluster(c: &mut Client, j: bool, cmd: ClusterCmd) -> Result<()> {
             if j {
                 println!(
                     "{}",
-                    json!({"nodeId": s.node_id, "metaLeader": s.meta_leader, "shardCount": s.shard_count, "nodes": s.nodes.iter().map(node_json).collect::<Vec<_>>()})
+                    json!({"health": s.health, "nodeId": s.node_id, "metaLeader": s.meta_leader,
+                        "metaVoters": s.meta_voters, "shardCount": s.shard_count,
+                        "replicationFactor": s.replication_factor,
+                        "underReplicated": s.under_replicated, "leaderless": s.leaderless,
+                        "nodes": s.nodes.iter().map(node_json).collect::<Vec<_>>()})
                 );
             } else {
                 println!(
-                    "node {}  meta leader {}  shards {}",
-                    s.node_id, s.meta_leader, s.shard_count
+                    "health {}  (asked node {}; meta leader {}, voters {:?}; {} shards, replication factor {})",
+                    s.health, s.node_id, s.meta_leader, s.meta_voters, s.shard_count, s.replication_factor
+                );
+                println!(
+                    "under-replicated shards: {}  leaderless shards: {}",
+                    list_or_none(&s.under_replicated),
+                    list_or_none(&s.leaderless)
                 );
                 table(NODE_HEADERS, s.nodes.iter().map(node_row).collect());
             }
@@ -904,18 +921,38 @@ async fn cluster(c: &mut Client, j: bool, cmd: ClusterCmd) -> Result<()> {
                 .map_err(api)?
                 .into_inner();
             if j {
-                println!("{}", Value::Array(r.shards.iter().map(|s| json!({"id": s.id, "leader": s.leader, "replicas": s.replicas, "appliedIndex": s.applied_index, "runningExecutions": s.running_executions})).collect()));
+                println!("{}", Value::Array(r.shards.iter().map(|s| json!({"id": s.id, "leader": s.leader, "replicas": s.replicas, "epoch": s.epoch, "term": s.term, "appliedIndex": s.applied_index, "lag": s.lag, "liveExecutions": s.running_executions})).collect()));
             } else {
                 table(
-                    &["SHARD", "LEADER", "REPLICAS", "APPLIED", "RUNNING"],
+                    &[
+                        "SHARD",
+                        "LEADER",
+                        "REPLICAS",
+                        "EPOCH",
+                        "TERM",
+                        "APPLIED",
+                        "LAG",
+                        "EXECUTIONS",
+                    ],
                     r.shards
                         .iter()
                         .map(|s| {
                             vec![
                                 s.id.to_string(),
-                                s.leader.to_string(),
-                                format!("{:?}", s.replicas),
+                                if s.leader == 0 {
+                                    "-".into()
+                                } else {
+                                    s.leader.to_string()
+                                },
+                                s.replicas
+                                    .iter()
+                                    .map(|r| r.to_string())
+                                    .collect::<Vec<_>>()
+                                    .join(","),
+                                s.epoch.to_string(),
+                                s.term.to_string(),
                                 s.applied_index.to_string(),
+                                s.lag.to_string(),
                                 s.running_executions.to_string(),
                             ]
                         })
@@ -925,6 +962,17 @@ async fn cluster(c: &mut Client, j: bool, cmd: ClusterCmd) -> Result<()> {
         }
     }
     Ok(())
+}
+
+fn list_or_none(ids: &[u32]) -> String {
+    if ids.is_empty() {
+        "none".into()
+    } else {
+        ids.iter()
+            .map(|i| i.to_string())
+            .collect::<Vec<_>>()
+            .join(",")
+    }
 }
 
 /// A 10-state Pass/Choice machine: four Pass states, a Choice, four more Pass states and a

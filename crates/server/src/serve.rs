@@ -119,6 +119,14 @@ pub fn run(cfg: Config) -> Result<()> {
         let grpc = tokio::net::TcpListener::bind(&cfg.node.grpc_addr)
             .await
             .with_context(|| format!("cannot listen on {} (node.grpc_addr)", cfg.node.grpc_addr))?;
+        // Port 0 means any free port: peers and clients are told the real one.
+        let mut cfg = cfg;
+        cfg.node.grpc_addr = grpc.local_addr()?.to_string();
+        cfg.node.http_addr = http.local_addr()?.to_string();
+        eprintln!(
+            "trellis: node {} listening: gRPC {} HTTP {}",
+            cfg.node.id, cfg.node.grpc_addr, cfg.node.http_addr
+        );
         let node = Node::open(cfg).await?;
         serve(node, http, grpc, shutdown_signal()).await
     })
@@ -136,18 +144,10 @@ pub async fn serve(
     let (tx, rx) = tokio::sync::watch::channel(false);
     let mut rx_http = rx.clone();
     let mut rx_grpc = rx;
-    let app = crate::aws::router(node.clone());
-    let http_task = tokio::spawn(async move {
-        axum::serve(http, app)
-            .with_graceful_shutdown(async move {
-                let _ = rx_http.wait_for(|s| *s).await;
-            })
-            .await
-    });
+    // gRPC first: peers reach this node's Raft groups through it while it joins.
     let grpc_task = tokio::spawn(crate::grpc::serve(node.clone(), grpc, async move {
         let _ = rx_grpc.wait_for(|s| *s).await;
     }));
-    // Peers reach this node from here on; now join (or bootstrap) the cluster.
     let joined = async {
         node.bootstrap().await?;
         node.wait_ready(std::time::Duration::from_secs(120)).await
@@ -157,10 +157,20 @@ pub async fn serve(
         r = joined => r?,
         _ = &mut stop => {
             let _ = tx.send(true);
+            let _ = grpc_task.await;
             node.shutdown().await;
             return Ok(());
         }
     }
+    // The AWS API answers once the node serves its shards.
+    let app = crate::aws::router(node.clone());
+    let http_task = tokio::spawn(async move {
+        axum::serve(http, app)
+            .with_graceful_shutdown(async move {
+                let _ = rx_http.wait_for(|s| *s).await;
+            })
+            .await
+    });
     tracing::info!(%http_addr, %grpc_addr, node_id = node.id(), shards = node.shard_count(),
         "serving the AWS JSON API and gRPC");
     eprintln!(

@@ -32,9 +32,10 @@ pub fn raft_config(cluster: &str) -> Result<Arc<openraft::Config>> {
     ))
 }
 
-/// How long a leader keeps executing without hearing from a quorum: the shortest election
-/// timeout, after which the followers may have elected someone else.
-pub const LEADER_LEASE: Duration = Duration::from_millis(800);
+/// How long a leader keeps executing without hearing from a quorum. openraft's followers
+/// refuse to vote for another candidate until this long (`election_timeout_max`, its leader
+/// lease) after the leader's last heartbeat, so no other leader can exist before it ends.
+pub const LEADER_LEASE: Duration = Duration::from_millis(1_600);
 
 /// Opens this node's replica of shard group `group` (not initialized: see [`initialize`]).
 pub async fn open<N>(

@@ -555,7 +555,6 @@ pub(crate) async fn join_all<F: std::future::Future>(
 async fn supervise(node: std::sync::Weak<Node>, rep: Arc<Replica>) {
     let mut metrics = rep.raft.metrics();
     let mut running: Option<tokio::task::JoinHandle<()>> = None;
-    let mut last_check = tokio::time::Instant::now();
     loop {
         let Some(n) = node.upgrade() else { break };
         if n.stopping() {
@@ -564,18 +563,21 @@ async fn supervise(node: std::sync::Weak<Node>, rep: Arc<Replica>) {
         let me = n.id();
         let m = metrics.borrow().clone();
         let mut leading = m.state == ServerState::Leader && m.current_leader == Some(me);
-        // The lease: a leader that cannot reach a quorum stops executing.
-        if leading && running.is_some() && last_check.elapsed() >= LEADER_LEASE / 2 {
-            last_check = tokio::time::Instant::now();
-            let check = tokio::time::timeout(LEADER_LEASE, rep.raft.ensure_linearizable()).await;
-            if !matches!(check, Ok(Ok(_))) {
+        // The lease: a leader that has not heard from a quorum for a lease stops executing.
+        let voters = m.membership_config.membership().voter_ids().count();
+        let silent = m
+            .millis_since_quorum_ack
+            .is_some_and(|ms| ms > LEADER_LEASE.as_millis() as u64);
+        if leading && voters > 1 && silent {
+            if running.is_some() {
                 tracing::warn!(
                     node_id = me,
                     shard_id = rep.shard,
+                    millis_since_quorum_ack = m.millis_since_quorum_ack,
                     "lost the quorum; executor stops"
                 );
-                leading = false;
             }
+            leading = false;
         }
         if running.as_ref().is_some_and(|h| h.is_finished()) {
             rep.set_handle(None);

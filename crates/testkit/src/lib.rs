@@ -1,0 +1,386 @@
+//! `trellis-testkit`: a cluster of real `trellis server` processes on 127.0.0.1 for tests.
+//!
+//! * [`Cluster::start`] starts N nodes (node 1 bootstraps, the others join it), each on
+//!   ports the OS picks, with a data directory under one temporary directory, and waits
+//!   until every shard has a leader.
+//! * [`Cluster::kill`] sends SIGKILL; [`Cluster::restart`] starts the node again on the same
+//!   ports and data; [`Cluster::add_node`] starts a new member.
+//! * [`Cluster::partition`] cuts a node off from others in both directions, through the
+//!   nodes' fault-injection hook (`cluster.fault_injection`), and [`Cluster::heal`] undoes it.
+//!
+//! Each node's log is kept in `<dir>/n<id>.log`; [`Cluster::logs`] returns them for a
+//! failing test's message.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+pub use tonic::Status;
+pub use trellis_client::{v1 as pb, ApiError, Client, Code};
+
+/// What the harness can fail with.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("io: {0}")]
+    Io(#[from] std::io::Error),
+    #[error("client: {0}")]
+    Client(#[from] trellis_client::Error),
+    #[error("{0}")]
+    Timeout(String),
+    #[error("{0}")]
+    Node(String),
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// How to start the cluster.
+#[derive(Debug, Clone)]
+pub struct Options {
+    pub shards: u32,
+    pub replication_factor: u32,
+    /// Extra `TRELLIS__…` settings for every node.
+    pub env: Vec<(String, String)>,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Options {
+            shards: 16,
+            replication_factor: 3,
+            env: Vec::new(),
+        }
+    }
+}
+
+/// One node process.
+pub struct NodeProc {
+    pub id: u64,
+    /// `127.0.0.1:port`, fixed after the first start.
+    pub grpc: String,
+    pub http: String,
+    data: PathBuf,
+    log: PathBuf,
+    child: Option<Child>,
+}
+
+impl NodeProc {
+    pub fn is_running(&self) -> bool {
+        self.child.is_some()
+    }
+
+    pub fn endpoint(&self) -> String {
+        format!("http://{}", self.grpc)
+    }
+}
+
+/// A running cluster; dropping it kills every node.
+pub struct Cluster {
+    bin: PathBuf,
+    dir: tempfile::TempDir,
+    opts: Options,
+    bootstrap_expect: usize,
+    pub nodes: BTreeMap<u64, NodeProc>,
+}
+
+impl Cluster {
+    /// Starts `n` nodes of the `trellis` binary at `bin` and waits until every shard has a
+    /// leader.
+    pub async fn start(bin: impl AsRef<Path>, n: usize, opts: Options) -> Result<Cluster> {
+        let mut c = Cluster {
+            bin: bin.as_ref().to_path_buf(),
+            dir: tempfile::tempdir()?,
+            opts,
+            bootstrap_expect: n,
+            nodes: BTreeMap::new(),
+        };
+        for id in 1..=n as u64 {
+            c.spawn_new(id)?;
+        }
+        c.wait_leaders(Duration::from_secs(60)).await?;
+        Ok(c)
+    }
+
+    fn join_addr(&self) -> Option<String> {
+        self.nodes
+            .values()
+            .find(|n| n.is_running())
+            .map(|n| n.grpc.clone())
+    }
+
+    fn spawn_new(&mut self, id: u64) -> Result<()> {
+        let data = self.dir.path().join(format!("d{id}"));
+        let log = self.dir.path().join(format!("n{id}.log"));
+        let join = self.join_addr();
+        let mut node = NodeProc {
+            id,
+            grpc: "127.0.0.1:0".into(),
+            http: "127.0.0.1:0".into(),
+            data,
+            log,
+            child: None,
+        };
+        self.launch(&mut node, join)?;
+        self.nodes.insert(id, node);
+        Ok(())
+    }
+
+    fn launch(&self, node: &mut NodeProc, join: Option<String>) -> Result<()> {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&node.log)?;
+        let start_len = log.metadata()?.len();
+        let mut cmd = Command::new(&self.bin);
+        cmd.arg("server")
+            .args(["--node-id", &node.id.to_string()])
+            .arg("--data-dir")
+            .arg(&node.data)
+            .args(["--grpc-addr", &node.grpc])
+            .args(["--http-addr", &node.http])
+            .args(["--shards", &self.opts.shards.to_string()])
+            .args(["--bootstrap-expect", &self.bootstrap_expect.to_string()])
+            .env("TRELLIS__CLUSTER__FAULT_INJECTION", "true")
+            .env(
+                "TRELLIS__CLUSTER__REPLICATION_FACTOR",
+                self.opts.replication_factor.to_string(),
+            )
+            .env(
+                "TRELLIS_LOG",
+                std::env::var("TRELLIS_LOG").unwrap_or_else(|_| "info,openraft=error".into()),
+            )
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log);
+        if let Some(j) = join {
+            cmd.args(["--join", &j]);
+        }
+        for (k, v) in &self.opts.env {
+            cmd.env(k, v);
+        }
+        node.child = Some(cmd.spawn()?);
+        // The node prints its ports once it listens.
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let text = std::fs::read_to_string(&node.log)?;
+            let fresh = text.get(start_len as usize..).unwrap_or("");
+            if let Some(line) = fresh
+                .lines()
+                .find(|l| l.starts_with(&format!("trellis: node {} listening:", node.id)))
+            {
+                let words: Vec<&str> = line.split_whitespace().collect();
+                let grpc = words
+                    .iter()
+                    .position(|w| *w == "gRPC")
+                    .map(|i| words[i + 1]);
+                let http = words
+                    .iter()
+                    .position(|w| *w == "HTTP")
+                    .map(|i| words[i + 1]);
+                if let (Some(g), Some(h)) = (grpc, http) {
+                    node.grpc = g.to_string();
+                    node.http = h.to_string();
+                    return Ok(());
+                }
+            }
+            if let Some(child) = node.child.as_mut() {
+                if let Some(status) = child.try_wait()? {
+                    node.child = None;
+                    return Err(Error::Node(format!(
+                        "node {} exited at start ({status}):\n{}",
+                        node.id, fresh
+                    )));
+                }
+            }
+            if Instant::now() > deadline {
+                return Err(Error::Timeout(format!("node {} did not listen", node.id)));
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Starts a new member that joins through a running node.
+    pub async fn add_node(&mut self) -> Result<u64> {
+        let id = self.nodes.keys().max().copied().unwrap_or(0) + 1;
+        self.spawn_new(id)?;
+        Ok(id)
+    }
+
+    /// SIGKILL, no warning.
+    pub fn kill(&mut self, id: u64) {
+        if let Some(n) = self.nodes.get_mut(&id) {
+            if let Some(mut c) = n.child.take() {
+                let _ = c.kill();
+                let _ = c.wait();
+            }
+        }
+    }
+
+    /// SIGTERM, then wait for a graceful exit (SIGKILL after 20 s).
+    pub fn stop(&mut self, id: u64) {
+        if let Some(n) = self.nodes.get_mut(&id) {
+            if let Some(mut c) = n.child.take() {
+                let _ = Command::new("kill")
+                    .args(["-TERM", &c.id().to_string()])
+                    .status();
+                let deadline = Instant::now() + Duration::from_secs(20);
+                loop {
+                    if let Ok(Some(_)) = c.try_wait() {
+                        break;
+                    }
+                    if Instant::now() > deadline {
+                        let _ = c.kill();
+                        let _ = c.wait();
+                        break;
+                    }
+                    std::thread::sleep(Duration::from_millis(20));
+                }
+            }
+        }
+    }
+
+    /// Starts a stopped node again with its data and ports.
+    pub fn restart(&mut self, id: u64) -> Result<()> {
+        let mut node = self
+            .nodes
+            .remove(&id)
+            .ok_or_else(|| Error::Node(format!("no node {id}")))?;
+        let r = self.launch(&mut node, None);
+        self.nodes.insert(id, node);
+        r
+    }
+
+    /// A client of node `id`.
+    pub async fn client(&self, id: u64) -> Result<Client> {
+        let n = self
+            .nodes
+            .get(&id)
+            .ok_or_else(|| Error::Node(format!("no node {id}")))?;
+        Ok(Client::connect(&n.endpoint()).await?)
+    }
+
+    /// A client of some running node.
+    pub async fn any_client(&self) -> Result<Client> {
+        for n in self.nodes.values().filter(|n| n.is_running()) {
+            if let Ok(c) = Client::connect(&n.endpoint()).await {
+                return Ok(c);
+            }
+        }
+        Err(Error::Node("no node answers".into()))
+    }
+
+    pub fn running(&self) -> Vec<u64> {
+        self.nodes
+            .values()
+            .filter(|n| n.is_running())
+            .map(|n| n.id)
+            .collect()
+    }
+
+    /// The shard map with leaders, as a running node reports it.
+    pub async fn shards(&self) -> Result<Vec<pb::Shard>> {
+        let mut c = self.any_client().await?;
+        Ok(c.admin
+            .list_shards(pb::Empty {})
+            .await
+            .map_err(trellis_client::Error::from)?
+            .into_inner()
+            .shards)
+    }
+
+    /// Waits until every shard has a leader among the running nodes; returns how long.
+    pub async fn wait_leaders(&self, timeout: Duration) -> Result<Duration> {
+        let t0 = Instant::now();
+        let running = self.running();
+        loop {
+            if let Ok(shards) = self.shards().await {
+                if !shards.is_empty()
+                    && shards
+                        .iter()
+                        .all(|s| s.leader != 0 && running.contains(&s.leader))
+                {
+                    return Ok(t0.elapsed());
+                }
+            }
+            if t0.elapsed() > timeout {
+                return Err(Error::Timeout(format!(
+                    "shards without a running leader after {timeout:?}"
+                )));
+            }
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+    }
+
+    /// The node that leads the most shards.
+    pub async fn busiest_leader(&self) -> Result<u64> {
+        let mut count: BTreeMap<u64, usize> = BTreeMap::new();
+        for s in self.shards().await? {
+            *count.entry(s.leader).or_default() += 1;
+        }
+        count
+            .into_iter()
+            .filter(|(n, _)| *n != 0)
+            .max_by_key(|(_, c)| *c)
+            .map(|(n, _)| n)
+            .ok_or_else(|| Error::Node("no shard has a leader".into()))
+    }
+
+    /// Cuts node `id` off from every other node, both ways.
+    pub async fn partition(&self, id: u64) -> Result<()> {
+        let others: Vec<u64> = self.nodes.keys().copied().filter(|n| *n != id).collect();
+        self.block(id, others.clone()).await?;
+        for o in others {
+            if self.nodes[&o].is_running() {
+                self.block(o, vec![id]).await?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Undoes every partition.
+    pub async fn heal(&self) -> Result<()> {
+        for n in self.running() {
+            self.block(n, Vec::new()).await?;
+        }
+        Ok(())
+    }
+
+    async fn block(&self, on: u64, nodes: Vec<u64>) -> Result<()> {
+        let mut c = self.client(on).await?;
+        c.admin
+            .partition(pb::PartitionRequest { nodes })
+            .await
+            .map_err(trellis_client::Error::from)?;
+        Ok(())
+    }
+
+    /// Every node's log, for a failing test's message.
+    pub fn logs(&self) -> String {
+        let mut out = String::new();
+        for n in self.nodes.values() {
+            let text = std::fs::read_to_string(&n.log).unwrap_or_default();
+            let tail: Vec<&str> = text.lines().rev().take(40).collect();
+            out.push_str(&format!("--- node {} ---\n", n.id));
+            for l in tail.into_iter().rev() {
+                out.push_str(l);
+                out.push('\n');
+            }
+        }
+        out
+    }
+
+    pub fn dir(&self) -> &Path {
+        self.dir.path()
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        for n in self.nodes.values_mut() {
+            if let Some(mut c) = n.child.take() {
+                let _ = c.kill();
+                let _ = c.wait();
+            }
+        }
+    }
+}
