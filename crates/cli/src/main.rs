@@ -4,7 +4,7 @@
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
-use anyhow::{anyhow, Context, Result};
+use anyhow::{anyhow, bail, Context, Result};
 use clap::{Parser, Subcommand};
 use serde_json::{json, Value};
 use trellis_client::{v1 as pb, Client};
@@ -42,9 +42,18 @@ enum Cmd {
     /// Activities.
     #[command(subcommand)]
     Activity(Activity),
-    /// Cluster status, nodes and shards.
+    /// Cluster health.
     #[command(subcommand)]
     Cluster(ClusterCmd),
+    /// Cluster members: list, drain, remove.
+    #[command(subcommand)]
+    Nodes(NodesCmd),
+    /// Shards: list, show, move a replica, transfer the leadership, rebalance.
+    #[command(subcommand)]
+    Shards(ShardsCmd),
+    /// Pause or resume the placement driver.
+    #[command(subcommand)]
+    Placement(PlacementCmd),
     /// What the stuck-execution detector found.
     Doctor,
     /// Load generator: start executions and report throughput and latency.
@@ -157,9 +166,57 @@ enum Activity {
 
 #[derive(Subcommand)]
 enum ClusterCmd {
+    /// Health, meta leader and voters, under-replicated and leaderless shards, moves in
+    /// progress, and the nodes.
     Status,
+    /// Same as `nodes list`.
+    #[command(hide = true)]
     Nodes,
+    /// Same as `shards list`.
+    #[command(hide = true)]
     Shards,
+}
+
+#[derive(Subcommand)]
+enum NodesCmd {
+    /// Members with their state, zone, meta role and shard counts.
+    List,
+    /// Move every leader and replica off a node.
+    Drain { id: u64 },
+    /// Take a drained node out of the cluster.
+    Remove { id: u64 },
+}
+
+#[derive(Subcommand)]
+enum ShardsCmd {
+    /// Every shard: leader, replicas, epoch, term, applied index, lag, live executions.
+    List,
+    /// One shard.
+    Show { id: u32 },
+    /// Move the replica on one node to another (waits until done).
+    Move {
+        id: u32,
+        #[arg(long)]
+        from: u64,
+        #[arg(long)]
+        to: u64,
+    },
+    /// Make a replica the shard's leader (waits until it leads).
+    TransferLeader {
+        id: u32,
+        #[arg(long)]
+        to: u64,
+    },
+    /// Start the placement steps due now and print them.
+    Rebalance,
+}
+
+#[derive(Subcommand)]
+enum PlacementCmd {
+    /// Stop moving replicas and leaders (failed-node repair too).
+    Pause,
+    /// Start again.
+    Resume,
 }
 
 #[derive(clap::Args)]
@@ -180,6 +237,20 @@ struct Bench {
     /// of checking them all with ListExecutions at the end.
     #[arg(long)]
     describe_each: bool,
+}
+
+/// `println!` that ends the program quietly when stdout is closed (`trellisctl ... | head`).
+macro_rules! out {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        if let Err(e) = writeln!(std::io::stdout().lock(), $($arg)*) {
+            if e.kind() == std::io::ErrorKind::BrokenPipe {
+                std::process::exit(0);
+            }
+            eprintln!("trellisctl: cannot write the output: {e}");
+            std::process::exit(1);
+        }
+    }};
 }
 
 #[tokio::main]
@@ -236,7 +307,7 @@ fn table(headers: &[&str], rows: Vec<Vec<String>>) {
             .enumerate()
             .map(|(i, c)| format!("{c:<width$}", width = w[i]))
             .collect();
-        println!("{}", s.join("  ").trim_end());
+        out!("{}", s.join("  ").trim_end());
     };
     line(headers.iter().map(|h| h.to_string()).collect());
     for r in rows {
@@ -276,6 +347,21 @@ async fn run(cli: Cli) -> Result<()> {
         Cmd::Exec(cmd) => exec(&mut c, j, cmd).await,
         Cmd::Activity(cmd) => activity(&mut c, j, cmd).await,
         Cmd::Cluster(cmd) => cluster(&mut c, j, cmd).await,
+        Cmd::Nodes(cmd) => nodes(&mut c, j, cmd).await,
+        Cmd::Shards(cmd) => shards(&mut c, j, cmd).await,
+        Cmd::Placement(cmd) => {
+            let paused = matches!(cmd, PlacementCmd::Pause);
+            c.admin
+                .set_placement(pb::SetPlacementRequest { paused })
+                .await
+                .map_err(api)?;
+            if j {
+                out!("{}", json!({"placementPaused": paused}));
+            } else {
+                out!("placement {}", if paused { "paused" } else { "resumed" });
+            }
+            Ok(())
+        }
         Cmd::Doctor => {
             let r = c
                 .admin
@@ -284,13 +370,13 @@ async fn run(cli: Cli) -> Result<()> {
                 .map_err(api)?
                 .into_inner();
             if j {
-                println!(
+                out!(
                     "{}",
                     json!({"scannedExecutions": r.scanned_executions, "findings": r.findings.iter().map(|f| json!({
                     "shard": f.shard, "kind": f.kind, "executionArn": f.execution_arn, "detail": f.detail, "repaired": f.repaired})).collect::<Vec<_>>()})
                 );
             } else {
-                println!(
+                out!(
                     "scanned {} executions, {} findings",
                     r.scanned_executions,
                     r.findings.len()
@@ -349,12 +435,12 @@ async fn sm(c: &mut Client, j: bool, cmd: Sm) -> Result<()> {
                 .map_err(api)?
                 .into_inner();
             if j {
-                println!(
+                out!(
                     "{}",
                     json!({"stateMachineArn": r.state_machine_arn, "creationDate": r.creation_date, "stateMachineVersionArn": r.state_machine_version_arn})
                 );
             } else {
-                println!("{}", r.state_machine_arn);
+                out!("{}", r.state_machine_arn);
             }
         }
         Sm::Update {
@@ -377,12 +463,12 @@ async fn sm(c: &mut Client, j: bool, cmd: Sm) -> Result<()> {
                 .map_err(api)?
                 .into_inner();
             if j {
-                println!(
+                out!(
                     "{}",
                     json!({"revisionId": r.revision_id, "updateDate": r.update_date, "stateMachineVersionArn": r.state_machine_version_arn})
                 );
             } else {
-                println!("revision {}", r.revision_id);
+                out!("revision {}", r.revision_id);
             }
         }
         Sm::List => {
@@ -405,7 +491,7 @@ async fn sm(c: &mut Client, j: bool, cmd: Sm) -> Result<()> {
                 token = r.next_token;
             }
             if j {
-                println!("{}", Value::Array(all.iter().map(|m| json!({"stateMachineArn": m.state_machine_arn, "name": m.name, "type": type_name(m.r#type), "creationDate": m.creation_date})).collect()));
+                out!("{}", Value::Array(all.iter().map(|m| json!({"stateMachineArn": m.state_machine_arn, "name": m.name, "type": type_name(m.r#type), "creationDate": m.creation_date})).collect()));
             } else {
                 table(
                     &["NAME", "TYPE", "CREATED", "ARN"],
@@ -436,7 +522,7 @@ async fn sm(c: &mut Client, j: bool, cmd: Sm) -> Result<()> {
             let v = json!({"stateMachineArn": m.state_machine_arn, "name": m.name, "status": m.status, "type": type_name(m.r#type),
                 "roleArn": m.role_arn, "creationDate": m.creation_date, "revisionId": m.revision_id,
                 "maxConcurrentExecutions": m.settings.map(|s| s.max_concurrent_executions).unwrap_or(0), "definition": def});
-            println!(
+            out!(
                 "{}",
                 if j {
                     v.to_string()
@@ -453,7 +539,7 @@ async fn sm(c: &mut Client, j: bool, cmd: Sm) -> Result<()> {
                 .await
                 .map_err(api)?;
             if !j {
-                println!("deleted {arn}");
+                out!("deleted {arn}");
             }
         }
         Sm::Validate {
@@ -475,12 +561,12 @@ async fn sm(c: &mut Client, j: bool, cmd: Sm) -> Result<()> {
                 .map_err(api)?
                 .into_inner();
             if j {
-                println!(
+                out!(
                     "{}",
                     json!({"result": r.result, "diagnostics": r.diagnostics.iter().map(|d| json!({"severity": d.severity, "code": d.code, "message": d.message, "location": d.location})).collect::<Vec<_>>()})
                 );
             } else {
-                println!("{}", r.result);
+                out!("{}", r.result);
                 table(
                     &["SEVERITY", "CODE", "LOCATION", "MESSAGE"],
                     r.diagnostics
@@ -537,17 +623,17 @@ async fn exec(c: &mut Client, j: bool, cmd: Exec) -> Result<()> {
                 .into_inner();
             if !wait {
                 if j {
-                    println!(
+                    out!(
                         "{}",
                         json!({"executionArn": r.execution_arn, "startDate": r.start_date})
                     );
                 } else {
-                    println!("{}", r.execution_arn);
+                    out!("{}", r.execution_arn);
                 }
                 return Ok(());
             }
             if !j {
-                println!("{}", r.execution_arn);
+                out!("{}", r.execution_arn);
             }
             follow(c, &r.execution_arn, started, j).await?;
             let e = c
@@ -559,14 +645,14 @@ async fn exec(c: &mut Client, j: bool, cmd: Exec) -> Result<()> {
                 .map_err(api)?
                 .into_inner();
             if j {
-                println!("{}", execution_json(&e));
+                out!("{}", execution_json(&e));
             } else {
-                println!("{} after {:.3}s", e.status, started.elapsed().as_secs_f64());
+                out!("{} after {:.3}s", e.status, started.elapsed().as_secs_f64());
                 if let Some(o) = &e.output {
-                    println!("output: {o}");
+                    out!("output: {o}");
                 }
                 if !e.error.is_empty() {
-                    println!("error: {}\ncause: {}", e.error, e.cause);
+                    out!("error: {}\ncause: {}", e.error, e.cause);
                 }
             }
             if e.status != "SUCCEEDED" {
@@ -581,7 +667,7 @@ async fn exec(c: &mut Client, j: bool, cmd: Exec) -> Result<()> {
                 .map_err(api)?
                 .into_inner();
             let v = execution_json(&e);
-            println!(
+            out!(
                 "{}",
                 if j {
                     v.to_string()
@@ -616,7 +702,7 @@ async fn exec(c: &mut Client, j: bool, cmd: Exec) -> Result<()> {
                 token = r.next_token;
             }
             if j {
-                println!("{}", Value::Array(all.iter().map(|e| json!({"executionArn": e.execution_arn, "name": e.name, "status": e.status, "startDate": e.start_date, "stopDate": e.stop_date})).collect()));
+                out!("{}", Value::Array(all.iter().map(|e| json!({"executionArn": e.execution_arn, "name": e.name, "status": e.status, "startDate": e.start_date, "stopDate": e.stop_date})).collect()));
             } else {
                 table(
                     &["NAME", "STATUS", "STARTED", "STOPPED"],
@@ -656,7 +742,7 @@ async fn exec(c: &mut Client, j: bool, cmd: Exec) -> Result<()> {
                 token = r.next_token;
             }
             if j {
-                println!("{}", Value::Array(all.iter().map(event_json).collect()));
+                out!("{}", Value::Array(all.iter().map(event_json).collect()));
             } else {
                 table(
                     &["ID", "PREV", "TIME", "TYPE", "STATE"],
@@ -686,9 +772,9 @@ async fn exec(c: &mut Client, j: bool, cmd: Exec) -> Result<()> {
                 .into_inner();
             while let Some(e) = s.message().await.map_err(api)? {
                 if j {
-                    println!("{}", event_json(&e));
+                    out!("{}", event_json(&e));
                 } else {
-                    println!(
+                    out!(
                         "{:>5}  {}  {:<28} {}",
                         e.id,
                         ms(e.timestamp),
@@ -710,9 +796,9 @@ async fn exec(c: &mut Client, j: bool, cmd: Exec) -> Result<()> {
                 .map_err(api)?
                 .into_inner();
             if j {
-                println!("{}", json!({"stopDate": r.stop_date}));
+                out!("{}", json!({"stopDate": r.stop_date}));
             } else {
-                println!("stopped at {}", ms(r.stop_date));
+                out!("stopped at {}", ms(r.stop_date));
             }
         }
         Exec::Pause { arn } => {
@@ -721,7 +807,7 @@ async fn exec(c: &mut Client, j: bool, cmd: Exec) -> Result<()> {
                 .await
                 .map_err(api)?;
             if !j {
-                println!("paused");
+                out!("paused");
             }
         }
         Exec::Resume { arn } => {
@@ -730,7 +816,7 @@ async fn exec(c: &mut Client, j: bool, cmd: Exec) -> Result<()> {
                 .await
                 .map_err(api)?;
             if !j {
-                println!("resumed");
+                out!("resumed");
             }
         }
         Exec::Redrive { arn } => {
@@ -744,9 +830,9 @@ async fn exec(c: &mut Client, j: bool, cmd: Exec) -> Result<()> {
                 .map_err(api)?
                 .into_inner();
             if j {
-                println!("{}", json!({"redriveDate": r.redrive_date}));
+                out!("{}", json!({"redriveDate": r.redrive_date}));
             } else {
-                println!("redriven at {}", ms(r.redrive_date));
+                out!("redriven at {}", ms(r.redrive_date));
             }
         }
     }
@@ -769,7 +855,7 @@ async fn follow(c: &mut Client, arn: &str, started: Instant, j: bool) -> Result<
         if e.r#type.ends_with("StateEntered") {
             transitions += 1;
             if !j {
-                println!(
+                out!(
                     "  [{:>8.3}s] #{transitions:<4} -> {}",
                     started.elapsed().as_secs_f64(),
                     state_name(&e).unwrap_or_default()
@@ -779,7 +865,7 @@ async fn follow(c: &mut Client, arn: &str, started: Instant, j: bool) -> Result<
             && (e.r#type.starts_with("Execution") && e.r#type != "ExecutionStarted"
                 || e.r#type.ends_with("Failed"))
         {
-            println!(
+            out!(
                 "  [{:>8.3}s]       {}",
                 started.elapsed().as_secs_f64(),
                 e.r#type
@@ -799,12 +885,12 @@ async fn activity(c: &mut Client, j: bool, cmd: Activity) -> Result<()> {
                 .map_err(api)?
                 .into_inner();
             if j {
-                println!(
+                out!(
                     "{}",
                     json!({"activityArn": r.activity_arn, "creationDate": r.creation_date})
                 );
             } else {
-                println!("{}", r.activity_arn);
+                out!("{}", r.activity_arn);
             }
         }
         Activity::List => {
@@ -818,7 +904,7 @@ async fn activity(c: &mut Client, j: bool, cmd: Activity) -> Result<()> {
                 .map_err(api)?
                 .into_inner();
             if j {
-                println!("{}", Value::Array(r.activities.iter().map(|a| json!({"activityArn": a.activity_arn, "name": a.name, "creationDate": a.creation_date})).collect()));
+                out!("{}", Value::Array(r.activities.iter().map(|a| json!({"activityArn": a.activity_arn, "name": a.name, "creationDate": a.creation_date})).collect()));
             } else {
                 table(
                     &["NAME", "CREATED", "ARN"],
@@ -842,7 +928,7 @@ async fn activity(c: &mut Client, j: bool, cmd: Activity) -> Result<()> {
             if t.task_token.is_empty() {
                 return Err(anyhow!("no task arrived within 60 s"));
             }
-            println!("{}", json!({"taskToken": t.task_token, "input": t.input}));
+            out!("{}", json!({"taskToken": t.task_token, "input": t.input}));
         }
     }
     Ok(())
@@ -852,24 +938,68 @@ const NODE_HEADERS: &[&str] = &[
     "NODE", "STATE", "GRPC", "HTTP", "ZONE", "META", "LEADS", "REPLICAS",
 ];
 
+fn node_row(n: &pb::Node) -> Vec<String> {
+    vec![
+        n.id.to_string(),
+        n.state.clone(),
+        n.grpc_addr.clone(),
+        n.http_addr.clone(),
+        if n.zone.is_empty() {
+            "-".into()
+        } else {
+            n.zone.clone()
+        },
+        if n.meta_voter { "voter" } else { "learner" }.into(),
+        n.leader_shards.to_string(),
+        n.replica_shards.to_string(),
+    ]
+}
+
+fn node_json(n: &pb::Node) -> Value {
+    json!({"id": n.id, "state": n.state, "grpcAddr": n.grpc_addr, "httpAddr": n.http_addr,
+        "zone": n.zone, "metaVoter": n.meta_voter, "leaderShards": n.leader_shards,
+        "replicaShards": n.replica_shards})
+}
+
+const SHARD_HEADERS: &[&str] = &[
+    "SHARD",
+    "LEADER",
+    "REPLICAS",
+    "EPOCH",
+    "TERM",
+    "APPLIED",
+    "LAG",
+    "EXECUTIONS",
+];
+
+fn shard_row(s: &pb::Shard) -> Vec<String> {
+    vec![
+        s.id.to_string(),
+        if s.leader == 0 {
+            "-".into()
+        } else {
+            s.leader.to_string()
+        },
+        s.replicas
+            .iter()
+            .map(|r| r.to_string())
+            .collect::<Vec<_>>()
+            .join(","),
+        s.epoch.to_string(),
+        s.term.to_string(),
+        s.applied_index.to_string(),
+        s.lag.to_string(),
+        s.running_executions.to_string(),
+    ]
+}
+
+fn shard_json(s: &pb::Shard) -> Value {
+    json!({"id": s.id, "leader": s.leader, "replicas": s.replicas, "epoch": s.epoch,
+        "term": s.term, "appliedIndex": s.applied_index, "lag": s.lag,
+        "liveExecutions": s.running_executions})
+}
+
 async fn cluster(c: &mut Client, j: bool, cmd: ClusterCmd) -> Result<()> {
-    let node_row = |n: &pb::Node| {
-        vec![
-            n.id.to_string(),
-            n.state.clone(),
-            n.grpc_addr.clone(),
-            n.http_addr.clone(),
-            if n.zone.is_empty() {
-                "-".into()
-            } else {
-                n.zone.clone()
-            },
-            if n.meta_voter { "voter" } else { "learner" }.into(),
-            n.leader_shards.to_string(),
-            n.replica_shards.to_string(),
-        ]
-    };
-    let node_json = |n: &pb::Node| json!({"id": n.id, "state": n.state, "grpcAddr": n.grpc_addr, "httpAddr": n.http_addr, "zone": n.zone, "metaVoter": n.meta_voter, "leaderShards": n.leader_shards, "replicaShards": n.replica_shards});
     match cmd {
         ClusterCmd::Status => {
             let s = c
@@ -879,28 +1009,51 @@ async fn cluster(c: &mut Client, j: bool, cmd: ClusterCmd) -> Result<()> {
                 .map_err(api)?
                 .into_inner();
             if j {
-                println!(
+                out!(
                     "{}",
                     json!({"health": s.health, "nodeId": s.node_id, "metaLeader": s.meta_leader,
                         "metaVoters": s.meta_voters, "shardCount": s.shard_count,
                         "replicationFactor": s.replication_factor,
                         "underReplicated": s.under_replicated, "leaderless": s.leaderless,
+                        "moving": s.moving, "placementPaused": s.placement_paused,
                         "nodes": s.nodes.iter().map(node_json).collect::<Vec<_>>()})
                 );
             } else {
-                println!(
-                    "health {}  (asked node {}; meta leader {}, voters {:?}; {} shards, replication factor {})",
-                    s.health, s.node_id, s.meta_leader, s.meta_voters, s.shard_count, s.replication_factor
+                out!(
+                    "health {}  meta leader {}  meta voters {}  shards {}  replication factor {}",
+                    s.health,
+                    s.meta_leader,
+                    s.meta_voters
+                        .iter()
+                        .map(|v| v.to_string())
+                        .collect::<Vec<_>>()
+                        .join(","),
+                    s.shard_count,
+                    s.replication_factor
                 );
-                println!(
-                    "under-replicated shards: {}  leaderless shards: {}",
+                out!(
+                    "under-replicated: {}  leaderless: {}  moving: {}  placement: {}",
                     list_or_none(&s.under_replicated),
-                    list_or_none(&s.leaderless)
+                    list_or_none(&s.leaderless),
+                    list_or_none(&s.moving),
+                    if s.placement_paused {
+                        "paused"
+                    } else {
+                        "active"
+                    }
                 );
                 table(NODE_HEADERS, s.nodes.iter().map(node_row).collect());
             }
+            Ok(())
         }
-        ClusterCmd::Nodes => {
+        ClusterCmd::Nodes => nodes(c, j, NodesCmd::List).await,
+        ClusterCmd::Shards => shards(c, j, ShardsCmd::List).await,
+    }
+}
+
+async fn nodes(c: &mut Client, j: bool, cmd: NodesCmd) -> Result<()> {
+    match cmd {
+        NodesCmd::List => {
             let r = c
                 .admin
                 .list_nodes(pb::Empty {})
@@ -908,56 +1061,105 @@ async fn cluster(c: &mut Client, j: bool, cmd: ClusterCmd) -> Result<()> {
                 .map_err(api)?
                 .into_inner();
             if j {
-                println!("{}", Value::Array(r.nodes.iter().map(node_json).collect()));
+                out!("{}", Value::Array(r.nodes.iter().map(node_json).collect()));
             } else {
                 table(NODE_HEADERS, r.nodes.iter().map(node_row).collect());
             }
         }
-        ClusterCmd::Shards => {
+        NodesCmd::Drain { id } => {
+            c.admin
+                .drain_node(pb::NodeRequest { node_id: id })
+                .await
+                .map_err(api)?;
+            done(j, &format!("node {id} is draining"));
+        }
+        NodesCmd::Remove { id } => {
+            c.admin
+                .remove_node(pb::NodeRequest { node_id: id })
+                .await
+                .map_err(api)?;
+            done(j, &format!("node {id} removed"));
+        }
+    }
+    Ok(())
+}
+
+fn done(j: bool, what: &str) {
+    if j {
+        out!("{}", json!({"ok": true, "message": what}));
+    } else {
+        out!("{what}");
+    }
+}
+
+async fn shards(c: &mut Client, j: bool, cmd: ShardsCmd) -> Result<()> {
+    match cmd {
+        ShardsCmd::List | ShardsCmd::Show { .. } => {
             let r = c
                 .admin
                 .list_shards(pb::Empty {})
                 .await
                 .map_err(api)?
                 .into_inner();
+            let list: Vec<&pb::Shard> = match cmd {
+                ShardsCmd::Show { id } => {
+                    let s: Vec<_> = r.shards.iter().filter(|s| s.id == id).collect();
+                    if s.is_empty() {
+                        bail!("no shard {id} (the cluster has {} shards)", r.shards.len());
+                    }
+                    s
+                }
+                _ => r.shards.iter().collect(),
+            };
             if j {
-                println!("{}", Value::Array(r.shards.iter().map(|s| json!({"id": s.id, "leader": s.leader, "replicas": s.replicas, "epoch": s.epoch, "term": s.term, "appliedIndex": s.applied_index, "lag": s.lag, "liveExecutions": s.running_executions})).collect()));
+                if let ShardsCmd::Show { .. } = cmd {
+                    out!("{}", shard_json(list[0]));
+                } else {
+                    out!(
+                        "{}",
+                        Value::Array(list.iter().map(|s| shard_json(s)).collect())
+                    );
+                }
             } else {
-                table(
-                    &[
-                        "SHARD",
-                        "LEADER",
-                        "REPLICAS",
-                        "EPOCH",
-                        "TERM",
-                        "APPLIED",
-                        "LAG",
-                        "EXECUTIONS",
-                    ],
-                    r.shards
-                        .iter()
-                        .map(|s| {
-                            vec![
-                                s.id.to_string(),
-                                if s.leader == 0 {
-                                    "-".into()
-                                } else {
-                                    s.leader.to_string()
-                                },
-                                s.replicas
-                                    .iter()
-                                    .map(|r| r.to_string())
-                                    .collect::<Vec<_>>()
-                                    .join(","),
-                                s.epoch.to_string(),
-                                s.term.to_string(),
-                                s.applied_index.to_string(),
-                                s.lag.to_string(),
-                                s.running_executions.to_string(),
-                            ]
-                        })
-                        .collect(),
-                );
+                table(SHARD_HEADERS, list.iter().map(|s| shard_row(s)).collect());
+            }
+        }
+        ShardsCmd::Move { id, from, to } => {
+            c.admin
+                .move_shard(pb::MoveShardRequest {
+                    shard: id,
+                    from,
+                    to,
+                })
+                .await
+                .map_err(api)?;
+            done(
+                j,
+                &format!("shard {id} moved from node {from} to node {to}"),
+            );
+        }
+        ShardsCmd::TransferLeader { id, to } => {
+            c.admin
+                .transfer_shard_leader(pb::TransferShardLeaderRequest { shard: id, to })
+                .await
+                .map_err(api)?;
+            done(j, &format!("node {to} leads shard {id}"));
+        }
+        ShardsCmd::Rebalance => {
+            let r = c
+                .admin
+                .rebalance(pb::Empty {})
+                .await
+                .map_err(api)?
+                .into_inner();
+            if j {
+                out!("{}", json!({"steps": r.steps}));
+            } else if r.steps.is_empty() {
+                out!("balanced: nothing to do");
+            } else {
+                for s in r.steps {
+                    out!("{s}");
+                }
             }
         }
     }
@@ -1130,9 +1332,9 @@ async fn bench(c: &Client, b: Bench, j: bool) -> Result<()> {
         "seconds": elapsed, "executionsPerSecond": n / elapsed, "transitionsPerSecond": n * 10.0 / elapsed,
         "latencyMs": {"p50": percentile(&lat, 0.50), "p99": percentile(&lat, 0.99), "p999": percentile(&lat, 0.999)}});
     if j {
-        println!("{v}");
+        out!("{v}");
     } else {
-        println!(
+        out!(
             "{} {} executions in {:.2}s (concurrency {}{})",
             lat.len(),
             kind,
@@ -1144,9 +1346,9 @@ async fn bench(c: &Client, b: Bench, j: bool) -> Result<()> {
                 String::new()
             }
         );
-        println!("  executions/s   {:>10.1}", n / elapsed);
-        println!("  transitions/s  {:>10.1}", n * 10.0 / elapsed);
-        println!(
+        out!("  executions/s   {:>10.1}", n / elapsed);
+        out!("  transitions/s  {:>10.1}", n * 10.0 / elapsed);
+        out!(
             "  latency ms     p50 {:.3}  p99 {:.3}  p999 {:.3}",
             percentile(&lat, 0.5),
             percentile(&lat, 0.99),

@@ -41,6 +41,9 @@ pub struct ShardRecord {
     pub id: u32,
     pub replicas: Vec<u64>,
     pub epoch: u64,
+    /// Nodes being added (a move in progress): they open a replica and catch up as learners.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub learners: Vec<u64>,
 }
 
 /// The key of a node record: fixed width, so the table iterates in id order.
@@ -99,9 +102,261 @@ pub fn initial(shards: u32, nodes: &[NodeRecord], rf: usize) -> Vec<ShardRecord>
                 id: i,
                 replicas,
                 epoch: 1,
+                learners: Vec::new(),
             }
         })
         .collect()
+}
+
+/// A node as the placement driver sees it.
+#[derive(Debug, Clone)]
+pub struct NodeView {
+    pub id: u64,
+    pub zone: String,
+    pub state: NodeState,
+    /// Answered the driver's last pings.
+    pub alive: bool,
+    /// Silent for longer than the grace period: its replicas are re-created elsewhere.
+    pub down: bool,
+}
+
+/// A shard as the placement driver sees it.
+#[derive(Debug, Clone)]
+pub struct ShardView {
+    pub id: u32,
+    pub replicas: Vec<u64>,
+    pub learners: Vec<u64>,
+    pub leader: Option<u64>,
+}
+
+/// One placement step.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Step {
+    /// Add a replica on `to` (as a learner, then a voter), then remove the one on `from`.
+    Move {
+        shard: u32,
+        from: Option<u64>,
+        to: u64,
+    },
+    /// Hand the shard's leadership to `to`, one of its replicas.
+    TransferLeader { shard: u32, from: u64, to: u64 },
+    /// Drop the replica on a draining or removed node when the others suffice.
+    Remove { shard: u32, from: u64 },
+}
+
+impl Step {
+    pub fn shard(&self) -> u32 {
+        match self {
+            Step::Move { shard, .. }
+            | Step::TransferLeader { shard, .. }
+            | Step::Remove { shard, .. } => *shard,
+        }
+    }
+}
+
+/// What to do next, in order of need: replicas off nodes that are down, draining or removed
+/// (and missing replicas), then replica counts, then leader counts, balanced to ±1 over the
+/// nodes that can take them. At most `budget` steps, at most one per shard, none for a shard
+/// that is already changing. A replica is never moved off a leader: its leadership moves
+/// first.
+pub fn plan(nodes: &[NodeView], shards: &[ShardView], rf: usize, budget: usize) -> Vec<Step> {
+    let usable: Vec<&NodeView> = nodes
+        .iter()
+        .filter(|n| n.state == NodeState::Up && n.alive && !n.down)
+        .collect();
+    let is_usable = |id: u64| usable.iter().any(|n| n.id == id);
+    let bad = |id: u64| {
+        nodes
+            .iter()
+            .find(|n| n.id == id)
+            .is_none_or(|n| n.down || n.state != NodeState::Up)
+    };
+    let zone = |id: u64| {
+        nodes
+            .iter()
+            .find(|n| n.id == id)
+            .map(|n| n.zone.as_str())
+            .unwrap_or("")
+    };
+    let rf = rf.min(usable.len()).max(1);
+    let mut replicas: std::collections::BTreeMap<u64, usize> =
+        usable.iter().map(|n| (n.id, 0)).collect();
+    let mut leaders = replicas.clone();
+    for s in shards {
+        for r in s.replicas.iter().chain(&s.learners) {
+            if let Some(c) = replicas.get_mut(r) {
+                *c += 1;
+            }
+        }
+        if let Some(c) = s.leader.and_then(|l| leaders.get_mut(&l)) {
+            *c += 1;
+        }
+    }
+    let mut steps = Vec::new();
+    let mut busy: Vec<u32> = shards
+        .iter()
+        .filter(|s| !s.learners.is_empty())
+        .map(|s| s.id)
+        .collect();
+    // The least loaded usable node that can take a replica of `s`, preferring new zones.
+    let pick = |s: &ShardView, replicas: &std::collections::BTreeMap<u64, usize>, keep: &[u64]| {
+        let zones: Vec<&str> = keep
+            .iter()
+            .map(|r| zone(*r))
+            .filter(|z| !z.is_empty())
+            .collect();
+        usable
+            .iter()
+            .filter(|n| !s.replicas.contains(&n.id) && !s.learners.contains(&n.id))
+            .min_by_key(|n| {
+                let clash = !n.zone.is_empty() && zones.contains(&n.zone.as_str());
+                (clash, replicas.get(&n.id).copied().unwrap_or(0), n.id)
+            })
+            .map(|n| n.id)
+    };
+    // 1. Repair.
+    for s in shards {
+        if steps.len() >= budget {
+            return steps;
+        }
+        if busy.contains(&s.id) {
+            continue;
+        }
+        let good: Vec<u64> = s.replicas.iter().copied().filter(|r| !bad(*r)).collect();
+        let off = s.replicas.iter().copied().find(|r| bad(*r));
+        if off.is_none() && s.replicas.len() >= rf {
+            continue;
+        }
+        // Leadership leaves a draining leader before its replica does.
+        if let (Some(from), Some(l)) = (off, s.leader) {
+            if from == l {
+                if let Some(to) = good
+                    .iter()
+                    .copied()
+                    .filter(|r| is_usable(*r))
+                    .min_by_key(|r| leaders.get(r).copied().unwrap_or(0))
+                {
+                    steps.push(Step::TransferLeader {
+                        shard: s.id,
+                        from,
+                        to,
+                    });
+                    busy.push(s.id);
+                }
+                continue;
+            }
+        }
+        if let Some(to) = pick(s, &replicas, &good) {
+            let from = if s.replicas.len() >= rf { off } else { None };
+            *replicas.entry(to).or_default() += 1;
+            if let Some(c) = from.and_then(|f| replicas.get_mut(&f)) {
+                *c -= 1;
+            }
+            steps.push(Step::Move {
+                shard: s.id,
+                from,
+                to,
+            });
+            busy.push(s.id);
+        } else if let Some(from) = off {
+            // Nowhere to go: a draining (not a dead) node's replica is dropped when the
+            // others make the replication factor.
+            let alive = nodes.iter().any(|n| n.id == from && !n.down);
+            if alive && good.len() >= rf {
+                steps.push(Step::Remove { shard: s.id, from });
+                busy.push(s.id);
+            }
+        }
+    }
+    // 2. Replica counts.
+    while steps.len() < budget {
+        let (Some((&max, &hi)), Some((&min, &lo))) = (
+            replicas
+                .iter()
+                .max_by_key(|(id, c)| (**c, std::cmp::Reverse(**id))),
+            replicas.iter().min_by_key(|(id, c)| (**c, **id)),
+        ) else {
+            break;
+        };
+        if hi <= lo + 1 {
+            break;
+        }
+        let Some(s) = shards.iter().find(|s| {
+            !busy.contains(&s.id)
+                && s.replicas.contains(&max)
+                && !s.replicas.contains(&min)
+                && s.leader != Some(max)
+                && (zone(min).is_empty()
+                    || zone(min) == zone(max)
+                    || !s
+                        .replicas
+                        .iter()
+                        .any(|r| *r != max && zone(*r) == zone(min)))
+        }) else {
+            break;
+        };
+        *replicas.entry(max).or_default() -= 1;
+        *replicas.entry(min).or_default() += 1;
+        steps.push(Step::Move {
+            shard: s.id,
+            from: Some(max),
+            to: min,
+        });
+        busy.push(s.id);
+    }
+    // 3. Leader counts (and no leader on a node that cannot keep it).
+    for s in shards {
+        if steps.len() >= budget {
+            return steps;
+        }
+        let Some(l) = s.leader else { continue };
+        if busy.contains(&s.id) || is_usable(l) {
+            continue;
+        }
+        if let Some(to) = s
+            .replicas
+            .iter()
+            .copied()
+            .filter(|r| is_usable(*r))
+            .min_by_key(|r| leaders.get(r).copied().unwrap_or(0))
+        {
+            *leaders.entry(to).or_default() += 1;
+            steps.push(Step::TransferLeader {
+                shard: s.id,
+                from: l,
+                to,
+            });
+            busy.push(s.id);
+        }
+    }
+    while steps.len() < budget {
+        let (Some((&max, &hi)), Some((&min, &lo))) = (
+            leaders
+                .iter()
+                .max_by_key(|(id, c)| (**c, std::cmp::Reverse(**id))),
+            leaders.iter().min_by_key(|(id, c)| (**c, **id)),
+        ) else {
+            break;
+        };
+        if hi <= lo + 1 {
+            break;
+        }
+        let Some(s) = shards
+            .iter()
+            .find(|s| !busy.contains(&s.id) && s.leader == Some(max) && s.replicas.contains(&min))
+        else {
+            break;
+        };
+        *leaders.entry(max).or_default() -= 1;
+        *leaders.entry(min).or_default() += 1;
+        steps.push(Step::TransferLeader {
+            shard: s.id,
+            from: max,
+            to: min,
+        });
+        busy.push(s.id);
+    }
+    steps
 }
 
 #[cfg(test)]
@@ -183,5 +438,134 @@ mod tests {
     fn meta_voters_grow_with_the_cluster() {
         let t: Vec<usize> = (1..=7).map(meta_voter_target).collect();
         assert_eq!(t, vec![1, 1, 3, 3, 5, 5, 5]);
+    }
+
+    fn view(id: u64) -> NodeView {
+        NodeView {
+            id,
+            zone: String::new(),
+            state: NodeState::Up,
+            alive: true,
+            down: false,
+        }
+    }
+
+    /// Applies steps the way the driver does, so plans can be iterated to a fixed point.
+    fn apply(shards: &mut [ShardView], steps: &[Step]) {
+        for st in steps {
+            let s = shards.iter_mut().find(|s| s.id == st.shard()).unwrap();
+            match st {
+                Step::Move { from, to, .. } => {
+                    s.replicas.retain(|r| Some(*r) != *from);
+                    s.replicas.push(*to);
+                }
+                Step::TransferLeader { to, .. } => s.leader = Some(*to),
+                Step::Remove { from, .. } => s.replicas.retain(|r| r != from),
+            }
+        }
+    }
+
+    fn converge(nodes: &[NodeView], shards: &mut [ShardView]) -> usize {
+        for round in 0..200 {
+            let steps = plan(nodes, shards, 3, 4);
+            if steps.is_empty() {
+                return round;
+            }
+            apply(shards, &steps);
+        }
+        panic!("placement does not converge: {shards:?}");
+    }
+
+    fn counts(shards: &[ShardView], nodes: &[u64]) -> (Vec<usize>, Vec<usize>) {
+        let r = nodes
+            .iter()
+            .map(|n| shards.iter().filter(|s| s.replicas.contains(n)).count())
+            .collect();
+        let l = nodes
+            .iter()
+            .map(|n| shards.iter().filter(|s| s.leader == Some(*n)).count())
+            .collect();
+        (r, l)
+    }
+
+    fn shards_on(nodes: &[NodeRecord], n: u32) -> Vec<ShardView> {
+        initial(n, nodes, 3)
+            .into_iter()
+            .map(|s| ShardView {
+                id: s.id,
+                leader: s.replicas.first().copied(),
+                replicas: s.replicas,
+                learners: vec![],
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_joining_node_gets_a_fair_share() {
+        let recs: Vec<_> = (1..=3).map(|i| node(i, "")).collect();
+        let mut shards = shards_on(&recs, 64);
+        let nodes: Vec<_> = (1..=4).map(view).collect();
+        converge(&nodes, &mut shards);
+        let (r, l) = counts(&shards, &[1, 2, 3, 4]);
+        assert!(
+            r.iter().max().unwrap() - r.iter().min().unwrap() <= 1,
+            "{r:?}"
+        );
+        assert!(
+            l.iter().max().unwrap() - l.iter().min().unwrap() <= 1,
+            "{l:?}"
+        );
+        assert!(shards.iter().all(|s| s.replicas.len() == 3));
+    }
+
+    #[test]
+    fn a_down_node_is_replaced_and_a_draining_node_emptied() {
+        let recs: Vec<_> = (1..=4).map(|i| node(i, "")).collect();
+        let mut shards = shards_on(&recs, 32);
+        let mut nodes: Vec<_> = (1..=4).map(view).collect();
+        nodes[3].down = true;
+        nodes[3].alive = false;
+        // Leaders of the dead node have moved by election; the driver sees them elsewhere.
+        for s in shards.iter_mut() {
+            if s.leader == Some(4) {
+                s.leader = s.replicas.iter().copied().find(|r| *r != 4);
+            }
+        }
+        converge(&nodes, &mut shards);
+        assert!(shards
+            .iter()
+            .all(|s| !s.replicas.contains(&4) && s.replicas.len() == 3));
+        nodes[2].state = NodeState::Draining;
+        converge(&nodes, &mut shards);
+        let (r, l) = counts(&shards, &[1, 2, 3]);
+        assert_eq!(r[2], 0, "drained: {r:?}");
+        assert_eq!(l[2], 0, "drained: {l:?}");
+        // Two nodes left: every shard keeps two replicas.
+        assert!(shards.iter().all(|s| s.replicas.len() == 2), "{shards:?}");
+    }
+
+    #[test]
+    fn a_down_node_is_not_removed_without_a_replacement() {
+        let recs: Vec<_> = (1..=3).map(|i| node(i, "")).collect();
+        let shards = shards_on(&recs, 8);
+        let mut nodes: Vec<_> = (1..=3).map(view).collect();
+        nodes[0].down = true;
+        nodes[0].alive = false;
+        let steps = plan(&nodes, &shards, 3, 100);
+        assert!(
+            steps.iter().all(|s| !matches!(s, Step::Move { .. })),
+            "{steps:?}"
+        );
+    }
+
+    #[test]
+    fn budget_and_busy_shards_are_respected() {
+        let recs: Vec<_> = (1..=3).map(|i| node(i, "")).collect();
+        let mut shards = shards_on(&recs, 64);
+        shards[0].learners = vec![4];
+        let nodes: Vec<_> = (1..=4).map(view).collect();
+        let steps = plan(&nodes, &shards, 3, 4);
+        assert_eq!(steps.len(), 4);
+        assert!(steps.iter().all(|s| s.shard() != 0));
     }
 }

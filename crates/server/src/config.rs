@@ -52,6 +52,9 @@ pub struct ClusterSection {
     pub replication_factor: u32,
     /// Tests only: accept `trellisctl`'s partition commands (drop traffic to chosen nodes).
     pub fault_injection: bool,
+    /// A node that has not answered the placement driver for this long is down: its
+    /// replicas are re-created on other nodes. Long enough for a rolling restart.
+    pub down_after_seconds: u64,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -85,6 +88,7 @@ impl Default for ClusterSection {
             bootstrap_expect: 1,
             replication_factor: 3,
             fault_injection: false,
+            down_after_seconds: 30,
         }
     }
 }

@@ -319,4 +319,30 @@ impl Admin for Svc {
         self.0.partition(r.into_inner().nodes)?;
         ok(pb::Empty {})
     }
+    async fn drain_node(&self, r: Request<pb::NodeRequest>) -> R<pb::Empty> {
+        self.0.drain_node(r.into_inner().node_id).await?;
+        ok(pb::Empty {})
+    }
+    async fn remove_node(&self, r: Request<pb::NodeRequest>) -> R<pb::Empty> {
+        self.0.remove_node(r.into_inner().node_id).await?;
+        ok(pb::Empty {})
+    }
+    async fn move_shard(&self, r: Request<pb::MoveShardRequest>) -> R<pb::Empty> {
+        self.0.move_shard(r.into_inner()).await?;
+        ok(pb::Empty {})
+    }
+    async fn transfer_shard_leader(
+        &self,
+        r: Request<pb::TransferShardLeaderRequest>,
+    ) -> R<pb::Empty> {
+        self.0.transfer_shard_leader(r.into_inner()).await?;
+        ok(pb::Empty {})
+    }
+    async fn rebalance(&self, _: Request<pb::Empty>) -> R<pb::RebalanceResponse> {
+        ok(self.0.rebalance().await?)
+    }
+    async fn set_placement(&self, r: Request<pb::SetPlacementRequest>) -> R<pb::Empty> {
+        self.0.set_placement(r.into_inner().paused).await?;
+        ok(pb::Empty {})
+    }
 }

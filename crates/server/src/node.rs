@@ -160,6 +160,10 @@ impl ShardCell {
     pub(crate) fn set(&self, r: Arc<Replica>) {
         *self.0.write().unwrap_or_else(|p| p.into_inner()) = Some(r);
     }
+
+    pub(crate) fn clear(&self) {
+        *self.0.write().unwrap_or_else(|p| p.into_inner()) = None;
+    }
 }
 
 /// A Trellis node: a member of the meta group and a replica of some shards, leading some.
@@ -180,6 +184,11 @@ pub struct Node {
     leaders: std::sync::Mutex<HashMap<u32, u64>>,
     stopping: std::sync::atomic::AtomicBool,
     pub(crate) bootstrapped: std::sync::atomic::AtomicBool,
+    /// The placement driver's view (meaningful on the meta leader): when each node last
+    /// answered a ping, and the shards with a step in flight.
+    last_seen: std::sync::Mutex<HashMap<u64, std::time::Instant>>,
+    moving: std::sync::Mutex<std::collections::HashSet<u32>>,
+    this: std::sync::OnceLock<std::sync::Weak<Node>>,
 }
 
 impl Node {
@@ -207,7 +216,11 @@ impl Node {
             leaders: Default::default(),
             stopping: Default::default(),
             bootstrapped: Default::default(),
+            last_seen: Default::default(),
+            moving: Default::default(),
+            this: Default::default(),
         });
+        let _ = node.this.set(Arc::downgrade(&node));
         node.connectors.bind(Arc::downgrade(&node));
         let weak = Arc::downgrade(&node);
         tokio::spawn(async move {
@@ -242,6 +255,19 @@ impl Node {
     pub(crate) fn init_cells(&self, n: u32) -> &[ShardCell] {
         self.shards
             .get_or_init(|| (0..n).map(|_| ShardCell::default()).collect())
+    }
+
+    /// This node as an `Arc`, for work that outlives a call.
+    pub(crate) fn arc(&self) -> Option<Arc<Node>> {
+        self.this.get().and_then(std::sync::Weak::upgrade)
+    }
+
+    pub(crate) fn last_seen(&self) -> std::sync::MutexGuard<'_, HashMap<u64, std::time::Instant>> {
+        self.last_seen.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    pub(crate) fn moving_set(&self) -> &std::sync::Mutex<std::collections::HashSet<u32>> {
+        &self.moving
     }
 
     pub(crate) fn db(&self) -> &NodeDb {

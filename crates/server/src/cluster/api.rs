@@ -425,6 +425,15 @@ impl Node {
             leaderless,
             health: health.into(),
             replication_factor: self.cfg.cluster.replication_factor,
+            placement_paused: self.placement_paused(),
+            moving: self
+                .meta
+                .shard_map()
+                .unwrap_or_default()
+                .iter()
+                .filter(|s| !s.learners.is_empty())
+                .map(|s| s.id)
+                .collect(),
         })
     }
 
@@ -439,5 +448,180 @@ impl Node {
         tracing::warn!(node_id = self.id(), blocked = ?nodes, "fault injection: partition");
         self.transport.block(nodes);
         Ok(())
+    }
+}
+
+// ------------------------------------------------------------ placement (meta leader)
+
+impl Node {
+    /// A placement action on the shard's leader.
+    pub(crate) async fn shard_control(
+        &self,
+        r: trellis_proto::raft::ShardControl,
+    ) -> ApiResult<trellis_proto::raft::ShardControlReply> {
+        let shard = r.shard;
+        self.on_shard(shard, "ShardControl", r, move |r| async move {
+            self.shard_control_here(r).await
+        })
+        .await
+    }
+
+    pub async fn drain_node(&self, id: u64) -> ApiResult<()> {
+        let r = pb::NodeRequest { node_id: id };
+        self.on_meta("DrainNode", r, move |r| async move {
+            self.set_node_state_here(r.node_id, trellis_meta::placement::NodeState::Draining)
+                .await
+                .map(|()| pb::Empty {})
+        })
+        .await
+        .map(drop)
+    }
+
+    pub async fn remove_node(&self, id: u64) -> ApiResult<()> {
+        let r = pb::NodeRequest { node_id: id };
+        self.on_meta("RemoveNode", r, move |r| async move {
+            self.set_node_state_here(r.node_id, trellis_meta::placement::NodeState::Removed)
+                .await
+                .map(|()| pb::Empty {})
+        })
+        .await
+        .map(drop)
+    }
+
+    pub async fn set_placement(&self, paused: bool) -> ApiResult<()> {
+        let r = pb::SetPlacementRequest { paused };
+        self.on_meta("SetPlacement", r, move |r| async move {
+            self.set_placement_paused_here(r.paused)
+                .await
+                .map(|()| pb::Empty {})
+        })
+        .await
+        .map(drop)
+    }
+
+    pub async fn rebalance(&self) -> ApiResult<pb::RebalanceResponse> {
+        self.on_meta("Rebalance", pb::Empty {}, move |_| async move {
+            let me = self
+                .arc()
+                .ok_or_else(|| ApiError::new(Code::ServiceUnavailable, "the node is stopping"))?;
+            me.rebalance_here().await
+        })
+        .await
+    }
+
+    /// Runs one operator-requested step on the meta leader and waits for it.
+    async fn operator_step(&self, step: trellis_meta::placement::Step) -> ApiResult<()> {
+        let shard = step.shard();
+        if !self.moving().insert(shard) {
+            return Err(ApiError::new(
+                Code::ConflictException,
+                format!("shard {shard} is already changing; retry when it is done"),
+            ));
+        }
+        let r = self.run_step(&step).await;
+        self.moving().remove(&shard);
+        r
+    }
+
+    pub async fn move_shard(&self, r: pb::MoveShardRequest) -> ApiResult<()> {
+        self.on_meta("MoveShard", r, move |r| async move {
+            let rec = self
+                .meta
+                .shard_map()
+                .map_err(crate::node::from_meta)?
+                .into_iter()
+                .find(|s| s.id == r.shard)
+                .ok_or_else(|| {
+                    ApiError::new(
+                        Code::ResourceNotFound,
+                        format!("Resource Not Found: 'shard {}'", r.shard),
+                    )
+                })?;
+            if !rec.replicas.contains(&r.from) {
+                return Err(ApiError::new(
+                    Code::ValidationException,
+                    format!("node {} holds no replica of shard {}", r.from, r.shard),
+                ));
+            }
+            if rec.replicas.contains(&r.to) {
+                return Err(ApiError::new(
+                    Code::ValidationException,
+                    format!("node {} already holds a replica of shard {}", r.to, r.shard),
+                ));
+            }
+            let up = self
+                .meta
+                .nodes()
+                .map_err(crate::node::from_meta)?
+                .into_iter()
+                .any(|n| n.id == r.to && n.state == trellis_meta::placement::NodeState::Up);
+            if !up {
+                return Err(ApiError::new(
+                    Code::ValidationException,
+                    format!("node {} is not an UP member", r.to),
+                ));
+            }
+            let leader = self
+                .list_shards()
+                .await?
+                .shards
+                .into_iter()
+                .find(|s| s.id == r.shard)
+                .map(|s| s.leader);
+            if leader == Some(r.from) {
+                // A replica never moves off its leader: the leadership goes first.
+                let to = rec
+                    .replicas
+                    .iter()
+                    .copied()
+                    .find(|x| *x != r.from)
+                    .unwrap_or(r.to);
+                self.operator_step(trellis_meta::placement::Step::TransferLeader {
+                    shard: r.shard,
+                    from: r.from,
+                    to,
+                })
+                .await?;
+            }
+            self.operator_step(trellis_meta::placement::Step::Move {
+                shard: r.shard,
+                from: Some(r.from),
+                to: r.to,
+            })
+            .await
+            .map(|()| pb::Empty {})
+        })
+        .await
+        .map(drop)
+    }
+
+    pub async fn transfer_shard_leader(&self, r: pb::TransferShardLeaderRequest) -> ApiResult<()> {
+        self.on_meta("TransferShardLeader", r, move |r| async move {
+            let leader = self
+                .list_shards()
+                .await?
+                .shards
+                .into_iter()
+                .find(|s| s.id == r.shard)
+                .map(|s| s.leader)
+                .ok_or_else(|| {
+                    ApiError::new(
+                        Code::ResourceNotFound,
+                        format!("Resource Not Found: 'shard {}'", r.shard),
+                    )
+                })?;
+            if leader == r.to {
+                return Ok(pb::Empty {});
+            }
+            self.operator_step(trellis_meta::placement::Step::TransferLeader {
+                shard: r.shard,
+                from: leader,
+                to: r.to,
+            })
+            .await
+            .map(|()| pb::Empty {})
+        })
+        .await
+        .map(drop)
     }
 }

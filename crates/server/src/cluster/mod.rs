@@ -16,6 +16,7 @@
 //!   the lease.
 
 pub mod api;
+pub mod driver;
 pub mod route;
 pub mod service;
 pub mod transport;
@@ -83,15 +84,26 @@ impl Node {
         // The meta leader's duties run wherever the meta leader is.
         let weak = Arc::downgrade(self);
         tokio::spawn(async move {
+            let mut round = 0u64;
             loop {
                 tokio::time::sleep(Duration::from_millis(300)).await;
+                round += 1;
                 let Some(node) = weak.upgrade() else { return };
                 if node.stopping() {
                     return;
                 }
-                if node.meta.leader() == Some(node.id()) {
-                    if let Err(e) = node.meta_duties().await {
-                        tracing::debug!(node_id = node.id(), error = %e, "meta duties");
+                if node.meta.leader() != Some(node.id()) {
+                    // Another node drives placement; a later turn here starts afresh.
+                    node.last_seen().clear();
+                    continue;
+                }
+                if let Err(e) = node.meta_duties().await {
+                    tracing::debug!(node_id = node.id(), error = %e, "meta duties");
+                }
+                if round % 3 == 0 && node.bootstrapped_map() {
+                    match node.placement_tick().await {
+                        Ok(steps) => node.launch(steps),
+                        Err(e) => tracing::debug!(node_id = node.id(), error = %e, "placement"),
                     }
                 }
             }
@@ -309,6 +321,7 @@ impl Node {
                         id,
                         replicas: vec![self.id()],
                         epoch: 1,
+                        learners: Vec::new(),
                     })
                     .collect()
             } else {
@@ -333,6 +346,13 @@ impl Node {
         Ok(())
     }
 
+    fn bootstrapped_map(&self) -> bool {
+        self.meta
+            .shard_map()
+            .map(|m| !m.is_empty())
+            .unwrap_or(false)
+    }
+
     /// Whether this node holds shard groups from before the shard map existed.
     fn has_single_node_shards(&self) -> anyhow::Result<bool> {
         Ok(self.db().groups().iter().any(|g| *g >= 1))
@@ -352,7 +372,15 @@ impl Node {
             let Some(cell) = cells.get(s.id as usize) else {
                 continue;
             };
-            if !s.replicas.contains(&self.id()) || cell.get().is_some() {
+            let wanted = s.replicas.contains(&self.id()) || s.learners.contains(&self.id());
+            if !wanted {
+                if let Some(rep) = cell.get() {
+                    self.close_replica(&rep).await;
+                    cell.clear();
+                }
+                continue;
+            }
+            if cell.get().is_some() {
                 continue;
             }
             let members: BTreeMap<u64, BasicNode> = s
@@ -374,6 +402,22 @@ impl Node {
             }
         }
         Ok(())
+    }
+
+    /// Closes a replica the shard map no longer gives this node and deletes its data.
+    async fn close_replica(&self, rep: &Replica) {
+        let group = u64::from(rep.shard) + 1;
+        tracing::info!(
+            node_id = self.id(),
+            shard_id = rep.shard,
+            "closing a replica moved away"
+        );
+        rep.set_handle(None);
+        let _ = rep.raft.shutdown().await;
+        self.transport.unregister(group);
+        if let Err(e) = self.db().drop_group(group) {
+            tracing::warn!(node_id = self.id(), shard_id = rep.shard, error = %e, "dropping a moved replica's data");
+        }
     }
 
     async fn open_replica(

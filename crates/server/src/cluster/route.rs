@@ -277,6 +277,24 @@ impl Node {
                 Duration::ZERO
             )),
             "Doctor" => call!(pb::Empty, _r => self.doctor()),
+            "ShardControl" => call!(rpb::ShardControl, r => self.shard_control(r)),
+            "ShardControlHere" => call!(rpb::ShardControl, r => self.shard_control_here(r)),
+            "DrainNode" => call!(pb::NodeRequest, r => async {
+                empty(self.drain_node(r.node_id).await)
+            }),
+            "RemoveNode" => call!(pb::NodeRequest, r => async {
+                empty(self.remove_node(r.node_id).await)
+            }),
+            "MoveShard" => call!(pb::MoveShardRequest, r => async {
+                empty(self.move_shard(r).await)
+            }),
+            "TransferShardLeader" => call!(pb::TransferShardLeaderRequest, r => async {
+                empty(self.transfer_shard_leader(r).await)
+            }),
+            "Rebalance" => call!(pb::Empty, _r => self.rebalance()),
+            "SetPlacement" => call!(pb::SetPlacementRequest, r => async {
+                empty(self.set_placement(r.paused).await)
+            }),
             "ListShards" => {
                 call!(pb::Empty, _r => async { Ok::<_, ApiError>(self.local_shards()) })
             }

@@ -92,6 +92,8 @@ pub struct Transport {
     peers: Mutex<HashMap<u64, Arc<Peer>>>,
     groups: RwLock<HashMap<u64, Arc<dyn GroupHandler>>>,
     blocked: RwLock<HashSet<u64>>,
+    /// Groups whose outgoing messages are dropped (a leader handing over its leadership).
+    muted: RwLock<HashSet<u64>>,
 }
 
 /// A channel to a node's gRPC address; connects on first use and reconnects after failures.
@@ -117,6 +119,7 @@ impl Transport {
             peers: Mutex::default(),
             groups: RwLock::default(),
             blocked: RwLock::default(),
+            muted: RwLock::default(),
         })
     }
 
@@ -142,6 +145,23 @@ impl Transport {
     /// Fault injection: drop all traffic to and from `nodes` (replaces the previous set).
     pub fn block(&self, nodes: impl IntoIterator<Item = u64>) {
         *self.blocked.write().unwrap_or_else(|p| p.into_inner()) = nodes.into_iter().collect();
+    }
+
+    /// Drops (or stops dropping) everything this node sends for `group`.
+    pub fn mute(&self, group: u64, on: bool) {
+        let mut m = self.muted.write().unwrap_or_else(|p| p.into_inner());
+        if on {
+            m.insert(group);
+        } else {
+            m.remove(&group);
+        }
+    }
+
+    fn is_muted(&self, group: u64) -> bool {
+        self.muted
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .contains(&group)
     }
 
     pub fn is_blocked(&self, node: u64) -> bool {
@@ -211,6 +231,11 @@ impl Transport {
         if self.is_blocked(target) {
             return Err(SendError::Unreachable(
                 "partitioned (fault injection)".into(),
+            ));
+        }
+        if self.is_muted(msg.group) {
+            return Err(SendError::Unreachable(
+                "muted while handing over leadership".into(),
             ));
         }
         let peer = self.peer(target, addr).map_err(SendError::Unreachable)?;
