@@ -3,5 +3,9 @@
 //! Run with `cargo nextest run -p trellis-server --test cluster`. Each test starts its own
 //! cluster in a temporary directory; node logs are printed when a test fails.
 
+mod five;
 mod leader_loss;
+mod partition;
+mod placement;
+mod rolling;
 mod workload;

@@ -25,6 +25,13 @@ impl Pool {
         p
     }
 
+    /// A pool of some nodes only.
+    pub fn only(c: &Cluster, ids: &[u64]) -> Pool {
+        let p = Pool::default();
+        *p.endpoints.lock().unwrap() = ids.iter().map(|i| c.nodes[i].endpoint()).collect();
+        p
+    }
+
     /// Refreshes the endpoints from the running nodes.
     pub fn set(&self, c: &Cluster) {
         let eps: Vec<String> = c
@@ -138,6 +145,35 @@ pub async fn setup(pool: &Pool, name: &str) -> (String, String) {
     (activity, machine)
 }
 
+/// A machine without tasks: Wait 1 s, then a Pass that makes the same output the workers
+/// make.
+pub async fn setup_waits(pool: &Pool, name: &str) -> String {
+    let def = json!({
+        "StartAt": "Nap",
+        "States": {
+            "Nap": {"Type": "Wait", "Seconds": 1, "Next": "Done"},
+            "Done": {"Type": "Pass", "Parameters": {"n.$": "$.n", "double.$": "States.MathAdd($.n, $.n)"}, "End": true}
+        }
+    })
+    .to_string();
+    retry(pool, Duration::from_secs(30), |mut c| {
+        let def = def.clone();
+        async move {
+            c.state_machines
+                .create_state_machine(pb::CreateStateMachineRequest {
+                    name: name.to_string(),
+                    definition: def,
+                    role_arn: ROLE.into(),
+                    ..Default::default()
+                })
+                .await
+                .map(|r| r.into_inner().state_machine_arn)
+        }
+    })
+    .await
+    .expect("create machine")
+}
+
 /// Activity workers: each long-polls some node, answers `{"n": n, "double": 2n}`, and keeps
 /// sending its answer until a node takes it or says the task is gone.
 pub fn workers(
@@ -238,6 +274,16 @@ pub async fn start_all(
                     }
                 })
                 .await
+                // Names are unique here: "already exists" means an earlier attempt whose
+                // reply was lost started it, and it has finished since (AWS answers so for a
+                // closed execution).
+                .or_else(|e| {
+                    if e.starts_with("ExecutionAlreadyExists") {
+                        Ok(())
+                    } else {
+                        Err(e)
+                    }
+                })
                 .unwrap_or_else(|e| panic!("start {prefix}-{i}: {e}"));
             }
         }));
@@ -300,6 +346,41 @@ pub async fn wait_succeeded(
         }
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
+}
+
+/// Waits for the executions `prefix-i` to succeed, then verifies them.
+pub async fn verify_when_done(
+    pool: &Pool,
+    machine: &str,
+    prefix: &str,
+    range: std::ops::Range<u64>,
+) -> Result<(), String> {
+    let base = machine.replace(":stateMachine:", ":execution:");
+    let t0 = Instant::now();
+    for i in range.clone() {
+        let arn = format!("{base}:{prefix}-{i}");
+        loop {
+            let a = arn.clone();
+            let e = retry(pool, Duration::from_secs(30), |mut c| {
+                let a = a.clone();
+                async move {
+                    c.executions
+                        .describe_execution(pb::DescribeExecutionRequest { execution_arn: a })
+                        .await
+                        .map(|r| r.into_inner())
+                }
+            })
+            .await?;
+            if e.status != "RUNNING" {
+                break;
+            }
+            if t0.elapsed() > Duration::from_secs(120) {
+                return Err(format!("{arn} still running"));
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+    verify(pool, machine, prefix, range).await
 }
 
 /// Checks every execution: the right output, one ExecutionSucceeded, and a history whose ids

@@ -55,6 +55,8 @@ pub struct ClusterSection {
     /// A node that has not answered the placement driver for this long is down: its
     /// replicas are re-created on other nodes. Long enough for a rolling restart.
     pub down_after_seconds: u64,
+    /// A shard replica snapshots its state every this many log entries.
+    pub snapshot_logs: u64,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -89,6 +91,7 @@ impl Default for ClusterSection {
             replication_factor: 3,
             fault_injection: false,
             down_after_seconds: 30,
+            snapshot_logs: 5_000,
         }
     }
 }

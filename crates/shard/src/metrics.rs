@@ -64,6 +64,8 @@ pub struct Metrics {
     pub apply_seconds: Histogram,
     /// Seconds a timer fired after its due time.
     pub timer_lag_seconds: Histogram,
+    /// Snapshot chunks this node received from shard and meta leaders.
+    pub snapshot_chunks_received: AtomicU64,
 }
 
 const SIZES: &[f64] = &[1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 512.0];
@@ -93,6 +95,7 @@ pub fn metrics() -> &'static Metrics {
         batch_size: Histogram::new(SIZES),
         apply_seconds: Histogram::new(SECONDS),
         timer_lag_seconds: Histogram::new(SECONDS),
+        snapshot_chunks_received: AtomicU64::new(0),
     })
 }
 
@@ -134,6 +137,12 @@ impl Metrics {
             "trellis_executions_running",
             "Standard executions running on shards this node leads.",
             self.running.load(Ordering::Relaxed),
+        );
+        counter(
+            &mut out,
+            "trellis_raft_snapshot_chunks_received_total",
+            "Raft snapshot chunks received (a replica too far behind catches up by snapshot).",
+            self.snapshot_chunks_received.load(Ordering::Relaxed),
         );
         counter(
             &mut out,

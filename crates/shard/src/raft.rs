@@ -16,15 +16,16 @@ pub type ShardRaft = Raft<ShardConfig>;
 
 /// Raft timing of shard groups. A heartbeat every 200 ms; a follower that hears nothing for
 /// 0.8–1.6 s calls an election, so a dead leader's shards have a new one within about 2 s.
-pub fn raft_config(cluster: &str) -> Result<Arc<openraft::Config>> {
+/// A snapshot is taken every `snapshot_logs` entries (default 5,000), and a fifth of that
+/// is kept in the log after it.
+pub fn raft_config(cluster: &str, snapshot_logs: u64) -> Result<Arc<openraft::Config>> {
     let cfg = openraft::Config {
         cluster_name: cluster.to_string(),
         heartbeat_interval: 200,
         election_timeout_min: 800,
         election_timeout_max: 1600,
-        // Keep the log short: snapshot every 5,000 entries, keep 1,000 after it.
-        snapshot_policy: openraft::SnapshotPolicy::LogsSinceLast(5_000),
-        max_in_snapshot_log_to_keep: 1_000,
+        snapshot_policy: openraft::SnapshotPolicy::LogsSinceLast(snapshot_logs.max(10)),
+        max_in_snapshot_log_to_keep: snapshot_logs.max(10) / 5,
         ..Default::default()
     };
     Ok(Arc::new(
@@ -43,6 +44,7 @@ pub async fn open<N>(
     group: u64,
     node: u64,
     network: N,
+    snapshot_logs: u64,
 ) -> Result<(ShardRaft, ShardApp)>
 where
     N: openraft::network::RaftNetworkFactory<ShardConfig>,
@@ -53,7 +55,7 @@ where
     let log = LogStore::<ShardConfig>::new(trees);
     let raft = Raft::new(
         node,
-        raft_config(&format!("shard-{group}"))?,
+        raft_config(&format!("shard-{group}"), snapshot_logs)?,
         network,
         log,
         sm,
@@ -86,7 +88,7 @@ pub async fn open_single_node(
     node: u64,
     addr: &str,
 ) -> Result<(ShardRaft, ShardApp)> {
-    let (raft, app) = open(db, group, node, NoPeers::default()).await?;
+    let (raft, app) = open(db, group, node, NoPeers::default(), 5_000).await?;
     initialize(&raft, BTreeMap::from([(node, BasicNode::new(addr))])).await?;
     raft.wait(Some(Duration::from_secs(30)))
         .current_leader(node, "this node leads the shard")

@@ -277,6 +277,17 @@ impl Cluster {
             .collect()
     }
 
+    /// The shard map with leaders, as node `id` reports it.
+    pub async fn shards_from(&self, id: u64) -> Result<Vec<pb::Shard>> {
+        let mut c = self.client(id).await?;
+        Ok(c.admin
+            .list_shards(pb::Empty {})
+            .await
+            .map_err(trellis_client::Error::from)?
+            .into_inner()
+            .shards)
+    }
+
     /// The shard map with leaders, as a running node reports it.
     pub async fn shards(&self) -> Result<Vec<pb::Shard>> {
         let mut c = self.any_client().await?;
@@ -352,6 +363,69 @@ impl Cluster {
             .await
             .map_err(trellis_client::Error::from)?;
         Ok(())
+    }
+
+    /// Node `id`'s Prometheus metrics (`GET /metrics` on its HTTP port).
+    pub fn metrics(&self, id: u64) -> Result<String> {
+        use std::io::{Read, Write};
+        let n = self
+            .nodes
+            .get(&id)
+            .ok_or_else(|| Error::Node(format!("no node {id}")))?;
+        let mut s = std::net::TcpStream::connect(&n.http)?;
+        s.set_read_timeout(Some(Duration::from_secs(5)))?;
+        write!(s, "GET /metrics HTTP/1.0\r\nHost: {}\r\n\r\n", n.http)?;
+        let mut body = String::new();
+        s.read_to_string(&mut body)?;
+        Ok(body)
+    }
+
+    /// A counter or gauge from node `id`'s metrics.
+    pub fn metric(&self, id: u64, name: &str) -> Result<f64> {
+        let text = self.metrics(id)?;
+        text.lines()
+            .find_map(|l| l.strip_prefix(name).and_then(|r| r.strip_prefix(' ')))
+            .and_then(|v| v.trim().parse().ok())
+            .ok_or_else(|| Error::Node(format!("node {id} has no metric {name}")))
+    }
+
+    /// Waits until every shard has `rf` replicas and a leader on running nodes, and replica
+    /// and leader counts over `nodes` differ by at most one; returns how long it took.
+    pub async fn wait_balanced(
+        &self,
+        nodes: &[u64],
+        rf: usize,
+        timeout: Duration,
+    ) -> Result<Duration> {
+        let t0 = Instant::now();
+        let mut last = String::new();
+        while t0.elapsed() < timeout {
+            if let Ok(shards) = self.shards().await {
+                let replicas: Vec<usize> = nodes
+                    .iter()
+                    .map(|n| shards.iter().filter(|s| s.replicas.contains(n)).count())
+                    .collect();
+                let leaders: Vec<usize> = nodes
+                    .iter()
+                    .map(|n| shards.iter().filter(|s| s.leader == *n).count())
+                    .collect();
+                let spread =
+                    |v: &[usize]| v.iter().max().unwrap_or(&0) - v.iter().min().unwrap_or(&0);
+                let placed = shards.iter().all(|s| {
+                    s.replicas.len() == rf
+                        && s.replicas.iter().all(|r| nodes.contains(r))
+                        && nodes.contains(&s.leader)
+                });
+                if placed && spread(&replicas) <= 1 && spread(&leaders) <= 1 {
+                    return Ok(t0.elapsed());
+                }
+                last = format!("replicas {replicas:?} leaders {leaders:?} placed {placed}");
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        Err(Error::Timeout(format!(
+            "not balanced after {timeout:?}: {last}"
+        )))
     }
 
     /// Every node's log, for a failing test's message.

@@ -426,9 +426,14 @@ impl Node {
         initialize: Option<BTreeMap<u64, BasicNode>>,
     ) -> anyhow::Result<()> {
         let group = u64::from(shard) + 1;
-        let (raft, app) =
-            trellis_shard::raft::open(self.db(), group, self.id(), self.transport.network(group))
-                .await?;
+        let (raft, app) = trellis_shard::raft::open(
+            self.db(),
+            group,
+            self.id(),
+            self.transport.network(group),
+            self.cfg.cluster.snapshot_logs,
+        )
+        .await?;
         self.transport.register(group, Arc::new(raft.clone()));
         if let Some(members) = initialize {
             trellis_shard::raft::initialize(&raft, members).await?;
@@ -454,21 +459,32 @@ impl Node {
     }
 
     /// The node to try first for `shard`.
-    pub(crate) fn leader_guess(&self, shard: u32, attempt: u32) -> Option<u64> {
+    ///
+    /// In order: this node when it runs the shard's executor, the leader its replica knows,
+    /// the cache, then the shard map's replicas in turn; nodes in `failed` (tried by this
+    /// call already) are skipped, so a stale view cannot hold a call on a dead node.
+    pub(crate) fn leader_guess(&self, shard: u32, attempt: u32, failed: &[u64]) -> Option<u64> {
+        let ok = |n: &u64| !failed.contains(n);
         if let Some(r) = self.cells().get(shard as usize).and_then(ShardCell::get) {
             if r.handle().is_some() {
                 return Some(self.id());
             }
-            if let Some(l) = r.raft.metrics().borrow().current_leader {
+            if let Some(l) = r.raft.metrics().borrow().current_leader.filter(ok) {
                 return Some(l);
             }
         }
-        if let Some(l) = self.leader_cache().get(&shard) {
-            return Some(*l);
+        if let Some(l) = self.leader_cache().get(&shard).copied().filter(ok) {
+            return Some(l);
         }
         let map = self.meta.shard_map().ok()?;
         let s = map.iter().find(|s| s.id == shard)?;
-        (!s.replicas.is_empty()).then(|| s.replicas[attempt as usize % s.replicas.len()])
+        let untried: Vec<u64> = s.replicas.iter().copied().filter(ok).collect();
+        let pool = if untried.is_empty() {
+            &s.replicas
+        } else {
+            &untried
+        };
+        (!pool.is_empty()).then(|| pool[attempt as usize % pool.len()])
     }
 
     pub(crate) fn remember_leader(&self, shard: u32, node: u64) {

@@ -62,13 +62,21 @@ impl Node {
         let me = self.id();
         let mut hint: Option<u64> = None;
         let mut last: Option<ApiError> = None;
+        let mut failed: Vec<u64> = Vec::new();
         for attempt in 0..MAX_ATTEMPTS {
-            let target = hint.take().or_else(|| self.leader_guess(shard, attempt));
+            if failed.len() > 8 {
+                // Everyone was tried: start over (leaders are being elected).
+                failed.clear();
+            }
+            let target = hint
+                .take()
+                .or_else(|| self.leader_guess(shard, attempt, &failed));
             match target {
                 None => {}
                 Some(t) if t == me => match here(req.clone()).await {
                     Err(e) if e.code == Code::NotLeader => {
-                        hint = e.leader_hint.filter(|h| *h != me);
+                        hint = e.leader_hint.filter(|h| *h != me && !failed.contains(h));
+                        failed.push(me);
                         last = Some(e);
                     }
                     r => return r,
@@ -76,11 +84,13 @@ impl Node {
                 Some(t) => match self.forward::<Req, Resp>(t, op, &req).await {
                     Err(e) if e.code == Code::NotLeader => {
                         self.forget_leader(shard, t);
-                        hint = e.leader_hint.filter(|h| *h != t);
+                        failed.push(t);
+                        hint = e.leader_hint.filter(|h| *h != t && !failed.contains(h));
                         last = Some(e);
                     }
                     Err(e) if e.code == Code::ServiceUnavailable => {
                         self.forget_leader(shard, t);
+                        failed.push(t);
                         last = Some(e);
                     }
                     Ok(r) => {

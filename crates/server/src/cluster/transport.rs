@@ -59,6 +59,9 @@ where
                     serde_json::to_vec(&self.vote(req).await)
                 }
                 rpb::Kind::InstallSnapshot => {
+                    trellis_shard::metrics::metrics()
+                        .snapshot_chunks_received
+                        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                     let req: InstallSnapshotRequest<C> = decode(&payload)?;
                     serde_json::to_vec(&self.install_snapshot(req).await)
                 }
