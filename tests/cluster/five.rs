@@ -33,7 +33,9 @@ async fn five_nodes_lose_two() {
     assert_eq!(status.meta_voters, vec![1, 2, 3, 4, 5], "{status:?}");
     let pool = Pool::of(&c);
     let machine = workload::setup_waits(&pool, "five").await;
-    workload::start_all(&pool, &machine, "f", 0..100, 8).await;
+    workload::start_all(&pool, &machine, "f", 0..100, 8)
+        .await
+        .unwrap_or_else(|e| panic!("{e}\n{}", c.logs()));
 
     // The meta leader and the busiest shard leader (or another node) go at once.
     let meta_leader = status.meta_leader;
@@ -49,7 +51,9 @@ async fn five_nodes_lose_two() {
     c.wait_leaders(Duration::from_secs(30))
         .await
         .unwrap_or_else(|e| panic!("{e}\n{}", c.logs()));
-    workload::start_all(&pool, &machine, "g", 0..100, 8).await;
+    workload::start_all(&pool, &machine, "g", 0..100, 8)
+        .await
+        .unwrap_or_else(|e| panic!("{e}\n{}", c.logs()));
     for prefix in ["f", "g"] {
         workload::verify_when_done(&pool, &machine, prefix, 0..100)
             .await

@@ -22,7 +22,9 @@ async fn leader_loss_under_load() {
     let stop = Arc::new(AtomicBool::new(false));
     let workers = workload::workers(&pool, &activity, 48, stop.clone());
 
-    workload::start_all(&pool, &machine, "e", 0..N / 2, 16).await;
+    workload::start_all(&pool, &machine, "e", 0..N / 2, 16)
+        .await
+        .unwrap_or_else(|e| panic!("{e}\n{}", c.logs()));
     let victim = c.busiest_leader().await.expect("leaders");
     c.kill(victim);
     pool.set(&c);
@@ -32,7 +34,9 @@ async fn leader_loss_under_load() {
         Err(e) => panic!("{e}\n{}", c.logs()),
     };
     eprintln!("killed node {victim}; every shard had a leader again after {failover:?}");
-    workload::start_all(&pool, &machine, "e", N / 2..N, 16).await;
+    workload::start_all(&pool, &machine, "e", N / 2..N, 16)
+        .await
+        .unwrap_or_else(|e| panic!("{e}\n{}", c.logs()));
 
     if let Err(e) =
         workload::wait_succeeded(&pool, &machine, N as usize, Duration::from_secs(240)).await

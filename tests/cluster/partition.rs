@@ -58,7 +58,8 @@ async fn an_isolated_node_stops_and_catches_up() {
             worker_name: "lonely".into(),
         });
     let starting = workload::start_all(&pool, &machine, "p", 0..300, 16);
-    let (got, ()) = tokio::join!(tokio::time::timeout(Duration::from_secs(8), poll), starting);
+    let (got, started) = tokio::join!(tokio::time::timeout(Duration::from_secs(8), poll), starting);
+    started.unwrap_or_else(|e| panic!("{e}\n{}", c.logs()));
     if let Ok(Ok(t)) = got {
         assert!(
             t.get_ref().task_token.is_empty(),

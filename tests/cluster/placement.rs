@@ -18,7 +18,9 @@ async fn join_rebalances_then_drain_and_remove() {
         .expect("cluster");
     let pool = Pool::of(&c);
     let machine = workload::setup_waits(&pool, "moves").await;
-    workload::start_all(&pool, &machine, "a", 0..200, 8).await;
+    workload::start_all(&pool, &machine, "a", 0..200, 8)
+        .await
+        .unwrap_or_else(|e| panic!("{e}\n{}", c.logs()));
 
     let four = c.add_node().await.expect("node 4");
     pool.set(&c);
@@ -27,7 +29,9 @@ async fn join_rebalances_then_drain_and_remove() {
         .await;
     let took = took.unwrap_or_else(|e| panic!("{e}\n{}", c.logs()));
     eprintln!("node {four} joined; balanced after {took:?}");
-    workload::start_all(&pool, &machine, "b", 0..200, 8).await;
+    workload::start_all(&pool, &machine, "b", 0..200, 8)
+        .await
+        .unwrap_or_else(|e| panic!("{e}\n{}", c.logs()));
 
     let mut admin = c.client(1).await.unwrap().admin;
     admin

@@ -23,7 +23,9 @@ async fn rolling_restart_under_load() {
     let per_node = N / 3;
     for (k, id) in [1u64, 2, 3].into_iter().enumerate() {
         let range = k as u64 * per_node..(k as u64 + 1) * per_node;
-        workload::start_all(&pool, &machine, "r", range, 8).await;
+        workload::start_all(&pool, &machine, "r", range, 8)
+            .await
+            .unwrap_or_else(|e| panic!("{e}\n{}", c.logs()));
         c.stop(id);
         pool.set(&c);
         c.wait_leaders(Duration::from_secs(30))

@@ -242,7 +242,7 @@ pub async fn start_all(
     prefix: &str,
     range: std::ops::Range<u64>,
     concurrency: usize,
-) {
+) -> Result<(), String> {
     let next = Arc::new(AtomicUsize::new(range.start as usize));
     let end = range.end as usize;
     let mut tasks = Vec::new();
@@ -257,7 +257,7 @@ pub async fn start_all(
             loop {
                 let i = next.fetch_add(1, Ordering::Relaxed);
                 if i >= end {
-                    return;
+                    return Ok::<(), String>(());
                 }
                 let (machine, name) = (machine.clone(), format!("{prefix}-{i}"));
                 retry(&pool, Duration::from_secs(60), |mut c| {
@@ -284,13 +284,14 @@ pub async fn start_all(
                         Err(e)
                     }
                 })
-                .unwrap_or_else(|e| panic!("start {prefix}-{i}: {e}"));
+                .map_err(|e| format!("start {prefix}-{i}: {e}"))?;
             }
         }));
     }
     for t in tasks {
-        t.await.unwrap();
+        t.await.map_err(|e| e.to_string())??;
     }
+    Ok(())
 }
 
 /// Status counts of a machine's executions.

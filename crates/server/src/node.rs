@@ -1122,7 +1122,9 @@ impl Node {
         &self,
         r: pb::StartExecutionRequest,
     ) -> ApiResult<pb::SyncExecutionResult> {
-        let (m, _, _, definition) = self.resolve(&r.state_machine_arn)?;
+        let (m, _, _, definition) = self
+            .meta_read(|| self.resolve(&r.state_machine_arn))
+            .await?;
         if m["type"] != "EXPRESS" {
             return Err(ApiError::new(
                 Code::StateMachineTypeNotSupported,
@@ -1647,7 +1649,7 @@ impl Node {
         worker: &str,
         wait: Duration,
     ) -> ApiResult<pb::ActivityTask> {
-        self.activity(arn)?;
+        self.meta_read(|| self.activity(arn)).await?;
         let deadline = tokio::time::Instant::now() + wait;
         loop {
             let led: Vec<ShardHandle> = self

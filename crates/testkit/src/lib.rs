@@ -72,6 +72,21 @@ impl NodeProc {
     pub fn endpoint(&self) -> String {
         format!("http://{}", self.grpc)
     }
+
+    /// The process id while it runs.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
+    /// CPU seconds (user + system) the process has used, from `/proc` (Linux).
+    pub fn cpu_seconds(&self) -> Option<f64> {
+        let stat = std::fs::read_to_string(format!("/proc/{}/stat", self.pid()?)).ok()?;
+        // Fields after the command name (which may hold spaces) start after the last ')'.
+        let rest = &stat[stat.rfind(')')? + 2..];
+        let f: Vec<&str> = rest.split_whitespace().collect();
+        let ticks: f64 = f.get(11)?.parse::<f64>().ok()? + f.get(12)?.parse::<f64>().ok()?;
+        Some(ticks / 100.0)
+    }
 }
 
 /// A running cluster; dropping it kills every node.
@@ -433,7 +448,7 @@ impl Cluster {
         let mut out = String::new();
         for n in self.nodes.values() {
             let text = std::fs::read_to_string(&n.log).unwrap_or_default();
-            let tail: Vec<&str> = text.lines().rev().take(40).collect();
+            let tail: Vec<&str> = text.lines().rev().take(80).collect();
             out.push_str(&format!("--- node {} ---\n", n.id));
             for l in tail.into_iter().rev() {
                 out.push_str(l);

@@ -134,7 +134,9 @@ impl Node {
         if crate::cluster::route::forwarded() {
             return self.start_execution_here(r).await;
         }
-        let (m, ..) = self.resolve(&r.state_machine_arn)?;
+        let (m, ..) = self
+            .meta_read(|| self.resolve(&r.state_machine_arn))
+            .await?;
         if m["type"] == "EXPRESS" {
             // Express executions run in memory on the node that takes the call.
             return self.start_execution_here(r).await;
@@ -152,6 +154,31 @@ impl Node {
             self.start_execution_here(r).await
         })
         .await
+    }
+
+    /// A read of meta records that, when it finds nothing, first catches this node's meta
+    /// replica up with the meta leader and reads again: a client that created something
+    /// through one node finds it through any other.
+    pub(crate) async fn meta_read<T>(&self, read: impl Fn() -> ApiResult<T>) -> ApiResult<T> {
+        match read() {
+            Err(e)
+                if matches!(
+                    e.code,
+                    Code::StateMachineDoesNotExist
+                        | Code::ActivityDoesNotExist
+                        | Code::ResourceNotFound
+                ) && !crate::cluster::route::forwarded() =>
+            {
+                let caught_up = self
+                    .on_meta("MetaIndex", pb::Empty {}, |_| async { Ok(pb::Empty {}) })
+                    .await;
+                if caught_up.is_err() {
+                    return Err(e);
+                }
+                read()
+            }
+            r => r,
+        }
     }
 
     /// The shard of an execution ARN, after checking the ARN.

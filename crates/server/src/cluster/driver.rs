@@ -30,6 +30,10 @@ use crate::node::{from_meta, internal, ApiResult, Node, ShardCell};
 /// Placement steps in flight at once.
 const BUDGET: usize = 4;
 
+/// How long a leader transfer may keep a replica muted or unable to call elections; longer
+/// than the transfer's own deadline (8 s).
+const TRANSFER_GUARD: Duration = Duration::from_secs(10);
+
 impl Node {
     /// One round of the driver (on the meta leader).
     pub(crate) async fn placement_tick(&self) -> ApiResult<Vec<Step>> {
@@ -289,9 +293,25 @@ impl Node {
         let group = u64::from(r.shard) + 1;
         let raft_err = |e: String| ApiError::new(Code::ServiceUnavailable, e);
         match r.action.as_str() {
-            "mute" => self.transport.mute(group, true),
+            // Both undo themselves after a while: a driver that dies mid-transfer must not
+            // leave a shard unable to elect a leader.
+            "mute" => {
+                self.transport.mute(group, true);
+                let transport = self.transport.clone();
+                tokio::spawn(async move {
+                    tokio::time::sleep(TRANSFER_GUARD).await;
+                    transport.mute(group, false);
+                });
+            }
             "unmute" => self.transport.mute(group, false),
-            "elect-off" => rep.raft.runtime_config().elect(false),
+            "elect-off" => {
+                rep.raft.runtime_config().elect(false);
+                let raft = rep.raft.clone();
+                tokio::spawn(async move {
+                    tokio::time::sleep(TRANSFER_GUARD).await;
+                    raft.runtime_config().elect(true);
+                });
+            }
             "elect-on" => rep.raft.runtime_config().elect(true),
             "elect-now" => {
                 let m = rep.raft.metrics().borrow().clone();

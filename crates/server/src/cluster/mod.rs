@@ -644,7 +644,11 @@ async fn supervise(node: std::sync::Weak<Node>, rep: Arc<Replica>) {
             running = None;
         }
         if leading && running.is_none() {
-            if trellis_shard::raft::wait_applied(&rep.raft).await.is_ok() {
+            let applied = trellis_shard::raft::wait_applied(&rep.raft).await;
+            if let Err(e) = &applied {
+                tracing::warn!(node_id = me, shard_id = rep.shard, error = %e, "new leader cannot apply its log yet");
+            }
+            if applied.is_ok() {
                 let cfg = n.executor_config(rep.shard);
                 match Executor::new(
                     cfg,
@@ -661,7 +665,7 @@ async fn supervise(node: std::sync::Weak<Node>, rep: Arc<Replica>) {
                             }
                         }));
                         rep.set_handle(Some(handle));
-                        tracing::debug!(
+                        tracing::info!(
                             node_id = me,
                             shard_id = rep.shard,
                             term = m.current_term,
@@ -679,7 +683,7 @@ async fn supervise(node: std::sync::Weak<Node>, rep: Arc<Replica>) {
                 rep.set_handle(None);
                 h.abort();
                 let _ = h.await;
-                tracing::debug!(
+                tracing::info!(
                     node_id = me,
                     shard_id = rep.shard,
                     "no longer leading the shard"

@@ -287,6 +287,8 @@ impl Node {
                 Duration::ZERO
             )),
             "Doctor" => call!(pb::Empty, _r => self.doctor()),
+            // Answers with the meta leader's applied index (in the reply envelope).
+            "MetaIndex" => call!(pb::Empty, _r => async { Ok::<_, ApiError>(pb::Empty {}) }),
             "ShardControl" => call!(rpb::ShardControl, r => self.shard_control(r)),
             "ShardControlHere" => call!(rpb::ShardControl, r => self.shard_control_here(r)),
             "DrainNode" => call!(pb::NodeRequest, r => async {
