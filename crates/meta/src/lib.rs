@@ -236,8 +236,8 @@ impl Meta {
         let cfg = openraft::Config {
             cluster_name: "meta".into(),
             heartbeat_interval: 200,
-            election_timeout_min: 800,
-            election_timeout_max: 1600,
+            election_timeout_min: 500,
+            election_timeout_max: 900,
             ..Default::default()
         }
         .validate()

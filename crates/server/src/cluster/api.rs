@@ -420,7 +420,10 @@ impl Node {
             .filter(|n| n.state == "UP" || n.state == "DRAINING")
             .map(|n| n.id)
             .collect();
-        let rf = (self.cfg.cluster.replication_factor as usize).min(live.len().max(1));
+        // The replicas a shard should have: a down member still counts (its replicas are
+        // missing until it returns or is replaced).
+        let members = nodes.iter().filter(|n| n.state != "REMOVED").count();
+        let rf = (self.cfg.cluster.replication_factor as usize).min(members.max(1));
         let leaderless: Vec<u32> = shards
             .iter()
             .filter(|s| s.leader == 0)

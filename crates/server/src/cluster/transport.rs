@@ -35,6 +35,10 @@ type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 /// Most messages in one batch.
 const MAX_BATCH: usize = 256;
 
+/// A message this large travels in a call of its own: a batch is answered when its slowest
+/// message is, and heartbeats must not wait behind a large append.
+const SOLO_BYTES: usize = 32 * 1024;
+
 /// Receives the messages addressed to one group on this node.
 pub trait GroupHandler: Send + Sync + 'static {
     fn handle(&self, kind: rpb::Kind, payload: Vec<u8>) -> BoxFuture<'_, Result<Vec<u8>, String>>;
@@ -329,12 +333,26 @@ async fn send_loop(
     client: RaftTransportClient<Channel>,
     mut rx: mpsc::UnboundedReceiver<Pending>,
 ) {
-    while let Some(first) = rx.recv().await {
+    let mut held: Option<Pending> = None;
+    loop {
+        let first = match held.take() {
+            Some(p) => p,
+            None => match rx.recv().await {
+                Some(p) => p,
+                None => return,
+            },
+        };
         let mut batch = vec![first];
-        while batch.len() < MAX_BATCH {
-            match rx.try_recv() {
-                Ok(p) => batch.push(p),
-                Err(_) => break,
+        if batch[0].msg.payload.len() < SOLO_BYTES {
+            while batch.len() < MAX_BATCH {
+                match rx.try_recv() {
+                    Ok(p) if p.msg.payload.len() >= SOLO_BYTES => {
+                        held = Some(p);
+                        break;
+                    }
+                    Ok(p) => batch.push(p),
+                    Err(_) => break,
+                }
             }
         }
         let mut client = client.clone();
