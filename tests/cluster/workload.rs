@@ -361,17 +361,7 @@ pub async fn verify_when_done(
     for i in range.clone() {
         let arn = format!("{base}:{prefix}-{i}");
         loop {
-            let a = arn.clone();
-            let e = retry(pool, Duration::from_secs(30), |mut c| {
-                let a = a.clone();
-                async move {
-                    c.executions
-                        .describe_execution(pb::DescribeExecutionRequest { execution_arn: a })
-                        .await
-                        .map(|r| r.into_inner())
-                }
-            })
-            .await?;
+            let e = describe(pool, &arn).await?;
             if e.status != "RUNNING" {
                 break;
             }
@@ -395,17 +385,7 @@ pub async fn verify(
     let base = machine.replace(":stateMachine:", ":execution:");
     for i in range {
         let arn = format!("{base}:{prefix}-{i}");
-        let a = arn.clone();
-        let e = retry(pool, Duration::from_secs(30), |mut c| {
-            let a = a.clone();
-            async move {
-                c.executions
-                    .describe_execution(pb::DescribeExecutionRequest { execution_arn: a })
-                    .await
-                    .map(|r| r.into_inner())
-            }
-        })
-        .await?;
+        let e = describe(pool, &arn).await?;
         if e.status != "SUCCEEDED" {
             return Err(format!("{arn}: {}", e.status));
         }
@@ -414,21 +394,7 @@ pub async fn verify(
         if out != json!({"n": i, "double": 2 * i}) {
             return Err(format!("{arn}: output {out}"));
         }
-        let a = arn.clone();
-        let h = retry(pool, Duration::from_secs(30), |mut c| {
-            let a = a.clone();
-            async move {
-                c.executions
-                    .get_execution_history(pb::GetExecutionHistoryRequest {
-                        execution_arn: a,
-                        max_results: 1000,
-                        ..Default::default()
-                    })
-                    .await
-                    .map(|r| r.into_inner())
-            }
-        })
-        .await?;
+        let h = history(pool, &arn).await?;
         for (k, ev) in h.events.iter().enumerate() {
             if ev.id != k as u64 + 1 {
                 return Err(format!("{arn}: event {} at position {}", ev.id, k + 1));
@@ -467,21 +433,7 @@ async fn explain(pool: &Pool, machine: &str) -> String {
     let Some(e) = list.ok().and_then(|l| l.executions.into_iter().next()) else {
         return "no failed execution".into();
     };
-    let a = e.execution_arn.clone();
-    let h = retry(pool, Duration::from_secs(10), |mut c| {
-        let a = a.clone();
-        async move {
-            c.executions
-                .get_execution_history(pb::GetExecutionHistoryRequest {
-                    execution_arn: a,
-                    max_results: 1000,
-                    ..Default::default()
-                })
-                .await
-                .map(|r| r.into_inner())
-        }
-    })
-    .await;
+    let h = history(pool, &e.execution_arn).await;
     match h {
         Ok(h) => format!(
             "{}:\n{}",
@@ -494,4 +446,36 @@ async fn explain(pool: &Pool, machine: &str) -> String {
         ),
         Err(x) => format!("{}: {x}", e.execution_arn),
     }
+}
+
+/// DescribeExecution on some node, retried through failures.
+pub async fn describe(pool: &Pool, arn: &str) -> Result<pb::Execution, String> {
+    retry(pool, Duration::from_secs(30), |mut c| {
+        let a = arn.to_string();
+        async move {
+            c.executions
+                .describe_execution(pb::DescribeExecutionRequest { execution_arn: a })
+                .await
+                .map(|r| r.into_inner())
+        }
+    })
+    .await
+}
+
+/// The first 1,000 history events of an execution, retried through failures.
+pub async fn history(pool: &Pool, arn: &str) -> Result<pb::GetExecutionHistoryResponse, String> {
+    retry(pool, Duration::from_secs(30), |mut c| {
+        let a = arn.to_string();
+        async move {
+            c.executions
+                .get_execution_history(pb::GetExecutionHistoryRequest {
+                    execution_arn: a,
+                    max_results: 1000,
+                    ..Default::default()
+                })
+                .await
+                .map(|r| r.into_inner())
+        }
+    })
+    .await
 }

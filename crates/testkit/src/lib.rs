@@ -295,23 +295,13 @@ impl Cluster {
     /// The shard map with leaders, as node `id` reports it.
     pub async fn shards_from(&self, id: u64) -> Result<Vec<pb::Shard>> {
         let mut c = self.client(id).await?;
-        Ok(c.admin
-            .list_shards(pb::Empty {})
-            .await
-            .map_err(trellis_client::Error::from)?
-            .into_inner()
-            .shards)
+        shards_of(&mut c).await
     }
 
     /// The shard map with leaders, as a running node reports it.
     pub async fn shards(&self) -> Result<Vec<pb::Shard>> {
         let mut c = self.any_client().await?;
-        Ok(c.admin
-            .list_shards(pb::Empty {})
-            .await
-            .map_err(trellis_client::Error::from)?
-            .into_inner()
-            .shards)
+        shards_of(&mut c).await
     }
 
     /// Waits until every shard has a leader among the running nodes; returns how long.
@@ -461,6 +451,15 @@ impl Cluster {
     pub fn dir(&self) -> &Path {
         self.dir.path()
     }
+}
+
+async fn shards_of(c: &mut Client) -> Result<Vec<pb::Shard>> {
+    Ok(c.admin
+        .list_shards(pb::Empty {})
+        .await
+        .map_err(trellis_client::Error::from)?
+        .into_inner()
+        .shards)
 }
 
 impl Drop for Cluster {
