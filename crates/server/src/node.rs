@@ -1076,7 +1076,16 @@ impl Node {
         &self,
         r: pb::StartExecutionRequest,
     ) -> ApiResult<pb::StartExecutionResponse> {
-        let (m, version, alias, definition) = self.resolve(&r.state_machine_arn)?;
+        let resolved = self.resolve(&r.state_machine_arn)?;
+        self.start_resolved(r, resolved).await
+    }
+
+    /// StartExecution with the machine (or version, or alias) already resolved.
+    pub(crate) async fn start_resolved(
+        &self,
+        r: pb::StartExecutionRequest,
+        (m, version, alias, definition): (Value, Option<String>, Option<String>, String),
+    ) -> ApiResult<pb::StartExecutionResponse> {
         let name = self.execution_name(&r.name)?;
         let input = Self::check_input(&r.input)?;
         if m["type"] == "EXPRESS" {

@@ -134,12 +134,13 @@ impl Node {
         if crate::cluster::route::forwarded() {
             return self.start_execution_here(r).await;
         }
-        let (m, ..) = self
+        let resolved = self
             .meta_read(|| self.resolve(&r.state_machine_arn))
             .await?;
+        let m = &resolved.0;
         if m["type"] == "EXPRESS" {
             // Express executions run in memory on the node that takes the call.
-            return self.start_execution_here(r).await;
+            return self.start_resolved(r, resolved).await;
         }
         // The name decides the shard, so it is chosen here, once.
         r.name = self.execution_name(&r.name)?;
@@ -150,6 +151,13 @@ impl Node {
             r.name
         );
         let shard = self.shard_id(&arn)?;
+        if self.leading(shard).is_ok() {
+            // The common case on a single node: no second meta read.
+            match self.start_resolved(r.clone(), resolved).await {
+                Err(e) if e.code == Code::NotLeader => {}
+                done => return done,
+            }
+        }
         self.on_shard(shard, "StartExecution", r, move |r| async move {
             self.start_execution_here(r).await
         })

@@ -613,7 +613,10 @@ pub(crate) async fn join_all<F: std::future::Future>(
 
 /// Runs the shard's executor while this node leads the shard.
 async fn supervise(node: std::sync::Weak<Node>, rep: Arc<Replica>) {
-    let mut metrics = rep.raft.metrics();
+    // Woken by leadership and membership changes only (not by every applied entry, which
+    // would wake it once per commit); the lease is checked on a timer.
+    let mut server = rep.raft.server_metrics();
+    let metrics = rep.raft.metrics();
     let mut running: Option<tokio::task::JoinHandle<()>> = None;
     loop {
         let Some(n) = node.upgrade() else { break };
@@ -692,7 +695,7 @@ async fn supervise(node: std::sync::Weak<Node>, rep: Arc<Replica>) {
         }
         drop(n);
         tokio::select! {
-            r = metrics.changed() => if r.is_err() { break },
+            r = server.changed() => if r.is_err() { break },
             _ = tokio::time::sleep(LEADER_LEASE / 4) => {}
         }
     }
