@@ -340,13 +340,24 @@ impl Node {
 
     /// Every shard: the map's replica set and epoch, with its leader's view.
     pub async fn list_shards(&self) -> ApiResult<pb::ListShardsResponse> {
+        self.shard_views(true).await
+    }
+
+    /// [`Node::list_shards`]; without `count_live` the leaders do not count their live
+    /// executions (the placement driver asks every second and needs only the leaders).
+    pub(crate) async fn shard_views(&self, count_live: bool) -> ApiResult<pb::ListShardsResponse> {
+        let op = if count_live {
+            "ListShards"
+        } else {
+            "ShardLeaders"
+        };
         let map = self.meta.shard_map().map_err(crate::node::from_meta)?;
-        let mut reports = vec![(self.id(), self.local_shards())];
+        let mut reports = vec![(self.id(), self.local_shards(count_live))];
         let others = self.other_nodes();
         let fan = others.iter().map(|n| async move {
             tokio::time::timeout(
                 Duration::from_secs(2),
-                self.forward::<_, pb::ListShardsResponse>(*n, "ListShards", &pb::Empty {}),
+                self.forward::<_, pb::ListShardsResponse>(*n, op, &pb::Empty {}),
             )
             .await
         });

@@ -43,7 +43,7 @@ impl Node {
         if map.is_empty() || paused {
             return Ok(Vec::new());
         }
-        let shards = self.list_shards().await?.shards;
+        let shards = self.shard_views(false).await?.shards;
         let shard_views: Vec<ShardView> = map
             .iter()
             .map(|s| ShardView {

@@ -540,7 +540,9 @@ impl Node {
     }
 
     /// The shards this node replicates, as it sees them.
-    pub(crate) fn local_shards(&self) -> pb::ListShardsResponse {
+    /// With `count_live`, the shards it leads also count their live executions (a scan of
+    /// each shard's live records: for operators, not for the placement driver's rounds).
+    pub(crate) fn local_shards(&self, count_live: bool) -> pb::ListShardsResponse {
         let map = self.meta.shard_map().unwrap_or_default();
         let shards = self
             .cells()
@@ -570,7 +572,7 @@ impl Node {
                     leader: m.current_leader.unwrap_or(0),
                     replicas: m.membership_config.membership().voter_ids().collect(),
                     applied_index: m.last_applied.map(|l| l.index).unwrap_or(0),
-                    running_executions: if leading.is_some() {
+                    running_executions: if count_live && leading.is_some() {
                         r.app.live().map(|l| l.len() as u64).unwrap_or(0)
                     } else {
                         0

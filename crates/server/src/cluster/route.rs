@@ -308,7 +308,10 @@ impl Node {
                 empty(self.set_placement(r.paused).await)
             }),
             "ListShards" => {
-                call!(pb::Empty, _r => async { Ok::<_, ApiError>(self.local_shards()) })
+                call!(pb::Empty, _r => async { Ok::<_, ApiError>(self.local_shards(true)) })
+            }
+            "ShardLeaders" => {
+                call!(pb::Empty, _r => async { Ok::<_, ApiError>(self.local_shards(false)) })
             }
             _ => Err(ApiError::new(
                 Code::UnknownOperationException,

@@ -64,21 +64,7 @@ impl RaftTransport for Service {
         if self.transport.is_blocked(r.get_ref().from) {
             return Err(Status::unavailable("partitioned (fault injection)"));
         }
-        let leading = node
-            .local_shards()
-            .shards
-            .into_iter()
-            .filter(|s| s.leader == node.id())
-            .map(|s| rpb::ShardState {
-                shard: s.id,
-                term: s.term,
-                applied_index: s.applied_index,
-            })
-            .collect();
-        Ok(Response::new(rpb::PingReply {
-            node_id: node.id(),
-            leading,
-        }))
+        Ok(Response::new(rpb::PingReply { node_id: node.id() }))
     }
 
     async fn forward(
