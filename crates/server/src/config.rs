@@ -52,6 +52,10 @@ pub struct ClusterSection {
     pub replication_factor: u32,
     /// Tests only: accept `trellisctl`'s partition commands (drop traffic to chosen nodes).
     pub fault_injection: bool,
+    /// Tests only, and only with `fault_injection`: break the fencing invariant on purpose
+    /// (executors ignore the lease and act before their batches commit), to show that the
+    /// partition test catches it.
+    pub break_fencing: bool,
     /// A node that has not answered the placement driver for this long is down: its
     /// replicas are re-created on other nodes. Long enough for a rolling restart.
     pub down_after_seconds: u64,
@@ -90,6 +94,7 @@ impl Default for ClusterSection {
             bootstrap_expect: 1,
             replication_factor: 3,
             fault_injection: false,
+            break_fencing: false,
             down_after_seconds: 30,
             snapshot_logs: 5_000,
         }
@@ -150,6 +155,9 @@ impl Config {
         if self.cluster.max_batch == 0 {
             bail!("cluster.max_batch must be at least 1");
         }
+        if self.cluster.break_fencing && !self.cluster.fault_injection {
+            bail!("cluster.break_fencing is for tests and needs cluster.fault_injection");
+        }
         Ok(())
     }
 }
@@ -166,6 +174,11 @@ impl NodeSection {
 }
 
 impl ClusterSection {
+    /// Whether the fencing invariant is broken on purpose (tests only).
+    pub fn breaks_fencing(&self) -> bool {
+        self.fault_injection && self.break_fencing
+    }
+
     /// The join addresses, without this node's own.
     pub fn join_addrs(&self, own: &str) -> Vec<String> {
         self.join
@@ -302,5 +315,12 @@ mod tests {
         let f = dir.path().join("t.toml");
         std::fs::write(&f, "[node]\nidd = 3\n").unwrap();
         assert!(Config::load(Some(&f), []).is_err());
+        // Breaking fencing on purpose needs the test-only switch as well.
+        let env = [(
+            "TRELLIS__CLUSTER__BREAK_FENCING".to_string(),
+            "true".to_string(),
+        )];
+        let e = Config::load(None, env).unwrap_err();
+        assert!(format!("{e:#}").contains("fault_injection"), "{e:#}");
     }
 }

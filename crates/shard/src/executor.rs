@@ -71,6 +71,10 @@ pub struct ExecutorConfig {
     /// Most commands taken into one proposal.
     pub max_batch: usize,
     pub detector: DetectorConfig,
+    /// Fault injection, for tests only: replies and side effects go out *before* the batch
+    /// that describes them commits. This breaks the fencing invariant (a leader cut off from
+    /// its quorum would hand out tasks), so the partition test can show that it fails.
+    pub effects_before_commit: bool,
 }
 
 /// When the detector calls something wrong.
@@ -1198,6 +1202,9 @@ impl Executor {
                 events: std::mem::take(&mut live.events),
                 definition: live.new_definition.take(),
             });
+        }
+        if self.cfg.effects_before_commit {
+            self.perform_effects();
         }
         let m = crate::metrics::metrics();
         m.batch_size.observe(ops.len() as f64);

@@ -455,6 +455,7 @@ impl Node {
             limits: trellis_asl::Limits::default(),
             max_batch: self.cfg.cluster.max_batch,
             detector: Default::default(),
+            effects_before_commit: self.cfg.cluster.breaks_fencing(),
         }
     }
 
@@ -633,7 +634,7 @@ async fn supervise(node: std::sync::Weak<Node>, rep: Arc<Replica>) {
         let silent = m
             .millis_since_quorum_ack
             .is_some_and(|ms| ms > LEADER_LEASE.as_millis() as u64);
-        if leading && voters > 1 && silent {
+        if leading && voters > 1 && silent && !n.cfg.cluster.breaks_fencing() {
             if running.is_some() {
                 tracing::warn!(
                     node_id = me,

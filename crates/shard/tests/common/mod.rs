@@ -54,6 +54,7 @@ pub async fn boot(
         limits: Limits::default(),
         max_batch: 256,
         detector,
+        effects_before_commit: false,
     };
     let (ex, handle) =
         Executor::new(cfg, app, Arc::new(raft.clone()), Arc::new(connectors)).unwrap();
