@@ -3,6 +3,7 @@
 //! Run with `cargo nextest run -p trellis-server --test cluster`. Each test starts its own
 //! cluster in a temporary directory; node logs are printed when a test fails.
 
+mod cap;
 mod figures;
 mod five;
 mod leader_loss;

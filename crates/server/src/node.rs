@@ -2,7 +2,7 @@
 //! AWS Step Functions semantics. Both front ends (gRPC and the AWS JSON API) call these
 //! methods; requests and responses are the `trellis.v1` messages.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -40,7 +40,7 @@ pub(crate) fn internal(e: impl std::fmt::Display) -> ApiError {
     ApiError::new(Code::InternalFailure, e.to_string())
 }
 
-fn from_shard(e: trellis_shard::Error) -> ApiError {
+pub(crate) fn from_shard(e: trellis_shard::Error) -> ApiError {
     match e {
         trellis_shard::Error::Api { code, message } => ApiError::new(
             Code::from_name(code).unwrap_or(Code::InternalFailure),
@@ -104,19 +104,6 @@ fn parse_arn<'a>(arn: &'a str, kinds: &[&str]) -> ApiResult<Arn<'a>> {
     })
 }
 
-/// The per-state-machine cap on concurrent executions (opt-in): executions over the cap wait
-/// QUEUED in start order and are admitted as others end.
-#[derive(Default)]
-struct Admission {
-    machines: HashMap<String, MachineQueue>,
-}
-
-#[derive(Default)]
-struct MachineQueue {
-    running: u64,
-    waiting: std::collections::VecDeque<String>,
-}
-
 /// This node's replica of one shard.
 pub(crate) struct Replica {
     pub(crate) shard: u32,
@@ -178,7 +165,7 @@ pub struct Node {
     shards: std::sync::OnceLock<Box<[ShardCell]>>,
     connectors: NodeConnectors,
     express_seq: std::sync::atomic::AtomicU64,
-    admission: std::sync::Mutex<Admission>,
+    admission: crate::cluster::admission::Admission,
     finished_tx: tokio::sync::mpsc::UnboundedSender<trellis_shard::executor::Finished>,
     /// Shard -> the node that last served it as leader.
     leaders: std::sync::Mutex<HashMap<u32, u64>>,
@@ -224,11 +211,13 @@ impl Node {
         node.connectors.bind(Arc::downgrade(&node));
         let weak = Arc::downgrade(&node);
         tokio::spawn(async move {
-            while let Some(f) = finished_rx.recv().await {
+            // A capped execution ended: its slot may go to a queued one.
+            while finished_rx.recv().await.is_some() {
                 let Some(node) = weak.upgrade() else { return };
-                node.finished(f).await;
+                node.kick_admission();
             }
         });
+        node.spawn_admission();
         Ok(node)
     }
 
@@ -296,16 +285,18 @@ impl Node {
         self.meta.applied()
     }
 
-    /// Called when this node starts leading `shard`: counts its capped executions and
-    /// admits what fits.
-    pub(crate) async fn on_leading(&self, shard: u32) {
-        if let Err(e) = self.rebuild_admission(shard).await {
-            tracing::warn!(shard_id = shard, error = %e, "rebuilding admission");
-        }
+    /// Called when this node starts leading `shard`: its queued executions may be
+    /// admissible.
+    pub(crate) fn on_leading(&self, _shard: u32) {
+        self.kick_admission();
+    }
+
+    pub(crate) fn admission(&self) -> &crate::cluster::admission::Admission {
+        &self.admission
     }
 
     /// The cap of a state machine (0 = none).
-    fn cap(&self, machine_arn: &str) -> u64 {
+    pub(crate) fn cap(&self, machine_arn: &str) -> u64 {
         self.meta
             .app
             .get(Table::Machines, machine_arn)
@@ -313,103 +304,6 @@ impl Node {
             .flatten()
             .and_then(|m| m["maxConcurrentExecutions"].as_u64())
             .unwrap_or(0)
-    }
-
-    /// Counts running and queued capped executions of a shard this node starts leading,
-    /// and admits what fits.
-    async fn rebuild_admission(&self, shard: u32) -> anyhow::Result<()> {
-        let mut queued: BTreeMap<String, Vec<(i64, String)>> = BTreeMap::new();
-        let Some(rep) = self.cells().get(shard as usize).and_then(ShardCell::get) else {
-            return Ok(());
-        };
-        {
-            let mut adm = self.admission.lock().unwrap_or_else(|p| p.into_inner());
-            {
-                for rec in rep.app.live()? {
-                    if !rec.capped {
-                        continue;
-                    }
-                    let q = adm
-                        .machines
-                        .entry(rec.state_machine_arn.clone())
-                        .or_default();
-                    if rec.status == Status::Running {
-                        q.running += 1;
-                    } else {
-                        queued
-                            .entry(rec.state_machine_arn.clone())
-                            .or_default()
-                            .push((rec.start_ms, rec.arn.clone()));
-                    }
-                }
-            }
-            for (machine, mut list) in queued {
-                list.sort();
-                let q = adm.machines.entry(machine).or_default();
-                q.waiting.extend(list.into_iter().map(|(_, arn)| arn));
-            }
-        }
-        let machines: Vec<String> = {
-            let adm = self.admission.lock().unwrap_or_else(|p| p.into_inner());
-            adm.machines.keys().cloned().collect()
-        };
-        for m in machines {
-            self.admit_waiting(&m).await;
-        }
-        Ok(())
-    }
-
-    /// Queues a new capped execution, admitting it at once if the cap allows.
-    async fn enqueue(&self, machine_arn: &str, arn: &str) {
-        {
-            let mut adm = self.admission.lock().unwrap_or_else(|p| p.into_inner());
-            adm.machines
-                .entry(machine_arn.to_string())
-                .or_default()
-                .waiting
-                .push_back(arn.to_string());
-        }
-        self.admit_waiting(machine_arn).await;
-    }
-
-    async fn finished(&self, f: trellis_shard::executor::Finished) {
-        {
-            let mut adm = self.admission.lock().unwrap_or_else(|p| p.into_inner());
-            let q = adm.machines.entry(f.state_machine_arn.clone()).or_default();
-            if f.ran {
-                q.running = q.running.saturating_sub(1);
-            } else {
-                q.waiting.retain(|a| *a != f.execution_arn);
-            }
-        }
-        self.admit_waiting(&f.state_machine_arn).await;
-    }
-
-    /// Admits queued executions of a machine while it is under its cap.
-    async fn admit_waiting(&self, machine_arn: &str) {
-        let cap = self.cap(machine_arn);
-        let admit: Vec<String> = {
-            let mut adm = self.admission.lock().unwrap_or_else(|p| p.into_inner());
-            let q = adm.machines.entry(machine_arn.to_string()).or_default();
-            let mut out = Vec::new();
-            while cap == 0 || q.running < cap {
-                let Some(arn) = q.waiting.pop_front() else {
-                    break;
-                };
-                q.running += 1;
-                out.push(arn);
-            }
-            out
-        };
-        for arn in admit {
-            let admitted = match self.local(&arn) {
-                Ok(h) => h.admit(&arn).await.map_err(from_shard),
-                Err(e) => Err(e),
-            };
-            if let Err(e) = admitted {
-                tracing::warn!(execution_id = %arn, error = %e, "admitting a queued execution failed");
-            }
-        }
     }
 
     /// Stops every Raft group and flushes the store.
@@ -1119,7 +1013,8 @@ impl Node {
             .await
             .map_err(from_shard)?;
         if capped && !started.existed {
-            self.enqueue(&machine_arn, &started.execution_arn).await;
+            // Admitted before the reply when the cap allows, as on a single node.
+            self.admit_now().await;
         }
         Ok(pb::StartExecutionResponse {
             execution_arn: started.execution_arn,

@@ -142,6 +142,15 @@ pub struct Started {
     pub existed: bool,
 }
 
+/// What a shard holds of one capped state machine's executions.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct CappedMachine {
+    pub state_machine_arn: String,
+    pub running: u64,
+    /// (start date in epoch ms, execution ARN), oldest first.
+    pub queued: Vec<(i64, String)>,
+}
+
 /// A capped execution ended.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Finished {
@@ -194,6 +203,7 @@ enum Cmd {
     TakeActivity(String, String, Reply<Option<ActivityTask>>),
     Scan(Reply<ScanReport>),
     Admit(String, Reply<()>),
+    Capped(Reply<Vec<CappedMachine>>),
     Redrive(String, Reply<i64>),
     #[cfg(feature = "fault-injection")]
     DropTimers(String, Reply<()>),
@@ -246,6 +256,12 @@ impl ShardHandle {
     /// Lets a QUEUED execution run.
     pub async fn admit(&self, arn: &str) -> Result<()> {
         self.call(|r| Cmd::Admit(arn.to_string(), r)).await
+    }
+
+    /// The capped executions this shard holds, per state machine: how many run, and the
+    /// queued ones, oldest first.
+    pub async fn capped(&self) -> Result<Vec<CappedMachine>> {
+        self.call(Cmd::Capped).await
     }
 
     /// Runs the detector now and returns what it found (and repaired).
@@ -337,6 +353,7 @@ enum Effect {
     Controlled(Reply<i64>, i64),
     Activity(Reply<Option<ActivityTask>>, Option<ActivityTask>),
     Scanned(Reply<ScanReport>, ScanReport),
+    Capped(Reply<Vec<CappedMachine>>, Vec<CappedMachine>),
 }
 
 /// The executor of one shard.
@@ -607,6 +624,10 @@ impl Executor {
                 }
                 self.effects.push(Effect::Done(reply));
             }
+            Cmd::Capped(reply) => {
+                let capped = self.capped();
+                self.effects.push(Effect::Capped(reply, capped));
+            }
             Cmd::Redrive(arn, reply) => match self.redrive(&arn, now) {
                 Ok(at) => self.effects.push(Effect::Controlled(reply, at)),
                 Err(e) => {
@@ -625,6 +646,31 @@ impl Executor {
                 let _ = reply.send(Ok(()));
             }
         }
+    }
+
+    /// Counts the live capped executions, per state machine. The answer goes out once the
+    /// batch commits, so it describes committed state.
+    fn capped(&self) -> Vec<CappedMachine> {
+        let mut by: std::collections::BTreeMap<&str, CappedMachine> = Default::default();
+        for l in self.live.values().filter(|l| l.rec.capped) {
+            let m = by
+                .entry(l.rec.state_machine_arn.as_str())
+                .or_insert_with(|| CappedMachine {
+                    state_machine_arn: l.rec.state_machine_arn.clone(),
+                    ..Default::default()
+                });
+            match l.rec.status {
+                Status::Queued => m.queued.push((l.rec.start_ms, l.rec.arn.clone())),
+                Status::Running => m.running += 1,
+                _ => {}
+            }
+        }
+        by.into_values()
+            .map(|mut m| {
+                m.queued.sort_unstable();
+                m
+            })
+            .collect()
     }
 
     /// Starts an execution. `Ok(None)` when the reply was already sent.
@@ -1274,6 +1320,9 @@ impl Executor {
                 Effect::Scanned(r, report) => {
                     let _ = r.send(Ok(report));
                 }
+                Effect::Capped(r, capped) => {
+                    let _ = r.send(Ok(capped));
+                }
             }
         }
         let backlog: u64 = self.activities.values().map(|q| q.len() as u64).sum();
@@ -1309,6 +1358,9 @@ fn fail(effect: Effect, e: &Error) {
             let _ = r.send(Err(err()));
         }
         Effect::Scanned(r, _) => {
+            let _ = r.send(Err(err()));
+        }
+        Effect::Capped(r, _) => {
             let _ = r.send(Err(err()));
         }
         Effect::Dispatch(..) | Effect::Timer(..) => {}

@@ -15,6 +15,7 @@
 //!   Raft says so, or when the leader cannot confirm its leadership with a quorum within
 //!   the lease.
 
+pub mod admission;
 pub mod api;
 pub mod driver;
 pub mod route;
@@ -677,7 +678,7 @@ async fn supervise(node: std::sync::Weak<Node>, rep: Arc<Replica>) {
                             term = m.current_term,
                             "leading the shard"
                         );
-                        n.on_leading(rep.shard).await;
+                        n.on_leading(rep.shard);
                     }
                     Err(e) => {
                         tracing::error!(node_id = me, shard_id = rep.shard, error = %e, "cannot start the executor")

@@ -307,6 +307,15 @@ impl Node {
             "SetPlacement" => call!(pb::SetPlacementRequest, r => async {
                 empty(self.set_placement(r.paused).await)
             }),
+            "AdmissionReport" => {
+                call!(pb::Empty, _r => async { Ok::<_, ApiError>(self.admission_report_here().await) })
+            }
+            "AdmissionKick" => call!(rpb::AdmissionKick, r => async {
+                self.admission_kick_here(r).await.map(|()| pb::Empty {})
+            }),
+            "AdmitExecution" => call!(pb::DescribeExecutionRequest, r => async {
+                self.admit_here(&r.execution_arn).await.map(|()| pb::Empty {})
+            }),
             "ListShards" => {
                 call!(pb::Empty, _r => async { Ok::<_, ApiError>(self.local_shards(true)) })
             }
