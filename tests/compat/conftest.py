@@ -58,7 +58,7 @@ class Functions:
                 body = json.loads(self.rfile.read(int(self.headers.get("Content-Length", 0))) or b"{}")
                 status, reply = 200, None
                 with fns.lock:
-                    fns.calls.append((self.path, body))
+                    fns.calls.append((self.path, body, self.headers.get("Trellis-Fence")))
                     try:
                         if self.path == "/echo":
                             reply = {"echo": body}

@@ -214,6 +214,21 @@ def test_start_sync_execution(sfn, sfn_sync):
     assert code(err) == "InvalidDefinition"
 
 
+def test_calls_carry_the_fence(sfn, functions):
+    # A Standard execution's Lambda call carries its shard, the shard's epoch and the term
+    # of the leader that dispatched it; an Express execution runs outside any shard.
+    arn = create(sfn, "Fenced", {"StartAt": "Call", "States": {
+        "Call": {"Type": "Task", "Resource": "arn:aws:states:::lambda:invoke",
+                 "Parameters": {"FunctionName": "echo", "Payload.$": "$"}, "End": True}}})
+    e = sfn.start_execution(stateMachineArn=arn, input='{"fence": "standard"}')["executionArn"]
+    assert wait_status(sfn, e)["status"] == "SUCCEEDED"
+    fences = [f for (_, body, f) in functions.calls if body == {"fence": "standard"}]
+    assert len(fences) == 1 and fences[0] is not None, fences
+    parts = dict(p.split("=") for p in fences[0].split(";"))
+    assert sorted(parts) == ["epoch", "shard", "term"] and int(parts["term"]) >= 1, fences
+    assert 0 <= int(parts["shard"]) < 8
+
+
 def test_error_names(sfn):
     arn = create(sfn, "Errors", PASS_WAIT)
     cases = [

@@ -59,7 +59,7 @@ impl Connectors {
                 if *pattern != Pattern::RequestResponse {
                     return Err(self.callback_error(t));
                 }
-                Ok(http_invoke(t))
+                Ok(http_invoke(t, None))
             }
             Resource::Service { service, action, pattern } if service == "lambda" && action == "invoke" => {
                 if *pattern == Pattern::WaitForTaskToken {
@@ -67,7 +67,7 @@ impl Connectors {
                 }
                 let name = t.parameters.get("FunctionName").and_then(Value::as_str).unwrap_or_default();
                 let payload = t.parameters.get("Payload").cloned().unwrap_or(json!({}));
-                Ok(match call_function(&self.functions, t.task_id, name, &payload, t.timeout_seconds) {
+                Ok(match call_function(&self.functions, t.task_id, name, &payload, t.timeout_seconds, None) {
                     Ok(v) => Input::TaskSucceeded {
                         task_id: t.task_id,
                         output: json!({"ExecutedVersion": "$LATEST", "Payload": v, "StatusCode": 200}),
@@ -75,7 +75,7 @@ impl Connectors {
                     Err(input) => input,
                 })
             }
-            Resource::Lambda { arn } => Ok(match call_function(&self.functions, t.task_id, arn, &t.parameters, t.timeout_seconds) {
+            Resource::Lambda { arn } => Ok(match call_function(&self.functions, t.task_id, arn, &t.parameters, t.timeout_seconds, None) {
                 Ok(v) => Input::TaskSucceeded { task_id: t.task_id, output: v },
                 Err(input) => input,
             }),
@@ -100,14 +100,19 @@ impl Connectors {
     }
 }
 
+/// The header that carries a task's [`trellis_shard::executor::Fence`] on HTTP calls.
+pub(crate) const FENCE_HEADER: &str = "Trellis-Fence";
+
 /// Calls a Lambda function played by an HTTP endpoint: POST the payload, the reply is the
-/// result; a non-2xx reply fails with its `errorType` (or `Lambda.Unknown`).
+/// result; a non-2xx reply fails with its `errorType` (or `Lambda.Unknown`). A node's calls
+/// carry the dispatching executor's fence.
 pub(crate) fn call_function(
     functions: &HashMap<String, String>,
     task_id: u64,
     name_or_arn: &str,
     payload: &Value,
     timeout: Option<u64>,
+    fence: Option<&str>,
 ) -> Result<Value, Input> {
     let name = function_name(name_or_arn);
     let Some(url) = functions.get(name) else {
@@ -120,11 +125,11 @@ pub(crate) fn call_function(
     let agent = ureq::AgentBuilder::new()
         .timeout(Duration::from_secs(timeout.unwrap_or(60)))
         .build();
-    match agent
-        .post(url)
-        .set("Content-Type", "application/json")
-        .send_string(&payload.to_string())
-    {
+    let mut req = agent.post(url).set("Content-Type", "application/json");
+    if let Some(f) = fence {
+        req = req.set(FENCE_HEADER, f);
+    }
+    match req.send_string(&payload.to_string()) {
         Ok(resp) => {
             let body = resp.into_string().unwrap_or_default();
             Ok(serde_json::from_str(&body).unwrap_or(Value::String(body)))
@@ -144,8 +149,9 @@ pub(crate) fn call_function(
 }
 
 /// `arn:aws:states:::http:invoke`: the request the parameters describe, with AWS's result
-/// shape (`Headers`, `ResponseBody`, `StatusCode`, `StatusText`).
-pub(crate) fn http_invoke(t: &TaskRequest) -> Input {
+/// shape (`Headers`, `ResponseBody`, `StatusCode`, `StatusText`). A node's calls carry the
+/// dispatching executor's fence.
+pub(crate) fn http_invoke(t: &TaskRequest, fence: Option<&str>) -> Input {
     let p = &t.parameters;
     let Some(endpoint) = p.get("ApiEndpoint").and_then(Value::as_str) else {
         return failed(
@@ -163,6 +169,9 @@ pub(crate) fn http_invoke(t: &TaskRequest) -> Input {
         .timeout(Duration::from_secs(t.timeout_seconds.unwrap_or(60)))
         .build();
     let mut req = agent.request(&method, endpoint);
+    if let Some(f) = fence {
+        req = req.set(FENCE_HEADER, f);
+    }
     if let Some(q) = p.get("QueryParameters").and_then(Value::as_object) {
         for (k, v) in q {
             req = req.query(

@@ -14,7 +14,7 @@ use trellis_asl::{Command, Env, ExecStatus, Execution, Input, Limits};
 use trellis_meta::{Meta, MetaOp, Table};
 use trellis_proto::v1 as pb;
 use trellis_proto::{ApiError, Code};
-use trellis_shard::executor::{Connectors as _, Control, StartRequest, TokenAnswer};
+use trellis_shard::executor::{Connectors as _, Control, Fence, StartRequest, TokenAnswer};
 use trellis_shard::raft::ShardRaft;
 use trellis_shard::{shard_of, ShardApp, ShardHandle, Status};
 use trellis_storage::NodeDb;
@@ -1112,7 +1112,9 @@ impl Node {
                 match cmd {
                     Command::InvokeTask(t) => {
                         let c = self.connectors.clone();
-                        running.spawn(async move { c.invoke(t).await });
+                        // Outside any shard: no fence (term 0).
+                        let fence = Fence::default();
+                        running.spawn(async move { c.invoke(t, fence).await });
                     }
                     Command::StartTimer {
                         timer_id,

@@ -11,7 +11,7 @@ use serde_json::{json, Value};
 use trellis_asl::definition::{Pattern, Resource};
 use trellis_asl::exec::TaskRequest;
 use trellis_asl::Input;
-use trellis_shard::executor::{BoxFuture, Connectors};
+use trellis_shard::executor::{BoxFuture, Connectors, Fence};
 
 use trellis_proto::v1 as pb;
 
@@ -157,10 +157,10 @@ impl NodeConnectors {
     }
 
     /// Runs one task to its result (blocking I/O; called on the blocking pool).
-    fn run(&self, t: &TaskRequest) -> Input {
+    fn run(&self, t: &TaskRequest, fence: Option<&str>) -> Input {
         let id = t.task_id;
         let lambda = |name: &str, payload: &Value| {
-            call_function(&self.functions, id, name, payload, t.timeout_seconds)
+            call_function(&self.functions, id, name, payload, t.timeout_seconds, fence)
         };
         match &t.resource {
             Resource::Service {
@@ -205,7 +205,7 @@ impl NodeConnectors {
                 service,
                 action,
                 pattern: Pattern::RequestResponse,
-            } if service == "http" && action == "invoke" => http_invoke(t),
+            } if service == "http" && action == "invoke" => http_invoke(t, fence),
             // Any other integration with a task token: nothing to call here; whoever holds
             // the token (from the state's parameters) answers it.
             Resource::Service {
@@ -279,7 +279,7 @@ fn sync_result(task_id: u64, pattern: Pattern, v: SyncView) -> Input {
 }
 
 impl Connectors for NodeConnectors {
-    fn invoke(&self, t: TaskRequest) -> BoxFuture<'static, Input> {
+    fn invoke(&self, t: TaskRequest, fence: Fence) -> BoxFuture<'static, Input> {
         let me = self.clone();
         Box::pin(async move {
             if let Resource::Service {
@@ -294,7 +294,9 @@ impl Connectors for NodeConnectors {
                 }
             }
             let id = t.task_id;
-            match tokio::task::spawn_blocking(move || me.run(&t)).await {
+            // Term 0: an Express execution, which runs outside any shard.
+            let fence = (fence.term > 0).then(|| fence.to_string());
+            match tokio::task::spawn_blocking(move || me.run(&t, fence.as_deref())).await {
                 Ok(input) => input,
                 Err(e) => failed(id, "States.Runtime", format!("the connector failed: {e}")),
             }

@@ -32,12 +32,37 @@ use crate::{definition_hash, Error, Result};
 /// A boxed future, for the object-safe traits below.
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 
+/// Who performs a side effect: the shard, its epoch in the shard map and the Raft term of
+/// the leader whose executor dispatched it. Connectors pass it on (HTTP calls carry it in a
+/// `Trellis-Fence` header), so a receiver can refuse calls from an era that has ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Fence {
+    pub shard: u32,
+    pub epoch: u64,
+    pub term: u64,
+}
+
+impl std::fmt::Display for Fence {
+    /// `shard=3;epoch=2;term=7`.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "shard={};epoch={};term={}",
+            self.shard, self.epoch, self.term
+        )
+    }
+}
+
 /// Performs task side effects for the executor.
 pub trait Connectors: Send + Sync + 'static {
-    /// Runs a non-activity task (`http:invoke`, Lambda, ...). Resolves to what to feed back:
-    /// `TaskSucceeded`/`TaskFailed`, or `TaskSubmitted` for `.waitForTaskToken` tasks, whose
-    /// result then arrives through the task token.
-    fn invoke(&self, task: TaskRequest) -> BoxFuture<'static, Input>;
+    /// Runs a non-activity task (`http:invoke`, Lambda, ...) on behalf of `fence`. Resolves
+    /// to what to feed back: `TaskSucceeded`/`TaskFailed`, or `TaskSubmitted` for
+    /// `.waitForTaskToken` tasks, whose result then arrives through the task token.
+    ///
+    /// The result goes back to the executor that dispatched the task and to no other: if
+    /// that executor has stopped (its leader was deposed), the result is dropped, and the
+    /// current leader dispatches the task again.
+    fn invoke(&self, task: TaskRequest, fence: Fence) -> BoxFuture<'static, Input>;
 }
 
 /// Gets entries committed.
@@ -65,6 +90,10 @@ impl Proposer for openraft::Raft<crate::ShardConfig> {
 #[derive(Debug, Clone)]
 pub struct ExecutorConfig {
     pub shard: u32,
+    /// The shard's epoch in the shard map, and the Raft term in which this executor's node
+    /// leads it: together with `shard`, the [`Fence`] its side effects carry.
+    pub epoch: u64,
+    pub term: u64,
     pub region: String,
     pub account: String,
     pub limits: Limits,
@@ -1295,8 +1324,13 @@ impl Executor {
                         .insert((exec, task.task_id), self.clock.now_ms());
                     let connectors = self.connectors.clone();
                     let tx = self.tx.clone();
+                    let fence = Fence {
+                        shard: self.cfg.shard,
+                        epoch: self.cfg.epoch,
+                        term: self.cfg.term,
+                    };
                     tokio::spawn(async move {
-                        let input = connectors.invoke(task).await;
+                        let input = connectors.invoke(task, fence).await;
                         if let Some(tx) = tx.upgrade() {
                             let _ = tx.send(Cmd::Feed { exec, input }).await;
                         }

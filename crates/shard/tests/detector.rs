@@ -10,7 +10,9 @@ use common::{open_db, Node};
 use serde_json::{json, Value};
 use trellis_asl::exec::TaskRequest;
 use trellis_asl::Input;
-use trellis_shard::executor::{BoxFuture, Connectors, DetectorConfig, ScanReport, StartRequest};
+use trellis_shard::executor::{
+    BoxFuture, Connectors, DetectorConfig, Fence, ScanReport, StartRequest,
+};
 use trellis_shard::{ShardApp, ShardHandle, ShardOp, Status};
 
 /// Echoes parameters; when `lose_first` is set, the first call's result never comes back
@@ -21,7 +23,7 @@ struct Flaky {
 }
 
 impl Connectors for Flaky {
-    fn invoke(&self, t: TaskRequest) -> BoxFuture<'static, Input> {
+    fn invoke(&self, t: TaskRequest, _fence: Fence) -> BoxFuture<'static, Input> {
         let lose = self.lose_first.swap(false, Ordering::SeqCst);
         Box::pin(async move {
             if lose {

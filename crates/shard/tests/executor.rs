@@ -12,7 +12,7 @@ use serde_json::{json, Value};
 use trellis_asl::definition::{Pattern, Resource};
 use trellis_asl::exec::TaskRequest;
 use trellis_asl::Input;
-use trellis_shard::executor::{BoxFuture, Connectors, Control, TokenAnswer};
+use trellis_shard::executor::{BoxFuture, Connectors, Control, Fence, TokenAnswer};
 use trellis_shard::Status;
 
 /// Lambda-style tasks echo their parameters; `.waitForTaskToken` tasks are submitted and
@@ -20,11 +20,13 @@ use trellis_shard::Status;
 #[derive(Default, Clone)]
 struct Fake {
     tokens: Arc<Mutex<Vec<String>>>,
+    fences: Arc<Mutex<Vec<Fence>>>,
 }
 
 impl Connectors for Fake {
-    fn invoke(&self, t: TaskRequest) -> BoxFuture<'static, Input> {
+    fn invoke(&self, t: TaskRequest, fence: Fence) -> BoxFuture<'static, Input> {
         let me = self.clone();
+        me.fences.lock().unwrap().push(fence);
         Box::pin(async move {
             if let Resource::Service {
                 pattern: Pattern::WaitForTaskToken,
@@ -215,8 +217,8 @@ async fn runs_tasks_timers_activities_and_callbacks() {
 async fn executions_continue_after_a_restart() {
     let dir = tempfile::tempdir().unwrap();
     let n = 40;
-    let (arns, taken) = {
-        let (node, _fake) = boot(dir.path()).await;
+    let (arns, taken, first_term) = {
+        let (node, fake) = boot(dir.path()).await;
         let mut arns = Vec::new();
         for i in 0..n {
             let s = node
@@ -235,8 +237,15 @@ async fn executions_continue_after_a_restart() {
                 None => tokio::time::sleep(Duration::from_millis(20)).await,
             }
         }
+        let term = node.raft.metrics().borrow().current_term;
+        assert!(fake.fences.lock().unwrap().iter().all(|f| *f
+            == Fence {
+                shard: 0,
+                epoch: 1,
+                term
+            }));
         node.stop().await;
-        (arns, taken)
+        (arns, taken, term)
     };
     let (node, fake) = boot(dir.path()).await;
     let h = &node.handle;
@@ -278,6 +287,15 @@ async fn executions_continue_after_a_restart() {
     }
     assert_eq!(answered, n);
     assert_eq!(tokens_answered, n);
+    // Tasks dispatched again after the restart carry the leader's current term (a lone
+    // voter keeps its term across a restart).
+    let term = node.raft.metrics().borrow().current_term;
+    let fences = fake.fences.lock().unwrap().clone();
+    assert!(
+        term >= first_term && !fences.is_empty(),
+        "{first_term} {term}"
+    );
+    assert!(fences.iter().all(|f| f.term == term), "{fences:?}");
     for a in &arns {
         let rec = h.app.record(a).unwrap().unwrap();
         assert_eq!(

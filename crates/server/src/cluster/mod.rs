@@ -448,9 +448,18 @@ impl Node {
         Ok(())
     }
 
-    fn executor_config(&self, shard: u32) -> ExecutorConfig {
+    /// The settings of `shard`'s executor while this node leads it in `term`.
+    fn executor_config(&self, shard: u32, term: u64) -> ExecutorConfig {
+        let epoch = self
+            .meta
+            .shard_map()
+            .ok()
+            .and_then(|m| m.into_iter().find(|s| s.id == shard))
+            .map_or(0, |s| s.epoch);
         ExecutorConfig {
             shard,
+            epoch,
+            term,
             region: self.cfg.aws.region.clone(),
             account: self.cfg.aws.account.clone(),
             limits: trellis_asl::Limits::default(),
@@ -656,7 +665,7 @@ async fn supervise(node: std::sync::Weak<Node>, rep: Arc<Replica>) {
                 tracing::warn!(node_id = me, shard_id = rep.shard, error = %e, "new leader cannot apply its log yet");
             }
             if applied.is_ok() {
-                let cfg = n.executor_config(rep.shard);
+                let cfg = n.executor_config(rep.shard, m.current_term);
                 match Executor::new(
                     cfg,
                     rep.app.clone(),

@@ -49,6 +49,8 @@ pub async fn boot(
     let (raft, app) = open_single_node(&db, 1, 1, "local").await.unwrap();
     let cfg = ExecutorConfig {
         shard: 0,
+        epoch: 1,
+        term: raft.metrics().borrow().current_term,
         region: "us-east-1".into(),
         account: "000000000000".into(),
         limits: Limits::default(),
