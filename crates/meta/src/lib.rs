@@ -8,7 +8,6 @@
 pub mod placement;
 
 use std::collections::BTreeMap;
-use std::io::Cursor;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -91,7 +90,7 @@ openraft::declare_raft_types!(
         NodeId = u64,
         Node = openraft::BasicNode,
         Entry = openraft::Entry<MetaConfig>,
-        SnapshotData = Cursor<Vec<u8>>,
+        SnapshotData = tokio::fs::File,
         AsyncRuntime = openraft::TokioRuntime,
 );
 
@@ -192,26 +191,20 @@ impl AppStateMachine<MetaConfig> for MetaApp {
         Ok(MetaResponse)
     }
 
-    fn export(&self) -> trellis_storage::Result<Vec<u8>> {
-        let mut all: BTreeMap<&str, Vec<(String, Value)>> = BTreeMap::new();
-        for (t, _) in &self.tables {
-            let rows = self
-                .list(*t, None, usize::MAX)
-                .map_err(|e| trellis_storage::Error::App(e.to_string()))?;
-            all.insert(t.name(), rows);
-        }
-        Ok(serde_json::to_vec(&all)?)
+    fn export(&self, out: &mut dyn std::io::Write) -> trellis_storage::Result<()> {
+        trellis_storage::export_trees(self.tables.iter().map(|(t, tree)| (t.name(), tree)), out)
     }
 
-    fn import(&mut self, data: &[u8]) -> trellis_storage::Result<()> {
-        let all: BTreeMap<String, Vec<(String, Value)>> = serde_json::from_slice(data)?;
-        for (t, tree) in &self.tables {
+    fn import(&mut self, input: &mut dyn std::io::Read) -> trellis_storage::Result<()> {
+        for (_, tree) in &self.tables {
             tree.clear()?;
-            for (k, v) in all.get(t.name()).into_iter().flatten() {
-                tree.insert(k.as_bytes(), serde_json::to_vec(v)?)?;
-            }
         }
-        Ok(())
+        trellis_storage::import_trees(input, |name| {
+            self.tables
+                .iter()
+                .find(|(t, _)| t.name() == name)
+                .map(|(_, tree)| tree.clone())
+        })
     }
 }
 
@@ -381,8 +374,9 @@ mod tests {
         let rows = meta.app.list(Table::Machines, None, 10).unwrap();
         assert_eq!(rows, vec![("a".to_string(), json!({"n": 1}))]);
         let mut copy = meta.app.clone();
-        let snap = copy.export().unwrap();
-        copy.import(&snap).unwrap();
+        let mut snap = Vec::new();
+        copy.export(&mut snap).unwrap();
+        copy.import(&mut snap.as_slice()).unwrap();
         assert_eq!(
             meta.app.get(Table::Machines, "a").unwrap(),
             Some(json!({"n": 1}))

@@ -245,20 +245,6 @@ impl ShardApp {
 }
 
 /// Snapshot format: for each tree, its name, then its key/value pairs, length-prefixed.
-fn write_bytes(out: &mut Vec<u8>, b: &[u8]) {
-    out.extend_from_slice(&(b.len() as u64).to_be_bytes());
-    out.extend_from_slice(b);
-}
-
-fn read_bytes<'a>(data: &mut &'a [u8]) -> Result<&'a [u8]> {
-    let bad = || Error::Corrupt("truncated snapshot".into());
-    let len = trellis_storage::from_be(data.get(..8).ok_or_else(bad)?).ok_or_else(bad)? as usize;
-    let rest = &data[8..];
-    let (b, tail) = (rest.get(..len).ok_or_else(bad)?, &rest[len..]);
-    *data = tail;
-    Ok(b)
-}
-
 impl AppStateMachine<ShardConfig> for ShardApp {
     fn apply(
         &mut self,
@@ -272,44 +258,19 @@ impl AppStateMachine<ShardConfig> for ShardApp {
         Ok(ShardResponse)
     }
 
-    fn export(&self) -> trellis_storage::Result<Vec<u8>> {
-        let mut out = Vec::new();
-        for (name, tree) in &self.all {
-            write_bytes(&mut out, name.as_bytes());
-            out.extend_from_slice(&(tree.len() as u64).to_be_bytes());
-            for kv in tree.iter() {
-                let (k, v) = kv?;
-                write_bytes(&mut out, &k);
-                write_bytes(&mut out, &v);
-            }
-        }
-        Ok(out)
+    fn export(&self, out: &mut dyn std::io::Write) -> trellis_storage::Result<()> {
+        trellis_storage::export_trees(self.all.iter().map(|(n, t)| (&**n, t)), out)
     }
 
-    fn import(&mut self, mut data: &[u8]) -> trellis_storage::Result<()> {
-        let err = |e: Error| trellis_storage::Error::App(e.to_string());
+    fn import(&mut self, input: &mut dyn std::io::Read) -> trellis_storage::Result<()> {
         for (_, tree) in &self.all {
             tree.clear()?;
         }
-        while !data.is_empty() {
-            let name = String::from_utf8_lossy(read_bytes(&mut data).map_err(err)?).into_owned();
-            let count = trellis_storage::from_be(data.get(..8).unwrap_or_default())
-                .ok_or_else(|| trellis_storage::Error::Corrupt("snapshot count".into()))?;
-            data = &data[8..];
-            let tree = self
-                .all
+        trellis_storage::import_trees(input, |name| {
+            self.all
                 .iter()
                 .find(|(n, _)| *n == name)
                 .map(|(_, t)| t.clone())
-                .ok_or_else(|| trellis_storage::Error::Corrupt(format!("unknown tree {name}")))?;
-            let mut batch = sled::Batch::default();
-            for _ in 0..count {
-                let k = read_bytes(&mut data).map_err(err)?;
-                let v = read_bytes(&mut data).map_err(err)?;
-                batch.insert(k, v);
-            }
-            tree.apply_batch(batch)?;
-        }
-        Ok(())
+        })
     }
 }

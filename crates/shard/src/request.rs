@@ -1,7 +1,5 @@
 //! What a shard's Raft log carries.
 
-use std::io::Cursor;
-
 use serde::{Deserialize, Serialize};
 use trellis_asl::HistoryEvent;
 
@@ -39,6 +37,6 @@ openraft::declare_raft_types!(
         NodeId = u64,
         Node = openraft::BasicNode,
         Entry = openraft::Entry<ShardConfig>,
-        SnapshotData = Cursor<Vec<u8>>,
+        SnapshotData = tokio::fs::File,
         AsyncRuntime = openraft::TokioRuntime,
 );

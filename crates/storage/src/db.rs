@@ -1,6 +1,6 @@
 //! The node's sled database and the trees of each Raft group.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
@@ -43,32 +43,49 @@ impl Flusher {
     }
 }
 
-/// One node's store: a single `sled::Db` shared by every Raft group on the node.
+/// One node's store: a single `sled::Db` shared by every Raft group on the node, and a
+/// directory of snapshot files (`raft-snapshots/g{N}/`).
 #[derive(Clone)]
 pub struct NodeDb {
     db: sled::Db,
     flusher: Arc<Flusher>,
+    snapshots: Arc<SnapshotRoot>,
+}
+
+/// Where snapshot files live; a temporary store's directory goes with it.
+struct SnapshotRoot {
+    path: PathBuf,
+    _temp: Option<tempfile::TempDir>,
 }
 
 impl NodeDb {
     /// Opens (or creates) the store in `dir`.
     pub fn open(dir: impl AsRef<Path>) -> Result<NodeDb> {
         let db = sled::Config::new()
-            .path(dir)
+            .path(dir.as_ref())
             .mode(sled::Mode::HighThroughput)
             .open()?;
         Ok(NodeDb {
             flusher: Flusher::new(db.clone()),
             db,
+            snapshots: Arc::new(SnapshotRoot {
+                path: dir.as_ref().join("raft-snapshots"),
+                _temp: None,
+            }),
         })
     }
 
     /// A store in a temporary directory, removed when the last handle is dropped.
     pub fn temporary() -> Result<NodeDb> {
         let db = sled::Config::new().temporary(true).open()?;
+        let temp = tempfile::tempdir()?;
         Ok(NodeDb {
             flusher: Flusher::new(db.clone()),
             db,
+            snapshots: Arc::new(SnapshotRoot {
+                path: temp.path().to_path_buf(),
+                _temp: Some(temp),
+            }),
         })
     }
 
@@ -76,6 +93,7 @@ impl NodeDb {
     pub fn group(&self, group: u64) -> Result<GroupTrees> {
         Ok(GroupTrees {
             group,
+            snapshot_dir: self.snapshots.path.join(format!("g{group}")),
             db: self.db.clone(),
             flusher: self.flusher.clone(),
             log: self.db.open_tree(format!("g{group}/log"))?,
@@ -98,8 +116,12 @@ impl NodeDb {
         out
     }
 
-    /// Removes every tree of a group (after its replica moved away).
+    /// Removes every tree and snapshot file of a group (after its replica moved away).
     pub fn drop_group(&self, group: u64) -> Result<()> {
+        match std::fs::remove_dir_all(self.snapshots.path.join(format!("g{group}"))) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e.into()),
+            _ => {}
+        }
         let prefix = format!("g{group}/");
         for name in self.db.tree_names() {
             if name.starts_with(prefix.as_bytes()) {
@@ -128,6 +150,8 @@ impl NodeDb {
 #[derive(Clone)]
 pub struct GroupTrees {
     pub group: u64,
+    /// The group's snapshot files.
+    pub(crate) snapshot_dir: PathBuf,
     pub(crate) db: sled::Db,
     flusher: Arc<Flusher>,
     /// Log entries by index (big-endian u64 keys).

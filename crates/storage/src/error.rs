@@ -7,6 +7,9 @@ pub enum Error {
     Sled(#[from] sled::Error),
     #[error("encoding: {0}")]
     Json(#[from] serde_json::Error),
+    /// A snapshot file could not be written or read.
+    #[error("snapshot file: {0}")]
+    Io(#[from] std::io::Error),
     /// Stored bytes that cannot be what this crate wrote.
     #[error("corrupt store: {0}")]
     Corrupt(String),

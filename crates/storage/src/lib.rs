@@ -9,19 +9,23 @@
 //!   membership, and builds and installs snapshots of the application's trees.
 //!
 //! Both are generic over an openraft type config whose entries are `openraft::Entry` and whose
-//! snapshots are byte buffers. They pass `openraft::testing::Suite` (see `tests/suite.rs`).
+//! snapshots are files (`tokio::fs::File`, under `raft-snapshots/g{N}/` in the node's directory):
+//! a snapshot is streamed to disk and from disk, never held in memory whole. They pass
+//! `openraft::testing::Suite` (see `tests/suite.rs`).
 
 mod db;
 mod error;
 mod log;
 mod network;
 mod sm;
+mod trees;
 
 pub use db::{GroupTrees, NodeDb};
 pub use error::{Error, Result};
 pub use log::LogStore;
 pub use network::NoPeers;
 pub use sm::{AppStateMachine, StateMachineStore};
+pub use trees::{export_trees, import_trees};
 
 /// Encodes a u64 so that byte order is numeric order (sled keys).
 pub fn be(n: u64) -> [u8; 8] {

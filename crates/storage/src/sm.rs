@@ -1,7 +1,9 @@
 //! The Raft state machine of one group: applied state, membership and snapshots, around an
 //! application state machine.
 
-use std::io::Cursor;
+use std::io::{BufReader, BufWriter, Seek, SeekFrom};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use openraft::storage::{RaftStateMachine, Snapshot, SnapshotMeta};
@@ -15,8 +17,10 @@ use crate::db::GroupTrees;
 use crate::{Error, Result};
 
 const APPLIED: &[u8] = b"applied";
-const SNAPSHOT_META: &[u8] = b"snapshot_meta";
-const SNAPSHOT_DATA: &[u8] = b"snapshot_data";
+/// The current snapshot's meta and file name.
+const SNAPSHOT: &[u8] = b"snapshot";
+/// Where earlier versions kept the snapshot in the tree itself (removed on open).
+const LEGACY: [&[u8]; 2] = [b"snapshot_meta", b"snapshot_data"];
 
 /// What a group replicates. The storage layer applies membership and blank entries itself
 /// and hands normal entries to the application.
@@ -28,11 +32,12 @@ pub trait AppStateMachine<C: RaftTypeConfig>: Send + Sync + 'static {
     /// Applies one normal entry.
     fn apply(&mut self, log_id: &LogId<C::NodeId>, request: &C::D) -> Result<C::R>;
 
-    /// Everything the application holds, as bytes for a snapshot.
-    fn export(&self) -> Result<Vec<u8>>;
+    /// Writes everything the application holds to `out`, for a snapshot (see
+    /// [`crate::export_trees`]). Nothing is applied meanwhile.
+    fn export(&self, out: &mut dyn std::io::Write) -> Result<()>;
 
-    /// Replaces everything with a snapshot made by [`AppStateMachine::export`].
-    fn import(&mut self, data: &[u8]) -> Result<()>;
+    /// Replaces everything with a snapshot written by [`AppStateMachine::export`].
+    fn import(&mut self, input: &mut dyn std::io::Read) -> Result<()>;
 }
 
 #[derive(Serialize, Deserialize)]
@@ -42,9 +47,29 @@ struct Applied<C: RaftTypeConfig> {
     membership: StoredMembership<C::NodeId, C::Node>,
 }
 
+/// The current snapshot: its meta, and the file in the group's snapshot directory that
+/// holds its data. The file is complete and synced before this record names it.
+#[derive(Serialize, Deserialize)]
+#[serde(bound = "")]
 struct StoredSnapshot<C: RaftTypeConfig> {
     meta: SnapshotMeta<C::NodeId, C::Node>,
-    data: Vec<u8>,
+    file: String,
+}
+
+/// A new file name in a snapshot directory: unique across restarts and concurrent calls.
+fn new_file(dir: &Path, suffix: &str) -> Result<(String, PathBuf)> {
+    static SEQ: AtomicU64 = AtomicU64::new(0);
+    std::fs::create_dir_all(dir)?;
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos())
+        .unwrap_or(0);
+    let name = format!(
+        "{nanos:024}-{}.{suffix}",
+        SEQ.fetch_add(1, Ordering::Relaxed)
+    );
+    let path = dir.join(&name);
+    Ok((name, path))
 }
 
 struct Inner<C: RaftTypeConfig, A> {
@@ -78,13 +103,16 @@ fn snap_err<NID: openraft::NodeId>(e: Error) -> StorageError<NID> {
 
 impl<C, A> StateMachineStore<C, A>
 where
-    C: RaftTypeConfig<Entry = Entry<C>, SnapshotData = Cursor<Vec<u8>>>,
+    C: RaftTypeConfig<Entry = Entry<C>, SnapshotData = tokio::fs::File>,
     C::R: Default,
     A: AppStateMachine<C>,
 {
     /// Opens the group's state machine; `app` must already hold the state persisted in the
     /// group's application trees.
     pub fn open(trees: GroupTrees, app: A) -> Result<Self> {
+        for k in LEGACY {
+            trees.raft.remove(k)?;
+        }
         let applied = match trees.raft.get(APPLIED)? {
             Some(v) => serde_json::from_slice(&v)?,
             None => Applied {
@@ -92,14 +120,18 @@ where
                 membership: StoredMembership::default(),
             },
         };
-        Ok(StateMachineStore {
+        let sm = StateMachineStore {
             trees,
             inner: Arc::new(Mutex::new(Inner {
                 app,
                 applied,
                 snapshot_seq: 0,
             })),
-        })
+        };
+        // Files a crash left behind: partly received, or built but never recorded.
+        let current = sm.stored_snapshot()?.map(|s| s.file);
+        sm.remove_files_except(current.as_deref())?;
+        Ok(sm)
     }
 
     /// Runs `f` on the application state machine (for reads).
@@ -127,38 +159,69 @@ where
     }
 
     fn stored_snapshot(&self) -> Result<Option<StoredSnapshot<C>>> {
-        let (Some(meta), Some(data)) = (
-            self.trees.raft.get(SNAPSHOT_META)?,
-            self.trees.raft.get(SNAPSHOT_DATA)?,
-        ) else {
-            return Ok(None);
-        };
-        Ok(Some(StoredSnapshot {
-            meta: serde_json::from_slice(&meta)?,
-            data: data.to_vec(),
-        }))
+        match self.trees.raft.get(SNAPSHOT)? {
+            Some(v) => Ok(Some(serde_json::from_slice(&v)?)),
+            None => Ok(None),
+        }
     }
 
-    /// Saves a snapshot (meta and data in one batch) and flushes it.
+    /// Makes `s` the current snapshot (its file is complete and synced), then removes the
+    /// older files.
     async fn save_snapshot(&self, s: &StoredSnapshot<C>) -> Result<()> {
-        let mut batch = sled::Batch::default();
-        batch.insert(SNAPSHOT_META, serde_json::to_vec(&s.meta)?);
-        batch.insert(SNAPSHOT_DATA, s.data.as_slice());
-        self.trees.raft.apply_batch(batch)?;
-        self.trees.flush().await
+        self.trees.raft.insert(SNAPSHOT, serde_json::to_vec(s)?)?;
+        self.trees.flush().await?;
+        self.remove_files_except(Some(&s.file))
+    }
+
+    /// Removes the group's snapshot files but `keep`. A file being sent stays readable
+    /// through its open handle.
+    fn remove_files_except(&self, keep: Option<&str>) -> Result<()> {
+        let entries = match std::fs::read_dir(&self.trees.snapshot_dir) {
+            Ok(e) => e,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+            Err(e) => return Err(e.into()),
+        };
+        for e in entries {
+            let e = e?;
+            if Some(e.file_name().to_string_lossy().as_ref()) != keep {
+                std::fs::remove_file(e.path())?;
+            }
+        }
+        Ok(())
+    }
+
+    async fn open_snapshot(&self, s: StoredSnapshot<C>) -> Result<Snapshot<C>> {
+        let file = tokio::fs::File::open(self.trees.snapshot_dir.join(&s.file)).await?;
+        Ok(Snapshot {
+            meta: s.meta,
+            snapshot: Box::new(file),
+        })
     }
 }
 
 impl<C, A> RaftSnapshotBuilder<C> for StateMachineStore<C, A>
 where
-    C: RaftTypeConfig<Entry = Entry<C>, SnapshotData = Cursor<Vec<u8>>>,
+    C: RaftTypeConfig<Entry = Entry<C>, SnapshotData = tokio::fs::File>,
     C::R: Default,
     A: AppStateMachine<C>,
 {
+    /// Streams the application's state to a new file. Applying waits meanwhile, so the file
+    /// matches the last applied log id.
     async fn build_snapshot(&mut self) -> Result<Snapshot<C>, StorageError<C::NodeId>> {
         let stored = {
             let mut inner = self.lock();
-            let data = inner.app.export().map_err(snap_err)?;
+            let (file, path) = new_file(&self.trees.snapshot_dir, "snap").map_err(snap_err)?;
+            let written = (|| {
+                let mut out = BufWriter::with_capacity(1 << 20, std::fs::File::create(&path)?);
+                inner.app.export(&mut out)?;
+                let f = out.into_inner().map_err(|e| e.into_error())?;
+                f.sync_all()?;
+                Ok::<_, Error>(())
+            })();
+            if let Err(e) = written {
+                let _ = std::fs::remove_file(&path);
+                return Err(snap_err(e));
+            }
             inner.snapshot_seq += 1;
             let last = inner.applied.last_applied.clone();
             let snapshot_id = match last {
@@ -171,20 +234,17 @@ where
                     last_membership: inner.applied.membership.clone(),
                     snapshot_id,
                 },
-                data,
+                file,
             }
         };
         self.save_snapshot(&stored).await.map_err(snap_err)?;
-        Ok(Snapshot {
-            meta: stored.meta,
-            snapshot: Box::new(Cursor::new(stored.data)),
-        })
+        self.open_snapshot(stored).await.map_err(snap_err)
     }
 }
 
 impl<C, A> RaftStateMachine<C> for StateMachineStore<C, A>
 where
-    C: RaftTypeConfig<Entry = Entry<C>, SnapshotData = Cursor<Vec<u8>>>,
+    C: RaftTypeConfig<Entry = Entry<C>, SnapshotData = tokio::fs::File>,
     C::R: Default,
     A: AppStateMachine<C>,
 {
@@ -241,10 +301,19 @@ where
         self.clone()
     }
 
+    /// A new file for chunks to be written into (removed once installed, or on restart).
     async fn begin_receiving_snapshot(
         &mut self,
     ) -> Result<Box<C::SnapshotData>, StorageError<C::NodeId>> {
-        Ok(Box::new(Cursor::new(Vec::new())))
+        let (_, path) = new_file(&self.trees.snapshot_dir, "part").map_err(snap_err)?;
+        let file = tokio::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create_new(true)
+            .open(&path)
+            .await
+            .map_err(|e| snap_err(e.into()))?;
+        Ok(Box::new(file))
     }
 
     async fn install_snapshot(
@@ -252,10 +321,29 @@ where
         meta: &SnapshotMeta<C::NodeId, C::Node>,
         snapshot: Box<C::SnapshotData>,
     ) -> Result<(), StorageError<C::NodeId>> {
-        let data = snapshot.into_inner();
+        // The received file becomes this replica's current snapshot under a new name (its
+        // own name is not known here), then the state is read from it.
+        let mut received = snapshot.into_std().await;
+        let (file, path) = new_file(&self.trees.snapshot_dir, "snap").map_err(snap_err)?;
+        let copied = (|| {
+            received.seek(SeekFrom::Start(0))?;
+            let mut out = std::fs::File::create(&path)?;
+            std::io::copy(&mut received, &mut out)?;
+            out.sync_all()?;
+            Ok::<_, Error>(())
+        })();
+        if let Err(e) = copied {
+            let _ = std::fs::remove_file(&path);
+            return Err(snap_err(e));
+        }
+        drop(received);
         {
             let mut inner = self.lock();
-            inner.app.import(&data).map_err(snap_err)?;
+            let mut input = BufReader::with_capacity(
+                1 << 20,
+                std::fs::File::open(&path).map_err(|e| snap_err(e.into()))?,
+            );
+            inner.app.import(&mut input).map_err(snap_err)?;
             inner.applied = Applied {
                 last_applied: meta.last_log_id.clone(),
                 membership: meta.last_membership.clone(),
@@ -264,7 +352,7 @@ where
         }
         let stored = StoredSnapshot::<C> {
             meta: meta.clone(),
-            data,
+            file,
         };
         self.save_snapshot(&stored).await.map_err(snap_err)
     }
@@ -272,12 +360,11 @@ where
     async fn get_current_snapshot(
         &mut self,
     ) -> Result<Option<Snapshot<C>>, StorageError<C::NodeId>> {
-        let stored = self.stored_snapshot().map_err(|e| {
-            StorageError::from(StorageIOError::read_snapshot(None, AnyError::new(&e)))
-        })?;
-        Ok(stored.map(|s| Snapshot {
-            meta: s.meta,
-            snapshot: Box::new(Cursor::new(s.data)),
-        }))
+        let read_err =
+            |e: Error| StorageError::from(StorageIOError::read_snapshot(None, AnyError::new(&e)));
+        match self.stored_snapshot().map_err(read_err)? {
+            Some(s) => Ok(Some(self.open_snapshot(s).await.map_err(read_err)?)),
+            None => Ok(None),
+        }
     }
 }

@@ -46,7 +46,7 @@ pub trait GroupHandler: Send + Sync + 'static {
 
 impl<C> GroupHandler for Raft<C>
 where
-    C: RaftTypeConfig<NodeId = u64, Node = BasicNode, SnapshotData = std::io::Cursor<Vec<u8>>>,
+    C: RaftTypeConfig<NodeId = u64, Node = BasicNode, SnapshotData = tokio::fs::File>,
     C::D: Serialize + DeserializeOwned,
     C::R: Serialize + DeserializeOwned,
     C::Entry: Serialize + DeserializeOwned,
