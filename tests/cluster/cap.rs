@@ -1,14 +1,14 @@
 //! The per-state-machine concurrency cap holds across the cluster, not per node: with
 //! executions spread over every node's shards, no more than the cap run at once.
 
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use serde_json::{json, Value};
+use serde_json::json;
 use trellis_testkit::{pb, Cluster, Options};
 
-use crate::workload::{self, retry, Pool, ROLE};
+use crate::workload::{self, retry, Hold, Pool, ROLE};
 
 const CAP: usize = 2;
 const EXECUTIONS: u64 = 12;
@@ -66,55 +66,13 @@ async fn the_cap_is_cluster_wide() {
 
     // Workers on every node hold each task for a while and count how many they hold at once:
     // a task is held only while its execution runs.
-    let held = Arc::new(AtomicUsize::new(0));
-    let most = Arc::new(AtomicUsize::new(0));
-    let done = Arc::new(AtomicUsize::new(0));
-    let workers: Vec<_> = (0..6)
-        .map(|w| {
-            let (pool, activity) = (pool.clone(), activity.clone());
-            let (held, most, done) = (held.clone(), most.clone(), done.clone());
-            tokio::spawn(async move {
-                while done.load(Ordering::SeqCst) < EXECUTIONS as usize {
-                    let Some(mut c) = pool.client().await else {
-                        tokio::time::sleep(Duration::from_millis(100)).await;
-                        continue;
-                    };
-                    let poll = c.activities.get_activity_task(pb::GetActivityTaskRequest {
-                        activity_arn: activity.clone(),
-                        worker_name: format!("w{w}"),
-                    });
-                    let task = match tokio::time::timeout(Duration::from_secs(5), poll).await {
-                        Ok(Ok(t)) if !t.get_ref().task_token.is_empty() => t.into_inner(),
-                        _ => continue,
-                    };
-                    let now = held.fetch_add(1, Ordering::SeqCst) + 1;
-                    most.fetch_max(now, Ordering::SeqCst);
-                    tokio::time::sleep(Duration::from_millis(500)).await;
-                    held.fetch_sub(1, Ordering::SeqCst);
-                    let input: Value = serde_json::from_str(&task.input).unwrap();
-                    let output =
-                        json!({"n": input["n"], "double": 2 * input["n"].as_u64().unwrap()})
-                            .to_string();
-                    let token = task.task_token.clone();
-                    retry(&pool, Duration::from_secs(60), |mut c| {
-                        let (token, output) = (token.clone(), output.clone());
-                        async move {
-                            c.activities
-                                .send_task_success(pb::SendTaskSuccessRequest {
-                                    task_token: token,
-                                    output,
-                                })
-                                .await
-                                .map(drop)
-                        }
-                    })
-                    .await
-                    .expect("answer");
-                    done.fetch_add(1, Ordering::SeqCst);
-                }
-            })
-        })
-        .collect();
+    let hold = Hold {
+        time: Duration::from_millis(500),
+        now: Default::default(),
+        most: Default::default(),
+    };
+    let stop = Arc::new(AtomicBool::new(false));
+    let workers = workload::workers_holding(&pool, &activity, 6, stop.clone(), Some(hold.clone()));
 
     workload::start_all(&pool, &machine, "c", 0..EXECUTIONS, 12)
         .await
@@ -130,10 +88,12 @@ async fn the_cap_is_cluster_wide() {
     workload::verify(&pool, &machine, "c", 0..EXECUTIONS)
         .await
         .unwrap_or_else(|e| panic!("{e}\n{}", c.logs()));
+    stop.store(true, Ordering::Relaxed);
     for w in workers {
-        w.await.expect("worker");
+        // Idle workers sit in a long poll: nothing more to wait for.
+        w.abort();
     }
-    let most = most.load(Ordering::SeqCst);
+    let most = hold.most.load(Ordering::SeqCst);
     assert!(
         most <= CAP,
         "{most} executions ran at once; the cap is {CAP}"

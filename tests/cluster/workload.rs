@@ -182,11 +182,31 @@ pub fn workers(
     count: usize,
     stop: Arc<AtomicBool>,
 ) -> Vec<tokio::task::JoinHandle<u64>> {
+    workers_holding(pool, activity, count, stop, None)
+}
+
+/// How long workers hold each task before answering, and how many they hold at once.
+#[derive(Clone)]
+pub struct Hold {
+    pub time: Duration,
+    pub now: Arc<AtomicUsize>,
+    pub most: Arc<AtomicUsize>,
+}
+
+/// [`workers`] that hold each task for a while, counting how many they hold at once.
+pub fn workers_holding(
+    pool: &Pool,
+    activity: &str,
+    count: usize,
+    stop: Arc<AtomicBool>,
+    hold: Option<Hold>,
+) -> Vec<tokio::task::JoinHandle<u64>> {
     (0..count)
         .map(|w| {
             let pool = pool.clone();
             let activity = activity.to_string();
             let stop = stop.clone();
+            let hold = hold.clone();
             tokio::spawn(async move {
                 let mut answered = 0u64;
                 while !stop.load(Ordering::Relaxed) {
@@ -206,6 +226,12 @@ pub fn workers(
                     };
                     if task.task_token.is_empty() {
                         continue;
+                    }
+                    if let Some(h) = &hold {
+                        let now = h.now.fetch_add(1, Ordering::SeqCst) + 1;
+                        h.most.fetch_max(now, Ordering::SeqCst);
+                        tokio::time::sleep(h.time).await;
+                        h.now.fetch_sub(1, Ordering::SeqCst);
                     }
                     let input: Value = serde_json::from_str(&task.input).unwrap();
                     let n = input["n"].as_u64().unwrap();
