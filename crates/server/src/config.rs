@@ -171,6 +171,20 @@ impl NodeSection {
             &self.advertise_addr
         }
     }
+
+    /// The AWS API address shown to operators: the HTTP address, with the advertised host
+    /// in place of a wildcard one (`0.0.0.0:8083` on `trellis-0.trellis` is
+    /// `trellis-0.trellis:8083`).
+    pub fn advertised_http(&self) -> String {
+        let Some((host, port)) = self.http_addr.rsplit_once(':') else {
+            return self.http_addr.clone();
+        };
+        let wildcard = matches!(host, "0.0.0.0" | "[::]" | "::" | "");
+        match self.advertise_addr.rsplit_once(':') {
+            Some((adv, _)) if wildcard => format!("{adv}:{port}"),
+            _ => self.http_addr.clone(),
+        }
+    }
 }
 
 impl ClusterSection {
@@ -299,6 +313,21 @@ mod tests {
             ..Default::default()
         };
         assert_eq!(c.join_addrs("b:2"), vec!["a:1", "c:3"]);
+    }
+
+    #[test]
+    fn a_wildcard_http_address_is_shown_with_the_advertised_host() {
+        let mut n = NodeSection {
+            http_addr: "0.0.0.0:8083".into(),
+            advertise_addr: "trellis-0.trellis:7300".into(),
+            ..Default::default()
+        };
+        assert_eq!(n.advertised_http(), "trellis-0.trellis:8083");
+        n.http_addr = "10.0.0.5:8083".into();
+        assert_eq!(n.advertised_http(), "10.0.0.5:8083");
+        n.http_addr = "0.0.0.0:8083".into();
+        n.advertise_addr.clear();
+        assert_eq!(n.advertised_http(), "0.0.0.0:8083");
     }
 
     #[test]

@@ -50,7 +50,7 @@ impl Node {
         NodeRecord {
             id: self.id(),
             grpc_addr: self.cfg.node.advertised().to_string(),
-            http_addr: self.cfg.node.http_addr.clone(),
+            http_addr: self.cfg.node.advertised_http(),
             zone: self.cfg.node.zone.clone(),
             state: NodeState::Up,
         }
