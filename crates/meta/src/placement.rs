@@ -127,6 +127,8 @@ pub struct ShardView {
     pub replicas: Vec<u64>,
     pub learners: Vec<u64>,
     pub leader: Option<u64>,
+    /// A step for this shard is in flight (the driver's own bookkeeping).
+    pub moving: bool,
 }
 
 /// One placement step.
@@ -158,7 +160,9 @@ impl Step {
 /// (and missing replicas), then replica counts, then leader counts, balanced to ±1 over the
 /// nodes that can take them. At most `budget` steps, at most one per shard, none for a shard
 /// that is already changing. A replica is never moved off a leader: its leadership moves
-/// first.
+/// first. Leader counts are balanced only once they are known and still: while a shard has
+/// no leader (an election) or a step is in flight, the counts would be out of date and
+/// balancing them would move leaders back and forth.
 pub fn plan(nodes: &[NodeView], shards: &[ShardView], rf: usize, budget: usize) -> Vec<Step> {
     let usable: Vec<&NodeView> = nodes
         .iter()
@@ -178,6 +182,18 @@ pub fn plan(nodes: &[NodeView], shards: &[ShardView], rf: usize, budget: usize) 
             .map(|n| n.zone.as_str())
             .unwrap_or("")
     };
+    // A transfer mutes the old leader, so the other live replicas must make a quorum on
+    // their own: otherwise the target cannot win its election and the shard waits out the
+    // transfer's guard without a leader.
+    let alive = |id: u64| nodes.iter().any(|n| n.id == id && n.alive && !n.down);
+    let can_transfer = |s: &ShardView, from: u64| {
+        let others = s
+            .replicas
+            .iter()
+            .filter(|r| **r != from && alive(**r))
+            .count();
+        others > s.replicas.len() / 2
+    };
     let rf = rf.min(usable.len()).max(1);
     let mut replicas: std::collections::BTreeMap<u64, usize> =
         usable.iter().map(|n| (n.id, 0)).collect();
@@ -195,7 +211,7 @@ pub fn plan(nodes: &[NodeView], shards: &[ShardView], rf: usize, budget: usize) 
     let mut steps = Vec::new();
     let mut busy: Vec<u32> = shards
         .iter()
-        .filter(|s| !s.learners.is_empty())
+        .filter(|s| !s.learners.is_empty() || s.moving)
         .map(|s| s.id)
         .collect();
     // The least loaded usable node that can take a replica of `s`, preferring new zones.
@@ -230,12 +246,12 @@ pub fn plan(nodes: &[NodeView], shards: &[ShardView], rf: usize, budget: usize) 
         // Leadership leaves a draining leader before its replica does.
         if let (Some(from), Some(l)) = (off, s.leader) {
             if from == l {
-                if let Some(to) = good
+                let to = good
                     .iter()
                     .copied()
                     .filter(|r| is_usable(*r))
-                    .min_by_key(|r| leaders.get(r).copied().unwrap_or(0))
-                {
+                    .min_by_key(|r| leaders.get(r).copied().unwrap_or(0));
+                if let (Some(to), true) = (to, can_transfer(s, l)) {
                     steps.push(Step::TransferLeader {
                         shard: s.id,
                         from,
@@ -310,7 +326,7 @@ pub fn plan(nodes: &[NodeView], shards: &[ShardView], rf: usize, budget: usize) 
             return steps;
         }
         let Some(l) = s.leader else { continue };
-        if busy.contains(&s.id) || is_usable(l) {
+        if busy.contains(&s.id) || is_usable(l) || !can_transfer(s, l) {
             continue;
         }
         if let Some(to) = s
@@ -329,7 +345,8 @@ pub fn plan(nodes: &[NodeView], shards: &[ShardView], rf: usize, budget: usize) 
             busy.push(s.id);
         }
     }
-    while steps.len() < budget {
+    let settled = shards.iter().all(|s| s.leader.is_some() && !s.moving);
+    while settled && steps.len() < budget {
         let (Some((&max, &hi)), Some((&min, &lo))) = (
             leaders
                 .iter()
@@ -341,10 +358,12 @@ pub fn plan(nodes: &[NodeView], shards: &[ShardView], rf: usize, budget: usize) 
         if hi <= lo + 1 {
             break;
         }
-        let Some(s) = shards
-            .iter()
-            .find(|s| !busy.contains(&s.id) && s.leader == Some(max) && s.replicas.contains(&min))
-        else {
+        let Some(s) = shards.iter().find(|s| {
+            !busy.contains(&s.id)
+                && s.leader == Some(max)
+                && s.replicas.contains(&min)
+                && can_transfer(s, max)
+        }) else {
             break;
         };
         *leaders.entry(max).or_default() -= 1;
@@ -496,8 +515,72 @@ mod tests {
                 leader: s.replicas.first().copied(),
                 replicas: s.replicas,
                 learners: vec![],
+                moving: false,
             })
             .collect()
+    }
+
+    #[test]
+    fn leaders_are_balanced_only_once_their_counts_are_still() {
+        let recs: Vec<_> = (1..=3).map(|i| node(i, "")).collect();
+        let mut shards = shards_on(&recs, 12);
+        // Node 1 leads everything: unbalanced.
+        for s in shards.iter_mut() {
+            s.leader = Some(1);
+        }
+        let nodes: Vec<_> = (1..=3).map(view).collect();
+        let transfers = |shards: &[ShardView]| {
+            plan(&nodes, shards, 3, 4)
+                .into_iter()
+                .filter(|s| matches!(s, Step::TransferLeader { .. }))
+                .count()
+        };
+        assert_eq!(transfers(&shards), 4);
+        // An election under way: the counts are not known.
+        shards[0].leader = None;
+        assert_eq!(transfers(&shards), 0);
+        shards[0].leader = Some(1);
+        // A transfer in flight: the counts are about to change.
+        shards[5].moving = true;
+        assert_eq!(transfers(&shards), 0);
+        shards[5].moving = false;
+        let mut nodes_shards = shards.clone();
+        converge(&nodes, &mut nodes_shards);
+        let (_, l) = counts(&nodes_shards, &[1, 2, 3]);
+        assert_eq!(l, vec![4, 4, 4]);
+    }
+
+    #[test]
+    fn no_transfer_that_cannot_win_an_election() {
+        // Five replicas, two of them dead: without the (muted) old leader only two live
+        // replicas remain, short of the three votes the target needs.
+        let recs: Vec<_> = (1..=5).map(|i| node(i, "")).collect();
+        let shards: Vec<ShardView> = initial(6, &recs, 5)
+            .into_iter()
+            .map(|s| ShardView {
+                id: s.id,
+                leader: Some(1),
+                replicas: s.replicas,
+                learners: vec![],
+                moving: false,
+            })
+            .collect();
+        let mut nodes: Vec<_> = (1..=5).map(view).collect();
+        for n in &mut nodes[3..] {
+            n.alive = false;
+        }
+        let steps = plan(&nodes, &shards, 5, 10);
+        assert!(
+            steps
+                .iter()
+                .all(|s| !matches!(s, Step::TransferLeader { .. })),
+            "{steps:?}"
+        );
+        // With one of them back, three live replicas besides the leader: transfers again.
+        nodes[3].alive = true;
+        assert!(plan(&nodes, &shards, 5, 10)
+            .iter()
+            .any(|s| matches!(s, Step::TransferLeader { .. })));
     }
 
     #[test]

@@ -44,6 +44,7 @@ impl Node {
             return Ok(Vec::new());
         }
         let shards = self.shard_views(false).await?.shards;
+        let moving = self.moving().clone();
         let shard_views: Vec<ShardView> = map
             .iter()
             .map(|s| ShardView {
@@ -55,20 +56,16 @@ impl Node {
                     .find(|x| x.id == s.id)
                     .map(|x| x.leader)
                     .filter(|l| *l != 0),
+                moving: moving.contains(&s.id),
             })
             .collect();
-        let in_flight = self.moving().len();
-        let budget = BUDGET.saturating_sub(in_flight);
-        let steps: Vec<Step> = placement::plan(
+        let budget = BUDGET.saturating_sub(moving.len());
+        Ok(placement::plan(
             &views,
             &shard_views,
             self.cfg.cluster.replication_factor as usize,
             budget,
-        )
-        .into_iter()
-        .filter(|s| !self.moving().contains(&s.shard()))
-        .collect();
-        Ok(steps)
+        ))
     }
 
     /// The nodes with their liveness as this (meta leader) node sees it.
