@@ -50,17 +50,28 @@ wait_for() {
   echo "ok: $what"
 }
 
-healthy() { ctl "$1" cluster status | grep -q '^health HEALTHY .*' && ctl "$1" cluster status | grep -q 'leaderless: none'; }
-serves() { ctl "$1" exec start arn:aws:states:us-east-1:000000000000:stateMachine:hello --input '{}' --wait | grep -q '^SUCCEEDED'; }
+# Outputs are read whole before they are searched: an early-closing reader would kill the
+# writer with SIGPIPE, which pipefail turns into a failure.
+healthy() {
+  local s
+  s=$(ctl "$1" cluster status) && grep -q '^health HEALTHY ' <<<"$s" && grep -q 'leaderless: none' <<<"$s"
+}
+serves() {
+  local s
+  s=$(ctl "$1" exec start arn:aws:states:us-east-1:000000000000:stateMachine:hello --input '{}' --wait) &&
+    grep -q '^SUCCEEDED' <<<"$s"
+}
 leaders_on() {
   # every shard's leader is one of the given node ids
   local view=$1; shift
-  ctl "$view" shards list --json | python3 -c '
+  local s
+  s=$(ctl "$view" shards list --json) || return 1
+  python3 -c '
 import json, sys
 ok = set(int(a) for a in sys.argv[1:])
 shards = json.load(sys.stdin)
 shards = shards.get("shards", shards) if isinstance(shards, dict) else shards
-sys.exit(0 if shards and all(s.get("leader") in ok for s in shards) else 1)' "$@"
+sys.exit(0 if shards and all(s.get("leader") in ok for s in shards) else 1)' "$@" <<<"$s"
 }
 
 start() {
@@ -97,7 +108,7 @@ wait_for 30 "leaders on nodes 1 and 2" leaders_on trellis-0 1 2
 wait_for 30 "an execution through trellis-1" serves trellis-1
 docker network connect --alias trellis-2.trellis "$NET" trellis-2
 wait_for 60 "healthy after reconnecting" healthy trellis-2
-ctl trellis-2 shards list | head -5
+ctl trellis-2 shards list
 
 say "rolling restart"
 for n in "${NODES[@]}"; do
