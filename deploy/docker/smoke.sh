@@ -18,8 +18,17 @@ NET=trellis-smoke
 NODES=(trellis-0 trellis-1 trellis-2)
 
 say() { printf '\n== %s\n' "$*"; }
-fail() { echo "smoke: $*" >&2; for n in "${NODES[@]}"; do echo "--- $n" >&2; docker logs --tail 30 "$n" >&2 || true; done; exit 1; }
-cleanup() { docker rm -f "${NODES[@]}" >/dev/null 2>&1 || true; docker network rm "$NET" >/dev/null 2>&1 || true; rm -rf "$STAGE"; }
+fail() {
+  echo "smoke: $*" >&2
+  for n in "${NODES[@]}"; do
+    echo "--- $n" >&2
+    docker exec "$n" /trellisctl --endpoint http://127.0.0.1:7300 cluster status >&2 2>&1 || true
+    # Replication errors towards a stopped node drown everything else.
+    docker logs "$n" 2>&1 | grep -v 'openraft::replication' | tail -40 >&2 || true
+  done
+  exit 1
+}
+cleanup() { docker rm -f -v "${NODES[@]}" >/dev/null 2>&1 || true; docker network rm "$NET" >/dev/null 2>&1 || true; rm -rf "$STAGE"; }
 STAGE=$(mktemp -d)
 trap cleanup EXIT
 
@@ -76,14 +85,16 @@ sys.exit(0 if shards and all(s.get("leader") in ok for s in shards) else 1)' "$@
 
 start() {
   local n=$1
+  # /data on a volume, as on Kubernetes (a PersistentVolume), not on the container's
+  # overlay file system, where fsyncs can be very slow.
   docker run -d --name "$n" --hostname "$n" --network "$NET" --network-alias "$n.trellis" \
-    "$IMAGE" server --id-from-hostname --data-dir /data --shards 16 \
+    --volume /data "$IMAGE" server --id-from-hostname --data-dir /data --shards 16 \
     --grpc-addr 0.0.0.0:7300 --http-addr 0.0.0.0:8083 \
     --advertise-addr "$n.trellis:7300" --join trellis-0.trellis:7300 --bootstrap-expect 3 >/dev/null
 }
 
 say "three nodes"
-docker rm -f "${NODES[@]}" >/dev/null 2>&1 || true
+docker rm -f -v "${NODES[@]}" >/dev/null 2>&1 || true
 docker network rm "$NET" >/dev/null 2>&1 || true
 docker network create "$NET" >/dev/null
 for n in "${NODES[@]}"; do start "$n"; done
