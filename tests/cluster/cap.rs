@@ -26,16 +26,7 @@ async fn the_cap_is_cluster_wide() {
         .await
         .unwrap_or_else(|e| panic!("{e}\n{}", c.logs()));
     let pool = Pool::of(&c);
-    let activity = retry(&pool, Duration::from_secs(30), |mut c| async move {
-        c.activities
-            .create_activity(pb::CreateActivityRequest {
-                name: "capped-work".into(),
-            })
-            .await
-            .map(|r| r.into_inner().activity_arn)
-    })
-    .await
-    .expect("activity");
+    let activity = workload::create_activity(&pool, "capped-work").await;
     let def = json!({
         "StartAt": "Work",
         "States": {

@@ -105,16 +105,7 @@ pub const ROLE: &str = "arn:aws:iam::000000000000:role/test";
 /// timeout and retries only recover hand-outs lost with a killed node (a task handed to a
 /// worker whose reply died with the node is lost, as on AWS).
 pub async fn setup(pool: &Pool, name: &str) -> (String, String) {
-    let activity = retry(pool, Duration::from_secs(30), |mut c| async move {
-        c.activities
-            .create_activity(pb::CreateActivityRequest {
-                name: format!("{name}-work"),
-            })
-            .await
-            .map(|r| r.into_inner().activity_arn)
-    })
-    .await
-    .expect("create activity");
+    let activity = create_activity(pool, &format!("{name}-work")).await;
     let def = json!({
         "StartAt": "Work",
         "States": {
@@ -143,6 +134,18 @@ pub async fn setup(pool: &Pool, name: &str) -> (String, String) {
     .await
     .expect("create machine");
     (activity, machine)
+}
+
+/// Creates an activity through some node; returns its ARN.
+pub async fn create_activity(pool: &Pool, name: &str) -> String {
+    retry(pool, Duration::from_secs(30), |mut c| async move {
+        c.activities
+            .create_activity(pb::CreateActivityRequest { name: name.into() })
+            .await
+            .map(|r| r.into_inner().activity_arn)
+    })
+    .await
+    .expect("create activity")
 }
 
 /// A machine without tasks: Wait 1 s, then a Pass that makes the same output the workers

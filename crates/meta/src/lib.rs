@@ -196,15 +196,7 @@ impl AppStateMachine<MetaConfig> for MetaApp {
     }
 
     fn import(&mut self, input: &mut dyn std::io::Read) -> trellis_storage::Result<()> {
-        for (_, tree) in &self.tables {
-            tree.clear()?;
-        }
-        trellis_storage::import_trees(input, |name| {
-            self.tables
-                .iter()
-                .find(|(t, _)| t.name() == name)
-                .map(|(_, tree)| tree.clone())
-        })
+        trellis_storage::import_trees(input, self.tables.iter().map(|(t, tree)| (t.name(), tree)))
     }
 }
 

@@ -166,7 +166,6 @@ pub struct Node {
     connectors: NodeConnectors,
     express_seq: std::sync::atomic::AtomicU64,
     admission: crate::cluster::admission::Admission,
-    finished_tx: tokio::sync::mpsc::UnboundedSender<trellis_shard::executor::Finished>,
     /// Shard -> the node that last served it as leader.
     leaders: std::sync::Mutex<HashMap<u32, u64>>,
     stopping: std::sync::atomic::AtomicBool,
@@ -188,7 +187,6 @@ impl Node {
         let meta = Meta::open(&db, cfg.node.id, transport.network(0)).await?;
         transport.register(0, Arc::new(meta.raft.clone()));
         let connectors = NodeConnectors::new(cfg.functions.clone());
-        let (finished_tx, mut finished_rx) = tokio::sync::mpsc::unbounded_channel();
         let node = Arc::new(Node {
             cfg,
             db,
@@ -199,7 +197,6 @@ impl Node {
             connectors,
             express_seq: Default::default(),
             admission: Default::default(),
-            finished_tx,
             leaders: Default::default(),
             stopping: Default::default(),
             bootstrapped: Default::default(),
@@ -209,14 +206,6 @@ impl Node {
         });
         let _ = node.this.set(Arc::downgrade(&node));
         node.connectors.bind(Arc::downgrade(&node));
-        let weak = Arc::downgrade(&node);
-        tokio::spawn(async move {
-            // A capped execution ended: its slot may go to a queued one.
-            while finished_rx.recv().await.is_some() {
-                let Some(node) = weak.upgrade() else { return };
-                node.kick_admission();
-            }
-        });
         node.spawn_admission();
         Ok(node)
     }
@@ -275,20 +264,8 @@ impl Node {
         &self.connectors
     }
 
-    pub(crate) fn finished_sender(
-        &self,
-    ) -> tokio::sync::mpsc::UnboundedSender<trellis_shard::executor::Finished> {
-        self.finished_tx.clone()
-    }
-
     pub(crate) fn meta_applied(&self) -> u64 {
         self.meta.applied()
-    }
-
-    /// Called when this node starts leading `shard`: its queued executions may be
-    /// admissible.
-    pub(crate) fn on_leading(&self, _shard: u32) {
-        self.kick_admission();
     }
 
     pub(crate) fn admission(&self) -> &crate::cluster::admission::Admission {

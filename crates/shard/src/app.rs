@@ -244,7 +244,7 @@ impl ShardApp {
     }
 }
 
-/// Snapshot format: for each tree, its name, then its key/value pairs, length-prefixed.
+/// Snapshots hold every tree, in `trellis_storage::export_trees`'s format.
 impl AppStateMachine<ShardConfig> for ShardApp {
     fn apply(
         &mut self,
@@ -263,14 +263,6 @@ impl AppStateMachine<ShardConfig> for ShardApp {
     }
 
     fn import(&mut self, input: &mut dyn std::io::Read) -> trellis_storage::Result<()> {
-        for (_, tree) in &self.all {
-            tree.clear()?;
-        }
-        trellis_storage::import_trees(input, |name| {
-            self.all
-                .iter()
-                .find(|(n, _)| *n == name)
-                .map(|(_, t)| t.clone())
-        })
+        trellis_storage::import_trees(input, self.all.iter().map(|(n, t)| (&**n, t)))
     }
 }

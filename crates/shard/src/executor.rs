@@ -180,15 +180,6 @@ pub struct CappedMachine {
     pub queued: Vec<(i64, String)>,
 }
 
-/// A capped execution ended.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Finished {
-    pub state_machine_arn: String,
-    pub execution_arn: String,
-    /// It ran (was admitted) rather than being stopped while queued.
-    pub ran: bool,
-}
-
 /// How a run is controlled from outside.
 #[derive(Debug, Clone)]
 pub enum Control {
@@ -406,8 +397,8 @@ pub struct Executor {
     next_id: u64,
     /// This executor's share of the node's activity backlog gauge.
     backlog: u64,
-    /// Told of every capped execution that ends.
-    on_finish: Option<mpsc::UnboundedSender<Finished>>,
+    /// Notified when a capped execution ends.
+    on_capped_end: Option<Arc<Notify>>,
     /// When each connector task was last dispatched: (execution, task) -> epoch ms.
     dispatched: HashMap<(u64, u64), i64>,
     // Per batch.
@@ -434,7 +425,7 @@ impl Executor {
         let mut ex = Executor {
             next_id: app.next_exec_id()?,
             backlog: 0,
-            on_finish: None,
+            on_capped_end: None,
             dispatched: HashMap::new(),
             cfg,
             app: app.clone(),
@@ -464,10 +455,10 @@ impl Executor {
         ))
     }
 
-    /// Reports every capped execution that ends on `tx`, after the entry that ends it
-    /// commits.
-    pub fn on_finish(mut self, tx: mpsc::UnboundedSender<Finished>) -> Self {
-        self.on_finish = Some(tx);
+    /// Notifies `ended` whenever a capped execution ends, after the entry that ends it
+    /// commits (its slot under the cap is free).
+    pub fn on_capped_end(mut self, ended: Arc<Notify>) -> Self {
+        self.on_capped_end = Some(ended);
         self
     }
 
@@ -1301,12 +1292,8 @@ impl Executor {
             {
                 if let Some(l) = self.live.remove(&id) {
                     self.by_arn.remove(&l.rec.arn);
-                    if let (true, Some(tx)) = (l.rec.capped, &self.on_finish) {
-                        let _ = tx.send(Finished {
-                            state_machine_arn: l.rec.state_machine_arn.clone(),
-                            execution_arn: l.rec.arn.clone(),
-                            ran: l.exec.status() != trellis_asl::ExecStatus::NotStarted,
-                        });
+                    if let (true, Some(ended)) = (l.rec.capped, &self.on_capped_end) {
+                        ended.notify_one();
                     }
                 }
             }

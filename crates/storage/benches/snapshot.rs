@@ -35,7 +35,7 @@ fn snapshot(c: &mut Criterion) {
     g.bench_function(format!("import {ENTRIES}x{VALUE}B"), |b| {
         b.iter(|| {
             let mut input = BufReader::with_capacity(1 << 20, std::fs::File::open(&file).unwrap());
-            import_trees(&mut input, |_| Some(into.clone())).unwrap();
+            import_trees(&mut input, [("executions", &into)]).unwrap();
         })
     });
     g.finish();

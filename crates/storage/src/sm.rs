@@ -72,6 +72,25 @@ fn new_file(dir: &Path, suffix: &str) -> Result<(String, PathBuf)> {
     Ok((name, path))
 }
 
+/// Writes a new snapshot file in `dir` through a 1 MiB buffer and syncs it; on failure the
+/// file is removed. Returns its name.
+fn write_snapshot_file(
+    dir: &Path,
+    write: impl FnOnce(&mut dyn std::io::Write) -> Result<()>,
+) -> Result<String> {
+    let (name, path) = new_file(dir, "snap")?;
+    let written = (|| {
+        let mut out = BufWriter::with_capacity(1 << 20, std::fs::File::create(&path)?);
+        write(&mut out)?;
+        out.into_inner().map_err(|e| e.into_error())?.sync_all()?;
+        Ok(())
+    })();
+    if written.is_err() {
+        let _ = std::fs::remove_file(&path);
+    }
+    written.map(|()| name)
+}
+
 struct Inner<C: RaftTypeConfig, A> {
     app: A,
     applied: Applied<C>,
@@ -210,18 +229,8 @@ where
     async fn build_snapshot(&mut self) -> Result<Snapshot<C>, StorageError<C::NodeId>> {
         let stored = {
             let mut inner = self.lock();
-            let (file, path) = new_file(&self.trees.snapshot_dir, "snap").map_err(snap_err)?;
-            let written = (|| {
-                let mut out = BufWriter::with_capacity(1 << 20, std::fs::File::create(&path)?);
-                inner.app.export(&mut out)?;
-                let f = out.into_inner().map_err(|e| e.into_error())?;
-                f.sync_all()?;
-                Ok::<_, Error>(())
-            })();
-            if let Err(e) = written {
-                let _ = std::fs::remove_file(&path);
-                return Err(snap_err(e));
-            }
+            let file = write_snapshot_file(&self.trees.snapshot_dir, |out| inner.app.export(out))
+                .map_err(snap_err)?;
             inner.snapshot_seq += 1;
             let last = inner.applied.last_applied.clone();
             let snapshot_id = match last {
@@ -324,19 +333,14 @@ where
         // The received file becomes this replica's current snapshot under a new name (its
         // own name is not known here), then the state is read from it.
         let mut received = snapshot.into_std().await;
-        let (file, path) = new_file(&self.trees.snapshot_dir, "snap").map_err(snap_err)?;
-        let copied = (|| {
+        let file = write_snapshot_file(&self.trees.snapshot_dir, |out| {
             received.seek(SeekFrom::Start(0))?;
-            let mut out = std::fs::File::create(&path)?;
-            std::io::copy(&mut received, &mut out)?;
-            out.sync_all()?;
-            Ok::<_, Error>(())
-        })();
-        if let Err(e) = copied {
-            let _ = std::fs::remove_file(&path);
-            return Err(snap_err(e));
-        }
+            std::io::copy(&mut received, out)?;
+            Ok(())
+        })
+        .map_err(snap_err)?;
         drop(received);
+        let path = self.trees.snapshot_dir.join(&file);
         {
             let mut inner = self.lock();
             let mut input = BufReader::with_capacity(

@@ -58,9 +58,17 @@ pub fn export_trees<'a>(
     Ok(())
 }
 
-/// Reads what [`export_trees`] wrote into the trees `tree` names. Every named tree is
-/// cleared first; a name `tree` does not know is an error.
-pub fn import_trees(input: &mut dyn Read, tree: impl Fn(&str) -> Option<sled::Tree>) -> Result<()> {
+/// Replaces the contents of `trees` with what [`export_trees`] wrote: every one of them is
+/// cleared first (a tree the snapshot does not name ends empty); a tree the snapshot names
+/// that is not among `trees` is an error.
+pub fn import_trees<'a>(
+    input: &mut dyn Read,
+    trees: impl IntoIterator<Item = (&'a str, &'a sled::Tree)>,
+) -> Result<()> {
+    let trees: Vec<(&str, &sled::Tree)> = trees.into_iter().collect();
+    for (_, t) in &trees {
+        t.clear()?;
+    }
     loop {
         // The end of the stream is allowed only between trees.
         let mut len = [0u8; 8];
@@ -80,9 +88,11 @@ pub fn import_trees(input: &mut dyn Read, tree: impl Fn(&str) -> Option<sled::Tr
             return Err(Error::Corrupt("truncated snapshot".into()));
         }
         let name = String::from_utf8_lossy(&name).into_owned();
-        let t = tree(&name)
+        let t = trees
+            .iter()
+            .find(|(n, _)| *n == name)
+            .map(|(_, t)| *t)
             .ok_or_else(|| Error::Corrupt(format!("snapshot of an unknown tree '{name}'")))?;
-        t.clear()?;
         let mut batch = sled::Batch::default();
         let mut pending = 0;
         loop {
@@ -127,11 +137,7 @@ mod tests {
         let copy = sled::Config::new().temporary(true).open().unwrap();
         let (ca, cb) = (copy.open_tree("a").unwrap(), copy.open_tree("b").unwrap());
         cb.insert("stale", "x").unwrap();
-        let named = |n: &str| match n {
-            "a" => Some(ca.clone()),
-            "b" => Some(cb.clone()),
-            _ => None,
-        };
+        let named = [("a", &ca), ("b", &cb)];
         import_trees(&mut out.as_slice(), named).unwrap();
         assert_eq!(ca.len(), 10_000);
         assert!(ca
@@ -147,7 +153,7 @@ mod tests {
             let e = import_trees(&mut &out[..cut], named).unwrap_err();
             assert!(e.to_string().contains("truncated"), "{cut}: {e}");
         }
-        let e = import_trees(&mut out.as_slice(), |_| None).unwrap_err();
+        let e = import_trees(&mut out.as_slice(), [("b", &cb)]).unwrap_err();
         assert!(e.to_string().contains("unknown tree"), "{e}");
     }
 }

@@ -52,7 +52,7 @@ impl AppStateMachine<Kv> for KvApp {
     }
 
     fn import(&mut self, input: &mut dyn std::io::Read) -> trellis_storage::Result<()> {
-        trellis_storage::import_trees(input, |n| (n == "kv").then(|| self.tree.clone()))
+        trellis_storage::import_trees(input, [("kv", &self.tree)])
     }
 }
 

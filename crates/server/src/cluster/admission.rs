@@ -68,10 +68,24 @@ impl Node {
         self.admission().kick.notify_one();
     }
 
+    /// What [`Node::kick_admission`] notifies, for executors to signal ends with.
+    pub(crate) fn admission_kick(&self) -> Arc<tokio::sync::Notify> {
+        self.admission().kick.clone()
+    }
+
     /// Asks the meta leader for an admission round and waits (bounded) until it has run.
     pub(crate) async fn admit_now(&self) {
-        let kick = rpb::AdmissionKick { wait: true };
-        let r = tokio::time::timeout(START_WAIT, async {
+        if !self.send_kick(true, START_WAIT).await {
+            // The timer round admits it later.
+            tracing::debug!(node_id = self.id(), "admission round not confirmed");
+        }
+    }
+
+    /// Asks the meta leader (this node or another) for a round, waiting for it with `wait`.
+    /// Whether it was delivered within `limit`.
+    async fn send_kick(&self, wait: bool, limit: Duration) -> bool {
+        let kick = rpb::AdmissionKick { wait };
+        let sent = tokio::time::timeout(limit, async {
             match self.meta.leader() {
                 Some(l) if l == self.id() => self.admission_kick_here(kick).await,
                 Some(l) => self
@@ -82,10 +96,7 @@ impl Node {
             }
         })
         .await;
-        if !matches!(r, Ok(Ok(()))) {
-            // The timer round admits it later.
-            tracing::debug!(node_id = self.id(), "admission round not confirmed");
-        }
+        matches!(sent, Ok(Ok(())))
     }
 
     /// On the meta leader: starts a round; with `wait`, returns once a round that began
@@ -155,20 +166,8 @@ impl Node {
                     continue;
                 }
                 let Some(node) = weak.upgrade() else { return };
-                match node.meta.leader() {
-                    Some(l) if l == node.id() => node.admission().wake.notify_one(),
-                    Some(l) => {
-                        let kick = rpb::AdmissionKick { wait: false };
-                        let sent = tokio::time::timeout(
-                            Duration::from_secs(2),
-                            node.forward::<_, pb::Empty>(l, "AdmissionKick", &kick),
-                        )
-                        .await;
-                        if !matches!(sent, Ok(Ok(_))) {
-                            tracing::debug!(node_id = node.id(), "admission kick not delivered");
-                        }
-                    }
-                    None => {}
+                if !node.send_kick(false, Duration::from_secs(2)).await {
+                    tracing::debug!(node_id = node.id(), "admission kick not delivered");
                 }
             }
         });
@@ -219,7 +218,10 @@ impl Node {
                 reports.push(r);
             }
         }
-        let covered: HashSet<u32> = reports.iter().flat_map(|r| r.shards.clone()).collect();
+        let covered: HashSet<u32> = reports
+            .iter()
+            .flat_map(|r| r.shards.iter().copied())
+            .collect();
         let complete = covered.len() as u32 >= self.shard_count();
         let mut machines: BTreeMap<String, (u64, Vec<(i64, String)>)> = BTreeMap::new();
         for m in reports.into_iter().flat_map(|r| r.machines) {

@@ -142,7 +142,7 @@ impl Node {
         }
     }
 
-    fn shard_record(&self, shard: u32) -> ApiResult<ShardRecord> {
+    pub(crate) fn shard_record(&self, shard: u32) -> ApiResult<ShardRecord> {
         self.meta
             .shard_map()
             .map_err(from_meta)?

@@ -450,12 +450,7 @@ impl Node {
 
     /// The settings of `shard`'s executor while this node leads it in `term`.
     fn executor_config(&self, shard: u32, term: u64) -> ExecutorConfig {
-        let epoch = self
-            .meta
-            .shard_map()
-            .ok()
-            .and_then(|m| m.into_iter().find(|s| s.id == shard))
-            .map_or(0, |s| s.epoch);
+        let epoch = self.shard_record(shard).map_or(0, |s| s.epoch);
         ExecutorConfig {
             shard,
             epoch,
@@ -673,7 +668,8 @@ async fn supervise(node: std::sync::Weak<Node>, rep: Arc<Replica>) {
                     Arc::new(n.connectors().clone()),
                 ) {
                     Ok((ex, handle)) => {
-                        let ex = ex.on_finish(n.finished_sender());
+                        // A capped execution ending frees a slot for a queued one.
+                        let ex = ex.on_capped_end(n.admission_kick());
                         let shard = rep.shard;
                         running = Some(tokio::spawn(async move {
                             if let Err(e) = ex.run().await {
@@ -687,7 +683,8 @@ async fn supervise(node: std::sync::Weak<Node>, rep: Arc<Replica>) {
                             term = m.current_term,
                             "leading the shard"
                         );
-                        n.on_leading(rep.shard);
+                        // Its queued executions may be admissible now.
+                        n.kick_admission();
                     }
                     Err(e) => {
                         tracing::error!(node_id = me, shard_id = rep.shard, error = %e, "cannot start the executor")
