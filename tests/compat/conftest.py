@@ -128,17 +128,25 @@ class Node:
                 "--http-addr", f"127.0.0.1:{self.http_port}", "--grpc-addr", f"127.0.0.1:{self.grpc_port}"]
         for n in names:
             args += ["--function", f"{n}={self.functions.url}/{n}"]
+        self.log.flush()
+        since = os.path.getsize(self.log.name)
         self.proc = subprocess.Popen(args, stdout=self.log, stderr=self.log)
+        # Ready when this process says it serves the port: a free port chosen earlier may
+        # have been taken meanwhile (on a restart, the port was free while the node was
+        # down), and /healthz alone could be answered by another process.
+        serving = f"serving the AWS Step Functions API on {self.endpoint}"
         deadline = time.time() + 60
         while time.time() < deadline:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"trellis exited with {self.proc.returncode}; see {self.log.name}")
-            try:
+            with open(self.log.name, "rb") as f:
+                f.seek(since)
+                ours = serving.encode() in f.read()
+            if ours:
                 with urllib.request.urlopen(f"{self.endpoint}/healthz", timeout=1) as r:
                     if r.status == 200:
                         return self
-            except OSError:
-                time.sleep(0.1)
+            time.sleep(0.1)
         raise RuntimeError("trellis did not become healthy")
 
     def kill(self):
@@ -176,7 +184,10 @@ def functions():
 def workdir():
     d = tempfile.mkdtemp(prefix="trellis-compat-")
     yield d
-    shutil.rmtree(d, ignore_errors=True)
+    if os.environ.get("TRELLIS_KEEP_WORKDIR"):
+        print(f"\nkept the nodes' data directories and logs in {d}")
+    else:
+        shutil.rmtree(d, ignore_errors=True)
 
 
 @pytest.fixture(scope="session")

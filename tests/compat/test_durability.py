@@ -3,12 +3,23 @@ node; after a restart on the same data every one finishes with the right output,
 history has a gap or a duplicate event."""
 import json
 import os
+import re
 import threading
 import time
 
 from conftest import ROLE, Node, full_history
 
 N = 1000
+
+
+def restart_log(node):
+    """What the node logged about its shards since it last started."""
+    node.log.flush()
+    with open(node.log.name, errors="replace") as f:
+        lines = re.sub(r"\x1b\[[0-9;]*m", "", f.read()).splitlines()
+    starts = [i for i, line in enumerate(lines) if "listening: gRPC" in line]
+    since = lines[starts[-1]:] if starts else lines
+    return "\n".join(line for line in since if "leading the shard" in line or "executor loaded" in line)
 
 
 def test_kill_9_and_restart(functions, workdir):
@@ -63,7 +74,19 @@ def test_kill_9_and_restart(functions, workdir):
         pending = set(runs)
         while pending and time.time() < deadline:
             for r in list(pending):
-                if sfn.describe_execution(executionArn=r)["status"] != "RUNNING":
+                try:
+                    status = sfn.describe_execution(executionArn=r)["status"]
+                except sfn.exceptions.ExecutionDoesNotExist:
+                    # Whichever it is, the test fails: the message says which.
+                    time.sleep(3)
+                    try:
+                        sfn.describe_execution(executionArn=r)
+                        seen = "it was found 3 s later (a stale read)"
+                    except sfn.exceptions.ExecutionDoesNotExist:
+                        seen = "nor 3 s later (lost)"
+                    raise AssertionError(f"{r} acknowledged before the kill, not found after the restart, "
+                                         f"{seen}; the restarted node's shards:\n{restart_log(node)}")
+                if status != "RUNNING":
                     pending.discard(r)
             time.sleep(0.2)
         stop.set()

@@ -510,7 +510,7 @@ impl Executor {
         crate::metrics::metrics()
             .running
             .fetch_add(running as u64, std::sync::atomic::Ordering::Relaxed);
-        tracing::debug!(
+        tracing::info!(
             shard_id = self.cfg.shard,
             live = self.live.len(),
             timers = self.timers.len(),

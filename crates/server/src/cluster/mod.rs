@@ -677,10 +677,13 @@ async fn supervise(node: std::sync::Weak<Node>, rep: Arc<Replica>) {
                             }
                         }));
                         rep.set_handle(Some(handle));
+                        let now = rep.raft.metrics().borrow().clone();
                         tracing::info!(
                             node_id = me,
                             shard_id = rep.shard,
                             term = m.current_term,
+                            last_log_index = now.last_log_index,
+                            last_applied = now.last_applied.map(|l| l.index),
                             "leading the shard"
                         );
                         // Its queued executions may be admissible now.
