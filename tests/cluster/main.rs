@@ -7,6 +7,7 @@ mod cap;
 mod figures;
 mod five;
 mod leader_loss;
+mod names;
 mod partition;
 mod placement;
 mod rolling;

@@ -7,6 +7,7 @@ pub mod cluster;
 pub mod config;
 pub mod connectors;
 pub mod grpc;
+pub mod ids;
 pub mod mock;
 pub mod node;
 pub mod run;

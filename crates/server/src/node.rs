@@ -8,7 +8,6 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use serde_json::{json, Value};
 use tokio::sync::Mutex;
-use trellis_asl::env::{Entropy, SplitMix64};
 use trellis_asl::exec::ExecutionInfo;
 use trellis_asl::{Command, Env, ExecStatus, Execution, Input, Limits};
 use trellis_meta::{Meta, MetaOp, Table};
@@ -164,7 +163,6 @@ pub struct Node {
     /// One cell per shard, once the shard count is known.
     shards: std::sync::OnceLock<Box<[ShardCell]>>,
     connectors: NodeConnectors,
-    express_seq: std::sync::atomic::AtomicU64,
     admission: crate::cluster::admission::Admission,
     /// Shard -> the node that last served it as leader.
     leaders: std::sync::Mutex<HashMap<u32, u64>>,
@@ -195,7 +193,6 @@ impl Node {
             meta_lock: Mutex::new(()),
             shards: Default::default(),
             connectors,
-            express_seq: Default::default(),
             admission: Default::default(),
             leaders: Default::default(),
             stopping: Default::default(),
@@ -381,7 +378,7 @@ impl Node {
                     Ok((m, Some(arn.to_string()), None, def))
                 } else {
                     let alias = self.alias(arn)?;
-                    let version = pick_version(&alias, &mut SplitMix64::new(now_ms() as u64));
+                    let version = pick_version(&alias, &mut rand::thread_rng());
                     let v = self
                         .meta
                         .app
@@ -456,7 +453,7 @@ impl Node {
             ));
         }
         let now = now_ms();
-        let revision = revision_id(&r.definition, now);
+        let revision = revision_id();
         let mut record = json!({
             "stateMachineArn": arn, "name": r.name, "definition": r.definition,
             "roleArn": r.role_arn, "type": type_name(r.r#type), "creationDate": now,
@@ -501,7 +498,7 @@ impl Node {
         if let Some(d) = &r.definition {
             Self::validate_definition(d, express)?;
             m["definition"] = json!(d);
-            m["revisionId"] = json!(revision_id(d, now));
+            m["revisionId"] = json!(revision_id());
         }
         if let Some(role) = &r.role_arn {
             m["roleArn"] = json!(role);
@@ -933,11 +930,7 @@ impl Node {
     /// The execution name: the one given (checked), or a random UUID as AWS picks.
     pub(crate) fn execution_name(&self, given: &str) -> ApiResult<String> {
         if given.is_empty() {
-            let seq = self
-                .express_seq
-                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-            let mut rng = SplitMix64::new(now_ms() as u64 ^ seq.rotate_left(32));
-            return Ok(trellis_asl::env::uuid_v4(&mut rng));
+            return Ok(crate::ids::uuid());
         }
         check_name(given)?;
         Ok(given.to_string())
@@ -1030,11 +1023,7 @@ impl Node {
         let machine = m["name"].as_str().unwrap_or_default();
         let sm = trellis_asl::parse(definition, trellis_asl::Options { express: true })
             .map_err(|e| ApiError::new(Code::InvalidDefinition, e.to_string()))?;
-        let seq = self
-            .express_seq
-            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        let mut rng = SplitMix64::new(now_ms() as u64 ^ seq.rotate_left(17));
-        let uuid = trellis_asl::env::uuid_v4(&mut rng);
+        let uuid = crate::ids::uuid();
         let input_v: Value = serde_json::from_str(input).map_err(internal)?;
         let mut info = ExecutionInfo::new(
             &self.cfg.aws.region,
@@ -1055,7 +1044,7 @@ impl Node {
             },
         );
         let start = now_ms();
-        let mut env = RealEnv { rng };
+        let mut env = RealEnv::default();
         let mut inputs = std::collections::VecDeque::from([Input::Start]);
         let mut timers: BTreeSet<(i64, u64)> = BTreeSet::new();
         let mut due: HashMap<u64, i64> = HashMap::new();
@@ -1687,13 +1676,14 @@ async fn sleep_until_ms(at: Option<i64>) {
     }
 }
 
+#[derive(Default)]
 struct RealEnv {
-    rng: SplitMix64,
+    rng: crate::ids::Entropy,
 }
 
-impl Entropy for RealEnv {
+impl trellis_asl::Entropy for RealEnv {
     fn next_u64(&mut self) -> u64 {
-        self.rng.next_u64()
+        trellis_asl::Entropy::next_u64(&mut self.rng)
     }
 }
 
@@ -1733,9 +1723,9 @@ fn type_enum(s: &str) -> i32 {
     }
 }
 
-fn revision_id(definition: &str, now: i64) -> String {
-    let mut r = SplitMix64::new(trellis_shard::definition_hash(definition) ^ now as u64);
-    trellis_asl::env::uuid_v4(&mut r)
+/// A new revision id: a random UUID, as AWS gives.
+fn revision_id() -> String {
+    crate::ids::uuid()
 }
 
 /// Publishes the machine's current definition as its next version.
@@ -1785,12 +1775,12 @@ fn alias_pb(a: &Value) -> pb::Alias {
 }
 
 /// Picks a version of an alias by its weights.
-fn pick_version(alias: &Value, rng: &mut SplitMix64) -> String {
+fn pick_version(alias: &Value, rng: &mut impl rand::Rng) -> String {
     let routes = alias["routingConfiguration"]
         .as_array()
         .cloned()
         .unwrap_or_default();
-    let roll = rng.next_u64() % 100;
+    let roll: u64 = rng.gen_range(0..100);
     let mut acc = 0;
     for r in &routes {
         acc += r["weight"].as_u64().unwrap_or(0);

@@ -8,7 +8,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use anyhow::{anyhow, bail, Context as _, Result};
 use serde_json::{json, Value};
 use trellis_asl::driver::{Clock, Driver};
-use trellis_asl::env::{Entropy, SplitMix64};
+use trellis_asl::env::Entropy;
 use trellis_asl::exec::ExecutionInfo;
 use trellis_asl::{Env, ExecStatus, Execution, Limits};
 
@@ -52,7 +52,7 @@ pub struct Args {
 struct SystemEnv {
     offset_ms: i64,
     fast_timers: bool,
-    rng: SplitMix64,
+    rng: crate::ids::Entropy,
 }
 
 impl Clock for SystemEnv {
@@ -140,11 +140,10 @@ pub fn main(args: Args) -> Result<ExitCode> {
         }
         _ => None,
     };
-    let seed = (wall_ms() as u64) ^ ((std::process::id() as u64) << 32);
     let mut env = SystemEnv {
         offset_ms: 0,
         fast_timers: args.fast_timers,
-        rng: SplitMix64::new(seed),
+        rng: crate::ids::Entropy::default(),
     };
     let name = args
         .name

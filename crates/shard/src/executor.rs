@@ -15,12 +15,14 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use rand::rngs::StdRng;
+use rand::{Rng, RngCore, SeedableRng};
 use serde_json::value::RawValue;
 use serde_json::Value;
 use tokio::sync::{mpsc, oneshot, Notify};
 use tokio::time::Instant;
 use trellis_asl::definition::Resource;
-use trellis_asl::env::{Entropy, SplitMix64};
+use trellis_asl::env::Entropy;
 use trellis_asl::exec::{ExecutionInfo, ExecutionState, TaskRequest};
 use trellis_asl::{Command, Env, Execution, HistoryEvent, Input, Limits, StateMachine};
 
@@ -333,7 +335,7 @@ impl Clock {
 
 struct ShardEnv<'a> {
     now: i64,
-    rng: &'a mut SplitMix64,
+    rng: &'a mut StdRng,
     shard: u32,
     exec: u64,
 }
@@ -344,13 +346,21 @@ impl Entropy for ShardEnv<'_> {
     }
 }
 
+impl ShardEnv<'_> {
+    /// 128 random bits for a task token: tokens are bearer credentials.
+    fn nonce(&mut self) -> u128 {
+        self.rng.gen()
+    }
+}
+
 impl Env for ShardEnv<'_> {
     fn now_ms(&mut self) -> i64 {
         self.now
     }
 
     fn task_token(&mut self, _execution_arn: &str, task_id: u64) -> String {
-        ExecRecord::token(self.shard, self.exec, task_id, self.rng.next_u64())
+        let nonce = self.nonce();
+        ExecRecord::token(self.shard, self.exec, task_id, nonce)
     }
 }
 
@@ -386,7 +396,8 @@ pub struct Executor {
     tx: mpsc::WeakSender<Cmd>,
     activity_queued: Arc<Notify>,
     clock: Clock,
-    rng: SplitMix64,
+    /// A CSPRNG: task-token nonces are bearer credentials.
+    rng: StdRng,
     live: HashMap<u64, Live>,
     by_arn: HashMap<String, u64>,
     machines: HashMap<u64, Arc<StateMachine>>,
@@ -417,11 +428,6 @@ impl Executor {
     ) -> Result<(Executor, ShardHandle)> {
         let (tx, rx) = mpsc::channel(4096);
         let activity_queued = Arc::new(Notify::new());
-        let seed = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map(|d| d.as_nanos() as u64)
-            .unwrap_or(0)
-            ^ (u64::from(cfg.shard) << 48);
         let mut ex = Executor {
             next_id: app.next_exec_id()?,
             backlog: 0,
@@ -435,7 +441,7 @@ impl Executor {
             tx: tx.downgrade(),
             activity_queued: activity_queued.clone(),
             clock: Clock::new(),
-            rng: SplitMix64::new(seed),
+            rng: StdRng::from_entropy(),
             live: HashMap::new(),
             by_arn: HashMap::new(),
             machines: HashMap::new(),

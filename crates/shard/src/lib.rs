@@ -72,7 +72,27 @@ mod tests {
     fn shard_function_is_stable() {
         // Written down in docs/architecture.md; changing it would move every execution.
         let arn = "arn:aws:states:us-east-1:000000000000:execution:Orders:run-1";
-        assert_eq!(shard_of(arn, 64), shard_of(arn, 64));
+        // Pinned values: a change of hash, seed or reduction fails here.
+        let pinned: Vec<(&str, u32, u32)> = vec![
+            (arn, 64, 50),
+            (arn, 4096, 306),
+            (
+                "arn:aws:states:eu-west-1:123456789012:execution:Import:a",
+                64,
+                43,
+            ),
+            (
+                "arn:aws:states:eu-west-1:123456789012:execution:Import:a",
+                7,
+                1,
+            ),
+            ("", 16, 2),
+        ];
+        let got: Vec<(&str, u32, u32)> = pinned
+            .iter()
+            .map(|(a, n, _)| (*a, *n, shard_of(a, *n)))
+            .collect();
+        assert_eq!(got, pinned);
         assert_eq!(
             xxhash_rust::xxh3::xxh3_64(b"abc"),
             0x78af_5f94_892f_3950,
