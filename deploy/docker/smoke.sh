@@ -89,8 +89,8 @@ start() {
   # overlay file system, where fsyncs can be very slow.
   docker run -d --name "$n" --hostname "$n" --network "$NET" --network-alias "$n.trellis" \
     --volume /data "$IMAGE" server --id-from-hostname --data-dir /data --shards 16 \
-    --grpc-addr 0.0.0.0:7300 --http-addr 0.0.0.0:8083 \
-    --advertise-addr "$n.trellis:7300" --join trellis-0.trellis:7300 --bootstrap-expect 3 >/dev/null
+    --grpc-addr 0.0.0.0:7300 --http-addr 0.0.0.0:8083 --peer-addr 0.0.0.0:7301 \
+    --advertise-addr "$n.trellis:7301" --join trellis-0.trellis:7301 --bootstrap-expect 3 >/dev/null
 }
 
 say "three nodes"

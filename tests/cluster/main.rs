@@ -10,5 +10,6 @@ mod leader_loss;
 mod names;
 mod partition;
 mod placement;
+mod ports;
 mod rolling;
 mod workload;

@@ -115,6 +115,7 @@ class Node:
         self.data_dir = data_dir
         self.http_port = free_port()
         self.grpc_port = free_port()
+        self.peer_port = free_port()
         self.proc = None
         self.log = open(os.path.join(os.path.dirname(data_dir), f"node-{self.http_port}.log"), "ab")
 
@@ -125,7 +126,8 @@ class Node:
     def start(self):
         names = ["transform", "store", "stock", "echo", "notify", "reserve", "fail", "flaky"]
         args = [trellis_bin(), "dev", "--data-dir", self.data_dir, "--shards", "8",
-                "--http-addr", f"127.0.0.1:{self.http_port}", "--grpc-addr", f"127.0.0.1:{self.grpc_port}"]
+                "--http-addr", f"127.0.0.1:{self.http_port}", "--grpc-addr", f"127.0.0.1:{self.grpc_port}",
+                "--peer-addr", f"127.0.0.1:{self.peer_port}"]
         for n in names:
             args += ["--function", f"{n}={self.functions.url}/{n}"]
         self.log.flush()

@@ -53,6 +53,8 @@ def test_kill_9_and_restart(functions, workdir):
         for n, token in taken:
             sfn.send_task_success(taskToken=token, output=json.dumps({"by": "holder", "n": n}))
         stop = threading.Event()
+        # A worker that fails records why here; the test fails with it.
+        errors = []
 
         def worker():
             c = node.client()
@@ -62,17 +64,18 @@ def test_kill_9_and_restart(functions, workdir):
                     if t.get("taskToken"):
                         n = json.loads(t["input"])["n"]
                         c.send_task_success(taskToken=t["taskToken"], output=json.dumps({"by": "after", "n": n}))
-                except Exception:
+                except Exception as e:
                     # The node stops at the end of the test while workers long-poll it.
                     if not stop.is_set():
-                        raise
+                        errors.append(repr(e))
+                        stop.set()
 
         threads = [threading.Thread(target=worker, daemon=True) for _ in range(4)]
         for th in threads:
             th.start()
         deadline = time.time() + 300
         pending = set(runs)
-        while pending and time.time() < deadline:
+        while pending and not errors and time.time() < deadline:
             for r in list(pending):
                 try:
                     status = sfn.describe_execution(executionArn=r)["status"]
@@ -90,6 +93,7 @@ def test_kill_9_and_restart(functions, workdir):
                     pending.discard(r)
             time.sleep(0.2)
         stop.set()
+        assert not errors, f"a worker failed: {errors}"
         assert not pending, f"{len(pending)} executions did not finish"
         holders = {n for n, _ in taken}
         for i, r in enumerate(runs):

@@ -29,7 +29,7 @@ pub enum Table {
     Activities,
     /// Setting name -> value.
     Settings,
-    /// Node id (20 digits) -> `{"id", "grpcAddr", "httpAddr", "zone", "state"}`.
+    /// Node id (20 digits) -> `{"id", "grpcAddr", "httpAddr", "peerAddr", "zone", "state"}`.
     Nodes,
     /// Shard id (10 digits) -> `{"id", "replicas": [node ids], "epoch"}`.
     Shards,

@@ -8,11 +8,27 @@ use serde::{Deserialize, Serialize};
 #[serde(rename_all = "camelCase")]
 pub struct NodeRecord {
     pub id: u64,
+    /// The client gRPC address (for operators).
     pub grpc_addr: String,
     pub http_addr: String,
+    /// The peer address other nodes reach this one at. Empty in records written before
+    /// the peer port existed, when peers used `grpc_addr` ([`NodeRecord::peer`]).
+    #[serde(default)]
+    pub peer_addr: String,
     #[serde(default)]
     pub zone: String,
     pub state: NodeState,
+}
+
+impl NodeRecord {
+    /// Where other nodes send Raft messages and forwarded calls.
+    pub fn peer(&self) -> &str {
+        if self.peer_addr.is_empty() {
+            &self.grpc_addr
+        } else {
+            &self.peer_addr
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -387,6 +403,7 @@ mod tests {
             id,
             grpc_addr: format!("n{id}:7300"),
             http_addr: format!("n{id}:8083"),
+            peer_addr: format!("n{id}:7301"),
             zone: zone.into(),
             state: NodeState::Up,
         }

@@ -5,14 +5,23 @@
 
 pub mod error;
 
-/// The public API (`trellis.v1`).
-pub mod v1 {
-    tonic::include_proto!("trellis.v1");
+/// The generated code, in modules that follow the proto packages (so `trellis.raft.v1`
+/// can name `trellis.v1` messages).
+pub mod trellis {
+    /// The public API (`trellis.v1`).
+    pub mod v1 {
+        tonic::include_proto!("trellis.v1");
+    }
+
+    pub mod raft {
+        /// The internal transport between nodes (`trellis.raft.v1`).
+        pub mod v1 {
+            tonic::include_proto!("trellis.raft.v1");
+        }
+    }
 }
 
-/// The internal Raft transport (`trellis.raft.v1`).
-pub mod raft {
-    tonic::include_proto!("trellis.raft.v1");
-}
+pub use trellis::raft::v1 as raft;
+pub use trellis::v1;
 
 pub use error::{ApiError, Code};

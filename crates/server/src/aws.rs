@@ -28,7 +28,7 @@ pub fn router(node: Arc<Node>) -> Router {
     Router::new()
         .route("/", post(handle))
         .route("/healthz", get(|| async { "ok" }))
-        .route("/readyz", get(|| async { "ok" }))
+        .route("/readyz", get(readyz))
         .route(
             "/metrics",
             get(|| async {
@@ -39,6 +39,18 @@ pub fn router(node: Arc<Node>) -> Router {
             }),
         )
         .with_state(node)
+}
+
+/// 200 when the node can serve ([`Node::readiness`]), 503 with the reason until then.
+async fn readyz(State(node): State<Arc<Node>>) -> Response {
+    match node.readiness() {
+        Ok(()) => "ok".into_response(),
+        Err(why) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("not ready: {why}\n"),
+        )
+            .into_response(),
+    }
 }
 
 fn secs(ms: i64) -> Value {

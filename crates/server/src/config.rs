@@ -26,10 +26,17 @@ pub struct NodeSection {
     /// Kubernetes StatefulSet.
     pub id_from_hostname: bool,
     pub data_dir: PathBuf,
+    /// The gRPC API for clients (`trellis.v1` only).
     pub grpc_addr: String,
+    /// The AWS JSON API, `/metrics`, `/healthz`, `/readyz`.
     pub http_addr: String,
-    /// The gRPC address other nodes use to reach this one (default: `grpc_addr`).
+    /// The peer port: Raft, snapshots, joins and forwarded calls between nodes, nothing
+    /// else.
+    pub peer_addr: String,
+    /// The peer address other nodes use to reach this one (default: `peer_addr`).
     pub advertise_addr: String,
+    /// A connection on any port that has read and written nothing for this long is closed.
+    pub idle_timeout_seconds: u64,
     /// Placement spreads a shard's replicas over distinct zones when nodes carry one.
     pub zone: String,
 }
@@ -61,6 +68,9 @@ pub struct ClusterSection {
     pub down_after_seconds: u64,
     /// A shard replica snapshots its state every this many log entries.
     pub snapshot_logs: u64,
+    /// The largest message the peer port accepts (and sends). A Raft entry larger than this
+    /// cannot replicate.
+    pub peer_max_message_bytes: usize,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -78,7 +88,9 @@ impl Default for NodeSection {
             data_dir: PathBuf::from("./trellis-data"),
             grpc_addr: "127.0.0.1:7300".into(),
             http_addr: "127.0.0.1:8083".into(),
+            peer_addr: "127.0.0.1:7301".into(),
             advertise_addr: String::new(),
+            idle_timeout_seconds: 120,
             zone: String::new(),
         }
     }
@@ -97,6 +109,7 @@ impl Default for ClusterSection {
             break_fencing: false,
             down_after_seconds: 30,
             snapshot_logs: 5_000,
+            peer_max_message_bytes: 256 << 20,
         }
     }
 }
@@ -155,6 +168,15 @@ impl Config {
         if self.cluster.max_batch == 0 {
             bail!("cluster.max_batch must be at least 1");
         }
+        if self.node.idle_timeout_seconds == 0 {
+            bail!("node.idle_timeout_seconds must be at least 1");
+        }
+        if self.cluster.peer_max_message_bytes < 1 << 20 {
+            bail!(
+                "cluster.peer_max_message_bytes must be at least 1 MiB (1048576), got {}",
+                self.cluster.peer_max_message_bytes
+            );
+        }
         if self.cluster.break_fencing && !self.cluster.fault_injection {
             bail!("cluster.break_fencing is for tests and needs cluster.fault_injection");
         }
@@ -163,26 +185,35 @@ impl Config {
 }
 
 impl NodeSection {
-    /// The address peers and forwarded calls use for this node.
+    /// The peer address other nodes use for this node (Raft, joins, forwarded calls).
     pub fn advertised(&self) -> &str {
         if self.advertise_addr.is_empty() {
-            &self.grpc_addr
+            &self.peer_addr
         } else {
             &self.advertise_addr
         }
     }
 
-    /// The AWS API address shown to operators: the HTTP address, with the advertised host
-    /// in place of a wildcard one (`0.0.0.0:8083` on `trellis-0.trellis` is
-    /// `trellis-0.trellis:8083`).
+    /// The AWS API address shown to operators (see [`NodeSection::advertised_client`]).
     pub fn advertised_http(&self) -> String {
-        let Some((host, port)) = self.http_addr.rsplit_once(':') else {
-            return self.http_addr.clone();
+        self.advertised_client(&self.http_addr)
+    }
+
+    /// The client gRPC address shown to operators.
+    pub fn advertised_grpc(&self) -> String {
+        self.advertised_client(&self.grpc_addr)
+    }
+
+    /// A client address with the advertised host in place of a wildcard one
+    /// (`0.0.0.0:8083` on `trellis-0.trellis` is `trellis-0.trellis:8083`).
+    fn advertised_client(&self, addr: &str) -> String {
+        let Some((host, port)) = addr.rsplit_once(':') else {
+            return addr.to_string();
         };
         let wildcard = matches!(host, "0.0.0.0" | "[::]" | "::" | "");
         match self.advertise_addr.rsplit_once(':') {
             Some((adv, _)) if wildcard => format!("{adv}:{port}"),
-            _ => self.http_addr.clone(),
+            _ => addr.to_string(),
         }
     }
 }
@@ -319,15 +350,21 @@ mod tests {
     fn a_wildcard_http_address_is_shown_with_the_advertised_host() {
         let mut n = NodeSection {
             http_addr: "0.0.0.0:8083".into(),
-            advertise_addr: "trellis-0.trellis:7300".into(),
+            grpc_addr: "0.0.0.0:7300".into(),
+            peer_addr: "0.0.0.0:7301".into(),
+            advertise_addr: "trellis-0.trellis:7301".into(),
             ..Default::default()
         };
         assert_eq!(n.advertised_http(), "trellis-0.trellis:8083");
+        assert_eq!(n.advertised_grpc(), "trellis-0.trellis:7300");
+        assert_eq!(n.advertised(), "trellis-0.trellis:7301");
         n.http_addr = "10.0.0.5:8083".into();
         assert_eq!(n.advertised_http(), "10.0.0.5:8083");
         n.http_addr = "0.0.0.0:8083".into();
         n.advertise_addr.clear();
         assert_eq!(n.advertised_http(), "0.0.0.0:8083");
+        // Without an advertised address, peers use the peer port.
+        assert_eq!(n.advertised(), "0.0.0.0:7301");
     }
 
     #[test]

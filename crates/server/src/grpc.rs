@@ -12,6 +12,7 @@ use trellis_proto::v1::admin_server::{Admin, AdminServer};
 use trellis_proto::v1::executions_server::{Executions, ExecutionsServer};
 use trellis_proto::v1::state_machines_server::{StateMachines, StateMachinesServer};
 
+use crate::listen::{Acceptor, KEEPALIVE, KEEPALIVE_TIMEOUT};
 use crate::node::Node;
 
 type R<T> = Result<Response<T>, Status>;
@@ -20,29 +21,41 @@ fn ok<T>(v: T) -> R<T> {
     Ok(Response::new(v))
 }
 
-/// Serves every gRPC service on `listener` until `stop` resolves.
+/// A gRPC server with the node's connection settings: HTTP/2 pings keep live connections
+/// from looking idle to [`crate::listen::Conn`].
+fn server() -> tonic::transport::Server {
+    tonic::transport::Server::builder()
+        .http2_keepalive_interval(Some(KEEPALIVE))
+        .http2_keepalive_timeout(Some(KEEPALIVE_TIMEOUT))
+}
+
+/// Serves the client services (`trellis.v1`) on `listener` until `stop` resolves. The
+/// peer services are not here: they have a port of their own ([`serve_peer`]).
 pub async fn serve(
     node: Arc<Node>,
-    listener: tokio::net::TcpListener,
+    listener: Acceptor,
     stop: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> Result<(), tonic::transport::Error> {
-    let svc = Svc(node.clone());
-    use tonic::codegen::tokio_stream::StreamExt as _;
-    // Small request/response pairs: without TCP_NODELAY each reply waits ~40 ms for a
-    // delayed ACK.
-    let incoming =
-        tonic::codegen::tokio_stream::wrappers::TcpListenerStream::new(listener).map(|s| {
-            s.inspect(|s| {
-                let _ = s.set_nodelay(true);
-            })
-        });
-    tonic::transport::Server::builder()
+    let svc = Svc(node);
+    server()
         .add_service(StateMachinesServer::new(svc.clone()))
         .add_service(ExecutionsServer::new(svc.clone()))
         .add_service(ActivitiesServer::new(svc.clone()))
         .add_service(AdminServer::new(svc))
+        .serve_with_incoming_shutdown(listener.into_stream(), stop)
+        .await
+}
+
+/// Serves the peer services (Raft, snapshots, joins, pings, forwarded calls) on the peer
+/// listener until `stop` resolves.
+pub async fn serve_peer(
+    node: Arc<Node>,
+    listener: Acceptor,
+    stop: impl std::future::Future<Output = ()> + Send + 'static,
+) -> Result<(), tonic::transport::Error> {
+    server()
         .add_service(crate::cluster::service::Service::new(&node))
-        .serve_with_incoming_shutdown(incoming, stop)
+        .serve_with_incoming_shutdown(listener.into_stream(), stop)
         .await
 }
 

@@ -8,6 +8,7 @@ pub mod config;
 pub mod connectors;
 pub mod grpc;
 pub mod ids;
+pub mod listen;
 pub mod mock;
 pub mod node;
 pub mod run;

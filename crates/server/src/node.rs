@@ -11,6 +11,7 @@ use tokio::sync::Mutex;
 use trellis_asl::exec::ExecutionInfo;
 use trellis_asl::{Command, Env, ExecStatus, Execution, Input, Limits};
 use trellis_meta::{Meta, MetaOp, Table};
+use trellis_proto::raft as rpb;
 use trellis_proto::v1 as pb;
 use trellis_proto::{ApiError, Code};
 use trellis_shard::executor::{Connectors as _, Control, Fence, StartRequest, TokenAnswer};
@@ -18,10 +19,10 @@ use trellis_shard::raft::ShardRaft;
 use trellis_shard::{shard_of, ShardApp, ShardHandle, Status};
 use trellis_storage::NodeDb;
 
-use crate::cluster::join_all;
 use crate::cluster::transport::Transport;
 use crate::config::Config;
 use crate::tasks::NodeConnectors;
+use futures::future::join_all;
 
 pub(crate) type ApiResult<T> = Result<T, ApiError>;
 
@@ -152,6 +153,17 @@ impl ShardCell {
     }
 }
 
+/// A state machine ARN (or version, or alias) resolved to what runs.
+pub(crate) struct Resolved {
+    /// The machine record.
+    pub(crate) machine: Value,
+    /// The version that runs, when one was named or an alias picked one.
+    pub(crate) version: Option<String>,
+    /// The alias named.
+    pub(crate) alias: Option<String>,
+    pub(crate) definition: String,
+}
+
 /// A Trellis node: a member of the meta group and a replica of some shards, leading some.
 pub struct Node {
     pub cfg: Config,
@@ -181,7 +193,7 @@ impl Node {
     pub async fn open(cfg: Config) -> anyhow::Result<Arc<Node>> {
         std::fs::create_dir_all(&cfg.node.data_dir)?;
         let db = NodeDb::open(&cfg.node.data_dir)?;
-        let transport = Transport::new(cfg.node.id);
+        let transport = Transport::new(cfg.node.id, cfg.cluster.peer_max_message_bytes);
         let meta = Meta::open(&db, cfg.node.id, transport.network(0)).await?;
         transport.register(0, Arc::new(meta.raft.clone()));
         let connectors = NodeConnectors::new(cfg.functions.clone());
@@ -346,18 +358,20 @@ impl Node {
             })
     }
 
-    /// Resolves a state machine, version or alias ARN to (machine record, version ARN,
-    /// alias ARN, definition).
-    pub(crate) fn resolve(
-        &self,
-        arn: &str,
-    ) -> ApiResult<(Value, Option<String>, Option<String>, String)> {
+    /// Resolves a state machine, version or alias ARN to the machine record and the
+    /// definition that runs (an alias rolls its weighted version here).
+    pub(crate) fn resolve(&self, arn: &str) -> ApiResult<Resolved> {
         let a = parse_arn(arn, &["stateMachine"])?;
         match a.parts.len() {
             1 => {
                 let m = self.machine(arn)?;
-                let def = m["definition"].as_str().unwrap_or_default().to_string();
-                Ok((m, None, None, def))
+                let definition = m["definition"].as_str().unwrap_or_default().to_string();
+                Ok(Resolved {
+                    machine: m,
+                    version: None,
+                    alias: None,
+                    definition,
+                })
             }
             2 => {
                 let base = format!("{}:stateMachine:{}", self.arn_prefix(), a.parts[0]);
@@ -374,8 +388,13 @@ impl Node {
                                 format!("State Machine Does Not Exist: '{arn}'"),
                             )
                         })?;
-                    let def = v["definition"].as_str().unwrap_or_default().to_string();
-                    Ok((m, Some(arn.to_string()), None, def))
+                    let definition = v["definition"].as_str().unwrap_or_default().to_string();
+                    Ok(Resolved {
+                        machine: m,
+                        version: Some(arn.to_string()),
+                        alias: None,
+                        definition,
+                    })
                 } else {
                     let alias = self.alias(arn)?;
                     let version = pick_version(&alias, &mut rand::thread_rng());
@@ -387,8 +406,13 @@ impl Node {
                         .ok_or_else(|| {
                             internal(format!("alias {arn} routes to a missing version"))
                         })?;
-                    let def = v["definition"].as_str().unwrap_or_default().to_string();
-                    Ok((m, Some(version), Some(arn.to_string()), def))
+                    let definition = v["definition"].as_str().unwrap_or_default().to_string();
+                    Ok(Resolved {
+                        machine: m,
+                        version: Some(version),
+                        alias: Some(arn.to_string()),
+                        definition,
+                    })
                 }
             }
             _ => Err(ApiError::new(
@@ -529,7 +553,12 @@ impl Node {
     }
 
     pub fn describe_state_machine(&self, arn: &str) -> ApiResult<pb::StateMachine> {
-        let (m, version, _, def) = self.resolve(arn)?;
+        let Resolved {
+            machine: m,
+            version,
+            definition: def,
+            ..
+        } = self.resolve(arn)?;
         Ok(pb::StateMachine {
             state_machine_arn: version.unwrap_or_else(|| {
                 m["stateMachineArn"]
@@ -936,48 +965,50 @@ impl Node {
         Ok(given.to_string())
     }
 
-    pub(crate) async fn start_execution_here(
-        &self,
-        r: pb::StartExecutionRequest,
-    ) -> ApiResult<pb::StartExecutionResponse> {
-        let resolved = self.resolve(&r.state_machine_arn)?;
-        self.start_resolved(r, resolved).await
+    /// The ARN of execution `name` of machine `machine_name`.
+    pub(crate) fn execution_arn(&self, machine_name: &str, name: &str) -> String {
+        format!("{}:execution:{machine_name}:{name}", self.arn_prefix())
     }
 
-    /// StartExecution with the machine (or version, or alias) already resolved.
-    pub(crate) async fn start_resolved(
+    /// A Standard start, decided on the node that took the call: the name (given, or a
+    /// random UUID), the checked input and the resolved definition.
+    pub(crate) fn start_request(
         &self,
         r: pb::StartExecutionRequest,
-        (m, version, alias, definition): (Value, Option<String>, Option<String>, String),
+        resolved: Resolved,
+    ) -> ApiResult<rpb::StartResolved> {
+        let m = &resolved.machine;
+        Ok(rpb::StartResolved {
+            state_machine_arn: m["stateMachineArn"].as_str().unwrap_or_default().into(),
+            state_machine_name: m["name"].as_str().unwrap_or_default().into(),
+            version_arn: resolved.version.unwrap_or_default(),
+            alias_arn: resolved.alias.unwrap_or_default(),
+            role_arn: m["roleArn"].as_str().unwrap_or_default().into(),
+            name: self.execution_name(&r.name)?,
+            input: Self::check_input(&r.input)?,
+            capped: m["maxConcurrentExecutions"].as_u64().unwrap_or(0) > 0,
+            definition: resolved.definition,
+        })
+    }
+
+    /// Starts a resolved Standard execution on this node, which leads its shard.
+    pub(crate) async fn start_resolved_here(
+        &self,
+        r: rpb::StartResolved,
     ) -> ApiResult<pb::StartExecutionResponse> {
-        let name = self.execution_name(&r.name)?;
-        let input = Self::check_input(&r.input)?;
-        if m["type"] == "EXPRESS" {
-            let res = self.run_express(&m, &name, &input, &definition).await?;
-            return Ok(pb::StartExecutionResponse {
-                execution_arn: res.execution_arn,
-                start_date: res.start_date,
-            });
-        }
-        let machine_arn = m["stateMachineArn"]
-            .as_str()
-            .unwrap_or_default()
-            .to_string();
-        let machine_name = m["name"].as_str().unwrap_or_default().to_string();
-        let arn = format!("{}:execution:{machine_name}:{name}", self.arn_prefix());
-        // The machine record is already here: no second meta read for its cap.
-        let capped = m["maxConcurrentExecutions"].as_u64().unwrap_or(0) > 0;
+        let arn = self.execution_arn(&r.state_machine_name, &r.name);
+        let capped = r.capped;
         let started = self
             .local(&arn)?
             .start(StartRequest {
-                state_machine_arn: machine_arn.clone(),
-                state_machine_name: machine_name,
-                version_arn: version,
-                alias_arn: alias,
-                role_arn: m["roleArn"].as_str().map(str::to_string),
-                name,
-                input,
-                definition,
+                state_machine_arn: r.state_machine_arn,
+                state_machine_name: r.state_machine_name,
+                version_arn: non_empty(r.version_arn),
+                alias_arn: non_empty(r.alias_arn),
+                role_arn: non_empty(r.role_arn),
+                name: r.name,
+                input: r.input,
+                definition: r.definition,
                 queued: capped,
             })
             .await
@@ -992,11 +1023,32 @@ impl Node {
         })
     }
 
+    /// StartExecution of an EXPRESS machine: runs here, in memory.
+    pub(crate) async fn start_express(
+        &self,
+        r: pb::StartExecutionRequest,
+        resolved: Resolved,
+    ) -> ApiResult<pb::StartExecutionResponse> {
+        let name = self.execution_name(&r.name)?;
+        let input = Self::check_input(&r.input)?;
+        let res = self
+            .run_express(&resolved.machine, &name, &input, &resolved.definition)
+            .await?;
+        Ok(pb::StartExecutionResponse {
+            execution_arn: res.execution_arn,
+            start_date: res.start_date,
+        })
+    }
+
     pub async fn start_sync_execution(
         &self,
         r: pb::StartExecutionRequest,
     ) -> ApiResult<pb::SyncExecutionResult> {
-        let (m, _, _, definition) = self
+        let Resolved {
+            machine: m,
+            definition,
+            ..
+        } = self
             .meta_read(|| self.resolve(&r.state_machine_arn))
             .await?;
         if m["type"] != "EXPRESS" {
@@ -1278,9 +1330,6 @@ impl Node {
         self.machine(&r.state_machine_arn)?;
         Self::status_filter(&r.status_filter)?;
         let max = page_size(r.max_results)?;
-        if crate::cluster::route::forwarded() {
-            return self.list_executions_here(&r);
-        }
         let offset: usize = if r.next_token.is_empty() {
             0
         } else {
@@ -1298,13 +1347,10 @@ impl Node {
             all.clear();
             covered.iter_mut().for_each(|c| *c = false);
             let mut parts = vec![self.list_executions_here(&r)?];
-            let fan = self.other_nodes().into_iter().map(|n| {
-                let req = r.clone();
-                async move {
-                    self.forward::<_, pb::ListExecutionsResponse>(n, "ListExecutions", &req)
-                        .await
-                }
-            });
+            let fan = self
+                .other_nodes()
+                .into_iter()
+                .map(|n| self.forward(n, r.clone()));
             for p in join_all(fan).await {
                 match p {
                     Ok(p) => parts.push(p),
@@ -1513,8 +1559,7 @@ impl Node {
     }
 
     /// Long-polls every shard for a task of the activity, up to `wait`: the shards this node
-    /// leads as their tasks are queued, the other nodes' shards every 200 ms. A forwarded
-    /// poll (`wait` zero) looks once at this node's shards.
+    /// leads as their tasks are queued, the other nodes' shards every 200 ms.
     pub async fn get_activity_task(
         &self,
         arn: &str,
@@ -1523,62 +1568,80 @@ impl Node {
     ) -> ApiResult<pb::ActivityTask> {
         self.meta_read(|| self.activity(arn)).await?;
         let deadline = tokio::time::Instant::now() + wait;
+        let req = pb::GetActivityTaskRequest {
+            activity_arn: arn.to_string(),
+            worker_name: worker.to_string(),
+        };
         loop {
-            let led: Vec<ShardHandle> = self
-                .cells()
-                .iter()
-                .filter_map(|c| c.get().and_then(|r| r.handle()))
-                .collect();
             // Register interest before looking, so a task queued meanwhile wakes us.
-            let notified: Vec<_> = led.iter().map(|h| h.activity_queued.clone()).collect();
-            let waits: Vec<_> = notified.iter().map(|n| Box::pin(n.notified())).collect();
-            let start = (now_ms() as usize) % led.len().max(1);
-            for i in 0..led.len() {
-                let h = &led[(start + i) % led.len()];
-                match h.take_activity(arn, worker).await {
-                    Ok(Some(t)) => {
-                        return Ok(pb::ActivityTask {
-                            task_token: t.token,
-                            input: t.input,
-                        })
-                    }
-                    Ok(None) => {}
-                    // The shard changed hands meanwhile: its tasks are polled there.
-                    Err(trellis_shard::Error::Stopped | trellis_shard::Error::NotLeader { .. }) => {
-                    }
-                    Err(e) => return Err(from_shard(e)),
-                }
-            }
-            if wait.is_zero() {
-                return Ok(pb::ActivityTask::default());
+            let queued: Vec<_> = self
+                .led_shards()
+                .iter()
+                .map(|h| h.activity_queued.clone())
+                .collect();
+            let waits: Vec<_> = queued.iter().map(|n| Box::pin(n.notified())).collect();
+            let here = self.poll_activity_here(arn, worker).await?;
+            if !here.task_token.is_empty() {
+                return Ok(here);
             }
             let others = self.other_nodes();
-            let req = pb::GetActivityTaskRequest {
-                activity_arn: arn.to_string(),
-                worker_name: worker.to_string(),
-            };
             for n in others.iter() {
-                if let Ok(t) = self
-                    .forward::<_, pb::ActivityTask>(*n, "GetActivityTask", &req)
-                    .await
-                {
+                if let Ok(t) = self.forward(*n, req.clone()).await {
                     if !t.task_token.is_empty() {
                         return Ok(t);
                     }
                 }
             }
-            let any = futures_select_all(waits);
             let tick = if others.is_empty() {
                 Duration::from_secs(3600)
             } else {
                 Duration::from_millis(200)
             };
             let until = deadline.min(tokio::time::Instant::now() + tick);
-            let _ = tokio::time::timeout_at(until, any).await;
+            if !waits.is_empty() {
+                let _ = tokio::time::timeout_at(until, futures::future::select_all(waits)).await;
+            } else {
+                tokio::time::sleep_until(until).await;
+            }
             if tokio::time::Instant::now() >= deadline {
                 return Ok(pb::ActivityTask::default());
             }
         }
+    }
+
+    /// The executors of the shards this node leads.
+    fn led_shards(&self) -> Vec<ShardHandle> {
+        self.cells()
+            .iter()
+            .filter_map(|c| c.get().and_then(|r| r.handle()))
+            .collect()
+    }
+
+    /// One look for a task of the activity on the shards this node leads (an empty task
+    /// when there is none).
+    pub(crate) async fn poll_activity_here(
+        &self,
+        arn: &str,
+        worker: &str,
+    ) -> ApiResult<pb::ActivityTask> {
+        let led = self.led_shards();
+        let start = rand::Rng::gen_range(&mut rand::thread_rng(), 0..led.len().max(1));
+        for i in 0..led.len() {
+            let h = &led[(start + i) % led.len()];
+            match h.take_activity(arn, worker).await {
+                Ok(Some(t)) => {
+                    return Ok(pb::ActivityTask {
+                        task_token: t.token,
+                        input: t.input,
+                    })
+                }
+                Ok(None) => {}
+                // The shard changed hands meanwhile: its tasks are polled there.
+                Err(trellis_shard::Error::Stopped | trellis_shard::Error::NotLeader { .. }) => {}
+                Err(e) => return Err(from_shard(e)),
+            }
+        }
+        Ok(pb::ActivityTask::default())
     }
 
     pub(crate) async fn answer_here(&self, token: &str, answer: TokenAnswer) -> ApiResult<()> {
@@ -1654,19 +1717,6 @@ impl Node {
         }
         Ok(out)
     }
-}
-
-/// A selected future over many notifications (any one wakes the poller).
-async fn futures_select_all<F: std::future::Future<Output = ()> + Unpin>(mut futs: Vec<F>) {
-    std::future::poll_fn(|cx| {
-        for f in futs.iter_mut() {
-            if std::pin::Pin::new(f).poll(cx).is_ready() {
-                return std::task::Poll::Ready(());
-            }
-        }
-        std::task::Poll::Pending
-    })
-    .await
 }
 
 async fn sleep_until_ms(at: Option<i64>) {

@@ -6,6 +6,7 @@ use std::sync::Arc;
 use anyhow::{Context, Result};
 
 use crate::config::Config;
+use crate::listen::Acceptor;
 use crate::node::Node;
 
 #[derive(clap::Args, Debug, Default)]
@@ -22,6 +23,10 @@ pub struct Flags {
     /// HTTP listen address for the AWS JSON API (overrides node.http_addr).
     #[arg(long)]
     pub http_addr: Option<String>,
+    /// Peer listen address: Raft, joins and forwarded calls between nodes (overrides
+    /// node.peer_addr).
+    #[arg(long)]
+    pub peer_addr: Option<String>,
     /// Number of shards at bootstrap (overrides cluster.shards).
     #[arg(long)]
     pub shards: Option<u32>,
@@ -31,10 +36,11 @@ pub struct Flags {
     /// Take the node id from the hostname's ordinal plus one (Kubernetes StatefulSet).
     #[arg(long)]
     pub id_from_hostname: bool,
-    /// The gRPC address other nodes reach this one at (overrides node.advertise_addr).
+    /// The peer address other nodes reach this one at (overrides node.advertise_addr).
     #[arg(long)]
     pub advertise_addr: Option<String>,
-    /// An existing member to join through (overrides cluster.join; comma-separated).
+    /// An existing member's peer address to join through (overrides cluster.join;
+    /// comma-separated).
     #[arg(long)]
     pub join: Option<String>,
     /// Place shards once this many nodes are members (overrides cluster.bootstrap_expect).
@@ -60,6 +66,9 @@ impl Flags {
         }
         if let Some(a) = &self.http_addr {
             cfg.node.http_addr = a.clone();
+        }
+        if let Some(a) = &self.peer_addr {
+            cfg.node.peer_addr = a.clone();
         }
         if let Some(s) = self.shards {
             cfg.cluster.shards = s;
@@ -113,41 +122,69 @@ pub fn run(cfg: Config) -> Result<()> {
         .enable_all()
         .build()?;
     rt.block_on(async move {
-        let http = tokio::net::TcpListener::bind(&cfg.node.http_addr)
-            .await
-            .with_context(|| format!("cannot listen on {} (node.http_addr)", cfg.node.http_addr))?;
-        let grpc = tokio::net::TcpListener::bind(&cfg.node.grpc_addr)
-            .await
-            .with_context(|| format!("cannot listen on {} (node.grpc_addr)", cfg.node.grpc_addr))?;
-        // Port 0 means any free port: peers and clients are told the real one.
         let mut cfg = cfg;
-        cfg.node.grpc_addr = grpc.local_addr()?.to_string();
-        cfg.node.http_addr = http.local_addr()?.to_string();
+        let listeners = Listeners::bind(&mut cfg).await?;
         eprintln!(
-            "trellis: node {} listening: gRPC {} HTTP {}",
-            cfg.node.id, cfg.node.grpc_addr, cfg.node.http_addr
+            "trellis: node {} listening: gRPC {} HTTP {} peer {}",
+            cfg.node.id, cfg.node.grpc_addr, cfg.node.http_addr, cfg.node.peer_addr
         );
         let node = Node::open(cfg).await?;
-        serve(node, http, grpc, shutdown_signal()).await
+        serve(node, listeners, shutdown_signal()).await
     })
 }
 
-/// Serves both APIs on bound listeners until `stop` resolves, then shuts the node down.
+/// The node's three listeners, bound.
+pub struct Listeners {
+    /// gRPC for clients: `trellis.v1` only.
+    pub grpc: tokio::net::TcpListener,
+    /// The AWS JSON API, `/metrics`, `/healthz`, `/readyz`.
+    pub http: tokio::net::TcpListener,
+    /// Raft, snapshots, joins and forwarded calls between nodes.
+    pub peer: tokio::net::TcpListener,
+}
+
+impl Listeners {
+    /// Binds the configured addresses and writes the ports got back into `cfg` (port 0
+    /// means any free port: peers and clients are told the real one).
+    pub async fn bind(cfg: &mut Config) -> Result<Listeners> {
+        async fn bind(addr: &mut String, key: &str) -> Result<tokio::net::TcpListener> {
+            let l = tokio::net::TcpListener::bind(addr.as_str())
+                .await
+                .with_context(|| format!("cannot listen on {addr} ({key})"))?;
+            *addr = l.local_addr()?.to_string();
+            Ok(l)
+        }
+        Ok(Listeners {
+            grpc: bind(&mut cfg.node.grpc_addr, "node.grpc_addr").await?,
+            http: bind(&mut cfg.node.http_addr, "node.http_addr").await?,
+            peer: bind(&mut cfg.node.peer_addr, "node.peer_addr").await?,
+        })
+    }
+}
+
+/// Serves the node's APIs on bound listeners until `stop` resolves, then shuts the node
+/// down: the peer port first (peers reach this node's Raft groups through it while it
+/// joins), the client ports once the node serves its shards.
 pub async fn serve(
     node: Arc<Node>,
-    http: tokio::net::TcpListener,
-    grpc: tokio::net::TcpListener,
+    listeners: Listeners,
     stop: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> Result<()> {
-    let http_addr = http.local_addr()?;
-    let grpc_addr = grpc.local_addr()?;
+    let idle = std::time::Duration::from_secs(node.cfg.node.idle_timeout_seconds);
+    let http = Acceptor::new(listeners.http, idle, "http");
+    let grpc = Acceptor::new(listeners.grpc, idle, "grpc");
+    let peer = Acceptor::new(listeners.peer, idle, "peer");
+    let (http_addr, grpc_addr, peer_addr) =
+        (http.local_addr()?, grpc.local_addr()?, peer.local_addr()?);
     let (tx, rx) = tokio::sync::watch::channel(false);
-    let mut rx_http = rx.clone();
-    let mut rx_grpc = rx;
-    // gRPC first: peers reach this node's Raft groups through it while it joins.
-    let grpc_task = tokio::spawn(crate::grpc::serve(node.clone(), grpc, async move {
-        let _ = rx_grpc.wait_for(|s| *s).await;
-    }));
+    let stopped = move |mut rx: tokio::sync::watch::Receiver<bool>| async move {
+        let _ = rx.wait_for(|s| *s).await;
+    };
+    let peer_task = tokio::spawn(crate::grpc::serve_peer(
+        node.clone(),
+        peer,
+        stopped(rx.clone()),
+    ));
     let joined = async {
         node.bootstrap().await?;
         node.wait_ready(std::time::Duration::from_secs(120)).await
@@ -157,24 +194,24 @@ pub async fn serve(
         r = joined => r?,
         _ = &mut stop => {
             let _ = tx.send(true);
-            let _ = grpc_task.await;
+            let _ = peer_task.await;
             node.shutdown().await;
             return Ok(());
         }
     }
-    // The AWS API answers once the node serves its shards.
+    // The client APIs answer once the node serves its shards.
+    let grpc_task = tokio::spawn(crate::grpc::serve(node.clone(), grpc, stopped(rx.clone())));
     let app = crate::aws::router(node.clone());
+    let http_stop = stopped(rx);
     let http_task = tokio::spawn(async move {
         axum::serve(http, app)
-            .with_graceful_shutdown(async move {
-                let _ = rx_http.wait_for(|s| *s).await;
-            })
+            .with_graceful_shutdown(http_stop)
             .await
     });
-    tracing::info!(%http_addr, %grpc_addr, node_id = node.id(), shards = node.shard_count(),
+    tracing::info!(%http_addr, %grpc_addr, %peer_addr, node_id = node.id(), shards = node.shard_count(),
         "serving the AWS JSON API and gRPC");
     eprintln!(
-        "trellis: node {} serving the AWS Step Functions API on http://{http_addr}, gRPC on {grpc_addr}",
+        "trellis: node {} serving the AWS Step Functions API on http://{http_addr}, gRPC on {grpc_addr}, peers on {peer_addr}",
         node.id()
     );
     stop.await;
@@ -182,6 +219,7 @@ pub async fn serve(
     let _ = tx.send(true);
     let _ = http_task.await;
     let _ = grpc_task.await;
+    let _ = peer_task.await;
     node.shutdown().await;
     Ok(())
 }

@@ -6,6 +6,7 @@ use serde_json::json;
 use trellis_client::{v1 as pb, Client, Code};
 use trellis_server::config::Config;
 use trellis_server::node::Node;
+use trellis_server::serve::Listeners;
 
 struct Running {
     client: Client,
@@ -33,13 +34,14 @@ async fn start_with(tune: impl FnOnce(&mut Config)) -> Running {
     cfg.node.data_dir = dir.path().join("data");
     cfg.cluster.shards = 4;
     tune(&mut cfg);
-    let http = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let grpc = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = grpc.local_addr().unwrap();
-    cfg.node.grpc_addr = addr.to_string();
+    cfg.node.grpc_addr = "127.0.0.1:0".into();
+    cfg.node.http_addr = "127.0.0.1:0".into();
+    cfg.node.peer_addr = "127.0.0.1:0".into();
+    let listeners = Listeners::bind(&mut cfg).await.unwrap();
+    let addr = cfg.node.grpc_addr.clone();
     let node = Node::start(cfg).await.unwrap();
     let (tx, rx) = tokio::sync::oneshot::channel();
-    let served = tokio::spawn(trellis_server::serve::serve(node, http, grpc, async move {
+    let served = tokio::spawn(trellis_server::serve::serve(node, listeners, async move {
         let _ = rx.await;
     }));
     let client = Client::connect(&format!("http://{addr}")).await.unwrap();

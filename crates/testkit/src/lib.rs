@@ -41,6 +41,8 @@ pub struct Options {
     pub replication_factor: u32,
     /// Extra `TRELLIS__…` settings for every node.
     pub env: Vec<(String, String)>,
+    /// Start every node under `ulimit -n` of this many open files.
+    pub max_open_files: Option<u32>,
 }
 
 impl Default for Options {
@@ -49,6 +51,7 @@ impl Default for Options {
             shards: 16,
             replication_factor: 3,
             env: Vec::new(),
+            max_open_files: None,
         }
     }
 }
@@ -59,6 +62,8 @@ pub struct NodeProc {
     /// `127.0.0.1:port`, fixed after the first start.
     pub grpc: String,
     pub http: String,
+    /// The peer port (Raft, joins, forwarded calls).
+    pub peer: String,
     data: PathBuf,
     log: PathBuf,
     child: Option<Child>,
@@ -120,7 +125,7 @@ impl Cluster {
         self.nodes
             .values()
             .find(|n| n.is_running())
-            .map(|n| n.grpc.clone())
+            .map(|n| n.peer.clone())
     }
 
     fn spawn_new(&mut self, id: u64) -> Result<()> {
@@ -131,6 +136,7 @@ impl Cluster {
             id,
             grpc: "127.0.0.1:0".into(),
             http: "127.0.0.1:0".into(),
+            peer: "127.0.0.1:0".into(),
             data,
             log,
             child: None,
@@ -146,13 +152,25 @@ impl Cluster {
             .append(true)
             .open(&node.log)?;
         let start_len = log.metadata()?.len();
-        let mut cmd = Command::new(&self.bin);
+        let mut cmd = match self.opts.max_open_files {
+            // `sh` lowers the limit and then becomes the node (exec), so the pid is the
+            // node's.
+            Some(n) => {
+                let mut c = Command::new("sh");
+                c.arg("-c")
+                    .arg(format!("ulimit -n {n} && exec \"$0\" \"$@\""))
+                    .arg(&self.bin);
+                c
+            }
+            None => Command::new(&self.bin),
+        };
         cmd.arg("server")
             .args(["--node-id", &node.id.to_string()])
             .arg("--data-dir")
             .arg(&node.data)
             .args(["--grpc-addr", &node.grpc])
             .args(["--http-addr", &node.http])
+            .args(["--peer-addr", &node.peer])
             .args(["--shards", &self.opts.shards.to_string()])
             .args(["--bootstrap-expect", &self.bootstrap_expect.to_string()])
             .env("TRELLIS__CLUSTER__FAULT_INJECTION", "true")
@@ -187,14 +205,19 @@ impl Cluster {
                 let grpc = words
                     .iter()
                     .position(|w| *w == "gRPC")
-                    .map(|i| words[i + 1]);
+                    .and_then(|i| words.get(i + 1));
                 let http = words
                     .iter()
                     .position(|w| *w == "HTTP")
-                    .map(|i| words[i + 1]);
-                if let (Some(g), Some(h)) = (grpc, http) {
+                    .and_then(|i| words.get(i + 1));
+                let peer = words
+                    .iter()
+                    .position(|w| *w == "peer")
+                    .and_then(|i| words.get(i + 1));
+                if let (Some(g), Some(h), Some(p)) = (grpc, http, peer) {
                     node.grpc = g.to_string();
                     node.http = h.to_string();
+                    node.peer = p.to_string();
                     return Ok(());
                 }
             }

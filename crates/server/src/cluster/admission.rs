@@ -29,10 +29,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use trellis_proto::raft as rpb;
-use trellis_proto::v1 as pb;
 
-use crate::cluster::join_all;
 use crate::node::{ApiResult, Node, ShardCell};
+use futures::future::join_all;
 
 /// Most queued executions one shard reports per machine.
 const REPORT_QUEUED: usize = 1_000;
@@ -88,10 +87,7 @@ impl Node {
         let sent = tokio::time::timeout(limit, async {
             match self.meta.leader() {
                 Some(l) if l == self.id() => self.admission_kick_here(kick).await,
-                Some(l) => self
-                    .forward::<_, pb::Empty>(l, "AdmissionKick", &kick)
-                    .await
-                    .map(drop),
+                Some(l) => self.forward(l, kick).await.map(drop),
                 None => Ok(()),
             }
         })
@@ -209,7 +205,7 @@ impl Node {
         let fan = others.iter().map(|n| async move {
             tokio::time::timeout(
                 Duration::from_secs(2),
-                self.forward::<_, rpb::AdmissionReport>(*n, "AdmissionReport", &pb::Empty {}),
+                self.forward(*n, rpb::AdmissionReportRequest {}),
             )
             .await
         });
@@ -262,16 +258,10 @@ impl Node {
     /// Lets a queued execution run, on its shard's leader.
     async fn admit_execution(&self, arn: &str) -> ApiResult<()> {
         let shard = self.shard_id(arn)?;
-        let r = pb::DescribeExecutionRequest {
+        let r = rpb::AdmitRequest {
             execution_arn: arn.to_string(),
         };
-        self.on_shard(shard, "AdmitExecution", r, move |r| async move {
-            self.admit_here(&r.execution_arn)
-                .await
-                .map(|()| pb::Empty {})
-        })
-        .await
-        .map(drop)
+        self.on_shard(shard, r).await.map(drop)
     }
 
     pub(crate) async fn admit_here(&self, arn: &str) -> ApiResult<()> {

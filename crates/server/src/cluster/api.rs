@@ -4,11 +4,12 @@
 use std::time::Duration;
 
 use trellis_proto::error::{ApiError, Code};
+use trellis_proto::raft as rpb;
 use trellis_proto::v1 as pb;
 use trellis_shard::record::parse_token;
 
-use crate::cluster::join_all;
 use crate::node::{ApiResult, Node};
+use futures::future::join_all;
 
 impl Node {
     // ------------------------------------------------------------ meta writes
@@ -17,151 +18,90 @@ impl Node {
         &self,
         r: pb::CreateStateMachineRequest,
     ) -> ApiResult<pb::CreateStateMachineResponse> {
-        self.on_meta("CreateStateMachine", r, move |r| async move {
-            self.create_state_machine_here(r).await
-        })
-        .await
+        self.on_meta(r).await
     }
 
     pub async fn update_state_machine(
         &self,
         r: pb::UpdateStateMachineRequest,
     ) -> ApiResult<pb::UpdateStateMachineResponse> {
-        self.on_meta("UpdateStateMachine", r, move |r| async move {
-            self.update_state_machine_here(r).await
-        })
-        .await
+        self.on_meta(r).await
     }
 
     pub async fn delete_state_machine(&self, arn: &str) -> ApiResult<()> {
         let r = pb::DeleteStateMachineRequest {
             state_machine_arn: arn.to_string(),
         };
-        self.on_meta("DeleteStateMachine", r, move |r| async move {
-            self.delete_state_machine_here(&r.state_machine_arn)
-                .await
-                .map(|()| pb::Empty {})
-        })
-        .await
-        .map(drop)
+        self.on_meta(r).await.map(drop)
     }
 
     pub async fn publish_version(
         &self,
         r: pb::PublishVersionRequest,
     ) -> ApiResult<pb::PublishVersionResponse> {
-        self.on_meta("PublishStateMachineVersion", r, move |r| async move {
-            self.publish_version_here(r).await
-        })
-        .await
+        self.on_meta(r).await
     }
 
     pub async fn delete_version(&self, arn: &str) -> ApiResult<()> {
         let r = pb::DeleteVersionRequest {
             state_machine_version_arn: arn.to_string(),
         };
-        self.on_meta("DeleteStateMachineVersion", r, move |r| async move {
-            self.delete_version_here(&r.state_machine_version_arn)
-                .await
-                .map(|()| pb::Empty {})
-        })
-        .await
-        .map(drop)
+        self.on_meta(r).await.map(drop)
     }
 
     pub async fn create_alias(
         &self,
         r: pb::CreateAliasRequest,
     ) -> ApiResult<pb::CreateAliasResponse> {
-        self.on_meta("CreateStateMachineAlias", r, move |r| async move {
-            self.create_alias_here(r).await
-        })
-        .await
+        self.on_meta(r).await
     }
 
     pub async fn update_alias(
         &self,
         r: pb::UpdateAliasRequest,
     ) -> ApiResult<pb::UpdateAliasResponse> {
-        self.on_meta("UpdateStateMachineAlias", r, move |r| async move {
-            self.update_alias_here(r).await
-        })
-        .await
+        self.on_meta(r).await
     }
 
     pub async fn delete_alias(&self, arn: &str) -> ApiResult<()> {
         let r = pb::DeleteAliasRequest {
             state_machine_alias_arn: arn.to_string(),
         };
-        self.on_meta("DeleteStateMachineAlias", r, move |r| async move {
-            self.delete_alias_here(&r.state_machine_alias_arn)
-                .await
-                .map(|()| pb::Empty {})
-        })
-        .await
-        .map(drop)
+        self.on_meta(r).await.map(drop)
     }
 
     pub async fn create_activity(&self, name: &str) -> ApiResult<pb::CreateActivityResponse> {
         let r = pb::CreateActivityRequest {
             name: name.to_string(),
         };
-        self.on_meta("CreateActivity", r, move |r| async move {
-            self.create_activity_here(&r.name).await
-        })
-        .await
+        self.on_meta(r).await
     }
 
     pub async fn delete_activity(&self, arn: &str) -> ApiResult<()> {
         let r = pb::DeleteActivityRequest {
             activity_arn: arn.to_string(),
         };
-        self.on_meta("DeleteActivity", r, move |r| async move {
-            self.delete_activity_here(&r.activity_arn)
-                .await
-                .map(|()| pb::Empty {})
-        })
-        .await
-        .map(drop)
+        self.on_meta(r).await.map(drop)
     }
 
     // ------------------------------------------------------------ executions
 
+    /// StartExecution: resolved here, once (an alias rolls once), then started on the
+    /// shard's leader. Express executions run here, in memory.
     pub async fn start_execution(
         &self,
-        mut r: pb::StartExecutionRequest,
+        r: pb::StartExecutionRequest,
     ) -> ApiResult<pb::StartExecutionResponse> {
-        if crate::cluster::route::forwarded() {
-            return self.start_execution_here(r).await;
-        }
         let resolved = self
             .meta_read(|| self.resolve(&r.state_machine_arn))
             .await?;
-        let m = &resolved.0;
-        if m["type"] == "EXPRESS" {
-            // Express executions run in memory on the node that takes the call.
-            return self.start_resolved(r, resolved).await;
+        if resolved.machine["type"] == "EXPRESS" {
+            return self.start_express(r, resolved).await;
         }
         // The name decides the shard, so it is chosen here, once.
-        r.name = self.execution_name(&r.name)?;
-        let arn = format!(
-            "{}:execution:{}:{}",
-            self.arn_prefix(),
-            m["name"].as_str().unwrap_or_default(),
-            r.name
-        );
-        let shard = self.shard_id(&arn)?;
-        if self.leading(shard).is_ok() {
-            // The common case on a single node: no second meta read.
-            match self.start_resolved(r.clone(), resolved).await {
-                Err(e) if e.code == Code::NotLeader => {}
-                done => return done,
-            }
-        }
-        self.on_shard(shard, "StartExecution", r, move |r| async move {
-            self.start_execution_here(r).await
-        })
-        .await
+        let start = self.start_request(r, resolved)?;
+        let shard = self.shard_id(&self.execution_arn(&start.state_machine_name, &start.name))?;
+        self.on_shard(shard, start).await
     }
 
     /// A read of meta records that, when it finds nothing, first catches this node's meta
@@ -175,12 +115,9 @@ impl Node {
                     Code::StateMachineDoesNotExist
                         | Code::ActivityDoesNotExist
                         | Code::ResourceNotFound
-                ) && !crate::cluster::route::forwarded() =>
+                ) =>
             {
-                let caught_up = self
-                    .on_meta("MetaIndex", pb::Empty {}, |_| async { Ok(pb::Empty {}) })
-                    .await;
-                if caught_up.is_err() {
+                if self.on_meta(rpb::MetaIndexRequest {}).await.is_err() {
                     return Err(e);
                 }
                 read()
@@ -200,10 +137,7 @@ impl Node {
         let r = pb::DescribeExecutionRequest {
             execution_arn: arn.to_string(),
         };
-        self.on_shard(shard, "DescribeExecution", r, move |r| async move {
-            self.describe_execution_here(&r.execution_arn)
-        })
-        .await
+        self.on_shard(shard, r).await
     }
 
     pub async fn stop_execution(
@@ -211,10 +145,7 @@ impl Node {
         r: pb::StopExecutionRequest,
     ) -> ApiResult<pb::StopExecutionResponse> {
         let shard = self.execution_shard(&r.execution_arn)?;
-        self.on_shard(shard, "StopExecution", r, move |r| async move {
-            self.stop_execution_here(r).await
-        })
-        .await
+        self.on_shard(shard, r).await
     }
 
     pub async fn redrive_execution(&self, arn: &str) -> ApiResult<pb::RedriveExecutionResponse> {
@@ -223,29 +154,19 @@ impl Node {
             execution_arn: arn.to_string(),
             client_token: String::new(),
         };
-        self.on_shard(shard, "RedriveExecution", r, move |r| async move {
-            self.redrive_execution_here(&r.execution_arn).await
-        })
-        .await
+        self.on_shard(shard, r).await
     }
 
     pub async fn pause_execution(&self, arn: &str, pause: bool) -> ApiResult<()> {
         let shard = self.execution_shard(arn)?;
-        let r = pb::PauseExecutionRequest {
-            execution_arn: arn.to_string(),
-        };
-        let op = if pause {
-            "PauseExecution"
+        let execution_arn = arn.to_string();
+        if pause {
+            let r = pb::PauseExecutionRequest { execution_arn };
+            self.on_shard(shard, r).await.map(drop)
         } else {
-            "ResumeExecution"
-        };
-        self.on_shard(shard, op, r, move |r| async move {
-            self.pause_execution_here(&r.execution_arn, pause)
-                .await
-                .map(|()| pb::Empty {})
-        })
-        .await
-        .map(drop)
+            let r = pb::ResumeExecutionRequest { execution_arn };
+            self.on_shard(shard, r).await.map(drop)
+        }
     }
 
     pub async fn get_execution_history(
@@ -253,10 +174,7 @@ impl Node {
         r: pb::GetExecutionHistoryRequest,
     ) -> ApiResult<pb::GetExecutionHistoryResponse> {
         let shard = self.execution_shard(&r.execution_arn)?;
-        self.on_shard(shard, "GetExecutionHistory", r, move |r| async move {
-            self.get_execution_history_here(&r)
-        })
-        .await
+        self.on_shard(shard, r).await
     }
 
     // ------------------------------------------------------------ task tokens
@@ -279,13 +197,7 @@ impl Node {
             task_token: token.to_string(),
             output: output.to_string(),
         };
-        self.on_shard(shard, "SendTaskSuccess", r, move |r| async move {
-            self.send_task_success_here(&r.task_token, &r.output)
-                .await
-                .map(|()| pb::Empty {})
-        })
-        .await
-        .map(drop)
+        self.on_shard(shard, r).await.map(drop)
     }
 
     pub async fn send_task_failure(&self, token: &str, error: &str, cause: &str) -> ApiResult<()> {
@@ -295,13 +207,7 @@ impl Node {
             error: error.to_string(),
             cause: cause.to_string(),
         };
-        self.on_shard(shard, "SendTaskFailure", r, move |r| async move {
-            self.send_task_failure_here(&r.task_token, &r.error, &r.cause)
-                .await
-                .map(|()| pb::Empty {})
-        })
-        .await
-        .map(drop)
+        self.on_shard(shard, r).await.map(drop)
     }
 
     pub async fn send_task_heartbeat(&self, token: &str) -> ApiResult<()> {
@@ -309,13 +215,7 @@ impl Node {
         let r = pb::SendTaskHeartbeatRequest {
             task_token: token.to_string(),
         };
-        self.on_shard(shard, "SendTaskHeartbeat", r, move |r| async move {
-            self.send_task_heartbeat_here(&r.task_token)
-                .await
-                .map(|()| pb::Empty {})
-        })
-        .await
-        .map(drop)
+        self.on_shard(shard, r).await.map(drop)
     }
 
     // ------------------------------------------------------------ operators
@@ -323,13 +223,10 @@ impl Node {
     /// The detector's findings on every shard, from every node.
     pub async fn doctor(&self) -> ApiResult<pb::DoctorReport> {
         let mut out = self.doctor_here().await?;
-        if crate::cluster::route::forwarded() {
-            return Ok(out);
-        }
-        let fan = self.other_nodes().into_iter().map(|n| async move {
-            self.forward::<_, pb::DoctorReport>(n, "Doctor", &pb::Empty {})
-                .await
-        });
+        let fan = self
+            .other_nodes()
+            .into_iter()
+            .map(|n| self.forward(n, rpb::DoctorRequest {}));
         for r in join_all(fan).await {
             let r = r?;
             out.scanned_executions += r.scanned_executions;
@@ -346,18 +243,13 @@ impl Node {
     /// [`Node::list_shards`]; without `count_live` the leaders do not count their live
     /// executions (the placement driver asks every second and needs only the leaders).
     pub(crate) async fn shard_views(&self, count_live: bool) -> ApiResult<pb::ListShardsResponse> {
-        let op = if count_live {
-            "ListShards"
-        } else {
-            "ShardLeaders"
-        };
         let map = self.meta.shard_map().map_err(crate::node::from_meta)?;
         let mut reports = vec![(self.id(), self.local_shards(count_live))];
         let others = self.other_nodes();
         let fan = others.iter().map(|n| async move {
             tokio::time::timeout(
                 Duration::from_secs(2),
-                self.forward::<_, pb::ListShardsResponse>(*n, op, &pb::Empty {}),
+                self.forward(*n, rpb::LocalShardsRequest { count_live }),
             )
             .await
         });
@@ -503,59 +395,30 @@ impl Node {
 // ------------------------------------------------------------ placement (meta leader)
 
 impl Node {
-    /// A placement action on the shard's leader.
-    pub(crate) async fn shard_control(
-        &self,
-        r: trellis_proto::raft::ShardControl,
-    ) -> ApiResult<trellis_proto::raft::ShardControlReply> {
-        let shard = r.shard;
-        self.on_shard(shard, "ShardControl", r, move |r| async move {
-            self.shard_control_here(r).await
-        })
-        .await
-    }
-
     pub async fn drain_node(&self, id: u64) -> ApiResult<()> {
-        let r = pb::NodeRequest { node_id: id };
-        self.on_meta("DrainNode", r, move |r| async move {
-            self.set_node_state_here(r.node_id, trellis_meta::placement::NodeState::Draining)
-                .await
-                .map(|()| pb::Empty {})
-        })
-        .await
-        .map(drop)
+        let r = rpb::SetNodeStateRequest {
+            node_id: id,
+            state: rpb::NodeStateChange::Draining as i32,
+        };
+        self.on_meta(r).await.map(drop)
     }
 
     pub async fn remove_node(&self, id: u64) -> ApiResult<()> {
-        let r = pb::NodeRequest { node_id: id };
-        self.on_meta("RemoveNode", r, move |r| async move {
-            self.set_node_state_here(r.node_id, trellis_meta::placement::NodeState::Removed)
-                .await
-                .map(|()| pb::Empty {})
-        })
-        .await
-        .map(drop)
+        let r = rpb::SetNodeStateRequest {
+            node_id: id,
+            state: rpb::NodeStateChange::Removed as i32,
+        };
+        self.on_meta(r).await.map(drop)
     }
 
     pub async fn set_placement(&self, paused: bool) -> ApiResult<()> {
-        let r = pb::SetPlacementRequest { paused };
-        self.on_meta("SetPlacement", r, move |r| async move {
-            self.set_placement_paused_here(r.paused)
-                .await
-                .map(|()| pb::Empty {})
-        })
-        .await
-        .map(drop)
+        self.on_meta(pb::SetPlacementRequest { paused })
+            .await
+            .map(drop)
     }
 
     pub async fn rebalance(&self) -> ApiResult<pb::RebalanceResponse> {
-        self.on_meta("Rebalance", pb::Empty {}, move |_| async move {
-            let me = self
-                .arc()
-                .ok_or_else(|| ApiError::new(Code::ServiceUnavailable, "the node is stopping"))?;
-            me.rebalance_here().await
-        })
-        .await
+        self.on_meta(rpb::RebalanceRequest {}).await
     }
 
     /// Runs one operator-requested step on the meta leader and waits for it.
@@ -573,104 +436,107 @@ impl Node {
     }
 
     pub async fn move_shard(&self, r: pb::MoveShardRequest) -> ApiResult<()> {
-        self.on_meta("MoveShard", r, move |r| async move {
-            let rec = self
-                .meta
-                .shard_map()
-                .map_err(crate::node::from_meta)?
-                .into_iter()
-                .find(|s| s.id == r.shard)
-                .ok_or_else(|| {
-                    ApiError::new(
-                        Code::ResourceNotFound,
-                        format!("Resource Not Found: 'shard {}'", r.shard),
-                    )
-                })?;
-            if !rec.replicas.contains(&r.from) {
-                return Err(ApiError::new(
-                    Code::ValidationException,
-                    format!("node {} holds no replica of shard {}", r.from, r.shard),
-                ));
-            }
-            if rec.replicas.contains(&r.to) {
-                return Err(ApiError::new(
-                    Code::ValidationException,
-                    format!("node {} already holds a replica of shard {}", r.to, r.shard),
-                ));
-            }
-            let up = self
-                .meta
-                .nodes()
-                .map_err(crate::node::from_meta)?
-                .into_iter()
-                .any(|n| n.id == r.to && n.state == trellis_meta::placement::NodeState::Up);
-            if !up {
-                return Err(ApiError::new(
-                    Code::ValidationException,
-                    format!("node {} is not an UP member", r.to),
-                ));
-            }
-            let leader = self
-                .list_shards()
-                .await?
-                .shards
-                .into_iter()
-                .find(|s| s.id == r.shard)
-                .map(|s| s.leader);
-            if leader == Some(r.from) {
-                // A replica never moves off its leader: the leadership goes first.
-                let to = rec
-                    .replicas
-                    .iter()
-                    .copied()
-                    .find(|x| *x != r.from)
-                    .unwrap_or(r.to);
-                self.operator_step(trellis_meta::placement::Step::TransferLeader {
-                    shard: r.shard,
-                    from: r.from,
-                    to,
-                })
-                .await?;
-            }
-            self.operator_step(trellis_meta::placement::Step::Move {
+        self.on_meta(r).await.map(drop)
+    }
+
+    /// Moves a replica of a shard, on the meta leader.
+    pub(crate) async fn move_shard_here(&self, r: pb::MoveShardRequest) -> ApiResult<()> {
+        let rec = self
+            .meta
+            .shard_map()
+            .map_err(crate::node::from_meta)?
+            .into_iter()
+            .find(|s| s.id == r.shard)
+            .ok_or_else(|| {
+                ApiError::new(
+                    Code::ResourceNotFound,
+                    format!("Resource Not Found: 'shard {}'", r.shard),
+                )
+            })?;
+        if !rec.replicas.contains(&r.from) {
+            return Err(ApiError::new(
+                Code::ValidationException,
+                format!("node {} holds no replica of shard {}", r.from, r.shard),
+            ));
+        }
+        if rec.replicas.contains(&r.to) {
+            return Err(ApiError::new(
+                Code::ValidationException,
+                format!("node {} already holds a replica of shard {}", r.to, r.shard),
+            ));
+        }
+        let up = self
+            .meta
+            .nodes()
+            .map_err(crate::node::from_meta)?
+            .into_iter()
+            .any(|n| n.id == r.to && n.state == trellis_meta::placement::NodeState::Up);
+        if !up {
+            return Err(ApiError::new(
+                Code::ValidationException,
+                format!("node {} is not an UP member", r.to),
+            ));
+        }
+        let leader = self
+            .list_shards()
+            .await?
+            .shards
+            .into_iter()
+            .find(|s| s.id == r.shard)
+            .map(|s| s.leader);
+        if leader == Some(r.from) {
+            // A replica never moves off its leader: the leadership goes first.
+            let to = rec
+                .replicas
+                .iter()
+                .copied()
+                .find(|x| *x != r.from)
+                .unwrap_or(r.to);
+            self.operator_step(trellis_meta::placement::Step::TransferLeader {
                 shard: r.shard,
-                from: Some(r.from),
-                to: r.to,
+                from: r.from,
+                to,
             })
-            .await
-            .map(|()| pb::Empty {})
+            .await?;
+        }
+        self.operator_step(trellis_meta::placement::Step::Move {
+            shard: r.shard,
+            from: Some(r.from),
+            to: r.to,
         })
         .await
-        .map(drop)
     }
 
     pub async fn transfer_shard_leader(&self, r: pb::TransferShardLeaderRequest) -> ApiResult<()> {
-        self.on_meta("TransferShardLeader", r, move |r| async move {
-            let leader = self
-                .list_shards()
-                .await?
-                .shards
-                .into_iter()
-                .find(|s| s.id == r.shard)
-                .map(|s| s.leader)
-                .ok_or_else(|| {
-                    ApiError::new(
-                        Code::ResourceNotFound,
-                        format!("Resource Not Found: 'shard {}'", r.shard),
-                    )
-                })?;
-            if leader == r.to {
-                return Ok(pb::Empty {});
-            }
-            self.operator_step(trellis_meta::placement::Step::TransferLeader {
-                shard: r.shard,
-                from: leader,
-                to: r.to,
-            })
-            .await
-            .map(|()| pb::Empty {})
+        self.on_meta(r).await.map(drop)
+    }
+
+    /// Hands a shard's leadership to another replica, on the meta leader.
+    pub(crate) async fn transfer_shard_leader_here(
+        &self,
+        r: pb::TransferShardLeaderRequest,
+    ) -> ApiResult<()> {
+        let leader = self
+            .list_shards()
+            .await?
+            .shards
+            .into_iter()
+            .find(|s| s.id == r.shard)
+            .map(|s| s.leader)
+            .ok_or_else(|| {
+                ApiError::new(
+                    Code::ResourceNotFound,
+                    format!("Resource Not Found: 'shard {}'", r.shard),
+                )
+            })?;
+        if leader == r.to {
+            return Ok(());
+        }
+        self.operator_step(trellis_meta::placement::Step::TransferLeader {
+            shard: r.shard,
+            from: leader,
+            to: r.to,
         })
         .await
-        .map(drop)
     }
 }

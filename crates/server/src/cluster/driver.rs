@@ -24,8 +24,8 @@ use trellis_proto::error::{ApiError, Code};
 use trellis_proto::raft as rpb;
 use trellis_proto::v1 as pb;
 
-use crate::cluster::join_all;
 use crate::node::{from_meta, internal, ApiResult, Node, ShardCell};
+use futures::future::join_all;
 
 /// Placement steps in flight at once.
 const BUDGET: usize = 4;
@@ -183,7 +183,7 @@ impl Node {
                 .map_err(from_meta)?
                 .into_iter()
                 .find(|n| n.id == t)
-                .map(|n| n.grpc_addr)
+                .map(|n| n.peer().to_string())
                 .ok_or_else(|| ApiError::new(Code::ValidationException, format!("no node {t}")))?;
             rec.learners = vec![t];
             rec.epoch += 1;
@@ -191,16 +191,12 @@ impl Node {
         }
         let req = rpb::ShardControl {
             shard,
-            action: "change".into(),
+            action: rpb::ShardAction::Change as i32,
             add: to.unwrap_or(0),
             add_addr,
             voters: voters.iter().copied().collect(),
         };
-        let changed = self
-            .on_shard(shard, "ShardControl", req, move |r| async move {
-                self.shard_control_here(r).await
-            })
-            .await;
+        let changed = self.on_shard(shard, req).await;
         let mut rec = self.shard_record(shard)?;
         rec.learners.clear();
         rec.epoch += 1;
@@ -239,30 +235,29 @@ impl Node {
             .copied()
             .filter(|r| *r != from && *r != to)
             .collect();
-        let control = |node: u64, action: &'static str| async move {
+        let control = |node: u64, action: rpb::ShardAction| async move {
             let req = rpb::ShardControl {
                 shard,
-                action: action.into(),
+                action: action as i32,
                 ..Default::default()
             };
             if node == self.id() {
                 self.shard_control_here(req).await
             } else {
-                self.forward::<_, rpb::ShardControlReply>(node, "ShardControlHere", &req)
-                    .await
+                self.forward(node, req).await
             }
         };
         for o in &others {
-            let _ = control(*o, "elect-off").await;
+            let _ = control(*o, rpb::ShardAction::ElectOff).await;
         }
-        let _ = control(from, "mute").await;
+        let _ = control(from, rpb::ShardAction::Mute).await;
         let deadline = Instant::now() + Duration::from_secs(8);
         let mut result = Err(ApiError::new(
             Code::ServiceUnavailable,
             format!("node {to} did not take the leadership of shard {shard} in time"),
         ));
         while Instant::now() < deadline {
-            match control(to, "elect-now").await {
+            match control(to, rpb::ShardAction::ElectNow).await {
                 Ok(r) if r.leader == to => {
                     result = Ok(());
                     break;
@@ -270,9 +265,9 @@ impl Node {
                 _ => tokio::time::sleep(Duration::from_millis(200)).await,
             }
         }
-        let _ = control(from, "unmute").await;
+        let _ = control(from, rpb::ShardAction::Unmute).await;
         for o in &others {
-            let _ = control(*o, "elect-on").await;
+            let _ = control(*o, rpb::ShardAction::ElectOn).await;
         }
         result
     }
@@ -289,10 +284,16 @@ impl Node {
             .ok_or_else(|| ApiError::not_leader(None))?;
         let group = u64::from(r.shard) + 1;
         let raft_err = |e: String| ApiError::new(Code::ServiceUnavailable, e);
-        match r.action.as_str() {
+        let action = rpb::ShardAction::try_from(r.action).map_err(|_| {
+            ApiError::new(
+                Code::ValidationException,
+                format!("unknown shard action {}", r.action),
+            )
+        })?;
+        match action {
             // Both undo themselves after a while: a driver that dies mid-transfer must not
             // leave a shard unable to elect a leader.
-            "mute" => {
+            rpb::ShardAction::Mute => {
                 self.transport.mute(group, true);
                 let transport = self.transport.clone();
                 tokio::spawn(async move {
@@ -300,8 +301,8 @@ impl Node {
                     transport.mute(group, false);
                 });
             }
-            "unmute" => self.transport.mute(group, false),
-            "elect-off" => {
+            rpb::ShardAction::Unmute => self.transport.mute(group, false),
+            rpb::ShardAction::ElectOff => {
                 rep.raft.runtime_config().elect(false);
                 let raft = rep.raft.clone();
                 tokio::spawn(async move {
@@ -309,8 +310,8 @@ impl Node {
                     raft.runtime_config().elect(true);
                 });
             }
-            "elect-on" => rep.raft.runtime_config().elect(true),
-            "elect-now" => {
+            rpb::ShardAction::ElectOn => rep.raft.runtime_config().elect(true),
+            rpb::ShardAction::ElectNow => {
                 let m = rep.raft.metrics().borrow().clone();
                 if m.current_leader != Some(self.id()) {
                     rep.raft
@@ -320,7 +321,7 @@ impl Node {
                         .map_err(|e| raft_err(e.to_string()))?;
                 }
             }
-            "change" => {
+            rpb::ShardAction::Change => {
                 let m = rep.raft.metrics().borrow().clone();
                 if m.current_leader != Some(self.id()) {
                     return Err(ApiError::not_leader(m.current_leader));
@@ -346,12 +347,6 @@ impl Node {
                     .change_membership(voters, false)
                     .await
                     .map_err(|e| raft_err(format!("changing the voters: {e}")))?;
-            }
-            other => {
-                return Err(ApiError::new(
-                    Code::ValidationException,
-                    format!("unknown shard action '{other}'"),
-                ))
             }
         }
         let m = rep.raft.metrics().borrow().clone();

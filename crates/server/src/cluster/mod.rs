@@ -40,6 +40,9 @@ use trellis_shard::Executor;
 
 use crate::node::{ApiResult, Node, Replica, ShardCell};
 
+/// How far a replica's applied index may trail its log while the node counts as ready.
+pub const READY_LAG: u64 = 100;
+
 impl Node {
     pub fn id(&self) -> u64 {
         self.cfg.node.id
@@ -49,8 +52,9 @@ impl Node {
     fn node_record(&self) -> NodeRecord {
         NodeRecord {
             id: self.id(),
-            grpc_addr: self.cfg.node.advertised().to_string(),
+            grpc_addr: self.cfg.node.advertised_grpc(),
             http_addr: self.cfg.node.advertised_http(),
+            peer_addr: self.cfg.node.advertised().to_string(),
             zone: self.cfg.node.zone.clone(),
             state: NodeState::Up,
         }
@@ -136,29 +140,52 @@ impl Node {
         Ok(())
     }
 
-    /// Waits until every shard this node replicates has a leader, and every shard it leads
-    /// runs its executor.
+    /// Waits until the node is ready ([`Node::readiness`]).
     pub async fn wait_ready(&self, timeout: Duration) -> anyhow::Result<()> {
         let deadline = tokio::time::Instant::now() + timeout;
         loop {
-            let mut ready = !self.cells().is_empty();
-            for c in self.cells() {
-                let Some(r) = c.get() else { continue };
-                let m = r.raft.metrics().borrow().clone();
-                match m.current_leader {
-                    None => ready = false,
-                    Some(l) if l == self.id() && r.handle().is_none() => ready = false,
-                    _ => {}
-                }
-            }
-            if ready {
-                return Ok(());
-            }
+            let why = match self.readiness() {
+                Ok(()) => return Ok(()),
+                Err(why) => why,
+            };
             if tokio::time::Instant::now() > deadline {
-                anyhow::bail!("shards did not get leaders within {timeout:?}");
+                anyhow::bail!("the node is not ready after {timeout:?}: {why}");
             }
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
+    }
+
+    /// Whether this node can serve, or why not (`/readyz`): the meta group has a leader,
+    /// the node knows the shard map, every shard replica it holds knows its leader and has
+    /// applied its log (within [`READY_LAG`] entries), and every shard it leads runs its
+    /// executor.
+    pub fn readiness(&self) -> Result<(), String> {
+        if self.meta.leader().is_none() {
+            return Err("the meta group has no leader".into());
+        }
+        if self.cells().is_empty() {
+            return Err("the shard map is not known yet".into());
+        }
+        for c in self.cells() {
+            let Some(r) = c.get() else { continue };
+            let m = r.raft.metrics().borrow().clone();
+            let applied = m.last_applied.map_or(0, |l| l.index);
+            let logged = m.last_log_index.unwrap_or(0);
+            match m.current_leader {
+                None => return Err(format!("shard {} has no leader", r.shard)),
+                Some(l) if l == self.id() && r.handle().is_none() => {
+                    return Err(format!("shard {} has no executor yet", r.shard))
+                }
+                _ if logged.saturating_sub(applied) > READY_LAG => {
+                    return Err(format!(
+                        "shard {} has applied {applied} of {logged} log entries",
+                        r.shard
+                    ))
+                }
+                _ => {}
+            }
+        }
+        Ok(())
     }
 
     async fn join(&self, addrs: &[String]) -> anyhow::Result<()> {
@@ -175,6 +202,7 @@ impl Node {
                     grpc_addr: me.grpc_addr.clone(),
                     http_addr: me.http_addr.clone(),
                     zone: me.zone.clone(),
+                    peer_addr: me.peer_addr.clone(),
                 };
                 match c.join(req).await {
                     Ok(r) => {
@@ -200,10 +228,10 @@ impl Node {
 
     /// Admits a node (on the meta leader; other nodes forward).
     pub(crate) async fn admit_node(&self, r: rpb::JoinRequest) -> ApiResult<rpb::JoinReply> {
-        if r.node_id == 0 || r.grpc_addr.is_empty() {
+        if r.node_id == 0 || r.peer_addr.is_empty() {
             return Err(ApiError::new(
                 Code::ValidationException,
-                "a joining node needs an id and a gRPC address",
+                "a joining node needs an id and a peer address (an older trellis?)",
             ));
         }
         let leader = self.meta.leader();
@@ -236,7 +264,7 @@ impl Node {
         let _g = self.meta_lock.lock().await;
         self.meta
             .raft
-            .add_learner(r.node_id, BasicNode::new(&r.grpc_addr), true)
+            .add_learner(r.node_id, BasicNode::new(&r.peer_addr), true)
             .await
             .map_err(|e| {
                 ApiError::new(
@@ -248,6 +276,7 @@ impl Node {
             id: r.node_id,
             grpc_addr: r.grpc_addr,
             http_addr: r.http_addr,
+            peer_addr: r.peer_addr,
             zone: r.zone,
             state: NodeState::Up,
         };
@@ -257,7 +286,7 @@ impl Node {
             serde_json::to_value(&rec).map_err(crate::node::internal)?,
         )
         .await?;
-        tracing::info!(node_id = self.id(), joined = rec.id, addr = %rec.grpc_addr, "node joined");
+        tracing::info!(node_id = self.id(), joined = rec.id, addr = %rec.peer_addr, "node joined");
         Ok(rpb::JoinReply {
             meta_leader: self.id(),
             shard_count: self.shard_count(),
@@ -387,7 +416,7 @@ impl Node {
             let members: BTreeMap<u64, BasicNode> = s
                 .replicas
                 .iter()
-                .filter_map(|r| nodes.get(r).map(|n| (*r, BasicNode::new(&n.grpc_addr))))
+                .filter_map(|r| nodes.get(r).map(|n| (*r, BasicNode::new(n.peer()))))
                 .collect();
             let first = s.replicas.first() == Some(&self.id());
             let node = self.clone();
@@ -515,7 +544,8 @@ impl Node {
             .get(Table::Nodes, &placement::node_key(node))
             .ok()
             .flatten()
-            .and_then(|v| v["grpcAddr"].as_str().map(str::to_string))
+            .and_then(|v| serde_json::from_value::<NodeRecord>(v).ok())
+            .map(|n| n.peer().to_string())
             .or_else(|| {
                 let m = self.meta.raft.metrics().borrow().clone();
                 m.membership_config
@@ -591,32 +621,6 @@ impl Node {
             .collect();
         pb::ListShardsResponse { shards }
     }
-}
-
-/// Runs futures concurrently and returns their outputs in order.
-pub(crate) async fn join_all<F: std::future::Future>(
-    futs: impl IntoIterator<Item = F>,
-) -> Vec<F::Output> {
-    let mut futs: Vec<_> = futs.into_iter().map(Box::pin).collect();
-    let mut out: Vec<Option<F::Output>> = futs.iter().map(|_| None).collect();
-    std::future::poll_fn(|cx| {
-        let mut pending = false;
-        for (i, f) in futs.iter_mut().enumerate() {
-            if out[i].is_none() {
-                match f.as_mut().poll(cx) {
-                    std::task::Poll::Ready(v) => out[i] = Some(v),
-                    std::task::Poll::Pending => pending = true,
-                }
-            }
-        }
-        if pending {
-            std::task::Poll::Pending
-        } else {
-            std::task::Poll::Ready(())
-        }
-    })
-    .await;
-    out.into_iter().flatten().collect()
 }
 
 /// Runs the shard's executor while this node leads the shard.

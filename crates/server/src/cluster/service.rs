@@ -18,13 +18,17 @@ pub struct Service {
 }
 
 impl Service {
+    /// The service, taking and sending messages of at most
+    /// `cluster.peer_max_message_bytes`: a larger one is refused from its length prefix,
+    /// before its body is read.
     pub fn new(node: &Arc<Node>) -> RaftTransportServer<Service> {
+        let max = node.cfg.cluster.peer_max_message_bytes;
         RaftTransportServer::new(Service {
             transport: node.transport.clone(),
             node: Arc::downgrade(node),
         })
-        .max_decoding_message_size(usize::MAX)
-        .max_encoding_message_size(usize::MAX)
+        .max_decoding_message_size(max)
+        .max_encoding_message_size(max)
     }
 
     fn node(&self) -> Result<Arc<Node>, Status> {

@@ -96,6 +96,8 @@ struct Peer {
 /// This node's end of the transport: the peers it sends to and the groups it receives for.
 pub struct Transport {
     node_id: u64,
+    /// The largest message sent or taken (`cluster.peer_max_message_bytes`).
+    max_message: usize,
     peers: Mutex<HashMap<u64, Arc<Peer>>>,
     groups: RwLock<HashMap<u64, Arc<dyn GroupHandler>>>,
     blocked: RwLock<HashSet<u64>>,
@@ -120,9 +122,10 @@ pub fn channel(addr: &str) -> Result<Channel, String> {
 }
 
 impl Transport {
-    pub fn new(node_id: u64) -> Arc<Transport> {
+    pub fn new(node_id: u64, max_message: usize) -> Arc<Transport> {
         Arc::new(Transport {
             node_id,
+            max_message,
             peers: Mutex::default(),
             groups: RwLock::default(),
             blocked: RwLock::default(),
@@ -194,15 +197,13 @@ impl Transport {
                 return Ok(p.clone());
             }
         }
-        let client = RaftTransportClient::new(channel(addr)?)
-            .max_decoding_message_size(usize::MAX)
-            .max_encoding_message_size(usize::MAX);
-        let snapshots = RaftTransportClient::new(channel(addr)?)
-            .max_decoding_message_size(usize::MAX)
-            .max_encoding_message_size(usize::MAX);
-        let api = RaftTransportClient::new(channel(addr)?)
-            .max_decoding_message_size(usize::MAX)
-            .max_encoding_message_size(usize::MAX);
+        let client = |addr| -> Result<RaftTransportClient<Channel>, String> {
+            Ok(RaftTransportClient::new(channel(addr)?)
+                .max_decoding_message_size(self.max_message)
+                .max_encoding_message_size(self.max_message))
+        };
+        let (snapshots, api) = (client(addr)?, client(addr)?);
+        let client = client(addr)?;
         let (tx, rx) = mpsc::unbounded_channel();
         tokio::spawn(send_loop(self.node_id, client, rx));
         let p = Arc::new(Peer {
