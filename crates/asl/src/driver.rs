@@ -1,10 +1,16 @@
 //! A single-execution, in-memory driver: it feeds an [`Execution`] its inputs, keeps its
-//! timers in due order and hands tasks to a [`Tasks`] implementation, until the execution
-//! ends.
+//! timers in due order and hands tasks to the host, until the execution ends.
 //!
-//! It serves `trellis run` (a real clock that sleeps, or jumps with `--fast-timers`), the golden
-//! corpus and the fuzz target (a virtual clock). The durable shard does not use it: there,
-//! timers and tasks are replicated state.
+//! Two ways to drive it, one loop underneath:
+//! * [`Driver::run`] runs the whole execution synchronously, calling a [`Tasks`]
+//!   implementation for each task and moving a [`Clock`] to each timer. The golden corpus
+//!   and the fuzz target use it with a virtual clock.
+//! * [`Driver::step_next`], [`Driver::next_timer`] and [`Driver::fire_next_timer`] are that
+//!   loop's parts, for a host that runs tasks concurrently and waits for whichever comes
+//!   first, a task's answer or a timer: `trellis run` and Express executions, on tokio
+//!   (`crates/server/src/runner.rs`). This crate itself never waits.
+//!
+//! The durable shard does not use it: there, timers and tasks are replicated state.
 
 use std::collections::{BTreeSet, HashMap, VecDeque};
 
@@ -33,6 +39,16 @@ pub trait Tasks {
     fn invoke(&mut self, request: &TaskRequest) -> std::result::Result<Option<Input>, String>;
 }
 
+/// What the host does after a step.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Action {
+    /// Run this task and [`Driver::push`] its answer.
+    Invoke(TaskRequest),
+    /// The task is no longer wanted (timed out, aborted): stop it if it runs; an answer
+    /// for it would be ignored anyway.
+    Cancel(u64),
+}
+
 /// Drives one execution to its end.
 pub struct Driver {
     inputs: VecDeque<Input>,
@@ -42,6 +58,7 @@ pub struct Driver {
     history: Vec<HistoryEvent>,
     keep_history: bool,
     max_steps: u64,
+    steps: u64,
     round_trip: bool,
 }
 
@@ -60,6 +77,7 @@ impl Driver {
             history: Vec::new(),
             keep_history: true,
             max_steps: u64::MAX,
+            steps: 0,
             round_trip: false,
         }
     }
@@ -107,63 +125,97 @@ impl Driver {
         clock: &mut dyn Clock,
         tasks: &mut dyn Tasks,
     ) -> Result<()> {
-        let mut steps = 0u64;
         while !exec.status().is_terminal() {
-            steps += 1;
-            if steps > self.max_steps {
-                return Err(Error::Driver(format!(
-                    "the execution did not end within {} steps",
-                    self.max_steps
-                )));
-            }
-            let input = match self.inputs.pop_front() {
-                Some(i) => i,
+            match self.step_next(exec, clock)? {
+                Some(actions) => {
+                    for a in actions {
+                        if let Action::Invoke(t) = a {
+                            if let Some(i) = tasks.invoke(&t).map_err(Error::Driver)? {
+                                self.inputs.push_back(i);
+                            }
+                        }
+                    }
+                }
                 None => {
-                    let Some((at, timer_id)) = self.timers.pop_first() else {
+                    let Some(at) = self.next_timer() else {
                         let pending: Vec<u64> = exec.pending_tasks().collect();
                         return Err(Error::Driver(format!(
                             "the execution is waiting for something that will never arrive \
                              (pending tasks: {pending:?})"
                         )));
                     };
-                    self.due.remove(&timer_id);
                     clock.advance_to(at);
-                    Input::TimerFired { timer_id }
-                }
-            };
-            let out = exec.step(input, clock);
-            if self.round_trip {
-                let saved = serde_json::to_vec(exec.state())?;
-                let sm = exec.state_machine().clone();
-                *exec = Execution::from_state(sm, serde_json::from_slice(&saved)?);
-            }
-            if self.keep_history {
-                self.history.extend(out.events);
-            }
-            for cmd in out.commands {
-                match cmd {
-                    Command::InvokeTask(t) => {
-                        if let Some(i) = tasks.invoke(&t).map_err(Error::Driver)? {
-                            self.inputs.push_back(i);
-                        }
-                    }
-                    Command::StartTimer {
-                        timer_id,
-                        fire_at_ms,
-                    } => {
-                        self.timers.insert((fire_at_ms, timer_id));
-                        self.due.insert(timer_id, fire_at_ms);
-                    }
-                    Command::CancelTimer { timer_id } => {
-                        if let Some(at) = self.due.remove(&timer_id) {
-                            self.timers.remove(&(at, timer_id));
-                        }
-                    }
-                    Command::CancelTask { .. } | Command::Finish(_) => {}
+                    self.fire_next_timer();
                 }
             }
         }
         Ok(())
+    }
+
+    /// Steps the execution with the next queued input, keeps the timers it sets, and returns
+    /// what the host must do; `None` when no input is queued (the execution waits for a
+    /// task's answer or a timer).
+    pub fn step_next(
+        &mut self,
+        exec: &mut Execution,
+        env: &mut dyn Env,
+    ) -> Result<Option<Vec<Action>>> {
+        let Some(input) = self.inputs.pop_front() else {
+            return Ok(None);
+        };
+        self.steps += 1;
+        if self.steps > self.max_steps {
+            return Err(Error::Driver(format!(
+                "the execution did not end within {} steps",
+                self.max_steps
+            )));
+        }
+        let out = exec.step(input, env);
+        if self.round_trip {
+            let saved = serde_json::to_vec(exec.state())?;
+            let sm = exec.state_machine().clone();
+            *exec = Execution::from_state(sm, serde_json::from_slice(&saved)?);
+        }
+        if self.keep_history {
+            self.history.extend(out.events);
+        }
+        let mut actions = Vec::new();
+        for cmd in out.commands {
+            match cmd {
+                Command::InvokeTask(t) => actions.push(Action::Invoke(t)),
+                Command::CancelTask { task_id } => actions.push(Action::Cancel(task_id)),
+                Command::StartTimer {
+                    timer_id,
+                    fire_at_ms,
+                } => {
+                    self.timers.insert((fire_at_ms, timer_id));
+                    self.due.insert(timer_id, fire_at_ms);
+                }
+                Command::CancelTimer { timer_id } => {
+                    if let Some(at) = self.due.remove(&timer_id) {
+                        self.timers.remove(&(at, timer_id));
+                    }
+                }
+                Command::Finish(_) => {}
+            }
+        }
+        Ok(Some(actions))
+    }
+
+    /// When the earliest timer is due (epoch ms).
+    pub fn next_timer(&self) -> Option<i64> {
+        self.timers.first().map(|(at, _)| *at)
+    }
+
+    /// Fires the earliest timer (the host's clock has reached it): its input is queued.
+    /// False when there is none.
+    pub fn fire_next_timer(&mut self) -> bool {
+        let Some((_, timer_id)) = self.timers.pop_first() else {
+            return false;
+        };
+        self.due.remove(&timer_id);
+        self.inputs.push_back(Input::TimerFired { timer_id });
+        true
     }
 }
 

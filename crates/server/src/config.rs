@@ -14,6 +14,7 @@ pub struct Config {
     pub node: NodeSection,
     pub cluster: ClusterSection,
     pub aws: AwsSection,
+    pub connectors: ConnectorsSection,
     /// Lambda function name -> HTTP endpoint that plays it.
     pub functions: BTreeMap<String, String>,
 }
@@ -71,6 +72,15 @@ pub struct ClusterSection {
     /// The largest message the peer port accepts (and sends). A Raft entry larger than this
     /// cannot replicate.
     pub peer_max_message_bytes: usize,
+}
+
+/// The task connectors (`http:invoke`, Lambda over HTTP).
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ConnectorsSection {
+    /// A PEM file of CA certificates to trust for HTTPS calls, besides the system's roots.
+    /// Empty: the system's roots only.
+    pub ca_file: String,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

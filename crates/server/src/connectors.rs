@@ -1,7 +1,18 @@
-//! Task connectors for the local runner: `arn:aws:states:::http:invoke`, Lambda (through
-//! `--function NAME=URL`), and mocks. Each call returns the [`Input`] that reports its result.
+//! The one connector set, for `trellis run` and the node alike: `arn:aws:states:::http:invoke`,
+//! Lambda functions played by HTTP endpoints (`--function NAME=URL`, `[functions]`), and
+//! nested executions through an [`ExecutionStarter`] (the node; `trellis run` has none).
+//!
+//! Calls go through one pooled HTTP client (reqwest on rustls): `http://` and `https://`
+//! endpoints, verified against the system's CA roots plus an optional extra CA file.
+//!
+//! A Task's `TimeoutSeconds` belongs to the interpreter: its timer fires `States.Timeout`
+//! (`TaskTimedOut`, `LambdaFunctionTimedOut`) and cancels the call. So a call with a timeout
+//! is given a little more time than that here, and the timer always wins; a call without
+//! one gives up after [`DEFAULT_CALL_TIMEOUT`].
 
 use std::collections::HashMap;
+use std::path::Path;
+use std::sync::{Arc, OnceLock, Weak};
 use std::time::Duration;
 
 use serde_json::{json, Map, Value};
@@ -9,13 +20,325 @@ use trellis_asl::definition::{Pattern, Resource};
 use trellis_asl::exec::TaskRequest;
 use trellis_asl::Input;
 
-use crate::mock::{MockCase, Mocked};
+use crate::nested::ExecutionStarter;
 
-/// Where tasks go.
+/// How long a call without `TimeoutSeconds` may take.
+pub const DEFAULT_CALL_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// A call with `TimeoutSeconds` gets this much longer, so the interpreter's timer fires
+/// first.
+const TIMEOUT_GRACE: Duration = Duration::from_secs(5);
+
+/// The header that carries a task's fence (`trellis_shard::executor::Fence`) on HTTP calls.
+pub const FENCE_HEADER: &str = "Trellis-Fence";
+
+/// What building the connectors can fail with.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("cannot read the CA file {path}: {source}")]
+    CaFile {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("the CA file {path} holds no usable PEM certificate: {reason}")]
+    CaPem { path: String, reason: String },
+    #[error("cannot build the HTTP client: {0}")]
+    Client(String),
+}
+
+/// The connectors. Cheap to clone (one shared HTTP client and function map).
+#[derive(Clone)]
 pub struct Connectors {
+    http: reqwest::Client,
     /// Lambda function name -> HTTP endpoint.
-    pub functions: HashMap<String, String>,
-    pub mock: Option<MockCase>,
+    functions: Arc<HashMap<String, String>>,
+    /// Starts nested executions (`states:startExecution`), once bound.
+    starter: Arc<OnceLock<Weak<dyn ExecutionStarter>>>,
+}
+
+impl Connectors {
+    /// Connectors with the function map and, optionally, a PEM file of extra CA
+    /// certificates to trust besides the system's.
+    pub fn new(
+        functions: impl IntoIterator<Item = (String, String)>,
+        extra_ca: Option<&Path>,
+    ) -> Result<Connectors, Error> {
+        let mut b = reqwest::Client::builder()
+            .use_rustls_tls()
+            .tcp_nodelay(true)
+            .connect_timeout(Duration::from_secs(10))
+            .pool_idle_timeout(Duration::from_secs(60));
+        if let Some(path) = extra_ca {
+            let shown = path.display().to_string();
+            let pem = std::fs::read(path).map_err(|source| Error::CaFile {
+                path: shown.clone(),
+                source,
+            })?;
+            let certs = reqwest::Certificate::from_pem_bundle(&pem).map_err(|e| Error::CaPem {
+                path: shown.clone(),
+                reason: e.to_string(),
+            })?;
+            if certs.is_empty() {
+                return Err(Error::CaPem {
+                    path: shown,
+                    reason: "no certificate in it".into(),
+                });
+            }
+            for c in certs {
+                b = b.add_root_certificate(c);
+            }
+        }
+        Ok(Connectors {
+            http: b.build().map_err(|e| Error::Client(e.to_string()))?,
+            functions: Arc::new(functions.into_iter().collect()),
+            starter: Arc::new(OnceLock::new()),
+        })
+    }
+
+    /// Lets `states:startExecution` tasks start executions through `starter`.
+    pub fn bind(&self, starter: Weak<dyn ExecutionStarter>) {
+        let _ = self.starter.set(starter);
+    }
+
+    /// Runs one task to its answer: `TaskSucceeded`, `TaskFailed`, or `TaskSubmitted` for a
+    /// `.waitForTaskToken` task whose answer comes through its token. `fence` goes with HTTP
+    /// calls (`Trellis-Fence`). Activities never come here: a shard queues them, and
+    /// `trellis run` has no workers.
+    pub async fn run_task(&self, t: TaskRequest, fence: Option<String>) -> Input {
+        let id = t.task_id;
+        let fence = fence.as_deref();
+        match &t.resource {
+            Resource::Service {
+                service,
+                action,
+                pattern,
+            } if service == "states" && action == "startExecution" => {
+                let starter = self.starter.get().and_then(Weak::upgrade);
+                match starter {
+                    Some(s) => crate::nested::run(s.as_ref(), &t, *pattern).await,
+                    None => failed(
+                        id,
+                        "States.Runtime",
+                        "no cluster here to start a nested execution in (`trellis run` runs one execution; mock the state with --mock-config)",
+                    ),
+                }
+            }
+            Resource::Service {
+                service,
+                action,
+                pattern,
+            } if service == "lambda" && action == "invoke" => {
+                let name = t
+                    .parameters
+                    .get("FunctionName")
+                    .and_then(Value::as_str)
+                    .unwrap_or_default();
+                let payload = t.parameters.get("Payload").cloned().unwrap_or(json!({}));
+                match self.call_function(&t, name, &payload, fence).await {
+                    Ok(v) => {
+                        let output =
+                            json!({"ExecutedVersion": "$LATEST", "Payload": v, "StatusCode": 200});
+                        if *pattern == Pattern::WaitForTaskToken {
+                            // The function has the token; the result comes through it.
+                            Input::TaskSubmitted {
+                                task_id: id,
+                                output,
+                            }
+                        } else {
+                            Input::TaskSucceeded {
+                                task_id: id,
+                                output,
+                            }
+                        }
+                    }
+                    Err(input) => input,
+                }
+            }
+            Resource::Lambda { arn } => {
+                match self.call_function(&t, arn, &t.parameters, fence).await {
+                    Ok(v) => Input::TaskSucceeded {
+                        task_id: id,
+                        output: v,
+                    },
+                    Err(input) => input,
+                }
+            }
+            Resource::Service {
+                service,
+                action,
+                pattern: Pattern::RequestResponse,
+            } if service == "http" && action == "invoke" => self.http_invoke(&t, fence).await,
+            // Any other integration with a task token: nothing to call here; whoever holds
+            // the token (from the state's parameters) answers it.
+            Resource::Service {
+                pattern: Pattern::WaitForTaskToken,
+                ..
+            } => Input::TaskSubmitted {
+                task_id: id,
+                output: json!({}),
+            },
+            _ => failed(
+                id,
+                "States.Runtime",
+                format!(
+                    "Trellis has no connector for {} (see docs/compatibility.md)",
+                    t.resource_arn
+                ),
+            ),
+        }
+    }
+
+    /// Calls a Lambda function played by an HTTP endpoint: POST the payload, the reply is the
+    /// result; a non-2xx reply fails with its `errorType` (or `Lambda.Unknown`).
+    async fn call_function(
+        &self,
+        t: &TaskRequest,
+        name_or_arn: &str,
+        payload: &Value,
+        fence: Option<&str>,
+    ) -> Result<Value, Input> {
+        let name = function_name(name_or_arn);
+        let Some(url) = self.functions.get(name) else {
+            return Err(failed(
+                t.task_id,
+                "Lambda.ResourceNotFoundException",
+                format!("Function not found: {name_or_arn} (map it with --function {name}=URL)"),
+            ));
+        };
+        let mut req = self
+            .http
+            .post(url)
+            .timeout(call_timeout(t))
+            .header("Content-Type", "application/json")
+            .body(payload.to_string());
+        if let Some(f) = fence {
+            req = req.header(FENCE_HEADER, f);
+        }
+        let resp = req
+            .send()
+            .await
+            .map_err(|e| failed(t.task_id, "Lambda.ServiceException", describe(&e)))?;
+        let status = resp.status();
+        let body = resp
+            .text()
+            .await
+            .map_err(|e| failed(t.task_id, "Lambda.ServiceException", describe(&e)))?;
+        if status.is_success() {
+            return Ok(serde_json::from_str(&body).unwrap_or(Value::String(body)));
+        }
+        let parsed: Value = serde_json::from_str(&body).unwrap_or(Value::Null);
+        let error = parsed
+            .get("errorType")
+            .and_then(Value::as_str)
+            .unwrap_or("Lambda.Unknown")
+            .to_string();
+        Err(failed(t.task_id, &error, body))
+    }
+
+    /// `arn:aws:states:::http:invoke`: the request the parameters describe, with AWS's
+    /// result shape (`Headers`, `ResponseBody`, `StatusCode`, `StatusText`).
+    async fn http_invoke(&self, t: &TaskRequest, fence: Option<&str>) -> Input {
+        let p = &t.parameters;
+        let Some(endpoint) = p.get("ApiEndpoint").and_then(Value::as_str) else {
+            return failed(
+                t.task_id,
+                "States.Runtime",
+                "the http:invoke task needs an 'ApiEndpoint' string",
+            );
+        };
+        let method = p
+            .get("Method")
+            .and_then(Value::as_str)
+            .unwrap_or("GET")
+            .to_uppercase();
+        let Ok(method) = reqwest::Method::from_bytes(method.as_bytes()) else {
+            return failed(
+                t.task_id,
+                "States.Runtime",
+                format!("'{method}' is not an HTTP method"),
+            );
+        };
+        let text = |v: &Value| {
+            v.as_str()
+                .map(str::to_string)
+                .unwrap_or_else(|| v.to_string())
+        };
+        let mut req = self.http.request(method, endpoint).timeout(call_timeout(t));
+        if let Some(f) = fence {
+            req = req.header(FENCE_HEADER, f);
+        }
+        if let Some(q) = p.get("QueryParameters").and_then(Value::as_object) {
+            let pairs: Vec<(&str, String)> = q.iter().map(|(k, v)| (k.as_str(), text(v))).collect();
+            req = req.query(&pairs);
+        }
+        if let Some(h) = p.get("Headers").and_then(Value::as_object) {
+            for (k, v) in h {
+                req = req.header(k.as_str(), text(v));
+            }
+        }
+        req = match p.get("RequestBody") {
+            Some(Value::String(s)) => req.body(s.clone()),
+            Some(body) => req
+                .header("Content-Type", "application/json")
+                .body(body.to_string()),
+            None => req,
+        };
+        let resp = match req.send().await {
+            Ok(r) => r,
+            Err(e) => return failed(t.task_id, "States.Http.Socket", describe(&e)),
+        };
+        let status = resp.status();
+        let mut headers = Map::new();
+        for (name, v) in resp.headers() {
+            if let Ok(v) = v.to_str() {
+                headers.insert(name.as_str().to_string(), Value::String(v.to_string()));
+            }
+        }
+        let body = match resp.text().await {
+            Ok(b) => b,
+            Err(e) => return failed(t.task_id, "States.Http.Socket", describe(&e)),
+        };
+        let body_v = serde_json::from_str(&body).unwrap_or(Value::String(body));
+        let out = json!({
+            "Headers": headers,
+            "ResponseBody": body_v,
+            "StatusCode": status.as_u16(),
+            "StatusText": status.canonical_reason().unwrap_or_default(),
+        });
+        if status.is_success() {
+            Input::TaskSucceeded {
+                task_id: t.task_id,
+                output: out,
+            }
+        } else {
+            failed(
+                t.task_id,
+                &format!("States.Http.StatusCode.{}", status.as_u16()),
+                out.to_string(),
+            )
+        }
+    }
+}
+
+/// How long a call may take: past the task's `TimeoutSeconds` (whose timer must fire
+/// first), or [`DEFAULT_CALL_TIMEOUT`] without one.
+fn call_timeout(t: &TaskRequest) -> Duration {
+    match t.timeout_seconds {
+        Some(s) => Duration::from_secs(s) + TIMEOUT_GRACE,
+        None => DEFAULT_CALL_TIMEOUT,
+    }
+}
+
+/// A transport error with its causes (reqwest's own message alone says little).
+fn describe(e: &reqwest::Error) -> String {
+    let mut out = e.to_string();
+    let mut source = std::error::Error::source(e);
+    while let Some(s) = source {
+        out.push_str(": ");
+        out.push_str(&s.to_string());
+        source = s.source();
+    }
+    out
 }
 
 pub(crate) fn failed(task_id: u64, error: &str, cause: impl Into<String>) -> Input {
@@ -37,204 +360,6 @@ pub(crate) fn function_name(s: &str) -> &str {
     }
 }
 
-impl Connectors {
-    /// Runs a task to completion and reports its result. `None` means the result will come
-    /// later from outside (a callback), which the local runner cannot receive.
-    fn invoke_one(&mut self, t: &TaskRequest) -> Result<Input, String> {
-        if let Some(m) = self.mock.as_mut().and_then(|m| m.next(&t.state_name)) {
-            return Ok(match m {
-                Mocked::Return(v) => Input::TaskSucceeded {
-                    task_id: t.task_id,
-                    output: v,
-                },
-                Mocked::Throw { error, cause } => Input::TaskFailed {
-                    task_id: t.task_id,
-                    error,
-                    cause,
-                },
-            });
-        }
-        match &t.resource {
-            Resource::Service { service, action, pattern } if service == "http" && action == "invoke" => {
-                if *pattern != Pattern::RequestResponse {
-                    return Err(self.callback_error(t));
-                }
-                Ok(http_invoke(t, None))
-            }
-            Resource::Service { service, action, pattern } if service == "lambda" && action == "invoke" => {
-                if *pattern == Pattern::WaitForTaskToken {
-                    return Err(self.callback_error(t));
-                }
-                let name = t.parameters.get("FunctionName").and_then(Value::as_str).unwrap_or_default();
-                let payload = t.parameters.get("Payload").cloned().unwrap_or(json!({}));
-                Ok(match call_function(&self.functions, t.task_id, name, &payload, t.timeout_seconds, None) {
-                    Ok(v) => Input::TaskSucceeded {
-                        task_id: t.task_id,
-                        output: json!({"ExecutedVersion": "$LATEST", "Payload": v, "StatusCode": 200}),
-                    },
-                    Err(input) => input,
-                })
-            }
-            Resource::Lambda { arn } => Ok(match call_function(&self.functions, t.task_id, arn, &t.parameters, t.timeout_seconds, None) {
-                Ok(v) => Input::TaskSucceeded { task_id: t.task_id, output: v },
-                Err(input) => input,
-            }),
-            Resource::Activity { arn } => Err(format!(
-                "state '{}' waits for activity {arn}; `trellis run` has no activity workers, so mock it with --mock-config",
-                t.state_name
-            )),
-            Resource::Service { pattern: Pattern::WaitForTaskToken, .. } => Err(self.callback_error(t)),
-            Resource::Service { .. } => Ok(failed(
-                t.task_id,
-                "States.Runtime",
-                format!("`trellis run` has no connector for {}; mock it with --mock-config", t.resource_arn),
-            )),
-        }
-    }
-
-    fn callback_error(&self, t: &TaskRequest) -> String {
-        format!(
-            "state '{}' waits for a task token callback, which `trellis run` cannot receive; mock it with --mock-config",
-            t.state_name
-        )
-    }
-}
-
-/// The header that carries a task's [`trellis_shard::executor::Fence`] on HTTP calls.
-pub(crate) const FENCE_HEADER: &str = "Trellis-Fence";
-
-/// Calls a Lambda function played by an HTTP endpoint: POST the payload, the reply is the
-/// result; a non-2xx reply fails with its `errorType` (or `Lambda.Unknown`). A node's calls
-/// carry the dispatching executor's fence.
-pub(crate) fn call_function(
-    functions: &HashMap<String, String>,
-    task_id: u64,
-    name_or_arn: &str,
-    payload: &Value,
-    timeout: Option<u64>,
-    fence: Option<&str>,
-) -> Result<Value, Input> {
-    let name = function_name(name_or_arn);
-    let Some(url) = functions.get(name) else {
-        return Err(failed(
-            task_id,
-            "Lambda.ResourceNotFoundException",
-            format!("Function not found: {name_or_arn} (map it with --function {name}=URL)"),
-        ));
-    };
-    let agent = ureq::AgentBuilder::new()
-        .timeout(Duration::from_secs(timeout.unwrap_or(60)))
-        .build();
-    let mut req = agent.post(url).set("Content-Type", "application/json");
-    if let Some(f) = fence {
-        req = req.set(FENCE_HEADER, f);
-    }
-    match req.send_string(&payload.to_string()) {
-        Ok(resp) => {
-            let body = resp.into_string().unwrap_or_default();
-            Ok(serde_json::from_str(&body).unwrap_or(Value::String(body)))
-        }
-        Err(ureq::Error::Status(_, resp)) => {
-            let body = resp.into_string().unwrap_or_default();
-            let parsed: Value = serde_json::from_str(&body).unwrap_or(Value::Null);
-            let error = parsed
-                .get("errorType")
-                .and_then(Value::as_str)
-                .unwrap_or("Lambda.Unknown")
-                .to_string();
-            Err(failed(task_id, &error, body))
-        }
-        Err(e) => Err(failed(task_id, "Lambda.ServiceException", e.to_string())),
-    }
-}
-
-/// `arn:aws:states:::http:invoke`: the request the parameters describe, with AWS's result
-/// shape (`Headers`, `ResponseBody`, `StatusCode`, `StatusText`). A node's calls carry the
-/// dispatching executor's fence.
-pub(crate) fn http_invoke(t: &TaskRequest, fence: Option<&str>) -> Input {
-    let p = &t.parameters;
-    let Some(endpoint) = p.get("ApiEndpoint").and_then(Value::as_str) else {
-        return failed(
-            t.task_id,
-            "States.Runtime",
-            "the http:invoke task needs an 'ApiEndpoint' string",
-        );
-    };
-    let method = p
-        .get("Method")
-        .and_then(Value::as_str)
-        .unwrap_or("GET")
-        .to_uppercase();
-    let agent = ureq::AgentBuilder::new()
-        .timeout(Duration::from_secs(t.timeout_seconds.unwrap_or(60)))
-        .build();
-    let mut req = agent.request(&method, endpoint);
-    if let Some(f) = fence {
-        req = req.set(FENCE_HEADER, f);
-    }
-    if let Some(q) = p.get("QueryParameters").and_then(Value::as_object) {
-        for (k, v) in q {
-            req = req.query(
-                k,
-                &v.as_str()
-                    .map(str::to_string)
-                    .unwrap_or_else(|| v.to_string()),
-            );
-        }
-    }
-    if let Some(h) = p.get("Headers").and_then(Value::as_object) {
-        for (k, v) in h {
-            req = req.set(
-                k,
-                &v.as_str()
-                    .map(str::to_string)
-                    .unwrap_or_else(|| v.to_string()),
-            );
-        }
-    }
-    let result = match p.get("RequestBody") {
-        Some(Value::String(s)) => req.send_string(s),
-        Some(body) => req
-            .set("Content-Type", "application/json")
-            .send_string(&body.to_string()),
-        None => req.call(),
-    };
-    let (resp, ok) = match result {
-        Ok(r) => (r, true),
-        Err(ureq::Error::Status(_, r)) => (r, false),
-        Err(e) => return failed(t.task_id, "States.Http.Socket", e.to_string()),
-    };
-    let status = resp.status();
-    let status_text = resp.status_text().to_string();
-    let mut headers = Map::new();
-    for name in resp.headers_names() {
-        if let Some(v) = resp.header(&name) {
-            headers.insert(name.clone(), Value::String(v.to_string()));
-        }
-    }
-    let body = resp.into_string().unwrap_or_default();
-    let body_v = serde_json::from_str(&body).unwrap_or(Value::String(body));
-    let out = json!({"Headers": headers, "ResponseBody": body_v, "StatusCode": status, "StatusText": status_text});
-    if ok {
-        Input::TaskSucceeded {
-            task_id: t.task_id,
-            output: out,
-        }
-    } else {
-        failed(
-            t.task_id,
-            &format!("States.Http.StatusCode.{status}"),
-            out.to_string(),
-        )
-    }
-}
-
-impl trellis_asl::driver::Tasks for Connectors {
-    fn invoke(&mut self, t: &TaskRequest) -> Result<Option<Input>, String> {
-        self.invoke_one(t).map(Some)
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -251,5 +376,17 @@ mod tests {
         );
         assert_eq!(function_name("store"), "store");
         assert_eq!(function_name("store:prod"), "store");
+    }
+
+    #[test]
+    fn a_bad_ca_file_is_named() {
+        let dir = tempfile::tempdir().unwrap();
+        let missing = dir.path().join("nope.pem");
+        let e = Connectors::new([], Some(&missing)).err().unwrap();
+        assert!(e.to_string().contains("nope.pem"), "{e}");
+        let junk = dir.path().join("junk.pem");
+        std::fs::write(&junk, "not a certificate").unwrap();
+        let e = Connectors::new([], Some(&junk)).err().unwrap();
+        assert!(e.to_string().contains("junk.pem"), "{e}");
     }
 }

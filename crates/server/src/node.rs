@@ -2,26 +2,27 @@
 //! AWS Step Functions semantics. Both front ends (gRPC and the AWS JSON API) call these
 //! methods; requests and responses are the `trellis.v1` messages.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use serde_json::{json, Value};
 use tokio::sync::Mutex;
 use trellis_asl::exec::ExecutionInfo;
-use trellis_asl::{Command, Env, ExecStatus, Execution, Input, Limits};
+use trellis_asl::{Env, ExecStatus, Execution, Limits};
 use trellis_meta::{Meta, MetaOp, Table};
 use trellis_proto::raft as rpb;
 use trellis_proto::v1 as pb;
 use trellis_proto::{ApiError, Code};
-use trellis_shard::executor::{Connectors as _, Control, Fence, StartRequest, TokenAnswer};
+use trellis_shard::executor::{Control, StartRequest, TokenAnswer};
 use trellis_shard::raft::ShardRaft;
 use trellis_shard::{shard_of, ShardApp, ShardHandle, Status};
 use trellis_storage::NodeDb;
 
 use crate::cluster::transport::Transport;
 use crate::config::Config;
-use crate::tasks::NodeConnectors;
+use crate::connectors::Connectors;
+use crate::nested::ExecutionStarter;
 use futures::future::join_all;
 
 pub(crate) type ApiResult<T> = Result<T, ApiError>;
@@ -174,7 +175,7 @@ pub struct Node {
     pub(crate) meta_lock: Mutex<()>,
     /// One cell per shard, once the shard count is known.
     shards: std::sync::OnceLock<Box<[ShardCell]>>,
-    connectors: NodeConnectors,
+    connectors: Connectors,
     admission: crate::cluster::admission::Admission,
     /// Shard -> the node that last served it as leader.
     leaders: std::sync::Mutex<HashMap<u32, u64>>,
@@ -196,7 +197,9 @@ impl Node {
         let transport = Transport::new(cfg.node.id, cfg.cluster.peer_max_message_bytes);
         let meta = Meta::open(&db, cfg.node.id, transport.network(0)).await?;
         transport.register(0, Arc::new(meta.raft.clone()));
-        let connectors = NodeConnectors::new(cfg.functions.clone());
+        let ca = (!cfg.connectors.ca_file.is_empty())
+            .then(|| std::path::PathBuf::from(&cfg.connectors.ca_file));
+        let connectors = Connectors::new(cfg.functions.clone(), ca.as_deref())?;
         let node = Arc::new(Node {
             cfg,
             db,
@@ -214,7 +217,9 @@ impl Node {
             this: Default::default(),
         });
         let _ = node.this.set(Arc::downgrade(&node));
-        node.connectors.bind(Arc::downgrade(&node));
+        let starter: Arc<dyn ExecutionStarter> = node.clone();
+        let starter = Arc::downgrade(&starter);
+        node.connectors.bind(starter);
         node.spawn_admission();
         Ok(node)
     }
@@ -269,7 +274,7 @@ impl Node {
         self.leaders.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    pub(crate) fn connectors(&self) -> &NodeConnectors {
+    pub(crate) fn connectors(&self) -> &Connectors {
         &self.connectors
     }
 
@@ -1097,60 +1102,25 @@ impl Node {
         );
         let start = now_ms();
         let mut env = RealEnv::default();
-        let mut inputs = std::collections::VecDeque::from([Input::Start]);
-        let mut timers: BTreeSet<(i64, u64)> = BTreeSet::new();
-        let mut due: HashMap<u64, i64> = HashMap::new();
-        let mut running = tokio::task::JoinSet::new();
         // Express executions run for at most `cluster.express_max_seconds` (AWS: 5 minutes).
         let deadline =
             tokio::time::Instant::now() + Duration::from_secs(self.cfg.cluster.express_max_seconds);
-        let mut timed_out = false;
-        while !exec.status().is_terminal() {
-            let input = match inputs.pop_front() {
-                Some(i) => i,
-                None => {
-                    let next = timers.first().copied();
-                    tokio::select! {
-                        Some(done) = running.join_next(), if !running.is_empty() => done.map_err(internal)?,
-                        _ = sleep_until_ms(next.map(|t| t.0)), if next.is_some() => {
-                            let (at, id) = next.unwrap_or_default();
-                            timers.remove(&(at, id));
-                            due.remove(&id);
-                            Input::TimerFired { timer_id: id }
-                        }
-                        _ = tokio::time::sleep_until(deadline) => {
-                            timed_out = true;
-                            break;
-                        }
-                    }
-                }
-            };
-            let out = exec.step(input, &mut env);
-            for cmd in out.commands {
-                match cmd {
-                    Command::InvokeTask(t) => {
-                        let c = self.connectors.clone();
-                        // Outside any shard: no fence (term 0).
-                        let fence = Fence::default();
-                        running.spawn(async move { c.invoke(t, fence).await });
-                    }
-                    Command::StartTimer {
-                        timer_id,
-                        fire_at_ms,
-                    } => {
-                        timers.insert((fire_at_ms, timer_id));
-                        due.insert(timer_id, fire_at_ms);
-                    }
-                    Command::CancelTimer { timer_id } => {
-                        if let Some(at) = due.remove(&timer_id) {
-                            timers.remove(&(at, timer_id));
-                        }
-                    }
-                    Command::CancelTask { .. } | Command::Finish(_) => {}
-                }
-            }
-        }
-        running.abort_all();
+        let mut driver = trellis_asl::driver::Driver::new().discard_history();
+        // Outside any shard: no fence.
+        let mut tasks = self.connectors.clone();
+        let ended = crate::runner::run(
+            &mut driver,
+            &mut exec,
+            &mut env,
+            &mut tasks,
+            crate::runner::Options {
+                fast_timers: false,
+                deadline: Some(deadline),
+            },
+        )
+        .await
+        .map_err(internal)?;
+        let timed_out = ended == crate::runner::Ended::DeadlinePassed;
         let o = if timed_out {
             trellis_asl::Outcome {
                 status: ExecStatus::TimedOut,
@@ -1719,13 +1689,6 @@ impl Node {
     }
 }
 
-async fn sleep_until_ms(at: Option<i64>) {
-    if let Some(at) = at {
-        let d = (at - now_ms()).max(0) as u64;
-        tokio::time::sleep(Duration::from_millis(d)).await;
-    }
-}
-
 #[derive(Default)]
 struct RealEnv {
     rng: crate::ids::Entropy,
@@ -1741,6 +1704,11 @@ impl Env for RealEnv {
     fn now_ms(&mut self) -> i64 {
         now_ms()
     }
+}
+
+/// Wall time: the runner waits for timers in real time, so there is nothing to move.
+impl trellis_asl::driver::Clock for RealEnv {
+    fn advance_to(&mut self, _at_ms: i64) {}
 }
 
 fn non_empty(s: String) -> Option<String> {

@@ -7,13 +7,15 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use anyhow::{anyhow, bail, Context as _, Result};
 use serde_json::{json, Value};
+use trellis_asl::definition::{Pattern, Resource};
 use trellis_asl::driver::{Clock, Driver};
 use trellis_asl::env::Entropy;
-use trellis_asl::exec::ExecutionInfo;
-use trellis_asl::{Env, ExecStatus, Execution, Limits};
+use trellis_asl::exec::{ExecutionInfo, TaskRequest};
+use trellis_asl::{Env, ExecStatus, Execution, Input, Limits};
+use trellis_shard::executor::BoxFuture;
 
-use crate::connectors::Connectors;
-use crate::mock::MockCase;
+use crate::connectors::{failed, Connectors};
+use crate::mock::{MockCase, Mocked};
 
 #[derive(clap::Args)]
 pub struct Args {
@@ -34,6 +36,9 @@ pub struct Args {
     /// Map a Lambda function name to an HTTP endpoint: NAME=URL. Repeatable.
     #[arg(long = "function", value_name = "NAME=URL")]
     functions: Vec<String>,
+    /// A PEM file of CA certificates to trust for HTTPS calls, besides the system's.
+    #[arg(long, value_name = "PEM")]
+    ca_file: Option<PathBuf>,
     /// A Step Functions Local MockConfigFile.
     #[arg(long, requires = "test_case")]
     mock_config: Option<PathBuf>,
@@ -55,16 +60,81 @@ struct SystemEnv {
     rng: crate::ids::Entropy,
 }
 
+/// The runner waits for timers in real time; with `--fast-timers` it moves the clock to a
+/// timer instead, while no task runs.
 impl Clock for SystemEnv {
     fn advance_to(&mut self, at_ms: i64) {
         let now = self.now_ms();
-        if at_ms > now {
-            if self.fast_timers {
-                self.offset_ms += at_ms - now;
-            } else {
-                std::thread::sleep(std::time::Duration::from_millis((at_ms - now) as u64));
+        if self.fast_timers && at_ms > now {
+            self.offset_ms += at_ms - now;
+        }
+    }
+}
+
+/// `trellis run`'s tasks: the mock config first, then the connector set. What needs a
+/// worker or a callback stops the run with a hint to mock it.
+struct RunTasks {
+    connectors: Connectors,
+    mock: Option<MockCase>,
+}
+
+impl crate::runner::Tasks for RunTasks {
+    fn start(&mut self, t: TaskRequest) -> Result<Option<BoxFuture<'static, Input>>, String> {
+        if let Some(m) = self.mock.as_mut().and_then(|m| m.next(&t.state_name)) {
+            let input = match m {
+                Mocked::Return(v) => Input::TaskSucceeded {
+                    task_id: t.task_id,
+                    output: v,
+                },
+                Mocked::Throw { error, cause } => Input::TaskFailed {
+                    task_id: t.task_id,
+                    error,
+                    cause,
+                },
+            };
+            return Ok(Some(Box::pin(std::future::ready(input))));
+        }
+        let callback = || {
+            format!(
+                "state '{}' waits for a task token callback, which `trellis run` cannot receive; mock it with --mock-config",
+                t.state_name
+            )
+        };
+        match &t.resource {
+            Resource::Activity { arn } => {
+                return Err(format!(
+                    "state '{}' waits for activity {arn}; `trellis run` has no activity workers, so mock it with --mock-config",
+                    t.state_name
+                ))
+            }
+            Resource::Lambda { .. } => {}
+            Resource::Service {
+                service,
+                action,
+                pattern,
+            } => {
+                let http = service == "http" && action == "invoke";
+                let lambda = service == "lambda" && action == "invoke";
+                if *pattern == Pattern::WaitForTaskToken
+                    || (http && *pattern != Pattern::RequestResponse)
+                {
+                    return Err(callback());
+                }
+                if !http && !lambda {
+                    let input = failed(
+                        t.task_id,
+                        "States.Runtime",
+                        format!(
+                            "`trellis run` has no connector for {}; mock it with --mock-config",
+                            t.resource_arn
+                        ),
+                    );
+                    return Ok(Some(Box::pin(std::future::ready(input))));
+                }
             }
         }
+        let c = self.connectors.clone();
+        Ok(Some(Box::pin(async move { c.run_task(t, None).await })))
     }
 }
 
@@ -151,10 +221,24 @@ pub fn main(args: Args) -> Result<ExitCode> {
         .unwrap_or_else(|| trellis_asl::env::uuid_v4(&mut env));
     let info = ExecutionInfo::new("us-east-1", "000000000000", &machine, &name, input);
     let mut exec = Execution::new(sm, info, Limits::default());
-    let mut connectors = Connectors { functions, mock };
+    let connectors = Connectors::new(functions, args.ca_file.as_deref())?;
+    let mut tasks = RunTasks { connectors, mock };
 
     let mut driver = Driver::new();
-    driver.run(&mut exec, &mut env, &mut connectors)?;
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    rt.block_on(crate::runner::run(
+        &mut driver,
+        &mut exec,
+        &mut env,
+        &mut tasks,
+        crate::runner::Options {
+            fast_timers: args.fast_timers,
+            deadline: None,
+        },
+    ))
+    .map_err(|e| anyhow!(e))?;
     let history = driver.into_history();
     let outcome = exec
         .outcome()
