@@ -41,17 +41,63 @@ pub(crate) fn internal(e: impl std::fmt::Display) -> ApiError {
     ApiError::new(Code::InternalFailure, e.to_string())
 }
 
+/// The one mapping of shard errors to AWS's exceptions and messages; no catch-all, so a new
+/// variant must be placed here.
 pub(crate) fn from_shard(e: trellis_shard::Error) -> ApiError {
+    use trellis_shard::{Error as E, Redrive};
     match e {
-        trellis_shard::Error::Api { code, message } => ApiError::new(
-            Code::from_name(code).unwrap_or(Code::InternalFailure),
-            message,
+        E::NotLeader { leader } => ApiError::not_leader(leader),
+        E::Stopped => ApiError::new(Code::ServiceUnavailable, "the shard is restarting; retry"),
+        E::Raft(why) => ApiError::new(
+            Code::ServiceUnavailable,
+            format!("the shard cannot commit now ({why}); retry"),
         ),
-        trellis_shard::Error::NotLeader { leader } => ApiError::not_leader(leader),
-        trellis_shard::Error::Stopped => {
-            ApiError::new(Code::ServiceUnavailable, "the shard is restarting; retry")
+        E::ExecutionDoesNotExist { arn } => ApiError::new(
+            Code::ExecutionDoesNotExist,
+            format!("Execution Does Not Exist: '{arn}'"),
+        ),
+        E::ExecutionAlreadyExists { arn } => ApiError::new(
+            Code::ExecutionAlreadyExists,
+            format!("Execution Already Exists: '{arn}'"),
+        ),
+        E::InvalidExecutionInput { reason } => ApiError::new(
+            Code::InvalidExecutionInput,
+            format!("Invalid State Machine Execution Input: '{reason}'"),
+        ),
+        E::InvalidDefinition { reason } => ApiError::new(Code::InvalidDefinition, reason),
+        E::InvalidToken { token } => {
+            ApiError::new(Code::InvalidToken, format!("Invalid Token: '{token}'"))
         }
-        e => internal(e),
+        E::TaskClosed => ApiError::new(
+            Code::TaskTimedOut,
+            "Task Timed Out: the task is already closed",
+        ),
+        E::TaskDoesNotExist => ApiError::new(Code::TaskDoesNotExist, "Task Does Not Exist"),
+        E::NotRunning { arn } => ApiError::new(
+            Code::ExecutionNotRedrivable,
+            format!("Execution is not running: '{arn}'"),
+        ),
+        E::Queued { arn } => ApiError::new(
+            Code::ValidationException,
+            format!("Execution is queued, not running: '{arn}'"),
+        ),
+        E::NotRedrivable { arn, why } => ApiError::new(
+            Code::ExecutionNotRedrivable,
+            match why {
+                Redrive::Running => format!("Execution is RUNNING and cannot be redriven: '{arn}'"),
+                Redrive::Ended(status) => format!(
+                    "Execution is {} and cannot be redriven: '{arn}'",
+                    status.as_str()
+                ),
+                Redrive::TooOld => format!(
+                    "Execution closed more than 14 days ago and cannot be redriven: '{arn}'"
+                ),
+                Redrive::HistoryFull(n) => {
+                    format!("Execution has {n} history events and cannot be redriven: '{arn}'")
+                }
+            },
+        ),
+        e @ (E::Storage(_) | E::Sled(_) | E::Json(_) | E::Corrupt(_)) => internal(e),
     }
 }
 

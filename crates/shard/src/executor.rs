@@ -29,7 +29,7 @@ use trellis_asl::{Command, Env, Execution, HistoryEvent, Input, Limits, StateMac
 use crate::app::ShardApp;
 use crate::record::{parse_token, ExecRecord, Status, TaskRecord};
 use crate::request::{ShardOp, ShardRequest};
-use crate::{definition_hash, Error, Result};
+use crate::{definition_hash, Error, Redrive, Result};
 
 /// A boxed future, for the object-safe traits below.
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
@@ -82,7 +82,7 @@ impl Proposer for openraft::Raft<crate::ShardConfig> {
                 )) => Err(Error::NotLeader {
                     leader: f.leader_id,
                 }),
-                Err(e) => Err(Error::Corrupt(format!("raft: {e}"))),
+                Err(e) => Err(Error::Raft(e.to_string())),
             }
         })
     }
@@ -536,8 +536,11 @@ impl Executor {
                 .definition(hash)?
                 .ok_or_else(|| Error::Corrupt(format!("definition {hash:x} is missing")))?,
         };
-        let sm = trellis_asl::parse(&text, Default::default())
-            .map_err(|e| Error::api("InvalidDefinition", e.to_string()))?;
+        let sm = trellis_asl::parse(&text, Default::default()).map_err(|e| {
+            Error::InvalidDefinition {
+                reason: e.to_string(),
+            }
+        })?;
         self.machines.insert(hash, sm.clone());
         Ok(sm)
     }
@@ -714,17 +717,12 @@ impl Executor {
                     existed: true,
                 }));
             }
-            return Err(Error::api(
-                "ExecutionAlreadyExists",
-                format!("Execution Already Exists: '{arn}'"),
-            ));
+            return Err(Error::ExecutionAlreadyExists { arn });
         }
-        let input: Value = serde_json::from_str(&req.input).map_err(|e| {
-            Error::api(
-                "InvalidExecutionInput",
-                format!("Invalid State Machine Execution Input: '{e}'"),
-            )
-        })?;
+        let input: Value =
+            serde_json::from_str(&req.input).map_err(|e| Error::InvalidExecutionInput {
+                reason: e.to_string(),
+            })?;
         let hash = definition_hash(&req.definition);
         let stored = self.machines.contains_key(&hash) || self.app.definition(hash)?.is_some();
         let sm = self.machine(hash, Some(&req.definition))?;
@@ -907,19 +905,18 @@ impl Executor {
     }
 
     fn token(&mut self, token: &str, answer: TokenAnswer, now: i64) -> Result<()> {
-        let invalid = || Error::api("InvalidToken", format!("Invalid Token: '{token}'"));
+        let invalid = || Error::InvalidToken {
+            token: token.to_string(),
+        };
         let (_shard, exec, task) = parse_token(token).ok_or_else(invalid)?;
         let Some(live) = self.live.get_mut(&exec) else {
             return Err(match self.app.arn_of(exec)? {
-                Some(_) => Error::api("TaskTimedOut", "Task Timed Out: the task is already closed"),
-                None => Error::api("TaskDoesNotExist", "Task Does Not Exist"),
+                Some(_) => Error::TaskClosed,
+                None => Error::TaskDoesNotExist,
             });
         };
         let Some(t) = live.rec.tasks.get_mut(&task) else {
-            return Err(Error::api(
-                "TaskTimedOut",
-                "Task Timed Out: the task is already closed",
-            ));
+            return Err(Error::TaskClosed);
         };
         if t.token.as_deref() != Some(token) {
             return Err(invalid());
@@ -945,15 +942,13 @@ impl Executor {
             return match self.app.record(arn)? {
                 Some(rec) => match c {
                     Control::Stop { .. } => Ok(rec.stop_ms.unwrap_or(now)),
-                    _ => Err(Error::api(
-                        "ExecutionNotRedrivable",
-                        format!("Execution is not running: '{arn}'"),
-                    )),
+                    _ => Err(Error::NotRunning {
+                        arn: arn.to_string(),
+                    }),
                 },
-                None => Err(Error::api(
-                    "ExecutionDoesNotExist",
-                    format!("Execution Does Not Exist: '{arn}'"),
-                )),
+                None => Err(Error::ExecutionDoesNotExist {
+                    arn: arn.to_string(),
+                }),
             };
         };
         if let Some(l) = self
@@ -970,10 +965,9 @@ impl Executor {
                 self.dirty.insert(id);
                 return Ok(now);
             }
-            return Err(Error::api(
-                "ValidationException",
-                format!("Execution is queued, not running: '{arn}'"),
-            ));
+            return Err(Error::Queued {
+                arn: arn.to_string(),
+            });
         }
         let input = match c {
             Control::Stop { error, cause } => Input::Stop { error, cause },
@@ -985,43 +979,32 @@ impl Executor {
     }
 
     fn redrive(&mut self, arn: &str, now: i64) -> Result<i64> {
-        let not = |why: String| Error::api("ExecutionNotRedrivable", why);
+        let not = |why: Redrive| Error::NotRedrivable {
+            arn: arn.to_string(),
+            why,
+        };
         if self.by_arn.contains_key(arn) {
-            return Err(not(format!(
-                "Execution is RUNNING and cannot be redriven: '{arn}'"
-            )));
+            return Err(not(Redrive::Running));
         }
         let Some(mut rec) = self.app.record(arn)? else {
-            return Err(Error::api(
-                "ExecutionDoesNotExist",
-                format!("Execution Does Not Exist: '{arn}'"),
-            ));
+            return Err(Error::ExecutionDoesNotExist {
+                arn: arn.to_string(),
+            });
         };
         let Some(raw) = rec.state.take() else {
-            return Err(not(format!(
-                "Execution is {} and cannot be redriven: '{arn}'",
-                rec.status.as_str()
-            )));
+            return Err(not(Redrive::Ended(rec.status)));
         };
         if rec.stop_ms.is_some_and(|s| now - s > 14 * 86_400_000) {
-            return Err(not(format!(
-                "Execution closed more than 14 days ago and cannot be redriven: '{arn}'"
-            )));
+            return Err(not(Redrive::TooOld));
         }
         if rec.last_event_id >= 24_999 {
-            return Err(not(format!(
-                "Execution has {} history events and cannot be redriven: '{arn}'",
-                rec.last_event_id
-            )));
+            return Err(not(Redrive::HistoryFull(rec.last_event_id)));
         }
         let sm = self.machine(rec.definition, None)?;
         let state: ExecutionState = serde_json::from_str(raw.get())?;
         let exec = Execution::from_state(sm, state);
         if !exec.redrivable() {
-            return Err(not(format!(
-                "Execution is {} and cannot be redriven: '{arn}'",
-                rec.status.as_str()
-            )));
+            return Err(not(Redrive::Ended(rec.status)));
         }
         let id = rec.id;
         rec.status = Status::Running;

@@ -31,7 +31,8 @@ pub fn definition_hash(text: &str) -> u64 {
     xxhash_rust::xxh3::xxh3_64(text.as_bytes())
 }
 
-/// The shard crate's error.
+/// The shard crate's error. Every variant a client can see is mapped to AWS's exception
+/// once, in the server (`node::from_shard`), with a `match` that has no catch-all.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     #[error("storage: {0}")]
@@ -40,24 +41,65 @@ pub enum Error {
     Sled(#[from] sled::Error),
     #[error("encoding: {0}")]
     Json(#[from] serde_json::Error),
+    /// Stored state that does not read back as written (a bug, or a damaged disk).
     #[error("corrupt shard state: {0}")]
     Corrupt(String),
+    /// Raft failed a call for another reason than a leader change.
+    #[error("raft: {0}")]
+    Raft(String),
     /// This node no longer leads the shard (or never did).
     #[error("not the shard leader")]
     NotLeader { leader: Option<u64> },
-    /// A client-visible failure, named as AWS names it (`ExecutionDoesNotExist` ...).
-    #[error("{code}: {message}")]
-    Api { code: &'static str, message: String },
     /// The executor stopped (shutdown, or leadership lost while the request waited).
     #[error("the shard executor stopped")]
     Stopped,
+    #[error("execution {arn} does not exist")]
+    ExecutionDoesNotExist { arn: String },
+    /// The name is taken by an execution with another input (or one that ended).
+    #[error("execution {arn} already exists")]
+    ExecutionAlreadyExists { arn: String },
+    #[error("invalid execution input: {reason}")]
+    InvalidExecutionInput { reason: String },
+    #[error("invalid definition: {reason}")]
+    InvalidDefinition { reason: String },
+    /// Not a token of this shard's pending tasks (malformed, or an earlier attempt's).
+    #[error("invalid task token {token}")]
+    InvalidToken { token: String },
+    /// The token's task ended (answered, timed out, aborted).
+    #[error("the task of this token is closed")]
+    TaskClosed,
+    #[error("no task has this token")]
+    TaskDoesNotExist,
+    /// Pause or resume of an execution that is not running.
+    #[error("execution {arn} is not running")]
+    NotRunning { arn: String },
+    /// Pause or resume of an execution still queued behind its machine's cap.
+    #[error("execution {arn} is queued, not running")]
+    Queued { arn: String },
+    #[error("execution {arn} cannot be redriven: {why}")]
+    NotRedrivable { arn: String, why: Redrive },
 }
 
-impl Error {
-    pub fn api(code: &'static str, message: impl Into<String>) -> Error {
-        Error::Api {
-            code,
-            message: message.into(),
+/// Why an execution cannot be redriven.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Redrive {
+    /// It is still running.
+    Running,
+    /// It succeeded (or its state is gone): the status it has.
+    Ended(Status),
+    /// It closed more than 14 days ago.
+    TooOld,
+    /// Its history has this many events, too many to add a redrive's.
+    HistoryFull(u64),
+}
+
+impl std::fmt::Display for Redrive {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Redrive::Running => f.write_str("it is running"),
+            Redrive::Ended(s) => write!(f, "it is {}", s.as_str()),
+            Redrive::TooOld => f.write_str("it closed more than 14 days ago"),
+            Redrive::HistoryFull(n) => write!(f, "its history has {n} events"),
         }
     }
 }

@@ -34,7 +34,7 @@ pub fn raft_config(cluster: &str, snapshot_logs: u64) -> Result<Arc<openraft::Co
         ..Default::default()
     };
     Ok(Arc::new(
-        cfg.validate().map_err(|e| Error::Corrupt(e.to_string()))?,
+        cfg.validate().map_err(|e| Error::Raft(e.to_string()))?,
     ))
 }
 
@@ -66,7 +66,7 @@ where
         sm,
     )
     .await
-    .map_err(|e| Error::Corrupt(format!("raft: {e}")))?;
+    .map_err(|e| Error::Raft(e.to_string()))?;
     Ok((raft, app))
 }
 
@@ -76,11 +76,11 @@ pub async fn initialize(raft: &ShardRaft, members: BTreeMap<u64, BasicNode>) -> 
     let initialized = raft
         .is_initialized()
         .await
-        .map_err(|e| Error::Corrupt(format!("raft: {e}")))?;
+        .map_err(|e| Error::Raft(e.to_string()))?;
     if !initialized {
         raft.initialize(members)
             .await
-            .map_err(|e| Error::Corrupt(format!("raft: {e}")))?;
+            .map_err(|e| Error::Raft(e.to_string()))?;
     }
     Ok(())
 }
@@ -98,7 +98,7 @@ pub async fn open_single_node(
     raft.wait(Some(Duration::from_secs(30)))
         .current_leader(node, "this node leads the shard")
         .await
-        .map_err(|e| Error::Corrupt(format!("raft: {e}")))?;
+        .map_err(|e| Error::Raft(e.to_string()))?;
     wait_applied(&raft).await?;
     Ok((raft, app))
 }
@@ -110,7 +110,7 @@ pub async fn wait_applied(raft: &ShardRaft) -> Result<()> {
         raft.wait(Some(Duration::from_secs(30)))
             .applied_index_at_least(Some(last), "log applied")
             .await
-            .map_err(|e| Error::Corrupt(format!("raft: {e}")))?;
+            .map_err(|e| Error::Raft(e.to_string()))?;
     }
     Ok(())
 }

@@ -104,10 +104,7 @@ async fn runs_tasks_timers_activities_and_callbacks() {
         .await;
     assert!(matches!(
         other,
-        Err(trellis_shard::Error::Api {
-            code: "ExecutionAlreadyExists",
-            ..
-        })
+        Err(trellis_shard::Error::ExecutionAlreadyExists { .. })
     ));
 
     // The activity task appears after the Wait; a worker takes and answers it.
@@ -127,13 +124,7 @@ async fn runs_tasks_timers_activities_and_callbacks() {
     // A second answer for the closed task is refused.
     let late = h.answer(&task.token, TokenAnswer::Success(json!(1))).await;
     assert!(
-        matches!(
-            late,
-            Err(trellis_shard::Error::Api {
-                code: "TaskTimedOut",
-                ..
-            })
-        ),
+        matches!(late, Err(trellis_shard::Error::TaskClosed)),
         "{late:?}"
     );
 
@@ -205,10 +196,7 @@ async fn runs_tasks_timers_activities_and_callbacks() {
         .await;
     assert!(matches!(
         missing,
-        Err(trellis_shard::Error::Api {
-            code: "ExecutionDoesNotExist",
-            ..
-        })
+        Err(trellis_shard::Error::ExecutionDoesNotExist { .. })
     ));
     node.stop().await;
 }
