@@ -1,11 +1,15 @@
 //! `trellis-meta`: the meta group (Raft group 0).
 //!
 //! It replicates small, rarely written records: state machines with their revisions,
-//! versions and aliases, activities, and cluster settings (the shard count). The records are
-//! JSON values in named tables; what they mean (ARNs, revision ids, validation) is decided on
-//! the meta leader by the node before it proposes them, so applying is a plain write.
+//! versions and aliases, activities (typed: [`records`]), nodes and the shard map
+//! ([`placement`]), and cluster settings (the shard count). What a record means (ARNs,
+//! revision ids, validation) is decided by the node before it proposes it. A write can carry
+//! conditions ([`Condition`]: absent, or unchanged since read), checked when the entry is
+//! applied: a read-modify-write is a compare-and-set in the state machine, never a check on
+//! the leader followed by a write.
 
 pub mod placement;
+pub mod records;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -73,14 +77,90 @@ pub enum MetaOp {
     },
 }
 
-/// A meta entry: writes applied together.
+/// What must hold for a write to apply.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum Condition {
+    /// No record under the key.
+    Absent { table: Table, key: String },
+    /// The record under the key is this one (as read before the write was decided).
+    Unchanged {
+        table: Table,
+        key: String,
+        value: Value,
+    },
+}
+
+impl Condition {
+    /// No record of `R`'s table under `key`.
+    pub fn absent<R: records::Record>(key: &str) -> Condition {
+        Condition::Absent {
+            table: R::TABLE,
+            key: key.to_string(),
+        }
+    }
+}
+
+/// A meta entry: writes applied together, when every condition holds, or not at all.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct MetaRequest {
+    /// Entries written before conditions existed have none.
+    #[serde(default)]
+    pub conditions: Vec<Condition>,
     pub ops: Vec<MetaOp>,
 }
 
 #[derive(Debug, Default, Clone, Serialize, Deserialize)]
-pub struct MetaResponse;
+pub struct MetaResponse {
+    /// The first condition that did not hold (then nothing was written).
+    #[serde(default)]
+    pub failed: Option<usize>,
+}
+
+/// A record as read, with the value it was stored as, for a compare-and-set against it (a
+/// record written by an older version may not serialize back to the same JSON).
+#[derive(Debug, Clone)]
+pub struct Read<R> {
+    pub record: R,
+    key: String,
+    stored: Value,
+}
+
+impl<R: records::Record> Read<R> {
+    /// The condition that the record is still stored as it was read.
+    pub fn unchanged(&self) -> Condition {
+        Condition::Unchanged {
+            table: R::TABLE,
+            key: self.key.clone(),
+            value: self.stored.clone(),
+        }
+    }
+}
+
+/// The outcome of a conditional write.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Written {
+    Applied,
+    /// Condition `n` did not hold; nothing was written. Read again and decide again.
+    Conflict(usize),
+}
+
+/// A record op.
+impl MetaOp {
+    pub fn put<R: records::Record>(r: &R) -> Result<MetaOp> {
+        Ok(MetaOp::Put {
+            table: R::TABLE,
+            key: r.key().to_string(),
+            value: serde_json::to_value(r)?,
+        })
+    }
+
+    pub fn delete<R: records::Record>(key: &str) -> MetaOp {
+        MetaOp::Delete {
+            table: R::TABLE,
+            key: key.to_string(),
+        }
+    }
+}
 
 openraft::declare_raft_types!(
     /// The openraft type configuration of the meta group.
@@ -138,6 +218,55 @@ impl MetaApp {
         }
     }
 
+    /// A typed record.
+    pub fn record<R: records::Record>(&self, key: &str) -> Result<Option<R>> {
+        match self.tree(R::TABLE).get(key.as_bytes())? {
+            Some(v) => Ok(Some(serde_json::from_slice(&v)?)),
+            None => Ok(None),
+        }
+    }
+
+    /// A typed record as read, for a compare-and-set ([`Read::unchanged`]).
+    pub fn read<R: records::Record>(&self, key: &str) -> Result<Option<Read<R>>> {
+        let Some(stored) = self.get(R::TABLE, key)? else {
+            return Ok(None);
+        };
+        Ok(Some(Read {
+            record: serde_json::from_value(stored.clone())?,
+            key: key.to_string(),
+            stored,
+        }))
+    }
+
+    /// Typed records in key order after `after` (exclusive), at most `limit`.
+    pub fn records<R: records::Record>(&self, after: Option<&str>, limit: usize) -> Result<Vec<R>> {
+        self.list(R::TABLE, after, limit)?
+            .into_iter()
+            .map(|(_, v)| Ok(serde_json::from_value(v)?))
+            .collect()
+    }
+
+    /// Typed records whose keys start with `prefix`, in key order.
+    pub fn records_under<R: records::Record>(&self, prefix: &str) -> Result<Vec<R>> {
+        self.tree(R::TABLE)
+            .scan_prefix(prefix.as_bytes())
+            .map(|kv| {
+                let (_, v) = kv?;
+                Ok(serde_json::from_slice(&v)?)
+            })
+            .collect()
+    }
+
+    /// Whether `c` holds now.
+    fn holds(&self, c: &Condition) -> Result<bool> {
+        Ok(match c {
+            Condition::Absent { table, key } => !self.tree(*table).contains_key(key.as_bytes())?,
+            Condition::Unchanged { table, key, value } => {
+                self.get(*table, key)?.as_ref() == Some(value)
+            }
+        })
+    }
+
     /// Records of a table in key order, after `after` (exclusive), at most `limit`.
     pub fn list(
         &self,
@@ -184,11 +313,16 @@ impl AppStateMachine<MetaConfig> for MetaApp {
         _: &LogId<u64>,
         req: &MetaRequest,
     ) -> trellis_storage::Result<MetaResponse> {
-        for op in &req.ops {
-            self.apply_op(op)
-                .map_err(|e| trellis_storage::Error::App(e.to_string()))?;
+        let app = |e: Error| trellis_storage::Error::App(e.to_string());
+        for (i, c) in req.conditions.iter().enumerate() {
+            if !self.holds(c).map_err(app)? {
+                return Ok(MetaResponse { failed: Some(i) });
+            }
         }
-        Ok(MetaResponse)
+        for op in &req.ops {
+            self.apply_op(op).map_err(app)?;
+        }
+        Ok(MetaResponse { failed: None })
     }
 
     fn export(&self, out: &mut dyn std::io::Write) -> trellis_storage::Result<()> {
@@ -321,8 +455,20 @@ impl Meta {
 
     /// Proposes writes and waits until they are applied here.
     pub async fn write(&self, ops: Vec<MetaOp>) -> Result<()> {
-        match self.raft.client_write(MetaRequest { ops }).await {
-            Ok(_) => Ok(()),
+        self.write_if(Vec::new(), ops).await.map(drop)
+    }
+
+    /// Writes `ops` if every condition holds when the entry applies.
+    pub async fn write_if(&self, conditions: Vec<Condition>, ops: Vec<MetaOp>) -> Result<Written> {
+        match self
+            .raft
+            .client_write(MetaRequest { conditions, ops })
+            .await
+        {
+            Ok(r) => Ok(match r.data.failed {
+                None => Written::Applied,
+                Some(i) => Written::Conflict(i),
+            }),
             Err(openraft::error::RaftError::APIError(
                 openraft::error::ClientWriteError::ForwardToLeader(f),
             )) => Err(Error::NotLeader {
@@ -373,6 +519,50 @@ mod tests {
             meta.app.get(Table::Machines, "a").unwrap(),
             Some(json!({"n": 1}))
         );
+        meta.raft.shutdown().await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn conditions_are_checked_when_the_entry_applies() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = NodeDb::open(dir.path()).unwrap();
+        let meta = Meta::open_single_node(&db, 1, "local").await.unwrap();
+        let act = |n: i64| records::ActivityRecord {
+            activity_arn: "a".into(),
+            name: "a".into(),
+            creation_date: n,
+        };
+        let absent = || vec![Condition::absent::<records::ActivityRecord>("a")];
+        let put = |n| vec![MetaOp::put(&act(n)).unwrap()];
+        assert_eq!(
+            meta.write_if(absent(), put(1)).await.unwrap(),
+            Written::Applied
+        );
+        // A second put-if-absent loses, and writes nothing.
+        assert_eq!(
+            meta.write_if(absent(), put(2)).await.unwrap(),
+            Written::Conflict(0)
+        );
+        let now: records::ActivityRecord = meta.app.record("a").unwrap().unwrap();
+        assert_eq!(now.creation_date, 1);
+        // Compare-and-set: against what was read, then against a stale read.
+        let read = meta
+            .app
+            .read::<records::ActivityRecord>("a")
+            .unwrap()
+            .unwrap();
+        assert_eq!(read.record, act(1));
+        let seen = vec![read.unchanged()];
+        assert_eq!(
+            meta.write_if(seen.clone(), put(3)).await.unwrap(),
+            Written::Applied
+        );
+        assert_eq!(
+            meta.write_if(seen, put(4)).await.unwrap(),
+            Written::Conflict(0)
+        );
+        let now: records::ActivityRecord = meta.app.record("a").unwrap().unwrap();
+        assert_eq!(now.creation_date, 3);
         meta.raft.shutdown().await.unwrap();
     }
 }

@@ -12,6 +12,7 @@ pub mod listen;
 pub mod mock;
 pub mod nested;
 pub mod node;
+pub mod registry;
 pub mod run;
 pub mod runner;
 pub mod serve;

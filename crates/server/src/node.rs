@@ -6,7 +6,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use serde_json::{json, Value};
+use serde_json::Value;
 use tokio::sync::Mutex;
 use trellis_asl::exec::ExecutionInfo;
 use trellis_asl::{Env, ExecStatus, Execution, Limits};
@@ -23,7 +23,9 @@ use crate::cluster::transport::Transport;
 use crate::config::Config;
 use crate::connectors::Connectors;
 use crate::nested::ExecutionStarter;
+use crate::registry::{check_name, page_size, parse_arn, Registry, Resolved};
 use futures::future::join_all;
+use trellis_meta::records::{MachineRecord, MachineType};
 
 pub(crate) type ApiResult<T> = Result<T, ApiError>;
 
@@ -108,49 +110,6 @@ pub(crate) fn from_meta(e: trellis_meta::Error) -> ApiError {
     }
 }
 
-/// AWS's naming rule for state machines, executions, activities and aliases.
-pub fn check_name(name: &str) -> ApiResult<()> {
-    let bad = name.is_empty()
-        || name.chars().count() > 80
-        || name
-            .chars()
-            .any(|c| c.is_whitespace() || c.is_control() || "<>{}[]?*\"#%\\^|~`$&,;:/".contains(c));
-    if bad {
-        return Err(ApiError::new(
-            Code::InvalidName,
-            format!("Invalid Name: '{name}'"),
-        ));
-    }
-    Ok(())
-}
-
-/// A parsed Step Functions ARN: `arn:<partition>:states:<region>:<account>:<kind>:<rest>`.
-struct Arn<'a> {
-    kind: &'a str,
-    parts: Vec<&'a str>,
-}
-
-fn parse_arn<'a>(arn: &'a str, kinds: &[&str]) -> ApiResult<Arn<'a>> {
-    let invalid = |why: &str| ApiError::new(Code::InvalidArn, format!("Invalid Arn: '{why}'"));
-    let p: Vec<&str> = arn.split(':').collect();
-    if p.len() < 7 || p[0] != "arn" || p[2] != "states" {
-        return Err(invalid(&format!("Invalid ARN prefix: {arn}")));
-    }
-    if !kinds.contains(&p[5]) {
-        return Err(invalid(&format!(
-            "Resource type not valid in this context: {}",
-            p[5]
-        )));
-    }
-    if p[6..].iter().any(|s| s.is_empty()) {
-        return Err(invalid(&format!("Invalid ARN: {arn}")));
-    }
-    Ok(Arn {
-        kind: p[5],
-        parts: p[6..].to_vec(),
-    })
-}
-
 /// This node's replica of one shard.
 pub(crate) struct Replica {
     pub(crate) shard: u32,
@@ -200,25 +159,15 @@ impl ShardCell {
     }
 }
 
-/// A state machine ARN (or version, or alias) resolved to what runs.
-pub(crate) struct Resolved {
-    /// The machine record.
-    pub(crate) machine: Value,
-    /// The version that runs, when one was named or an alias picked one.
-    pub(crate) version: Option<String>,
-    /// The alias named.
-    pub(crate) alias: Option<String>,
-    pub(crate) definition: String,
-}
-
 /// A Trellis node: a member of the meta group and a replica of some shards, leading some.
 pub struct Node {
     pub cfg: Config,
     db: NodeDb,
     pub(crate) meta: Meta,
     pub(crate) transport: Arc<Transport>,
-    /// Serializes read-modify-write of meta records on this (leader) node.
-    pub(crate) meta_lock: Mutex<()>,
+    /// Serializes this (meta leader) node's Raft membership changes of the meta group.
+    pub(crate) membership_lock: Mutex<()>,
+    registry: Registry,
     /// One cell per shard, once the shard count is known.
     shards: std::sync::OnceLock<Box<[ShardCell]>>,
     connectors: Connectors,
@@ -243,6 +192,7 @@ impl Node {
         let transport = Transport::new(cfg.node.id, cfg.cluster.peer_max_message_bytes);
         let meta = Meta::open(&db, cfg.node.id, transport.network(0)).await?;
         transport.register(0, Arc::new(meta.raft.clone()));
+        let registry = Registry::new(meta.clone(), &cfg.aws.region, &cfg.aws.account);
         let ca = (!cfg.connectors.ca_file.is_empty())
             .then(|| std::path::PathBuf::from(&cfg.connectors.ca_file));
         let connectors = Connectors::new(cfg.functions.clone(), ca.as_deref())?;
@@ -251,7 +201,8 @@ impl Node {
             db,
             meta,
             transport,
-            meta_lock: Mutex::new(()),
+            membership_lock: Mutex::new(()),
+            registry,
             shards: Default::default(),
             connectors,
             admission: Default::default(),
@@ -334,13 +285,7 @@ impl Node {
 
     /// The cap of a state machine (0 = none).
     pub(crate) fn cap(&self, machine_arn: &str) -> u64 {
-        self.meta
-            .app
-            .get(Table::Machines, machine_arn)
-            .ok()
-            .flatten()
-            .and_then(|m| m["maxConcurrentExecutions"].as_u64())
-            .unwrap_or(0)
+        self.registry.cap(machine_arn)
     }
 
     /// Stops every Raft group and flushes the store.
@@ -387,249 +332,53 @@ impl Node {
         self.leading(self.shard_id(execution_arn)?)
     }
 
-    pub(crate) fn arn_prefix(&self) -> String {
-        format!(
-            "arn:aws:states:{}:{}",
-            self.cfg.aws.region, self.cfg.aws.account
-        )
+    pub(crate) fn arn_prefix(&self) -> &str {
+        self.registry.arn_prefix()
     }
 
     // ============================================================ state machines
 
-    fn machine(&self, arn: &str) -> ApiResult<Value> {
-        self.meta
-            .app
-            .get(Table::Machines, arn)
-            .map_err(from_meta)?
-            .ok_or_else(|| {
-                ApiError::new(
-                    Code::StateMachineDoesNotExist,
-                    format!("State Machine Does Not Exist: '{arn}'"),
-                )
-            })
+    /// State machines, versions, aliases and activities.
+    pub fn registry(&self) -> &Registry {
+        &self.registry
     }
 
-    /// Resolves a state machine, version or alias ARN to the machine record and the
-    /// definition that runs (an alias rolls its weighted version here).
     pub(crate) fn resolve(&self, arn: &str) -> ApiResult<Resolved> {
-        let a = parse_arn(arn, &["stateMachine"])?;
-        match a.parts.len() {
-            1 => {
-                let m = self.machine(arn)?;
-                let definition = m["definition"].as_str().unwrap_or_default().to_string();
-                Ok(Resolved {
-                    machine: m,
-                    version: None,
-                    alias: None,
-                    definition,
-                })
-            }
-            2 => {
-                let base = format!("{}:stateMachine:{}", self.arn_prefix(), a.parts[0]);
-                let m = self.machine(&base)?;
-                if a.parts[1].chars().all(|c| c.is_ascii_digit()) {
-                    let v = self
-                        .meta
-                        .app
-                        .get(Table::Versions, arn)
-                        .map_err(from_meta)?
-                        .ok_or_else(|| {
-                            ApiError::new(
-                                Code::StateMachineDoesNotExist,
-                                format!("State Machine Does Not Exist: '{arn}'"),
-                            )
-                        })?;
-                    let definition = v["definition"].as_str().unwrap_or_default().to_string();
-                    Ok(Resolved {
-                        machine: m,
-                        version: Some(arn.to_string()),
-                        alias: None,
-                        definition,
-                    })
-                } else {
-                    let alias = self.alias(arn)?;
-                    let version = pick_version(&alias, &mut rand::thread_rng());
-                    let v = self
-                        .meta
-                        .app
-                        .get(Table::Versions, &version)
-                        .map_err(from_meta)?
-                        .ok_or_else(|| {
-                            internal(format!("alias {arn} routes to a missing version"))
-                        })?;
-                    let definition = v["definition"].as_str().unwrap_or_default().to_string();
-                    Ok(Resolved {
-                        machine: m,
-                        version: Some(version),
-                        alias: Some(arn.to_string()),
-                        definition,
-                    })
-                }
-            }
-            _ => Err(ApiError::new(
-                Code::InvalidArn,
-                format!("Invalid Arn: 'Invalid ARN: {arn}'"),
-            )),
-        }
-    }
-
-    fn validate_definition(definition: &str, express: bool) -> ApiResult<()> {
-        let diags = trellis_asl::validate::validate(definition, trellis_asl::Options { express });
-        let errors: Vec<_> = diags
-            .into_iter()
-            .filter(|d| d.severity == trellis_asl::Severity::Error)
-            .collect();
-        if errors.is_empty() {
-            return Ok(());
-        }
-        Err(ApiError::new(
-            Code::InvalidDefinition,
-            format!(
-                "Invalid State Machine Definition: '{}'",
-                trellis_asl::validate::summary(&errors)
-            ),
-        ))
-    }
-
-    pub(crate) async fn create_state_machine_here(
-        &self,
-        r: pb::CreateStateMachineRequest,
-    ) -> ApiResult<pb::CreateStateMachineResponse> {
-        check_name(&r.name)?;
-        if r.role_arn.is_empty() {
-            return Err(ApiError::new(
-                Code::ValidationException,
-                "1 validation error detected: Value null at 'roleArn' failed to satisfy constraint: Member must not be null",
-            ));
-        }
-        let express = r.r#type == pb::StateMachineType::Express as i32;
-        Self::validate_definition(&r.definition, express)?;
-        let arn = format!("{}:stateMachine:{}", self.arn_prefix(), r.name);
-        let _g = self.meta_lock.lock().await;
-        if let Some(existing) = self
-            .meta
-            .app
-            .get(Table::Machines, &arn)
-            .map_err(from_meta)?
-        {
-            // Idempotent when the definition and type are the same.
-            if existing["definition"] == json!(r.definition)
-                && existing["type"] == json!(type_name(r.r#type))
-            {
-                return Ok(pb::CreateStateMachineResponse {
-                    state_machine_arn: arn,
-                    creation_date: existing["creationDate"].as_i64().unwrap_or(0),
-                    state_machine_version_arn: String::new(),
-                });
-            }
-            return Err(ApiError::new(
-                Code::StateMachineAlreadyExists,
-                format!("State Machine Already Exists: '{arn}'"),
-            ));
-        }
-        let now = now_ms();
-        let revision = revision_id();
-        let mut record = json!({
-            "stateMachineArn": arn, "name": r.name, "definition": r.definition,
-            "roleArn": r.role_arn, "type": type_name(r.r#type), "creationDate": now,
-            "revisionId": revision, "description": "", "versions": 0,
-            "maxConcurrentExecutions": r.settings.map(|s| s.max_concurrent_executions).unwrap_or(0),
-        });
-        let mut ops = Vec::new();
-        let mut version_arn = String::new();
-        if r.publish {
-            let (op, varn) = publish_op(&mut record, &r.version_description, now);
-            ops.push(op);
-            version_arn = varn;
-        }
-        ops.push(MetaOp::Put {
-            table: Table::Machines,
-            key: arn.clone(),
-            value: record,
-        });
-        self.meta.write(ops).await.map_err(from_meta)?;
-        Ok(pb::CreateStateMachineResponse {
-            state_machine_arn: arn,
-            creation_date: now,
-            state_machine_version_arn: version_arn,
-        })
-    }
-
-    pub(crate) async fn update_state_machine_here(
-        &self,
-        r: pb::UpdateStateMachineRequest,
-    ) -> ApiResult<pb::UpdateStateMachineResponse> {
-        parse_arn(&r.state_machine_arn, &["stateMachine"])?;
-        if r.definition.is_none() && r.role_arn.is_none() && r.settings.is_none() {
-            return Err(ApiError::new(
-                Code::MissingRequiredParameter,
-                "Either the definition, the roleArn or the settings must be specified",
-            ));
-        }
-        let _g = self.meta_lock.lock().await;
-        let mut m = self.machine(&r.state_machine_arn)?;
-        let express = m["type"] == "EXPRESS";
-        let now = now_ms();
-        if let Some(d) = &r.definition {
-            Self::validate_definition(d, express)?;
-            m["definition"] = json!(d);
-            m["revisionId"] = json!(revision_id());
-        }
-        if let Some(role) = &r.role_arn {
-            m["roleArn"] = json!(role);
-        }
-        if let Some(s) = &r.settings {
-            m["maxConcurrentExecutions"] = json!(s.max_concurrent_executions);
-        }
-        m["updateDate"] = json!(now);
-        let mut ops = Vec::new();
-        let mut version_arn = String::new();
-        if r.publish {
-            let (op, varn) = publish_op(&mut m, &r.version_description, now);
-            ops.push(op);
-            version_arn = varn;
-        }
-        let revision = m["revisionId"].as_str().unwrap_or_default().to_string();
-        ops.push(MetaOp::Put {
-            table: Table::Machines,
-            key: r.state_machine_arn.clone(),
-            value: m,
-        });
-        self.meta.write(ops).await.map_err(from_meta)?;
-        Ok(pb::UpdateStateMachineResponse {
-            update_date: now,
-            revision_id: revision,
-            state_machine_version_arn: version_arn,
-        })
+        self.registry.resolve(arn)
     }
 
     pub fn describe_state_machine(&self, arn: &str) -> ApiResult<pb::StateMachine> {
-        let Resolved {
-            machine: m,
-            version,
-            definition: def,
-            ..
-        } = self.resolve(arn)?;
-        Ok(pb::StateMachine {
-            state_machine_arn: version.unwrap_or_else(|| {
-                m["stateMachineArn"]
-                    .as_str()
-                    .unwrap_or_default()
-                    .to_string()
-            }),
-            name: m["name"].as_str().unwrap_or_default().into(),
-            status: "ACTIVE".into(),
-            definition: def,
-            role_arn: m["roleArn"].as_str().unwrap_or_default().into(),
-            r#type: type_enum(m["type"].as_str().unwrap_or_default()),
-            creation_date: m["creationDate"].as_i64().unwrap_or(0),
-            revision_id: m["revisionId"].as_str().unwrap_or_default().into(),
-            description: m["description"].as_str().unwrap_or_default().into(),
-            settings: Some(pb::StateMachineSettings {
-                max_concurrent_executions: m["maxConcurrentExecutions"].as_u64().unwrap_or(0)
-                    as u32,
-            }),
-        })
+        self.registry.describe_state_machine(arn)
+    }
+
+    pub fn list_state_machines(
+        &self,
+        r: pb::ListStateMachinesRequest,
+    ) -> ApiResult<pb::ListStateMachinesResponse> {
+        self.registry.list_state_machines(r)
+    }
+
+    pub fn list_versions(&self, r: pb::ListVersionsRequest) -> ApiResult<pb::ListVersionsResponse> {
+        self.registry.list_versions(r)
+    }
+
+    pub fn describe_alias(&self, arn: &str) -> ApiResult<pb::Alias> {
+        self.registry.describe_alias(arn)
+    }
+
+    pub fn list_aliases(&self, r: pb::ListAliasesRequest) -> ApiResult<pb::ListAliasesResponse> {
+        self.registry.list_aliases(r)
+    }
+
+    pub fn describe_activity(&self, arn: &str) -> ApiResult<pb::Activity> {
+        self.registry.describe_activity(arn)
+    }
+
+    pub fn list_activities(
+        &self,
+        r: pb::ListActivitiesRequest,
+    ) -> ApiResult<pb::ListActivitiesResponse> {
+        self.registry.list_activities(r)
     }
 
     /// Writes one meta record.
@@ -644,322 +393,6 @@ impl Node {
             .write(vec![MetaOp::Put { table, key, value }])
             .await
             .map_err(from_meta)
-    }
-
-    /// Deletes one meta record.
-    async fn meta_delete(&self, table: Table, key: impl Into<String>) -> ApiResult<()> {
-        let key = key.into();
-        self.meta
-            .write(vec![MetaOp::Delete { table, key }])
-            .await
-            .map_err(from_meta)
-    }
-
-    /// One page of a meta table in key order; the token is the last key returned.
-    fn meta_page(
-        &self,
-        table: Table,
-        max_results: u32,
-        next_token: &str,
-    ) -> ApiResult<(Vec<(String, Value)>, String)> {
-        let max = page_size(max_results)?;
-        let after = (!next_token.is_empty()).then_some(next_token);
-        let mut rows = self
-            .meta
-            .app
-            .list(table, after, max + 1)
-            .map_err(from_meta)?;
-        let more = rows.len() > max;
-        rows.truncate(max);
-        let token = match (more, rows.last()) {
-            (true, Some((k, _))) => k.clone(),
-            _ => String::new(),
-        };
-        Ok((rows, token))
-    }
-
-    pub fn list_state_machines(
-        &self,
-        r: pb::ListStateMachinesRequest,
-    ) -> ApiResult<pb::ListStateMachinesResponse> {
-        let (items, next_token) = self.meta_page(Table::Machines, r.max_results, &r.next_token)?;
-        Ok(pb::ListStateMachinesResponse {
-            state_machines: items
-                .into_iter()
-                .map(|(_, m)| pb::StateMachineListItem {
-                    state_machine_arn: m["stateMachineArn"].as_str().unwrap_or_default().into(),
-                    name: m["name"].as_str().unwrap_or_default().into(),
-                    r#type: type_enum(m["type"].as_str().unwrap_or_default()),
-                    creation_date: m["creationDate"].as_i64().unwrap_or(0),
-                })
-                .collect(),
-            next_token,
-        })
-    }
-
-    pub(crate) async fn delete_state_machine_here(&self, arn: &str) -> ApiResult<()> {
-        parse_arn(arn, &["stateMachine"])?;
-        let _g = self.meta_lock.lock().await;
-        if self
-            .meta
-            .app
-            .get(Table::Machines, arn)
-            .map_err(from_meta)?
-            .is_none()
-        {
-            // Deleting a missing machine succeeds, as on AWS.
-            return Ok(());
-        }
-        let mut ops = vec![MetaOp::Delete {
-            table: Table::Machines,
-            key: arn.to_string(),
-        }];
-        for table in [Table::Versions, Table::Aliases] {
-            let prefix = format!("{arn}:");
-            for (k, _) in self
-                .meta
-                .app
-                .list(table, None, usize::MAX)
-                .map_err(from_meta)?
-            {
-                if k.starts_with(&prefix) {
-                    ops.push(MetaOp::Delete { table, key: k });
-                }
-            }
-        }
-        self.meta.write(ops).await.map_err(from_meta)
-    }
-
-    pub(crate) async fn publish_version_here(
-        &self,
-        r: pb::PublishVersionRequest,
-    ) -> ApiResult<pb::PublishVersionResponse> {
-        parse_arn(&r.state_machine_arn, &["stateMachine"])?;
-        let _g = self.meta_lock.lock().await;
-        let mut m = self.machine(&r.state_machine_arn)?;
-        if !r.revision_id.is_empty() && m["revisionId"] != json!(r.revision_id) {
-            return Err(ApiError::new(
-                Code::ConflictException,
-                format!("Failed to publish the State Machine version for revision {}. The current State Machine revision is {}.", r.revision_id, m["revisionId"].as_str().unwrap_or_default()),
-            ));
-        }
-        let now = now_ms();
-        let (op, varn) = publish_op(&mut m, &r.description, now);
-        self.meta
-            .write(vec![
-                op,
-                MetaOp::Put {
-                    table: Table::Machines,
-                    key: r.state_machine_arn.clone(),
-                    value: m,
-                },
-            ])
-            .await
-            .map_err(from_meta)?;
-        Ok(pb::PublishVersionResponse {
-            creation_date: now,
-            state_machine_version_arn: varn,
-        })
-    }
-
-    pub fn list_versions(&self, r: pb::ListVersionsRequest) -> ApiResult<pb::ListVersionsResponse> {
-        self.machine(&r.state_machine_arn)?;
-        let prefix = format!("{}:", r.state_machine_arn);
-        let mut items: Vec<(u64, pb::VersionListItem)> = self
-            .meta
-            .app
-            .list(Table::Versions, None, usize::MAX)
-            .map_err(from_meta)?
-            .into_iter()
-            .filter(|(k, _)| k.starts_with(&prefix))
-            .map(|(k, v)| {
-                let n = k[prefix.len()..].parse().unwrap_or(0);
-                (
-                    n,
-                    pb::VersionListItem {
-                        state_machine_version_arn: k,
-                        creation_date: v["creationDate"].as_i64().unwrap_or(0),
-                    },
-                )
-            })
-            .collect();
-        items.sort_by_key(|v| std::cmp::Reverse(v.0));
-        Ok(pb::ListVersionsResponse {
-            state_machine_versions: items.into_iter().map(|(_, v)| v).collect(),
-            next_token: String::new(),
-        })
-    }
-
-    pub(crate) async fn delete_version_here(&self, arn: &str) -> ApiResult<()> {
-        let a = parse_arn(arn, &["stateMachine"])?;
-        if a.parts.len() != 2 {
-            return Err(ApiError::new(
-                Code::InvalidArn,
-                format!("Invalid Arn: 'Invalid ARN: {arn}'"),
-            ));
-        }
-        let _g = self.meta_lock.lock().await;
-        for (k, alias) in self
-            .meta
-            .app
-            .list(Table::Aliases, None, usize::MAX)
-            .map_err(from_meta)?
-        {
-            let routes = alias["routingConfiguration"]
-                .as_array()
-                .cloned()
-                .unwrap_or_default();
-            if routes
-                .iter()
-                .any(|r| r["stateMachineVersionArn"] == json!(arn))
-            {
-                return Err(ApiError::new(
-                    Code::ConflictException,
-                    format!("Version to be deleted must not be referenced by an alias. Current list of aliases referencing this version: [{k}]"),
-                ));
-            }
-        }
-        self.meta_delete(Table::Versions, arn.to_string()).await
-    }
-
-    fn check_routes(&self, routes: &[pb::RoutingConfiguration]) -> ApiResult<String> {
-        if routes.is_empty() || routes.len() > 2 {
-            return Err(ApiError::new(Code::ValidationException, "1 validation error detected: Value at 'routingConfiguration' failed to satisfy constraint: Member must have length between 1 and 2"));
-        }
-        let total: u32 = routes.iter().map(|r| r.weight).sum();
-        if total != 100 || routes.iter().any(|r| r.weight > 100) {
-            return Err(ApiError::new(
-                Code::ValidationException,
-                "The sum of the weights in the routing configuration must be equal to 100",
-            ));
-        }
-        let mut machine = None;
-        for r in routes {
-            let a = parse_arn(&r.state_machine_version_arn, &["stateMachine"])?;
-            if a.parts.len() != 2
-                || self
-                    .meta
-                    .app
-                    .get(Table::Versions, &r.state_machine_version_arn)
-                    .map_err(from_meta)?
-                    .is_none()
-            {
-                return Err(ApiError::new(
-                    Code::ResourceNotFound,
-                    format!("Resource Not Found: '{}'", r.state_machine_version_arn),
-                ));
-            }
-            let m = format!("{}:stateMachine:{}", self.arn_prefix(), a.parts[0]);
-            if machine.get_or_insert_with(|| m.clone()) != &m {
-                return Err(ApiError::new(
-                    Code::ValidationException,
-                    "All versions in a routing configuration must belong to the same state machine",
-                ));
-            }
-        }
-        Ok(machine.unwrap_or_default())
-    }
-
-    pub(crate) async fn create_alias_here(
-        &self,
-        r: pb::CreateAliasRequest,
-    ) -> ApiResult<pb::CreateAliasResponse> {
-        check_name(&r.name)?;
-        if r.name.chars().all(|c| c.is_ascii_digit()) {
-            return Err(ApiError::new(
-                Code::InvalidName,
-                format!("Invalid Name: '{}'", r.name),
-            ));
-        }
-        let machine = self.check_routes(&r.routing_configuration)?;
-        let arn = format!("{machine}:{}", r.name);
-        let _g = self.meta_lock.lock().await;
-        if self
-            .meta
-            .app
-            .get(Table::Aliases, &arn)
-            .map_err(from_meta)?
-            .is_some()
-        {
-            return Err(ApiError::new(
-                Code::ConflictException,
-                format!("Alias already exists: '{arn}'"),
-            ));
-        }
-        let now = now_ms();
-        let value = json!({"stateMachineAliasArn": arn, "name": r.name, "description": r.description,
-            "routingConfiguration": routes_json(&r.routing_configuration), "creationDate": now, "updateDate": now});
-        self.meta_put(Table::Aliases, arn.clone(), value).await?;
-        Ok(pb::CreateAliasResponse {
-            state_machine_alias_arn: arn,
-            creation_date: now,
-        })
-    }
-
-    /// An alias record, or AWS's `ResourceNotFound`.
-    fn alias(&self, arn: &str) -> ApiResult<Value> {
-        self.meta
-            .app
-            .get(Table::Aliases, arn)
-            .map_err(from_meta)?
-            .ok_or_else(|| {
-                ApiError::new(
-                    Code::ResourceNotFound,
-                    format!("Resource Not Found: '{arn}'"),
-                )
-            })
-    }
-
-    pub fn describe_alias(&self, arn: &str) -> ApiResult<pb::Alias> {
-        parse_arn(arn, &["stateMachine"])?;
-        let a = self.alias(arn)?;
-        Ok(alias_pb(&a))
-    }
-
-    pub(crate) async fn update_alias_here(
-        &self,
-        r: pb::UpdateAliasRequest,
-    ) -> ApiResult<pb::UpdateAliasResponse> {
-        let _g = self.meta_lock.lock().await;
-        let mut a = self.alias(&r.state_machine_alias_arn)?;
-        if !r.routing_configuration.is_empty() {
-            self.check_routes(&r.routing_configuration)?;
-            a["routingConfiguration"] = routes_json(&r.routing_configuration);
-        }
-        if let Some(d) = r.description {
-            a["description"] = json!(d);
-        }
-        let now = now_ms();
-        a["updateDate"] = json!(now);
-        self.meta_put(Table::Aliases, r.state_machine_alias_arn, a)
-            .await?;
-        Ok(pb::UpdateAliasResponse { update_date: now })
-    }
-
-    pub(crate) async fn delete_alias_here(&self, arn: &str) -> ApiResult<()> {
-        parse_arn(arn, &["stateMachine"])?;
-        self.meta_delete(Table::Aliases, arn.to_string()).await
-    }
-
-    pub fn list_aliases(&self, r: pb::ListAliasesRequest) -> ApiResult<pb::ListAliasesResponse> {
-        self.machine(&r.state_machine_arn)?;
-        let prefix = format!("{}:", r.state_machine_arn);
-        let items = self
-            .meta
-            .app
-            .list(Table::Aliases, None, usize::MAX)
-            .map_err(from_meta)?
-            .into_iter()
-            .filter(|(k, _)| k.starts_with(&prefix))
-            .map(|(k, v)| pb::AliasListItem {
-                state_machine_alias_arn: k,
-                creation_date: v["creationDate"].as_i64().unwrap_or(0),
-            })
-            .collect();
-        Ok(pb::ListAliasesResponse {
-            state_machine_aliases: items,
-            next_token: String::new(),
-        })
     }
 
     pub fn validate(&self, r: &pb::ValidateRequest) -> pb::ValidateResponse {
@@ -1030,14 +463,14 @@ impl Node {
     ) -> ApiResult<rpb::StartResolved> {
         let m = &resolved.machine;
         Ok(rpb::StartResolved {
-            state_machine_arn: m["stateMachineArn"].as_str().unwrap_or_default().into(),
-            state_machine_name: m["name"].as_str().unwrap_or_default().into(),
+            state_machine_arn: m.state_machine_arn.clone(),
+            state_machine_name: m.name.clone(),
             version_arn: resolved.version.unwrap_or_default(),
             alias_arn: resolved.alias.unwrap_or_default(),
-            role_arn: m["roleArn"].as_str().unwrap_or_default().into(),
+            role_arn: m.role_arn.clone(),
             name: self.execution_name(&r.name)?,
             input: Self::check_input(&r.input)?,
-            capped: m["maxConcurrentExecutions"].as_u64().unwrap_or(0) > 0,
+            capped: m.max_concurrent_executions > 0,
             definition: resolved.definition,
         })
     }
@@ -1102,7 +535,7 @@ impl Node {
         } = self
             .meta_read(|| self.resolve(&r.state_machine_arn))
             .await?;
-        if m["type"] != "EXPRESS" {
+        if m.kind != MachineType::Express {
             return Err(ApiError::new(
                 Code::StateMachineTypeNotSupported,
                 "This operation is not supported by this type of state machine",
@@ -1117,13 +550,13 @@ impl Node {
     /// persisted, as AWS Express).
     async fn run_express(
         &self,
-        m: &Value,
+        m: &MachineRecord,
         name: &str,
         input: &str,
         definition: &str,
     ) -> ApiResult<pb::SyncExecutionResult> {
-        let machine_arn = m["stateMachineArn"].as_str().unwrap_or_default();
-        let machine = m["name"].as_str().unwrap_or_default();
+        let machine_arn = m.state_machine_arn.as_str();
+        let machine = m.name.as_str();
         let sm = trellis_asl::parse(definition, trellis_asl::Options { express: true })
             .map_err(|e| ApiError::new(Code::InvalidDefinition, e.to_string()))?;
         let uuid = crate::ids::uuid();
@@ -1343,7 +776,7 @@ impl Node {
         &self,
         r: pb::ListExecutionsRequest,
     ) -> ApiResult<pb::ListExecutionsResponse> {
-        self.machine(&r.state_machine_arn)?;
+        self.registry.machine(&r.state_machine_arn)?;
         Self::status_filter(&r.status_filter)?;
         let max = page_size(r.max_results)?;
         let offset: usize = if r.next_token.is_empty() {
@@ -1496,84 +929,6 @@ impl Node {
 
     // ============================================================ activities and tasks
 
-    pub(crate) async fn create_activity_here(
-        &self,
-        name: &str,
-    ) -> ApiResult<pb::CreateActivityResponse> {
-        check_name(name)?;
-        let arn = format!("{}:activity:{name}", self.arn_prefix());
-        let _g = self.meta_lock.lock().await;
-        if let Some(a) = self
-            .meta
-            .app
-            .get(Table::Activities, &arn)
-            .map_err(from_meta)?
-        {
-            // CreateActivity is idempotent.
-            return Ok(pb::CreateActivityResponse {
-                activity_arn: arn,
-                creation_date: a["creationDate"].as_i64().unwrap_or(0),
-            });
-        }
-        let now = now_ms();
-        self.meta_put(
-            Table::Activities,
-            arn.clone(),
-            json!({"activityArn": arn, "name": name, "creationDate": now}),
-        )
-        .await?;
-        Ok(pb::CreateActivityResponse {
-            activity_arn: arn,
-            creation_date: now,
-        })
-    }
-
-    fn activity(&self, arn: &str) -> ApiResult<Value> {
-        parse_arn(arn, &["activity"])?;
-        self.meta
-            .app
-            .get(Table::Activities, arn)
-            .map_err(from_meta)?
-            .ok_or_else(|| {
-                ApiError::new(
-                    Code::ActivityDoesNotExist,
-                    format!("Activity Does Not Exist: '{arn}'"),
-                )
-            })
-    }
-
-    pub fn describe_activity(&self, arn: &str) -> ApiResult<pb::Activity> {
-        let a = self.activity(arn)?;
-        Ok(pb::Activity {
-            activity_arn: arn.into(),
-            name: a["name"].as_str().unwrap_or_default().into(),
-            creation_date: a["creationDate"].as_i64().unwrap_or(0),
-        })
-    }
-
-    pub fn list_activities(
-        &self,
-        r: pb::ListActivitiesRequest,
-    ) -> ApiResult<pb::ListActivitiesResponse> {
-        let (rows, next_token) = self.meta_page(Table::Activities, r.max_results, &r.next_token)?;
-        Ok(pb::ListActivitiesResponse {
-            activities: rows
-                .into_iter()
-                .map(|(k, a)| pb::Activity {
-                    activity_arn: k,
-                    name: a["name"].as_str().unwrap_or_default().into(),
-                    creation_date: a["creationDate"].as_i64().unwrap_or(0),
-                })
-                .collect(),
-            next_token,
-        })
-    }
-
-    pub(crate) async fn delete_activity_here(&self, arn: &str) -> ApiResult<()> {
-        parse_arn(arn, &["activity"])?;
-        self.meta_delete(Table::Activities, arn.to_string()).await
-    }
-
     /// Long-polls every shard for a task of the activity, up to `wait`: the shards this node
     /// leads as their tasks are queued, the other nodes' shards every 200 ms.
     pub async fn get_activity_task(
@@ -1582,7 +937,7 @@ impl Node {
         worker: &str,
         wait: Duration,
     ) -> ApiResult<pb::ActivityTask> {
-        self.meta_read(|| self.activity(arn)).await?;
+        self.meta_read(|| self.registry.activity(arn)).await?;
         let deadline = tokio::time::Instant::now() + wait;
         let req = pb::GetActivityTaskRequest {
             activity_arn: arn.to_string(),
@@ -1759,107 +1114,6 @@ impl trellis_asl::driver::Clock for RealEnv {
 
 fn non_empty(s: String) -> Option<String> {
     (!s.is_empty()).then_some(s)
-}
-
-fn page_size(max: u32) -> ApiResult<usize> {
-    if max > 1000 {
-        return Err(ApiError::new(
-            Code::ValidationException,
-            format!("1 validation error detected: Value '{max}' at 'maxResults' failed to satisfy constraint: Member must have value less than or equal to 1000"),
-        ));
-    }
-    Ok(if max == 0 { 100 } else { max as usize })
-}
-
-fn type_name(t: i32) -> &'static str {
-    if t == pb::StateMachineType::Express as i32 {
-        "EXPRESS"
-    } else {
-        "STANDARD"
-    }
-}
-
-fn type_enum(s: &str) -> i32 {
-    if s == "EXPRESS" {
-        pb::StateMachineType::Express as i32
-    } else {
-        pb::StateMachineType::Standard as i32
-    }
-}
-
-/// A new revision id: a random UUID, as AWS gives.
-fn revision_id() -> String {
-    crate::ids::uuid()
-}
-
-/// Publishes the machine's current definition as its next version.
-fn publish_op(m: &mut Value, description: &str, now: i64) -> (MetaOp, String) {
-    let n = m["versions"].as_u64().unwrap_or(0) + 1;
-    m["versions"] = json!(n);
-    let arn = format!("{}:{n}", m["stateMachineArn"].as_str().unwrap_or_default());
-    let value = json!({"stateMachineVersionArn": arn, "definition": m["definition"], "roleArn": m["roleArn"],
-        "revisionId": m["revisionId"], "description": description, "creationDate": now});
-    (
-        MetaOp::Put {
-            table: Table::Versions,
-            key: arn.clone(),
-            value,
-        },
-        arn,
-    )
-}
-
-fn routes_json(routes: &[pb::RoutingConfiguration]) -> Value {
-    Value::Array(routes.iter().map(|r| json!({"stateMachineVersionArn": r.state_machine_version_arn, "weight": r.weight})).collect())
-}
-
-fn alias_pb(a: &Value) -> pb::Alias {
-    pb::Alias {
-        state_machine_alias_arn: a["stateMachineAliasArn"]
-            .as_str()
-            .unwrap_or_default()
-            .into(),
-        name: a["name"].as_str().unwrap_or_default().into(),
-        description: a["description"].as_str().unwrap_or_default().into(),
-        routing_configuration: a["routingConfiguration"]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .map(|r| pb::RoutingConfiguration {
-                state_machine_version_arn: r["stateMachineVersionArn"]
-                    .as_str()
-                    .unwrap_or_default()
-                    .into(),
-                weight: r["weight"].as_u64().unwrap_or(0) as u32,
-            })
-            .collect(),
-        creation_date: a["creationDate"].as_i64().unwrap_or(0),
-        update_date: a["updateDate"].as_i64().unwrap_or(0),
-    }
-}
-
-/// Picks a version of an alias by its weights.
-fn pick_version(alias: &Value, rng: &mut impl rand::Rng) -> String {
-    let routes = alias["routingConfiguration"]
-        .as_array()
-        .cloned()
-        .unwrap_or_default();
-    let roll: u64 = rng.gen_range(0..100);
-    let mut acc = 0;
-    for r in &routes {
-        acc += r["weight"].as_u64().unwrap_or(0);
-        if roll < acc {
-            return r["stateMachineVersionArn"]
-                .as_str()
-                .unwrap_or_default()
-                .to_string();
-        }
-    }
-    routes
-        .first()
-        .and_then(|r| r["stateMachineVersionArn"].as_str())
-        .unwrap_or_default()
-        .to_string()
 }
 
 pub fn execution_pb(rec: &trellis_shard::ExecRecord, shard: u32) -> pb::Execution {

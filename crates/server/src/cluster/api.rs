@@ -3,6 +3,7 @@
 
 use std::time::Duration;
 
+use trellis_meta::records::MachineType;
 use trellis_proto::error::{ApiError, Code};
 use trellis_proto::raft as rpb;
 use trellis_proto::v1 as pb;
@@ -95,7 +96,7 @@ impl Node {
         let resolved = self
             .meta_read(|| self.resolve(&r.state_machine_arn))
             .await?;
-        if resolved.machine["type"] == "EXPRESS" {
+        if resolved.machine.kind == MachineType::Express {
             return self.start_express(r, resolved).await;
         }
         // The name decides the shard, so it is chosen here, once.

@@ -261,7 +261,7 @@ impl Node {
                 ));
             }
         }
-        let _g = self.meta_lock.lock().await;
+        let _g = self.membership_lock.lock().await;
         self.meta
             .raft
             .add_learner(r.node_id, BasicNode::new(&r.peer_addr), true)
@@ -325,7 +325,7 @@ impl Node {
                 let mut next: std::collections::BTreeSet<u64> = voters.iter().copied().collect();
                 next.insert(add);
                 tracing::info!(node_id = self.id(), voter = add, "promoting a meta voter");
-                let _g = self.meta_lock.lock().await;
+                let _g = self.membership_lock.lock().await;
                 self.meta
                     .raft
                     .change_membership(next, true)

@@ -81,25 +81,25 @@ fn empty(r: ApiResult<()>) -> ApiResult<pb::Empty> {
 calls! {
     // Meta writes, on the meta leader.
     pb::CreateStateMachineRequest => CreateStateMachine: pb::CreateStateMachineResponse =
-        |n, r| n.create_state_machine_here(r).await;
+        |n, r| n.registry().create_state_machine(r).await;
     pb::UpdateStateMachineRequest => UpdateStateMachine: pb::UpdateStateMachineResponse =
-        |n, r| n.update_state_machine_here(r).await;
+        |n, r| n.registry().update_state_machine(r).await;
     pb::DeleteStateMachineRequest => DeleteStateMachine: pb::Empty =
-        |n, r| empty(n.delete_state_machine_here(&r.state_machine_arn).await);
+        |n, r| empty(n.registry().delete_state_machine(&r.state_machine_arn).await);
     pb::PublishVersionRequest => PublishVersion: pb::PublishVersionResponse =
-        |n, r| n.publish_version_here(r).await;
+        |n, r| n.registry().publish_version(r).await;
     pb::DeleteVersionRequest => DeleteVersion: pb::Empty =
-        |n, r| empty(n.delete_version_here(&r.state_machine_version_arn).await);
+        |n, r| empty(n.registry().delete_version(&r.state_machine_version_arn).await);
     pb::CreateAliasRequest => CreateAlias: pb::CreateAliasResponse =
-        |n, r| n.create_alias_here(r).await;
+        |n, r| n.registry().create_alias(r).await;
     pb::UpdateAliasRequest => UpdateAlias: pb::UpdateAliasResponse =
-        |n, r| n.update_alias_here(r).await;
+        |n, r| n.registry().update_alias(r).await;
     pb::DeleteAliasRequest => DeleteAlias: pb::Empty =
-        |n, r| empty(n.delete_alias_here(&r.state_machine_alias_arn).await);
+        |n, r| empty(n.registry().delete_alias(&r.state_machine_alias_arn).await);
     pb::CreateActivityRequest => CreateActivity: pb::CreateActivityResponse =
-        |n, r| n.create_activity_here(&r.name).await;
+        |n, r| n.registry().create_activity(&r.name).await;
     pb::DeleteActivityRequest => DeleteActivity: pb::Empty =
-        |n, r| empty(n.delete_activity_here(&r.activity_arn).await);
+        |n, r| empty(n.registry().delete_activity(&r.activity_arn).await);
     // Answers with the meta leader's applied index, in the reply envelope.
     rpb::MetaIndexRequest => MetaIndexRequest: pb::Empty = |_n, _r| Ok(pb::Empty {});
     rpb::SetNodeStateRequest => SetNodeState: pb::Empty = |n, r| {
