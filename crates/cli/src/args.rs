@@ -1,0 +1,215 @@
+//! The command line: every subcommand and its arguments (clap).
+
+use clap::{Parser, Subcommand};
+
+pub(crate) use crate::bench::Bench;
+
+#[derive(Parser)]
+#[command(
+    name = "trellisctl",
+    version,
+    about = "Trellis command-line client (gRPC)"
+)]
+pub(crate) struct Cli {
+    /// gRPC endpoint of any node.
+    #[arg(
+        long,
+        global = true,
+        env = "TRELLIS_ENDPOINT",
+        default_value = "http://127.0.0.1:7300"
+    )]
+    pub(crate) endpoint: String,
+    /// Print JSON instead of tables.
+    #[arg(long, global = true)]
+    pub(crate) json: bool,
+    #[command(subcommand)]
+    pub(crate) command: Cmd,
+}
+
+#[derive(Subcommand)]
+pub(crate) enum Cmd {
+    /// State machines.
+    #[command(subcommand)]
+    Sm(Sm),
+    /// Executions.
+    #[command(subcommand)]
+    Exec(Exec),
+    /// Activities.
+    #[command(subcommand)]
+    Activity(Activity),
+    /// Cluster health.
+    #[command(subcommand)]
+    Cluster(ClusterCmd),
+    /// Cluster members: list, drain, remove.
+    #[command(subcommand)]
+    Nodes(NodesCmd),
+    /// Shards: list, show, move a replica, transfer the leadership, rebalance.
+    #[command(subcommand)]
+    Shards(ShardsCmd),
+    /// Pause or resume the placement driver.
+    #[command(subcommand)]
+    Placement(PlacementCmd),
+    /// What the stuck-execution detector found.
+    Doctor,
+    /// Load generator: start executions and report throughput and latency.
+    Bench(Bench),
+}
+
+#[derive(Subcommand)]
+pub(crate) enum Sm {
+    /// Create a state machine from a definition file.
+    Create {
+        name: String,
+        #[arg(long)]
+        definition: std::path::PathBuf,
+        #[arg(long, default_value = "STANDARD")]
+        r#type: String,
+        #[arg(long, default_value = "arn:aws:iam::000000000000:role/trellis")]
+        role: String,
+        #[arg(long)]
+        publish: bool,
+        /// Cap on concurrently running executions (0 = none).
+        #[arg(long, default_value_t = 0)]
+        max_concurrent: u32,
+    },
+    /// Update a state machine's definition.
+    Update {
+        arn: String,
+        #[arg(long)]
+        definition: Option<std::path::PathBuf>,
+        #[arg(long)]
+        publish: bool,
+    },
+    List,
+    Describe {
+        arn: String,
+    },
+    Delete {
+        arn: String,
+    },
+    /// Validate a definition file (ValidateStateMachineDefinition).
+    Validate {
+        definition: std::path::PathBuf,
+        #[arg(long)]
+        express: bool,
+    },
+}
+
+#[derive(Subcommand)]
+pub(crate) enum Exec {
+    /// Start an execution.
+    Start {
+        state_machine_arn: String,
+        #[arg(long)]
+        name: Option<String>,
+        #[arg(long, conflicts_with = "input_file")]
+        input: Option<String>,
+        #[arg(long)]
+        input_file: Option<std::path::PathBuf>,
+        /// Follow it: show each state and the elapsed time until it ends.
+        #[arg(long)]
+        wait: bool,
+    },
+    Describe {
+        arn: String,
+    },
+    List {
+        state_machine_arn: String,
+        #[arg(long)]
+        status: Option<String>,
+    },
+    History {
+        arn: String,
+        #[arg(long)]
+        reverse: bool,
+    },
+    /// Stream history events as they are written.
+    Watch {
+        arn: String,
+    },
+    Stop {
+        arn: String,
+        #[arg(long)]
+        error: Option<String>,
+        #[arg(long)]
+        cause: Option<String>,
+    },
+    Pause {
+        arn: String,
+    },
+    Resume {
+        arn: String,
+    },
+    Redrive {
+        arn: String,
+    },
+}
+
+#[derive(Subcommand)]
+pub(crate) enum Activity {
+    Create {
+        name: String,
+    },
+    List,
+    /// Wait for one task of the activity and print it.
+    Poll {
+        arn: String,
+        #[arg(long, default_value = "trellisctl")]
+        worker: String,
+    },
+}
+
+#[derive(Subcommand)]
+pub(crate) enum ClusterCmd {
+    /// Health, meta leader and voters, under-replicated and leaderless shards, moves in
+    /// progress, and the nodes.
+    Status,
+    /// Same as `nodes list`.
+    #[command(hide = true)]
+    Nodes,
+    /// Same as `shards list`.
+    #[command(hide = true)]
+    Shards,
+}
+
+#[derive(Subcommand)]
+pub(crate) enum NodesCmd {
+    /// Members with their state, zone, meta role and shard counts.
+    List,
+    /// Move every leader and replica off a node.
+    Drain { id: u64 },
+    /// Take a drained node out of the cluster.
+    Remove { id: u64 },
+}
+
+#[derive(Subcommand)]
+pub(crate) enum ShardsCmd {
+    /// Every shard: leader, replicas, epoch, term, applied index, lag, live executions.
+    List,
+    /// One shard.
+    Show { id: u32 },
+    /// Move the replica on one node to another (waits until done).
+    Move {
+        id: u32,
+        #[arg(long)]
+        from: u64,
+        #[arg(long)]
+        to: u64,
+    },
+    /// Make a replica the shard's leader (waits until it leads).
+    TransferLeader {
+        id: u32,
+        #[arg(long)]
+        to: u64,
+    },
+    /// Start the placement steps due now and print them.
+    Rebalance,
+}
+
+#[derive(Subcommand)]
+pub(crate) enum PlacementCmd {
+    /// Stop moving replicas and leaders (failed-node repair too).
+    Pause,
+    /// Start again.
+    Resume,
+}

@@ -1,0 +1,210 @@
+//! `trellisctl bench`: the load generator.
+
+use std::time::{Duration, Instant};
+
+use anyhow::{anyhow, Result};
+use serde_json::{json, Value};
+use trellis_client::{v1 as pb, Client};
+
+use crate::output::*;
+
+#[derive(clap::Args)]
+pub(crate) struct Bench {
+    /// Executions to run.
+    #[arg(long, default_value_t = 10_000)]
+    pub(crate) executions: u64,
+    /// Requests in flight.
+    #[arg(long, default_value_t = 64)]
+    pub(crate) concurrency: usize,
+    /// Use an EXPRESS machine and StartSyncExecution.
+    #[arg(long)]
+    pub(crate) express: bool,
+    /// Requests per second (0 = as fast as possible).
+    #[arg(long, default_value_t = 0)]
+    pub(crate) rate: u64,
+    /// Describe every Standard execution right after its start (one more RPC each) instead
+    /// of checking them all with ListExecutions at the end.
+    #[arg(long)]
+    pub(crate) describe_each: bool,
+}
+
+/// A 10-state Pass/Choice machine: four Pass states, a Choice, four more Pass states and a
+/// Succeed — every execution makes 10 transitions.
+pub(crate) fn bench_machine() -> Value {
+    json!({"StartAt": "P1", "States": {
+        "P1": {"Type": "Pass", "Parameters": {"n.$": "$.n", "step": 1}, "Next": "P2"},
+        "P2": {"Type": "Pass", "Result": 2, "ResultPath": "$.step", "Next": "P3"},
+        "P3": {"Type": "Pass", "Result": 3, "ResultPath": "$.step", "Next": "P4"},
+        "P4": {"Type": "Pass", "Result": 4, "ResultPath": "$.step", "Next": "Pick"},
+        "Pick": {"Type": "Choice", "Choices": [{"Variable": "$.n", "NumericGreaterThanEquals": 0, "Next": "P5"}], "Default": "P5"},
+        "P5": {"Type": "Pass", "Result": 5, "ResultPath": "$.step", "Next": "P6"},
+        "P6": {"Type": "Pass", "Result": 6, "ResultPath": "$.step", "Next": "P7"},
+        "P7": {"Type": "Pass", "Result": 7, "ResultPath": "$.step", "Next": "P8"},
+        "P8": {"Type": "Pass", "Result": 8, "ResultPath": "$.step", "Next": "Done"},
+        "Done": {"Type": "Succeed"}}})
+}
+
+pub(crate) fn percentile(sorted: &[Duration], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return 0.0;
+    }
+    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted[i].as_secs_f64() * 1000.0
+}
+
+pub(crate) async fn bench(c: &Client, b: Bench, j: bool) -> Result<()> {
+    let kind = if b.express { "EXPRESS" } else { "STANDARD" };
+    let name = format!(
+        "trellisctl-bench-{}-{}",
+        kind.to_lowercase(),
+        std::process::id()
+    );
+    let ty = if b.express {
+        pb::StateMachineType::Express
+    } else {
+        pb::StateMachineType::Standard
+    };
+    let arn = c
+        .state_machines
+        .clone()
+        .create_state_machine(pb::CreateStateMachineRequest {
+            name: name.clone(),
+            definition: bench_machine().to_string(),
+            role_arn: "arn:aws:iam::000000000000:role/bench".into(),
+            r#type: ty as i32,
+            publish: false,
+            version_description: String::new(),
+            settings: None,
+        })
+        .await
+        .map_err(api)?
+        .into_inner()
+        .state_machine_arn;
+    let next = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let started = Instant::now();
+    let mut set = tokio::task::JoinSet::new();
+    for _ in 0..b.concurrency.max(1) {
+        let (c, arn, next) = (c.clone(), arn.clone(), next.clone());
+        let (total, rate, express, describe_each) =
+            (b.executions, b.rate, b.express, b.describe_each);
+        set.spawn(async move {
+            let mut lat = Vec::new();
+            loop {
+                let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                if i >= total {
+                    return Ok::<_, anyhow::Error>(lat);
+                }
+                if rate > 0 {
+                    let due = started + Duration::from_secs_f64(i as f64 / rate as f64);
+                    tokio::time::sleep_until(due.into()).await;
+                }
+                let t0 = Instant::now();
+                let req = pb::StartExecutionRequest {
+                    state_machine_arn: arn.clone(),
+                    name: format!("b{i}"),
+                    input: format!("{{\"n\":{i}}}"),
+                };
+                let status = if express {
+                    c.executions
+                        .clone()
+                        .start_sync_execution(req)
+                        .await
+                        .map_err(api)?
+                        .into_inner()
+                        .status
+                } else {
+                    let r = c
+                        .executions
+                        .clone()
+                        .start_execution(req)
+                        .await
+                        .map_err(api)?
+                        .into_inner();
+                    if !describe_each {
+                        // The bench machine runs whole inside the start's Raft entry, so the
+                        // reply marks its end; all are checked to have SUCCEEDED at the end.
+                        lat.push(t0.elapsed());
+                        continue;
+                    }
+                    // Confirm this one ended before starting the next.
+                    c.executions
+                        .clone()
+                        .describe_execution(pb::DescribeExecutionRequest {
+                            execution_arn: r.execution_arn,
+                        })
+                        .await
+                        .map_err(api)?
+                        .into_inner()
+                        .status
+                };
+                if status != "SUCCEEDED" {
+                    return Err(anyhow!("execution b{i} ended {status}"));
+                }
+                lat.push(t0.elapsed());
+            }
+        });
+    }
+    let mut lat = Vec::new();
+    while let Some(r) = set.join_next().await {
+        lat.extend(r??);
+    }
+    let elapsed = started.elapsed().as_secs_f64();
+    if !b.express && !b.describe_each {
+        // Every execution must have ended SUCCEEDED.
+        let mut ok = 0u64;
+        let mut token = String::new();
+        loop {
+            let page = c
+                .executions
+                .clone()
+                .list_executions(pb::ListExecutionsRequest {
+                    state_machine_arn: arn.clone(),
+                    status_filter: "SUCCEEDED".into(),
+                    max_results: 1000,
+                    next_token: token,
+                    redrive_filter_redriven: false,
+                })
+                .await
+                .map_err(api)?
+                .into_inner();
+            ok += page.executions.len() as u64;
+            if page.next_token.is_empty() {
+                break;
+            }
+            token = page.next_token;
+        }
+        if ok != lat.len() as u64 {
+            return Err(anyhow!("only {ok} of {} executions SUCCEEDED", lat.len()));
+        }
+    }
+    lat.sort_unstable();
+    let n = lat.len() as f64;
+    let v = json!({"machine": name, "type": kind, "executions": lat.len(), "concurrency": b.concurrency,
+        "seconds": elapsed, "executionsPerSecond": n / elapsed, "transitionsPerSecond": n * 10.0 / elapsed,
+        "latencyMs": {"p50": percentile(&lat, 0.50), "p99": percentile(&lat, 0.99), "p999": percentile(&lat, 0.999)}});
+    if j {
+        out!("{v}");
+    } else {
+        out!(
+            "{} {} executions in {:.2}s (concurrency {}{})",
+            lat.len(),
+            kind,
+            elapsed,
+            b.concurrency,
+            if b.rate > 0 {
+                format!(", target {}/s", b.rate)
+            } else {
+                String::new()
+            }
+        );
+        out!("  executions/s   {:>10.1}", n / elapsed);
+        out!("  transitions/s  {:>10.1}", n * 10.0 / elapsed);
+        out!(
+            "  latency ms     p50 {:.3}  p99 {:.3}  p999 {:.3}",
+            percentile(&lat, 0.5),
+            percentile(&lat, 0.99),
+            percentile(&lat, 0.999)
+        );
+    }
+    Ok(())
+}

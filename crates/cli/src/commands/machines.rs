@@ -1,0 +1,195 @@
+//! `trellisctl sm`: state machines, versions and aliases.
+
+use anyhow::{anyhow, Result};
+use serde_json::{json, Value};
+use trellis_client::{v1 as pb, Client};
+
+use crate::args::*;
+use crate::output::*;
+
+pub(crate) async fn sm(c: &mut Client, j: bool, cmd: Sm) -> Result<()> {
+    match cmd {
+        Sm::Create {
+            name,
+            definition,
+            r#type,
+            role,
+            publish,
+            max_concurrent,
+        } => {
+            let ty = match r#type.to_ascii_uppercase().as_str() {
+                "STANDARD" => pb::StateMachineType::Standard,
+                "EXPRESS" => pb::StateMachineType::Express,
+                other => return Err(anyhow!("--type must be STANDARD or EXPRESS, got '{other}'")),
+            };
+            let r = c
+                .state_machines
+                .create_state_machine(pb::CreateStateMachineRequest {
+                    name,
+                    definition: read(&definition)?,
+                    role_arn: role,
+                    r#type: ty as i32,
+                    publish,
+                    version_description: String::new(),
+                    settings: Some(pb::StateMachineSettings {
+                        max_concurrent_executions: max_concurrent,
+                    }),
+                })
+                .await
+                .map_err(api)?
+                .into_inner();
+            if j {
+                out!(
+                    "{}",
+                    json!({"stateMachineArn": r.state_machine_arn, "creationDate": r.creation_date, "stateMachineVersionArn": r.state_machine_version_arn})
+                );
+            } else {
+                out!("{}", r.state_machine_arn);
+            }
+        }
+        Sm::Update {
+            arn,
+            definition,
+            publish,
+        } => {
+            let definition = definition.map(|d| read(&d)).transpose()?;
+            let r = c
+                .state_machines
+                .update_state_machine(pb::UpdateStateMachineRequest {
+                    state_machine_arn: arn,
+                    definition,
+                    role_arn: None,
+                    publish,
+                    version_description: String::new(),
+                    settings: None,
+                })
+                .await
+                .map_err(api)?
+                .into_inner();
+            if j {
+                out!(
+                    "{}",
+                    json!({"revisionId": r.revision_id, "updateDate": r.update_date, "stateMachineVersionArn": r.state_machine_version_arn})
+                );
+            } else {
+                out!("revision {}", r.revision_id);
+            }
+        }
+        Sm::List => {
+            let mut all = Vec::new();
+            let mut token = String::new();
+            loop {
+                let r = c
+                    .state_machines
+                    .list_state_machines(pb::ListStateMachinesRequest {
+                        max_results: 1000,
+                        next_token: token,
+                    })
+                    .await
+                    .map_err(api)?
+                    .into_inner();
+                all.extend(r.state_machines);
+                if r.next_token.is_empty() {
+                    break;
+                }
+                token = r.next_token;
+            }
+            if j {
+                out!("{}", Value::Array(all.iter().map(|m| json!({"stateMachineArn": m.state_machine_arn, "name": m.name, "type": type_name(m.r#type), "creationDate": m.creation_date})).collect()));
+            } else {
+                table(
+                    &["NAME", "TYPE", "CREATED", "ARN"],
+                    all.iter()
+                        .map(|m| {
+                            vec![
+                                m.name.clone(),
+                                type_name(m.r#type).into(),
+                                ms(m.creation_date),
+                                m.state_machine_arn.clone(),
+                            ]
+                        })
+                        .collect(),
+                );
+            }
+        }
+        Sm::Describe { arn } => {
+            let m = c
+                .state_machines
+                .describe_state_machine(pb::DescribeStateMachineRequest {
+                    state_machine_arn: arn,
+                })
+                .await
+                .map_err(api)?
+                .into_inner();
+            let def: Value =
+                serde_json::from_str(&m.definition).unwrap_or(Value::String(m.definition.clone()));
+            let v = json!({"stateMachineArn": m.state_machine_arn, "name": m.name, "status": m.status, "type": type_name(m.r#type),
+                "roleArn": m.role_arn, "creationDate": m.creation_date, "revisionId": m.revision_id,
+                "maxConcurrentExecutions": m.settings.map(|s| s.max_concurrent_executions).unwrap_or(0), "definition": def});
+            out!(
+                "{}",
+                if j {
+                    v.to_string()
+                } else {
+                    serde_json::to_string_pretty(&v)?
+                }
+            );
+        }
+        Sm::Delete { arn } => {
+            c.state_machines
+                .delete_state_machine(pb::DeleteStateMachineRequest {
+                    state_machine_arn: arn.clone(),
+                })
+                .await
+                .map_err(api)?;
+            if !j {
+                out!("deleted {arn}");
+            }
+        }
+        Sm::Validate {
+            definition,
+            express,
+        } => {
+            let ty = if express {
+                pb::StateMachineType::Express
+            } else {
+                pb::StateMachineType::Standard
+            };
+            let r = c
+                .state_machines
+                .validate_state_machine_definition(pb::ValidateRequest {
+                    definition: read(&definition)?,
+                    r#type: ty as i32,
+                })
+                .await
+                .map_err(api)?
+                .into_inner();
+            if j {
+                out!(
+                    "{}",
+                    json!({"result": r.result, "diagnostics": r.diagnostics.iter().map(|d| json!({"severity": d.severity, "code": d.code, "message": d.message, "location": d.location})).collect::<Vec<_>>()})
+                );
+            } else {
+                out!("{}", r.result);
+                table(
+                    &["SEVERITY", "CODE", "LOCATION", "MESSAGE"],
+                    r.diagnostics
+                        .iter()
+                        .map(|d| {
+                            vec![
+                                d.severity.clone(),
+                                d.code.clone(),
+                                d.location.clone(),
+                                d.message.clone(),
+                            ]
+                        })
+                        .collect(),
+                );
+            }
+            if r.result != "OK" {
+                return Err(anyhow!("the definition is not valid"));
+            }
+        }
+    }
+    Ok(())
+}

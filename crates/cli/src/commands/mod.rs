@@ -1,0 +1,6 @@
+//! One module per command group.
+
+pub(crate) mod activities;
+pub(crate) mod cluster;
+pub(crate) mod executions;
+pub(crate) mod machines;

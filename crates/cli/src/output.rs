@@ -1,0 +1,117 @@
+//! How results are printed: tables, dates, JSON shapes; and the helpers every command uses.
+
+/// `println!` that ends the program quietly when stdout is closed (`trellisctl ... | head`).
+macro_rules! out {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        if let Err(e) = writeln!(std::io::stdout().lock(), $($arg)*) {
+            if e.kind() == std::io::ErrorKind::BrokenPipe {
+                std::process::exit(0);
+            }
+            eprintln!("trellisctl: cannot write the output: {e}");
+            std::process::exit(1);
+        }
+    }};
+}
+
+pub(crate) use out;
+
+use anyhow::{anyhow, Context, Result};
+use serde_json::{json, Value};
+use trellis_client::v1 as pb;
+
+pub(crate) fn read(path: &std::path::Path) -> Result<String> {
+    std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))
+}
+
+pub(crate) fn api(s: tonic::Status) -> anyhow::Error {
+    anyhow!("{}", trellis_client::ApiError::from_status(&s))
+}
+
+/// Epoch milliseconds as an RFC 3339 UTC time to the second; `-` for none (0).
+pub(crate) fn ms(t: i64) -> String {
+    match chrono::DateTime::from_timestamp_millis(t) {
+        Some(d) if t != 0 => d.format("%Y-%m-%dT%H:%M:%SZ").to_string(),
+        _ => "-".into(),
+    }
+}
+
+/// Prints rows as a table: left-aligned columns two spaces apart, no borders, no trailing
+/// spaces.
+pub(crate) fn table(headers: &[&str], rows: Vec<Vec<String>>) {
+    for line in render(headers, rows) {
+        out!("{line}");
+    }
+}
+
+fn render(headers: &[&str], rows: Vec<Vec<String>>) -> Vec<String> {
+    let mut t = comfy_table::Table::new();
+    t.load_preset(comfy_table::presets::NOTHING)
+        .set_header(headers.iter().copied())
+        .add_rows(rows);
+    let last = headers.len().saturating_sub(1);
+    for (i, col) in t.column_iter_mut().enumerate() {
+        col.set_padding((0, if i == last { 0 } else { 2 }));
+    }
+    t.lines().map(|l| l.trim_end().to_string()).collect()
+}
+
+/// A state machine type's name (`STANDARD`, `EXPRESS`).
+pub(crate) fn type_name(t: i32) -> &'static str {
+    pb::StateMachineType::try_from(t)
+        .unwrap_or(pb::StateMachineType::Standard)
+        .as_str_name()
+}
+
+pub(crate) fn details(e: &pb::HistoryEvent) -> Value {
+    serde_json::from_str(&e.details_json).unwrap_or(Value::Null)
+}
+
+pub(crate) fn event_json(e: &pb::HistoryEvent) -> Value {
+    json!({"id": e.id, "previousEventId": e.previous_event_id, "timestamp": e.timestamp,
+           "type": e.r#type, "details": details(e)})
+}
+
+pub(crate) fn state_name(e: &pb::HistoryEvent) -> Option<String> {
+    let d = details(e);
+    d.as_object()?
+        .values()
+        .find_map(|v| v.get("name").and_then(Value::as_str).map(str::to_string))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn dates_are_utc_seconds() {
+        assert_eq!(ms(0), "-");
+        assert_eq!(ms(1_700_000_000_123), "2023-11-14T22:13:20Z");
+        assert_eq!(ms(951_782_400_000), "2000-02-29T00:00:00Z");
+    }
+
+    #[test]
+    fn tables_are_aligned_two_spaces_apart() {
+        let lines = render(
+            &["NODE", "STATE", "GRPC"],
+            vec![
+                vec!["1".into(), "UP".into(), "127.0.0.1:7301".into()],
+                vec!["12".into(), "DRAINING".into(), "-".into()],
+            ],
+        );
+        assert_eq!(
+            lines,
+            vec![
+                "NODE  STATE     GRPC",
+                "1     UP        127.0.0.1:7301",
+                "12    DRAINING  -",
+            ]
+        );
+    }
+
+    #[test]
+    fn type_names() {
+        assert_eq!(type_name(1), "EXPRESS");
+        assert_eq!(type_name(0), "STANDARD");
+    }
+}
