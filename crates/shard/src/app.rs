@@ -1,5 +1,10 @@
-//! The shard's replicated state: executions, history, timers, task tokens and activity
-//! queues, in the group's sled trees. Every replica applies the same entries.
+//! The shard's replicated state: executions (with their pending timers and tasks) and
+//! their histories, in the group's sled trees. Every replica applies the same entries.
+//!
+//! A new executor rebuilds its timer wheel, token table and activity queues from the live
+//! records (`ShardApp::live`), so no index of them is kept: the `timers`, `tokens` and
+//! `activities` trees of earlier versions are emptied when a replica opens, and stay in the
+//! snapshot format (empty) so replicas of both versions exchange snapshots.
 
 use openraft::LogId;
 use trellis_asl::HistoryEvent;
@@ -7,7 +12,7 @@ use trellis_storage::{AppStateMachine, GroupTrees};
 
 use crate::record::{keys, ExecRecord};
 use crate::request::{ShardConfig, ShardOp, ShardRequest, ShardResponse};
-use crate::{Error, Result};
+use crate::Result;
 
 const TREES: [&str; 7] = [
     "executions",
@@ -19,6 +24,9 @@ const TREES: [&str; 7] = [
     "definitions",
 ];
 
+/// Trees earlier versions wrote and nothing read: emptied on open.
+const RETIRED: [usize; 3] = [3, 4, 5];
+
 /// A shard's state machine.
 #[derive(Clone)]
 pub struct ShardApp {
@@ -28,12 +36,6 @@ pub struct ShardApp {
     ids: sled::Tree,
     /// (execution id, event id) -> event.
     history: sled::Tree,
-    /// (due, execution id, timer id) -> ().
-    timers: sled::Tree,
-    /// Task token -> (execution id, task id).
-    tokens: sled::Tree,
-    /// (activity ARN, execution id, task id) -> () for tasks no worker has taken yet.
-    activities: sled::Tree,
     /// Definition hash -> definition text.
     definitions: sled::Tree,
     all: Vec<(String, sled::Tree)>,
@@ -49,14 +51,14 @@ impl ShardApp {
         for name in TREES {
             all.push((name.to_string(), trees.sm_tree(name)?));
         }
+        for i in RETIRED {
+            all[i].1.clear()?;
+        }
         let t = |i: usize| all[i].1.clone();
         Ok(ShardApp {
             executions: t(0),
             ids: t(1),
             history: t(2),
-            timers: t(3),
-            tokens: t(4),
-            activities: t(5),
             definitions: t(6),
             all,
         })
@@ -83,58 +85,13 @@ impl ShardApp {
             self.definitions
                 .insert(hash.to_be_bytes(), text.as_bytes())?;
         }
-        let old = self.record(&rec.arn)?;
         let mut history = sled::Batch::default();
         for e in events {
             history.insert(&keys::event(rec.id, e.id), json(e)?);
         }
         self.history.apply_batch(history)?;
-
-        // Index trees follow the difference between the old and the new record.
-        let mut timers = sled::Batch::default();
-        let mut tokens = sled::Batch::default();
-        let mut activities = sled::Batch::default();
-        if let Some(old) = &old {
-            for (id, due) in &old.timers {
-                if rec.timers.get(id) != Some(due) {
-                    timers.remove(&keys::timer(*due, rec.id, *id));
-                }
-            }
-            for (id, t) in &old.tasks {
-                let now = rec.tasks.get(id);
-                if let Some(tok) = &t.token {
-                    if now.and_then(|n| n.token.as_ref()) != Some(tok) {
-                        tokens.remove(tok.as_bytes());
-                    }
-                }
-                if let Some(a) = &t.activity {
-                    if !t.started && now.is_none_or(|n| n.started) {
-                        activities.remove(keys::activity(a, rec.id, *id));
-                    }
-                }
-            }
-        }
-        for (id, due) in &rec.timers {
-            timers.insert(&keys::timer(*due, rec.id, *id), &[]);
-        }
-        for (id, t) in &rec.tasks {
-            if let Some(tok) = &t.token {
-                tokens.insert(tok.as_bytes(), &keys::event(rec.id, *id));
-            }
-            if let (Some(a), false) = (&t.activity, t.started) {
-                activities.insert(keys::activity(a, rec.id, *id), &[]);
-            }
-        }
-        let changed = match &old {
-            Some(before) => before.timers != rec.timers || before.tasks != rec.tasks,
-            None => !rec.timers.is_empty() || !rec.tasks.is_empty(),
-        };
-        if changed {
-            self.timers.apply_batch(timers)?;
-            self.tokens.apply_batch(tokens)?;
-            self.activities.apply_batch(activities)?;
-        }
-        if old.is_none() {
+        // No need to read (and parse) the previous record: only its existence matters.
+        if !self.executions.contains_key(rec.arn.as_bytes())? {
             self.ids.insert(rec.id.to_be_bytes(), rec.arn.as_bytes())?;
         }
         self.executions.insert(rec.arn.as_bytes(), json(rec)?)?;
@@ -206,41 +163,6 @@ impl ShardApp {
             }
         }
         Ok(out)
-    }
-
-    /// (execution id, task id) of a task token.
-    pub fn token(&self, token: &str) -> Result<Option<(u64, u64)>> {
-        Ok(self.tokens.get(token.as_bytes())?.map(|v| {
-            let n = |r: std::ops::Range<usize>| trellis_storage::from_be(&v[r]).unwrap_or(0);
-            (n(0..8), n(8..16))
-        }))
-    }
-
-    /// Timers due at or before `now_ms`: (due, execution id, timer id).
-    pub fn due_timers(&self, now_ms: i64, limit: usize) -> Result<Vec<(i64, u64, u64)>> {
-        self.timers
-            .range(..=keys::timer(now_ms, u64::MAX, u64::MAX))
-            .take(limit)
-            .map(|kv| {
-                let (k, _) = kv?;
-                keys::parse_timer(&k).ok_or_else(|| Error::Corrupt("timer key".into()))
-            })
-            .collect()
-    }
-
-    /// Queued (not yet taken) activity tasks of an activity: (execution id, task id).
-    pub fn queued_activities(&self, arn: &str, limit: usize) -> Result<Vec<(u64, u64)>> {
-        let prefix = keys::activity_prefix(arn);
-        self.activities
-            .scan_prefix(&prefix)
-            .take(limit)
-            .map(|kv| {
-                let (k, _) = kv?;
-                let rest = &k[prefix.len()..];
-                let n = |r: std::ops::Range<usize>| trellis_storage::from_be(&rest[r]).unwrap_or(0);
-                Ok((n(0..8), n(8..16)))
-            })
-            .collect()
     }
 }
 

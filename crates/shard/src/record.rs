@@ -143,37 +143,6 @@ pub mod keys {
         k[8..].copy_from_slice(&event.to_be_bytes());
         k
     }
-
-    /// `timers`: due time + execution id + timer id (due-ordered).
-    pub fn timer(due_ms: i64, exec: u64, timer: u64) -> [u8; 24] {
-        let mut k = [0u8; 24];
-        // Offset so negative times still sort before positive ones.
-        k[..8].copy_from_slice(&((due_ms as u64) ^ (1 << 63)).to_be_bytes());
-        k[8..16].copy_from_slice(&exec.to_be_bytes());
-        k[16..].copy_from_slice(&timer.to_be_bytes());
-        k
-    }
-
-    pub fn parse_timer(k: &[u8]) -> Option<(i64, u64, u64)> {
-        let n = |r: std::ops::Range<usize>| Some(u64::from_be_bytes(k.get(r)?.try_into().ok()?));
-        Some(((n(0..8)? ^ (1 << 63)) as i64, n(8..16)?, n(16..24)?))
-    }
-
-    /// `activities`: activity ARN, NUL, execution id + task id (queue of undispatched tasks).
-    pub fn activity(arn: &str, exec: u64, task: u64) -> Vec<u8> {
-        let mut k = Vec::with_capacity(arn.len() + 17);
-        k.extend_from_slice(arn.as_bytes());
-        k.push(0);
-        k.extend_from_slice(&exec.to_be_bytes());
-        k.extend_from_slice(&task.to_be_bytes());
-        k
-    }
-
-    pub fn activity_prefix(arn: &str) -> Vec<u8> {
-        let mut k = arn.as_bytes().to_vec();
-        k.push(0);
-        k
-    }
 }
 
 #[cfg(test)]
@@ -197,15 +166,5 @@ mod tests {
         assert_eq!(parse_token("nope"), None);
         assert_eq!(parse_token("1.2.3.4"), None);
         assert_eq!(parse_token(&format!("{t}.x")), None);
-    }
-
-    #[test]
-    fn timer_keys_sort_by_due() {
-        let a = keys::timer(-5, 9, 1);
-        let b = keys::timer(10, 1, 1);
-        let c = keys::timer(1_700_000_000_000, 0, 0);
-        assert!(a < b && b < c);
-        assert_eq!(keys::parse_timer(&b), Some((10, 1, 1)));
-        assert_eq!(keys::parse_timer(&a), Some((-5, 9, 1)));
     }
 }
