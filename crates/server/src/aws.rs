@@ -31,10 +31,13 @@ pub fn router(node: Arc<Node>) -> Router {
         .route("/readyz", get(readyz))
         .route(
             "/metrics",
-            get(|| async {
+            get(|State(node): State<Arc<Node>>| async move {
                 (
-                    [("content-type", "text/plain; version=0.0.4")],
-                    trellis_shard::metrics::metrics().render(),
+                    [(
+                        "content-type",
+                        "application/openmetrics-text; version=1.0.0; charset=utf-8",
+                    )],
+                    node.render_metrics(),
                 )
             }),
         )

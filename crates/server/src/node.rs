@@ -168,6 +168,10 @@ pub struct Node {
     /// Serializes this (meta leader) node's Raft membership changes of the meta group.
     pub(crate) membership_lock: Mutex<()>,
     registry: Registry,
+    /// The Prometheus registry `/metrics` exposes.
+    metrics: prometheus_client::registry::Registry,
+    /// What this node's executors count into.
+    pub(crate) shard_metrics: Arc<trellis_shard::metrics::Metrics>,
     /// One cell per shard, once the shard count is known.
     shards: std::sync::OnceLock<Box<[ShardCell]>>,
     connectors: Connectors,
@@ -189,7 +193,20 @@ impl Node {
     pub async fn open(cfg: Config) -> anyhow::Result<Arc<Node>> {
         std::fs::create_dir_all(&cfg.node.data_dir)?;
         let db = NodeDb::open(&cfg.node.data_dir)?;
-        let transport = Transport::new(cfg.node.id, cfg.cluster.peer_max_message_bytes);
+        // The node's metrics: registered once here, handed to the parts that count.
+        let mut metrics = prometheus_client::registry::Registry::default();
+        let shard_metrics = Arc::new(trellis_shard::metrics::Metrics::register(&mut metrics));
+        let snapshot_chunks = prometheus_client::metrics::counter::Counter::default();
+        metrics.register(
+            "trellis_raft_snapshot_chunks_received",
+            "Raft snapshot chunks received (a replica too far behind catches up by snapshot)",
+            snapshot_chunks.clone(),
+        );
+        let transport = Transport::new(
+            cfg.node.id,
+            cfg.cluster.peer_max_message_bytes,
+            snapshot_chunks,
+        );
         let meta = Meta::open(&db, cfg.node.id, transport.network(0)).await?;
         transport.register(0, Arc::new(meta.raft.clone()));
         let registry = Registry::new(meta.clone(), &cfg.aws.region, &cfg.aws.account);
@@ -203,6 +220,8 @@ impl Node {
             transport,
             membership_lock: Mutex::new(()),
             registry,
+            metrics,
+            shard_metrics,
             shards: Default::default(),
             connectors,
             admission: Default::default(),
@@ -337,6 +356,14 @@ impl Node {
     }
 
     // ============================================================ state machines
+
+    /// `/metrics`: the node's registry in the OpenMetrics text format.
+    pub fn render_metrics(&self) -> String {
+        let mut out = String::new();
+        // Writing to a String cannot fail.
+        let _ = prometheus_client::encoding::text::encode(&mut out, &self.metrics);
+        out
+    }
 
     /// State machines, versions, aliases and activities.
     pub fn registry(&self) -> &Registry {

@@ -106,6 +106,8 @@ pub struct ExecutorConfig {
     /// that describes them commits. This breaks the fencing invariant (a leader cut off from
     /// its quorum would hand out tasks), so the partition test can show that it fails.
     pub effects_before_commit: bool,
+    /// Where this executor counts (the node's registry).
+    pub metrics: Arc<crate::metrics::Metrics>,
 }
 
 /// When the detector calls something wrong.
@@ -513,9 +515,7 @@ impl Executor {
             .values()
             .filter(|l| l.rec.status == Status::Running)
             .count();
-        crate::metrics::metrics()
-            .running
-            .fetch_add(running as u64, std::sync::atomic::Ordering::Relaxed);
+        self.cfg.metrics.running.inc_by(running as i64);
         tracing::info!(
             shard_id = self.cfg.shard,
             live = self.live.len(),
@@ -549,16 +549,14 @@ impl Executor {
     pub async fn run(mut self) -> Result<()> {
         let r = self.run_loop().await;
         // These executions now advance elsewhere (or after a restart).
-        let m = crate::metrics::metrics();
+        let m = self.cfg.metrics.clone();
         let running = self
             .live
             .values()
             .filter(|l| l.rec.status == Status::Running)
             .count();
-        m.running
-            .fetch_sub(running as u64, std::sync::atomic::Ordering::Relaxed);
-        m.activity_backlog
-            .fetch_sub(self.backlog, std::sync::atomic::Ordering::Relaxed);
+        m.running.dec_by(running as i64);
+        m.activity_backlog.dec_by(self.backlog as i64);
         r
     }
 
@@ -646,9 +644,7 @@ impl Executor {
                             l.rec.status = Status::Running;
                         }
                         self.feed(id, Input::Start, now);
-                        crate::metrics::metrics()
-                            .running
-                            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                        self.cfg.metrics.running.inc();
                     }
                 }
                 self.effects.push(Effect::Done(reply));
@@ -781,14 +777,14 @@ impl Executor {
                 new_definition: (!stored).then_some((hash, req.definition)),
             },
         );
-        let m = crate::metrics::metrics();
-        m.started.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let m = self.cfg.metrics.clone();
+        m.started.inc();
         if req.queued {
             // Stored as QUEUED; it starts when admitted.
             self.dirty.insert(id);
         } else {
             self.feed(id, Input::Start, now);
-            m.running.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            m.running.inc();
         }
         Ok(Some(Started {
             execution_arn: arn,
@@ -833,9 +829,7 @@ impl Executor {
             .iter()
             .filter(|e| e.event_type.as_str().ends_with("StateEntered"))
             .count() as u64;
-        crate::metrics::metrics()
-            .transitions
-            .fetch_add(entered, std::sync::atomic::Ordering::Relaxed);
+        self.cfg.metrics.transitions.inc_by(entered);
         live.events.extend(out.events);
         let rec = &mut live.rec;
         for cmd in out.commands {
@@ -874,14 +868,8 @@ impl Executor {
                 Command::CancelTimer { .. } | Command::CancelTask { .. } => {}
                 Command::Finish(outcome) => {
                     rec.status = Status::from_asl(outcome.status);
-                    let m = crate::metrics::metrics();
-                    if let Some(i) = crate::metrics::FINISHED
-                        .iter()
-                        .position(|s| *s == rec.status.as_str())
-                    {
-                        m.finished[i].fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                    }
-                    m.running.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+                    self.cfg.metrics.finished(rec.status);
+                    self.cfg.metrics.running.dec();
                     rec.stop_ms = Some(now);
                     rec.output = outcome.output.map(|v| v.to_string());
                     rec.error = outcome.error;
@@ -1024,9 +1012,7 @@ impl Executor {
                 new_definition: None,
             },
         );
-        crate::metrics::metrics()
-            .running
-            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        self.cfg.metrics.running.inc();
         self.feed(id, Input::Redrive, now);
         Ok(now)
     }
@@ -1206,7 +1192,7 @@ impl Executor {
                 .get(e)
                 .is_some_and(|l| l.rec.tasks.contains_key(t))
         });
-        let m = crate::metrics::metrics();
+        let m = &self.cfg.metrics;
         for f in &report.findings {
             m.finding(f.kind);
         }
@@ -1219,7 +1205,8 @@ impl Executor {
                 break;
             }
             self.timers.pop_first();
-            crate::metrics::metrics()
+            self.cfg
+                .metrics
                 .timer_lag_seconds
                 .observe((now - due).max(0) as f64 / 1000.0);
             let pending = self
@@ -1261,7 +1248,7 @@ impl Executor {
         if self.cfg.effects_before_commit {
             self.perform_effects();
         }
-        let m = crate::metrics::metrics();
+        let m = self.cfg.metrics.clone();
         m.batch_size.observe(ops.len() as f64);
         let t0 = Instant::now();
         let proposed = self.proposer.propose(ShardRequest { ops }).await;
@@ -1339,9 +1326,9 @@ impl Executor {
         if backlog > 0 {
             activity = true;
         }
-        let m = &crate::metrics::metrics().activity_backlog;
-        m.fetch_add(backlog, std::sync::atomic::Ordering::Relaxed);
-        m.fetch_sub(self.backlog, std::sync::atomic::Ordering::Relaxed);
+        let m = &self.cfg.metrics.activity_backlog;
+        m.inc_by(backlog as i64);
+        m.dec_by(self.backlog as i64);
         self.backlog = backlog;
         if activity {
             self.activity_queued.notify_waiters();

@@ -1,80 +1,43 @@
-//! Process-wide counters of every executor on the node, rendered by the node's `/metrics`.
+//! The executors' metrics. The node owns the Prometheus registry and registers one
+//! [`Metrics`] in it ([`Metrics::register`]); every executor it runs counts into that one,
+//! handed over in its [`crate::executor::ExecutorConfig`]. Nothing here is global.
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::registry::Registry;
 
-/// A histogram with fixed upper bounds (Prometheus `le` buckets).
-pub struct Histogram {
-    bounds: &'static [f64],
-    buckets: Vec<AtomicU64>,
-    sum_micros: AtomicU64,
-    count: AtomicU64,
-}
+use crate::record::Status;
 
-impl Histogram {
-    fn new(bounds: &'static [f64]) -> Histogram {
-        Histogram {
-            bounds,
-            buckets: bounds.iter().map(|_| AtomicU64::new(0)).collect(),
-            sum_micros: AtomicU64::new(0),
-            count: AtomicU64::new(0),
-        }
-    }
+/// One label, e.g. `status="SUCCEEDED"`.
+type Label = [(&'static str, &'static str); 1];
 
-    pub fn observe(&self, v: f64) {
-        for (i, b) in self.bounds.iter().enumerate() {
-            if v <= *b {
-                self.buckets[i].fetch_add(1, Ordering::Relaxed);
-            }
-        }
-        self.sum_micros
-            .fetch_add((v * 1e6) as u64, Ordering::Relaxed);
-        self.count.fetch_add(1, Ordering::Relaxed);
-    }
-
-    fn render(&self, name: &str, help: &str, out: &mut String) {
-        out.push_str(&format!("# HELP {name} {help}\n# TYPE {name} histogram\n"));
-        for (i, b) in self.bounds.iter().enumerate() {
-            out.push_str(&format!(
-                "{name}_bucket{{le=\"{b}\"}} {}\n",
-                self.buckets[i].load(Ordering::Relaxed)
-            ));
-        }
-        let count = self.count.load(Ordering::Relaxed);
-        out.push_str(&format!("{name}_bucket{{le=\"+Inf\"}} {count}\n"));
-        out.push_str(&format!(
-            "{name}_sum {}\n{name}_count {count}\n",
-            self.sum_micros.load(Ordering::Relaxed) as f64 / 1e6
-        ));
-    }
-}
-
-/// The node's executor metrics.
+/// What the executors of one node count.
+#[derive(Debug)]
 pub struct Metrics {
-    pub started: AtomicU64,
-    /// Finished executions by status: SUCCEEDED, FAILED, TIMED_OUT, ABORTED.
-    pub finished: [AtomicU64; 4],
-    pub transitions: AtomicU64,
-    pub running: AtomicU64,
-    pub activity_backlog: AtomicU64,
-    /// Detector findings by kind (see [`FINDINGS`]).
-    pub findings: [AtomicU64; 4],
+    pub started: Counter,
+    finished: Family<Label, Counter>,
+    pub transitions: Counter,
+    /// Standard executions running on the shards this node leads.
+    pub running: Gauge,
+    /// Activity tasks queued and not taken by a worker.
+    pub activity_backlog: Gauge,
+    findings: Family<Label, Counter>,
     /// Executions per proposal.
     pub batch_size: Histogram,
     /// Seconds from proposing an entry until it is applied.
     pub apply_seconds: Histogram,
     /// Seconds a timer fired after its due time.
     pub timer_lag_seconds: Histogram,
-    /// Snapshot chunks this node received from shard and meta leaders.
-    pub snapshot_chunks_received: AtomicU64,
 }
 
-const SIZES: &[f64] = &[1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 512.0];
-const SECONDS: &[f64] = &[
+const SIZES: [f64; 10] = [1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 512.0];
+const SECONDS: [f64; 10] = [
     0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0,
 ];
 
-pub const FINISHED: [&str; 4] = ["SUCCEEDED", "FAILED", "TIMED_OUT", "ABORTED"];
-
+/// The kinds of detector findings.
 pub const FINDINGS: [&str; 4] = [
     "STUCK_EXECUTION",
     "OVERDUE_TIMER",
@@ -82,102 +45,124 @@ pub const FINDINGS: [&str; 4] = [
     "EXPIRED_TOKEN",
 ];
 
-/// The process-wide metrics.
-pub fn metrics() -> &'static Metrics {
-    static M: std::sync::OnceLock<Metrics> = std::sync::OnceLock::new();
-    M.get_or_init(|| Metrics {
-        started: AtomicU64::new(0),
-        finished: Default::default(),
-        transitions: AtomicU64::new(0),
-        running: AtomicU64::new(0),
-        activity_backlog: AtomicU64::new(0),
-        findings: Default::default(),
-        batch_size: Histogram::new(SIZES),
-        apply_seconds: Histogram::new(SECONDS),
-        timer_lag_seconds: Histogram::new(SECONDS),
-        snapshot_chunks_received: AtomicU64::new(0),
-    })
+impl Default for Metrics {
+    /// Metrics that count but are not exposed (tests, tools).
+    fn default() -> Self {
+        Metrics {
+            started: Counter::default(),
+            finished: Family::default(),
+            transitions: Counter::default(),
+            running: Gauge::default(),
+            activity_backlog: Gauge::default(),
+            findings: Family::default(),
+            batch_size: Histogram::new(SIZES),
+            apply_seconds: Histogram::new(SECONDS),
+            timer_lag_seconds: Histogram::new(SECONDS),
+        }
+    }
 }
 
 impl Metrics {
-    pub fn finding(&self, kind: &str) {
-        if let Some(i) = FINDINGS.iter().position(|k| *k == kind) {
-            self.findings[i].fetch_add(1, Ordering::Relaxed);
+    /// Metrics registered in `registry` under their `trellis_` names.
+    pub fn register(registry: &mut Registry) -> Metrics {
+        let m = Metrics::default();
+        registry.register(
+            "trellis_executions_started",
+            "Standard executions started",
+            m.started.clone(),
+        );
+        registry.register(
+            "trellis_executions_finished",
+            "Standard executions finished, by status",
+            m.finished.clone(),
+        );
+        registry.register(
+            "trellis_executions_running",
+            "Standard executions running on shards this node leads",
+            m.running.clone(),
+        );
+        registry.register(
+            "trellis_state_transitions",
+            "States entered",
+            m.transitions.clone(),
+        );
+        registry.register(
+            "trellis_activity_backlog",
+            "Activity tasks queued and not taken by a worker",
+            m.activity_backlog.clone(),
+        );
+        registry.register(
+            "trellis_detector_findings",
+            "What the stuck-execution detector found, by kind",
+            m.findings.clone(),
+        );
+        registry.register(
+            "trellis_proposal_batch_executions",
+            "Executions per shard Raft proposal",
+            m.batch_size.clone(),
+        );
+        registry.register(
+            "trellis_raft_apply_seconds",
+            "Time from proposing a shard entry to its apply",
+            m.apply_seconds.clone(),
+        );
+        registry.register(
+            "trellis_timer_lag_seconds",
+            "How late timers fire after their due time",
+            m.timer_lag_seconds.clone(),
+        );
+        // Every label value shows from the start, at 0.
+        for s in [
+            Status::Succeeded,
+            Status::Failed,
+            Status::TimedOut,
+            Status::Aborted,
+        ] {
+            drop(m.finished.get_or_create(&[("status", s.as_str())]));
         }
+        for k in FINDINGS {
+            drop(m.findings.get_or_create(&[("kind", k)]));
+        }
+        m
     }
 
-    /// Prometheus text exposition.
-    pub fn render(&self) -> String {
-        let mut out = String::new();
-        let counter = |out: &mut String, name: &str, help: &str, v: u64| {
-            out.push_str(&format!(
-                "# HELP {name} {help}\n# TYPE {name} counter\n{name} {v}\n"
-            ));
-        };
-        let gauge = |out: &mut String, name: &str, help: &str, v: u64| {
-            out.push_str(&format!(
-                "# HELP {name} {help}\n# TYPE {name} gauge\n{name} {v}\n"
-            ));
-        };
-        counter(
-            &mut out,
-            "trellis_executions_started_total",
-            "Standard executions started.",
-            self.started.load(Ordering::Relaxed),
-        );
-        out.push_str("# HELP trellis_executions_finished_total Standard executions finished, by status.\n# TYPE trellis_executions_finished_total counter\n");
-        for (i, s) in FINISHED.iter().enumerate() {
-            out.push_str(&format!(
-                "trellis_executions_finished_total{{status=\"{s}\"}} {}\n",
-                self.finished[i].load(Ordering::Relaxed)
-            ));
+    /// An execution ended with `status`.
+    pub fn finished(&self, status: Status) {
+        self.finished
+            .get_or_create(&[("status", status.as_str())])
+            .inc();
+    }
+
+    /// The detector found a `kind` (one of [`FINDINGS`]).
+    pub fn finding(&self, kind: &'static str) {
+        self.findings.get_or_create(&[("kind", kind)]).inc();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_exposition_keeps_the_metric_names() {
+        let mut registry = Registry::default();
+        let m = Metrics::register(&mut registry);
+        m.started.inc();
+        m.finished(Status::Succeeded);
+        m.running.inc();
+        m.finding("OVERDUE_TIMER");
+        m.apply_seconds.observe(0.002);
+        let mut text = String::new();
+        prometheus_client::encoding::text::encode(&mut text, &registry).unwrap();
+        for line in [
+            "trellis_executions_started_total 1",
+            "trellis_executions_finished_total{status=\"SUCCEEDED\"} 1",
+            "trellis_executions_finished_total{status=\"FAILED\"} 0",
+            "trellis_executions_running 1",
+            "trellis_detector_findings_total{kind=\"OVERDUE_TIMER\"} 1",
+            "trellis_raft_apply_seconds_count 1",
+        ] {
+            assert!(text.lines().any(|l| l == line), "{line} is not in:\n{text}");
         }
-        gauge(
-            &mut out,
-            "trellis_executions_running",
-            "Standard executions running on shards this node leads.",
-            self.running.load(Ordering::Relaxed),
-        );
-        counter(
-            &mut out,
-            "trellis_raft_snapshot_chunks_received_total",
-            "Raft snapshot chunks received (a replica too far behind catches up by snapshot).",
-            self.snapshot_chunks_received.load(Ordering::Relaxed),
-        );
-        counter(
-            &mut out,
-            "trellis_state_transitions_total",
-            "States entered.",
-            self.transitions.load(Ordering::Relaxed),
-        );
-        gauge(
-            &mut out,
-            "trellis_activity_backlog",
-            "Activity tasks queued and not taken by a worker.",
-            self.activity_backlog.load(Ordering::Relaxed),
-        );
-        out.push_str("# HELP trellis_detector_findings_total What the stuck-execution detector found, by kind.\n# TYPE trellis_detector_findings_total counter\n");
-        for (i, k) in FINDINGS.iter().enumerate() {
-            out.push_str(&format!(
-                "trellis_detector_findings_total{{kind=\"{k}\"}} {}\n",
-                self.findings[i].load(Ordering::Relaxed)
-            ));
-        }
-        self.batch_size.render(
-            "trellis_proposal_batch_executions",
-            "Executions per shard Raft proposal.",
-            &mut out,
-        );
-        self.apply_seconds.render(
-            "trellis_raft_apply_seconds",
-            "Time from proposing a shard entry to its apply.",
-            &mut out,
-        );
-        self.timer_lag_seconds.render(
-            "trellis_timer_lag_seconds",
-            "How late timers fire after their due time.",
-            &mut out,
-        );
-        out
     }
 }

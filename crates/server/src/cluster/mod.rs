@@ -490,6 +490,7 @@ impl Node {
             max_batch: self.cfg.cluster.max_batch,
             detector: Default::default(),
             effects_before_commit: self.cfg.cluster.breaks_fencing(),
+            metrics: self.shard_metrics.clone(),
         }
     }
 

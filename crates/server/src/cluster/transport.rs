@@ -63,9 +63,6 @@ where
                     serde_json::to_vec(&self.vote(req).await)
                 }
                 rpb::Kind::InstallSnapshot => {
-                    trellis_shard::metrics::metrics()
-                        .snapshot_chunks_received
-                        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                     let req: InstallSnapshotRequest<C> = decode(&payload)?;
                     serde_json::to_vec(&self.install_snapshot(req).await)
                 }
@@ -98,6 +95,8 @@ pub struct Transport {
     node_id: u64,
     /// The largest message sent or taken (`cluster.peer_max_message_bytes`).
     max_message: usize,
+    /// Snapshot chunks received (`trellis_raft_snapshot_chunks_received_total`).
+    snapshot_chunks: prometheus_client::metrics::counter::Counter,
     peers: Mutex<HashMap<u64, Arc<Peer>>>,
     groups: RwLock<HashMap<u64, Arc<dyn GroupHandler>>>,
     blocked: RwLock<HashSet<u64>>,
@@ -122,10 +121,15 @@ pub fn channel(addr: &str) -> Result<Channel, String> {
 }
 
 impl Transport {
-    pub fn new(node_id: u64, max_message: usize) -> Arc<Transport> {
+    pub fn new(
+        node_id: u64,
+        max_message: usize,
+        snapshot_chunks: prometheus_client::metrics::counter::Counter,
+    ) -> Arc<Transport> {
         Arc::new(Transport {
             node_id,
             max_message,
+            snapshot_chunks,
             peers: Mutex::default(),
             groups: RwLock::default(),
             blocked: RwLock::default(),
@@ -295,6 +299,7 @@ impl Transport {
                 .unwrap_or_else(|p| p.into_inner())
                 .get(&m.group)
                 .cloned();
+            let chunks = self.snapshot_chunks.clone();
             set.spawn(async move {
                 let reply = match handler {
                     None => rpb::RaftReply {
@@ -303,6 +308,9 @@ impl Transport {
                     },
                     Some(h) => {
                         let kind = rpb::Kind::try_from(m.kind).unwrap_or(rpb::Kind::AppendEntries);
+                        if kind == rpb::Kind::InstallSnapshot {
+                            chunks.inc();
+                        }
                         match h.handle(kind, m.payload).await {
                             Ok(payload) => rpb::RaftReply {
                                 payload,

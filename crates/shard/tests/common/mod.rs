@@ -48,6 +48,7 @@ pub async fn boot(
     let db = open_db(dir).await;
     let (raft, app) = open_single_node(&db, 1, 1, "local").await.unwrap();
     let cfg = ExecutorConfig {
+        metrics: Default::default(),
         shard: 0,
         epoch: 1,
         term: raft.metrics().borrow().current_term,
