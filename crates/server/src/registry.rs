@@ -282,15 +282,8 @@ impl Registry {
                 max_concurrent_executions: r.settings.map_or(0, |s| s.max_concurrent_executions),
             };
             let mut conditions = vec![Condition::absent::<MachineRecord>(&arn)];
-            let mut ops = Vec::new();
-            let mut version_arn = String::new();
-            if r.publish {
-                let v = publish(&mut m, &r.version_description, now);
-                conditions.push(Condition::absent::<VersionRecord>(v.key()));
-                ops.push(MetaOp::put(&v).map_err(from_meta)?);
-                version_arn = v.state_machine_version_arn;
-            }
-            ops.push(MetaOp::put(&m).map_err(from_meta)?);
+            let publish_as = r.publish.then_some(r.version_description.as_str());
+            let (ops, version_arn) = store(&mut m, publish_as, now, &mut conditions)?;
             Ok(Decision::Write {
                 conditions,
                 ops,
@@ -338,15 +331,8 @@ impl Registry {
             }
             m.update_date = Some(now);
             let mut conditions = vec![read.unchanged()];
-            let mut ops = Vec::new();
-            let mut version_arn = String::new();
-            if r.publish {
-                let v = publish(&mut m, &r.version_description, now);
-                conditions.push(Condition::absent::<VersionRecord>(v.key()));
-                ops.push(MetaOp::put(&v).map_err(from_meta)?);
-                version_arn = v.state_machine_version_arn;
-            }
-            ops.push(MetaOp::put(&m).map_err(from_meta)?);
+            let publish_as = r.publish.then_some(r.version_description.as_str());
+            let (ops, version_arn) = store(&mut m, publish_as, now, &mut conditions)?;
             Ok(Decision::Write {
                 conditions,
                 ops,
@@ -866,6 +852,27 @@ fn publish(m: &mut MachineRecord, description: &str, now: i64) -> VersionRecord 
         description: description.to_string(),
         creation_date: now,
     }
+}
+
+/// The ops that store `m` and, when `publish_as` gives a description, first its next version
+/// (which must not exist yet: a condition is added). Returns them and the version's ARN
+/// (empty without one).
+fn store(
+    m: &mut MachineRecord,
+    publish_as: Option<&str>,
+    now: i64,
+    conditions: &mut Vec<Condition>,
+) -> ApiResult<(Vec<MetaOp>, String)> {
+    let mut ops = Vec::new();
+    let mut version_arn = String::new();
+    if let Some(description) = publish_as {
+        let v = publish(m, description, now);
+        conditions.push(Condition::absent::<VersionRecord>(v.key()));
+        ops.push(MetaOp::put(&v).map_err(from_meta)?);
+        version_arn = v.state_machine_version_arn;
+    }
+    ops.push(MetaOp::put(m).map_err(from_meta)?);
+    Ok((ops, version_arn))
 }
 
 fn routes(r: &[pb::RoutingConfiguration]) -> Vec<Route> {
