@@ -4,7 +4,6 @@
 //! cluster in a temporary directory; node logs are printed when a test fails.
 
 mod cap;
-mod figures;
 mod five;
 mod leader_loss;
 mod names;
