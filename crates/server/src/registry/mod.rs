@@ -169,6 +169,15 @@ impl Registry {
             .ok_or_else(|| machine_missing(arn))
     }
 
+    /// A machine record as read, for a compare-and-set against it.
+    fn read_machine(&self, arn: &str) -> ApiResult<trellis_meta::Read<MachineRecord>> {
+        self.meta
+            .app
+            .read::<MachineRecord>(arn)
+            .map_err(from_meta)?
+            .ok_or_else(|| machine_missing(arn))
+    }
+
     /// The cap of a state machine (0 = none).
     pub(crate) fn cap(&self, machine_arn: &str) -> u64 {
         self.get::<MachineRecord>(machine_arn)
@@ -314,12 +323,7 @@ impl Registry {
         let now = now_ms();
         let revision = crate::ids::uuid();
         self.write(|| {
-            let read = self
-                .meta
-                .app
-                .read::<MachineRecord>(&r.state_machine_arn)
-                .map_err(from_meta)?
-                .ok_or_else(|| machine_missing(&r.state_machine_arn))?;
+            let read = self.read_machine(&r.state_machine_arn)?;
             let mut m = read.record.clone();
             if let Some(d) = &r.definition {
                 Self::validate_definition(d, m.kind == MachineType::Express)?;
@@ -457,12 +461,7 @@ impl Registry {
         parse_arn(&r.state_machine_arn, &["stateMachine"])?;
         let now = now_ms();
         self.write(|| {
-            let read = self
-                .meta
-                .app
-                .read::<MachineRecord>(&r.state_machine_arn)
-                .map_err(from_meta)?
-                .ok_or_else(|| machine_missing(&r.state_machine_arn))?;
+            let read = self.read_machine(&r.state_machine_arn)?;
             let mut m = read.record.clone();
             if !r.revision_id.is_empty() && m.revision_id != r.revision_id {
                 return Err(ApiError::new(
