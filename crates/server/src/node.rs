@@ -15,10 +15,10 @@ use trellis_proto::raft as rpb;
 use trellis_proto::v1 as pb;
 use trellis_proto::{ApiError, Code};
 use trellis_shard::executor::{Control, StartRequest, TokenAnswer};
-use trellis_shard::raft::ShardRaft;
-use trellis_shard::{shard_of, ShardApp, ShardHandle, Status};
+use trellis_shard::{shard_of, ShardHandle, Status};
 use trellis_storage::NodeDb;
 
+use crate::cluster::shards::{ShardCell, ShardTable};
 use crate::cluster::transport::Transport;
 use crate::config::Config;
 use crate::connectors::Connectors;
@@ -110,55 +110,6 @@ pub(crate) fn from_meta(e: trellis_meta::Error) -> ApiError {
     }
 }
 
-/// This node's replica of one shard.
-pub(crate) struct Replica {
-    pub(crate) shard: u32,
-    pub(crate) raft: ShardRaft,
-    pub(crate) app: ShardApp,
-    /// The executor's handle while this node leads the shard.
-    leading: std::sync::RwLock<Option<ShardHandle>>,
-}
-
-impl Replica {
-    pub(crate) fn new(shard: u32, raft: ShardRaft, app: ShardApp) -> Replica {
-        Replica {
-            shard,
-            raft,
-            app,
-            leading: Default::default(),
-        }
-    }
-
-    pub(crate) fn handle(&self) -> Option<ShardHandle> {
-        self.leading
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone()
-    }
-
-    pub(crate) fn set_handle(&self, h: Option<ShardHandle>) {
-        *self.leading.write().unwrap_or_else(|p| p.into_inner()) = h;
-    }
-}
-
-/// A shard's slot on this node: empty when the node holds no replica of it.
-#[derive(Default)]
-pub(crate) struct ShardCell(std::sync::RwLock<Option<Arc<Replica>>>);
-
-impl ShardCell {
-    pub(crate) fn get(&self) -> Option<Arc<Replica>> {
-        self.0.read().unwrap_or_else(|p| p.into_inner()).clone()
-    }
-
-    pub(crate) fn set(&self, r: Arc<Replica>) {
-        *self.0.write().unwrap_or_else(|p| p.into_inner()) = Some(r);
-    }
-
-    pub(crate) fn clear(&self) {
-        *self.0.write().unwrap_or_else(|p| p.into_inner()) = None;
-    }
-}
-
 /// A Trellis node: a member of the meta group and a replica of some shards, leading some.
 pub struct Node {
     pub cfg: Config,
@@ -172,12 +123,10 @@ pub struct Node {
     metrics: prometheus_client::registry::Registry,
     /// What this node's executors count into.
     pub(crate) shard_metrics: Arc<trellis_shard::metrics::Metrics>,
-    /// One cell per shard, once the shard count is known.
-    shards: std::sync::OnceLock<Box<[ShardCell]>>,
+    /// This node's replicas of the shards, and the leader cache.
+    shards: ShardTable,
     connectors: Connectors,
     admission: crate::cluster::admission::Admission,
-    /// Shard -> the node that last served it as leader.
-    leaders: std::sync::Mutex<HashMap<u32, u64>>,
     stopping: std::sync::atomic::AtomicBool,
     pub(crate) bootstrapped: std::sync::atomic::AtomicBool,
     /// The placement driver's view (meaningful on the meta leader): when each node last
@@ -225,7 +174,6 @@ impl Node {
             shards: Default::default(),
             connectors,
             admission: Default::default(),
-            leaders: Default::default(),
             stopping: Default::default(),
             bootstrapped: Default::default(),
             last_seen: Default::default(),
@@ -257,12 +205,12 @@ impl Node {
     }
 
     pub(crate) fn cells(&self) -> &[ShardCell] {
-        self.shards.get().map(|b| &b[..]).unwrap_or(&[])
+        self.shards.cells()
     }
 
-    pub(crate) fn init_cells(&self, n: u32) -> &[ShardCell] {
-        self.shards
-            .get_or_init(|| (0..n).map(|_| ShardCell::default()).collect())
+    /// This node's replicas of the shards, and the leader cache.
+    pub(crate) fn shards(&self) -> &ShardTable {
+        &self.shards
     }
 
     /// This node as an `Arc`, for work that outlives a call.
@@ -284,10 +232,6 @@ impl Node {
 
     pub(crate) fn stopping(&self) -> bool {
         self.stopping.load(std::sync::atomic::Ordering::Relaxed)
-    }
-
-    pub(crate) fn leader_cache(&self) -> std::sync::MutexGuard<'_, HashMap<u32, u64>> {
-        self.leaders.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     pub(crate) fn connectors(&self) -> &Connectors {
@@ -339,7 +283,7 @@ impl Node {
 
     /// The executor of a shard this node leads, or `NotLeader` with the leader it knows.
     pub(crate) fn leading(&self, shard: u32) -> ApiResult<ShardHandle> {
-        let Some(rep) = self.cells().get(shard as usize).and_then(ShardCell::get) else {
+        let Some(rep) = self.shards.replica(shard) else {
             return Err(ApiError::not_leader(None));
         };
         rep.handle()

@@ -30,7 +30,8 @@ use std::time::Duration;
 
 use trellis_proto::raft as rpb;
 
-use crate::node::{ApiResult, Node, ShardCell};
+use crate::cluster::shards::ShardCell;
+use crate::node::{ApiResult, Node};
 use futures::future::join_all;
 
 /// Most queued executions one shard reports per machine.

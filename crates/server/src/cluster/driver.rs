@@ -24,7 +24,7 @@ use trellis_proto::error::{ApiError, Code};
 use trellis_proto::raft as rpb;
 use trellis_proto::v1 as pb;
 
-use crate::node::{from_meta, internal, ApiResult, Node, ShardCell};
+use crate::node::{from_meta, internal, ApiResult, Node};
 use futures::future::join_all;
 
 /// Placement steps in flight at once.
@@ -278,9 +278,8 @@ impl Node {
         r: rpb::ShardControl,
     ) -> ApiResult<rpb::ShardControlReply> {
         let rep = self
-            .cells()
-            .get(r.shard as usize)
-            .and_then(ShardCell::get)
+            .shards()
+            .replica(r.shard)
             .ok_or_else(|| ApiError::not_leader(None))?;
         let group = u64::from(r.shard) + 1;
         let raft_err = |e: String| ApiError::new(Code::ServiceUnavailable, e);

@@ -20,6 +20,7 @@ pub mod api;
 pub mod driver;
 pub mod route;
 pub mod service;
+pub(crate) mod shards;
 pub mod transport;
 
 use std::collections::BTreeMap;
@@ -38,7 +39,8 @@ use trellis_shard::executor::ExecutorConfig;
 use trellis_shard::raft::LEADER_LEASE;
 use trellis_shard::Executor;
 
-use crate::node::{ApiResult, Node, Replica, ShardCell};
+use crate::cluster::shards::Replica;
+use crate::node::{ApiResult, Node};
 
 /// How far a replica's applied index may trail its log while the node counts as ready.
 pub const READY_LAG: u64 = 100;
@@ -394,7 +396,7 @@ impl Node {
         if map.is_empty() {
             return Ok(());
         }
-        let cells = self.init_cells(map.len() as u32);
+        let cells = self.shards().init(map.len() as u32);
         let nodes: BTreeMap<u64, NodeRecord> =
             self.meta.nodes()?.into_iter().map(|n| (n.id, n)).collect();
         let mut opening = tokio::task::JoinSet::new();
@@ -501,7 +503,7 @@ impl Node {
     /// call already) are skipped, so a stale view cannot hold a call on a dead node.
     pub(crate) fn leader_guess(&self, shard: u32, attempt: u32, failed: &[u64]) -> Option<u64> {
         let ok = |n: &u64| !failed.contains(n);
-        if let Some(r) = self.cells().get(shard as usize).and_then(ShardCell::get) {
+        if let Some(r) = self.shards().replica(shard) {
             if r.handle().is_some() {
                 return Some(self.id());
             }
@@ -509,7 +511,7 @@ impl Node {
                 return Some(l);
             }
         }
-        if let Some(l) = self.leader_cache().get(&shard).copied().filter(ok) {
+        if let Some(l) = self.shards().cached_leader(shard).filter(ok) {
             return Some(l);
         }
         let map = self.meta.shard_map().ok()?;
@@ -524,14 +526,11 @@ impl Node {
     }
 
     pub(crate) fn remember_leader(&self, shard: u32, node: u64) {
-        self.leader_cache().insert(shard, node);
+        self.shards().remember_leader(shard, node);
     }
 
     pub(crate) fn forget_leader(&self, shard: u32, node: u64) {
-        let mut c = self.leader_cache();
-        if c.get(&shard) == Some(&node) {
-            c.remove(&shard);
-        }
+        self.shards().forget_leader(shard, node);
     }
 
     /// A client for calls to another node (its address from the meta group).
