@@ -151,28 +151,9 @@ pub(crate) async fn bench(c: &Client, b: Bench, j: bool) -> Result<()> {
     let elapsed = started.elapsed().as_secs_f64();
     if !b.express && !b.describe_each {
         // Every execution must have ended SUCCEEDED.
-        let mut ok = 0u64;
-        let mut token = String::new();
-        loop {
-            let page = c
-                .executions
-                .clone()
-                .list_executions(pb::ListExecutionsRequest {
-                    state_machine_arn: arn.clone(),
-                    status_filter: "SUCCEEDED".into(),
-                    max_results: 1000,
-                    next_token: token,
-                    redrive_filter_redriven: false,
-                })
-                .await
-                .map_err(api)?
-                .into_inner();
-            ok += page.executions.len() as u64;
-            if page.next_token.is_empty() {
-                break;
-            }
-            token = page.next_token;
-        }
+        let ok = crate::commands::executions::list_executions(c, &arn, Some("SUCCEEDED"))
+            .await?
+            .len() as u64;
         if ok != lat.len() as u64 {
             return Err(anyhow!("only {ok} of {} executions SUCCEEDED", lat.len()));
         }

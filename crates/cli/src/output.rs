@@ -28,6 +28,29 @@ pub(crate) fn api(s: tonic::Status) -> anyhow::Error {
     anyhow!("{}", trellis_client::ApiError::from_status(&s))
 }
 
+/// Most pages one listing reads (a million items at 1,000 a page).
+const MAX_PAGES: usize = 1_000;
+
+/// Every item of a paged listing. `page(token)` fetches one page: its items and the next
+/// token (empty after the last page).
+pub(crate) async fn all_pages<T, F, Fut>(mut page: F) -> Result<Vec<T>>
+where
+    F: FnMut(String) -> Fut,
+    Fut: std::future::Future<Output = Result<(Vec<T>, String)>>,
+{
+    let mut all = Vec::new();
+    let mut token = String::new();
+    for _ in 0..MAX_PAGES {
+        let (items, next) = page(token).await?;
+        all.extend(items);
+        if next.is_empty() {
+            return Ok(all);
+        }
+        token = next;
+    }
+    Err(anyhow!("the listing has more than {MAX_PAGES} pages"))
+}
+
 /// Epoch milliseconds as an RFC 3339 UTC time to the second; `-` for none (0).
 pub(crate) fn ms(t: i64) -> String {
     match chrono::DateTime::from_timestamp_millis(t) {

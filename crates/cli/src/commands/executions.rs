@@ -99,27 +99,7 @@ pub(crate) async fn exec(c: &mut Client, j: bool, cmd: Exec) -> Result<()> {
             state_machine_arn,
             status,
         } => {
-            let mut all = Vec::new();
-            let mut token = String::new();
-            loop {
-                let r = c
-                    .executions
-                    .list_executions(pb::ListExecutionsRequest {
-                        state_machine_arn: state_machine_arn.clone(),
-                        status_filter: status.clone().unwrap_or_default(),
-                        max_results: 1000,
-                        next_token: token,
-                        redrive_filter_redriven: false,
-                    })
-                    .await
-                    .map_err(api)?
-                    .into_inner();
-                all.extend(r.executions);
-                if r.next_token.is_empty() {
-                    break;
-                }
-                token = r.next_token;
-            }
+            let all = list_executions(c, &state_machine_arn, status.as_deref()).await?;
             if j {
                 out!("{}", Value::Array(all.iter().map(|e| json!({"executionArn": e.execution_arn, "name": e.name, "status": e.status, "startDate": e.start_date, "stopDate": e.stop_date})).collect()));
             } else {
@@ -139,27 +119,24 @@ pub(crate) async fn exec(c: &mut Client, j: bool, cmd: Exec) -> Result<()> {
             }
         }
         Exec::History { arn, reverse } => {
-            let mut all = Vec::new();
-            let mut token = String::new();
-            loop {
-                let r = c
-                    .executions
-                    .get_execution_history(pb::GetExecutionHistoryRequest {
-                        execution_arn: arn.clone(),
-                        max_results: 1000,
-                        reverse_order: reverse,
-                        next_token: token,
-                        include_execution_data: true,
-                    })
-                    .await
-                    .map_err(api)?
-                    .into_inner();
-                all.extend(r.events);
-                if r.next_token.is_empty() {
-                    break;
+            let all = all_pages(|next_token| {
+                let (mut c, arn) = (c.executions.clone(), arn.clone());
+                async move {
+                    let r = c
+                        .get_execution_history(pb::GetExecutionHistoryRequest {
+                            execution_arn: arn,
+                            max_results: 1000,
+                            reverse_order: reverse,
+                            next_token,
+                            include_execution_data: true,
+                        })
+                        .await
+                        .map_err(api)?
+                        .into_inner();
+                    Ok((r.events, r.next_token))
                 }
-                token = r.next_token;
-            }
+            })
+            .await?;
             if j {
                 out!("{}", Value::Array(all.iter().map(event_json).collect()));
             } else {
@@ -292,4 +269,27 @@ pub(crate) async fn follow(c: &mut Client, arn: &str, started: Instant, j: bool)
         }
     }
     Ok(())
+}
+
+/// Every execution of a machine (with a status filter, or none).
+pub(crate) async fn list_executions(
+    c: &Client,
+    state_machine_arn: &str,
+    status: Option<&str>,
+) -> Result<Vec<pb::ExecutionListItem>> {
+    all_pages(|next_token| {
+        let mut c = c.executions.clone();
+        let req = pb::ListExecutionsRequest {
+            state_machine_arn: state_machine_arn.to_string(),
+            status_filter: status.unwrap_or_default().to_string(),
+            max_results: 1000,
+            next_token,
+            redrive_filter_redriven: false,
+        };
+        async move {
+            let r = c.list_executions(req).await.map_err(api)?.into_inner();
+            Ok((r.executions, r.next_token))
+        }
+    })
+    .await
 }

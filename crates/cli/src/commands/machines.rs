@@ -76,24 +76,21 @@ pub(crate) async fn sm(c: &mut Client, j: bool, cmd: Sm) -> Result<()> {
             }
         }
         Sm::List => {
-            let mut all = Vec::new();
-            let mut token = String::new();
-            loop {
-                let r = c
-                    .state_machines
-                    .list_state_machines(pb::ListStateMachinesRequest {
-                        max_results: 1000,
-                        next_token: token,
-                    })
-                    .await
-                    .map_err(api)?
-                    .into_inner();
-                all.extend(r.state_machines);
-                if r.next_token.is_empty() {
-                    break;
+            let all = all_pages(|next_token| {
+                let mut c = c.state_machines.clone();
+                async move {
+                    let r = c
+                        .list_state_machines(pb::ListStateMachinesRequest {
+                            max_results: 1000,
+                            next_token,
+                        })
+                        .await
+                        .map_err(api)?
+                        .into_inner();
+                    Ok((r.state_machines, r.next_token))
                 }
-                token = r.next_token;
-            }
+            })
+            .await?;
             if j {
                 out!("{}", Value::Array(all.iter().map(|m| json!({"stateMachineArn": m.state_machine_arn, "name": m.name, "type": type_name(m.r#type), "creationDate": m.creation_date})).collect()));
             } else {
