@@ -100,7 +100,7 @@ async fn log_and_state_survive_reopen() {
         assert_eq!(replies, vec![Previous(None), Previous(None)]);
         db.flush().await.unwrap();
     }
-    let db = NodeDb::open(dir.path()).unwrap();
+    let db = reopen(dir.path()).await;
     assert_eq!(db.groups(), vec![1]);
     let trees = db.group(1).unwrap();
     let mut log = LogStore::<Kv>::new(trees.clone());
@@ -172,7 +172,7 @@ async fn snapshots_stream_through_files() {
     // A leftover of an interrupted transfer; after a restart only the snapshot is there.
     let dir = b_dir.path().join("raft-snapshots").join("g4");
     std::fs::write(dir.join("0-0.part"), b"half").unwrap();
-    let b_db = NodeDb::open(b_dir.path()).unwrap();
+    let b_db = reopen(b_dir.path()).await;
     let b_trees = b_db.group(4).unwrap();
     let mut b = StateMachineStore::open(b_trees.clone(), KvApp::open(&b_trees)).unwrap();
     let files: Vec<_> = std::fs::read_dir(&dir).unwrap().collect();
@@ -181,4 +181,18 @@ async fn snapshots_stream_through_files() {
     assert_eq!(again.meta, out.meta);
     b_db.drop_group(4).unwrap();
     assert!(!dir.exists());
+}
+
+/// Opens a database this process had open: sled's background flusher can hold the file
+/// lock for a moment after the last handle is dropped, so wait (bounded) for it.
+async fn reopen(path: &std::path::Path) -> NodeDb {
+    let mut last = None;
+    for _ in 0..100 {
+        match NodeDb::open(path) {
+            Ok(db) => return db,
+            Err(e) => last = Some(e),
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    panic!("cannot reopen {}: {last:?}", path.display());
 }
