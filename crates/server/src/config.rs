@@ -7,6 +7,9 @@ use std::path::{Path, PathBuf};
 use anyhow::{bail, Context, Result};
 use serde::{Deserialize, Serialize};
 
+/// The `[cluster]` section belongs to the cluster crate, which reads it.
+pub use trellis_cluster::ClusterConfig as ClusterSection;
+
 /// Everything a node needs to start. See docs/operations.md for every key.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -42,38 +45,6 @@ pub struct NodeSection {
     pub zone: String,
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct ClusterSection {
-    /// Number of shards; fixed when the cluster is bootstrapped.
-    pub shards: u32,
-    /// Most commands a shard executor takes into one Raft proposal.
-    pub max_batch: usize,
-    /// The longest an Express execution may run before it times out (AWS: 5 minutes).
-    pub express_max_seconds: u64,
-    /// Existing members to join through, comma-separated gRPC addresses. Empty (or only
-    /// this node's own address): this node bootstraps a new cluster.
-    pub join: String,
-    /// The bootstrapping node places shards once this many nodes are members.
-    pub bootstrap_expect: u32,
-    /// Replicas per shard group (capped at the node count).
-    pub replication_factor: u32,
-    /// Tests only: accept `trellisctl`'s partition commands (drop traffic to chosen nodes).
-    pub fault_injection: bool,
-    /// Tests only, and only with `fault_injection`: break the fencing invariant on purpose
-    /// (executors ignore the lease and act before their batches commit), to show that the
-    /// partition test catches it.
-    pub break_fencing: bool,
-    /// A node that has not answered the placement driver for this long is down: its
-    /// replicas are re-created on other nodes. Long enough for a rolling restart.
-    pub down_after_seconds: u64,
-    /// A shard replica snapshots its state every this many log entries.
-    pub snapshot_logs: u64,
-    /// The largest message the peer port accepts (and sends). A Raft entry larger than this
-    /// cannot replicate.
-    pub peer_max_message_bytes: usize,
-}
-
 /// The task connectors (`http:invoke`, Lambda over HTTP).
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -102,24 +73,6 @@ impl Default for NodeSection {
             advertise_addr: String::new(),
             idle_timeout_seconds: 120,
             zone: String::new(),
-        }
-    }
-}
-
-impl Default for ClusterSection {
-    fn default() -> Self {
-        ClusterSection {
-            shards: 64,
-            max_batch: 512,
-            express_max_seconds: 300,
-            join: String::new(),
-            bootstrap_expect: 1,
-            replication_factor: 3,
-            fault_injection: false,
-            break_fencing: false,
-            down_after_seconds: 30,
-            snapshot_logs: 5_000,
-            peer_max_message_bytes: 256 << 20,
         }
     }
 }
@@ -225,23 +178,6 @@ impl NodeSection {
             Some((adv, _)) if wildcard => format!("{adv}:{port}"),
             _ => addr.to_string(),
         }
-    }
-}
-
-impl ClusterSection {
-    /// Whether the fencing invariant is broken on purpose (tests only).
-    pub fn breaks_fencing(&self) -> bool {
-        self.fault_injection && self.break_fencing
-    }
-
-    /// The join addresses, without this node's own.
-    pub fn join_addrs(&self, own: &str) -> Vec<String> {
-        self.join
-            .split(',')
-            .map(str::trim)
-            .filter(|a| !a.is_empty() && *a != own)
-            .map(str::to_string)
-            .collect()
     }
 }
 

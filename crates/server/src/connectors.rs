@@ -360,6 +360,20 @@ pub(crate) fn function_name(s: &str) -> &str {
     }
 }
 
+/// The shard executors run their tasks on the one connector set.
+impl trellis_shard::executor::Connectors for Connectors {
+    fn invoke(
+        &self,
+        t: TaskRequest,
+        fence: trellis_shard::executor::Fence,
+    ) -> trellis_shard::executor::BoxFuture<'static, Input> {
+        let me = self.clone();
+        // Term 0: an Express execution, which runs outside any shard.
+        let fence = (fence.term > 0).then(|| fence.to_string());
+        Box::pin(async move { me.run_task(t, fence).await })
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

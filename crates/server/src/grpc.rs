@@ -54,7 +54,7 @@ pub async fn serve_peer(
     stop: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> Result<(), tonic::transport::Error> {
     server()
-        .add_service(crate::cluster::service::Service::new(&node))
+        .add_service(trellis_cluster::service::Service::new(node.cluster()))
         .serve_with_incoming_shutdown(listener.into_stream(), stop)
         .await
 }
@@ -315,47 +315,63 @@ impl Activities for Svc {
 #[tonic::async_trait]
 impl Admin for Svc {
     async fn cluster_status(&self, _: Request<pb::Empty>) -> R<pb::ClusterStatusResponse> {
-        ok(self.0.cluster_status().await?)
+        ok(self.0.cluster().status().await?)
     }
     async fn list_nodes(&self, _: Request<pb::Empty>) -> R<pb::ListNodesResponse> {
         ok(pb::ListNodesResponse {
-            nodes: self.0.list_nodes().await?,
+            nodes: self.0.cluster().list_nodes().await?,
         })
     }
     async fn list_shards(&self, _: Request<pb::Empty>) -> R<pb::ListShardsResponse> {
-        ok(self.0.list_shards().await?)
+        ok(self.0.cluster().driver().list_shards().await?)
     }
     async fn doctor(&self, _: Request<pb::Empty>) -> R<pb::DoctorReport> {
-        ok(self.0.doctor().await?)
+        ok(self.0.cluster().doctor().await?)
     }
     async fn partition(&self, r: Request<pb::PartitionRequest>) -> R<pb::Empty> {
-        self.0.partition(r.into_inner().nodes)?;
+        self.0.cluster().partition(r.into_inner().nodes)?;
         ok(pb::Empty {})
     }
     async fn drain_node(&self, r: Request<pb::NodeRequest>) -> R<pb::Empty> {
-        self.0.drain_node(r.into_inner().node_id).await?;
+        self.0
+            .cluster()
+            .membership()
+            .drain_node(r.into_inner().node_id)
+            .await?;
         ok(pb::Empty {})
     }
     async fn remove_node(&self, r: Request<pb::NodeRequest>) -> R<pb::Empty> {
-        self.0.remove_node(r.into_inner().node_id).await?;
+        self.0
+            .cluster()
+            .membership()
+            .remove_node(r.into_inner().node_id)
+            .await?;
         ok(pb::Empty {})
     }
     async fn move_shard(&self, r: Request<pb::MoveShardRequest>) -> R<pb::Empty> {
-        self.0.move_shard(r.into_inner()).await?;
+        self.0.cluster().driver().move_shard(r.into_inner()).await?;
         ok(pb::Empty {})
     }
     async fn transfer_shard_leader(
         &self,
         r: Request<pb::TransferShardLeaderRequest>,
     ) -> R<pb::Empty> {
-        self.0.transfer_shard_leader(r.into_inner()).await?;
+        self.0
+            .cluster()
+            .driver()
+            .transfer_shard_leader(r.into_inner())
+            .await?;
         ok(pb::Empty {})
     }
     async fn rebalance(&self, _: Request<pb::Empty>) -> R<pb::RebalanceResponse> {
-        ok(self.0.rebalance().await?)
+        ok(self.0.cluster().driver().rebalance().await?)
     }
     async fn set_placement(&self, r: Request<pb::SetPlacementRequest>) -> R<pb::Empty> {
-        self.0.set_placement(r.into_inner().paused).await?;
+        self.0
+            .cluster()
+            .driver()
+            .set_placement(r.into_inner().paused)
+            .await?;
         ok(pb::Empty {})
     }
 }

@@ -3,7 +3,6 @@
 //! tests start nodes in-process through [`node::Node`] and [`serve::serve`].
 
 pub mod aws;
-pub mod cluster;
 pub mod config;
 pub mod connectors;
 pub mod grpc;
@@ -16,4 +15,3 @@ pub mod registry;
 pub mod run;
 pub mod runner;
 pub mod serve;
-pub mod tasks;

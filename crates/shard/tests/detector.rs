@@ -6,7 +6,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::{open_db, Node};
+use common::{open_db, ShardNode};
 use serde_json::{json, Value};
 use trellis_asl::exec::TaskRequest;
 use trellis_asl::Input;
@@ -43,7 +43,7 @@ impl Connectors for Flaky {
     }
 }
 
-async fn boot(dir: &std::path::Path, connectors: Flaky) -> Node {
+async fn boot(dir: &std::path::Path, connectors: Flaky) -> ShardNode {
     // Scans happen when the test asks for them.
     let detector = DetectorConfig {
         interval: Duration::from_secs(3600),

@@ -6,7 +6,7 @@ mod common;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use common::{eventually, start_req, Node};
+use common::{eventually, start_req, ShardNode};
 
 use serde_json::{json, Value};
 use trellis_asl::definition::{Pattern, Resource};
@@ -47,7 +47,7 @@ impl Connectors for Fake {
     }
 }
 
-async fn boot(dir: &std::path::Path) -> (Node, Fake) {
+async fn boot(dir: &std::path::Path) -> (ShardNode, Fake) {
     let fake = Fake::default();
     let node = common::boot(dir, fake.clone(), Default::default()).await;
     (node, fake)
@@ -69,7 +69,7 @@ fn machine() -> Value {
     }})
 }
 
-fn check_history(node: &Node, arn: &str) -> Vec<String> {
+fn check_history(node: &ShardNode, arn: &str) -> Vec<String> {
     let rec = node.handle.app.record(arn).unwrap().unwrap();
     let events = node.handle.app.history(rec.id, 1, u64::MAX).unwrap();
     let ids: Vec<u64> = events.iter().map(|e| e.id).collect();

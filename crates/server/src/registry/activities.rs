@@ -6,7 +6,8 @@ use trellis_proto::v1 as pb;
 use trellis_proto::{ApiError, Code};
 
 use super::{check_name, now_ms, parse_arn, Decision, Registry};
-use crate::node::{from_meta, ApiResult};
+use crate::node::ApiResult;
+use trellis_cluster::from_meta;
 
 impl Registry {
     pub(crate) async fn create_activity(

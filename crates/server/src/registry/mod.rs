@@ -12,7 +12,8 @@ use trellis_meta::{Condition, Meta, MetaOp, Written};
 use trellis_proto::v1 as pb;
 use trellis_proto::{ApiError, Code};
 
-use crate::node::{from_meta, internal, ApiResult};
+use crate::node::ApiResult;
+use trellis_cluster::{from_meta, internal};
 
 mod activities;
 mod aliases;
@@ -176,14 +177,6 @@ impl Registry {
             .read::<MachineRecord>(arn)
             .map_err(from_meta)?
             .ok_or_else(|| machine_missing(arn))
-    }
-
-    /// The cap of a state machine (0 = none).
-    pub(crate) fn cap(&self, machine_arn: &str) -> u64 {
-        self.get::<MachineRecord>(machine_arn)
-            .ok()
-            .flatten()
-            .map_or(0, |m| u64::from(m.max_concurrent_executions))
     }
 
     /// Resolves a state machine, version or alias ARN to the machine record and the

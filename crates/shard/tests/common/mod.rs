@@ -12,13 +12,13 @@ use trellis_shard::raft::{open_single_node, ShardRaft};
 use trellis_shard::{Executor, ShardHandle};
 use trellis_storage::NodeDb;
 
-pub struct Node {
+pub struct ShardNode {
     pub raft: ShardRaft,
     pub handle: ShardHandle,
     pub executor: tokio::task::JoinHandle<trellis_shard::Result<()>>,
 }
 
-impl Node {
+impl ShardNode {
     /// Shuts the group down and waits until nothing holds the database any more.
     pub async fn stop(self) {
         self.raft.shutdown().await.unwrap();
@@ -44,7 +44,7 @@ pub async fn boot(
     dir: &std::path::Path,
     connectors: impl Connectors,
     detector: DetectorConfig,
-) -> Node {
+) -> ShardNode {
     let db = open_db(dir).await;
     let (raft, app) = open_single_node(&db, 1, 1, "local").await.unwrap();
     let cfg = ExecutorConfig {
@@ -62,7 +62,7 @@ pub async fn boot(
     let (ex, handle) =
         Executor::new(cfg, app, Arc::new(raft.clone()), Arc::new(connectors)).unwrap();
     let executor = tokio::spawn(ex.run());
-    Node {
+    ShardNode {
         raft,
         handle,
         executor,

@@ -28,11 +28,12 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+use futures::future::join_all;
+use trellis_meta::records::MachineRecord;
 use trellis_proto::raft as rpb;
 
-use crate::cluster::shards::ShardCell;
-use crate::node::{ApiResult, Node};
-use futures::future::join_all;
+use crate::router::Router;
+use crate::{from_shard, ApiResult, Core};
 
 /// Most queued executions one shard reports per machine.
 const REPORT_QUEUED: usize = 1_000;
@@ -40,8 +41,10 @@ const REPORT_QUEUED: usize = 1_000;
 /// How long a capped start waits for the admission round it asked for.
 const START_WAIT: Duration = Duration::from_secs(5);
 
-/// The admission state of a node (used on the meta leader).
-pub(crate) struct Admission {
+/// The admission state of a node (its rounds run on the meta leader).
+pub struct Admission {
+    core: Arc<Core>,
+    router: Arc<Router>,
     /// Something here changed: tell the meta leader.
     kick: Arc<tokio::sync::Notify>,
     /// A kick reached this node as meta leader: run a round.
@@ -51,30 +54,30 @@ pub(crate) struct Admission {
     finished: tokio::sync::watch::Sender<u64>,
 }
 
-impl Default for Admission {
-    fn default() -> Self {
+impl Admission {
+    pub(crate) fn new(core: Arc<Core>, router: Arc<Router>) -> Admission {
         Admission {
+            core,
+            router,
             kick: Default::default(),
             wake: Default::default(),
             begun: AtomicU64::new(0),
             finished: tokio::sync::watch::channel(0).0,
         }
     }
-}
 
-impl Node {
-    /// Asks the meta leader for an admission round soon, without waiting for it.
-    pub(crate) fn kick_admission(&self) {
-        self.admission().kick.notify_one();
+    fn id(&self) -> u64 {
+        self.core.id()
     }
 
-    /// What [`Node::kick_admission`] notifies, for executors to signal ends with.
-    pub(crate) fn admission_kick(&self) -> Arc<tokio::sync::Notify> {
-        self.admission().kick.clone()
+    /// What asks the meta leader for a round soon, without waiting for it (executors
+    /// signal capped ends with it).
+    pub(crate) fn kicker(&self) -> Arc<tokio::sync::Notify> {
+        self.kick.clone()
     }
 
     /// Asks the meta leader for an admission round and waits (bounded) until it has run.
-    pub(crate) async fn admit_now(&self) {
+    pub async fn admit_now(&self) {
         if !self.send_kick(true, START_WAIT).await {
             // The timer round admits it later.
             tracing::debug!(node_id = self.id(), "admission round not confirmed");
@@ -86,9 +89,8 @@ impl Node {
     async fn send_kick(&self, wait: bool, limit: Duration) -> bool {
         let kick = rpb::AdmissionKick { wait };
         let sent = tokio::time::timeout(limit, async {
-            match self.meta.leader() {
-                Some(l) if l == self.id() => self.admission_kick_here(kick).await,
-                Some(l) => self.forward(l, kick).await.map(drop),
+            match self.core.meta.leader() {
+                Some(l) => self.router.call(l, kick).await.map(drop),
                 None => Ok(()),
             }
         })
@@ -98,11 +100,10 @@ impl Node {
 
     /// On the meta leader: starts a round; with `wait`, returns once a round that began
     /// after this call has finished.
-    pub(crate) async fn admission_kick_here(&self, kick: rpb::AdmissionKick) -> ApiResult<()> {
-        let a = self.admission();
-        let want = a.begun.load(Ordering::SeqCst) + 1;
-        let mut finished = a.finished.subscribe();
-        a.wake.notify_one();
+    pub(crate) async fn kick_here(&self, kick: rpb::AdmissionKick) -> ApiResult<()> {
+        let want = self.begun.load(Ordering::SeqCst) + 1;
+        let mut finished = self.finished.subscribe();
+        self.wake.notify_one();
         if kick.wait {
             let _ = finished.wait_for(|f| *f >= want).await;
         }
@@ -110,13 +111,8 @@ impl Node {
     }
 
     /// What the executors on this node hold of capped executions.
-    pub(crate) async fn admission_report_here(&self) -> rpb::AdmissionReport {
-        let handles: Vec<(u32, trellis_shard::ShardHandle)> = self
-            .cells()
-            .iter()
-            .filter_map(ShardCell::get)
-            .filter_map(|r| r.handle().map(|h| (r.shard, h)))
-            .collect();
+    pub(crate) async fn report_here(&self) -> rpb::AdmissionReport {
+        let handles = self.core.shards.led();
         let asks = handles.iter().map(|(_, h)| async move {
             tokio::time::timeout(Duration::from_secs(2), h.capped()).await
         });
@@ -148,47 +144,45 @@ impl Node {
 
     /// Runs on every node: passes this node's kicks to the meta leader and, while this node
     /// is the meta leader, runs the admission rounds.
-    pub(crate) fn spawn_admission(self: &Arc<Self>) {
+    pub(crate) fn spawn(self: &Arc<Self>) {
         let weak = Arc::downgrade(self);
+        let kick = self.kick.clone();
         tokio::spawn(async move {
             loop {
-                let Some(node) = weak.upgrade() else { return };
-                let kick = node.admission().kick.clone();
-                drop(node);
                 // The timeout only lets the task notice that the node is gone.
                 if tokio::time::timeout(Duration::from_secs(10), kick.notified())
                     .await
                     .is_err()
                 {
+                    if weak.strong_count() == 0 {
+                        return;
+                    }
                     continue;
                 }
-                let Some(node) = weak.upgrade() else { return };
-                if !node.send_kick(false, Duration::from_secs(2)).await {
-                    tracing::debug!(node_id = node.id(), "admission kick not delivered");
+                let Some(a) = weak.upgrade() else { return };
+                if !a.send_kick(false, Duration::from_secs(2)).await {
+                    tracing::debug!(node_id = a.id(), "admission kick not delivered");
                 }
             }
         });
         let weak = Arc::downgrade(self);
+        let wake = self.wake.clone();
         tokio::spawn(async move {
             let mut waiting = true;
             loop {
-                let Some(node) = weak.upgrade() else { return };
-                if node.stopping() {
-                    return;
-                }
-                let wake = node.admission().wake.clone();
-                drop(node);
                 let period = Duration::from_secs(if waiting { 1 } else { 10 });
                 let _ = tokio::time::timeout(period, wake.notified()).await;
-                let Some(node) = weak.upgrade() else { return };
-                let a = node.admission();
+                let Some(a) = weak.upgrade() else { return };
+                if a.core.stopping() {
+                    return;
+                }
                 let round = a.begun.fetch_add(1, Ordering::SeqCst) + 1;
-                if node.meta.leader() == Some(node.id()) {
-                    match node.admission_round().await {
+                if a.core.meta.leader() == Some(a.id()) {
+                    match a.round().await {
                         Ok(w) => waiting = w,
                         Err(e) => {
                             waiting = true;
-                            tracing::debug!(node_id = node.id(), error = %e, "admission round");
+                            tracing::debug!(node_id = a.id(), error = %e, "admission round");
                         }
                     }
                 }
@@ -199,27 +193,20 @@ impl Node {
 
     /// One round: counts every capped machine's executions across the cluster and admits
     /// the oldest queued ones that fit. Returns whether executions still wait.
-    async fn admission_round(&self) -> ApiResult<bool> {
+    async fn round(&self) -> ApiResult<bool> {
         let me = self.id();
-        let mut reports = vec![self.admission_report_here().await];
-        let others = self.other_nodes();
-        let fan = others.iter().map(|n| async move {
-            tokio::time::timeout(
-                Duration::from_secs(2),
-                self.forward(*n, rpb::AdmissionReportRequest {}),
-            )
+        let reports: Vec<rpb::AdmissionReport> = self
+            .router
+            .fan_out(rpb::AdmissionReportRequest {}, Some(Duration::from_secs(2)))
             .await
-        });
-        for r in join_all(fan).await {
-            if let Ok(Ok(r)) = r {
-                reports.push(r);
-            }
-        }
+            .into_iter()
+            .filter_map(|(_, r)| r.ok())
+            .collect();
         let covered: HashSet<u32> = reports
             .iter()
             .flat_map(|r| r.shards.iter().copied())
             .collect();
-        let complete = covered.len() as u32 >= self.shard_count();
+        let complete = covered.len() as u32 >= self.core.shards.count();
         let mut machines: BTreeMap<String, (u64, Vec<(i64, String)>)> = BTreeMap::new();
         for m in reports.into_iter().flat_map(|r| r.machines) {
             let e = machines.entry(m.state_machine_arn).or_default();
@@ -258,17 +245,30 @@ impl Node {
 
     /// Lets a queued execution run, on its shard's leader.
     async fn admit_execution(&self, arn: &str) -> ApiResult<()> {
-        let shard = self.shard_id(arn)?;
+        let shard = self.core.shards.shard_of(arn)?;
         let r = rpb::AdmitRequest {
             execution_arn: arn.to_string(),
         };
-        self.on_shard(shard, r).await.map(drop)
+        self.router.on_shard(shard, r).await.map(drop)
     }
 
     pub(crate) async fn admit_here(&self, arn: &str) -> ApiResult<()> {
-        self.local(arn)?
+        self.core
+            .shards
+            .local(arn)?
             .admit(arn)
             .await
-            .map_err(crate::node::from_shard)
+            .map_err(from_shard)
+    }
+
+    /// The cap of a state machine (0 = none).
+    fn cap(&self, machine_arn: &str) -> u64 {
+        self.core
+            .meta
+            .app
+            .record::<MachineRecord>(machine_arn)
+            .ok()
+            .flatten()
+            .map_or(0, |m| u64::from(m.max_concurrent_executions))
     }
 }

@@ -1,0 +1,375 @@
+//! Membership: how a node becomes a member, and the meta leader's care of the members.
+//!
+//! * **Bootstrap.** A node with no one to join initializes the meta group alone; every other
+//!   node sends `Join` to a member, which forwards it to the meta leader, which adds the node
+//!   as a learner, records it, and promotes it to voter while the meta group has fewer voters
+//!   than the cluster size calls for (1, 3, then 5).
+//! * **Placement.** Once `cluster.bootstrap_expect` nodes are members, the meta leader writes
+//!   the shard map: `replication_factor` replicas per shard, leaders spread (see
+//!   `trellis_meta::placement`).
+//! * **Node states.** An operator drains a node (placement moves its replicas away) and
+//!   removes it once it holds nothing (it leaves the meta group's membership).
+
+use std::collections::BTreeSet;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::future::join_all;
+use openraft::BasicNode;
+use serde_json::json;
+use tokio::sync::Mutex;
+use trellis_meta::placement::{self, NodeRecord, NodeState};
+use trellis_meta::{MetaOp, Table};
+use trellis_proto::error::{ApiError, Code};
+use trellis_proto::raft as rpb;
+use trellis_proto::raft::raft_transport_client::RaftTransportClient;
+use trellis_proto::v1 as pb;
+
+use crate::router::Router;
+use crate::{from_meta, internal, transport, ApiResult, Core, Error, Result};
+
+/// Joins, admissions and the members' states.
+pub struct Membership {
+    core: Arc<Core>,
+    router: Arc<Router>,
+    /// Serializes this (meta leader) node's Raft membership changes of the meta group.
+    lock: Mutex<()>,
+}
+
+impl Membership {
+    pub(crate) fn new(core: Arc<Core>, router: Arc<Router>) -> Membership {
+        Membership {
+            core,
+            router,
+            lock: Mutex::new(()),
+        }
+    }
+
+    fn id(&self) -> u64 {
+        self.core.id()
+    }
+
+    /// This node's record as the meta group keeps it.
+    fn node_record(&self) -> NodeRecord {
+        let m = &self.core.settings.member;
+        NodeRecord {
+            id: m.id,
+            grpc_addr: m.grpc_addr.clone(),
+            http_addr: m.http_addr.clone(),
+            peer_addr: m.peer_addr.clone(),
+            zone: m.zone.clone(),
+            state: NodeState::Up,
+        }
+    }
+
+    /// Makes this node a member: a new cluster of one when there is no one to join, else a
+    /// join through the configured members. A node whose meta replica is initialized is a
+    /// member already.
+    pub(crate) async fn join_or_bootstrap(&self) -> Result<()> {
+        let meta = &self.core.meta;
+        let initialized = meta
+            .raft
+            .is_initialized()
+            .await
+            .map_err(|e| Error::Meta(trellis_meta::Error::Raft(e.to_string())))?;
+        if initialized {
+            return Ok(());
+        }
+        let own = &self.core.settings.member.peer_addr;
+        let join = self.core.settings.cluster.join_addrs(own);
+        if join.is_empty() {
+            tracing::info!(node_id = self.id(), "bootstrapping a new cluster");
+            meta.initialize(self.id(), own).await?;
+            Ok(())
+        } else {
+            self.join(&join).await
+        }
+    }
+
+    async fn join(&self, addrs: &[String]) -> Result<()> {
+        let me = self.node_record();
+        let mut attempt = 0u32;
+        loop {
+            for a in addrs {
+                let mut c = match transport::channel(a) {
+                    Ok(ch) => RaftTransportClient::new(ch),
+                    Err(e) => return Err(Error::Join(e)),
+                };
+                let req = rpb::JoinRequest {
+                    node_id: me.id,
+                    grpc_addr: me.grpc_addr.clone(),
+                    http_addr: me.http_addr.clone(),
+                    zone: me.zone.clone(),
+                    peer_addr: me.peer_addr.clone(),
+                };
+                match c.join(req).await {
+                    Ok(r) => {
+                        tracing::info!(node_id = me.id, via = %a,
+                            meta_leader = r.get_ref().meta_leader, "joined the cluster");
+                        return Ok(());
+                    }
+                    Err(s) => {
+                        if attempt % 10 == 0 {
+                            tracing::info!(node_id = me.id, via = %a, error = %s.message(),
+                                "cannot join yet; retrying");
+                        }
+                    }
+                }
+            }
+            if self.core.stopping() {
+                return Err(Error::Stopping);
+            }
+            attempt += 1;
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+    }
+
+    /// Admits a node (on the meta leader; other nodes forward).
+    pub async fn admit_node(&self, r: rpb::JoinRequest) -> ApiResult<rpb::JoinReply> {
+        if r.node_id == 0 || r.peer_addr.is_empty() {
+            return Err(ApiError::new(
+                Code::ValidationException,
+                "a joining node needs an id and a peer address (an older trellis?)",
+            ));
+        }
+        let meta = &self.core.meta;
+        let leader = meta.leader();
+        if leader != Some(self.id()) {
+            let Some(l) = leader else {
+                return Err(ApiError::new(
+                    Code::ServiceUnavailable,
+                    "the meta group has no leader yet",
+                ));
+            };
+            let mut c = self.router.peer_client(l)?;
+            return c
+                .join(r)
+                .await
+                .map(|r| r.into_inner())
+                .map_err(|s| ApiError::from_status(&s));
+        }
+        let nodes = meta.nodes().map_err(from_meta)?;
+        if let Some(n) = nodes.iter().find(|n| n.id == r.node_id) {
+            if n.state == NodeState::Removed {
+                return Err(ApiError::new(
+                    Code::ValidationException,
+                    format!(
+                        "node {} was removed from this cluster; give it a new id",
+                        r.node_id
+                    ),
+                ));
+            }
+        }
+        let _g = self.lock.lock().await;
+        meta.raft
+            .add_learner(r.node_id, BasicNode::new(&r.peer_addr), true)
+            .await
+            .map_err(|e| {
+                ApiError::new(
+                    Code::ServiceUnavailable,
+                    format!("adding node {}: {e}", r.node_id),
+                )
+            })?;
+        let rec = NodeRecord {
+            id: r.node_id,
+            grpc_addr: r.grpc_addr,
+            http_addr: r.http_addr,
+            peer_addr: r.peer_addr,
+            zone: r.zone,
+            state: NodeState::Up,
+        };
+        self.put_node(&rec).await?;
+        tracing::info!(node_id = self.id(), joined = rec.id, addr = %rec.peer_addr, "node joined");
+        Ok(rpb::JoinReply {
+            meta_leader: self.id(),
+            shard_count: self.core.shards.count(),
+        })
+    }
+
+    async fn put_node(&self, rec: &NodeRecord) -> ApiResult<()> {
+        let value = serde_json::to_value(rec).map_err(internal)?;
+        self.core
+            .put(Table::Nodes, placement::node_key(rec.id), value)
+            .await
+    }
+
+    /// What the meta leader keeps true: its own record, the shard count, the meta voters,
+    /// and the first shard map.
+    pub(crate) async fn meta_duties(&self) -> ApiResult<()> {
+        let meta = &self.core.meta;
+        let cfg = &self.core.settings.cluster;
+        let nodes = meta.nodes().map_err(from_meta)?;
+        if !nodes.iter().any(|n| n.id == self.id()) {
+            return self.put_node(&self.node_record()).await;
+        }
+        let shards_set = meta.app.get(Table::Settings, "shards").map_err(from_meta)?;
+        if shards_set.is_none() {
+            self.core
+                .put(Table::Settings, "shards", json!(cfg.shards))
+                .await?;
+        }
+        let up: Vec<&NodeRecord> = nodes
+            .iter()
+            .filter(|n| n.state != NodeState::Removed)
+            .collect();
+        // Meta voters: grow one at a time towards the target.
+        let m = meta.raft.metrics().borrow().clone();
+        let voters: Vec<u64> = m.membership_config.membership().voter_ids().collect();
+        let target = placement::meta_voter_target(up.len());
+        if voters.len() < target {
+            let learners: Vec<u64> = m.membership_config.membership().learner_ids().collect();
+            if let Some(add) = up.iter().map(|n| n.id).find(|id| learners.contains(id)) {
+                let mut next: BTreeSet<u64> = voters.iter().copied().collect();
+                next.insert(add);
+                tracing::info!(node_id = self.id(), voter = add, "promoting a meta voter");
+                let _g = self.lock.lock().await;
+                meta.raft.change_membership(next, true).await.map_err(|e| {
+                    ApiError::new(Code::ServiceUnavailable, format!("meta membership: {e}"))
+                })?;
+            }
+        }
+        // The first shard map, once enough nodes are here.
+        if meta.shard_map().map_err(from_meta)?.is_empty()
+            && up.len() >= cfg.bootstrap_expect as usize
+        {
+            let shards = meta
+                .app
+                .get(Table::Settings, "shards")
+                .map_err(from_meta)?
+                .and_then(|v| v.as_u64())
+                .unwrap_or(u64::from(cfg.shards)) as u32;
+            let owned: Vec<NodeRecord> = up.into_iter().cloned().collect();
+            // A data directory from a single-node cluster (shard groups from before the
+            // shard map existed): its groups stay where they are.
+            let single_node = self.core.db.groups().iter().any(|g| *g >= 1);
+            let map = if single_node {
+                (0..shards)
+                    .map(|id| placement::ShardRecord {
+                        id,
+                        replicas: vec![self.id()],
+                        epoch: 1,
+                        learners: Vec::new(),
+                    })
+                    .collect()
+            } else {
+                placement::initial(shards, &owned, cfg.replication_factor as usize)
+            };
+            let mut ops = Vec::new();
+            for s in &map {
+                ops.push(MetaOp::Put {
+                    table: Table::Shards,
+                    key: placement::shard_key(s.id),
+                    value: serde_json::to_value(s).map_err(internal)?,
+                });
+            }
+            tracing::info!(
+                node_id = self.id(),
+                shards,
+                nodes = owned.len(),
+                "placing shards"
+            );
+            meta.write(ops).await.map_err(from_meta)?;
+        }
+        Ok(())
+    }
+
+    // ------------------------------------------------------------ operator calls
+
+    pub async fn drain_node(&self, id: u64) -> ApiResult<()> {
+        let r = rpb::SetNodeStateRequest {
+            node_id: id,
+            state: rpb::NodeStateChange::Draining as i32,
+        };
+        self.router.on_meta(r).await.map(drop)
+    }
+
+    pub async fn remove_node(&self, id: u64) -> ApiResult<()> {
+        let r = rpb::SetNodeStateRequest {
+            node_id: id,
+            state: rpb::NodeStateChange::Removed as i32,
+        };
+        self.router.on_meta(r).await.map(drop)
+    }
+
+    /// Sets a node's state (DRAINING, or REMOVED once it holds nothing).
+    pub(crate) async fn set_node_state_here(&self, id: u64, state: NodeState) -> ApiResult<()> {
+        let meta = &self.core.meta;
+        let mut nodes = meta.nodes().map_err(from_meta)?;
+        let Some(n) = nodes.iter_mut().find(|n| n.id == id) else {
+            return Err(ApiError::new(
+                Code::ResourceNotFound,
+                format!("Resource Not Found: 'node {id}'"),
+            ));
+        };
+        if state == NodeState::Removed {
+            let held = meta
+                .shard_map()
+                .map_err(from_meta)?
+                .iter()
+                .filter(|s| s.replicas.contains(&id) || s.learners.contains(&id))
+                .count();
+            if held > 0 {
+                return Err(ApiError::new(
+                    Code::ValidationException,
+                    format!("node {id} still holds {held} shard replicas; drain it first"),
+                ));
+            }
+            let m = meta.raft.metrics().borrow().clone();
+            let voters: BTreeSet<u64> = m.membership_config.membership().voter_ids().collect();
+            let change = if voters.contains(&id) {
+                let mut v = voters.clone();
+                v.remove(&id);
+                if v.is_empty() {
+                    return Err(ApiError::new(
+                        Code::ValidationException,
+                        "cannot remove the last meta voter",
+                    ));
+                }
+                meta.raft.change_membership(v, false).await
+            } else {
+                meta.raft
+                    .change_membership(
+                        openraft::ChangeMembers::RemoveNodes(BTreeSet::from([id])),
+                        false,
+                    )
+                    .await
+            };
+            change.map_err(|e| ApiError::new(Code::ServiceUnavailable, e.to_string()))?;
+        }
+        n.state = state;
+        let rec = n.clone();
+        self.put_node(&rec).await
+    }
+
+    /// The members with their state (DOWN when they do not answer a ping), and their
+    /// counts of `shards`.
+    pub async fn list_nodes(&self, shards: &[pb::Shard]) -> ApiResult<Vec<pb::Node>> {
+        let nodes = self.core.meta.nodes().map_err(from_meta)?;
+        let voters: Vec<u64> = {
+            let m = self.core.meta.raft.metrics().borrow().clone();
+            m.membership_config.membership().voter_ids().collect()
+        };
+        let pings = nodes
+            .iter()
+            .map(|n| self.router.ping(n.id, Duration::from_secs(1)));
+        let alive = join_all(pings).await;
+        Ok(nodes
+            .into_iter()
+            .zip(alive)
+            .map(|(n, alive)| pb::Node {
+                id: n.id,
+                grpc_addr: n.grpc_addr,
+                http_addr: n.http_addr,
+                state: if n.state == NodeState::Up && !alive {
+                    "DOWN".into()
+                } else {
+                    n.state.as_str().into()
+                },
+                leader_shards: shards.iter().filter(|s| s.leader == n.id).count() as u32,
+                replica_shards: shards.iter().filter(|s| s.replicas.contains(&n.id)).count() as u32,
+                zone: n.zone,
+                meta_voter: voters.contains(&n.id),
+            })
+            .collect())
+    }
+}
