@@ -19,7 +19,7 @@ async fn the_cap_is_cluster_wide() {
         shards: 8,
         ..Default::default()
     };
-    let c = Cluster::start(env!("CARGO_BIN_EXE_trellis"), 3, opts)
+    let c = Cluster::start(env!("CARGO_BIN_EXE_trellis-node"), 3, opts)
         .await
         .expect("cluster");
     c.wait_balanced(&c.running(), 3, Duration::from_secs(60))

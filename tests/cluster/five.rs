@@ -14,7 +14,7 @@ async fn five_nodes_lose_two() {
         replication_factor: 5,
         ..Default::default()
     };
-    let mut c = Cluster::start(env!("CARGO_BIN_EXE_trellis"), 5, opts)
+    let mut c = Cluster::start(env!("CARGO_BIN_EXE_trellis-node"), 5, opts)
         .await
         .expect("cluster");
     let mut admin = c.client(1).await.unwrap().admin;

@@ -14,7 +14,7 @@ const N: u64 = 2_000;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn leader_loss_under_load() {
-    let mut c = Cluster::start(env!("CARGO_BIN_EXE_trellis"), 3, Options::default())
+    let mut c = Cluster::start(env!("CARGO_BIN_EXE_trellis-node"), 3, Options::default())
         .await
         .expect("cluster");
     let pool = Pool::of(&c);

@@ -1,6 +1,6 @@
 //! Cluster tests: real `trellis server` processes on 127.0.0.1 through `trellis-testkit`.
 //!
-//! Run with `cargo nextest run -p trellis-server --test cluster`. Each test starts its own
+//! Run with `cargo nextest run -p trellis-cluster-tests`. Each test starts its own
 //! cluster in a temporary directory; node logs are printed when a test fails.
 
 mod cap;

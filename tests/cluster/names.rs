@@ -17,7 +17,7 @@ const CALLERS_PER_NODE: usize = 16;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn unnamed_starts_on_three_nodes_are_distinct() {
-    let c = Cluster::start(env!("CARGO_BIN_EXE_trellis"), 3, Options::default())
+    let c = Cluster::start(env!("CARGO_BIN_EXE_trellis-node"), 3, Options::default())
         .await
         .expect("cluster");
     let pool = Pool::of(&c);

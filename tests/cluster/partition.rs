@@ -84,7 +84,7 @@ async fn cut_off(c: &Cluster) -> Result<(u64, Vec<u64>, String, String), String>
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn an_isolated_node_stops_and_catches_up() {
-    let c = Cluster::start(env!("CARGO_BIN_EXE_trellis"), 3, options(false))
+    let c = Cluster::start(env!("CARGO_BIN_EXE_trellis-node"), 3, options(false))
         .await
         .expect("cluster");
     let (victim, majority, activity, machine) = cut_off(&c)
@@ -141,7 +141,7 @@ async fn an_isolated_node_stops_and_catches_up() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn breaking_fencing_is_caught() {
-    let c = Cluster::start(env!("CARGO_BIN_EXE_trellis"), 3, options(true))
+    let c = Cluster::start(env!("CARGO_BIN_EXE_trellis-node"), 3, options(true))
         .await
         .expect("cluster");
     match cut_off(&c).await {

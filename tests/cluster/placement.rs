@@ -13,7 +13,7 @@ async fn join_rebalances_then_drain_and_remove() {
         shards: 16,
         ..Default::default()
     };
-    let mut c = Cluster::start(env!("CARGO_BIN_EXE_trellis"), 3, opts)
+    let mut c = Cluster::start(env!("CARGO_BIN_EXE_trellis-node"), 3, opts)
         .await
         .expect("cluster");
     let pool = Pool::of(&c);

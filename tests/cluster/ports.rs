@@ -35,7 +35,7 @@ async fn peer_services_only_on_the_peer_port_and_messages_are_bounded() {
         shards: 4,
         ..Default::default()
     };
-    let c = Cluster::start(env!("CARGO_BIN_EXE_trellis"), 1, opts)
+    let c = Cluster::start(env!("CARGO_BIN_EXE_trellis-node"), 1, opts)
         .await
         .expect("cluster");
     let node = &c.nodes[&1];
@@ -128,7 +128,7 @@ async fn listeners_outlive_running_out_of_file_descriptors() {
         env: vec![("TRELLIS__NODE__IDLE_TIMEOUT_SECONDS".into(), "600".into())],
         ..Default::default()
     };
-    let c = Cluster::start(env!("CARGO_BIN_EXE_trellis"), 1, opts)
+    let c = Cluster::start(env!("CARGO_BIN_EXE_trellis-node"), 1, opts)
         .await
         .expect("cluster");
     let node = &c.nodes[&1];
@@ -222,7 +222,7 @@ async fn readyz_says_when_the_node_cannot_serve() {
         shards: 4,
         ..Default::default()
     };
-    let mut c = Cluster::start(env!("CARGO_BIN_EXE_trellis"), 3, opts)
+    let mut c = Cluster::start(env!("CARGO_BIN_EXE_trellis-node"), 3, opts)
         .await
         .expect("cluster");
     let http = c.nodes[&1].http.clone();
@@ -266,7 +266,7 @@ async fn a_connection_that_says_nothing_is_closed() {
         env: vec![("TRELLIS__NODE__IDLE_TIMEOUT_SECONDS".into(), "1".into())],
         ..Default::default()
     };
-    let c = Cluster::start(env!("CARGO_BIN_EXE_trellis"), 1, opts)
+    let c = Cluster::start(env!("CARGO_BIN_EXE_trellis-node"), 1, opts)
         .await
         .expect("cluster");
     let node = &c.nodes[&1];

@@ -13,7 +13,7 @@ const N: u64 = 600;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn rolling_restart_under_load() {
-    let mut c = Cluster::start(env!("CARGO_BIN_EXE_trellis"), 3, Options::default())
+    let mut c = Cluster::start(env!("CARGO_BIN_EXE_trellis-node"), 3, Options::default())
         .await
         .expect("cluster");
     let pool = Pool::of(&c);

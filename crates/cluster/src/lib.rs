@@ -26,6 +26,7 @@ pub mod driver;
 mod error;
 pub mod host;
 pub mod membership;
+pub mod retry;
 pub mod router;
 pub mod service;
 pub mod shards;

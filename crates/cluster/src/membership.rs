@@ -25,6 +25,7 @@ use trellis_proto::raft as rpb;
 use trellis_proto::raft::raft_transport_client::RaftTransportClient;
 use trellis_proto::v1 as pb;
 
+use crate::retry::Backoff;
 use crate::router::Router;
 use crate::{from_meta, internal, transport, ApiResult, Core, Error, Result};
 
@@ -88,7 +89,8 @@ impl Membership {
 
     async fn join(&self, addrs: &[String]) -> Result<()> {
         let me = self.node_record();
-        let mut attempt = 0u32;
+        // Until a member admits this node, or the node stops.
+        let mut retry = Backoff::every(Duration::from_millis(500));
         loop {
             for a in addrs {
                 let mut c = match transport::channel(a) {
@@ -109,7 +111,7 @@ impl Membership {
                         return Ok(());
                     }
                     Err(s) => {
-                        if attempt % 10 == 0 {
+                        if retry.attempts() % 10 == 0 {
                             tracing::info!(node_id = me.id, via = %a, error = %s.message(),
                                 "cannot join yet; retrying");
                         }
@@ -119,8 +121,7 @@ impl Membership {
             if self.core.stopping() {
                 return Err(Error::Stopping);
             }
-            attempt += 1;
-            tokio::time::sleep(Duration::from_millis(500)).await;
+            retry.again().await;
         }
     }
 

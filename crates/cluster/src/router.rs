@@ -27,19 +27,18 @@ use trellis_proto::raft::forward_request::Call;
 use trellis_proto::raft::raft_transport_client::RaftTransportClient;
 
 use crate::calls::{dispatch, Forward};
+use crate::retry::Backoff;
 use crate::{ApiResult, Cluster, Core};
 
-/// How many times a call is re-routed before it fails with `ServiceUnavailable`.
-const MAX_ATTEMPTS: u32 = 60;
+/// How a call is re-routed while a leader is elected: 60 attempts, pauses growing by 25 ms
+/// to 200 ms (about 11 s in all), then `ServiceUnavailable`.
+fn reroute() -> Backoff {
+    Backoff::new(Duration::from_millis(25), Duration::from_millis(200), 60)
+}
 
 /// How long a node waits for its meta replica to catch up with a forwarded call's (or a
 /// forwarded write's) meta index.
 const META_CATCH_UP: Duration = Duration::from_secs(5);
-
-/// The pause before routing attempt `attempt + 1`: growing, capped at 200 ms.
-pub fn backoff(attempt: u32) -> Duration {
-    Duration::from_millis((25 * u64::from(attempt + 1)).min(200))
-}
 
 /// Runs calls where they can be served.
 pub struct Router {
@@ -72,7 +71,9 @@ impl Router {
         let mut hint: Option<u64> = None;
         let mut last: Option<ApiError> = None;
         let mut failed: Vec<u64> = Vec::new();
-        for attempt in 0..MAX_ATTEMPTS {
+        let mut retry = reroute();
+        while retry.begin() {
+            let attempt = retry.attempts() - 1;
             if failed.len() > 8 {
                 // Everyone was tried: start over (leaders are being elected).
                 failed.clear();
@@ -110,7 +111,7 @@ impl Router {
                 },
             }
             if hint.is_none() {
-                tokio::time::sleep(backoff(attempt)).await;
+                retry.pause().await;
             }
         }
         Err(ApiError::new(
@@ -126,7 +127,8 @@ impl Router {
     pub async fn on_meta<Req: Forward>(&self, req: Req) -> ApiResult<Req::Reply> {
         let me = self.me();
         let mut last: Option<ApiError> = None;
-        for attempt in 0..MAX_ATTEMPTS {
+        let mut retry = reroute();
+        while retry.begin() {
             match self.core.meta.leader() {
                 None => {}
                 Some(l) if l == me => match self.serve_here(req.clone()).await {
@@ -144,7 +146,7 @@ impl Router {
                     Err(e) => return Err(e),
                 },
             }
-            tokio::time::sleep(backoff(attempt)).await;
+            retry.pause().await;
         }
         Err(ApiError::new(
             Code::ServiceUnavailable,

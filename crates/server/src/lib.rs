@@ -1,8 +1,10 @@
-//! `trellis-server`: the Trellis node (meta group, shards, the AWS JSON API and gRPC front
-//! ends) and the local runner. The `trellis` binary (`src/main.rs`) is a thin CLI over it;
-//! tests start nodes in-process through [`node::Node`] and [`serve::serve`].
+//! `trellis-server`: the API surfaces of a Trellis node (the AWS JSON API, gRPC, serving) over
+//! its cluster membership (`trellis-cluster`), the one connector set, and the local runner
+//! (`trellis run`). The `trellis` binary (`src/main.rs`) is [`cli::main`]; tests start nodes
+//! in-process through [`node::Node`] and [`serve::serve`].
 
 pub mod aws;
+pub mod cli;
 pub mod config;
 pub mod connectors;
 pub mod grpc;

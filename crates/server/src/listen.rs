@@ -20,6 +20,7 @@ use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::time::{Instant, Sleep};
+use trellis_cluster::retry::Backoff;
 
 /// How often HTTP/2 servers ping their clients, and how long they wait for the answer.
 pub const KEEPALIVE: Duration = Duration::from_secs(30);
@@ -31,8 +32,13 @@ pub struct Acceptor {
     idle: Duration,
     /// Which listener, for the logs: "grpc", "http" or "peer".
     name: &'static str,
-    /// Accept errors in a row.
-    failing: u32,
+    /// The pauses between accepts while they fail (its attempts: errors in a row).
+    failing: Backoff,
+}
+
+/// While accepts fail: pauses growing by 50 ms to a second.
+fn failing() -> Backoff {
+    Backoff::unbounded(Duration::from_millis(50), Duration::from_secs(1))
 }
 
 impl Acceptor {
@@ -41,7 +47,7 @@ impl Acceptor {
             listener,
             idle,
             name,
-            failing: 0,
+            failing: failing(),
         }
     }
 
@@ -54,13 +60,13 @@ impl Acceptor {
         loop {
             match self.listener.accept().await {
                 Ok((stream, addr)) => {
-                    if self.failing > 0 {
+                    if self.failing.attempts() > 0 {
                         tracing::info!(
                             listener = self.name,
-                            errors = self.failing,
+                            errors = self.failing.attempts(),
                             "accepting connections again"
                         );
-                        self.failing = 0;
+                        self.failing = failing();
                     }
                     // Small request/response pairs: without TCP_NODELAY each reply waits
                     // ~40 ms for a delayed ACK.
@@ -70,17 +76,16 @@ impl Acceptor {
                 // The client gave up before we took it: nothing to wait for.
                 Err(e) if is_connection_error(&e) => {}
                 Err(e) => {
-                    self.failing = self.failing.saturating_add(1);
-                    if self.failing == 1 || self.failing % 60 == 0 {
+                    let errors = self.failing.attempts() + 1;
+                    if errors == 1 || errors % 60 == 0 {
                         tracing::warn!(
                             listener = self.name,
                             error = %e,
-                            errors = self.failing,
+                            errors,
                             "cannot accept connections (out of file descriptors?); retrying"
                         );
                     }
-                    let pause = 50 * u64::from(self.failing.min(20));
-                    tokio::time::sleep(Duration::from_millis(pause)).await;
+                    self.failing.again().await;
                 }
             }
         }

@@ -13,6 +13,7 @@ use trellis_proto::v1 as pb;
 use trellis_proto::ApiError;
 
 use crate::connectors::failed;
+use trellis_cluster::retry::Backoff;
 
 type Answer<'a, T> = Pin<Box<dyn Future<Output = Result<T, ApiError>> + Send + 'a>>;
 
@@ -108,7 +109,8 @@ pub async fn run(node: &dyn ExecutionStarter, t: &TaskRequest, pattern: Pattern)
             output: start_out,
         },
         Pattern::Sync | Pattern::Sync2 => {
-            let mut wait = Duration::from_millis(20);
+            // Until the child ends (the task's own timeout bounds the wait).
+            let mut poll = Backoff::unbounded(Duration::from_millis(20), Duration::from_secs(1));
             loop {
                 match node.describe(&started.execution_arn).await {
                     Ok(d) if d.status != "RUNNING" && d.status != "QUEUED" => {
@@ -132,8 +134,7 @@ pub async fn run(node: &dyn ExecutionStarter, t: &TaskRequest, pattern: Pattern)
                     Ok(_) => {}
                     Err(e) => return child_error(e),
                 }
-                tokio::time::sleep(wait).await;
-                wait = (wait * 2).min(Duration::from_secs(1));
+                poll.again().await;
             }
         }
     }

@@ -10,6 +10,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use serde_json::Value;
 use trellis_asl::exec::ExecutionInfo;
 use trellis_asl::{Env, ExecStatus, Execution, Limits};
+use trellis_cluster::retry::Backoff;
 use trellis_cluster::{from_shard, internal};
 use trellis_meta::records::{MachineRecord, MachineType};
 use trellis_proto::raft as rpb;
@@ -486,7 +487,9 @@ impl Node {
         let mut all = Vec::new();
         let mut covered = vec![false; self.shard_count() as usize];
         let mut missing = usize::MAX;
-        for attempt in 0..40u32 {
+        // Until every shard answered (leaders being elected), within about 9 s.
+        let mut retry = Backoff::new(Duration::from_millis(50), Duration::from_millis(250), 40);
+        while retry.begin() {
             all.clear();
             covered.iter_mut().for_each(|c| *c = false);
             let mut parts = Vec::new();
@@ -513,7 +516,7 @@ impl Node {
             if missing == 0 {
                 break;
             }
-            tokio::time::sleep(Duration::from_millis(50 * u64::from(attempt.min(4) + 1))).await;
+            retry.pause().await;
         }
         if missing > 0 {
             return Err(ApiError::new(

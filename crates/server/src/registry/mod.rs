@@ -13,6 +13,7 @@ use trellis_proto::v1 as pb;
 use trellis_proto::{ApiError, Code};
 
 use crate::node::ApiResult;
+use trellis_cluster::retry::Backoff;
 use trellis_cluster::{from_meta, internal};
 
 mod activities;
@@ -20,7 +21,7 @@ mod aliases;
 
 use aliases::pick_version;
 
-/// How many times a write is decided again after losing a race (with a random pause that
+/// How many times a write is decided (again after losing a race, with a jittered pause that
 /// grows, so racing writers spread out).
 const CONFLICT_RETRIES: u32 = 64;
 
@@ -135,11 +136,13 @@ impl Registry {
     /// Decides a write from fresh reads and applies it as a compare-and-set; decides again
     /// when another write got in between.
     async fn write<T>(&self, mut decide: impl FnMut() -> ApiResult<Decision<T>>) -> ApiResult<T> {
-        for attempt in 0..CONFLICT_RETRIES {
-            if attempt > 0 {
-                let ms = rand::Rng::gen_range(&mut rand::thread_rng(), 1..=4) * attempt.min(8);
-                tokio::time::sleep(std::time::Duration::from_millis(u64::from(ms))).await;
-            }
+        let mut retry = Backoff::new(
+            std::time::Duration::from_millis(4),
+            std::time::Duration::from_millis(32),
+            CONFLICT_RETRIES,
+        )
+        .jittered();
+        while retry.begin() {
             match decide()? {
                 Decision::Done(answer) => return Ok(answer),
                 Decision::Write {
@@ -153,7 +156,7 @@ impl Registry {
                     .map_err(from_meta)?
                 {
                     Written::Applied => return Ok(answer),
-                    Written::Conflict(_) => {}
+                    Written::Conflict(_) => retry.pause().await,
                 },
             }
         }

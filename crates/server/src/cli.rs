@@ -1,0 +1,88 @@
+//! The `trellis` command line, as a library function, so every binary that runs a node (the
+//! `trellis` binary, the cluster tests' `trellis-node`) is the same program.
+//!
+//! * `trellis dev`: a single-node cluster with data in `./trellis-data`, the AWS JSON API on
+//!   127.0.0.1:8083 and gRPC on 127.0.0.1:7300.
+//! * `trellis server --config FILE`: a node configured by file, environment and flags.
+//! * `trellis run`: one execution in-process on the same step function, and
+//!   `trellis validate`: AWS's `ValidateStateMachineDefinition` response.
+
+use crate::{run, serve};
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(
+    name = "trellis",
+    version,
+    about = "Trellis: a self-hosted engine for AWS Step Functions state machines"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Start a single-node cluster for development: data in ./trellis-data, the AWS JSON API
+    /// on 127.0.0.1:8083, gRPC on 127.0.0.1:7300.
+    Dev(serve::Flags),
+    /// Start a node from a configuration file (see docs/operations.md).
+    Server(serve::Flags),
+    /// Run one execution in-process and print its result as one JSON line.
+    Run(run::Args),
+    /// Validate a definition and print the ValidateStateMachineDefinition response.
+    Validate {
+        /// The definition file (Amazon States Language JSON).
+        definition: PathBuf,
+        /// Validate for an EXPRESS state machine.
+        #[arg(long)]
+        express: bool,
+    },
+}
+
+/// Parses the command line and runs the command; errors print one line and exit 2.
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Dev(flags) | Command::Server(flags) => flags
+            .config()
+            .and_then(serve::run)
+            .map(|()| ExitCode::SUCCESS),
+        Command::Run(args) => run::main(args),
+        Command::Validate {
+            definition,
+            express,
+        } => validate(&definition, express),
+    };
+    match result {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("trellis: {e:#}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+fn validate(path: &std::path::Path, express: bool) -> anyhow::Result<ExitCode> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| anyhow::anyhow!("cannot read {}: {e}", path.display()))?;
+    let diags = trellis_asl::validate::validate(&text, trellis_asl::Options { express });
+    let failed = diags
+        .iter()
+        .any(|d| d.severity == trellis_asl::Severity::Error);
+    let response = serde_json::json!({
+        "result": if failed { "FAIL" } else { "OK" },
+        "diagnostics": diags,
+        "truncated": false,
+    });
+    println!("{response}");
+    Ok(if failed {
+        ExitCode::from(2)
+    } else {
+        ExitCode::SUCCESS
+    })
+}
