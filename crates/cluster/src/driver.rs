@@ -26,7 +26,7 @@ use trellis_proto::raft as rpb;
 use trellis_proto::v1 as pb;
 
 use crate::router::Router;
-use crate::{from_meta, internal, ApiResult, Core};
+use crate::{from_meta, ApiResult, Core};
 
 /// Placement steps in flight at once.
 const BUDGET: usize = 4;
@@ -181,16 +181,29 @@ impl Driver {
         }
     }
 
-    async fn put_shard(&self, rec: &ShardRecord) -> ApiResult<()> {
-        let value = serde_json::to_value(rec).map_err(internal)?;
+    /// Changes the shard map's record of `shard` as a compare-and-set.
+    async fn update_shard(
+        &self,
+        shard: u32,
+        mut change: impl FnMut(&mut ShardRecord) -> ApiResult<()>,
+    ) -> ApiResult<ShardRecord> {
         self.core
-            .put(Table::Shards, placement::shard_key(rec.id), value)
+            .update::<ShardRecord>(&placement::shard_key(shard), |cur| {
+                let mut rec = cur.ok_or_else(|| {
+                    ApiError::new(
+                        Code::ResourceNotFound,
+                        format!("Resource Not Found: 'shard {shard}'"),
+                    )
+                })?;
+                change(&mut rec)?;
+                Ok(rec)
+            })
             .await
     }
 
     /// Adds a replica on `to` and/or removes the one on `from`.
     async fn move_replica(&self, shard: u32, from: Option<u64>, to: Option<u64>) -> ApiResult<()> {
-        let mut rec = self.core.shard_record(shard)?;
+        let rec = self.core.shard_record(shard)?;
         let mut voters: BTreeSet<u64> = rec.replicas.iter().copied().collect();
         if let Some(f) = from {
             voters.remove(&f);
@@ -207,9 +220,19 @@ impl Driver {
                 .find(|n| n.id == t)
                 .map(|n| n.peer().to_string())
                 .ok_or_else(|| ApiError::new(Code::ValidationException, format!("no node {t}")))?;
-            rec.learners = vec![t];
-            rec.epoch += 1;
-            self.put_shard(&rec).await?;
+            // The step was planned from `rec`: it applies only to those replicas.
+            self.update_shard(shard, |now| {
+                if now.replicas != rec.replicas {
+                    return Err(ApiError::new(
+                        Code::ConflictException,
+                        format!("shard {shard}'s replicas changed while a step was planned"),
+                    ));
+                }
+                now.learners = vec![t];
+                now.epoch += 1;
+                Ok(())
+            })
+            .await?;
         }
         let req = rpb::ShardControl {
             shard,
@@ -219,26 +242,28 @@ impl Driver {
             voters: voters.iter().copied().collect(),
         };
         let changed = self.router.on_shard(shard, req).await;
-        let mut rec = self.core.shard_record(shard)?;
-        rec.learners.clear();
-        rec.epoch += 1;
-        if changed.is_ok() {
-            // The map keeps the order of the old replicas; a newcomer goes last.
-            let mut replicas: Vec<u64> = rec
-                .replicas
-                .iter()
-                .copied()
-                .filter(|r| voters.contains(r))
-                .collect();
-            let fresh: Vec<u64> = voters
-                .iter()
-                .copied()
-                .filter(|v| !replicas.contains(v))
-                .collect();
-            replicas.extend(fresh);
-            rec.replicas = replicas;
-        }
-        self.put_shard(&rec).await?;
+        self.update_shard(shard, |rec| {
+            rec.learners.clear();
+            rec.epoch += 1;
+            if changed.is_ok() {
+                // The map keeps the order of the old replicas; a newcomer goes last.
+                let mut replicas: Vec<u64> = rec
+                    .replicas
+                    .iter()
+                    .copied()
+                    .filter(|r| voters.contains(r))
+                    .collect();
+                let fresh: Vec<u64> = voters
+                    .iter()
+                    .copied()
+                    .filter(|v| !replicas.contains(v))
+                    .collect();
+                replicas.extend(fresh);
+                rec.replicas = replicas;
+            }
+            Ok(())
+        })
+        .await?;
         changed.map(drop)
     }
 

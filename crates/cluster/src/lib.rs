@@ -38,7 +38,8 @@ use std::time::Duration;
 
 use serde_json::Value;
 use trellis_meta::placement::{NodeState, ShardRecord};
-use trellis_meta::{Meta, MetaOp, Table};
+use trellis_meta::records::Record;
+use trellis_meta::{Condition, Meta, MetaOp, Table, Written};
 use trellis_proto::raft as rpb;
 use trellis_proto::v1 as pb;
 use trellis_proto::{ApiError, Code};
@@ -52,6 +53,7 @@ use admission::Admission;
 use driver::Driver;
 use host::Host;
 use membership::Membership;
+use retry::Backoff;
 use router::Router;
 use shards::ShardTable;
 use transport::Transport;
@@ -91,13 +93,56 @@ impl Core {
             })
     }
 
-    /// Writes one meta record (on the meta leader).
+    /// Writes one meta value unconditionally (on the meta leader): for a setting whose
+    /// last writer wins (placement paused or not), never for a read-modify-write.
     pub async fn put(&self, table: Table, key: impl Into<String>, value: Value) -> ApiResult<()> {
         let key = key.into();
         self.meta
             .write(vec![MetaOp::Put { table, key, value }])
             .await
             .map_err(from_meta)
+    }
+
+    /// Changes one record as a compare-and-set (on the meta leader): reads it, lets
+    /// `change` decide the new record from what it read (`None`: absent), and writes it only
+    /// if the record is still as read, which the meta state machine checks as it applies
+    /// the entry; decides again when another write got in between. `change` may refuse with
+    /// an error, which is returned.
+    pub async fn update<R: Record>(
+        &self,
+        key: &str,
+        mut change: impl FnMut(Option<R>) -> ApiResult<R>,
+    ) -> ApiResult<R> {
+        let mut retry =
+            Backoff::new(Duration::from_millis(4), Duration::from_millis(32), 64).jittered();
+        while retry.begin() {
+            let read = self.meta.app.read::<R>(key).map_err(from_meta)?;
+            let condition = match &read {
+                Some(r) => r.unchanged(),
+                None => Condition::absent::<R>(key),
+            };
+            let new = change(read.map(|r| r.record))?;
+            if new.key() != key {
+                return Err(internal(format!(
+                    "a change of record {key} made record {}",
+                    new.key()
+                )));
+            }
+            let op = MetaOp::put(&new).map_err(from_meta)?;
+            match self
+                .meta
+                .write_if(vec![condition], vec![op])
+                .await
+                .map_err(from_meta)?
+            {
+                Written::Applied => return Ok(new),
+                Written::Conflict(_) => retry.pause().await,
+            }
+        }
+        Err(ApiError::new(
+            Code::ConflictException,
+            format!("the meta record {key} kept changing; retry"),
+        ))
     }
 
     /// The other members, for fan-out calls.
@@ -412,5 +457,81 @@ impl Cluster {
         tracing::warn!(node_id = self.id(), blocked = ?nodes, "fault injection: partition");
         self.core.transport.block(nodes);
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    async fn core(dir: &std::path::Path) -> Core {
+        let db = NodeDb::open(dir).unwrap();
+        let meta = Meta::open_single_node(&db, 1, "127.0.0.1:1").await.unwrap();
+        Core {
+            settings: Settings::default(),
+            meta,
+            db,
+            transport: Transport::new(1, 1 << 20, Default::default()),
+            shards: ShardTable::default(),
+            stopping: AtomicBool::new(false),
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn racing_updates_of_one_record_all_apply() {
+        let dir = tempfile::tempdir().unwrap();
+        let core = Arc::new(core(dir.path()).await);
+        let key = trellis_meta::placement::shard_key(7);
+        let first = ShardRecord {
+            id: 7,
+            replicas: vec![1],
+            epoch: 0,
+            learners: Vec::new(),
+        };
+        core.update::<ShardRecord>(&key, |cur| {
+            assert!(cur.is_none(), "absent at first");
+            Ok(first.clone())
+        })
+        .await
+        .unwrap();
+        // 24 writers each add one to the epoch from what they read: a blind write would
+        // lose increments; compare-and-set decides again after each lost race.
+        let writers = (0..24).map(|_| {
+            let core = core.clone();
+            let key = key.clone();
+            tokio::spawn(async move {
+                core.update::<ShardRecord>(&key, |cur| {
+                    let mut r = cur.expect("present");
+                    r.epoch += 1;
+                    Ok(r)
+                })
+                .await
+            })
+        });
+        for w in futures::future::join_all(writers).await {
+            w.unwrap().unwrap();
+        }
+        let now = core.meta.app.record::<ShardRecord>(&key).unwrap().unwrap();
+        assert_eq!(now.epoch, 24);
+    }
+
+    #[tokio::test]
+    async fn an_update_that_refuses_writes_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let core = core(dir.path()).await;
+        let key = trellis_meta::placement::node_key(3);
+        let refused = core
+            .update::<trellis_meta::placement::NodeRecord>(&key, |_| {
+                Err(ApiError::new(Code::ResourceNotFound, "no node 3"))
+            })
+            .await
+            .unwrap_err();
+        assert_eq!(refused.code, Code::ResourceNotFound);
+        assert!(core
+            .meta
+            .app
+            .record::<trellis_meta::placement::NodeRecord>(&key)
+            .unwrap()
+            .is_none());
     }
 }

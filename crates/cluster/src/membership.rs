@@ -18,8 +18,8 @@ use futures::future::join_all;
 use openraft::BasicNode;
 use serde_json::json;
 use tokio::sync::Mutex;
-use trellis_meta::placement::{self, NodeRecord, NodeState};
-use trellis_meta::{MetaOp, Table};
+use trellis_meta::placement::{self, NodeRecord, NodeState, ShardRecord};
+use trellis_meta::{Condition, MetaOp, Table};
 use trellis_proto::error::{ApiError, Code};
 use trellis_proto::raft as rpb;
 use trellis_proto::raft::raft_transport_client::RaftTransportClient;
@@ -27,7 +27,7 @@ use trellis_proto::v1 as pb;
 
 use crate::retry::Backoff;
 use crate::router::Router;
-use crate::{from_meta, internal, transport, ApiResult, Core, Error, Result};
+use crate::{from_meta, transport, ApiResult, Core, Error, Result};
 
 /// Joins, admissions and the members' states.
 pub struct Membership {
@@ -179,19 +179,28 @@ impl Membership {
             zone: r.zone,
             state: NodeState::Up,
         };
-        self.put_node(&rec).await?;
+        self.core
+            .update::<NodeRecord>(&placement::node_key(rec.id), |cur| match cur {
+                Some(n) if n.state == NodeState::Removed => Err(ApiError::new(
+                    Code::ValidationException,
+                    format!(
+                        "node {} was removed from this cluster; give it a new id",
+                        n.id
+                    ),
+                )),
+                // A member joining again (a new address after a restart): its state stays.
+                Some(n) => Ok(NodeRecord {
+                    state: n.state,
+                    ..rec.clone()
+                }),
+                None => Ok(rec.clone()),
+            })
+            .await?;
         tracing::info!(node_id = self.id(), joined = rec.id, addr = %rec.peer_addr, "node joined");
         Ok(rpb::JoinReply {
             meta_leader: self.id(),
             shard_count: self.core.shards.count(),
         })
-    }
-
-    async fn put_node(&self, rec: &NodeRecord) -> ApiResult<()> {
-        let value = serde_json::to_value(rec).map_err(internal)?;
-        self.core
-            .put(Table::Nodes, placement::node_key(rec.id), value)
-            .await
     }
 
     /// What the meta leader keeps true: its own record, the shard count, the meta voters,
@@ -201,13 +210,29 @@ impl Membership {
         let cfg = &self.core.settings.cluster;
         let nodes = meta.nodes().map_err(from_meta)?;
         if !nodes.iter().any(|n| n.id == self.id()) {
-            return self.put_node(&self.node_record()).await;
+            let own = self.node_record();
+            self.core
+                .update::<NodeRecord>(&placement::node_key(own.id), |cur| {
+                    Ok(cur.unwrap_or_else(|| own.clone()))
+                })
+                .await?;
+            return Ok(());
         }
         let shards_set = meta.app.get(Table::Settings, "shards").map_err(from_meta)?;
         if shards_set.is_none() {
-            self.core
-                .put(Table::Settings, "shards", json!(cfg.shards))
-                .await?;
+            // Set once: a meta leader that lost a race to another keeps the other's count.
+            let absent = Condition::Absent {
+                table: Table::Settings,
+                key: "shards".into(),
+            };
+            let op = MetaOp::Put {
+                table: Table::Settings,
+                key: "shards".into(),
+                value: json!(cfg.shards),
+            };
+            meta.write_if(vec![absent], vec![op])
+                .await
+                .map_err(from_meta)?;
         }
         let up: Vec<&NodeRecord> = nodes
             .iter()
@@ -255,13 +280,14 @@ impl Membership {
             } else {
                 placement::initial(shards, &owned, cfg.replication_factor as usize)
             };
+            // Written once: the entry applies only while no shard has a record yet.
+            let mut conditions = Vec::new();
             let mut ops = Vec::new();
             for s in &map {
-                ops.push(MetaOp::Put {
-                    table: Table::Shards,
-                    key: placement::shard_key(s.id),
-                    value: serde_json::to_value(s).map_err(internal)?,
-                });
+                conditions.push(Condition::absent::<ShardRecord>(&placement::shard_key(
+                    s.id,
+                )));
+                ops.push(MetaOp::put(s).map_err(from_meta)?);
             }
             tracing::info!(
                 node_id = self.id(),
@@ -269,7 +295,7 @@ impl Membership {
                 nodes = owned.len(),
                 "placing shards"
             );
-            meta.write(ops).await.map_err(from_meta)?;
+            meta.write_if(conditions, ops).await.map_err(from_meta)?;
         }
         Ok(())
     }
@@ -295,13 +321,21 @@ impl Membership {
     /// Sets a node's state (DRAINING, or REMOVED once it holds nothing).
     pub(crate) async fn set_node_state_here(&self, id: u64, state: NodeState) -> ApiResult<()> {
         let meta = &self.core.meta;
-        let mut nodes = meta.nodes().map_err(from_meta)?;
-        let Some(n) = nodes.iter_mut().find(|n| n.id == id) else {
-            return Err(ApiError::new(
+        let key = placement::node_key(id);
+        let missing = || {
+            ApiError::new(
                 Code::ResourceNotFound,
                 format!("Resource Not Found: 'node {id}'"),
-            ));
+            )
         };
+        if meta
+            .app
+            .record::<NodeRecord>(&key)
+            .map_err(from_meta)?
+            .is_none()
+        {
+            return Err(missing());
+        }
         if state == NodeState::Removed {
             let held = meta
                 .shard_map()
@@ -315,6 +349,7 @@ impl Membership {
                     format!("node {id} still holds {held} shard replicas; drain it first"),
                 ));
             }
+            let _g = self.lock.lock().await;
             let m = meta.raft.metrics().borrow().clone();
             let voters: BTreeSet<u64> = m.membership_config.membership().voter_ids().collect();
             let change = if voters.contains(&id) {
@@ -337,9 +372,14 @@ impl Membership {
             };
             change.map_err(|e| ApiError::new(Code::ServiceUnavailable, e.to_string()))?;
         }
-        n.state = state;
-        let rec = n.clone();
-        self.put_node(&rec).await
+        self.core
+            .update::<NodeRecord>(&key, |cur| {
+                let mut n = cur.ok_or_else(missing)?;
+                n.state = state;
+                Ok(n)
+            })
+            .await
+            .map(drop)
     }
 
     /// The members with their state (DOWN when they do not answer a ping), and their

@@ -62,6 +62,20 @@ pub struct ShardRecord {
     pub learners: Vec<u64>,
 }
 
+impl crate::records::Record for NodeRecord {
+    const TABLE: crate::Table = crate::Table::Nodes;
+    fn key(&self) -> std::borrow::Cow<'_, str> {
+        node_key(self.id).into()
+    }
+}
+
+impl crate::records::Record for ShardRecord {
+    const TABLE: crate::Table = crate::Table::Shards;
+    fn key(&self) -> std::borrow::Cow<'_, str> {
+        shard_key(self.id).into()
+    }
+}
+
 /// The key of a node record: fixed width, so the table iterates in id order.
 pub fn node_key(id: u64) -> String {
     format!("{id:020}")

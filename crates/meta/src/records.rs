@@ -1,6 +1,8 @@
 //! The records of the registry tables, typed. Their JSON keeps the field names records had
 //! when they were untyped, so data directories from then read back unchanged.
 
+use std::borrow::Cow;
+
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
@@ -10,7 +12,7 @@ use crate::Table;
 pub trait Record: Serialize + DeserializeOwned {
     const TABLE: Table;
     /// The key it is stored under.
-    fn key(&self) -> &str;
+    fn key(&self) -> Cow<'_, str>;
 }
 
 /// STANDARD or EXPRESS.
@@ -58,8 +60,8 @@ pub struct MachineRecord {
 
 impl Record for MachineRecord {
     const TABLE: Table = Table::Machines;
-    fn key(&self) -> &str {
-        &self.state_machine_arn
+    fn key(&self) -> Cow<'_, str> {
+        Cow::Borrowed(&self.state_machine_arn)
     }
 }
 
@@ -78,8 +80,8 @@ pub struct VersionRecord {
 
 impl Record for VersionRecord {
     const TABLE: Table = Table::Versions;
-    fn key(&self) -> &str {
-        &self.state_machine_version_arn
+    fn key(&self) -> Cow<'_, str> {
+        Cow::Borrowed(&self.state_machine_version_arn)
     }
 }
 
@@ -107,8 +109,8 @@ pub struct AliasRecord {
 
 impl Record for AliasRecord {
     const TABLE: Table = Table::Aliases;
-    fn key(&self) -> &str {
-        &self.state_machine_alias_arn
+    fn key(&self) -> Cow<'_, str> {
+        Cow::Borrowed(&self.state_machine_alias_arn)
     }
 }
 
@@ -123,8 +125,8 @@ pub struct ActivityRecord {
 
 impl Record for ActivityRecord {
     const TABLE: Table = Table::Activities;
-    fn key(&self) -> &str {
-        &self.activity_arn
+    fn key(&self) -> Cow<'_, str> {
+        Cow::Borrowed(&self.activity_arn)
     }
 }
 

@@ -429,7 +429,7 @@ impl Registry {
                 .records_under::<VersionRecord>(&prefix)
                 .map_err(from_meta)?
             {
-                ops.push(MetaOp::delete::<VersionRecord>(v.key()));
+                ops.push(MetaOp::delete::<VersionRecord>(&v.key()));
             }
             for a in self
                 .meta
@@ -437,7 +437,7 @@ impl Registry {
                 .records_under::<AliasRecord>(&prefix)
                 .map_err(from_meta)?
             {
-                ops.push(MetaOp::delete::<AliasRecord>(a.key()));
+                ops.push(MetaOp::delete::<AliasRecord>(&a.key()));
             }
             Ok(Decision::Write {
                 conditions: vec![read.unchanged()],
@@ -469,7 +469,7 @@ impl Registry {
             Ok(Decision::Write {
                 conditions: vec![
                     read.unchanged(),
-                    Condition::absent::<VersionRecord>(v.key()),
+                    Condition::absent::<VersionRecord>(&v.key()),
                 ],
                 ops: vec![
                     MetaOp::put(&v).map_err(from_meta)?,
@@ -544,7 +544,7 @@ impl Registry {
                 if let Some(r) = self
                     .meta
                     .app
-                    .read::<AliasRecord>(alias.key())
+                    .read::<AliasRecord>(&alias.key())
                     .map_err(from_meta)?
                 {
                     conditions.push(r.unchanged());
@@ -616,7 +616,7 @@ fn store(
     let mut version_arn = String::new();
     if let Some(description) = publish_as {
         let v = publish(m, description, now);
-        conditions.push(Condition::absent::<VersionRecord>(v.key()));
+        conditions.push(Condition::absent::<VersionRecord>(&v.key()));
         ops.push(MetaOp::put(&v).map_err(from_meta)?);
         version_arn = v.state_machine_version_arn;
     }
