@@ -103,7 +103,7 @@ impl StateMachines for Svc {
         &self,
         r: Request<pb::ValidateRequest>,
     ) -> R<pb::ValidateResponse> {
-        ok(self.0.validate(&r.into_inner()))
+        ok(self.0.validate(&r.into_inner())?)
     }
     async fn publish_state_machine_version(
         &self,

@@ -157,6 +157,9 @@ pub(crate) async fn sm(c: &mut Client, j: bool, cmd: Sm) -> Result<()> {
                 .validate_state_machine_definition(pb::ValidateRequest {
                     definition: read(&definition)?,
                     r#type: ty as i32,
+                    // An operator sees warnings too.
+                    severity: "WARNING".into(),
+                    max_results: 0,
                 })
                 .await
                 .map_err(api)?

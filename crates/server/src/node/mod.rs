@@ -18,7 +18,7 @@ use std::time::Duration;
 
 use trellis_cluster::{Cluster, Member, Settings};
 use trellis_proto::v1 as pb;
-use trellis_proto::ApiError;
+use trellis_proto::{ApiError, Code};
 use trellis_storage::NodeDb;
 
 pub use convert::{event_pb, execution_pb};
@@ -188,14 +188,39 @@ impl Node {
         self.registry.list_activities(r)
     }
 
-    pub fn validate(&self, r: &pb::ValidateRequest) -> pb::ValidateResponse {
+    /// ValidateStateMachineDefinition: the result, and the diagnostics of at least the
+    /// asked severity (errors by default), at most `max_results` (100) of them.
+    pub fn validate(&self, r: &pb::ValidateRequest) -> ApiResult<pb::ValidateResponse> {
+        let warnings = match r.severity.as_str() {
+            "" | "ERROR" => false,
+            "WARNING" => true,
+            other => {
+                return Err(ApiError::new(
+                    Code::ValidationException,
+                    format!("1 validation error detected: Value '{other}' at 'severity' failed to satisfy constraint: Member must satisfy enum value set: [ERROR, WARNING]"),
+                ))
+            }
+        };
+        let max = match r.max_results {
+            0 => 100,
+            n @ 1..=100 => n as usize,
+            n => {
+                return Err(ApiError::new(
+                    Code::ValidationException,
+                    format!("1 validation error detected: Value '{n}' at 'maxResults' failed to satisfy constraint: Member must have value less than or equal to 100"),
+                ))
+            }
+        };
         let express = r.r#type == pb::StateMachineType::Express as i32;
-        let diags =
+        let mut diags =
             trellis_asl::validate::validate(&r.definition, trellis_asl::Options { express });
         let failed = diags
             .iter()
             .any(|d| d.severity == trellis_asl::Severity::Error);
-        pb::ValidateResponse {
+        diags.retain(|d| warnings || d.severity == trellis_asl::Severity::Error);
+        let truncated = diags.len() > max;
+        diags.truncate(max);
+        Ok(pb::ValidateResponse {
             result: if failed { "FAIL" } else { "OK" }.into(),
             diagnostics: diags
                 .into_iter()
@@ -210,8 +235,8 @@ impl Node {
                     location: d.location,
                 })
                 .collect(),
-            truncated: false,
-        }
+            truncated,
+        })
     }
 }
 
