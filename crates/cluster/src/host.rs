@@ -229,6 +229,9 @@ impl Host {
             account: settings.account.clone(),
             limits: trellis_asl::Limits::default(),
             max_batch: settings.cluster.max_batch,
+            // Every append (up to MAX_APPEND_ENTRIES entries) fits in a peer message.
+            max_entry_bytes: settings.cluster.peer_max_message_bytes
+                / trellis_shard::raft::MAX_APPEND_ENTRIES as usize,
             detector: Default::default(),
             effects_before_commit: settings.cluster.breaks_fencing(),
             metrics: self.metrics.clone(),

@@ -20,6 +20,11 @@ pub type ShardRaft = Raft<ShardConfig>;
 /// new one 1.4–1.8 s after it died, plus the election round.
 /// A snapshot is taken every `snapshot_logs` entries (default 5,000), and a fifth of that
 /// is kept in the log after it.
+/// Most entries in one AppendEntries message. With entries of at most
+/// `peer_max_message_bytes / MAX_APPEND_ENTRIES` bytes (see
+/// [`crate::executor::ExecutorConfig::max_entry_bytes`]) every append fits in a peer message.
+pub const MAX_APPEND_ENTRIES: u64 = 64;
+
 pub fn raft_config(cluster: &str, snapshot_logs: u64) -> Result<Arc<openraft::Config>> {
     let cfg = openraft::Config {
         cluster_name: cluster.to_string(),
@@ -28,7 +33,7 @@ pub fn raft_config(cluster: &str, snapshot_logs: u64) -> Result<Arc<openraft::Co
         election_timeout_max: 900,
         // Small appends: openraft gives an AppendEntries one heartbeat interval to answer,
         // so a follower catching up gets many small appends, not a few that time out.
-        max_payload_entries: 64,
+        max_payload_entries: MAX_APPEND_ENTRIES,
         snapshot_policy: openraft::SnapshotPolicy::LogsSinceLast(snapshot_logs.max(10)),
         max_in_snapshot_log_to_keep: snapshot_logs.max(10) / 5,
         ..Default::default()

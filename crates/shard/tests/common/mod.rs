@@ -56,6 +56,7 @@ pub async fn boot(
         account: "000000000000".into(),
         limits: Limits::default(),
         max_batch: 256,
+        max_entry_bytes: 4 << 20,
         detector,
         effects_before_commit: false,
     };
