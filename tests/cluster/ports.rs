@@ -155,8 +155,11 @@ async fn listeners_outlive_running_out_of_file_descriptors() {
         "only {} connections were opened",
         idle.len()
     );
-    // Give the accept loops time to run into the limit.
-    tokio::time::sleep(Duration::from_secs(2)).await;
+    // The accept loops run into the limit (bounded wait on the node's log).
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !c.logs().contains("cannot accept connections") && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     assert!(
         c.logs().contains("cannot accept connections"),
         "the node never ran out of descriptors:\n{}",
