@@ -439,14 +439,8 @@ impl Driver {
                 format!("node {} is not an UP member", r.to),
             ));
         }
-        let leader = self
-            .list_shards()
-            .await?
-            .shards
-            .into_iter()
-            .find(|s| s.id == r.shard)
-            .map(|s| s.leader);
-        if leader == Some(r.from) {
+        let leader = self.leader_of(r.shard).await?;
+        if leader == r.from {
             // A replica never moves off its leader: the leadership goes first.
             let to = rec
                 .replicas
@@ -469,6 +463,22 @@ impl Driver {
         .await
     }
 
+    /// The leader of `shard` as the shard views report it (0: none now).
+    async fn leader_of(&self, shard: u32) -> ApiResult<u64> {
+        self.list_shards()
+            .await?
+            .shards
+            .into_iter()
+            .find(|s| s.id == shard)
+            .map(|s| s.leader)
+            .ok_or_else(|| {
+                ApiError::new(
+                    Code::ResourceNotFound,
+                    format!("Resource Not Found: 'shard {shard}'"),
+                )
+            })
+    }
+
     pub async fn transfer_shard_leader(&self, r: pb::TransferShardLeaderRequest) -> ApiResult<()> {
         self.router.on_meta(r).await.map(drop)
     }
@@ -478,19 +488,7 @@ impl Driver {
         &self,
         r: pb::TransferShardLeaderRequest,
     ) -> ApiResult<()> {
-        let leader = self
-            .list_shards()
-            .await?
-            .shards
-            .into_iter()
-            .find(|s| s.id == r.shard)
-            .map(|s| s.leader)
-            .ok_or_else(|| {
-                ApiError::new(
-                    Code::ResourceNotFound,
-                    format!("Resource Not Found: 'shard {}'", r.shard),
-                )
-            })?;
+        let leader = self.leader_of(r.shard).await?;
         if leader == r.to {
             return Ok(());
         }
