@@ -633,6 +633,77 @@ impl Execution {
         }
     }
 
+    /// A DISTRIBUTED Map's tolerated failures, resolved and checked as AWS does when the
+    /// state starts: a count that is a non-negative integer, a percentage that is a number
+    /// from 0 to 100, either may be a string of one. Enforcing them comes with Map Runs
+    /// (docs/compatibility.md); a failure names the field.
+    fn check_tolerance(
+        &self,
+        fid: FrameId,
+        st: &State,
+        d: &crate::definition::Distributed,
+        input: &Value,
+        env: &mut dyn Env,
+    ) -> Result<(), (Failure, &'static str)> {
+        // What AWS says of a value of the wrong type: the path it came from, or the field.
+        let not_a = |dy: &Dynamic, field: &str, kind: &str, v: &Value| {
+            let msg = match dy {
+                Dynamic::Path(p) => format!(
+                    "The {field}Path field refers to value \"{}\" which is not a valid {kind}: {}",
+                    json::to_compact(v),
+                    p.as_str()
+                ),
+                _ => format!(
+                    "The {field} field has value \"{}\" which is not a valid {kind}",
+                    json::to_compact(v)
+                ),
+            };
+            if matches!(dy, Dynamic::Expr(_)) {
+                Failure::query(msg)
+            } else {
+                Failure::runtime(msg)
+            }
+        };
+        if let Some(dy) = &d.tolerated_failure_count {
+            const F: &str = "ToleratedFailureCount";
+            let v = self
+                .eval_dynamic(fid, st, dy, input, F, env)
+                .map_err(|f| (f, F))?;
+            // A number, or a string of one (AWS reads "1" as 1).
+            let n = match &v {
+                Value::String(t) => t.trim().parse::<i64>().ok(),
+                _ => v
+                    .as_i64()
+                    .or_else(|| v.as_f64().filter(|f| f.fract() == 0.0).map(|f| f as i64)),
+            }
+            .ok_or_else(|| (not_a(dy, F, "integer", &v), F))?;
+            if n < 0 {
+                return Err((
+                    Failure::runtime("ToleratedFailureCount cannot be negative."),
+                    F,
+                ));
+            }
+        }
+        if let Some(dy) = &d.tolerated_failure_percentage {
+            const F: &str = "ToleratedFailurePercentage";
+            let v = self
+                .eval_dynamic(fid, st, dy, input, F, env)
+                .map_err(|f| (f, F))?;
+            let p = match &v {
+                Value::String(t) => t.trim().parse::<f64>().ok().filter(|p| p.is_finite()),
+                _ => v.as_f64(),
+            }
+            .ok_or_else(|| (not_a(dy, F, "float", &v), F))?;
+            if !(0.0..=100.0).contains(&p) {
+                return Err((
+                    Failure::runtime("ToleratedFailurePercentage must be between 0 and 100."),
+                    F,
+                ));
+            }
+        }
+        Ok(())
+    }
+
     pub(super) fn start_work(&mut self, fid: FrameId, env: &mut dyn Env) {
         let sm = self.sm.clone();
         let st = sm.state(self.frame(fid).block, self.active(fid).state);
@@ -1085,6 +1156,11 @@ impl Execution {
         } else {
             mc
         };
+        if *mode == MapMode::Distributed {
+            if let Err((f, field)) = self.check_tolerance(fid, st, distributed, &input, env) {
+                return self.data_failed(fid, f, field, env);
+            }
+        }
         let len = list.len();
         let started = self.emit(Some(fid), EventType::MapStateStarted, || {
             details([("length", Value::from(len))])
