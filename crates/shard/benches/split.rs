@@ -6,7 +6,7 @@ use criterion::{criterion_group, criterion_main, BatchSize, Criterion, Throughpu
 use serde_json::json;
 use trellis_asl::history::EventType;
 use trellis_asl::HistoryEvent;
-use trellis_shard::executor::split_by_bytes;
+use trellis_shard::request::split_by_bytes;
 use trellis_shard::request::ShardOp;
 use trellis_shard::{ExecRecord, Status};
 

@@ -22,7 +22,8 @@ pub type ShardRaft = Raft<ShardConfig>;
 /// is kept in the log after it.
 /// Most entries in one AppendEntries message. With entries of at most
 /// `peer_max_message_bytes / MAX_APPEND_ENTRIES` bytes (see
-/// [`crate::executor::ExecutorConfig::max_entry_bytes`]) every append fits in a peer message.
+/// [`crate::executor::ExecutorConfig::max_entry_bytes`] and
+/// [`crate::request::split_by_bytes`]) every append fits in a peer message.
 pub const MAX_APPEND_ENTRIES: u64 = 64;
 
 pub fn raft_config(cluster: &str, snapshot_logs: u64) -> Result<Arc<openraft::Config>> {

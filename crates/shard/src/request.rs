@@ -40,3 +40,125 @@ openraft::declare_raft_types!(
         SnapshotData = tokio::fs::File,
         AsyncRuntime = openraft::TokioRuntime,
 );
+
+/// Counts the bytes written through it.
+struct ByteCount(usize);
+
+impl std::io::Write for ByteCount {
+    fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+        self.0 += b.len();
+        Ok(b.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// Splits a batch's ops into entries of at most `max` bytes of JSON each (an op larger than
+/// `max` alone). A batch under the bound, the common case, stays one entry. Ops are
+/// measured by serializing them into a counter, which costs no allocation (about 1.1 µs for
+/// an op of a 1 KB record and three events: `cargo bench -p trellis-shard --bench split`).
+pub fn split_by_bytes(ops: Vec<ShardOp>, max: usize) -> Vec<Vec<ShardOp>> {
+    let mut entries = Vec::new();
+    let mut entry = Vec::new();
+    let mut bytes = 0usize;
+    for op in ops {
+        let mut n = ByteCount(0);
+        // Serializing into a counter cannot fail on I/O; a value that cannot serialize
+        // fails the proposal itself, which serializes it again.
+        let _ = serde_json::to_writer(&mut n, &op);
+        if !entry.is_empty() && bytes.saturating_add(n.0) > max {
+            entries.push(std::mem::take(&mut entry));
+            bytes = 0;
+        }
+        bytes = bytes.saturating_add(n.0);
+        entry.push(op);
+    }
+    if !entry.is_empty() {
+        entries.push(entry);
+    }
+    entries
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::record::Status;
+
+    fn op(id: u64, input_bytes: usize) -> ShardOp {
+        let rec = ExecRecord {
+            id,
+            arn: format!("arn:e:{id}"),
+            name: id.to_string(),
+            state_machine_arn: "arn:m".into(),
+            version_arn: None,
+            alias_arn: None,
+            definition: 1,
+            express: false,
+            capped: false,
+            input: "x".repeat(input_bytes),
+            status: Status::Running,
+            start_ms: 0,
+            stop_ms: None,
+            output: None,
+            error: None,
+            cause: None,
+            paused: false,
+            redrive_count: 0,
+            redrive_ms: None,
+            last_event_id: 0,
+            timers: Default::default(),
+            tasks: Default::default(),
+            state: None,
+        };
+        ShardOp::Put {
+            record: Box::new(rec),
+            events: Vec::new(),
+            definition: None,
+        }
+    }
+
+    fn ids(entries: &[Vec<ShardOp>]) -> Vec<Vec<u64>> {
+        entries
+            .iter()
+            .map(|e| {
+                e.iter()
+                    .map(|ShardOp::Put { record, .. }| record.id)
+                    .collect()
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_batch_under_the_bound_is_one_entry() {
+        let entries = split_by_bytes((0..100).map(|i| op(i, 100)).collect(), 1 << 20);
+        assert_eq!(entries.len(), 1);
+        assert_eq!(entries[0].len(), 100);
+    }
+
+    #[test]
+    fn a_large_batch_splits_into_entries_of_whole_executions_within_the_bound() {
+        let one = serde_json::to_vec(&op(0, 3_000)).unwrap().len();
+        let max = 3 * one + one / 2;
+        let ops: Vec<ShardOp> = (0..10).map(|i| op(i, 3_000)).collect();
+        let entries = split_by_bytes(ops, max);
+        // Three fit under the bound, a fourth does not.
+        assert_eq!(
+            ids(&entries),
+            [vec![0, 1, 2], vec![3, 4, 5], vec![6, 7, 8], vec![9]]
+        );
+        for e in &entries {
+            let bytes = serde_json::to_vec(&ShardRequest { ops: Vec::new() })
+                .unwrap()
+                .len()
+                + e.iter()
+                    .map(|o| serde_json::to_vec(o).unwrap().len())
+                    .sum::<usize>();
+            assert!(bytes <= max + 64, "{bytes} bytes");
+        }
+        // One execution larger than the bound goes alone, in order.
+        let entries = split_by_bytes(vec![op(0, 10), op(1, 5 * max), op(2, 10)], max);
+        assert_eq!(ids(&entries), [vec![0], vec![1], vec![2]]);
+    }
+}
