@@ -187,16 +187,33 @@ pub enum MapMode {
     Distributed,
 }
 
-/// Settings that only a DISTRIBUTED Map has; parsed and validated, kept as written.
+/// Settings that only a DISTRIBUTED Map has; parsed and validated.
 #[derive(Debug, Clone, Default)]
 pub struct Distributed {
     pub execution_type: Option<String>,
+    /// Kept as written: reading items from S3 is not built yet.
     pub item_reader: Option<Value>,
-    pub item_batcher: Option<Value>,
+    pub item_batcher: Option<Batcher>,
     pub result_writer: Option<Value>,
     pub tolerated_failure_count: Option<Dynamic>,
     pub tolerated_failure_percentage: Option<Dynamic>,
     pub label: Option<String>,
+}
+
+/// The most bytes of one batch's input, AWS's bound on `MaxInputBytesPerBatch`.
+pub const MAX_BATCH_BYTES: u64 = 262_144;
+
+/// A DISTRIBUTED Map's `ItemBatcher`: each child execution gets
+/// `{"BatchInput": ..., "Items": [...]}` instead of one item.
+#[derive(Debug, Clone, Default)]
+pub struct Batcher {
+    /// `MaxItemsPerBatch[Path]`: at most this many items per batch.
+    pub max_items: Option<Dynamic>,
+    /// `MaxInputBytesPerBatch[Path]`: at most this many bytes of JSON per batch input
+    /// (AWS's bound, 256 KiB, when absent).
+    pub max_bytes: Option<Dynamic>,
+    /// `BatchInput`: the same JSON in every batch (a payload template or JSONata).
+    pub batch_input: Option<Template>,
 }
 
 /// What a state does.

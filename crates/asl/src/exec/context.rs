@@ -26,6 +26,9 @@ impl Execution {
             if let Some(v) = f.vars.get(name) {
                 return Some(v);
             }
+            if f.scope_root {
+                return None;
+            }
             frame = f.parent.as_ref()?.frame;
         }
     }

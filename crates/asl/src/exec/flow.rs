@@ -10,6 +10,7 @@ use super::*;
 use crate::choice::Rule;
 use crate::definition::{
     Catcher, Dynamic, Kind, MapMode, PathField, Pattern, State, Text, Transition, Wait,
+    MAX_BATCH_BYTES,
 };
 use crate::error::names;
 use crate::json;
@@ -143,6 +144,8 @@ impl Execution {
             var_bytes: 0,
             prev: 0,
             active: None,
+            silent: false,
+            scope_root: false,
         });
         let input = self.st.info.input.clone();
         if let Err(f) = self.check_size(&input, "execution input") {
@@ -452,6 +455,8 @@ impl Execution {
             var_bytes: point.var_bytes,
             prev: redriven,
             active: None,
+            silent: false,
+            scope_root: false,
         });
         self.st.var_bytes = point.var_bytes;
         self.st.queue.push_back(Work::Enter {
@@ -635,16 +640,17 @@ impl Execution {
 
     /// A DISTRIBUTED Map's tolerated failures, resolved and checked as AWS does when the
     /// state starts: a count that is a non-negative integer, a percentage that is a number
-    /// from 0 to 100, either may be a string of one. Enforcing them comes with Map Runs
-    /// (docs/compatibility.md); a failure names the field.
-    fn check_tolerance(
+    /// from 0 to 100, either may be a string of one. A failure names the field.
+    #[allow(clippy::type_complexity)]
+    fn tolerance(
         &self,
         fid: FrameId,
         st: &State,
         d: &crate::definition::Distributed,
         input: &Value,
         env: &mut dyn Env,
-    ) -> Result<(), (Failure, &'static str)> {
+    ) -> Result<(Option<u64>, Option<f64>), (Failure, &'static str)> {
+        let mut out = (None, None);
         // What AWS says of a value of the wrong type: the path it came from, or the field.
         let not_a = |dy: &Dynamic, field: &str, kind: &str, v: &Value| {
             let msg = match dy {
@@ -683,6 +689,7 @@ impl Execution {
                     F,
                 ));
             }
+            out.0 = Some(n as u64);
         }
         if let Some(dy) = &d.tolerated_failure_percentage {
             const F: &str = "ToleratedFailurePercentage";
@@ -700,8 +707,9 @@ impl Execution {
                     F,
                 ));
             }
+            out.1 = Some(p);
         }
-        Ok(())
+        Ok(out)
     }
 
     pub(super) fn start_work(&mut self, fid: FrameId, env: &mut dyn Env) {
@@ -1045,6 +1053,8 @@ impl Execution {
                 var_bytes: 0,
                 prev: started,
                 active: None,
+                silent: self.frame(fid).silent,
+                scope_root: false,
             });
             running.insert(slot, child);
             let start = self.sm.block(*block).start_at;
@@ -1065,6 +1075,8 @@ impl Execution {
             max_concurrency: 0,
             done: 0,
             last_event: started,
+            run: None,
+            preselected: false,
         });
     }
 
@@ -1156,16 +1168,44 @@ impl Execution {
         } else {
             mc
         };
+        let length = list.len();
+        let (mut list, mut run, mut preselected) = (list, None, false);
         if *mode == MapMode::Distributed {
-            if let Err((f, field)) = self.check_tolerance(fid, st, distributed, &input, env) {
-                return self.data_failed(fid, f, field, env);
+            let (tolerated_count, tolerated_percentage) =
+                match self.tolerance(fid, st, distributed, &input, env) {
+                    Ok(t) => t,
+                    Err((f, field)) => return self.data_failed(fid, f, field, env),
+                };
+            let mut sizes = Vec::new();
+            if let Some(b) = &distributed.item_batcher {
+                match self.batch(fid, st, b, list, keys.as_deref(), &input, env) {
+                    Ok((batches, s)) => (list, sizes, preselected) = (batches, s, true),
+                    Err((f, field)) => return self.data_failed(fid, f, field, env),
+                }
             }
+            run = Some(MapRun {
+                arn: self.map_run_arn(distributed, env),
+                sizes,
+                total_items: length as u64,
+                failed_items: 0,
+                tolerated_count,
+                tolerated_percentage,
+            });
         }
         let len = list.len();
-        let started = self.emit(Some(fid), EventType::MapStateStarted, || {
-            details([("length", Value::from(len))])
+        let mut started = self.emit(Some(fid), EventType::MapStateStarted, || {
+            details([("length", Value::from(length))])
         });
+        if let Some(r) = &run {
+            let arn = r.arn.clone();
+            started = self.emit(Some(fid), EventType::MapRunStarted, || {
+                details([("mapRunArn", Value::String(arn))])
+            });
+        }
         if len == 0 {
+            if run.is_some() {
+                self.emit(Some(fid), EventType::MapRunSucceeded, || None);
+            }
             self.emit(Some(fid), EventType::MapStateSucceeded, || None);
             return self.complete(fid, Value::Array(Vec::new()), None, env);
         }
@@ -1180,8 +1220,118 @@ impl Execution {
             max_concurrency: mc,
             done: 0,
             last_event: started,
+            run,
+            preselected,
         });
         self.fill_map(fid, env);
+    }
+
+    /// A Map Run's ARN: `arn:{partition}:states:{region}:{account}:mapRun:{machine}/{label}:{id}`,
+    /// the label a fresh UUID when the state has no `Label`.
+    fn map_run_arn(&self, d: &crate::definition::Distributed, env: &mut dyn Env) -> String {
+        let info = &self.st.info;
+        let mut parts = info.state_machine_arn.split(':');
+        let partition = parts.nth(1).filter(|p| !p.is_empty()).unwrap_or("aws");
+        let account = parts.nth(2).unwrap_or("000000000000");
+        let label = match &d.label {
+            Some(l) => l.clone(),
+            None => crate::env::uuid_v4(env),
+        };
+        let id = crate::env::uuid_v4(env);
+        format!(
+            "arn:{partition}:states:{}:{account}:mapRun:{}/{label}:{id}",
+            info.region, info.state_machine_name
+        )
+    }
+
+    /// Applies ItemSelector to one item (`$$.Map.Item` is the item, its index and key).
+    #[allow(clippy::too_many_arguments)]
+    fn select(
+        &self,
+        fid: FrameId,
+        st: &State,
+        t: &Template,
+        sel: &Value,
+        mi: (usize, &Value, Option<&str>),
+        env: &mut dyn Env,
+    ) -> Result<Value, Failure> {
+        if st.is_jsonata() {
+            let seed = seed_of(env);
+            self.with_bindings(fid, sel, None, None, Some(mi), seed, |b| {
+                t.eval_jsonata(b, "ItemSelector")
+            })
+        } else {
+            let scope = Scope {
+                exec: self,
+                frame: fid,
+                input: sel,
+                map_item: Some(mi),
+            };
+            t.eval(&scope, env)
+        }
+    }
+
+    /// A DISTRIBUTED Map's ItemBatcher: ItemSelector is applied to every item, then the
+    /// items go, in order, into batches `{"BatchInput": ..., "Items": [...]}` of at most
+    /// `MaxItemsPerBatch` items and `MaxInputBytesPerBatch` bytes of JSON (256 KiB when
+    /// absent). Returns the batches and how many items each holds.
+    #[allow(clippy::too_many_arguments, clippy::type_complexity)]
+    fn batch(
+        &self,
+        fid: FrameId,
+        st: &State,
+        b: &crate::definition::Batcher,
+        items: Vec<Value>,
+        keys: Option<&[String]>,
+        input: &Value,
+        env: &mut dyn Env,
+    ) -> Result<(Vec<Value>, Vec<u64>), (Failure, &'static str)> {
+        const ITEMS: &str = "MaxItemsPerBatch";
+        const BYTES: &str = "MaxInputBytesPerBatch";
+        let max_items = match &b.max_items {
+            Some(d) => self
+                .dynamic_int(fid, st, d, input, ITEMS, 1, env)
+                .map_err(|f| (f, ITEMS))? as usize,
+            None => usize::MAX,
+        };
+        let max_bytes = match &b.max_bytes {
+            Some(d) => self
+                .dynamic_int(fid, st, d, input, BYTES, 1, env)
+                .map_err(|f| (f, BYTES))? as u64,
+            None => MAX_BATCH_BYTES,
+        };
+        if max_bytes > MAX_BATCH_BYTES {
+            let msg = format!("The value for the field '{BYTES}' must be at most {MAX_BATCH_BYTES}, but was {max_bytes}");
+            return Err((Failure::runtime(msg), BYTES));
+        }
+        let max_bytes = max_bytes as usize;
+        let batch_input = match &b.batch_input {
+            Some(t) => Some(
+                self.eval_template(fid, st, t, input, "BatchInput", env)
+                    .map_err(|f| (f, "BatchInput"))?,
+            ),
+            None => None,
+        };
+        let item_selector = match &st.kind {
+            Kind::Map { item_selector, .. } => item_selector.as_ref(),
+            _ => None,
+        };
+        let mut batches = super::batch::Batches::new(batch_input, max_items, max_bytes);
+        for (i, item) in items.into_iter().enumerate() {
+            let item = match item_selector {
+                Some(t) => {
+                    let key = keys.map(|k| k[i].as_str());
+                    self.select(fid, st, t, input, (i, &item, key), env)
+                        .map_err(|f| (f, "ItemSelector"))?
+                }
+                None => item,
+            };
+            if let Err(super::batch::TooLarge(n)) = batches.push(item) {
+                let msg = format!("The item at index {i} is {n} bytes of JSON, more than a batch of at most {max_bytes} bytes ({BYTES}) can hold");
+                return Err((Failure::runtime(msg), BYTES));
+            }
+        }
+        Ok(batches.finish())
     }
 
     /// Starts Map iterations up to MaxConcurrency.
@@ -1197,7 +1347,7 @@ impl Execution {
             else {
                 return;
             };
-            let (index, item, key) = {
+            let (index, item, key, distributed, preselected) = {
                 let Waiting::Children(c) = &self.active(fid).waiting else {
                     return;
                 };
@@ -1210,33 +1360,27 @@ impl Execution {
                     c.next_index,
                     c.items[c.next_index].clone(),
                     c.keys.as_ref().map(|k| k[c.next_index].clone()),
+                    c.run.is_some(),
+                    c.preselected,
                 )
             };
             if let Waiting::Children(c) = &mut self.active_mut(fid).waiting {
                 c.next_index += 1;
             }
-            let iteration_input = match item_selector {
-                None => Ok(item.clone()),
+            let iteration_input = match item_selector.as_ref().filter(|_| !preselected) {
+                None => Ok(item),
                 Some(t) => {
                     let Waiting::Children(c) = &self.active(fid).waiting else {
                         return;
                     };
-                    let sel = &c.selector_input;
-                    let mi = Some((index, &item, key.as_deref()));
-                    if st.is_jsonata() {
-                        let seed = seed_of(env);
-                        self.with_bindings(fid, sel, None, None, mi, seed, |b| {
-                            t.eval_jsonata(b, "ItemSelector")
-                        })
-                    } else {
-                        let scope = Scope {
-                            exec: self,
-                            frame: fid,
-                            input: sel,
-                            map_item: mi,
-                        };
-                        t.eval(&scope, env)
-                    }
+                    self.select(
+                        fid,
+                        st,
+                        t,
+                        &c.selector_input,
+                        (index, &item, key.as_deref()),
+                        env,
+                    )
                 }
             };
             let iteration_input = match iteration_input {
@@ -1250,9 +1394,14 @@ impl Execution {
             };
             let name = st.name.clone();
             let prev = self.frame(fid).prev;
-            let started = self.emit_after(None, prev, EventType::MapIterationStarted, || {
-                details([("name", Value::String(name)), ("index", Value::from(index))])
-            });
+            // A DISTRIBUTED Map's child is an execution of its own: no iteration events here.
+            let started = if distributed {
+                prev
+            } else {
+                self.emit_for(fid, prev, EventType::MapIterationStarted, || {
+                    details([("name", Value::String(name)), ("index", Value::from(index))])
+                })
+            };
             let child = self.alloc_frame(Frame {
                 block: *processor,
                 parent: Some(Parent {
@@ -1263,6 +1412,8 @@ impl Execution {
                 var_bytes: 0,
                 prev: started,
                 active: None,
+                silent: distributed || self.frame(fid).silent,
+                scope_root: distributed,
             });
             if let Waiting::Children(c) = &mut self.active_mut(fid).waiting {
                 c.running.insert(index, child);
@@ -1604,20 +1755,28 @@ impl Execution {
             });
         };
         let child_prev = self.frame(fid).prev;
-        let is_map = matches!(&self.active(parent.frame).waiting, Waiting::Children(c) if c.is_map);
-        let last = if is_map {
+        let (is_map, distributed) = match &self.active(parent.frame).waiting {
+            Waiting::Children(c) => (c.is_map, c.run.is_some()),
+            _ => (false, false),
+        };
+        let last = if is_map && !distributed {
             let name = self.current_state(parent.frame).0.name.clone();
-            self.emit_after(None, child_prev, EventType::MapIterationSucceeded, || {
-                details([
-                    ("name", Value::String(name)),
-                    ("index", Value::from(parent.slot)),
-                ])
-            })
+            self.emit_for(
+                parent.frame,
+                child_prev,
+                EventType::MapIterationSucceeded,
+                || {
+                    details([
+                        ("name", Value::String(name)),
+                        ("index", Value::from(parent.slot)),
+                    ])
+                },
+            )
         } else {
             child_prev
         };
         self.release_frame(fid);
-        let all_done = {
+        {
             let Waiting::Children(c) = &mut self.active_mut(parent.frame).waiting else {
                 return;
             };
@@ -1625,29 +1784,77 @@ impl Execution {
             c.running.remove(&parent.slot);
             c.done += 1;
             c.last_event = last;
-            c.done == c.results.len()
+        }
+        self.settle(parent.frame, env);
+    }
+
+    /// A child of a Parallel or Map frame ended and its result is in: start more, or, when
+    /// every child is done, the state succeeds with the results in order.
+    fn settle(&mut self, fid: FrameId, env: &mut dyn Env) {
+        let (all_done, is_map) = match &self.active(fid).waiting {
+            Waiting::Children(c) => (c.done == c.results.len(), c.is_map),
+            _ => return,
         };
         if !all_done {
             if is_map {
-                self.fill_map(parent.frame, env);
+                self.fill_map(fid, env);
             }
             return;
         }
-        let w = std::mem::replace(&mut self.active_mut(parent.frame).waiting, Waiting::Nothing);
+        let w = std::mem::replace(&mut self.active_mut(fid).waiting, Waiting::Nothing);
         let Waiting::Children(c) = w else { return };
+        let mut last = c.last_event;
+        if c.run.is_some() {
+            last = self.emit_after(Some(fid), last, EventType::MapRunSucceeded, || None);
+        }
         let ty = if c.is_map {
             EventType::MapStateSucceeded
         } else {
             EventType::ParallelStateSucceeded
         };
-        self.emit_after(Some(parent.frame), c.last_event, ty, || None);
+        self.emit_after(Some(fid), last, ty, || None);
         let results = Value::Array(
             c.results
                 .into_iter()
                 .map(|r| r.unwrap_or(Value::Null))
                 .collect(),
         );
-        self.complete(parent.frame, results, None, env);
+        self.complete(fid, results, None, env);
+    }
+
+    /// A DISTRIBUTED Map's child failed: its items count against the tolerated failures.
+    /// Within them, its place in the results holds its error and cause and the run goes
+    /// on; beyond them, the other children are aborted and the state fails with
+    /// `States.ExceedToleratedFailureThreshold`.
+    fn child_failed(&mut self, fid: FrameId, parent: Parent, f: Failure, env: &mut dyn Env) {
+        self.abort_frame(fid);
+        self.release_frame(fid);
+        let exceeded = {
+            let Waiting::Children(c) = &mut self.active_mut(parent.frame).waiting else {
+                return;
+            };
+            c.running.remove(&parent.slot);
+            c.results[parent.slot] = Some(f.to_error_output());
+            c.done += 1;
+            let Some(run) = c.run.as_mut() else { return };
+            run.failed_items += run.items_of(parent.slot);
+            run.exceeded()
+        };
+        if !exceeded {
+            return self.settle(parent.frame, env);
+        }
+        self.abort_children(parent.frame);
+        self.active_mut(parent.frame).waiting = Waiting::Nothing;
+        const CAUSE: &str = "The specified tolerated failure threshold was exceeded";
+        let error = names::EXCEED_TOLERATED_FAILURE_THRESHOLD;
+        self.emit(Some(parent.frame), EventType::MapRunFailed, || {
+            details([
+                ("error", Value::String(error.into())),
+                ("cause", Value::String(CAUSE.into())),
+            ])
+        });
+        self.emit(Some(parent.frame), EventType::MapStateFailed, || None);
+        self.state_failed(parent.frame, Failure::new(error, CAUSE), env);
     }
 
     pub(super) fn frame_failed(&mut self, fid: FrameId, f: Failure, env: &mut dyn Env) {
@@ -1668,17 +1875,25 @@ impl Execution {
                 cause: f.cause,
             });
         };
+        if matches!(&self.active(parent.frame).waiting, Waiting::Children(c) if c.run.is_some()) {
+            return self.child_failed(fid, parent, f, env);
+        }
         let child_prev = self.frame(fid).prev;
         let is_map = matches!(&self.active(parent.frame).waiting, Waiting::Children(c) if c.is_map);
         let mut last = child_prev;
         if is_map {
             let name = self.current_state(parent.frame).0.name.clone();
-            last = self.emit_after(None, child_prev, EventType::MapIterationFailed, || {
-                details([
-                    ("name", Value::String(name)),
-                    ("index", Value::from(parent.slot)),
-                ])
-            });
+            last = self.emit_for(
+                parent.frame,
+                child_prev,
+                EventType::MapIterationFailed,
+                || {
+                    details([
+                        ("name", Value::String(name)),
+                        ("index", Value::from(parent.slot)),
+                    ])
+                },
+            );
         }
         self.abort_frame(fid);
         self.release_frame(fid);
@@ -1699,20 +1914,20 @@ impl Execution {
 
     /// Aborts every running child of a Parallel/Map frame (emitting their aborted events).
     fn abort_children(&mut self, fid: FrameId) {
-        let (running, is_map) = match &mut self.active_mut(fid).waiting {
+        let (running, iterations) = match &mut self.active_mut(fid).waiting {
             Waiting::Children(c) => {
                 let r: Vec<(usize, FrameId)> = std::mem::take(&mut c.running).into_iter().collect();
-                (r, c.is_map)
+                (r, c.is_map && c.run.is_none())
             }
             _ => return,
         };
         let name = self.current_state(fid).0.name.clone();
         for (slot, child) in running {
             self.abort_frame(child);
-            if is_map {
+            if iterations {
                 let prev = self.frame(child).prev;
                 let n = name.clone();
-                let id = self.emit_after(None, prev, EventType::MapIterationAborted, || {
+                let id = self.emit_for(fid, prev, EventType::MapIterationAborted, || {
                     details([("name", Value::String(n)), ("index", Value::from(slot))])
                 });
                 self.frame_mut(fid).prev = id;
@@ -1752,9 +1967,13 @@ impl Execution {
                 true
             }
             Waiting::Children(c) => {
+                let run = c.run.is_some();
                 self.active_mut(fid).waiting = Waiting::Children(c);
                 self.abort_children(fid);
                 self.active_mut(fid).waiting = Waiting::Nothing;
+                if run {
+                    self.emit(Some(fid), EventType::MapRunAborted, || None);
+                }
                 true
             }
             Waiting::Nothing => false,

@@ -8,6 +8,7 @@
 //! Determinism: given the same definition, inputs and [`Env`] answers, `step` produces the same
 //! events and commands. The host persists events before it performs commands.
 
+mod batch;
 mod context;
 mod flow;
 
@@ -272,6 +273,47 @@ pub(crate) struct Children {
     done: usize,
     /// The last event of the child that finished last.
     last_event: u64,
+    /// A DISTRIBUTED Map: its Map Run.
+    #[serde(default)]
+    run: Option<MapRun>,
+    /// `items` are the children's inputs already (ItemSelector and ItemBatcher applied).
+    #[serde(default)]
+    preselected: bool,
+}
+
+/// A DISTRIBUTED Map's run: its children are separate executions, so it counts their
+/// failures against the tolerated ones and writes `MapRun*` events, not iteration events.
+#[derive(Debug, Serialize, Deserialize)]
+pub(crate) struct MapRun {
+    arn: String,
+    /// Items in each child (batches); empty when every child has one item.
+    sizes: Vec<u64>,
+    total_items: u64,
+    failed_items: u64,
+    /// `ToleratedFailureCount`, `ToleratedFailurePercentage`; neither: no failure is.
+    tolerated_count: Option<u64>,
+    tolerated_percentage: Option<f64>,
+}
+
+impl MapRun {
+    fn items_of(&self, slot: usize) -> u64 {
+        self.sizes.get(slot).copied().unwrap_or(1)
+    }
+
+    /// Whether the failures so far exceed what the run tolerates.
+    fn exceeded(&self) -> bool {
+        let (count, pct) = (self.tolerated_count, self.tolerated_percentage);
+        let over_count = self.failed_items > count.unwrap_or(0);
+        let over_pct = || {
+            self.total_items > 0
+                && self.failed_items as f64 * 100.0 / self.total_items as f64 > pct.unwrap_or(0.0)
+        };
+        match (count, pct) {
+            (None, None) | (Some(_), None) => over_count,
+            (None, Some(_)) => over_pct(),
+            (Some(_), Some(_)) => over_count || over_pct(),
+        }
+    }
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -297,6 +339,13 @@ pub(crate) struct Frame {
     var_bytes: usize,
     prev: u64,
     active: Option<Active>,
+    /// Runs inside a DISTRIBUTED Map's child: it writes no events to this history.
+    #[serde(default)]
+    silent: bool,
+    /// The top frame of such a child: variable lookups stop here (a child execution sees
+    /// none of its parent's variables).
+    #[serde(default)]
+    scope_root: bool,
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -572,6 +621,21 @@ impl Execution {
         self.emit_after(frame, prev, event_type, details)
     }
 
+    /// Writes an event that belongs to `owner`'s children (Map iterations) after `prev`,
+    /// unless `owner` is silent.
+    pub(crate) fn emit_for(
+        &mut self,
+        owner: FrameId,
+        prev: u64,
+        event_type: EventType,
+        details: impl FnOnce() -> Option<Map<String, Value>>,
+    ) -> u64 {
+        if self.frame(owner).silent {
+            return prev;
+        }
+        self.emit_after(None, prev, event_type, details)
+    }
+
     /// Writes an event with an explicit `previousEventId`.
     pub(crate) fn emit_after(
         &mut self,
@@ -580,6 +644,9 @@ impl Execution {
         event_type: EventType,
         details: impl FnOnce() -> Option<Map<String, Value>>,
     ) -> u64 {
+        if frame.is_some_and(|f| self.frame(f).silent) {
+            return prev;
+        }
         let id = self.st.next_event_id;
         self.st.next_event_id += 1;
         if self.st.limits.record_history {

@@ -33,6 +33,14 @@ const STRING_OPERATORS: [&str; 10] = [
     "TimestampGreaterThanEquals",
 ];
 
+/// A Map's tolerated-failure fields.
+const TOLERANCE: [&str; 4] = [
+    "ToleratedFailureCount",
+    "ToleratedFailureCountPath",
+    "ToleratedFailurePercentage",
+    "ToleratedFailurePercentagePath",
+];
+
 struct Lint<'a> {
     diags: &'a mut Vec<Diagnostic>,
 }
@@ -205,6 +213,18 @@ impl Lint<'_> {
                         .and_then(|c| c.get("Mode"))
                         .and_then(Value::as_str)
                         == Some("DISTRIBUTED");
+                    // AWS accepts tolerated failures on an INLINE Map, where they
+                    // change nothing (an iteration's failure fails the state).
+                    for t in TOLERANCE
+                        .iter()
+                        .filter(|t| !distributed && s.contains_key(**t))
+                    {
+                        self.warn(
+                            "INLINE_MAP_TOLERANCE",
+                            format!("The field '{t}' has no effect on an INLINE Map: any failed iteration fails the state"),
+                            format!("{loc}/{t}"),
+                        );
+                    }
                     // Distributed children are separate executions: they see no outer
                     // variables, so nothing can clash.
                     let inner = if distributed {

@@ -1568,7 +1568,11 @@ impl Parser {
             "a number between 0 and 100",
         );
         distributed.item_reader = obj.get("ItemReader").cloned();
-        distributed.item_batcher = obj.get("ItemBatcher").cloned();
+        if mode == MapMode::Distributed {
+            distributed.item_batcher = obj
+                .get("ItemBatcher")
+                .and_then(|b| self.batcher(b, ql, &format!("{at}/ItemBatcher")));
+        }
         distributed.result_writer = obj.get("ResultWriter").cloned();
         if let Some(l) = obj.get("Label") {
             match l.as_str() {
@@ -1577,16 +1581,7 @@ impl Parser {
             }
         }
         if mode == MapMode::Inline {
-            for k in [
-                "ItemReader",
-                "ItemBatcher",
-                "ResultWriter",
-                "ToleratedFailureCount",
-                "ToleratedFailureCountPath",
-                "ToleratedFailurePercentage",
-                "ToleratedFailurePercentagePath",
-                "Label",
-            ] {
+            for k in ["ItemReader", "ItemBatcher", "ResultWriter", "Label"] {
                 if obj.contains_key(k) {
                     self.schema(
                         &format!(
@@ -1607,6 +1602,68 @@ impl Parser {
             item_selector,
             max_concurrency,
             distributed,
+        })
+    }
+
+    /// `ItemBatcher`: its maxima (each fixed, a path, or JSONata) and `BatchInput`.
+    fn batcher(&mut self, b: &Value, ql: QueryLanguage, loc: &str) -> Option<Batcher> {
+        let Some(bo) = b.as_object() else {
+            self.schema("The field 'ItemBatcher' must be an object", loc);
+            return None;
+        };
+        for k in bo.keys() {
+            let known = [
+                "MaxItemsPerBatch",
+                "MaxItemsPerBatchPath",
+                "MaxInputBytesPerBatch",
+                "MaxInputBytesPerBatchPath",
+                "BatchInput",
+            ];
+            if !known.contains(&k.as_str()) {
+                self.schema(
+                    &format!("The field '{k}' is not supported by Step Functions"),
+                    loc,
+                );
+            }
+        }
+        let positive = |v: &Value| as_u64(v).is_some_and(|n| n > 0);
+        let max_items = self.dynamic(
+            bo,
+            "MaxItemsPerBatch",
+            ql,
+            loc,
+            positive,
+            "a positive integer",
+        );
+        let bytes = |v: &Value| as_u64(v).is_some_and(|n| (1..=MAX_BATCH_BYTES).contains(&n));
+        let max_bytes = self.dynamic(
+            bo,
+            "MaxInputBytesPerBatch",
+            ql,
+            loc,
+            bytes,
+            "an integer from 1 to 262144",
+        );
+        let batch_input = match bo.get("BatchInput") {
+            Some(v @ Value::Object(_)) => self.template(v, ql, &format!("{loc}/BatchInput")),
+            Some(v @ Value::String(s))
+                if ql == QueryLanguage::Jsonata && jsonata::as_expression(s).is_some() =>
+            {
+                self.template(v, ql, &format!("{loc}/BatchInput"))
+            }
+            Some(_) => {
+                self.schema(
+                    "The field 'BatchInput' must be an object",
+                    &format!("{loc}/BatchInput"),
+                );
+                None
+            }
+            None => None,
+        };
+        Some(Batcher {
+            max_items,
+            max_bytes,
+            batch_input,
         })
     }
 
@@ -1652,30 +1709,6 @@ impl Parser {
                     }
                 }
                 None => self.schema("The field 'ItemReader' must be an object", &loc),
-            }
-        }
-        if let Some(b) = obj.get("ItemBatcher") {
-            let loc = format!("{at}/ItemBatcher");
-            match b.as_object() {
-                Some(bo) => {
-                    if let Some(m) = bo.get("MaxInputBytesPerBatch") {
-                        if as_u64(m).is_none_or(|n| n > 262_144) {
-                            self.schema(
-                                "The field 'MaxInputBytesPerBatch' must be an integer up to 262144",
-                                &format!("{loc}/MaxInputBytesPerBatch"),
-                            );
-                        }
-                    }
-                    if let Some(m) = bo.get("MaxItemsPerBatch") {
-                        if as_u64(m).is_none() {
-                            self.schema(
-                                "The field 'MaxItemsPerBatch' must be a non-negative integer",
-                                &format!("{loc}/MaxItemsPerBatch"),
-                            );
-                        }
-                    }
-                }
-                None => self.schema("The field 'ItemBatcher' must be an object", &loc),
             }
         }
         if let Some(w) = obj.get("ResultWriter") {
