@@ -213,6 +213,11 @@ def sfn_sync(node):
 ROLE = "arn:aws:iam::000000000000:role/trellis"
 
 
+def create(sfn, name, definition, **kw):
+    """Creates a state machine from a definition dict; returns its ARN."""
+    return sfn.create_state_machine(name=name, definition=json.dumps(definition), roleArn=ROLE, **kw)["stateMachineArn"]
+
+
 def wait_status(sfn, arn, timeout=60, done=("SUCCEEDED", "FAILED", "TIMED_OUT", "ABORTED")):
     deadline = time.time() + timeout
     while time.time() < deadline:

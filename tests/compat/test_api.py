@@ -8,7 +8,7 @@ import time
 import pytest
 from botocore.exceptions import ClientError
 
-from conftest import ROLE, full_history, wait_status
+from conftest import ROLE, create, full_history, wait_status
 
 PASS_WAIT = {"StartAt": "A", "States": {
     "A": {"Type": "Pass", "Result": {"x": 1}, "ResultPath": "$.r", "Next": "W"},
@@ -18,10 +18,6 @@ PASS_WAIT = {"StartAt": "A", "States": {
 
 def code(err):
     return err.value.response["Error"]["Code"]
-
-
-def create(sfn, name, definition, **kw):
-    return sfn.create_state_machine(name=name, definition=json.dumps(definition), roleArn=ROLE, **kw)["stateMachineArn"]
 
 
 def test_state_machine_crud(sfn):

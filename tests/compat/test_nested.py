@@ -1,11 +1,7 @@
 """Nested executions: `arn:aws:states:::states:startExecution` in its three patterns."""
 import json
 
-from conftest import ROLE, full_history, wait_status
-
-
-def create(sfn, name, definition, **kw):
-    return sfn.create_state_machine(name=name, definition=json.dumps(definition), roleArn=ROLE, **kw)["stateMachineArn"]
+from conftest import create, full_history, wait_status
 
 
 def test_start_execution_patterns(sfn):

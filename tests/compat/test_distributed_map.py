@@ -1,0 +1,58 @@
+"""DISTRIBUTED Map through boto3: the Map Run events, ItemBatcher and tolerated failures."""
+import json
+
+from conftest import create, full_history, wait_status
+
+
+def distributed(processor, **fields):
+    state = {"Type": "Map", "ItemsPath": "$.items", "End": True,
+             "ItemProcessor": {"ProcessorConfig": {"Mode": "DISTRIBUTED", "ExecutionType": "STANDARD"}, **processor}}
+    state.update(fields)
+    return {"StartAt": "M", "States": {"M": state}}
+
+
+# A child that fails when its batch's first item says so.
+FAILING = {"StartAt": "C", "States": {
+    "C": {"Type": "Choice", "Choices": [{"Variable": "$.Items[0].fail", "BooleanEquals": True, "Next": "F"}],
+          "Default": "S"},
+    "F": {"Type": "Fail", "Error": "Boom", "Cause": "bad item"},
+    "S": {"Type": "Pass", "End": True}}}
+
+
+def run(sfn, name, definition, items):
+    arn = create(sfn, name, definition)
+    e = sfn.start_execution(stateMachineArn=arn, input=json.dumps({"items": items}))["executionArn"]
+    return wait_status(sfn, e), full_history(sfn, e)
+
+
+def test_batches_and_the_map_run_in_the_history(sfn):
+    d, events = run(sfn, "DmapBatches", distributed(
+        {"StartAt": "P", "States": {"P": {"Type": "Pass", "End": True}}},
+        MaxConcurrency=2, ItemBatcher={"MaxItemsPerBatch": 2, "BatchInput": {"job.$": "$$.Execution.Name"}}),
+        [1, 2, 3])
+    assert d["status"] == "SUCCEEDED", d
+    name = d["executionArn"].rsplit(":", 1)[1]
+    assert json.loads(d["output"]) == [
+        {"BatchInput": {"job": name}, "Items": [1, 2]}, {"BatchInput": {"job": name}, "Items": [3]}]
+    assert [e["type"] for e in events] == [
+        "ExecutionStarted", "MapStateEntered", "MapStateStarted", "MapRunStarted", "MapRunSucceeded",
+        "MapStateSucceeded", "MapStateExited", "ExecutionSucceeded"]
+    run_arn = events[3]["mapRunStartedEventDetails"]["mapRunArn"]
+    assert run_arn.startswith("arn:aws:states:us-east-1:000000000000:mapRun:DmapBatches/"), run_arn
+
+
+def test_a_failed_batch_beyond_the_tolerance_fails_the_state(sfn):
+    items = [{"n": n, "fail": n == 1} for n in range(1, 5)]
+    ok, _ = run(sfn, "DmapTolerated", distributed(
+        FAILING, ItemBatcher={"MaxItemsPerBatch": 2}, ToleratedFailureCount=2), items)
+    assert ok["status"] == "SUCCEEDED", ok
+    assert json.loads(ok["output"])[0] == {"Error": "Boom", "Cause": "bad item"}
+    failed, events = run(sfn, "DmapExceeded", distributed(
+        FAILING, ItemBatcher={"MaxItemsPerBatch": 2}, ToleratedFailurePercentage=25), items)
+    assert failed["status"] == "FAILED", failed
+    assert failed["error"] == "States.ExceedToleratedFailureThreshold"
+    assert failed["cause"] == "The specified tolerated failure threshold was exceeded"
+    map_run_failed = next(e for e in events if e["type"] == "MapRunFailed")
+    assert map_run_failed["mapRunFailedEventDetails"] == {
+        "error": "States.ExceedToleratedFailureThreshold",
+        "cause": "The specified tolerated failure threshold was exceeded"}
