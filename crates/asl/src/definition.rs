@@ -191,6 +191,9 @@ pub enum MapMode {
 #[derive(Debug, Clone, Default)]
 pub struct Distributed {
     pub execution_type: Option<String>,
+    /// The ItemProcessor as a definition of its own (`StartAt`, `States` and the query
+    /// language it runs in): what a child execution runs.
+    pub processor_definition: Option<std::sync::Arc<str>>,
     /// Kept as written: reading items from S3 is not built yet.
     pub item_reader: Option<Value>,
     pub item_batcher: Option<Batcher>,

@@ -15,7 +15,7 @@
 use std::collections::{BTreeSet, HashMap, VecDeque};
 
 use crate::env::Env;
-use crate::exec::{Command, Execution, Input, TaskRequest};
+use crate::exec::{ChildRequest, Command, Execution, ExecutionInfo, Input, Outcome, TaskRequest};
 use crate::history::HistoryEvent;
 use crate::{Error, Result};
 
@@ -47,6 +47,11 @@ pub enum Action {
     /// The task is no longer wanted (timed out, aborted): stop it if it runs; an answer
     /// for it would be ignored anyway.
     Cancel(u64),
+    /// Start this child execution (a DISTRIBUTED Map's child, with
+    /// [`crate::Limits::child_executions`]) and [`Driver::push`] `ChildFinished` when it ends.
+    StartChild(ChildRequest),
+    /// The child is no longer wanted: stop it; its end would be ignored anyway.
+    StopChild(u64),
 }
 
 /// Drives one execution to its end.
@@ -129,10 +134,17 @@ impl Driver {
             match self.step_next(exec, clock)? {
                 Some(actions) => {
                     for a in actions {
-                        if let Action::Invoke(t) = a {
-                            if let Some(i) = tasks.invoke(&t).map_err(Error::Driver)? {
-                                self.inputs.push_back(i);
+                        match a {
+                            Action::Invoke(t) => {
+                                if let Some(i) = tasks.invoke(&t).map_err(Error::Driver)? {
+                                    self.inputs.push_back(i);
+                                }
                             }
+                            Action::StartChild(c) => {
+                                let done = self.run_child(exec, c, clock, tasks)?;
+                                self.inputs.push_back(done);
+                            }
+                            Action::Cancel(_) | Action::StopChild(_) => {}
                         }
                     }
                 }
@@ -150,6 +162,48 @@ impl Driver {
             }
         }
         Ok(())
+    }
+
+    /// Runs a child execution to its end, at once (children run one after another on the
+    /// same clock and tasks), and returns its `ChildFinished`.
+    fn run_child(
+        &self,
+        parent: &Execution,
+        c: ChildRequest,
+        clock: &mut dyn Clock,
+        tasks: &mut dyn Tasks,
+    ) -> Result<Input> {
+        let sm = crate::parse(&c.definition, Default::default())?;
+        let p = parent.info();
+        let machine = c.state_machine_arn.rsplit(':').next().unwrap_or_default();
+        let info = ExecutionInfo {
+            execution_arn: c.execution_arn,
+            name: c.name,
+            state_machine_name: machine.to_string(),
+            state_machine_arn: c.state_machine_arn,
+            role_arn: p.role_arn.clone(),
+            region: p.region.clone(),
+            input: c.input,
+            redrive_count: 0,
+            state_machine_version_arn: None,
+            state_machine_alias_arn: None,
+            input_text: None,
+        };
+        let mut child = Execution::new(sm, info, parent.limits().clone());
+        let mut driver = Driver::new().discard_history();
+        driver.round_trip = self.round_trip;
+        driver.max_steps = self.max_steps;
+        driver.run(&mut child, clock, tasks)?;
+        let outcome = child.outcome().cloned().unwrap_or(Outcome {
+            status: child.status(),
+            output: None,
+            error: None,
+            cause: None,
+        });
+        Ok(Input::ChildFinished {
+            child_id: c.child_id,
+            outcome,
+        })
     }
 
     /// Steps the execution with the next queued input, keeps the timers it sets, and returns
@@ -197,6 +251,8 @@ impl Driver {
                     }
                 }
                 Command::Finish(_) => {}
+                Command::StartChild(c) => actions.push(Action::StartChild(c)),
+                Command::StopChild { child_id } => actions.push(Action::StopChild(child_id)),
             }
         }
         Ok(Some(actions))

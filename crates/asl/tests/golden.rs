@@ -120,11 +120,18 @@ fn run_case(c: &Value) -> Result<(), String> {
             scripts.insert(k.clone(), v.as_array().unwrap().iter().cloned().collect());
         }
     }
-    // Run twice: straight through, and saving and restoring the execution state after every
-    // step, as the shard does. Both must give the same history.
+    // Run four times: straight through, and saving and restoring the execution state after
+    // every step, as the shard does; with a DISTRIBUTED Map's children as frames, and as
+    // child executions. All must give the same history.
     let mut runs = Vec::new();
-    for round_trip in [false, true] {
-        let mut exec = Execution::new(sm.clone(), info.clone(), Limits::default());
+    for (round_trip, child_executions) in
+        [(false, false), (true, false), (false, true), (true, true)]
+    {
+        let limits = Limits {
+            child_executions,
+            ..Limits::default()
+        };
+        let mut exec = Execution::new(sm.clone(), info.clone(), limits);
         let mut env = ManualEnv::new(1_700_000_000_000, 42);
         let mut tasks = Scripted(scripts.clone());
         let mut driver = Driver::new().max_steps(10_000);
@@ -136,10 +143,20 @@ fn run_case(c: &Value) -> Result<(), String> {
             .map_err(|e| e.to_string())?;
         runs.push((exec, driver.into_history()));
     }
-    let (restored, restored_events) = runs.pop().unwrap();
-    let (exec, events) = runs.pop().unwrap();
-    if restored_events != events || restored.outcome() != exec.outcome() {
-        return Err("saving and restoring the execution state changed the run".into());
+    let (exec, events) = runs.remove(0);
+    for (i, (other, other_events)) in runs.iter().enumerate() {
+        if *other_events != events || other.outcome() != exec.outcome() {
+            let how = [
+                "saving and restoring the execution state",
+                "running children as child executions",
+                "child executions with saved state",
+            ][i];
+            return Err(format!(
+                "{how} changed the run: {:?} / {:?}",
+                other.outcome(),
+                exec.outcome()
+            ));
+        }
     }
     let outcome = exec.outcome().unwrap();
     let expect = &c["expect"];

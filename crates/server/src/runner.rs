@@ -81,6 +81,15 @@ pub async fn run<C: Clock + Send>(
                             h.abort();
                         }
                     }
+                    // This runner keeps a DISTRIBUTED Map's children inside the execution
+                    // (`Limits::child_executions` is off), so none is asked for.
+                    Action::StartChild(c) => {
+                        return Err(format!(
+                            "child execution {} asked of a runner that runs children inline",
+                            c.execution_arn
+                        ))
+                    }
+                    Action::StopChild(_) => {}
                 }
             }
         }

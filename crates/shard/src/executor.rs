@@ -871,6 +871,9 @@ impl Executor {
                     self.effects.push(Effect::Timer(id, timer_id, fire_at_ms));
                 }
                 Command::CancelTimer { .. } | Command::CancelTask { .. } => {}
+                // Not asked for yet: this executor runs a DISTRIBUTED Map's children inside
+                // the execution (`Limits::child_executions` is off).
+                Command::StartChild(_) | Command::StopChild { .. } => {}
                 Command::Finish(outcome) => {
                     rec.status = Status::from_asl(outcome.status);
                     self.cfg.metrics.finished(rec.status);

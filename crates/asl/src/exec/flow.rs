@@ -18,6 +18,13 @@ use crate::template::Template;
 
 const MAX_WAIT_SECONDS: i64 = 2_147_483_647;
 
+/// FNV-1a, 64 bits: a stable hash with no dependency, for deriving child names.
+fn fnv1a(s: &str) -> u64 {
+    s.bytes().fold(0xcbf2_9ce4_8422_2325, |h, b| {
+        (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
+    })
+}
+
 fn seed_of(env: &mut dyn Env) -> u64 {
     env.next_u64()
 }
@@ -1077,6 +1084,7 @@ impl Execution {
             last_event: started,
             run: None,
             preselected: false,
+            remote: BTreeMap::new(),
         });
     }
 
@@ -1222,6 +1230,7 @@ impl Execution {
             last_event: started,
             run,
             preselected,
+            remote: BTreeMap::new(),
         });
         self.fill_map(fid, env);
     }
@@ -1352,7 +1361,7 @@ impl Execution {
                     return;
                 };
                 if c.next_index >= c.items.len()
-                    || (c.max_concurrency > 0 && c.running.len() >= c.max_concurrency)
+                    || (c.max_concurrency > 0 && c.in_flight() >= c.max_concurrency)
                 {
                     return;
                 }
@@ -1392,6 +1401,10 @@ impl Execution {
                     return self.data_failed(fid, f, "ItemSelector", env);
                 }
             };
+            if distributed && self.st.limits.child_executions {
+                self.start_child(fid, st, index, iteration_input);
+                continue;
+            }
             let name = st.name.clone();
             let prev = self.frame(fid).prev;
             // A DISTRIBUTED Map's child is an execution of its own: no iteration events here.
@@ -1788,6 +1801,91 @@ impl Execution {
         self.settle(parent.frame, env);
     }
 
+    /// Asks the host to start a DISTRIBUTED Map's child as an execution of its own.
+    fn start_child(&mut self, fid: FrameId, st: &State, index: usize, input: Value) {
+        let Kind::Map { distributed, .. } = &st.kind else {
+            return;
+        };
+        let Waiting::Children(c) = &self.active(fid).waiting else {
+            return;
+        };
+        let Some(run) = &c.run else { return };
+        let map_run_arn = run.arn.clone();
+        // arn:…:mapRun:{machine}/{label}:{id} -> the children's machine, `{machine}/{label}`.
+        let machine = map_run_arn
+            .split(":mapRun:")
+            .nth(1)
+            .and_then(|r| r.rsplit_once(':'))
+            .map(|(m, _)| m.to_string())
+            .unwrap_or_default();
+        let prefix = map_run_arn.split(":mapRun:").next().unwrap_or_default();
+        // The name comes from the Map Run and the index, not from `env`: a child's identity
+        // does not depend on how the children run, and a retried start names the same child.
+        let mut seed = crate::env::SplitMix64::new(fnv1a(&format!("{map_run_arn}#{index}")));
+        let name = crate::env::uuid_v4(&mut seed);
+        let child_id = self.st.next_child_id.max(1);
+        self.st.next_child_id = child_id + 1;
+        self.st.children.insert(child_id, (fid, index));
+        if let Waiting::Children(c) = &mut self.active_mut(fid).waiting {
+            c.remote.insert(index, child_id);
+        }
+        self.out.commands.push(Command::StartChild(ChildRequest {
+            child_id,
+            execution_arn: format!("{prefix}:execution:{machine}:{name}"),
+            state_machine_arn: format!("{prefix}:stateMachine:{machine}"),
+            name,
+            map_run_arn,
+            index,
+            input,
+            definition: distributed
+                .processor_definition
+                .as_deref()
+                .unwrap_or_default()
+                .to_string(),
+            express: distributed.execution_type.as_deref() == Some("EXPRESS"),
+        }));
+    }
+
+    /// A child execution ended: its output fills its slot, or its failure counts against
+    /// the Map Run's tolerance. A child no longer awaited is ignored.
+    pub(super) fn on_child_finished(&mut self, child_id: u64, o: Outcome, env: &mut dyn Env) {
+        let Some((fid, slot)) = self.st.children.remove(&child_id) else {
+            return;
+        };
+        let awaited = match self.st.frames.get_mut(fid).and_then(Option::as_mut) {
+            Some(Frame {
+                active: Some(a), ..
+            }) => match &mut a.waiting {
+                Waiting::Children(c) if c.remote.get(&slot) == Some(&child_id) => {
+                    c.remote.remove(&slot);
+                    true
+                }
+                _ => false,
+            },
+            _ => false,
+        };
+        if !awaited {
+            return;
+        }
+        if o.status == ExecStatus::Succeeded {
+            if let Waiting::Children(c) = &mut self.active_mut(fid).waiting {
+                c.results[slot] = Some(o.output.unwrap_or(Value::Null));
+                c.done += 1;
+            }
+            return self.settle(fid, env);
+        }
+        let error = o.error.or_else(|| match o.status {
+            ExecStatus::TimedOut => Some(names::TIMEOUT.to_string()),
+            _ => None,
+        });
+        let f = Failure {
+            error,
+            cause: o.cause,
+            heartbeat: false,
+        };
+        self.child_failed(fid, slot, f, env);
+    }
+
     /// A child of a Parallel or Map frame ended and its result is in: start more, or, when
     /// every child is done, the state succeeds with the results in order.
     fn settle(&mut self, fid: FrameId, env: &mut dyn Env) {
@@ -1826,14 +1924,12 @@ impl Execution {
     /// Within them, its place in the results holds its error and cause and the run goes
     /// on; beyond them, the other children are aborted and the state fails with
     /// `States.ExceedToleratedFailureThreshold`.
-    fn child_failed(&mut self, fid: FrameId, parent: Parent, f: Failure, env: &mut dyn Env) {
-        self.abort_frame(fid);
-        self.release_frame(fid);
+    fn child_failed(&mut self, map: FrameId, slot: usize, f: Failure, env: &mut dyn Env) {
+        let parent = Parent { frame: map, slot };
         let exceeded = {
             let Waiting::Children(c) = &mut self.active_mut(parent.frame).waiting else {
                 return;
             };
-            c.running.remove(&parent.slot);
             c.results[parent.slot] = Some(f.to_error_output());
             c.done += 1;
             let Some(run) = c.run.as_mut() else { return };
@@ -1876,7 +1972,12 @@ impl Execution {
             });
         };
         if matches!(&self.active(parent.frame).waiting, Waiting::Children(c) if c.run.is_some()) {
-            return self.child_failed(fid, parent, f, env);
+            self.abort_frame(fid);
+            self.release_frame(fid);
+            if let Waiting::Children(c) = &mut self.active_mut(parent.frame).waiting {
+                c.running.remove(&parent.slot);
+            }
+            return self.child_failed(parent.frame, parent.slot, f, env);
         }
         let child_prev = self.frame(fid).prev;
         let is_map = matches!(&self.active(parent.frame).waiting, Waiting::Children(c) if c.is_map);
@@ -1914,13 +2015,21 @@ impl Execution {
 
     /// Aborts every running child of a Parallel/Map frame (emitting their aborted events).
     fn abort_children(&mut self, fid: FrameId) {
-        let (running, iterations) = match &mut self.active_mut(fid).waiting {
+        let (running, iterations, remote) = match &mut self.active_mut(fid).waiting {
             Waiting::Children(c) => {
                 let r: Vec<(usize, FrameId)> = std::mem::take(&mut c.running).into_iter().collect();
-                (r, c.is_map && c.run.is_none())
+                (
+                    r,
+                    c.is_map && c.run.is_none(),
+                    std::mem::take(&mut c.remote),
+                )
             }
             _ => return,
         };
+        for child_id in remote.into_values() {
+            self.st.children.remove(&child_id);
+            self.out.commands.push(Command::StopChild { child_id });
+        }
         let name = self.current_state(fid).0.name.clone();
         for (slot, child) in running {
             self.abort_frame(child);

@@ -36,6 +36,11 @@ pub struct Limits {
     pub inline_map_concurrency: usize,
     /// Maximum total size of all live variables of an execution, in bytes.
     pub max_variable_bytes: usize,
+    /// A DISTRIBUTED Map's children are executions the host runs ([`Command::StartChild`],
+    /// answered with [`Input::ChildFinished`]); when false they run as frames inside this
+    /// execution, with the same output and history.
+    #[serde(default)]
+    pub child_executions: bool,
 }
 
 impl Default for Limits {
@@ -46,6 +51,7 @@ impl Default for Limits {
             record_history: true,
             inline_map_concurrency: 0,
             max_variable_bytes: 10 * 1024 * 1024,
+            child_executions: false,
         }
     }
 }
@@ -147,6 +153,12 @@ pub enum Input {
     /// `RedriveExecution`: run a FAILED, TIMED_OUT or ABORTED execution again from the
     /// top-level state where it stopped. Ignored unless [`Execution::redrivable`].
     Redrive,
+    /// A child execution started by [`Command::StartChild`] ended. Ignored when the child
+    /// is no longer awaited (its Map Run failed or was aborted), so duplicates are harmless.
+    ChildFinished {
+        child_id: u64,
+        outcome: Outcome,
+    },
 }
 
 /// A task for the host to run.
@@ -185,6 +197,32 @@ pub enum Command {
     },
     /// The execution reached a terminal status.
     Finish(Outcome),
+    /// Start a child execution (a DISTRIBUTED Map's child) and answer with
+    /// [`Input::ChildFinished`] when it ends.
+    StartChild(ChildRequest),
+    /// The child is no longer wanted (its Map Run failed or was aborted): stop it.
+    StopChild {
+        child_id: u64,
+    },
+}
+
+/// A child execution for the host to start.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ChildRequest {
+    pub child_id: u64,
+    /// The child's ARN: `…:execution:{machine}/{label}:{name}`.
+    pub execution_arn: String,
+    pub name: String,
+    /// The child's state machine ARN: `…:stateMachine:{machine}/{label}`.
+    pub state_machine_arn: String,
+    pub map_run_arn: String,
+    /// The item's (or batch's) index in the Map Run.
+    pub index: usize,
+    pub input: Value,
+    /// The ItemProcessor as a definition of its own.
+    pub definition: String,
+    /// `ExecutionType: EXPRESS`.
+    pub express: bool,
 }
 
 /// An execution's status.
@@ -279,6 +317,16 @@ pub(crate) struct Children {
     /// `items` are the children's inputs already (ItemSelector and ItemBatcher applied).
     #[serde(default)]
     preselected: bool,
+    /// Slots running as child executions: slot -> child id.
+    #[serde(default)]
+    remote: BTreeMap<usize, u64>,
+}
+
+impl Children {
+    /// Children running, as frames or as child executions.
+    fn in_flight(&self) -> usize {
+        self.running.len() + self.remote.len()
+    }
 }
 
 /// A DISTRIBUTED Map's run: its children are separate executions, so it counts their
@@ -395,6 +443,11 @@ pub struct ExecutionState {
     /// Where a redrive starts: the top-level state the execution stopped in.
     #[serde(default)]
     redrive: Option<RedrivePoint>,
+    /// Child executions awaited: child id -> (Map frame, slot).
+    #[serde(default)]
+    children: BTreeMap<u64, (FrameId, usize)>,
+    #[serde(default)]
+    next_child_id: u64,
 }
 
 /// The top-level state an execution stopped in, its input and the variables then.
@@ -437,6 +490,8 @@ impl Execution {
                 parked: VecDeque::new(),
                 outcome: None,
                 redrive: None,
+                children: BTreeMap::new(),
+                next_child_id: 1,
             },
         )
     }
@@ -489,6 +544,16 @@ impl Execution {
     /// Task ids that are waiting for a result.
     pub fn pending_tasks(&self) -> impl Iterator<Item = u64> + '_ {
         self.st.tasks.keys().copied()
+    }
+
+    /// The limits it runs under.
+    pub fn limits(&self) -> &Limits {
+        &self.st.limits
+    }
+
+    /// Child executions awaited.
+    pub fn pending_children(&self) -> impl Iterator<Item = u64> + '_ {
+        self.st.children.keys().copied()
     }
 
     /// Timer ids that are set.
@@ -551,6 +616,9 @@ impl Execution {
                 self.st.queue.extend(parked);
             }
             Input::Redrive => {}
+            Input::ChildFinished { child_id, outcome } => {
+                self.on_child_finished(child_id, outcome, env)
+            }
         }
         self.run(env);
         std::mem::take(&mut self.out)

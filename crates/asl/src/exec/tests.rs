@@ -382,3 +382,147 @@ fn redrive_after_stop_restarts_the_stopped_state() {
     assert_eq!(types(&out).last(), Some(&"ExecutionSucceeded"));
     assert_eq!(exec.outcome().unwrap().output, Some(json!({"k": 1})));
 }
+
+fn child_starts(out: &StepOutput) -> Vec<ChildRequest> {
+    out.commands
+        .iter()
+        .filter_map(|c| match c {
+            Command::StartChild(r) => Some(r.clone()),
+            _ => None,
+        })
+        .collect()
+}
+
+fn finished(status: ExecStatus, output: Option<Value>, error: Option<&str>) -> Outcome {
+    Outcome {
+        status,
+        output,
+        error: error.map(str::to_string),
+        cause: error.map(|_| "c".to_string()),
+    }
+}
+
+/// A DISTRIBUTED Map whose children are child executions: the window, the names, the
+/// results in item order, and duplicates of a child's end ignored.
+#[test]
+fn distributed_children_as_child_executions() {
+    let def = json!({"StartAt": "M", "States": {"M": {"Type": "Map", "MaxConcurrency": 2,
+        "Label": "Run", "ToleratedFailureCount": 1,
+        "ItemProcessor": {"ProcessorConfig": {"Mode": "DISTRIBUTED", "ExecutionType": "STANDARD"},
+            "StartAt": "P", "States": {"P": {"Type": "Pass", "End": true}}}, "End": true}}});
+    let mut exec = Execution::new(
+        machine(def),
+        ExecutionInfo::new("us-east-1", "000000000000", "sm", "ex", json!([10, 20, 30])),
+        Limits {
+            child_executions: true,
+            ..Limits::default()
+        },
+    );
+    let mut env = ManualEnv::new(1_700_000_000_000, 1);
+    let out = exec.step(Input::Start, &mut env);
+    let started = child_starts(&out);
+    // MaxConcurrency 2: two children start, in item order, named from the Map Run.
+    assert_eq!(started.iter().map(|c| c.index).collect::<Vec<_>>(), [0, 1]);
+    assert_eq!(started[0].input, json!(10));
+    let prefix = "arn:aws:states:us-east-1:000000000000:execution:sm/Run:";
+    assert!(started[0].execution_arn.starts_with(prefix), "{started:?}");
+    assert_eq!(
+        started[0].state_machine_arn,
+        "arn:aws:states:us-east-1:000000000000:stateMachine:sm/Run"
+    );
+    assert_ne!(started[0].name, started[1].name);
+    assert_eq!(
+        started[0].definition,
+        r#"{"StartAt":"P","States":{"P":{"Type":"Pass","End":true}}}"#
+    );
+    assert_eq!(exec.pending_children().count(), 2);
+    // The second ends first; the third starts in its place.
+    let out = exec.step(
+        Input::ChildFinished {
+            child_id: started[1].child_id,
+            outcome: finished(ExecStatus::Succeeded, Some(json!(21)), None),
+        },
+        &mut env,
+    );
+    let third = child_starts(&out);
+    assert_eq!(third.iter().map(|c| c.index).collect::<Vec<_>>(), [2]);
+    // A duplicate of that end changes nothing.
+    let out = exec.step(
+        Input::ChildFinished {
+            child_id: started[1].child_id,
+            outcome: finished(ExecStatus::Succeeded, Some(json!(99)), None),
+        },
+        &mut env,
+    );
+    assert!(out.events.is_empty() && out.commands.is_empty());
+    // One failure is tolerated; its place holds the error.
+    exec.step(
+        Input::ChildFinished {
+            child_id: started[0].child_id,
+            outcome: finished(ExecStatus::Failed, None, Some("Boom")),
+        },
+        &mut env,
+    );
+    let out = exec.step(
+        Input::ChildFinished {
+            child_id: third[0].child_id,
+            outcome: finished(ExecStatus::Succeeded, Some(json!(31)), None),
+        },
+        &mut env,
+    );
+    assert_eq!(
+        types(&out),
+        [
+            "MapRunSucceeded",
+            "MapStateSucceeded",
+            "MapStateExited",
+            "ExecutionSucceeded"
+        ]
+    );
+    assert_eq!(
+        exec.outcome().unwrap().output,
+        Some(json!([{"Error": "Boom", "Cause": "c"}, 21, 31]))
+    );
+    assert_eq!(exec.pending_children().count(), 0);
+}
+
+/// Past the tolerance, the children still running are stopped.
+#[test]
+fn exceeding_the_tolerance_stops_the_other_children() {
+    let def = json!({"StartAt": "M", "States": {"M": {"Type": "Map",
+        "ItemProcessor": {"ProcessorConfig": {"Mode": "DISTRIBUTED", "ExecutionType": "EXPRESS"},
+            "StartAt": "P", "States": {"P": {"Type": "Pass", "End": true}}}, "End": true}}});
+    let mut exec = Execution::new(
+        machine(def),
+        ExecutionInfo::new("us-east-1", "000000000000", "sm", "ex", json!([1, 2, 3])),
+        Limits {
+            child_executions: true,
+            ..Limits::default()
+        },
+    );
+    let mut env = ManualEnv::new(1_700_000_000_000, 1);
+    let started = child_starts(&exec.step(Input::Start, &mut env));
+    assert_eq!(started.len(), 3);
+    assert!(started.iter().all(|c| c.express));
+    let out = exec.step(
+        Input::ChildFinished {
+            child_id: started[1].child_id,
+            outcome: finished(ExecStatus::TimedOut, None, None),
+        },
+        &mut env,
+    );
+    let stopped: Vec<u64> = out
+        .commands
+        .iter()
+        .filter_map(|c| match c {
+            Command::StopChild { child_id } => Some(*child_id),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(stopped, [started[0].child_id, started[2].child_id]);
+    assert_eq!(
+        exec.outcome().unwrap().error.as_deref(),
+        Some("States.ExceedToleratedFailureThreshold")
+    );
+    assert_eq!(exec.pending_children().count(), 0);
+}

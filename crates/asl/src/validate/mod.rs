@@ -1505,6 +1505,18 @@ impl Parser {
             }
         }
         let processor = self.block(po, &loc)?;
+        if mode == MapMode::Distributed {
+            let mut def = Map::new();
+            if ql == QueryLanguage::Jsonata {
+                def.insert("QueryLanguage".into(), Value::from("JSONata"));
+            }
+            for k in ["StartAt", "States"] {
+                if let Some(v) = po.get(k) {
+                    def.insert(k.into(), v.clone());
+                }
+            }
+            distributed.processor_definition = Some(Value::Object(def).to_string().into());
+        }
         let items_path = if jp {
             obj.get("ItemsPath")
                 .and_then(|v| self.simple_path(v, "ItemsPath", &format!("{at}/ItemsPath")))
