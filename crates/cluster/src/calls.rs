@@ -193,6 +193,7 @@ calls! {
         |c, r| empty(c.admission().admit_here(&r.execution_arn).await);
     rpb::ShardControl => ShardControl: rpb::ShardControlReply =
         |c, r| c.host().shard_control_here(r).await;
+    rpb::DeliverRequest => Deliver: pb::Empty = |c, r| empty(c.mail.deliver_here(r).await);
 
     // The receiving node's part of a fan-out.
     pb::ListExecutionsRequest => ListExecutions: pb::ListExecutionsResponse =

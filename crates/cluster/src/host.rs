@@ -35,6 +35,8 @@ pub struct Host {
     core: Arc<Core>,
     /// What executors run tasks with.
     connectors: Arc<dyn Connectors>,
+    /// What executors send their shard messages with.
+    mail: Arc<dyn trellis_shard::outbox::Mailer>,
     /// What executors count into.
     metrics: Arc<Metrics>,
     /// Tells admission that something changed (a capped execution ended, a shard got a
@@ -46,12 +48,14 @@ impl Host {
     pub(crate) fn new(
         core: Arc<Core>,
         connectors: Arc<dyn Connectors>,
+        mail: Arc<dyn trellis_shard::outbox::Mailer>,
         metrics: Arc<Metrics>,
         kick: Arc<tokio::sync::Notify>,
     ) -> Host {
         Host {
             core,
             connectors,
+            mail,
             metrics,
             kick,
         }
@@ -227,7 +231,11 @@ impl Host {
             term,
             region: settings.region.clone(),
             account: settings.account.clone(),
-            limits: trellis_asl::Limits::default(),
+            // A DISTRIBUTED Map's children are executions of their own, on their shards.
+            limits: trellis_asl::Limits {
+                child_executions: true,
+                ..Default::default()
+            },
             max_batch: settings.cluster.max_batch,
             // Every append (up to MAX_APPEND_ENTRIES entries) fits in a peer message.
             max_entry_bytes: settings.cluster.peer_max_message_bytes
@@ -417,6 +425,7 @@ async fn supervise(host: Weak<Host>, rep: Arc<Replica>) {
                     rep.app.clone(),
                     Arc::new(rep.raft.clone()),
                     n.connectors.clone(),
+                    n.mail.clone(),
                 ) {
                     Ok((ex, handle)) => {
                         // A capped execution ending frees a slot for a queued one.

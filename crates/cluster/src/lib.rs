@@ -25,6 +25,7 @@ pub mod config;
 pub mod driver;
 mod error;
 pub mod host;
+pub mod mail;
 pub mod membership;
 pub mod retry;
 pub mod router;
@@ -52,6 +53,7 @@ pub use error::{from_meta, from_shard, internal, ApiResult, Error, Result};
 use admission::Admission;
 use driver::Driver;
 use host::Host;
+use mail::Mail;
 use membership::Membership;
 use retry::Backoff;
 use router::Router;
@@ -165,6 +167,7 @@ pub struct Cluster {
     membership: Arc<Membership>,
     driver: Arc<Driver>,
     admission: Arc<Admission>,
+    mail: Arc<Mail>,
     api: OnceLock<Weak<dyn Api>>,
     bootstrapped: AtomicBool,
 }
@@ -203,9 +206,11 @@ impl Cluster {
         let cluster = Arc::new_cyclic(|this: &Weak<Cluster>| {
             let router = Arc::new(Router::new(core.clone(), this.clone()));
             let admission = Arc::new(Admission::new(core.clone(), router.clone()));
+            let mail = Arc::new(Mail::new(core.clone(), router.clone()));
             let host = Arc::new(Host::new(
                 core.clone(),
                 connectors,
+                mail.clone(),
                 shard_metrics,
                 admission.kicker(),
             ));
@@ -216,6 +221,7 @@ impl Cluster {
                 router,
                 host,
                 admission,
+                mail,
                 api: OnceLock::new(),
                 bootstrapped: AtomicBool::new(false),
             }

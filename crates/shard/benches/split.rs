@@ -8,38 +8,24 @@ use trellis_asl::history::EventType;
 use trellis_asl::HistoryEvent;
 use trellis_shard::request::split_by_bytes;
 use trellis_shard::request::ShardOp;
-use trellis_shard::{ExecRecord, Status};
+use trellis_shard::ExecRecord;
 
 fn op(id: u64) -> ShardOp {
     let state = format!(
         "{{\"frames\":[{{\"input\":{{\"k\":\"{}\"}}}}]}}",
         "v".repeat(600)
     );
-    let record = ExecRecord {
+    let mut record = ExecRecord::new(
         id,
-        arn: format!("arn:aws:states:us-east-1:000000000000:execution:M:{id}"),
-        name: id.to_string(),
-        state_machine_arn: "arn:aws:states:us-east-1:000000000000:stateMachine:M".into(),
-        version_arn: None,
-        alias_arn: None,
-        definition: 1,
-        express: false,
-        capped: false,
-        input: json!({"order": id, "items": ["a", "b", "c"]}).to_string(),
-        status: Status::Running,
-        start_ms: 1,
-        stop_ms: None,
-        output: None,
-        error: None,
-        cause: None,
-        paused: false,
-        redrive_count: 0,
-        redrive_ms: None,
-        last_event_id: 3,
-        timers: Default::default(),
-        tasks: Default::default(),
-        state: Some(serde_json::value::RawValue::from_string(state).unwrap()),
-    };
+        format!("arn:aws:states:us-east-1:000000000000:execution:M:{id}"),
+        id.to_string(),
+        "arn:aws:states:us-east-1:000000000000:stateMachine:M".into(),
+        1,
+        json!({"order": id, "items": ["a", "b", "c"]}).to_string(),
+        1,
+    );
+    record.last_event_id = 3;
+    record.state = Some(serde_json::value::RawValue::from_string(state).unwrap());
     let events = (1..=3)
         .map(|i| HistoryEvent {
             id: i,

@@ -153,12 +153,12 @@ impl ShardApp {
             .collect()
     }
 
-    /// Records of executions that are not terminal.
+    /// Records of executions that are not terminal, or still have messages to send.
     pub fn live(&self) -> Result<Vec<ExecRecord>> {
         let mut out = Vec::new();
         for kv in self.executions.iter() {
             let r: ExecRecord = serde_json::from_slice(&kv?.1)?;
-            if !r.status.is_terminal() {
+            if !r.status.is_terminal() || !r.outbox.is_empty() {
                 out.push(r);
             }
         }

@@ -23,10 +23,11 @@ use tokio::sync::{mpsc, oneshot, Notify};
 use tokio::time::Instant;
 use trellis_asl::definition::Resource;
 use trellis_asl::env::Entropy;
-use trellis_asl::exec::{ExecutionInfo, ExecutionState, TaskRequest};
+use trellis_asl::exec::{ChildRequest, ExecutionInfo, ExecutionState, TaskRequest};
 use trellis_asl::{Command, Env, Execution, HistoryEvent, Input, Limits, StateMachine};
 
 use crate::app::ShardApp;
+use crate::outbox::{Mailer, Message, ParentLink};
 use crate::record::{parse_token, ExecRecord, Status, TaskRecord};
 use crate::request::{ShardOp, ShardRequest};
 use crate::{definition_hash, Error, Redrive, Result};
@@ -169,6 +170,8 @@ pub struct StartRequest {
     pub definition: String,
     /// Hold it QUEUED until [`ShardHandle::admit`] (a per-machine concurrency cap).
     pub queued: bool,
+    /// A DISTRIBUTED Map's child: its parent, told when it ends.
+    pub parent: Option<ParentLink>,
 }
 
 /// What a start returned.
@@ -234,6 +237,14 @@ enum Cmd {
     Admit(String, Reply<()>),
     Capped(Reply<Vec<CappedMachine>>),
     Redrive(String, Reply<i64>),
+    /// Messages from other shards ([`crate::outbox`]), applied in order.
+    Deliver(Vec<Message>, Reply<()>),
+    /// The messages of an execution up to `seq` were delivered (sent at `since`).
+    Delivered {
+        exec: u64,
+        seq: u64,
+        since: Instant,
+    },
     #[cfg(feature = "fault-injection")]
     DropTimers(String, Reply<()>),
 }
@@ -303,6 +314,11 @@ impl ShardHandle {
     #[cfg(feature = "fault-injection")]
     pub async fn inject_drop_timers(&self, arn: &str) -> Result<()> {
         self.call(|r| Cmd::DropTimers(arn.to_string(), r)).await
+    }
+
+    /// Applies messages from other shards, in order; returns once they are committed.
+    pub async fn deliver(&self, messages: Vec<Message>) -> Result<()> {
+        self.call(|r| Cmd::Deliver(messages, r)).await
     }
 
     /// True once the executor stopped.
@@ -391,6 +407,8 @@ enum Effect {
     Activity(Reply<Option<ActivityTask>>, Option<ActivityTask>),
     Scanned(Reply<ScanReport>, ScanReport),
     Capped(Reply<Vec<CappedMachine>>, Vec<CappedMachine>),
+    /// Send the execution's pending messages.
+    Send(u64),
 }
 
 /// The executor of one shard.
@@ -399,6 +417,7 @@ pub struct Executor {
     app: ShardApp,
     proposer: Arc<dyn Proposer>,
     connectors: Arc<dyn Connectors>,
+    mailer: Arc<dyn Mailer>,
     rx: mpsc::Receiver<Cmd>,
     tx: mpsc::WeakSender<Cmd>,
     activity_queued: Arc<Notify>,
@@ -419,6 +438,11 @@ pub struct Executor {
     on_capped_end: Option<Arc<Notify>>,
     /// When each connector task was last dispatched: (execution, task) -> epoch ms.
     dispatched: HashMap<(u64, u64), i64>,
+    /// Ended executions whose messages are not all delivered yet, by id.
+    mail: HashMap<u64, ExecRecord>,
+    /// Executions with a send in flight (one at a time each, so their messages stay in
+    /// order).
+    sending: HashSet<u64>,
     // Per batch.
     dirty: HashSet<u64>,
     effects: Vec<Effect>,
@@ -432,6 +456,7 @@ impl Executor {
         app: ShardApp,
         proposer: Arc<dyn Proposer>,
         connectors: Arc<dyn Connectors>,
+        mailer: Arc<dyn Mailer>,
     ) -> Result<(Executor, ShardHandle)> {
         let (tx, rx) = mpsc::channel(4096);
         let activity_queued = Arc::new(Notify::new());
@@ -440,10 +465,13 @@ impl Executor {
             backlog: 0,
             on_capped_end: None,
             dispatched: HashMap::new(),
+            mail: HashMap::new(),
+            sending: HashSet::new(),
             cfg,
             app: app.clone(),
             proposer,
             connectors,
+            mailer,
             rx,
             tx: tx.downgrade(),
             activity_queued: activity_queued.clone(),
@@ -479,6 +507,15 @@ impl Executor {
     /// dispatches again the tasks whose results never arrived (at-least-once).
     fn load(&mut self) -> Result<()> {
         for rec in self.app.live()? {
+            if !rec.outbox.is_empty() {
+                self.cfg.metrics.outbox.inc_by(rec.outbox.len() as i64);
+                self.effects.push(Effect::Send(rec.id));
+            }
+            if rec.status.is_terminal() {
+                // Ended with messages still to deliver.
+                self.mail.insert(rec.id, rec);
+                continue;
+            }
             let sm = self.machine(rec.definition, None)?;
             let Some(raw) = &rec.state else {
                 return Err(Error::Corrupt(format!("{} is live without state", rec.arn)));
@@ -562,6 +599,11 @@ impl Executor {
             .count();
         m.running.dec_by(running as i64);
         m.activity_backlog.dec_by(self.backlog as i64);
+        let pending: usize = (self.live.values().map(|l| &l.rec))
+            .chain(self.mail.values())
+            .map(|r| r.outbox.len())
+            .sum();
+        m.outbox.dec_by(pending as i64);
         r
     }
 
@@ -668,6 +710,13 @@ impl Executor {
                 let report = self.detect(now);
                 self.effects.push(Effect::Scanned(reply, report));
             }
+            Cmd::Deliver(messages, reply) => match self.receive(messages, now) {
+                Ok(()) => self.effects.push(Effect::Done(reply)),
+                Err(e) => {
+                    let _ = reply.send(Err(e));
+                }
+            },
+            Cmd::Delivered { exec, seq, since } => self.delivered(exec, seq, since),
             #[cfg(feature = "fault-injection")]
             Cmd::DropTimers(arn, reply) => {
                 if let Some(id) = self.by_arn.get(&arn).copied() {
@@ -743,35 +792,25 @@ impl Executor {
         info.state_machine_alias_arn = req.alias_arn.clone();
         let id = self.next_id;
         self.next_id += 1;
-        let rec = ExecRecord {
+        let mut rec = ExecRecord::new(
             id,
-            arn: arn.clone(),
-            name: req.name,
-            state_machine_arn: req.state_machine_arn,
-            version_arn: req.version_arn,
-            alias_arn: req.alias_arn,
-            definition: hash,
-            express: false,
-            capped: req.queued,
-            input: req.input,
-            status: if req.queued {
-                Status::Queued
-            } else {
-                Status::Running
-            },
-            start_ms: now,
-            stop_ms: None,
-            output: None,
-            error: None,
-            cause: None,
-            paused: false,
-            redrive_count: 0,
-            redrive_ms: None,
-            last_event_id: 0,
-            timers: Default::default(),
-            tasks: Default::default(),
-            state: None,
-        };
+            arn.clone(),
+            req.name,
+            req.state_machine_arn,
+            hash,
+            req.input,
+            now,
+        );
+        rec.version_arn = req.version_arn;
+        rec.alias_arn = req.alias_arn;
+        rec.capped = req.queued;
+        if req.queued {
+            rec.status = Status::Queued;
+        }
+        if req.parent.is_some() {
+            self.cfg.metrics.children_started.inc();
+        }
+        rec.parent = req.parent;
         self.by_arn.insert(arn.clone(), id);
         self.live.insert(
             id,
@@ -828,6 +867,7 @@ impl Executor {
             shard: self.cfg.shard,
             exec: id,
         };
+        let queued = live.rec.outbox.len();
         let out = live.exec.step(input, &mut env);
         let entered = out
             .events
@@ -871,10 +911,28 @@ impl Executor {
                     self.effects.push(Effect::Timer(id, timer_id, fire_at_ms));
                 }
                 Command::CancelTimer { .. } | Command::CancelTask { .. } => {}
-                // Not asked for yet: this executor runs a DISTRIBUTED Map's children inside
-                // the execution (`Limits::child_executions` is off).
-                Command::StartChild(_) | Command::StopChild { .. } => {}
+                Command::StartChild(request) => {
+                    rec.children
+                        .insert(request.child_id, request.execution_arn.clone());
+                    rec.send(Message::StartChild {
+                        parent_arn: rec.arn.clone(),
+                        request,
+                    });
+                }
+                Command::StopChild { child_id } => {
+                    if let Some(child_arn) = rec.children.remove(&child_id) {
+                        rec.send(Message::StopChild { child_arn });
+                    }
+                }
                 Command::Finish(outcome) => {
+                    if let Some(p) = &rec.parent {
+                        self.cfg.metrics.children_finished.inc();
+                        rec.send(Message::ChildFinished {
+                            parent_arn: p.arn.clone(),
+                            child_id: p.child_id,
+                            outcome: outcome.clone(),
+                        });
+                    }
                     rec.status = Status::from_asl(outcome.status);
                     self.cfg.metrics.finished(rec.status);
                     self.cfg.metrics.running.dec();
@@ -886,6 +944,15 @@ impl Executor {
             }
         }
         // Keep exactly what the interpreter still waits for.
+        let children: HashSet<u64> = live.exec.pending_children().collect();
+        rec.children.retain(|c, _| children.contains(c));
+        if rec.outbox.len() > queued {
+            self.cfg
+                .metrics
+                .outbox
+                .inc_by((rec.outbox.len() - queued) as i64);
+            self.effects.push(Effect::Send(id));
+        }
         let timers: HashSet<u64> = live.exec.pending_timers().collect();
         let tasks: HashSet<u64> = live.exec.pending_tasks().collect();
         rec.timers.retain(|t, _| timers.contains(t));
@@ -898,6 +965,145 @@ impl Executor {
         rec.paused = live.exec.is_paused();
         rec.last_event_id = live.exec.event_count();
         self.dirty.insert(id);
+    }
+
+    /// Applies messages from other shards, in order. Each is idempotent: a start of a
+    /// child that exists, the end of a child its parent no longer waits for, a stop of an
+    /// execution that is not running, change nothing.
+    fn receive(&mut self, messages: Vec<Message>, now: i64) -> Result<()> {
+        for m in messages {
+            match m {
+                Message::StartChild {
+                    parent_arn,
+                    request,
+                } => self.start_child(parent_arn, request, now)?,
+                Message::ChildFinished {
+                    parent_arn,
+                    child_id,
+                    outcome,
+                } => {
+                    if let Some(id) = self.by_arn.get(&parent_arn).copied() {
+                        self.feed(id, Input::ChildFinished { child_id, outcome }, now);
+                    }
+                }
+                Message::StopChild { child_arn } => {
+                    let running = self
+                        .by_arn
+                        .get(&child_arn)
+                        .and_then(|id| self.live.get(id))
+                        .is_some_and(|l| l.rec.status == Status::Running);
+                    if running {
+                        let stop = Control::Stop {
+                            error: None,
+                            cause: None,
+                        };
+                        self.control(&child_arn, stop, now)?;
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Starts a DISTRIBUTED Map's child, unless it exists (a message delivered again).
+    fn start_child(&mut self, parent_arn: String, c: ChildRequest, now: i64) -> Result<()> {
+        if self.existing(&c.execution_arn)?.is_some() {
+            return Ok(());
+        }
+        let machine = c
+            .state_machine_arn
+            .rsplit(':')
+            .next()
+            .unwrap_or_default()
+            .to_string();
+        let req = StartRequest {
+            state_machine_arn: c.state_machine_arn,
+            state_machine_name: machine,
+            version_arn: None,
+            alias_arn: None,
+            role_arn: None,
+            name: c.name,
+            input: c.input.to_string(),
+            definition: c.definition,
+            queued: false,
+            parent: Some(ParentLink {
+                arn: parent_arn,
+                child_id: c.child_id,
+                map_run_arn: c.map_run_arn,
+            }),
+        };
+        self.start(req, now).map(drop)
+    }
+
+    /// Hands an execution's pending messages to the mailer, unless a send is in flight;
+    /// retried with a back-off until delivered or this executor stops.
+    fn send(&mut self, exec: u64) {
+        if self.sending.contains(&exec) {
+            return;
+        }
+        let rec = match self.live.get(&exec) {
+            Some(l) => &l.rec,
+            None => match self.mail.get(&exec) {
+                Some(r) => r,
+                None => return,
+            },
+        };
+        let Some(last) = rec.outbox.last().map(|o| o.seq) else {
+            return;
+        };
+        let messages: Vec<Message> = rec.outbox.iter().map(|o| o.message.clone()).collect();
+        self.sending.insert(exec);
+        let mailer = self.mailer.clone();
+        let tx = self.tx.clone();
+        let shard = self.cfg.shard;
+        tokio::spawn(async move {
+            let since = Instant::now();
+            let mut pause = Duration::from_millis(20);
+            loop {
+                match mailer.send(messages.clone()).await {
+                    Ok(()) => break,
+                    Err(e) => {
+                        tracing::debug!(shard_id = shard, error = %e, "messages not delivered yet; retrying");
+                    }
+                }
+                // Stop trying once the executor is gone: the next leader sends them.
+                if tx.upgrade().is_none() {
+                    return;
+                }
+                tokio::time::sleep(pause).await;
+                pause = (pause * 2).min(Duration::from_secs(2));
+            }
+            if let Some(tx) = tx.upgrade() {
+                let _ = tx
+                    .send(Cmd::Delivered {
+                        exec,
+                        seq: last,
+                        since,
+                    })
+                    .await;
+            }
+        });
+    }
+
+    /// Messages up to `seq` were delivered: drop them from the record (the next entry), and
+    /// send what was written since.
+    fn delivered(&mut self, exec: u64, seq: u64, since: Instant) {
+        self.sending.remove(&exec);
+        let m = self.cfg.metrics.clone();
+        m.delivery_seconds.observe(since.elapsed().as_secs_f64());
+        let rec = match self.live.get_mut(&exec) {
+            Some(l) => &mut l.rec,
+            None => match self.mail.get_mut(&exec) {
+                Some(r) => r,
+                None => return,
+            },
+        };
+        let dropped = rec.delivered(seq);
+        m.outbox.dec_by(dropped as i64);
+        if !rec.outbox.is_empty() {
+            self.effects.push(Effect::Send(exec));
+        }
+        self.dirty.insert(exec);
     }
 
     fn token(&mut self, token: &str, answer: TokenAnswer, now: i64) -> Result<()> {
@@ -1238,6 +1444,14 @@ impl Executor {
         dirty.sort_unstable();
         for id in &dirty {
             let Some(live) = self.live.get_mut(id) else {
+                // An ended execution whose messages were delivered: its outbox shrank.
+                if let Some(rec) = self.mail.get(id) {
+                    ops.push(ShardOp::Put {
+                        record: Box::new(rec.clone()),
+                        events: Vec::new(),
+                        definition: None,
+                    });
+                }
                 continue;
             };
             let mut record = live.rec.clone();
@@ -1287,7 +1501,12 @@ impl Executor {
                     if let (true, Some(ended)) = (l.rec.capped, &self.on_capped_end) {
                         ended.notify_one();
                     }
+                    if !l.rec.outbox.is_empty() {
+                        self.mail.insert(id, l.rec);
+                    }
                 }
+            } else if self.mail.get(&id).is_some_and(|r| r.outbox.is_empty()) {
+                self.mail.remove(&id);
             }
         }
         self.perform_effects();
@@ -1296,7 +1515,8 @@ impl Executor {
 
     fn perform_effects(&mut self) {
         let mut activity = false;
-        for effect in self.effects.drain(..) {
+        let mut sends = Vec::new();
+        for effect in std::mem::take(&mut self.effects) {
             match effect {
                 Effect::Dispatch(exec, task) => {
                     self.dispatched
@@ -1336,7 +1556,11 @@ impl Executor {
                 Effect::Capped(r, capped) => {
                     let _ = r.send(Ok(capped));
                 }
+                Effect::Send(exec) => sends.push(exec),
             }
+        }
+        for exec in sends {
+            self.send(exec);
         }
         let backlog: u64 = self.activities.values().map(|q| q.len() as u64).sum();
         if backlog > 0 {
@@ -1376,7 +1600,7 @@ fn fail(effect: Effect, e: &Error) {
         Effect::Capped(r, _) => {
             let _ = r.send(Err(err()));
         }
-        Effect::Dispatch(..) | Effect::Timer(..) => {}
+        Effect::Dispatch(..) | Effect::Timer(..) | Effect::Send(..) => {}
     }
 }
 

@@ -11,6 +11,7 @@
 pub mod app;
 pub mod executor;
 pub mod metrics;
+pub mod outbox;
 pub mod raft;
 pub mod record;
 pub mod request;

@@ -30,6 +30,13 @@ pub struct Metrics {
     pub apply_seconds: Histogram,
     /// Seconds a timer fired after its due time.
     pub timer_lag_seconds: Histogram,
+    /// Messages to other shards written and not yet acknowledged ([`crate::outbox`]).
+    pub outbox: Gauge,
+    /// Seconds from handing an execution's messages to the mailer until they are applied.
+    pub delivery_seconds: Histogram,
+    /// DISTRIBUTED Map children started and finished on the shards this node leads.
+    pub children_started: Counter,
+    pub children_finished: Counter,
 }
 
 const SIZES: [f64; 10] = [1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 512.0];
@@ -58,6 +65,10 @@ impl Default for Metrics {
             batch_size: Histogram::new(SIZES),
             apply_seconds: Histogram::new(SECONDS),
             timer_lag_seconds: Histogram::new(SECONDS),
+            outbox: Gauge::default(),
+            delivery_seconds: Histogram::new(SECONDS),
+            children_started: Counter::default(),
+            children_finished: Counter::default(),
         }
     }
 }
@@ -111,6 +122,26 @@ impl Metrics {
             "How late timers fire after their due time",
             m.timer_lag_seconds.clone(),
         );
+        registry.register(
+            "trellis_outbox_messages",
+            "Messages to other shards not yet acknowledged, on shards this node leads",
+            m.outbox.clone(),
+        );
+        registry.register(
+            "trellis_outbox_delivery_seconds",
+            "Time from sending an execution's messages to their receivers' commit",
+            m.delivery_seconds.clone(),
+        );
+        registry.register(
+            "trellis_map_children_started",
+            "DISTRIBUTED Map child executions started on shards this node leads",
+            m.children_started.clone(),
+        );
+        registry.register(
+            "trellis_map_children_finished",
+            "DISTRIBUTED Map child executions ended on shards this node leads",
+            m.children_finished.clone(),
+        );
         // Every label value shows from the start, at 0.
         for s in [
             Status::Succeeded,
@@ -152,6 +183,8 @@ mod tests {
         m.running.inc();
         m.finding("OVERDUE_TIMER");
         m.apply_seconds.observe(0.002);
+        m.outbox.inc_by(3);
+        m.children_started.inc();
         let mut text = String::new();
         prometheus_client::encoding::text::encode(&mut text, &registry).unwrap();
         for line in [
@@ -161,6 +194,9 @@ mod tests {
             "trellis_executions_running 1",
             "trellis_detector_findings_total{kind=\"OVERDUE_TIMER\"} 1",
             "trellis_raft_apply_seconds_count 1",
+            "trellis_outbox_messages 3",
+            "trellis_map_children_started_total 1",
+            "trellis_map_children_finished_total 0",
         ] {
             assert!(text.lines().any(|l| l == line), "{line} is not in:\n{text}");
         }

@@ -5,6 +5,8 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 
+use crate::outbox::{Message, Outgoing, ParentLink};
+
 /// An execution's status, as `DescribeExecution` reports it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Status {
@@ -107,9 +109,78 @@ pub struct ExecRecord {
     /// The interpreter's `ExecutionState` as JSON; `None` once it is terminal and cannot be
     /// redriven.
     pub state: Option<Box<RawValue>>,
+    /// Messages to other shards not yet acknowledged, in order ([`crate::outbox`]).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub outbox: Vec<Outgoing>,
+    /// The `seq` of the next message.
+    #[serde(default)]
+    pub next_seq: u64,
+    /// Child executions it waits for: child id -> the child's ARN.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub children: BTreeMap<u64, String>,
+    /// A DISTRIBUTED Map's child: its parent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub parent: Option<ParentLink>,
 }
 
 impl ExecRecord {
+    /// A new execution's record, RUNNING, with nothing pending.
+    pub fn new(
+        id: u64,
+        arn: String,
+        name: String,
+        state_machine_arn: String,
+        definition: u64,
+        input: String,
+        start_ms: i64,
+    ) -> ExecRecord {
+        ExecRecord {
+            id,
+            arn,
+            name,
+            state_machine_arn,
+            version_arn: None,
+            alias_arn: None,
+            definition,
+            express: false,
+            capped: false,
+            input,
+            status: Status::Running,
+            start_ms,
+            stop_ms: None,
+            output: None,
+            error: None,
+            cause: None,
+            paused: false,
+            redrive_count: 0,
+            redrive_ms: None,
+            last_event_id: 0,
+            timers: BTreeMap::new(),
+            tasks: BTreeMap::new(),
+            state: None,
+            outbox: Vec::new(),
+            next_seq: 0,
+            children: BTreeMap::new(),
+            parent: None,
+        }
+    }
+
+    /// Queues a message to another shard; it is sent once this record commits.
+    pub fn send(&mut self, message: Message) {
+        self.outbox.push(Outgoing {
+            seq: self.next_seq,
+            message,
+        });
+        self.next_seq += 1;
+    }
+
+    /// Drops the messages up to `seq` (acknowledged); how many were dropped.
+    pub fn delivered(&mut self, seq: u64) -> usize {
+        let before = self.outbox.len();
+        self.outbox.retain(|o| o.seq > seq);
+        before - self.outbox.len()
+    }
+
     /// A task token: the shard, execution and task it belongs to (so it routes), then a
     /// 128-bit random nonce (so it cannot be guessed, and an earlier attempt's token is
     /// refused).
@@ -148,6 +219,34 @@ pub mod keys {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_outbox_keeps_order_and_drops_what_was_delivered() {
+        let mut r = ExecRecord::new(1, "a".into(), "a".into(), "m".into(), 0, "{}".into(), 0);
+        for child in ["c1", "c2", "c3"] {
+            r.send(Message::StopChild {
+                child_arn: child.into(),
+            });
+        }
+        assert_eq!(
+            r.outbox.iter().map(|o| o.seq).collect::<Vec<_>>(),
+            [0, 1, 2]
+        );
+        // Acknowledged up to 1; what comes later keeps counting up.
+        assert_eq!(r.delivered(1), 2);
+        r.send(Message::StopChild {
+            child_arn: "c4".into(),
+        });
+        assert_eq!(r.outbox.iter().map(|o| o.seq).collect::<Vec<_>>(), [2, 3]);
+        // An acknowledgement that comes again drops nothing more.
+        assert_eq!(r.delivered(1), 0);
+        // An empty outbox is not written at all; an old record reads back with none.
+        r.delivered(3);
+        let text = serde_json::to_string(&r).unwrap();
+        assert!(!text.contains("outbox"), "{text}");
+        let back: ExecRecord = serde_json::from_str(&text).unwrap();
+        assert!(back.outbox.is_empty() && back.parent.is_none() && back.next_seq == 4);
+    }
 
     #[test]
     fn tokens_route() {

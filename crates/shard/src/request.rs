@@ -84,34 +84,17 @@ pub fn split_by_bytes(ops: Vec<ShardOp>, max: usize) -> Vec<Vec<ShardOp>> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::record::Status;
 
     fn op(id: u64, input_bytes: usize) -> ShardOp {
-        let rec = ExecRecord {
+        let rec = ExecRecord::new(
             id,
-            arn: format!("arn:e:{id}"),
-            name: id.to_string(),
-            state_machine_arn: "arn:m".into(),
-            version_arn: None,
-            alias_arn: None,
-            definition: 1,
-            express: false,
-            capped: false,
-            input: "x".repeat(input_bytes),
-            status: Status::Running,
-            start_ms: 0,
-            stop_ms: None,
-            output: None,
-            error: None,
-            cause: None,
-            paused: false,
-            redrive_count: 0,
-            redrive_ms: None,
-            last_event_id: 0,
-            timers: Default::default(),
-            tasks: Default::default(),
-            state: None,
-        };
+            format!("arn:e:{id}"),
+            id.to_string(),
+            "arn:m".into(),
+            1,
+            "x".repeat(input_bytes),
+            0,
+        );
         ShardOp::Put {
             record: Box::new(rec),
             events: Vec::new(),

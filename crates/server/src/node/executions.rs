@@ -176,6 +176,7 @@ impl Node {
                 input: r.input,
                 definition: r.definition,
                 queued: capped,
+                parent: None,
             })
             .await
             .map_err(from_shard)?;

@@ -2,12 +2,17 @@
 //! executor, on a data directory that survives restarts.
 #![allow(dead_code)]
 
-use std::sync::Arc;
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use serde_json::Value;
 use trellis_asl::Limits;
-use trellis_shard::executor::{Connectors, DetectorConfig, ExecutorConfig, StartRequest};
+use trellis_shard::executor::{
+    BoxFuture, Connectors, DetectorConfig, ExecutorConfig, StartRequest,
+};
+use trellis_shard::outbox::{Mailer, Message, NoMail};
 use trellis_shard::raft::{open_single_node, ShardRaft};
 use trellis_shard::{Executor, ShardHandle};
 use trellis_storage::NodeDb;
@@ -46,28 +51,120 @@ pub async fn boot(
     detector: DetectorConfig,
 ) -> ShardNode {
     let db = open_db(dir).await;
-    let (raft, app) = open_single_node(&db, 1, 1, "local").await.unwrap();
+    let limits = Limits::default();
+    let connectors: Arc<dyn Connectors> = Arc::new(connectors);
+    start_shard(&db, 0, connectors, Arc::new(NoMail), limits, detector).await
+}
+
+/// Opens shard `shard` (group `shard + 1`) of `db` and starts its executor.
+pub async fn start_shard(
+    db: &NodeDb,
+    shard: u32,
+    connectors: Arc<dyn Connectors>,
+    mailer: Arc<dyn Mailer>,
+    limits: Limits,
+    detector: DetectorConfig,
+) -> ShardNode {
+    let (raft, app) = open_single_node(db, u64::from(shard) + 1, 1, "local")
+        .await
+        .unwrap();
     let cfg = ExecutorConfig {
         metrics: Default::default(),
-        shard: 0,
+        shard,
         epoch: 1,
         term: raft.metrics().borrow().current_term,
         region: "us-east-1".into(),
         account: "000000000000".into(),
-        limits: Limits::default(),
+        limits,
         max_batch: 256,
         max_entry_bytes: 4 << 20,
         detector,
         effects_before_commit: false,
     };
-    let (ex, handle) =
-        Executor::new(cfg, app, Arc::new(raft.clone()), Arc::new(connectors)).unwrap();
+    let (ex, handle) = Executor::new(cfg, app, Arc::new(raft.clone()), connectors, mailer).unwrap();
     let executor = tokio::spawn(ex.run());
     ShardNode {
         raft,
         handle,
         executor,
     }
+}
+
+/// Delivers shard messages to in-process executors, by the shard of their target; can
+/// refuse deliveries (a partition) or make each twice (a retry after a lost answer).
+#[derive(Clone, Default)]
+pub struct Loopback {
+    pub handles: Arc<Mutex<Vec<ShardHandle>>>,
+    pub refuse: Arc<AtomicBool>,
+    pub twice: Arc<AtomicBool>,
+    pub delivered: Arc<AtomicUsize>,
+}
+
+impl Mailer for Loopback {
+    fn send(&self, messages: Vec<Message>) -> BoxFuture<'static, Result<(), String>> {
+        let me = self.clone();
+        Box::pin(async move {
+            if me.refuse.load(Ordering::SeqCst) {
+                return Err("deliveries refused".into());
+            }
+            let handles = me.handles.lock().unwrap().clone();
+            if handles.is_empty() {
+                return Err("the shards are not up yet".into());
+            }
+            let n = handles.len() as u32;
+            let mut groups: BTreeMap<u32, Vec<Message>> = BTreeMap::new();
+            for m in messages {
+                groups
+                    .entry(trellis_shard::shard_of(m.target(), n))
+                    .or_default()
+                    .push(m);
+            }
+            for (shard, group) in groups {
+                let h = &handles[shard as usize];
+                let times = if me.twice.load(Ordering::SeqCst) {
+                    2
+                } else {
+                    1
+                };
+                for _ in 0..times {
+                    h.deliver(group.clone()).await.map_err(|e| e.to_string())?;
+                }
+                me.delivered.fetch_add(group.len(), Ordering::SeqCst);
+            }
+            Ok(())
+        })
+    }
+}
+
+/// `n` shards on one data directory, sending each other messages through `mail`, with
+/// DISTRIBUTED Map children as child executions.
+pub async fn boot_shards(
+    dir: &std::path::Path,
+    n: u32,
+    connectors: Arc<dyn Connectors>,
+    mail: &Loopback,
+) -> (NodeDb, Vec<ShardNode>) {
+    let db = open_db(dir).await;
+    let limits = Limits {
+        child_executions: true,
+        ..Limits::default()
+    };
+    let mut nodes = Vec::new();
+    for shard in 0..n {
+        let mailer: Arc<dyn Mailer> = Arc::new(mail.clone());
+        let node = start_shard(
+            &db,
+            shard,
+            connectors.clone(),
+            mailer,
+            limits.clone(),
+            Default::default(),
+        )
+        .await;
+        nodes.push(node);
+    }
+    *mail.handles.lock().unwrap() = nodes.iter().map(|n| n.handle.clone()).collect();
+    (db, nodes)
 }
 
 pub fn start_req(name: &str, definition: &Value, input: Value) -> StartRequest {
@@ -81,6 +178,7 @@ pub fn start_req(name: &str, definition: &Value, input: Value) -> StartRequest {
         input: input.to_string(),
         definition: definition.to_string(),
         queued: false,
+        parent: None,
     }
 }
 

@@ -1,0 +1,341 @@
+//! Cross-shard messages on real shard groups: a DISTRIBUTED Map's children run as child
+//! executions on the shards their ARNs hash to; every message arrives exactly once in
+//! effect, through refused deliveries, a restart and duplicates.
+
+mod common;
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+use common::{boot_shards, eventually, start_req, Loopback, ShardNode};
+use serde_json::{json, Value};
+use trellis_asl::exec::TaskRequest;
+use trellis_asl::Input;
+use trellis_shard::executor::{BoxFuture, Connectors, Control, Fence};
+use trellis_shard::{shard_of, ExecRecord, Status};
+
+const SHARDS: u32 = 4;
+
+/// The children here run no tasks.
+struct NoTasks;
+
+impl Connectors for NoTasks {
+    fn invoke(&self, t: TaskRequest, _: Fence) -> BoxFuture<'static, Input> {
+        Box::pin(async move {
+            Input::TaskFailed {
+                task_id: t.task_id,
+                error: Some("NoTasks".into()),
+                cause: None,
+            }
+        })
+    }
+}
+
+fn parent_arn(name: &str) -> String {
+    format!("arn:aws:states:us-east-1:000000000000:execution:M:{name}")
+}
+
+/// A DISTRIBUTED Map over `$.items`; each child doubles `n` or, when `fail` is set, fails,
+/// or, when `wait` is set, waits an hour.
+fn map(extra: Value) -> Value {
+    let mut state = json!({"Type": "Map", "ItemsPath": "$.items", "Label": "Run", "End": true,
+        "ItemProcessor": {"ProcessorConfig": {"Mode": "DISTRIBUTED", "ExecutionType": "STANDARD"},
+            "StartAt": "C", "States": {
+                "C": {"Type": "Choice", "Choices": [
+                    {"Variable": "$.fail", "BooleanEquals": true, "Next": "F"},
+                    {"Variable": "$.wait", "BooleanEquals": true, "Next": "W"}], "Default": "D"},
+                "F": {"Type": "Fail", "Error": "Boom", "Cause": "bad"},
+                "W": {"Type": "Wait", "Seconds": 3600, "Next": "D"},
+                "D": {"Type": "Pass", "Parameters": {"double.$": "States.MathAdd($.n, $.n)"}, "End": true}}}});
+    for (k, v) in extra.as_object().unwrap() {
+        state[k] = v.clone();
+    }
+    json!({"StartAt": "M", "States": {"M": state}})
+}
+
+fn items(n: i64) -> Value {
+    Value::Array(
+        (0..n)
+            .map(|i| json!({"n": i, "fail": false, "wait": false}))
+            .collect(),
+    )
+}
+
+fn record(nodes: &[ShardNode], arn: &str) -> Option<ExecRecord> {
+    nodes[shard_of(arn, SHARDS) as usize]
+        .handle
+        .app
+        .record(arn)
+        .unwrap()
+}
+
+/// Every record on every shard.
+fn all_records(nodes: &[ShardNode]) -> Vec<ExecRecord> {
+    nodes
+        .iter()
+        .flat_map(|n| n.handle.app.scan(None, 100_000).unwrap())
+        .collect()
+}
+
+fn children(nodes: &[ShardNode]) -> Vec<ExecRecord> {
+    all_records(nodes)
+        .into_iter()
+        .filter(|r| r.parent.is_some())
+        .collect()
+}
+
+async fn ended(nodes: &[ShardNode], arn: &str) -> ExecRecord {
+    eventually(&format!("{arn} to end"), || {
+        record(nodes, arn).filter(|r| r.status.is_terminal())
+    })
+    .await
+}
+
+/// Waits until no record on any shard has a message left to send.
+async fn outboxes_empty(nodes: &[ShardNode]) {
+    eventually("every outbox to empty", || {
+        all_records(nodes)
+            .iter()
+            .all(|r| r.outbox.is_empty())
+            .then_some(())
+    })
+    .await;
+}
+
+fn event_types(nodes: &[ShardNode], r: &ExecRecord) -> Vec<String> {
+    nodes[shard_of(&r.arn, SHARDS) as usize]
+        .handle
+        .app
+        .history(r.id, 1, r.last_event_id)
+        .unwrap()
+        .iter()
+        .map(|e| e.event_type.as_str().to_string())
+        .collect()
+}
+
+/// Stops every shard. The mailer's handles go first: they keep the executors' channels open.
+async fn stop_all(mail: &Loopback, nodes: Vec<ShardNode>) {
+    mail.handles.lock().unwrap().clear();
+    for n in nodes {
+        n.stop().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_distributed_maps_children_run_on_the_shards_they_hash_to() {
+    let dir = tempfile::tempdir().unwrap();
+    let mail = Loopback::default();
+    let (_db, nodes) = boot_shards(dir.path(), SHARDS, Arc::new(NoTasks), &mail).await;
+    let arn = parent_arn("spread");
+    let def = map(json!({"MaxConcurrency": 8}));
+    let input = json!({"items": items(40)});
+    nodes[shard_of(&arn, SHARDS) as usize]
+        .handle
+        .start(start_req("spread", &def, input))
+        .await
+        .unwrap();
+    let parent = ended(&nodes, &arn).await;
+    assert_eq!(parent.status, Status::Succeeded, "{parent:?}");
+    let want: Vec<Value> = (0..40).map(|i| json!({"double": 2 * i})).collect();
+    assert_eq!(
+        serde_json::from_str::<Value>(parent.output.as_deref().unwrap()).unwrap(),
+        Value::Array(want)
+    );
+    // The parent's history is the Map Run's; each child has its own.
+    assert_eq!(
+        event_types(&nodes, &parent),
+        [
+            "ExecutionStarted",
+            "MapStateEntered",
+            "MapStateStarted",
+            "MapRunStarted",
+            "MapRunSucceeded",
+            "MapStateSucceeded",
+            "MapStateExited",
+            "ExecutionSucceeded"
+        ]
+    );
+    let kids = children(&nodes);
+    assert_eq!(kids.len(), 40);
+    let mut shards = std::collections::BTreeSet::new();
+    for c in &kids {
+        assert_eq!(c.status, Status::Succeeded);
+        assert_eq!(c.parent.as_ref().unwrap().arn, arn);
+        assert!(c
+            .arn
+            .starts_with("arn:aws:states:us-east-1:000000000000:execution:M/Run:"));
+        assert_eq!(
+            c.state_machine_arn,
+            "arn:aws:states:us-east-1:000000000000:stateMachine:M/Run"
+        );
+        // Each lives on the shard its ARN hashes to.
+        assert!(nodes[shard_of(&c.arn, SHARDS) as usize]
+            .handle
+            .app
+            .record(&c.arn)
+            .unwrap()
+            .is_some());
+        shards.insert(shard_of(&c.arn, SHARDS));
+    }
+    assert!(shards.len() >= 3, "children on shards {shards:?}");
+    assert_eq!(
+        event_types(&nodes, &kids[0]),
+        [
+            "ExecutionStarted",
+            "ChoiceStateEntered",
+            "ChoiceStateExited",
+            "PassStateEntered",
+            "PassStateExited",
+            "ExecutionSucceeded"
+        ]
+    );
+    outboxes_empty(&nodes).await;
+    stop_all(&mail, nodes).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn undelivered_messages_wait_in_their_records_through_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let mail = Loopback::default();
+    mail.refuse.store(true, Ordering::SeqCst);
+    let (db, nodes) = boot_shards(dir.path(), SHARDS, Arc::new(NoTasks), &mail).await;
+    let arn = parent_arn("restart");
+    let def = map(json!({"MaxConcurrency": 5}));
+    nodes[shard_of(&arn, SHARDS) as usize]
+        .handle
+        .start(start_req("restart", &def, json!({"items": items(12)})))
+        .await
+        .unwrap();
+    // The first five starts are written, durable with the step that caused them.
+    eventually("the child starts in the parent's record", || {
+        record(&nodes, &arn).filter(|r| r.outbox.len() == 5)
+    })
+    .await;
+    assert!(children(&nodes).is_empty());
+    stop_all(&mail, nodes).await;
+    drop(db);
+    // Back up, with deliveries working: the new executors send what the records hold.
+    mail.refuse.store(false, Ordering::SeqCst);
+    let (_db, nodes) = boot_shards(dir.path(), SHARDS, Arc::new(NoTasks), &mail).await;
+    let parent = ended(&nodes, &arn).await;
+    assert_eq!(parent.status, Status::Succeeded, "{parent:?}");
+    assert_eq!(
+        serde_json::from_str::<Value>(parent.output.as_deref().unwrap())
+            .unwrap()
+            .as_array()
+            .unwrap()
+            .len(),
+        12
+    );
+    assert_eq!(children(&nodes).len(), 12);
+    outboxes_empty(&nodes).await;
+    stop_all(&mail, nodes).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_message_delivered_twice_changes_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let mail = Loopback::default();
+    mail.twice.store(true, Ordering::SeqCst);
+    let (_db, nodes) = boot_shards(dir.path(), SHARDS, Arc::new(NoTasks), &mail).await;
+    let arn = parent_arn("twice");
+    let def = map(json!({"MaxConcurrency": 3}));
+    nodes[shard_of(&arn, SHARDS) as usize]
+        .handle
+        .start(start_req("twice", &def, json!({"items": items(10)})))
+        .await
+        .unwrap();
+    let parent = ended(&nodes, &arn).await;
+    assert_eq!(parent.status, Status::Succeeded, "{parent:?}");
+    let want: Vec<Value> = (0..10).map(|i| json!({"double": 2 * i})).collect();
+    assert_eq!(
+        serde_json::from_str::<Value>(parent.output.as_deref().unwrap()).unwrap(),
+        Value::Array(want)
+    );
+    // One child per item: a start delivered again finds its child.
+    assert_eq!(children(&nodes).len(), 10);
+    outboxes_empty(&nodes).await;
+    stop_all(&mail, nodes).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_map_run_and_a_stopped_parent_stop_their_children() {
+    let dir = tempfile::tempdir().unwrap();
+    let mail = Loopback::default();
+    let (_db, nodes) = boot_shards(dir.path(), SHARDS, Arc::new(NoTasks), &mail).await;
+    // Past the tolerance: item 3 fails while the others wait; they are aborted.
+    let arn = parent_arn("threshold");
+    let mut list = items(6);
+    for (i, it) in list.as_array_mut().unwrap().iter_mut().enumerate() {
+        it["wait"] = json!(i != 3);
+        it["fail"] = json!(i == 3);
+    }
+    nodes[shard_of(&arn, SHARDS) as usize]
+        .handle
+        .start(start_req(
+            "threshold",
+            &map(json!({})),
+            json!({"items": list}),
+        ))
+        .await
+        .unwrap();
+    let parent = ended(&nodes, &arn).await;
+    assert_eq!(parent.status, Status::Failed);
+    assert_eq!(
+        parent.error.as_deref(),
+        Some("States.ExceedToleratedFailureThreshold")
+    );
+    let settled = eventually("the waiting children to be aborted", || {
+        let kids = children(&nodes);
+        (kids.len() == 6 && kids.iter().all(|c| c.status.is_terminal())).then_some(kids)
+    })
+    .await;
+    let aborted = settled
+        .iter()
+        .filter(|c| c.status == Status::Aborted)
+        .count();
+    assert_eq!(aborted, 5, "{settled:?}");
+    // StopExecution of a parent aborts its children too.
+    let arn = parent_arn("stopped");
+    let mut list = items(3);
+    for it in list.as_array_mut().unwrap() {
+        it["wait"] = json!(true);
+    }
+    let home = &nodes[shard_of(&arn, SHARDS) as usize].handle;
+    home.start(start_req(
+        "stopped",
+        &map(json!({})),
+        json!({"items": list}),
+    ))
+    .await
+    .unwrap();
+    eventually("three running children", || {
+        let kids: Vec<ExecRecord> = children(&nodes)
+            .into_iter()
+            .filter(|c| c.parent.as_ref().unwrap().arn == arn)
+            .collect();
+        (kids.len() == 3 && kids.iter().all(|c| c.status == Status::Running)).then_some(())
+    })
+    .await;
+    home.control(
+        &arn,
+        Control::Stop {
+            error: None,
+            cause: None,
+        },
+    )
+    .await
+    .unwrap();
+    eventually("the stopped parent's children to be aborted", || {
+        let kids: Vec<ExecRecord> = children(&nodes)
+            .into_iter()
+            .filter(|c| c.parent.as_ref().unwrap().arn == arn)
+            .collect();
+        kids.iter()
+            .all(|c| c.status == Status::Aborted)
+            .then_some(())
+    })
+    .await;
+    outboxes_empty(&nodes).await;
+    stop_all(&mail, nodes).await;
+}
