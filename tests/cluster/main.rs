@@ -4,6 +4,7 @@
 //! cluster in a temporary directory; node logs are printed when a test fails.
 
 mod cap;
+mod fanout;
 mod five;
 mod leader_loss;
 mod names;

@@ -26,6 +26,116 @@ pub(crate) struct Bench {
     /// of checking them all with ListExecutions at the end.
     #[arg(long)]
     pub(crate) describe_each: bool,
+    /// Instead of many executions, run one Map over this many items (a Pass child each)
+    /// and report children per second.
+    #[arg(long, default_value_t = 0)]
+    pub(crate) map_items: u64,
+    /// The Map's MaxConcurrency (0 = unbounded).
+    #[arg(long, default_value_t = 1000)]
+    pub(crate) map_concurrency: u64,
+    /// Run the Map INLINE (iterations inside the execution) instead of DISTRIBUTED (each
+    /// child an execution on its own shard).
+    #[arg(long)]
+    pub(crate) inline: bool,
+}
+
+/// One Map over `items` generated in the state (`[0..items-1]`, so the input stays small),
+/// each child a Pass state that doubles its item; the state's output is the number of
+/// results (the results themselves stay under the payload limit that way).
+pub(crate) fn map_machine(items: u64, max_concurrency: u64, inline: bool) -> Value {
+    let mode = if inline { "INLINE" } else { "DISTRIBUTED" };
+    let mut config = json!({"Mode": mode});
+    if !inline {
+        config["ExecutionType"] = json!("STANDARD");
+    }
+    json!({"QueryLanguage": "JSONata", "StartAt": "Fan", "States": {"Fan": {
+        "Type": "Map", "Items": format!("{{% [0..{}] %}}", items.saturating_sub(1)),
+        "MaxConcurrency": max_concurrency,
+        "ItemProcessor": {"ProcessorConfig": config, "StartAt": "Double", "States": {
+            "Double": {"Type": "Pass", "Output": "{% $states.input * 2 %}", "End": true}}},
+        "Output": "{% $count($states.result) %}", "End": true}}})
+}
+
+/// Runs one Map execution of `b.map_items` items and reports children per second.
+pub(crate) async fn bench_map(c: &Client, b: &Bench, j: bool) -> Result<()> {
+    let mode = if b.inline { "INLINE" } else { "DISTRIBUTED" };
+    let name = format!(
+        "trellisctl-bench-map-{}-{}",
+        mode.to_lowercase(),
+        std::process::id()
+    );
+    let arn = c
+        .state_machines
+        .clone()
+        .create_state_machine(pb::CreateStateMachineRequest {
+            name: name.clone(),
+            definition: map_machine(b.map_items, b.map_concurrency, b.inline).to_string(),
+            role_arn: "arn:aws:iam::000000000000:role/bench".into(),
+            r#type: pb::StateMachineType::Standard as i32,
+            publish: false,
+            version_description: String::new(),
+            settings: None,
+        })
+        .await
+        .map_err(api)?
+        .into_inner()
+        .state_machine_arn;
+    let started = Instant::now();
+    let exec = c
+        .executions
+        .clone()
+        .start_execution(pb::StartExecutionRequest {
+            state_machine_arn: arn,
+            name: "map".into(),
+            input: "{}".into(),
+        })
+        .await
+        .map_err(api)?
+        .into_inner()
+        .execution_arn;
+    // Poll until it ends: at most an hour.
+    let e = loop {
+        let e = c
+            .executions
+            .clone()
+            .describe_execution(pb::DescribeExecutionRequest {
+                execution_arn: exec.clone(),
+            })
+            .await
+            .map_err(api)?
+            .into_inner();
+        if e.status != "RUNNING" {
+            break e;
+        }
+        if started.elapsed() > Duration::from_secs(3600) {
+            return Err(anyhow!("{exec} still runs after an hour"));
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    let elapsed = started.elapsed().as_secs_f64();
+    if e.status != "SUCCEEDED" || e.output.as_deref() != Some(&*b.map_items.to_string()) {
+        return Err(anyhow!(
+            "the map ended {} with output {:?} ({} {})",
+            e.status,
+            e.output,
+            e.error,
+            e.cause
+        ));
+    }
+    let per_second = b.map_items as f64 / elapsed;
+    let v = json!({"machine": name, "map": mode, "items": b.map_items,
+        "maxConcurrency": b.map_concurrency, "seconds": elapsed, "childrenPerSecond": per_second});
+    if j {
+        out!("{v}");
+    } else {
+        out!(
+            "one {mode} Map of {} items (MaxConcurrency {}) in {elapsed:.2}s",
+            b.map_items,
+            b.map_concurrency
+        );
+        out!("  children/s     {per_second:>10.1}");
+    }
+    Ok(())
 }
 
 /// A 10-state Pass/Choice machine: four Pass states, a Choice, four more Pass states and a
@@ -53,6 +163,9 @@ pub(crate) fn percentile(sorted: &[Duration], p: f64) -> f64 {
 }
 
 pub(crate) async fn bench(c: &Client, b: Bench, j: bool) -> Result<()> {
+    if b.map_items > 0 {
+        return bench_map(c, &b, j).await;
+    }
     let kind = if b.express { "EXPRESS" } else { "STANDARD" };
     let name = format!(
         "trellisctl-bench-{}-{}",

@@ -1,0 +1,189 @@
+//! Fan-out: a DISTRIBUTED Map's children run as child executions on the shards their ARNs
+//! hash to, so on every node; a `kill -9` of a node during the map loses nothing and
+//! duplicates nothing; stopping the parent stops the children.
+
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Value};
+use trellis_testkit::{pb, Cluster, Options};
+
+use crate::workload::{describe, retry, Pool, ROLE};
+
+const STARTED: &str = "trellis_map_children_started_total";
+
+/// A DISTRIBUTED Map over `$.items`: each child waits `wait` seconds, then doubles `n`.
+async fn create(pool: &Pool, name: &str, wait: u64, max_concurrency: u64) -> String {
+    let def = json!({"StartAt": "M", "States": {"M": {
+        "Type": "Map", "ItemsPath": "$.items", "MaxConcurrency": max_concurrency, "End": true,
+        "ItemProcessor": {"ProcessorConfig": {"Mode": "DISTRIBUTED", "ExecutionType": "STANDARD"},
+            "StartAt": "Nap", "States": {
+                "Nap": {"Type": "Wait", "Seconds": wait, "Next": "Double"},
+                "Double": {"Type": "Pass", "Parameters": {"double.$": "States.MathAdd($.n, $.n)"}, "End": true}}}}}})
+    .to_string();
+    retry(pool, Duration::from_secs(30), |mut c| {
+        let def = def.clone();
+        async move {
+            c.state_machines
+                .create_state_machine(pb::CreateStateMachineRequest {
+                    name: name.to_string(),
+                    definition: def,
+                    role_arn: ROLE.into(),
+                    ..Default::default()
+                })
+                .await
+                .map(|r| r.into_inner().state_machine_arn)
+        }
+    })
+    .await
+    .expect("create machine")
+}
+
+async fn start(pool: &Pool, machine: &str, name: &str, items: u64) -> String {
+    let input =
+        json!({"items": (0..items).map(|n| json!({"n": n})).collect::<Vec<_>>()}).to_string();
+    retry(pool, Duration::from_secs(30), |mut c| {
+        let (m, i) = (machine.to_string(), input.clone());
+        async move {
+            c.executions
+                .start_execution(pb::StartExecutionRequest {
+                    state_machine_arn: m,
+                    name: name.to_string(),
+                    input: i,
+                })
+                .await
+                .map(|r| r.into_inner().execution_arn)
+        }
+    })
+    .await
+    .expect("start")
+}
+
+/// Waits (bounded) until the execution ends; returns its description.
+async fn ended(pool: &Pool, arn: &str, limit: Duration) -> pb::Execution {
+    let t0 = Instant::now();
+    loop {
+        if let Ok(e) = describe(pool, arn).await {
+            if e.status != "RUNNING" {
+                return e;
+            }
+        }
+        assert!(t0.elapsed() < limit, "{arn} still running after {limit:?}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// Children started per node, from the nodes' metrics.
+fn started(c: &Cluster, ids: &[u64]) -> Vec<f64> {
+    ids.iter()
+        .map(|id| c.metric(*id, STARTED).unwrap_or(0.0))
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_distributed_map_spreads_over_the_nodes_and_survives_a_kill() {
+    const ITEMS: u64 = 600;
+    let mut c = Cluster::start(env!("CARGO_BIN_EXE_trellis-node"), 3, Options::default())
+        .await
+        .expect("cluster");
+    let pool = Pool::of(&c);
+    let machine = create(&pool, "fanout", 1, 150).await;
+    let arn = start(&pool, &machine, "big", ITEMS).await;
+    // Wait until a good part of the children started, then look where.
+    let ids = c.running();
+    let t0 = Instant::now();
+    let per_node = loop {
+        let s = started(&c, &ids);
+        if s.iter().sum::<f64>() >= 200.0 {
+            break s;
+        }
+        assert!(
+            t0.elapsed() < Duration::from_secs(60),
+            "children did not start: {s:?}\n{}",
+            c.logs()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let total: f64 = per_node.iter().sum();
+    for (id, n) in ids.iter().zip(&per_node) {
+        assert!(
+            *n >= total * 0.1,
+            "node {id} started {n} of {total} children: {per_node:?}"
+        );
+    }
+    // Mid-map, the node that leads the most shards dies.
+    let victim = c.busiest_leader().await.expect("leaders");
+    c.kill(victim);
+    pool.set(&c);
+    c.wait_leaders(Duration::from_secs(30))
+        .await
+        .unwrap_or_else(|e| panic!("{e}\n{}", c.logs()));
+    let e = ended(&pool, &arn, Duration::from_secs(180)).await;
+    assert_eq!(e.status, "SUCCEEDED", "{e:?}\n{}", c.logs());
+    // Every item's result once, in item order.
+    let out: Value = serde_json::from_str(e.output.as_deref().unwrap_or("null")).unwrap();
+    let want: Vec<Value> = (0..ITEMS).map(|n| json!({"double": 2 * n})).collect();
+    assert_eq!(out, Value::Array(want));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn stopping_the_parent_stops_its_children() {
+    let c = Cluster::start(env!("CARGO_BIN_EXE_trellis-node"), 3, Options::default())
+        .await
+        .expect("cluster");
+    let pool = Pool::of(&c);
+    let machine = create(&pool, "stopped", 3600, 0).await;
+    let arn = start(&pool, &machine, "long", 30).await;
+    let ids = c.running();
+    let t0 = Instant::now();
+    while started(&c, &ids).iter().sum::<f64>() < 30.0 {
+        assert!(t0.elapsed() < Duration::from_secs(60), "{}", c.logs());
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    retry(&pool, Duration::from_secs(30), |mut cl| {
+        let a = arn.clone();
+        async move {
+            cl.executions
+                .stop_execution(pb::StopExecutionRequest {
+                    execution_arn: a,
+                    ..Default::default()
+                })
+                .await
+                .map(drop)
+        }
+    })
+    .await
+    .expect("stop");
+    assert_eq!(
+        ended(&pool, &arn, Duration::from_secs(30)).await.status,
+        "ABORTED"
+    );
+    // Every child ends, aborted: the nodes count 30 children finished.
+    let t0 = Instant::now();
+    loop {
+        let done: f64 = ids
+            .iter()
+            .map(|id| {
+                c.metric(*id, "trellis_map_children_finished_total")
+                    .unwrap_or(0.0)
+            })
+            .sum();
+        if done >= 30.0 {
+            break;
+        }
+        assert!(
+            t0.elapsed() < Duration::from_secs(60),
+            "{done} of 30 children ended\n{}",
+            c.logs()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // ... aborted: with the parent, 31 executions ended ABORTED.
+    let aborted: f64 = ids
+        .iter()
+        .map(|id| {
+            c.metric(*id, "trellis_executions_finished_total{status=\"ABORTED\"}")
+                .unwrap_or(0.0)
+        })
+        .sum();
+    assert_eq!(aborted, 31.0);
+}
