@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 use serde_json::{json, Value};
 use trellis_testkit::{pb, Cluster, Options};
 
-use crate::workload::{describe, retry, Pool, ROLE};
+use crate::workload::{create_machine, describe, retry, Pool};
 
 const STARTED: &str = "trellis_map_children_started_total";
 
@@ -18,24 +18,8 @@ async fn create(pool: &Pool, name: &str, wait: u64, max_concurrency: u64) -> Str
         "ItemProcessor": {"ProcessorConfig": {"Mode": "DISTRIBUTED", "ExecutionType": "STANDARD"},
             "StartAt": "Nap", "States": {
                 "Nap": {"Type": "Wait", "Seconds": wait, "Next": "Double"},
-                "Double": {"Type": "Pass", "Parameters": {"double.$": "States.MathAdd($.n, $.n)"}, "End": true}}}}}})
-    .to_string();
-    retry(pool, Duration::from_secs(30), |mut c| {
-        let def = def.clone();
-        async move {
-            c.state_machines
-                .create_state_machine(pb::CreateStateMachineRequest {
-                    name: name.to_string(),
-                    definition: def,
-                    role_arn: ROLE.into(),
-                    ..Default::default()
-                })
-                .await
-                .map(|r| r.into_inner().state_machine_arn)
-        }
-    })
-    .await
-    .expect("create machine")
+                "Double": {"Type": "Pass", "Parameters": {"double.$": "States.MathAdd($.n, $.n)"}, "End": true}}}}}});
+    create_machine(pool, name, &def).await
 }
 
 async fn start(pool: &Pool, machine: &str, name: &str, items: u64) -> String {

@@ -10,7 +10,7 @@ use std::time::Duration;
 use serde_json::json;
 use trellis_testkit::{pb, Cluster, Options};
 
-use crate::workload::{self, Pool, ROLE};
+use crate::workload::{self, Pool};
 
 const PER_NODE: usize = 2_000;
 const CALLERS_PER_NODE: usize = 16;
@@ -21,24 +21,8 @@ async fn unnamed_starts_on_three_nodes_are_distinct() {
         .await
         .expect("cluster");
     let pool = Pool::of(&c);
-    let def =
-        json!({"StartAt": "Done", "States": {"Done": {"Type": "Pass", "End": true}}}).to_string();
-    let machine = workload::retry(&pool, Duration::from_secs(30), |mut c| {
-        let def = def.clone();
-        async move {
-            c.state_machines
-                .create_state_machine(pb::CreateStateMachineRequest {
-                    name: "names".into(),
-                    definition: def,
-                    role_arn: ROLE.into(),
-                    ..Default::default()
-                })
-                .await
-                .map(|r| r.into_inner().state_machine_arn)
-        }
-    })
-    .await
-    .expect("create machine");
+    let def = json!({"StartAt": "Done", "States": {"Done": {"Type": "Pass", "End": true}}});
+    let machine = workload::create_machine(&pool, "names", &def).await;
 
     // Every node must know the machine before the burst (a read through any node).
     for id in c.running() {

@@ -115,9 +115,15 @@ pub async fn setup(pool: &Pool, name: &str) -> (String, String) {
             "Nap": {"Type": "Wait", "Seconds": 1, "Next": "Done"},
             "Done": {"Type": "Pass", "End": true}
         }
-    })
-    .to_string();
-    let machine = retry(pool, Duration::from_secs(30), |mut c| {
+    });
+    let machine = create_machine(pool, name, &def).await;
+    (activity, machine)
+}
+
+/// Creates a STANDARD state machine through some node; returns its ARN.
+pub async fn create_machine(pool: &Pool, name: &str, definition: &Value) -> String {
+    let def = definition.to_string();
+    retry(pool, Duration::from_secs(30), |mut c| {
         let def = def.clone();
         async move {
             c.state_machines
@@ -132,8 +138,7 @@ pub async fn setup(pool: &Pool, name: &str) -> (String, String) {
         }
     })
     .await
-    .expect("create machine");
-    (activity, machine)
+    .expect("create machine")
 }
 
 /// Creates an activity through some node; returns its ARN.
@@ -157,24 +162,8 @@ pub async fn setup_waits(pool: &Pool, name: &str) -> String {
             "Nap": {"Type": "Wait", "Seconds": 1, "Next": "Done"},
             "Done": {"Type": "Pass", "Parameters": {"n.$": "$.n", "double.$": "States.MathAdd($.n, $.n)"}, "End": true}
         }
-    })
-    .to_string();
-    retry(pool, Duration::from_secs(30), |mut c| {
-        let def = def.clone();
-        async move {
-            c.state_machines
-                .create_state_machine(pb::CreateStateMachineRequest {
-                    name: name.to_string(),
-                    definition: def,
-                    role_arn: ROLE.into(),
-                    ..Default::default()
-                })
-                .await
-                .map(|r| r.into_inner().state_machine_arn)
-        }
-    })
-    .await
-    .expect("create machine")
+    });
+    create_machine(pool, name, &def).await
 }
 
 /// Activity workers: each long-polls some node, answers `{"n": n, "double": 2n}`, and keeps
