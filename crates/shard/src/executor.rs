@@ -1306,10 +1306,11 @@ impl Executor {
             let timers: Vec<u64> = live.exec.pending_timers().collect();
             let tasks: Vec<u64> = live.exec.pending_tasks().collect();
             let queued = live.rec.status == Status::Queued;
-            if timers.is_empty() && tasks.is_empty() && !live.rec.paused && !queued {
+            let children = live.exec.pending_children().next().is_some();
+            if timers.is_empty() && tasks.is_empty() && !children && !live.rec.paused && !queued {
                 finding(
                     "STUCK_EXECUTION",
-                    "running, not paused, and waiting for no timer and no task".into(),
+                    "running, not paused, and waiting for no timer, task or child execution".into(),
                     false,
                 );
             }

@@ -317,6 +317,15 @@ async fn a_failed_map_run_and_a_stopped_parent_stop_their_children() {
         (kids.len() == 3 && kids.iter().all(|c| c.status == Status::Running)).then_some(())
     })
     .await;
+    // A parent that waits for its children is not stuck.
+    let report = home.scan().await.unwrap();
+    assert!(
+        !report
+            .findings
+            .iter()
+            .any(|f| f.execution_arn == arn && f.kind == "STUCK_EXECUTION"),
+        "{report:?}"
+    );
     home.control(
         &arn,
         Control::Stop {
