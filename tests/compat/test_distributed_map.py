@@ -1,6 +1,9 @@
 """DISTRIBUTED Map through boto3: the Map Run events, ItemBatcher and tolerated failures."""
 import json
 
+import pytest
+from botocore.exceptions import ClientError
+
 from conftest import create, full_history, wait_status
 
 
@@ -39,6 +42,25 @@ def test_batches_and_the_map_run_in_the_history(sfn):
         "MapStateSucceeded", "MapStateExited", "ExecutionSucceeded"]
     run_arn = events[3]["mapRunStartedEventDetails"]["mapRunArn"]
     assert run_arn.startswith("arn:aws:states:us-east-1:000000000000:mapRun:DmapBatches/"), run_arn
+    # The children are executions of their own, listed by their Map Run.
+    children = sfn.list_executions(mapRunArn=run_arn)["executions"]
+    assert len(children) == 2 and all(c["status"] == "SUCCEEDED" for c in children), children
+    assert all(c["mapRunArn"] == run_arn for c in children)
+    machine = run_arn.split(":mapRun:")[1].rsplit(":", 1)[0]
+    inputs = []
+    for c in children:
+        assert c["stateMachineArn"] == f"arn:aws:states:us-east-1:000000000000:stateMachine:{machine}"
+        assert c["executionArn"].startswith(f"arn:aws:states:us-east-1:000000000000:execution:{machine}:")
+        child = sfn.describe_execution(executionArn=c["executionArn"])
+        assert child["mapRunArn"] == run_arn
+        assert child["output"] == child["input"]
+        inputs.append(json.loads(child["input"]))
+        assert [e["type"] for e in full_history(sfn, c["executionArn"])] == [
+            "ExecutionStarted", "PassStateEntered", "PassStateExited", "ExecutionSucceeded"]
+    assert sorted(inputs, key=lambda i: i["Items"]) == json.loads(d["output"])
+    # ... and not among the parent machine's executions.
+    parent_machine = d["stateMachineArn"]
+    assert [e["name"] for e in sfn.list_executions(stateMachineArn=parent_machine)["executions"]] == [name]
 
 
 def test_a_failed_batch_beyond_the_tolerance_fails_the_state(sfn):
@@ -56,3 +78,16 @@ def test_a_failed_batch_beyond_the_tolerance_fails_the_state(sfn):
     assert map_run_failed["mapRunFailedEventDetails"] == {
         "error": "States.ExceedToleratedFailureThreshold",
         "cause": "The specified tolerated failure threshold was exceeded"}
+
+
+def test_list_executions_takes_a_machine_or_a_map_run(sfn):
+    arn = create(sfn, "DmapLists", distributed({"StartAt": "P", "States": {"P": {"Type": "Pass", "End": True}}}))
+    run = "arn:aws:states:us-east-1:000000000000:mapRun:DmapLists/none:00000000-0000-4000-8000-000000000000"
+    # A Map Run without children lists none.
+    assert sfn.list_executions(mapRunArn=run)["executions"] == []
+    for kw, code in (({"stateMachineArn": arn, "mapRunArn": run}, "ValidationException"),
+                     ({}, "ValidationException"),
+                     ({"mapRunArn": arn}, "InvalidArn")):
+        with pytest.raises(ClientError) as err:
+            sfn.list_executions(**kw)
+        assert err.value.response["Error"]["Code"] == code, kw

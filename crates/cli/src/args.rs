@@ -113,6 +113,8 @@ pub(crate) enum Exec {
     Describe {
         arn: String,
     },
+    /// The executions of a state machine, or the child executions of a Map Run (give its
+    /// ARN, from the parent's `MapRunStarted` event).
     List {
         state_machine_arn: String,
         #[arg(long)]

@@ -271,16 +271,24 @@ pub(crate) async fn follow(c: &mut Client, arn: &str, started: Instant, j: bool)
     Ok(())
 }
 
-/// Every execution of a machine (with a status filter, or none).
+/// Every execution of a machine, or every child of a Map Run (its ARN has `:mapRun:`), with
+/// a status filter or none.
 pub(crate) async fn list_executions(
     c: &Client,
-    state_machine_arn: &str,
+    arn: &str,
     status: Option<&str>,
 ) -> Result<Vec<pb::ExecutionListItem>> {
+    let map_run = arn.contains(":mapRun:");
     all_pages(|next_token| {
         let mut c = c.executions.clone();
+        let (machine, run) = if map_run {
+            (String::new(), arn.to_string())
+        } else {
+            (arn.to_string(), String::new())
+        };
         let req = pb::ListExecutionsRequest {
-            state_machine_arn: state_machine_arn.to_string(),
+            state_machine_arn: machine,
+            map_run_arn: run,
             status_filter: status.unwrap_or_default().to_string(),
             max_results: 1000,
             next_token,

@@ -460,12 +460,6 @@ async fn dispatch(node: &Node, headers: &HeaderMap, body: &[u8]) -> ApiResult<St
         }
         "ListExecutions" => {
             let i: ListExecutionsInput = parse(body)?;
-            if i.map_run_arn.is_some() {
-                return Err(ApiError::new(
-                    Code::ValidationException,
-                    "Map Runs are not supported by Trellis yet",
-                ));
-            }
             let redriven = match i.redrive_filter.as_deref() {
                 None => None,
                 Some("REDRIVEN") => Some(true),
@@ -479,11 +473,12 @@ async fn dispatch(node: &Node, headers: &HeaderMap, body: &[u8]) -> ApiResult<St
             };
             let out = node
                 .list_executions(pb::ListExecutionsRequest {
-                    state_machine_arn: required(i.state_machine_arn, "stateMachineArn")?,
+                    state_machine_arn: i.state_machine_arn.unwrap_or_default(),
                     status_filter: i.status_filter.unwrap_or_default(),
                     max_results: i.max_results,
                     next_token: i.next_token.unwrap_or_default(),
                     redrive_filter_redriven: false,
+                    map_run_arn: i.map_run_arn.unwrap_or_default(),
                 })
                 .await?;
             reply(ListExecutionsOutput {
@@ -499,6 +494,7 @@ async fn dispatch(node: &Node, headers: &HeaderMap, body: &[u8]) -> ApiResult<St
                         start_date: secs(e.start_date),
                         redrive_count: e.redrive_count,
                         stop_date: secs_if(e.stop_date),
+                        map_run_arn: e.map_run_arn,
                     })
                     .collect(),
                 next_token: out.next_token,
@@ -677,6 +673,7 @@ fn describe_execution(e: pb::Execution) -> DescribeExecutionOutput {
         redrive_date: secs_if(e.redrive_date),
         stop_date: secs_if(e.stop_date),
         output_details: e.output.is_some().then_some(INCLUDED),
+        map_run_arn: e.map_run_arn,
         execution_arn: e.execution_arn,
         state_machine_arn: e.state_machine_arn,
         name: e.name,

@@ -521,6 +521,9 @@ pub struct DescribeExecutionOutput {
     pub output: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub output_details: Option<Included>,
+    /// A DISTRIBUTED Map's child: the Map Run that started it.
+    #[serde(skip_serializing_if = "is_empty")]
+    pub map_run_arn: String,
     #[serde(skip_serializing_if = "is_empty")]
     pub error: String,
     #[serde(skip_serializing_if = "is_empty")]
@@ -547,6 +550,8 @@ pub struct ExecutionListItem {
     pub redrive_count: u32,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub stop_date: Option<Number>,
+    #[serde(skip_serializing_if = "is_empty")]
+    pub map_run_arn: String,
 }
 
 #[derive(Debug, Serialize)]

@@ -42,7 +42,16 @@ pub fn execution_pb(rec: &trellis_shard::ExecRecord, shard: u32) -> pb::Executio
         state_machine_alias_arn: rec.alias_arn.clone().unwrap_or_default(),
         paused: rec.paused,
         shard,
+        map_run_arn: map_run_of(rec),
     }
+}
+
+/// The Map Run that started a child execution (empty for any other).
+pub fn map_run_of(rec: &trellis_shard::ExecRecord) -> String {
+    rec.parent
+        .as_ref()
+        .map(|p| p.map_run_arn.clone())
+        .unwrap_or_default()
 }
 
 pub fn event_pb(e: &trellis_asl::HistoryEvent) -> pb::HistoryEvent {
