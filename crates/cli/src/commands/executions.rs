@@ -10,9 +10,13 @@ use crate::args::*;
 use crate::output::*;
 
 pub(crate) fn execution_json(e: &pb::Execution) -> Value {
-    json!({"executionArn": e.execution_arn, "stateMachineArn": e.state_machine_arn, "name": e.name,
+    let mut v = json!({"executionArn": e.execution_arn, "stateMachineArn": e.state_machine_arn, "name": e.name,
         "status": e.status, "startDate": e.start_date, "stopDate": e.stop_date, "input": e.input,
-        "output": e.output, "error": e.error, "cause": e.cause, "paused": e.paused, "shard": e.shard})
+        "output": e.output, "error": e.error, "cause": e.cause, "paused": e.paused, "shard": e.shard});
+    if !e.map_run_arn.is_empty() {
+        v["mapRunArn"] = json!(e.map_run_arn);
+    }
+    v
 }
 
 pub(crate) async fn exec(c: &mut Client, j: bool, cmd: Exec) -> Result<()> {
