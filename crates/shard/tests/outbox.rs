@@ -348,3 +348,53 @@ async fn a_failed_map_run_and_a_stopped_parent_stop_their_children() {
     outboxes_empty(&nodes).await;
     stop_all(&mail, nodes).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nested_maps_and_a_timed_out_parent() {
+    let dir = tempfile::tempdir().unwrap();
+    let mail = Loopback::default();
+    let (_db, nodes) = boot_shards(dir.path(), SHARDS, Arc::new(NoTasks), &mail).await;
+    // A Map whose children run a Map: grandchildren on their own shards too.
+    let inner = map(json!({"ItemsPath": "$.inner"}));
+    let outer = json!({"StartAt": "Out", "States": {"Out": {"Type": "Map", "ItemsPath": "$.outer",
+        "End": true, "ItemProcessor": {"ProcessorConfig": {"Mode": "DISTRIBUTED", "ExecutionType": "STANDARD"},
+            "StartAt": "M", "States": {"M": inner["States"]["M"].clone()}}}}});
+    let arn = parent_arn("nested");
+    let input = json!({"outer": [{"inner": items(3)}, {"inner": items(2)}]});
+    nodes[shard_of(&arn, SHARDS) as usize]
+        .handle
+        .start(start_req("nested", &outer, input))
+        .await
+        .unwrap();
+    let parent = ended(&nodes, &arn).await;
+    assert_eq!(parent.status, Status::Succeeded, "{parent:?}");
+    assert_eq!(
+        serde_json::from_str::<Value>(parent.output.as_deref().unwrap()).unwrap(),
+        json!([[{"double": 0}, {"double": 2}, {"double": 4}], [{"double": 0}, {"double": 2}]])
+    );
+    assert_eq!(children(&nodes).len(), 2 + 5);
+    // A parent that times out stops its children.
+    let mut list = items(4);
+    for it in list.as_array_mut().unwrap() {
+        it["wait"] = json!(true);
+    }
+    let mut def = map(json!({}));
+    def["TimeoutSeconds"] = json!(1);
+    let arn = parent_arn("timeout");
+    nodes[shard_of(&arn, SHARDS) as usize]
+        .handle
+        .start(start_req("timeout", &def, json!({"items": list})))
+        .await
+        .unwrap();
+    assert_eq!(ended(&nodes, &arn).await.status, Status::TimedOut);
+    eventually("the timed-out parent's children to be aborted", || {
+        let kids: Vec<ExecRecord> = children(&nodes)
+            .into_iter()
+            .filter(|c| c.parent.as_ref().unwrap().arn == arn)
+            .collect();
+        (kids.len() == 4 && kids.iter().all(|c| c.status == Status::Aborted)).then_some(())
+    })
+    .await;
+    outboxes_empty(&nodes).await;
+    stop_all(&mail, nodes).await;
+}
