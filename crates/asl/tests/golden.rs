@@ -144,8 +144,23 @@ fn run_case(c: &Value) -> Result<(), String> {
         runs.push((exec, driver.into_history()));
     }
     let (exec, events) = runs.remove(0);
+    // Map Runs end the same whichever way their children run (dates aside).
+    let summary = |e: &Execution| -> Vec<String> {
+        e.map_runs()
+            .iter()
+            .map(|r| {
+                format!(
+                    "{} {:?} {:?} {:?}",
+                    r.map_run_arn, r.status, r.items, r.executions
+                )
+            })
+            .collect()
+    };
     for (i, (other, other_events)) in runs.iter().enumerate() {
-        if *other_events != events || other.outcome() != exec.outcome() {
+        if *other_events != events
+            || other.outcome() != exec.outcome()
+            || summary(other) != summary(&exec)
+        {
             let how = [
                 "saving and restoring the execution state",
                 "running children as child executions",

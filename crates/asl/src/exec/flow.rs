@@ -1191,8 +1191,46 @@ impl Execution {
                     Err((f, field)) => return self.data_failed(fid, f, field, env),
                 }
             }
+            let arn = self.map_run_arn(distributed, env);
+            let children = if sizes.is_empty() {
+                length as u64
+            } else {
+                sizes.len() as u64
+            };
+            // A Map Run inside a child running as frames belongs to that child, which has
+            // no record of its own: it is not listed.
+            let silent = self.frame(fid).silent;
+            let summary = if silent {
+                usize::MAX
+            } else {
+                self.st.map_runs.len()
+            };
+            let record = MapRunSummary {
+                map_run_arn: arn.clone(),
+                state_name: st.name.clone(),
+                start_ms: self.now,
+                stop_ms: None,
+                status: MapRunStatus::Running,
+                max_concurrency: mc as u64,
+                tolerated_failure_count: tolerated_count.unwrap_or(0),
+                tolerated_failure_percentage: tolerated_percentage.unwrap_or(0.0),
+                items: MapRunCounts {
+                    pending: length as u64,
+                    total: length as u64,
+                    ..Default::default()
+                },
+                executions: MapRunCounts {
+                    pending: children,
+                    total: children,
+                    ..Default::default()
+                },
+            };
+            if !silent {
+                self.st.map_runs.push(record);
+            }
             run = Some(MapRun {
-                arn: self.map_run_arn(distributed, env),
+                arn,
+                summary,
                 sizes,
                 total_items: length as u64,
                 failed_items: 0,
@@ -1211,7 +1249,8 @@ impl Execution {
             });
         }
         if len == 0 {
-            if run.is_some() {
+            if let Some(r) = &run {
+                self.end_run(r.summary, MapRunStatus::Succeeded);
                 self.emit(Some(fid), EventType::MapRunSucceeded, || None);
             }
             self.emit(Some(fid), EventType::MapStateSucceeded, || None);
@@ -1376,6 +1415,10 @@ impl Execution {
             if let Waiting::Children(c) = &mut self.active_mut(fid).waiting {
                 c.next_index += 1;
             }
+            self.run_moved(fid, index, |c| {
+                c.pending = c.pending.saturating_sub(1);
+                c.running += 1;
+            });
             let iteration_input = match item_selector.as_ref().filter(|_| !preselected) {
                 None => Ok(item),
                 Some(t) => {
@@ -1396,6 +1439,12 @@ impl Execution {
                 Ok(v) => v,
                 Err(f) => {
                     self.abort_children(fid);
+                    if let Waiting::Children(Children { run: Some(r), .. }) =
+                        &self.active(fid).waiting
+                    {
+                        let summary = r.summary;
+                        self.end_run(summary, MapRunStatus::Failed);
+                    }
                     self.emit(Some(fid), EventType::MapStateFailed, || None);
                     self.active_mut(fid).waiting = Waiting::Nothing;
                     return self.data_failed(fid, f, "ItemSelector", env);
@@ -1789,6 +1838,10 @@ impl Execution {
             child_prev
         };
         self.release_frame(fid);
+        self.run_moved(parent.frame, parent.slot, |c| {
+            c.running = c.running.saturating_sub(1);
+            c.succeeded += 1;
+        });
         {
             let Waiting::Children(c) = &mut self.active_mut(parent.frame).waiting else {
                 return;
@@ -1868,22 +1921,49 @@ impl Execution {
             return;
         }
         if o.status == ExecStatus::Succeeded {
+            self.run_moved(fid, slot, |c| {
+                c.running = c.running.saturating_sub(1);
+                c.succeeded += 1;
+            });
             if let Waiting::Children(c) = &mut self.active_mut(fid).waiting {
                 c.results[slot] = Some(o.output.unwrap_or(Value::Null));
                 c.done += 1;
             }
             return self.settle(fid, env);
         }
-        let error = o.error.or_else(|| match o.status {
-            ExecStatus::TimedOut => Some(names::TIMEOUT.to_string()),
-            _ => None,
-        });
+        let timed_out = o.status == ExecStatus::TimedOut;
+        let error = o
+            .error
+            .or_else(|| timed_out.then(|| names::TIMEOUT.to_string()));
         let f = Failure {
             error,
             cause: o.cause,
             heartbeat: false,
         };
-        self.child_failed(fid, slot, f, env);
+        self.child_failed(fid, slot, f, timed_out, env);
+    }
+
+    /// Moves a DISTRIBUTED Map's child (and its items) from one count of its Map Run to
+    /// another.
+    fn run_moved(&mut self, fid: FrameId, slot: usize, change: fn(&mut MapRunCounts)) {
+        let st = &mut self.st;
+        let Some(Some(Frame {
+            active: Some(a), ..
+        })) = st.frames.get(fid)
+        else {
+            return;
+        };
+        if let Waiting::Children(Children { run: Some(run), .. }) = &a.waiting {
+            run.moved(&mut st.map_runs, slot, change);
+        }
+    }
+
+    /// A Map Run ended.
+    fn end_run(&mut self, summary: usize, status: MapRunStatus) {
+        if let Some(s) = self.st.map_runs.get_mut(summary) {
+            s.status = status;
+            s.stop_ms = Some(self.now);
+        }
     }
 
     /// A child of a Parallel or Map frame ended and its result is in: start more, or, when
@@ -1902,7 +1982,8 @@ impl Execution {
         let w = std::mem::replace(&mut self.active_mut(fid).waiting, Waiting::Nothing);
         let Waiting::Children(c) = w else { return };
         let mut last = c.last_event;
-        if c.run.is_some() {
+        if let Some(r) = &c.run {
+            self.end_run(r.summary, MapRunStatus::Succeeded);
             last = self.emit_after(Some(fid), last, EventType::MapRunSucceeded, || None);
         }
         let ty = if c.is_map {
@@ -1924,8 +2005,26 @@ impl Execution {
     /// Within them, its place in the results holds its error and cause and the run goes
     /// on; beyond them, the other children are aborted and the state fails with
     /// `States.ExceedToleratedFailureThreshold`.
-    fn child_failed(&mut self, map: FrameId, slot: usize, f: Failure, env: &mut dyn Env) {
+    fn child_failed(
+        &mut self,
+        map: FrameId,
+        slot: usize,
+        f: Failure,
+        timed_out: bool,
+        env: &mut dyn Env,
+    ) {
         let parent = Parent { frame: map, slot };
+        if timed_out {
+            self.run_moved(map, slot, |c| {
+                c.running = c.running.saturating_sub(1);
+                c.timed_out += 1;
+            });
+        } else {
+            self.run_moved(map, slot, |c| {
+                c.running = c.running.saturating_sub(1);
+                c.failed += 1;
+            });
+        }
         let exceeded = {
             let Waiting::Children(c) = &mut self.active_mut(parent.frame).waiting else {
                 return;
@@ -1934,12 +2033,14 @@ impl Execution {
             c.done += 1;
             let Some(run) = c.run.as_mut() else { return };
             run.failed_items += run.items_of(parent.slot);
-            run.exceeded()
+            (run.exceeded(), run.summary)
         };
+        let (exceeded, summary) = exceeded;
         if !exceeded {
             return self.settle(parent.frame, env);
         }
         self.abort_children(parent.frame);
+        self.end_run(summary, MapRunStatus::Failed);
         self.active_mut(parent.frame).waiting = Waiting::Nothing;
         const CAUSE: &str = "The specified tolerated failure threshold was exceeded";
         let error = names::EXCEED_TOLERATED_FAILURE_THRESHOLD;
@@ -1977,7 +2078,7 @@ impl Execution {
             if let Waiting::Children(c) = &mut self.active_mut(parent.frame).waiting {
                 c.running.remove(&parent.slot);
             }
-            return self.child_failed(parent.frame, parent.slot, f, env);
+            return self.child_failed(parent.frame, parent.slot, f, false, env);
         }
         let child_prev = self.frame(fid).prev;
         let is_map = matches!(&self.active(parent.frame).waiting, Waiting::Children(c) if c.is_map);
@@ -2026,9 +2127,17 @@ impl Execution {
             }
             _ => return,
         };
-        for child_id in remote.into_values() {
+        let aborted = |c: &mut MapRunCounts| {
+            c.running = c.running.saturating_sub(1);
+            c.aborted += 1;
+        };
+        for (slot, child_id) in remote {
+            self.run_moved(fid, slot, aborted);
             self.st.children.remove(&child_id);
             self.out.commands.push(Command::StopChild { child_id });
+        }
+        for (slot, _) in &running {
+            self.run_moved(fid, *slot, aborted);
         }
         let name = self.current_state(fid).0.name.clone();
         for (slot, child) in running {
@@ -2076,11 +2185,12 @@ impl Execution {
                 true
             }
             Waiting::Children(c) => {
-                let run = c.run.is_some();
+                let run = c.run.as_ref().map(|r| r.summary);
                 self.active_mut(fid).waiting = Waiting::Children(c);
                 self.abort_children(fid);
                 self.active_mut(fid).waiting = Waiting::Nothing;
-                if run {
+                if let Some(summary) = run {
+                    self.end_run(summary, MapRunStatus::Aborted);
                     self.emit(Some(fid), EventType::MapRunAborted, || None);
                 }
                 true

@@ -206,6 +206,56 @@ pub enum Command {
     },
 }
 
+/// What `DescribeMapRun` tells of a Map Run.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct MapRunSummary {
+    pub map_run_arn: String,
+    /// The Map state.
+    pub state_name: String,
+    pub start_ms: i64,
+    pub stop_ms: Option<i64>,
+    pub status: MapRunStatus,
+    /// 0: unbounded.
+    pub max_concurrency: u64,
+    pub tolerated_failure_count: u64,
+    pub tolerated_failure_percentage: f64,
+    /// The items, and the child executions (batches of items with an ItemBatcher).
+    pub items: MapRunCounts,
+    pub executions: MapRunCounts,
+}
+
+/// A Map Run's status.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum MapRunStatus {
+    Running,
+    Succeeded,
+    Failed,
+    Aborted,
+}
+
+impl MapRunStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            MapRunStatus::Running => "RUNNING",
+            MapRunStatus::Succeeded => "SUCCEEDED",
+            MapRunStatus::Failed => "FAILED",
+            MapRunStatus::Aborted => "ABORTED",
+        }
+    }
+}
+
+/// Items or child executions of a Map Run, by where they are.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MapRunCounts {
+    pub pending: u64,
+    pub running: u64,
+    pub succeeded: u64,
+    pub failed: u64,
+    pub timed_out: u64,
+    pub aborted: u64,
+    pub total: u64,
+}
+
 /// A child execution for the host to start.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ChildRequest {
@@ -334,6 +384,9 @@ impl Children {
 #[derive(Debug, Serialize, Deserialize)]
 pub(crate) struct MapRun {
     arn: String,
+    /// Its entry in `ExecutionState::map_runs`.
+    #[serde(default)]
+    summary: usize,
     /// Items in each child (batches); empty when every child has one item.
     sizes: Vec<u64>,
     total_items: u64,
@@ -346,6 +399,17 @@ pub(crate) struct MapRun {
 impl MapRun {
     fn items_of(&self, slot: usize) -> u64 {
         self.sizes.get(slot).copied().unwrap_or(1)
+    }
+
+    /// Its children (executions) and their items, moved from one count to another.
+    fn moved(&self, runs: &mut [MapRunSummary], slot: usize, change: fn(&mut MapRunCounts)) {
+        if let Some(s) = runs.get_mut(self.summary) {
+            let items = self.items_of(slot);
+            change(&mut s.executions);
+            for _ in 0..items {
+                change(&mut s.items);
+            }
+        }
     }
 
     /// Whether the failures so far exceed what the run tolerates.
@@ -446,6 +510,9 @@ pub struct ExecutionState {
     /// Child executions awaited: child id -> (Map frame, slot).
     #[serde(default)]
     children: BTreeMap<u64, (FrameId, usize)>,
+    /// Every Map Run this execution started, running or ended, in start order.
+    #[serde(default)]
+    map_runs: Vec<MapRunSummary>,
     #[serde(default)]
     next_child_id: u64,
 }
@@ -491,6 +558,7 @@ impl Execution {
                 outcome: None,
                 redrive: None,
                 children: BTreeMap::new(),
+                map_runs: Vec::new(),
                 next_child_id: 1,
             },
         )
@@ -544,6 +612,11 @@ impl Execution {
     /// Task ids that are waiting for a result.
     pub fn pending_tasks(&self) -> impl Iterator<Item = u64> + '_ {
         self.st.tasks.keys().copied()
+    }
+
+    /// Every Map Run it started, running or ended, in start order.
+    pub fn map_runs(&self) -> &[MapRunSummary] {
+        &self.st.map_runs
     }
 
     /// The limits it runs under.

@@ -484,6 +484,22 @@ fn distributed_children_as_child_executions() {
         Some(json!([{"Error": "Boom", "Cause": "c"}, 21, 31]))
     );
     assert_eq!(exec.pending_children().count(), 0);
+    // The Map Run's summary, as DescribeMapRun shows it.
+    let runs = exec.map_runs();
+    assert_eq!(runs.len(), 1);
+    let r = &runs[0];
+    assert_eq!(r.status, MapRunStatus::Succeeded);
+    assert!(r.map_run_arn.contains(":mapRun:sm/Run:"));
+    assert_eq!((r.state_name.as_str(), r.max_concurrency), ("M", 2));
+    assert_eq!(r.tolerated_failure_count, 1);
+    let want = MapRunCounts {
+        succeeded: 2,
+        failed: 1,
+        total: 3,
+        ..Default::default()
+    };
+    assert_eq!((&r.items, &r.executions), (&want, &want));
+    assert!(r.stop_ms.is_some());
 }
 
 /// Past the tolerance, the children still running are stopped.
@@ -525,4 +541,15 @@ fn exceeding_the_tolerance_stops_the_other_children() {
         Some("States.ExceedToleratedFailureThreshold")
     );
     assert_eq!(exec.pending_children().count(), 0);
+    let r = &exec.map_runs()[0];
+    assert_eq!(r.status, MapRunStatus::Failed);
+    assert_eq!(
+        r.executions,
+        MapRunCounts {
+            timed_out: 1,
+            aborted: 2,
+            total: 3,
+            ..Default::default()
+        }
+    );
 }
