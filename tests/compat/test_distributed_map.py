@@ -58,6 +58,15 @@ def test_batches_and_the_map_run_in_the_history(sfn):
         assert [e["type"] for e in full_history(sfn, c["executionArn"])] == [
             "ExecutionStarted", "PassStateEntered", "PassStateExited", "ExecutionSucceeded"]
     assert sorted(inputs, key=lambda i: i["Items"]) == json.loads(d["output"])
+    # The Map Run itself.
+    runs = sfn.list_map_runs(executionArn=d["executionArn"])["mapRuns"]
+    assert [(r["mapRunArn"], r["stateMachineArn"]) for r in runs] == [
+        (run_arn, f"arn:aws:states:us-east-1:000000000000:stateMachine:{machine}")]
+    m = sfn.describe_map_run(mapRunArn=run_arn)
+    assert (m["status"], m["executionArn"], m["maxConcurrency"]) == ("SUCCEEDED", d["executionArn"], 2)
+    assert (m["itemCounts"]["total"], m["itemCounts"]["succeeded"]) == (3, 3)
+    assert (m["executionCounts"]["total"], m["executionCounts"]["succeeded"]) == (2, 2)
+    assert m["stopDate"] >= m["startDate"]
     # ... and not among the parent machine's executions.
     parent_machine = d["stateMachineArn"]
     assert [e["name"] for e in sfn.list_executions(stateMachineArn=parent_machine)["executions"]] == [name]
@@ -74,6 +83,11 @@ def test_a_failed_batch_beyond_the_tolerance_fails_the_state(sfn):
     assert failed["status"] == "FAILED", failed
     assert failed["error"] == "States.ExceedToleratedFailureThreshold"
     assert failed["cause"] == "The specified tolerated failure threshold was exceeded"
+    run_arn = next(e for e in events if e["type"] == "MapRunStarted")["mapRunStartedEventDetails"]["mapRunArn"]
+    m = sfn.describe_map_run(mapRunArn=run_arn)
+    assert m["status"] == "FAILED" and m["toleratedFailurePercentage"] == 25
+    assert (m["executionCounts"]["failed"], m["executionCounts"]["total"]) == (1, 2)
+    assert (m["itemCounts"]["failed"], m["itemCounts"]["total"]) == (2, 4)
     map_run_failed = next(e for e in events if e["type"] == "MapRunFailed")
     assert map_run_failed["mapRunFailedEventDetails"] == {
         "error": "States.ExceedToleratedFailureThreshold",
@@ -91,3 +105,12 @@ def test_list_executions_takes_a_machine_or_a_map_run(sfn):
         with pytest.raises(ClientError) as err:
             sfn.list_executions(**kw)
         assert err.value.response["Error"]["Code"] == code, kw
+
+
+def test_describe_map_run_errors(sfn):
+    for arn, code in (("arn:aws:states:us-east-1:000000000000:mapRun:Nope/x:00000000-0000-4000-8000-000000000000",
+                       "ResourceNotFound"),
+                      ("arn:aws:states:us-east-1:000000000000:stateMachine:Nope", "InvalidArn")):
+        with pytest.raises(ClientError) as err:
+            sfn.describe_map_run(mapRunArn=arn)
+        assert err.value.response["Error"]["Code"] == code, arn

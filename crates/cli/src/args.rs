@@ -37,6 +37,9 @@ pub(crate) enum Cmd {
     /// Activities.
     #[command(subcommand)]
     Activity(Activity),
+    /// A DISTRIBUTED Map's runs: list an execution's, describe one.
+    #[command(subcommand)]
+    Maprun(Maprun),
     /// Cluster health.
     #[command(subcommand)]
     Cluster(ClusterCmd),
@@ -53,6 +56,14 @@ pub(crate) enum Cmd {
     Doctor,
     /// Load generator: start executions and report throughput and latency.
     Bench(Bench),
+}
+
+#[derive(Subcommand)]
+pub(crate) enum Maprun {
+    /// The Map Runs an execution started.
+    List { execution_arn: String },
+    /// A Map Run: status, window, tolerance, and its items and children by state.
+    Describe { map_run_arn: String },
 }
 
 #[derive(Subcommand)]

@@ -18,7 +18,7 @@ use serde_json::json;
 use trellis_client::{v1 as pb, Client};
 
 use crate::args::{Cli, Cmd, PlacementCmd};
-use crate::commands::{activities, cluster, executions, machines};
+use crate::commands::{activities, cluster, executions, machines, mapruns};
 use crate::output::{api, table};
 
 #[tokio::main]
@@ -40,6 +40,7 @@ async fn run(cli: Cli) -> Result<()> {
         Cmd::Sm(cmd) => machines::sm(&mut c, j, cmd).await,
         Cmd::Exec(cmd) => executions::exec(&mut c, j, cmd).await,
         Cmd::Activity(cmd) => activities::activity(&mut c, j, cmd).await,
+        Cmd::Maprun(cmd) => mapruns::maprun(&mut c, j, cmd).await,
         Cmd::Cluster(cmd) => cluster::cluster(&mut c, j, cmd).await,
         Cmd::Nodes(cmd) => cluster::nodes(&mut c, j, cmd).await,
         Cmd::Shards(cmd) => cluster::shards(&mut c, j, cmd).await,

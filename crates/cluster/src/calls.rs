@@ -78,6 +78,8 @@ pub trait Api: Send + Sync + 'static {
     ) -> Served<'_, pb::ListExecutionsResponse>;
     /// One look for an activity task (an empty task when there is none).
     fn poll_activity_task(&self, r: pb::GetActivityTaskRequest) -> Served<'_, pb::ActivityTask>;
+    /// A Map Run among the executions of the shards this node leads (empty: not here).
+    fn find_map_run(&self, r: pb::DescribeMapRunRequest) -> Served<'_, pb::MapRun>;
 }
 
 /// A request that a node can serve for another.
@@ -198,6 +200,7 @@ calls! {
     // The receiving node's part of a fan-out.
     pb::ListExecutionsRequest => ListExecutions: pb::ListExecutionsResponse =
         |c, r| c.api()?.list_executions(r).await;
+    pb::DescribeMapRunRequest => FindMapRun: pb::MapRun = |c, r| c.api()?.find_map_run(r).await;
     pb::GetActivityTaskRequest => PollActivityTask: pb::ActivityTask =
         |c, r| c.api()?.poll_activity_task(r).await;
     rpb::DoctorRequest => Doctor: pb::DoctorReport = |c, _r| c.host().doctor_here().await;

@@ -189,6 +189,15 @@ impl Executions for Svc {
             .describe_execution(&r.into_inner().execution_arn)
             .await?)
     }
+    async fn describe_map_run(&self, r: Request<pb::DescribeMapRunRequest>) -> R<pb::MapRun> {
+        ok(self.0.describe_map_run(&r.into_inner().map_run_arn).await?)
+    }
+    async fn list_map_runs(
+        &self,
+        r: Request<pb::ListMapRunsRequest>,
+    ) -> R<pb::ListMapRunsResponse> {
+        ok(self.0.list_map_runs(r.into_inner()).await?)
+    }
     async fn list_executions(
         &self,
         r: Request<pb::ListExecutionsRequest>,

@@ -962,6 +962,9 @@ impl Executor {
         if let Some(t) = submitted.and_then(|t| rec.tasks.get_mut(&t)) {
             t.started = true;
         }
+        if rec.map_runs.as_slice() != live.exec.map_runs() {
+            rec.map_runs = live.exec.map_runs().to_vec();
+        }
         rec.paused = live.exec.is_paused();
         rec.last_event_id = live.exec.event_count();
         self.dirty.insert(id);

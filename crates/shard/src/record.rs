@@ -121,6 +121,9 @@ pub struct ExecRecord {
     /// A DISTRIBUTED Map's child: its parent.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub parent: Option<ParentLink>,
+    /// The Map Runs it started, as the interpreter counts them.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub map_runs: Vec<trellis_asl::exec::MapRunSummary>,
 }
 
 impl ExecRecord {
@@ -162,6 +165,7 @@ impl ExecRecord {
             next_seq: 0,
             children: BTreeMap::new(),
             parent: None,
+            map_runs: Vec::new(),
         }
     }
 

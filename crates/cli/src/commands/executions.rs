@@ -16,6 +16,13 @@ pub(crate) fn execution_json(e: &pb::Execution) -> Value {
     if !e.map_run_arn.is_empty() {
         v["mapRunArn"] = json!(e.map_run_arn);
     }
+    if !e.map_runs.is_empty() {
+        v["mapRuns"] = e
+            .map_runs
+            .iter()
+            .map(super::mapruns::map_run_json)
+            .collect();
+    }
     v
 }
 

@@ -4,3 +4,4 @@ pub(crate) mod activities;
 pub(crate) mod cluster;
 pub(crate) mod executions;
 pub(crate) mod machines;
+pub(crate) mod mapruns;

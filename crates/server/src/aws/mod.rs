@@ -23,6 +23,7 @@ use trellis_proto::{ApiError, Code};
 
 use crate::node::Node;
 
+mod maprun;
 mod shapes;
 
 use shapes::*;
@@ -609,12 +610,15 @@ async fn dispatch(node: &Node, headers: &HeaderMap, body: &[u8]) -> ApiResult<St
             .await?;
             reply(Empty {})
         }
-        other => Err(ApiError::new(
-            Code::UnknownOperationException,
-            format!(
-                "Trellis does not implement the operation '{other}' (see docs/compatibility.md)"
-            ),
-        )),
+        other => match maprun::serve(node, other, body).await {
+            Some(r) => r,
+            None => Err(ApiError::new(
+                Code::UnknownOperationException,
+                format!(
+                    "Trellis does not implement the operation '{other}' (see docs/compatibility.md)"
+                ),
+            )),
+        },
     }
 }
 

@@ -208,6 +208,10 @@ impl Api for Node {
         Box::pin(async move { self.list_executions_here(&r) })
     }
 
+    fn find_map_run(&self, r: pb::DescribeMapRunRequest) -> Served<'_, pb::MapRun> {
+        Box::pin(async move { self.find_map_run_here(&r.map_run_arn) })
+    }
+
     fn poll_activity_task(&self, r: pb::GetActivityTaskRequest) -> Served<'_, pb::ActivityTask> {
         Box::pin(async move {
             self.poll_activity_here(&r.activity_arn, &r.worker_name)

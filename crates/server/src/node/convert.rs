@@ -43,6 +43,43 @@ pub fn execution_pb(rec: &trellis_shard::ExecRecord, shard: u32) -> pb::Executio
         paused: rec.paused,
         shard,
         map_run_arn: map_run_of(rec),
+        map_runs: rec
+            .map_runs
+            .iter()
+            .map(|r| map_run_pb(r, &rec.arn))
+            .collect(),
+    }
+}
+
+/// A Map Run as `trellis.v1.MapRun`; `execution_arn` is the execution that started it.
+pub fn map_run_pb(r: &trellis_asl::exec::MapRunSummary, execution_arn: &str) -> pb::MapRun {
+    let counts = |c: &trellis_asl::exec::MapRunCounts| pb::MapRunCounts {
+        pending: c.pending,
+        running: c.running,
+        succeeded: c.succeeded,
+        failed: c.failed,
+        timed_out: c.timed_out,
+        aborted: c.aborted,
+        total: c.total,
+    };
+    // arn:…:mapRun:{machine}/{label}:{id} -> arn:…:stateMachine:{machine}/{label}
+    let state_machine_arn = r
+        .map_run_arn
+        .rsplit_once(':')
+        .map(|(head, _)| head.replacen(":mapRun:", ":stateMachine:", 1))
+        .unwrap_or_default();
+    pb::MapRun {
+        map_run_arn: r.map_run_arn.clone(),
+        execution_arn: execution_arn.to_string(),
+        state_machine_arn,
+        status: r.status.as_str().into(),
+        start_date: r.start_ms,
+        stop_date: r.stop_ms.unwrap_or(0),
+        max_concurrency: r.max_concurrency,
+        tolerated_failure_count: r.tolerated_failure_count,
+        tolerated_failure_percentage: r.tolerated_failure_percentage,
+        item_counts: Some(counts(&r.items)),
+        execution_counts: Some(counts(&r.executions)),
     }
 }
 

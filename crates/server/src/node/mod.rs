@@ -11,6 +11,7 @@
 mod api;
 mod convert;
 mod executions;
+mod maprun;
 mod tasks;
 
 use std::sync::Arc;

@@ -1,0 +1,86 @@
+//! `trellisctl maprun`.
+
+use anyhow::Result;
+use serde_json::{json, Value};
+use trellis_client::{v1 as pb, Client};
+
+use crate::args::*;
+use crate::output::*;
+
+fn counts_json(c: Option<pb::MapRunCounts>) -> Value {
+    let c = c.unwrap_or_default();
+    json!({"pending": c.pending, "running": c.running, "succeeded": c.succeeded, "failed": c.failed,
+        "timedOut": c.timed_out, "aborted": c.aborted, "total": c.total})
+}
+
+pub(crate) fn map_run_json(m: &pb::MapRun) -> Value {
+    json!({"mapRunArn": m.map_run_arn, "executionArn": m.execution_arn,
+        "stateMachineArn": m.state_machine_arn, "status": m.status, "startDate": m.start_date,
+        "stopDate": m.stop_date, "maxConcurrency": m.max_concurrency,
+        "toleratedFailureCount": m.tolerated_failure_count,
+        "toleratedFailurePercentage": m.tolerated_failure_percentage,
+        "itemCounts": counts_json(m.item_counts), "executionCounts": counts_json(m.execution_counts)})
+}
+
+pub(crate) async fn maprun(c: &mut Client, j: bool, cmd: Maprun) -> Result<()> {
+    match cmd {
+        Maprun::List { execution_arn } => {
+            let runs = all_pages(|next_token| {
+                let (mut c, execution_arn) = (c.executions.clone(), execution_arn.clone());
+                async move {
+                    let r = c
+                        .list_map_runs(pb::ListMapRunsRequest {
+                            execution_arn,
+                            max_results: 1000,
+                            next_token,
+                        })
+                        .await
+                        .map_err(api)?
+                        .into_inner();
+                    Ok((r.map_runs, r.next_token))
+                }
+            })
+            .await?;
+            if j {
+                out!("{}", Value::Array(runs.iter().map(map_run_json).collect()));
+            } else {
+                table(
+                    &[
+                        "MAP RUN", "STATUS", "STARTED", "STOPPED", "CHILDREN", "FAILED",
+                    ],
+                    runs.iter()
+                        .map(|m| {
+                            let e = m.execution_counts.unwrap_or_default();
+                            vec![
+                                m.map_run_arn.clone(),
+                                m.status.clone(),
+                                ms(m.start_date),
+                                ms(m.stop_date),
+                                format!("{}/{}", e.succeeded, e.total),
+                                (e.failed + e.timed_out).to_string(),
+                            ]
+                        })
+                        .collect(),
+                );
+            }
+        }
+        Maprun::Describe { map_run_arn } => {
+            let m = c
+                .executions
+                .describe_map_run(pb::DescribeMapRunRequest { map_run_arn })
+                .await
+                .map_err(api)?
+                .into_inner();
+            let v = map_run_json(&m);
+            out!(
+                "{}",
+                if j {
+                    v.to_string()
+                } else {
+                    serde_json::to_string_pretty(&v)?
+                }
+            );
+        }
+    }
+    Ok(())
+}

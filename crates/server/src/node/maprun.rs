@@ -1,0 +1,93 @@
+//! Map Runs: `DescribeMapRun` looks for the run among the executions of every node's shards;
+//! `ListMapRuns` reads the parent execution's record, on its shard's leader.
+
+use trellis_cluster::from_shard;
+use trellis_proto::v1 as pb;
+use trellis_proto::{ApiError, Code};
+
+use super::convert::map_run_pb;
+use super::{ApiResult, Node};
+use crate::registry::page_size;
+
+impl Node {
+    /// A Map Run among the executions of the shards this node leads; an empty `MapRun`
+    /// when none of them started it.
+    pub(crate) fn find_map_run_here(&self, arn: &str) -> ApiResult<pb::MapRun> {
+        for rep in self.cluster.shards().replicas() {
+            if rep.handle().is_none() {
+                continue;
+            }
+            let mut after: Option<String> = None;
+            loop {
+                let batch = rep.app.scan(after.as_deref(), 1024).map_err(from_shard)?;
+                let Some(last) = batch.last() else { break };
+                after = Some(last.arn.clone());
+                for rec in &batch {
+                    if let Some(r) = rec.map_runs.iter().find(|r| r.map_run_arn == arn) {
+                        return Ok(map_run_pb(r, &rec.arn));
+                    }
+                }
+            }
+        }
+        Ok(pb::MapRun::default())
+    }
+
+    /// `DescribeMapRun`: asks every node (no index of Map Runs yet: each scans the records
+    /// of the shards it leads).
+    pub async fn describe_map_run(&self, arn: &str) -> ApiResult<pb::MapRun> {
+        if !arn.contains(":mapRun:") {
+            return Err(ApiError::new(
+                Code::InvalidArn,
+                format!("Invalid Arn: '{arn}'"),
+            ));
+        }
+        let r = pb::DescribeMapRunRequest {
+            map_run_arn: arn.to_string(),
+        };
+        let mut unanswered = None;
+        for (_, part) in self.cluster.router().fan_out(r, None).await {
+            match part {
+                Ok(m) if !m.map_run_arn.is_empty() => return Ok(m),
+                Ok(_) => {}
+                Err(e) => unanswered = Some(e),
+            }
+        }
+        // Not found where every node answered; a node that did not answer may hold it.
+        Err(unanswered.unwrap_or_else(|| {
+            ApiError::new(
+                Code::ResourceNotFound,
+                format!("Map Run Does Not Exist: '{arn}'"),
+            )
+        }))
+    }
+
+    /// `ListMapRuns`: the Map Runs an execution started, in start order, paged.
+    pub async fn list_map_runs(
+        &self,
+        r: pb::ListMapRunsRequest,
+    ) -> ApiResult<pb::ListMapRunsResponse> {
+        let max = page_size(r.max_results)?;
+        let offset: usize = if r.next_token.is_empty() {
+            0
+        } else {
+            r.next_token.parse().map_err(|_| {
+                ApiError::new(
+                    Code::InvalidToken,
+                    format!("Invalid Token: '{}'", r.next_token),
+                )
+            })?
+        };
+        let e = self.describe_execution(&r.execution_arn).await?;
+        let end = (offset + max).min(e.map_runs.len());
+        let map_runs = e.map_runs.get(offset..end).unwrap_or_default().to_vec();
+        let next_token = if end < e.map_runs.len() {
+            end.to_string()
+        } else {
+            String::new()
+        };
+        Ok(pb::ListMapRunsResponse {
+            map_runs,
+            next_token,
+        })
+    }
+}
