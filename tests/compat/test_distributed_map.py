@@ -1,5 +1,7 @@
-"""DISTRIBUTED Map through boto3: the Map Run events, ItemBatcher and tolerated failures."""
+"""DISTRIBUTED Map through boto3: the Map Run events, ItemBatcher, tolerated failures, the
+children as executions, and the Map Run APIs."""
 import json
+import time
 
 import pytest
 from botocore.exceptions import ClientError
@@ -114,3 +116,31 @@ def test_describe_map_run_errors(sfn):
         with pytest.raises(ClientError) as err:
             sfn.describe_map_run(mapRunArn=arn)
         assert err.value.response["Error"]["Code"] == code, arn
+
+
+def test_update_map_run_widens_the_window_of_a_running_map(sfn):
+    slow = {"StartAt": "Nap", "States": {"Nap": {"Type": "Wait", "Seconds": 2, "End": True}}}
+    arn = create(sfn, "DmapUpdate", distributed(slow, MaxConcurrency=1))
+    e = sfn.start_execution(stateMachineArn=arn, input=json.dumps({"items": list(range(6))}))["executionArn"]
+    run_arn = None
+    for _ in range(100):
+        runs = sfn.list_map_runs(executionArn=e)["mapRuns"]
+        if runs:
+            run_arn = runs[0]["mapRunArn"]
+            break
+        time.sleep(0.05)
+    assert run_arn, "no Map Run started"
+    before = sfn.describe_map_run(mapRunArn=run_arn)
+    assert (before["maxConcurrency"], before["executionCounts"]["running"]) == (1, 1)
+    sfn.update_map_run(mapRunArn=run_arn, maxConcurrency=6, toleratedFailureCount=2)
+    after = sfn.describe_map_run(mapRunArn=run_arn)
+    assert (after["maxConcurrency"], after["toleratedFailureCount"]) == (6, 2)
+    # The window opened at once: every remaining child started with the update.
+    counts = after["executionCounts"]
+    assert counts["pending"] == 0 and counts["running"] + counts["succeeded"] == 6, counts
+    assert wait_status(sfn, e)["status"] == "SUCCEEDED"
+    # A Map Run that ended, or an update of nothing, is refused.
+    for kw in ({"maxConcurrency": 2}, {}):
+        with pytest.raises(ClientError) as err:
+            sfn.update_map_run(mapRunArn=run_arn, **kw)
+        assert err.value.response["Error"]["Code"] == "ValidationException", kw

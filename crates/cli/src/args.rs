@@ -64,6 +64,16 @@ pub(crate) enum Maprun {
     List { execution_arn: String },
     /// A Map Run: status, window, tolerance, and its items and children by state.
     Describe { map_run_arn: String },
+    /// Change a running Map Run's window or tolerance.
+    Update {
+        map_run_arn: String,
+        #[arg(long)]
+        max_concurrency: Option<u64>,
+        #[arg(long)]
+        tolerated_failure_count: Option<u64>,
+        #[arg(long)]
+        tolerated_failure_percentage: Option<f64>,
+    },
 }
 
 #[derive(Subcommand)]

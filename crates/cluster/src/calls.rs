@@ -80,6 +80,8 @@ pub trait Api: Send + Sync + 'static {
     fn poll_activity_task(&self, r: pb::GetActivityTaskRequest) -> Served<'_, pb::ActivityTask>;
     /// A Map Run among the executions of the shards this node leads (empty: not here).
     fn find_map_run(&self, r: pb::DescribeMapRunRequest) -> Served<'_, pb::MapRun>;
+    /// `UpdateMapRun`, on the shard leader of `r.execution_arn`.
+    fn update_map_run(&self, r: pb::UpdateMapRunRequest) -> Served<'_, pb::Empty>;
 }
 
 /// A request that a node can serve for another.
@@ -201,6 +203,7 @@ calls! {
     pb::ListExecutionsRequest => ListExecutions: pb::ListExecutionsResponse =
         |c, r| c.api()?.list_executions(r).await;
     pb::DescribeMapRunRequest => FindMapRun: pb::MapRun = |c, r| c.api()?.find_map_run(r).await;
+    pb::UpdateMapRunRequest => UpdateMapRun: pb::Empty = |c, r| c.api()?.update_map_run(r).await;
     pb::GetActivityTaskRequest => PollActivityTask: pb::ActivityTask =
         |c, r| c.api()?.poll_activity_task(r).await;
     rpb::DoctorRequest => Doctor: pb::DoctorReport = |c, _r| c.host().doctor_here().await;

@@ -192,6 +192,13 @@ impl Executions for Svc {
     async fn describe_map_run(&self, r: Request<pb::DescribeMapRunRequest>) -> R<pb::MapRun> {
         ok(self.0.describe_map_run(&r.into_inner().map_run_arn).await?)
     }
+    async fn update_map_run(&self, r: Request<pb::UpdateMapRunRequest>) -> R<pb::Empty> {
+        let mut r = r.into_inner();
+        // Internal: set by the node that resolves the run, never by a client.
+        r.execution_arn.clear();
+        self.0.update_map_run(r).await?;
+        ok(pb::Empty {})
+    }
     async fn list_map_runs(
         &self,
         r: Request<pb::ListMapRunsRequest>,

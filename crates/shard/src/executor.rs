@@ -239,6 +239,8 @@ enum Cmd {
     Redrive(String, Reply<i64>),
     /// Messages from other shards ([`crate::outbox`]), applied in order.
     Deliver(Vec<Message>, Reply<()>),
+    /// An input for a running execution, answered once committed (`UpdateMapRun`).
+    Input(String, Input, Reply<()>),
     /// The messages of an execution up to `seq` were delivered (sent at `since`).
     Delivered {
         exec: u64,
@@ -314,6 +316,26 @@ impl ShardHandle {
     #[cfg(feature = "fault-injection")]
     pub async fn inject_drop_timers(&self, arn: &str) -> Result<()> {
         self.call(|r| Cmd::DropTimers(arn.to_string(), r)).await
+    }
+
+    /// `UpdateMapRun` on the execution that started the Map Run: its window and tolerance
+    /// change. Returns once committed.
+    pub async fn update_map_run(
+        &self,
+        execution_arn: &str,
+        map_run_arn: &str,
+        max_concurrency: Option<u64>,
+        tolerated_failure_count: Option<u64>,
+        tolerated_failure_percentage: Option<f64>,
+    ) -> Result<()> {
+        let input = Input::UpdateMapRun {
+            map_run_arn: map_run_arn.to_string(),
+            max_concurrency,
+            tolerated_failure_count,
+            tolerated_failure_percentage,
+        };
+        self.call(|r| Cmd::Input(execution_arn.to_string(), input, r))
+            .await
     }
 
     /// Applies messages from other shards, in order; returns once they are committed.
@@ -717,6 +739,22 @@ impl Executor {
                 }
             },
             Cmd::Delivered { exec, seq, since } => self.delivered(exec, seq, since),
+            Cmd::Input(arn, input, reply) => {
+                let running = self.by_arn.get(&arn).copied().filter(|id| {
+                    self.live
+                        .get(id)
+                        .is_some_and(|l| l.rec.status == Status::Running)
+                });
+                match running {
+                    Some(id) => {
+                        self.feed(id, input, now);
+                        self.effects.push(Effect::Done(reply));
+                    }
+                    None => {
+                        let _ = reply.send(Err(Error::NotRunning { arn }));
+                    }
+                }
+            }
             #[cfg(feature = "fault-injection")]
             Cmd::DropTimers(arn, reply) => {
                 if let Some(id) = self.by_arn.get(&arn).copied() {

@@ -1943,6 +1943,54 @@ impl Execution {
         self.child_failed(fid, slot, f, timed_out, env);
     }
 
+    /// `UpdateMapRun`: the running Map Run gets a new window or tolerance; more children
+    /// start when the window grew, and the run fails at once when its failures exceed the
+    /// new tolerance.
+    pub(super) fn on_update_map_run(
+        &mut self,
+        arn: &str,
+        max_concurrency: Option<u64>,
+        tolerance: (Option<u64>, Option<f64>),
+        env: &mut dyn Env,
+    ) {
+        let found = self.st.frames.iter().position(|f| {
+            matches!(f, Some(Frame { active: Some(a), .. })
+                if matches!(&a.waiting, Waiting::Children(Children { run: Some(r), .. }) if r.arn == arn))
+        });
+        let Some(fid) = found else { return };
+        let (summary, exceeded) = {
+            let Waiting::Children(c) = &mut self.active_mut(fid).waiting else {
+                return;
+            };
+            if let Some(mc) = max_concurrency {
+                c.max_concurrency = mc as usize;
+            }
+            let Some(run) = c.run.as_mut() else { return };
+            if let Some(n) = tolerance.0 {
+                run.tolerated_count = Some(n);
+            }
+            if let Some(p) = tolerance.1 {
+                run.tolerated_percentage = Some(p);
+            }
+            (run.summary, run.exceeded())
+        };
+        if let Some(s) = self.st.map_runs.get_mut(summary) {
+            if let Some(mc) = max_concurrency {
+                s.max_concurrency = mc;
+            }
+            if let Some(n) = tolerance.0 {
+                s.tolerated_failure_count = n;
+            }
+            if let Some(p) = tolerance.1 {
+                s.tolerated_failure_percentage = p;
+            }
+        }
+        if exceeded {
+            return self.run_exceeded(fid, summary, env);
+        }
+        self.fill_map(fid, env);
+    }
+
     /// Moves a DISTRIBUTED Map's child (and its items) from one count of its Map Run to
     /// another.
     fn run_moved(&mut self, fid: FrameId, slot: usize, change: fn(&mut MapRunCounts)) {
@@ -2039,6 +2087,16 @@ impl Execution {
         if !exceeded {
             return self.settle(parent.frame, env);
         }
+        self.run_exceeded(parent.frame, summary, env);
+    }
+
+    /// A Map Run's failures exceed its tolerance: the children still running are aborted,
+    /// `MapRunFailed`, and the state fails with `States.ExceedToleratedFailureThreshold`.
+    fn run_exceeded(&mut self, map: FrameId, summary: usize, env: &mut dyn Env) {
+        let parent = Parent {
+            frame: map,
+            slot: 0,
+        };
         self.abort_children(parent.frame);
         self.end_run(summary, MapRunStatus::Failed);
         self.active_mut(parent.frame).waiting = Waiting::Nothing;

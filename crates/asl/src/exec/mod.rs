@@ -159,6 +159,14 @@ pub enum Input {
         child_id: u64,
         outcome: Outcome,
     },
+    /// `UpdateMapRun`: a running Map Run's window and tolerance change (each that is
+    /// given). Ignored when no such Map Run runs.
+    UpdateMapRun {
+        map_run_arn: String,
+        max_concurrency: Option<u64>,
+        tolerated_failure_count: Option<u64>,
+        tolerated_failure_percentage: Option<f64>,
+    },
 }
 
 /// A task for the host to run.
@@ -692,6 +700,17 @@ impl Execution {
             Input::ChildFinished { child_id, outcome } => {
                 self.on_child_finished(child_id, outcome, env)
             }
+            Input::UpdateMapRun {
+                map_run_arn,
+                max_concurrency,
+                tolerated_failure_count,
+                tolerated_failure_percentage,
+            } => self.on_update_map_run(
+                &map_run_arn,
+                max_concurrency,
+                (tolerated_failure_count, tolerated_failure_percentage),
+                env,
+            ),
         }
         self.run(env);
         std::mem::take(&mut self.out)

@@ -553,3 +553,67 @@ fn exceeding_the_tolerance_stops_the_other_children() {
         }
     );
 }
+
+/// `UpdateMapRun` widens the window (more children start) and tightens the tolerance
+/// (failures past it fail the run at once).
+#[test]
+fn update_map_run_changes_the_window_and_the_tolerance() {
+    let def = json!({"StartAt": "M", "States": {"M": {"Type": "Map", "MaxConcurrency": 1,
+        "ToleratedFailureCount": 1,
+        "ItemProcessor": {"ProcessorConfig": {"Mode": "DISTRIBUTED", "ExecutionType": "STANDARD"},
+            "StartAt": "P", "States": {"P": {"Type": "Pass", "End": true}}}, "End": true}}});
+    let mut exec = Execution::new(
+        machine(def),
+        ExecutionInfo::new("us-east-1", "000000000000", "sm", "ex", json!([1, 2, 3])),
+        Limits {
+            child_executions: true,
+            ..Limits::default()
+        },
+    );
+    let mut env = ManualEnv::new(1_700_000_000_000, 1);
+    let first = child_starts(&exec.step(Input::Start, &mut env));
+    assert_eq!(first.len(), 1);
+    let arn = exec.map_runs()[0].map_run_arn.clone();
+    let update = |max_concurrency, count| Input::UpdateMapRun {
+        map_run_arn: arn.clone(),
+        max_concurrency,
+        tolerated_failure_count: count,
+        tolerated_failure_percentage: None,
+    };
+    // An unknown Map Run: nothing happens.
+    let other = Input::UpdateMapRun {
+        map_run_arn: "arn:aws:states:us-east-1:000000000000:mapRun:sm/x:y".into(),
+        max_concurrency: Some(9),
+        tolerated_failure_count: None,
+        tolerated_failure_percentage: None,
+    };
+    let out = exec.step(other, &mut env);
+    assert!(out.events.is_empty() && out.commands.is_empty());
+    // A wider window: the two others start.
+    let more = child_starts(&exec.step(update(Some(3), None), &mut env));
+    assert_eq!(more.iter().map(|c| c.index).collect::<Vec<_>>(), [1, 2]);
+    assert_eq!(exec.map_runs()[0].max_concurrency, 3);
+    // One failure is within the tolerance of 1 ...
+    exec.step(
+        Input::ChildFinished {
+            child_id: first[0].child_id,
+            outcome: finished(ExecStatus::Failed, None, Some("Boom")),
+        },
+        &mut env,
+    );
+    assert_eq!(exec.status(), ExecStatus::Running);
+    // ... and past a tolerance of 0: the run fails and stops the others.
+    let out = exec.step(update(None, Some(0)), &mut env);
+    let stopped = out
+        .commands
+        .iter()
+        .filter(|c| matches!(c, Command::StopChild { .. }))
+        .count();
+    assert_eq!(stopped, 2);
+    assert_eq!(
+        exec.outcome().unwrap().error.as_deref(),
+        Some("States.ExceedToleratedFailureThreshold")
+    );
+    assert_eq!(exec.map_runs()[0].tolerated_failure_count, 0);
+    assert_eq!(exec.map_runs()[0].status, MapRunStatus::Failed);
+}

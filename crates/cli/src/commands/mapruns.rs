@@ -64,6 +64,23 @@ pub(crate) async fn maprun(c: &mut Client, j: bool, cmd: Maprun) -> Result<()> {
                 );
             }
         }
+        Maprun::Update {
+            map_run_arn,
+            max_concurrency,
+            tolerated_failure_count,
+            tolerated_failure_percentage,
+        } => {
+            c.executions
+                .update_map_run(pb::UpdateMapRunRequest {
+                    map_run_arn,
+                    max_concurrency,
+                    tolerated_failure_count,
+                    tolerated_failure_percentage,
+                    execution_arn: String::new(),
+                })
+                .await
+                .map_err(api)?;
+        }
         Maprun::Describe { map_run_arn } => {
             let m = c
                 .executions

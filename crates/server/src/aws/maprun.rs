@@ -1,4 +1,5 @@
-//! The Map Run actions of the AWS JSON API: `DescribeMapRun` and `ListMapRuns`.
+//! The Map Run actions of the AWS JSON API: `DescribeMapRun`, `ListMapRuns` and
+//! `UpdateMapRun`.
 
 use serde::{Deserialize, Serialize};
 use serde_json::{Number, Value};
@@ -14,6 +15,18 @@ use crate::node::Node;
 struct DescribeMapRunInput {
     map_run_arn: Option<String>,
 }
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct UpdateMapRunInput {
+    map_run_arn: Option<String>,
+    max_concurrency: Option<u64>,
+    tolerated_failure_count: Option<u64>,
+    tolerated_failure_percentage: Option<f64>,
+}
+
+#[derive(Debug, Serialize)]
+struct Empty {}
 
 #[derive(Debug, Deserialize)]
 #[serde(rename_all = "camelCase")]
@@ -98,6 +111,7 @@ pub(super) async fn serve(node: &Node, op: &str, body: Value) -> Option<ApiResul
     Some(match op {
         "DescribeMapRun" => describe(node, body).await,
         "ListMapRuns" => list(node, body).await,
+        "UpdateMapRun" => update(node, body).await,
         _ => return None,
     })
 }
@@ -120,6 +134,19 @@ async fn describe(node: &Node, body: Value) -> ApiResult<String> {
         execution_counts: counts(m.execution_counts),
         redrive_count: 0,
     })
+}
+
+async fn update(node: &Node, body: Value) -> ApiResult<String> {
+    let i: UpdateMapRunInput = parse(body)?;
+    node.update_map_run(pb::UpdateMapRunRequest {
+        map_run_arn: required(i.map_run_arn, "mapRunArn")?,
+        max_concurrency: i.max_concurrency,
+        tolerated_failure_count: i.tolerated_failure_count,
+        tolerated_failure_percentage: i.tolerated_failure_percentage,
+        execution_arn: String::new(),
+    })
+    .await?;
+    reply(Empty {})
 }
 
 async fn list(node: &Node, body: Value) -> ApiResult<String> {

@@ -212,6 +212,10 @@ impl Api for Node {
         Box::pin(async move { self.find_map_run_here(&r.map_run_arn) })
     }
 
+    fn update_map_run(&self, r: pb::UpdateMapRunRequest) -> Served<'_, pb::Empty> {
+        Box::pin(async move { self.update_map_run_here(r).await })
+    }
+
     fn poll_activity_task(&self, r: pb::GetActivityTaskRequest) -> Served<'_, pb::ActivityTask> {
         Box::pin(async move {
             self.poll_activity_here(&r.activity_arn, &r.worker_name)

@@ -52,7 +52,7 @@ impl Node {
     }
 
     /// The shard of an execution ARN, after checking the ARN.
-    fn execution_shard(&self, arn: &str) -> ApiResult<u32> {
+    pub(super) fn execution_shard(&self, arn: &str) -> ApiResult<u32> {
         self.check_execution_arn(arn)?;
         self.cluster.shards().shard_of(arn)
     }

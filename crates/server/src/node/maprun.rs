@@ -61,6 +61,53 @@ impl Node {
         }))
     }
 
+    /// `UpdateMapRun`: checks the values, finds the execution that started the run, and
+    /// feeds it the update on its shard's leader.
+    pub async fn update_map_run(&self, mut r: pb::UpdateMapRunRequest) -> ApiResult<()> {
+        let invalid = |m: String| Err(ApiError::new(Code::ValidationException, m));
+        if r.max_concurrency.is_none()
+            && r.tolerated_failure_count.is_none()
+            && r.tolerated_failure_percentage.is_none()
+        {
+            return invalid("At least one of maxConcurrency, toleratedFailureCount and toleratedFailurePercentage must be given".into());
+        }
+        if let Some(p) = r.tolerated_failure_percentage {
+            if !(0.0..=100.0).contains(&p) {
+                return invalid(format!("1 validation error detected: Value '{p}' at 'toleratedFailurePercentage' failed to satisfy constraint: Member must have value between 0 and 100"));
+            }
+        }
+        let m = self.describe_map_run(&r.map_run_arn).await?;
+        if m.status != "RUNNING" {
+            return invalid(format!(
+                "Map Run '{}' is {}, not RUNNING",
+                r.map_run_arn, m.status
+            ));
+        }
+        r.execution_arn = m.execution_arn;
+        let shard = self.execution_shard(&r.execution_arn)?;
+        self.cluster.router().on_shard(shard, r).await.map(drop)
+    }
+
+    /// `UpdateMapRun` on the shard leader of the execution that started the run.
+    pub(crate) async fn update_map_run_here(
+        &self,
+        r: pb::UpdateMapRunRequest,
+    ) -> ApiResult<pb::Empty> {
+        self.cluster
+            .shards()
+            .local(&r.execution_arn)?
+            .update_map_run(
+                &r.execution_arn,
+                &r.map_run_arn,
+                r.max_concurrency,
+                r.tolerated_failure_count,
+                r.tolerated_failure_percentage,
+            )
+            .await
+            .map_err(from_shard)?;
+        Ok(pb::Empty {})
+    }
+
     /// `ListMapRuns`: the Map Runs an execution started, in start order, paged.
     pub async fn list_map_runs(
         &self,
