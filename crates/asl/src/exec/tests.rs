@@ -383,6 +383,16 @@ fn redrive_after_stop_restarts_the_stopped_state() {
     assert_eq!(exec.outcome().unwrap().output, Some(json!({"k": 1})));
 }
 
+/// An execution whose DISTRIBUTED Maps run their children as child executions.
+fn with_child_executions(def: Value, input: Value) -> Execution {
+    let info = ExecutionInfo::new("us-east-1", "000000000000", "sm", "ex", input);
+    let limits = Limits {
+        child_executions: true,
+        ..Limits::default()
+    };
+    Execution::new(machine(def), info, limits)
+}
+
 fn child_starts(out: &StepOutput) -> Vec<ChildRequest> {
     out.commands
         .iter()
@@ -410,14 +420,7 @@ fn distributed_children_as_child_executions() {
         "Label": "Run", "ToleratedFailureCount": 1,
         "ItemProcessor": {"ProcessorConfig": {"Mode": "DISTRIBUTED", "ExecutionType": "STANDARD"},
             "StartAt": "P", "States": {"P": {"Type": "Pass", "End": true}}}, "End": true}}});
-    let mut exec = Execution::new(
-        machine(def),
-        ExecutionInfo::new("us-east-1", "000000000000", "sm", "ex", json!([10, 20, 30])),
-        Limits {
-            child_executions: true,
-            ..Limits::default()
-        },
-    );
+    let mut exec = with_child_executions(def, json!([10, 20, 30]));
     let mut env = ManualEnv::new(1_700_000_000_000, 1);
     let out = exec.step(Input::Start, &mut env);
     let started = child_starts(&out);
@@ -508,14 +511,7 @@ fn exceeding_the_tolerance_stops_the_other_children() {
     let def = json!({"StartAt": "M", "States": {"M": {"Type": "Map",
         "ItemProcessor": {"ProcessorConfig": {"Mode": "DISTRIBUTED", "ExecutionType": "EXPRESS"},
             "StartAt": "P", "States": {"P": {"Type": "Pass", "End": true}}}, "End": true}}});
-    let mut exec = Execution::new(
-        machine(def),
-        ExecutionInfo::new("us-east-1", "000000000000", "sm", "ex", json!([1, 2, 3])),
-        Limits {
-            child_executions: true,
-            ..Limits::default()
-        },
-    );
+    let mut exec = with_child_executions(def, json!([1, 2, 3]));
     let mut env = ManualEnv::new(1_700_000_000_000, 1);
     let started = child_starts(&exec.step(Input::Start, &mut env));
     assert_eq!(started.len(), 3);
@@ -562,14 +558,7 @@ fn update_map_run_changes_the_window_and_the_tolerance() {
         "ToleratedFailureCount": 1,
         "ItemProcessor": {"ProcessorConfig": {"Mode": "DISTRIBUTED", "ExecutionType": "STANDARD"},
             "StartAt": "P", "States": {"P": {"Type": "Pass", "End": true}}}, "End": true}}});
-    let mut exec = Execution::new(
-        machine(def),
-        ExecutionInfo::new("us-east-1", "000000000000", "sm", "ex", json!([1, 2, 3])),
-        Limits {
-            child_executions: true,
-            ..Limits::default()
-        },
-    );
+    let mut exec = with_child_executions(def, json!([1, 2, 3]));
     let mut env = ManualEnv::new(1_700_000_000_000, 1);
     let first = child_starts(&exec.step(Input::Start, &mut env));
     assert_eq!(first.len(), 1);

@@ -20,7 +20,7 @@ use trellis_shard::executor::{Control, StartRequest};
 use trellis_shard::{shard_of, Status};
 
 use super::{event_pb, execution_pb, non_empty, ApiResult, Node, MAX_PAYLOAD};
-use crate::registry::{check_name, page_size, parse_arn, Resolved};
+use crate::registry::{check_name, page_offset, page_size, parse_arn, Resolved};
 
 fn now_ms() -> i64 {
     SystemTime::now()
@@ -499,16 +499,7 @@ impl Node {
         }
         Self::status_filter(&r.status_filter)?;
         let max = page_size(r.max_results)?;
-        let offset: usize = if r.next_token.is_empty() {
-            0
-        } else {
-            r.next_token.parse().map_err(|_| {
-                ApiError::new(
-                    Code::InvalidToken,
-                    format!("Invalid Token: '{}'", r.next_token),
-                )
-            })?
-        };
+        let offset = page_offset(&r.next_token)?;
         let mut all = Vec::new();
         let mut covered = vec![false; self.shard_count() as usize];
         let mut missing = usize::MAX;

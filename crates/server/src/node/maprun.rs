@@ -7,7 +7,7 @@ use trellis_proto::{ApiError, Code};
 
 use super::convert::map_run_pb;
 use super::{ApiResult, Node};
-use crate::registry::page_size;
+use crate::registry::{page_offset, page_size};
 
 impl Node {
     /// A Map Run among the executions of the shards this node leads; an empty `MapRun`
@@ -114,16 +114,7 @@ impl Node {
         r: pb::ListMapRunsRequest,
     ) -> ApiResult<pb::ListMapRunsResponse> {
         let max = page_size(r.max_results)?;
-        let offset: usize = if r.next_token.is_empty() {
-            0
-        } else {
-            r.next_token.parse().map_err(|_| {
-                ApiError::new(
-                    Code::InvalidToken,
-                    format!("Invalid Token: '{}'", r.next_token),
-                )
-            })?
-        };
+        let offset = page_offset(&r.next_token)?;
         let e = self.describe_execution(&r.execution_arn).await?;
         let end = (offset + max).min(e.map_runs.len());
         let map_runs = e.map_runs.get(offset..end).unwrap_or_default().to_vec();

@@ -86,6 +86,16 @@ pub(crate) fn page_size(max: u32) -> ApiResult<usize> {
     Ok(if max == 0 { 100 } else { max as usize })
 }
 
+/// Where a page starts: the offset a `nextToken` carries (0 without one).
+pub(crate) fn page_offset(next_token: &str) -> ApiResult<usize> {
+    if next_token.is_empty() {
+        return Ok(0);
+    }
+    next_token
+        .parse()
+        .map_err(|_| ApiError::new(Code::InvalidToken, format!("Invalid Token: '{next_token}'")))
+}
+
 /// A state machine ARN (or version, or alias) resolved to what runs.
 pub(crate) struct Resolved {
     pub(crate) machine: MachineRecord,
