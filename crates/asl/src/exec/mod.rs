@@ -9,6 +9,7 @@
 //! events and commands. The host persists events before it performs commands.
 
 mod batch;
+mod children;
 mod context;
 mod flow;
 

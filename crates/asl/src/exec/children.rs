@@ -1,0 +1,848 @@
+//! Parallel branches and Map iterations: starting them, the Map's window (MaxConcurrency),
+//! ItemSelector and ItemBatcher, and a DISTRIBUTED Map's run (its children as frames or as
+//! child executions, its tolerance, its summary and `UpdateMapRun`). How a frame ends is
+//! in `flow.rs`; this module settles what its parent does next.
+
+use std::collections::BTreeMap;
+
+use serde_json::{Map, Value};
+
+use super::context::Scope;
+use super::flow::{fnv1a, seed_of};
+use super::*;
+use crate::definition::{Dynamic, Kind, MapMode, State, MAX_BATCH_BYTES};
+use crate::error::names;
+use crate::json;
+use crate::template::Template;
+
+impl Execution {
+    /// A DISTRIBUTED Map's tolerated failures, resolved and checked as AWS does when the
+    /// state starts: a count that is a non-negative integer, a percentage that is a number
+    /// from 0 to 100, either may be a string of one. A failure names the field.
+    #[allow(clippy::type_complexity)]
+    pub(super) fn tolerance(
+        &self,
+        fid: FrameId,
+        st: &State,
+        d: &crate::definition::Distributed,
+        input: &Value,
+        env: &mut dyn Env,
+    ) -> Result<(Option<u64>, Option<f64>), (Failure, &'static str)> {
+        let mut out = (None, None);
+        // What AWS says of a value of the wrong type: the path it came from, or the field.
+        let not_a = |dy: &Dynamic, field: &str, kind: &str, v: &Value| {
+            let msg = match dy {
+                Dynamic::Path(p) => format!(
+                    "The {field}Path field refers to value \"{}\" which is not a valid {kind}: {}",
+                    json::to_compact(v),
+                    p.as_str()
+                ),
+                _ => format!(
+                    "The {field} field has value \"{}\" which is not a valid {kind}",
+                    json::to_compact(v)
+                ),
+            };
+            if matches!(dy, Dynamic::Expr(_)) {
+                Failure::query(msg)
+            } else {
+                Failure::runtime(msg)
+            }
+        };
+        if let Some(dy) = &d.tolerated_failure_count {
+            const F: &str = "ToleratedFailureCount";
+            let v = self
+                .eval_dynamic(fid, st, dy, input, F, env)
+                .map_err(|f| (f, F))?;
+            // A number, or a string of one (AWS reads "1" as 1).
+            let n = match &v {
+                Value::String(t) => t.trim().parse::<i64>().ok(),
+                _ => v
+                    .as_i64()
+                    .or_else(|| v.as_f64().filter(|f| f.fract() == 0.0).map(|f| f as i64)),
+            }
+            .ok_or_else(|| (not_a(dy, F, "integer", &v), F))?;
+            if n < 0 {
+                return Err((
+                    Failure::runtime("ToleratedFailureCount cannot be negative."),
+                    F,
+                ));
+            }
+            out.0 = Some(n as u64);
+        }
+        if let Some(dy) = &d.tolerated_failure_percentage {
+            const F: &str = "ToleratedFailurePercentage";
+            let v = self
+                .eval_dynamic(fid, st, dy, input, F, env)
+                .map_err(|f| (f, F))?;
+            let p = match &v {
+                Value::String(t) => t.trim().parse::<f64>().ok().filter(|p| p.is_finite()),
+                _ => v.as_f64(),
+            }
+            .ok_or_else(|| (not_a(dy, F, "float", &v), F))?;
+            if !(0.0..=100.0).contains(&p) {
+                return Err((
+                    Failure::runtime("ToleratedFailurePercentage must be between 0 and 100."),
+                    F,
+                ));
+            }
+            out.1 = Some(p);
+        }
+        Ok(out)
+    }
+
+    pub(super) fn start_parallel(
+        &mut self,
+        fid: FrameId,
+        st: &State,
+        branches: &[BlockId],
+        env: &mut dyn Env,
+    ) {
+        let input = self.active(fid).eff().clone();
+        let branch_input = match &st.parameters {
+            Some(p) => match self.eval_template(fid, st, p, &input, st.parameters_field(), env) {
+                Ok(v) => v,
+                Err(f) => return self.data_failed(fid, f, "Parameters", env),
+            },
+            None => input,
+        };
+        let started = self.emit(Some(fid), EventType::ParallelStateStarted, || None);
+        let mut running = BTreeMap::new();
+        for (slot, block) in branches.iter().enumerate() {
+            let child = self.alloc_frame(Frame {
+                block: *block,
+                parent: Some(Parent { frame: fid, slot }),
+                vars: Map::new(),
+                var_bytes: 0,
+                prev: started,
+                active: None,
+                silent: self.frame(fid).silent,
+                scope_root: false,
+            });
+            running.insert(slot, child);
+            let start = self.sm.block(*block).start_at;
+            self.st.queue.push_back(Work::Enter {
+                frame: child,
+                state: start,
+                input: branch_input.clone(),
+            });
+        }
+        self.active_mut(fid).waiting = Waiting::Children(Children {
+            is_map: false,
+            results: vec![None; branches.len()],
+            running,
+            next_index: branches.len(),
+            items: Vec::new(),
+            keys: None,
+            selector_input: Value::Null,
+            max_concurrency: 0,
+            done: 0,
+            last_event: started,
+            run: None,
+            preselected: false,
+            remote: BTreeMap::new(),
+        });
+    }
+
+    pub(super) fn start_map(&mut self, fid: FrameId, st: &State, env: &mut dyn Env) {
+        let Kind::Map {
+            items_path,
+            items,
+            max_concurrency,
+            mode,
+            distributed,
+            ..
+        } = &st.kind
+        else {
+            return;
+        };
+        if *mode == MapMode::Distributed
+            && (distributed.item_reader.is_some() || distributed.result_writer.is_some())
+        {
+            let f = Failure::runtime(
+                "Distributed Map with ItemReader or ResultWriter is not supported by Trellis yet",
+            );
+            return self.data_failed(fid, f, "ItemReader", env);
+        }
+        let input = self.active(fid).eff().clone();
+        let value = if st.is_jsonata() {
+            match items {
+                Some(t) => self.eval_template(fid, st, t, &input, "Items", env),
+                None => Ok(input.clone()),
+            }
+        } else {
+            match items_path {
+                Some(p) => {
+                    let scope = Scope {
+                        exec: self,
+                        frame: fid,
+                        input: &input,
+                        map_item: None,
+                    };
+                    p.resolve(&scope)
+                        .map(|v| v.into_owned())
+                        .ok_or_else(|| p.no_results())
+                }
+                None => Ok(input.clone()),
+            }
+        };
+        let (list, keys) = match value {
+            Ok(Value::Array(a)) => (a, None),
+            Ok(Value::Object(m)) if st.is_jsonata() => {
+                let keys: Vec<String> = m.keys().cloned().collect();
+                (m.into_iter().map(|(_, v)| v).collect(), Some(keys))
+            }
+            Ok(other) => {
+                let field = if st.is_jsonata() {
+                    "Items"
+                } else {
+                    "ItemsPath"
+                };
+                let msg = format!(
+                    "The {field} field must point to a JSON array, but was {}",
+                    json::type_name(&other)
+                );
+                let f = if st.is_jsonata() {
+                    Failure::query(msg)
+                } else {
+                    Failure::runtime(msg)
+                };
+                return self.data_failed(fid, f, field, env);
+            }
+            Err(f) => {
+                return self.data_failed(
+                    fid,
+                    f,
+                    if st.is_jsonata() {
+                        "Items"
+                    } else {
+                        "ItemsPath"
+                    },
+                    env,
+                )
+            }
+        };
+        let mc = match self.dynamic_int(fid, st, max_concurrency, &input, "MaxConcurrency", 0, env)
+        {
+            Ok(n) => n as usize,
+            Err(f) => return self.data_failed(fid, f, "MaxConcurrency", env),
+        };
+        let mc = if mc == 0 {
+            self.st.limits.inline_map_concurrency
+        } else {
+            mc
+        };
+        let length = list.len();
+        let (mut list, mut run, mut preselected) = (list, None, false);
+        if *mode == MapMode::Distributed {
+            let (tolerated_count, tolerated_percentage) =
+                match self.tolerance(fid, st, distributed, &input, env) {
+                    Ok(t) => t,
+                    Err((f, field)) => return self.data_failed(fid, f, field, env),
+                };
+            let mut sizes = Vec::new();
+            if let Some(b) = &distributed.item_batcher {
+                match self.batch(fid, st, b, list, keys.as_deref(), &input, env) {
+                    Ok((batches, s)) => (list, sizes, preselected) = (batches, s, true),
+                    Err((f, field)) => return self.data_failed(fid, f, field, env),
+                }
+            }
+            let arn = self.map_run_arn(distributed, env);
+            let children = if sizes.is_empty() {
+                length as u64
+            } else {
+                sizes.len() as u64
+            };
+            // A Map Run inside a child running as frames belongs to that child, which has
+            // no record of its own: it is not listed.
+            let silent = self.frame(fid).silent;
+            let summary = if silent {
+                usize::MAX
+            } else {
+                self.st.map_runs.len()
+            };
+            let record = MapRunSummary {
+                map_run_arn: arn.clone(),
+                state_name: st.name.clone(),
+                start_ms: self.now,
+                stop_ms: None,
+                status: MapRunStatus::Running,
+                max_concurrency: mc as u64,
+                tolerated_failure_count: tolerated_count.unwrap_or(0),
+                tolerated_failure_percentage: tolerated_percentage.unwrap_or(0.0),
+                items: MapRunCounts {
+                    pending: length as u64,
+                    total: length as u64,
+                    ..Default::default()
+                },
+                executions: MapRunCounts {
+                    pending: children,
+                    total: children,
+                    ..Default::default()
+                },
+            };
+            if !silent {
+                self.st.map_runs.push(record);
+            }
+            run = Some(MapRun {
+                arn,
+                summary,
+                sizes,
+                total_items: length as u64,
+                failed_items: 0,
+                tolerated_count,
+                tolerated_percentage,
+            });
+        }
+        let len = list.len();
+        let mut started = self.emit(Some(fid), EventType::MapStateStarted, || {
+            details([("length", Value::from(length))])
+        });
+        if let Some(r) = &run {
+            let arn = r.arn.clone();
+            started = self.emit(Some(fid), EventType::MapRunStarted, || {
+                details([("mapRunArn", Value::String(arn))])
+            });
+        }
+        if len == 0 {
+            if let Some(r) = &run {
+                self.end_run(r.summary, MapRunStatus::Succeeded);
+                self.emit(Some(fid), EventType::MapRunSucceeded, || None);
+            }
+            self.emit(Some(fid), EventType::MapStateSucceeded, || None);
+            return self.complete(fid, Value::Array(Vec::new()), None, env);
+        }
+        self.active_mut(fid).waiting = Waiting::Children(Children {
+            is_map: true,
+            results: vec![None; len],
+            running: BTreeMap::new(),
+            next_index: 0,
+            items: list,
+            keys,
+            selector_input: input,
+            max_concurrency: mc,
+            done: 0,
+            last_event: started,
+            run,
+            preselected,
+            remote: BTreeMap::new(),
+        });
+        self.fill_map(fid, env);
+    }
+
+    /// A Map Run's ARN: `arn:{partition}:states:{region}:{account}:mapRun:{machine}/{label}:{id}`,
+    /// the label a fresh UUID when the state has no `Label`.
+    pub(super) fn map_run_arn(
+        &self,
+        d: &crate::definition::Distributed,
+        env: &mut dyn Env,
+    ) -> String {
+        let info = &self.st.info;
+        let mut parts = info.state_machine_arn.split(':');
+        let partition = parts.nth(1).filter(|p| !p.is_empty()).unwrap_or("aws");
+        let account = parts.nth(2).unwrap_or("000000000000");
+        let label = match &d.label {
+            Some(l) => l.clone(),
+            None => crate::env::uuid_v4(env),
+        };
+        let id = crate::env::uuid_v4(env);
+        format!(
+            "arn:{partition}:states:{}:{account}:mapRun:{}/{label}:{id}",
+            info.region, info.state_machine_name
+        )
+    }
+
+    /// Applies ItemSelector to one item (`$$.Map.Item` is the item, its index and key).
+    #[allow(clippy::too_many_arguments)]
+    pub(super) fn select(
+        &self,
+        fid: FrameId,
+        st: &State,
+        t: &Template,
+        sel: &Value,
+        mi: (usize, &Value, Option<&str>),
+        env: &mut dyn Env,
+    ) -> Result<Value, Failure> {
+        if st.is_jsonata() {
+            let seed = seed_of(env);
+            self.with_bindings(fid, sel, None, None, Some(mi), seed, |b| {
+                t.eval_jsonata(b, "ItemSelector")
+            })
+        } else {
+            let scope = Scope {
+                exec: self,
+                frame: fid,
+                input: sel,
+                map_item: Some(mi),
+            };
+            t.eval(&scope, env)
+        }
+    }
+
+    /// A DISTRIBUTED Map's ItemBatcher: ItemSelector is applied to every item, then the
+    /// items go, in order, into batches `{"BatchInput": ..., "Items": [...]}` of at most
+    /// `MaxItemsPerBatch` items and `MaxInputBytesPerBatch` bytes of JSON (256 KiB when
+    /// absent). Returns the batches and how many items each holds.
+    #[allow(clippy::too_many_arguments, clippy::type_complexity)]
+    pub(super) fn batch(
+        &self,
+        fid: FrameId,
+        st: &State,
+        b: &crate::definition::Batcher,
+        items: Vec<Value>,
+        keys: Option<&[String]>,
+        input: &Value,
+        env: &mut dyn Env,
+    ) -> Result<(Vec<Value>, Vec<u64>), (Failure, &'static str)> {
+        const ITEMS: &str = "MaxItemsPerBatch";
+        const BYTES: &str = "MaxInputBytesPerBatch";
+        let max_items = match &b.max_items {
+            Some(d) => self
+                .dynamic_int(fid, st, d, input, ITEMS, 1, env)
+                .map_err(|f| (f, ITEMS))? as usize,
+            None => usize::MAX,
+        };
+        let max_bytes = match &b.max_bytes {
+            Some(d) => self
+                .dynamic_int(fid, st, d, input, BYTES, 1, env)
+                .map_err(|f| (f, BYTES))? as u64,
+            None => MAX_BATCH_BYTES,
+        };
+        if max_bytes > MAX_BATCH_BYTES {
+            let msg = format!("The value for the field '{BYTES}' must be at most {MAX_BATCH_BYTES}, but was {max_bytes}");
+            return Err((Failure::runtime(msg), BYTES));
+        }
+        let max_bytes = max_bytes as usize;
+        let batch_input = match &b.batch_input {
+            Some(t) => Some(
+                self.eval_template(fid, st, t, input, "BatchInput", env)
+                    .map_err(|f| (f, "BatchInput"))?,
+            ),
+            None => None,
+        };
+        let item_selector = match &st.kind {
+            Kind::Map { item_selector, .. } => item_selector.as_ref(),
+            _ => None,
+        };
+        let mut batches = super::batch::Batches::new(batch_input, max_items, max_bytes);
+        for (i, item) in items.into_iter().enumerate() {
+            let item = match item_selector {
+                Some(t) => {
+                    let key = keys.map(|k| k[i].as_str());
+                    self.select(fid, st, t, input, (i, &item, key), env)
+                        .map_err(|f| (f, "ItemSelector"))?
+                }
+                None => item,
+            };
+            if let Err(super::batch::TooLarge(n)) = batches.push(item) {
+                let msg = format!("The item at index {i} is {n} bytes of JSON, more than a batch of at most {max_bytes} bytes ({BYTES}) can hold");
+                return Err((Failure::runtime(msg), BYTES));
+            }
+        }
+        Ok(batches.finish())
+    }
+
+    /// Starts Map iterations up to MaxConcurrency.
+    pub(super) fn fill_map(&mut self, fid: FrameId, env: &mut dyn Env) {
+        loop {
+            let sm = self.sm.clone();
+            let st = sm.state(self.frame(fid).block, self.active(fid).state);
+            let Kind::Map {
+                processor,
+                item_selector,
+                ..
+            } = &st.kind
+            else {
+                return;
+            };
+            let (index, item, key, distributed, preselected) = {
+                let Waiting::Children(c) = &self.active(fid).waiting else {
+                    return;
+                };
+                if c.next_index >= c.items.len()
+                    || (c.max_concurrency > 0 && c.in_flight() >= c.max_concurrency)
+                {
+                    return;
+                }
+                (
+                    c.next_index,
+                    c.items[c.next_index].clone(),
+                    c.keys.as_ref().map(|k| k[c.next_index].clone()),
+                    c.run.is_some(),
+                    c.preselected,
+                )
+            };
+            if let Waiting::Children(c) = &mut self.active_mut(fid).waiting {
+                c.next_index += 1;
+            }
+            self.run_moved(fid, index, |c| {
+                c.pending = c.pending.saturating_sub(1);
+                c.running += 1;
+            });
+            let iteration_input = match item_selector.as_ref().filter(|_| !preselected) {
+                None => Ok(item),
+                Some(t) => {
+                    let Waiting::Children(c) = &self.active(fid).waiting else {
+                        return;
+                    };
+                    self.select(
+                        fid,
+                        st,
+                        t,
+                        &c.selector_input,
+                        (index, &item, key.as_deref()),
+                        env,
+                    )
+                }
+            };
+            let iteration_input = match iteration_input {
+                Ok(v) => v,
+                Err(f) => {
+                    self.abort_children(fid);
+                    if let Waiting::Children(Children { run: Some(r), .. }) =
+                        &self.active(fid).waiting
+                    {
+                        let summary = r.summary;
+                        self.end_run(summary, MapRunStatus::Failed);
+                    }
+                    self.emit(Some(fid), EventType::MapStateFailed, || None);
+                    self.active_mut(fid).waiting = Waiting::Nothing;
+                    return self.data_failed(fid, f, "ItemSelector", env);
+                }
+            };
+            if distributed && self.st.limits.child_executions {
+                self.start_child(fid, st, index, iteration_input);
+                continue;
+            }
+            let name = st.name.clone();
+            let prev = self.frame(fid).prev;
+            // A DISTRIBUTED Map's child is an execution of its own: no iteration events here.
+            let started = if distributed {
+                prev
+            } else {
+                self.emit_for(fid, prev, EventType::MapIterationStarted, || {
+                    details([("name", Value::String(name)), ("index", Value::from(index))])
+                })
+            };
+            let child = self.alloc_frame(Frame {
+                block: *processor,
+                parent: Some(Parent {
+                    frame: fid,
+                    slot: index,
+                }),
+                vars: Map::new(),
+                var_bytes: 0,
+                prev: started,
+                active: None,
+                silent: distributed || self.frame(fid).silent,
+                scope_root: distributed,
+            });
+            if let Waiting::Children(c) = &mut self.active_mut(fid).waiting {
+                c.running.insert(index, child);
+            }
+            let start = self.sm.block(*processor).start_at;
+            self.st.queue.push_back(Work::Enter {
+                frame: child,
+                state: start,
+                input: iteration_input,
+            });
+        }
+    }
+
+    /// Asks the host to start a DISTRIBUTED Map's child as an execution of its own.
+    pub(super) fn start_child(&mut self, fid: FrameId, st: &State, index: usize, input: Value) {
+        let Kind::Map { distributed, .. } = &st.kind else {
+            return;
+        };
+        let Waiting::Children(c) = &self.active(fid).waiting else {
+            return;
+        };
+        let Some(run) = &c.run else { return };
+        let map_run_arn = run.arn.clone();
+        // arn:…:mapRun:{machine}/{label}:{id} -> the children's machine, `{machine}/{label}`.
+        let machine = map_run_arn
+            .split(":mapRun:")
+            .nth(1)
+            .and_then(|r| r.rsplit_once(':'))
+            .map(|(m, _)| m.to_string())
+            .unwrap_or_default();
+        let prefix = map_run_arn.split(":mapRun:").next().unwrap_or_default();
+        // The name comes from the Map Run and the index, not from `env`: a child's identity
+        // does not depend on how the children run, and a retried start names the same child.
+        let mut seed = crate::env::SplitMix64::new(fnv1a(&format!("{map_run_arn}#{index}")));
+        let name = crate::env::uuid_v4(&mut seed);
+        let child_id = self.st.next_child_id.max(1);
+        self.st.next_child_id = child_id + 1;
+        self.st.children.insert(child_id, (fid, index));
+        if let Waiting::Children(c) = &mut self.active_mut(fid).waiting {
+            c.remote.insert(index, child_id);
+        }
+        self.out.commands.push(Command::StartChild(ChildRequest {
+            child_id,
+            execution_arn: format!("{prefix}:execution:{machine}:{name}"),
+            state_machine_arn: format!("{prefix}:stateMachine:{machine}"),
+            name,
+            map_run_arn,
+            index,
+            input,
+            definition: distributed
+                .processor_definition
+                .as_deref()
+                .unwrap_or_default()
+                .to_string(),
+            express: distributed.execution_type.as_deref() == Some("EXPRESS"),
+        }));
+    }
+
+    /// A child execution ended: its output fills its slot, or its failure counts against
+    /// the Map Run's tolerance. A child no longer awaited is ignored.
+    pub(super) fn on_child_finished(&mut self, child_id: u64, o: Outcome, env: &mut dyn Env) {
+        let Some((fid, slot)) = self.st.children.remove(&child_id) else {
+            return;
+        };
+        let awaited = match self.st.frames.get_mut(fid).and_then(Option::as_mut) {
+            Some(Frame {
+                active: Some(a), ..
+            }) => match &mut a.waiting {
+                Waiting::Children(c) if c.remote.get(&slot) == Some(&child_id) => {
+                    c.remote.remove(&slot);
+                    true
+                }
+                _ => false,
+            },
+            _ => false,
+        };
+        if !awaited {
+            return;
+        }
+        if o.status == ExecStatus::Succeeded {
+            self.run_moved(fid, slot, |c| {
+                c.running = c.running.saturating_sub(1);
+                c.succeeded += 1;
+            });
+            if let Waiting::Children(c) = &mut self.active_mut(fid).waiting {
+                c.results[slot] = Some(o.output.unwrap_or(Value::Null));
+                c.done += 1;
+            }
+            return self.settle(fid, env);
+        }
+        let timed_out = o.status == ExecStatus::TimedOut;
+        let error = o
+            .error
+            .or_else(|| timed_out.then(|| names::TIMEOUT.to_string()));
+        let f = Failure {
+            error,
+            cause: o.cause,
+            heartbeat: false,
+        };
+        self.child_failed(fid, slot, f, timed_out, env);
+    }
+
+    /// `UpdateMapRun`: the running Map Run gets a new window or tolerance; more children
+    /// start when the window grew, and the run fails at once when its failures exceed the
+    /// new tolerance.
+    pub(super) fn on_update_map_run(
+        &mut self,
+        arn: &str,
+        max_concurrency: Option<u64>,
+        tolerance: (Option<u64>, Option<f64>),
+        env: &mut dyn Env,
+    ) {
+        let found = self.st.frames.iter().position(|f| {
+            matches!(f, Some(Frame { active: Some(a), .. })
+                if matches!(&a.waiting, Waiting::Children(Children { run: Some(r), .. }) if r.arn == arn))
+        });
+        let Some(fid) = found else { return };
+        let (summary, exceeded) = {
+            let Waiting::Children(c) = &mut self.active_mut(fid).waiting else {
+                return;
+            };
+            if let Some(mc) = max_concurrency {
+                c.max_concurrency = mc as usize;
+            }
+            let Some(run) = c.run.as_mut() else { return };
+            if let Some(n) = tolerance.0 {
+                run.tolerated_count = Some(n);
+            }
+            if let Some(p) = tolerance.1 {
+                run.tolerated_percentage = Some(p);
+            }
+            (run.summary, run.exceeded())
+        };
+        if let Some(s) = self.st.map_runs.get_mut(summary) {
+            if let Some(mc) = max_concurrency {
+                s.max_concurrency = mc;
+            }
+            if let Some(n) = tolerance.0 {
+                s.tolerated_failure_count = n;
+            }
+            if let Some(p) = tolerance.1 {
+                s.tolerated_failure_percentage = p;
+            }
+        }
+        if exceeded {
+            return self.run_exceeded(fid, summary, env);
+        }
+        self.fill_map(fid, env);
+    }
+
+    /// Moves a DISTRIBUTED Map's child (and its items) from one count of its Map Run to
+    /// another.
+    pub(super) fn run_moved(&mut self, fid: FrameId, slot: usize, change: fn(&mut MapRunCounts)) {
+        let st = &mut self.st;
+        let Some(Some(Frame {
+            active: Some(a), ..
+        })) = st.frames.get(fid)
+        else {
+            return;
+        };
+        if let Waiting::Children(Children { run: Some(run), .. }) = &a.waiting {
+            run.moved(&mut st.map_runs, slot, change);
+        }
+    }
+
+    /// A Map Run ended.
+    pub(super) fn end_run(&mut self, summary: usize, status: MapRunStatus) {
+        if let Some(s) = self.st.map_runs.get_mut(summary) {
+            s.status = status;
+            s.stop_ms = Some(self.now);
+        }
+    }
+
+    /// A child of a Parallel or Map frame ended and its result is in: start more, or, when
+    /// every child is done, the state succeeds with the results in order.
+    pub(super) fn settle(&mut self, fid: FrameId, env: &mut dyn Env) {
+        let (all_done, is_map) = match &self.active(fid).waiting {
+            Waiting::Children(c) => (c.done == c.results.len(), c.is_map),
+            _ => return,
+        };
+        if !all_done {
+            if is_map {
+                self.fill_map(fid, env);
+            }
+            return;
+        }
+        let w = std::mem::replace(&mut self.active_mut(fid).waiting, Waiting::Nothing);
+        let Waiting::Children(c) = w else { return };
+        let mut last = c.last_event;
+        if let Some(r) = &c.run {
+            self.end_run(r.summary, MapRunStatus::Succeeded);
+            last = self.emit_after(Some(fid), last, EventType::MapRunSucceeded, || None);
+        }
+        let ty = if c.is_map {
+            EventType::MapStateSucceeded
+        } else {
+            EventType::ParallelStateSucceeded
+        };
+        self.emit_after(Some(fid), last, ty, || None);
+        let results = Value::Array(
+            c.results
+                .into_iter()
+                .map(|r| r.unwrap_or(Value::Null))
+                .collect(),
+        );
+        self.complete(fid, results, None, env);
+    }
+
+    /// A DISTRIBUTED Map's child failed: its items count against the tolerated failures.
+    /// Within them, its place in the results holds its error and cause and the run goes
+    /// on; beyond them, the other children are aborted and the state fails with
+    /// `States.ExceedToleratedFailureThreshold`.
+    pub(super) fn child_failed(
+        &mut self,
+        map: FrameId,
+        slot: usize,
+        f: Failure,
+        timed_out: bool,
+        env: &mut dyn Env,
+    ) {
+        let parent = Parent { frame: map, slot };
+        if timed_out {
+            self.run_moved(map, slot, |c| {
+                c.running = c.running.saturating_sub(1);
+                c.timed_out += 1;
+            });
+        } else {
+            self.run_moved(map, slot, |c| {
+                c.running = c.running.saturating_sub(1);
+                c.failed += 1;
+            });
+        }
+        let exceeded = {
+            let Waiting::Children(c) = &mut self.active_mut(parent.frame).waiting else {
+                return;
+            };
+            c.results[parent.slot] = Some(f.to_error_output());
+            c.done += 1;
+            let Some(run) = c.run.as_mut() else { return };
+            run.failed_items += run.items_of(parent.slot);
+            (run.exceeded(), run.summary)
+        };
+        let (exceeded, summary) = exceeded;
+        if !exceeded {
+            return self.settle(parent.frame, env);
+        }
+        self.run_exceeded(parent.frame, summary, env);
+    }
+
+    /// A Map Run's failures exceed its tolerance: the children still running are aborted,
+    /// `MapRunFailed`, and the state fails with `States.ExceedToleratedFailureThreshold`.
+    pub(super) fn run_exceeded(&mut self, map: FrameId, summary: usize, env: &mut dyn Env) {
+        let parent = Parent {
+            frame: map,
+            slot: 0,
+        };
+        self.abort_children(parent.frame);
+        self.end_run(summary, MapRunStatus::Failed);
+        self.active_mut(parent.frame).waiting = Waiting::Nothing;
+        const CAUSE: &str = "The specified tolerated failure threshold was exceeded";
+        let error = names::EXCEED_TOLERATED_FAILURE_THRESHOLD;
+        self.emit(Some(parent.frame), EventType::MapRunFailed, || {
+            details([
+                ("error", Value::String(error.into())),
+                ("cause", Value::String(CAUSE.into())),
+            ])
+        });
+        self.emit(Some(parent.frame), EventType::MapStateFailed, || None);
+        self.state_failed(parent.frame, Failure::new(error, CAUSE), env);
+    }
+
+    /// Aborts every running child of a Parallel/Map frame (emitting their aborted events).
+    pub(super) fn abort_children(&mut self, fid: FrameId) {
+        let (running, iterations, remote) = match &mut self.active_mut(fid).waiting {
+            Waiting::Children(c) => {
+                let r: Vec<(usize, FrameId)> = std::mem::take(&mut c.running).into_iter().collect();
+                (
+                    r,
+                    c.is_map && c.run.is_none(),
+                    std::mem::take(&mut c.remote),
+                )
+            }
+            _ => return,
+        };
+        let aborted = |c: &mut MapRunCounts| {
+            c.running = c.running.saturating_sub(1);
+            c.aborted += 1;
+        };
+        for (slot, child_id) in remote {
+            self.run_moved(fid, slot, aborted);
+            self.st.children.remove(&child_id);
+            self.out.commands.push(Command::StopChild { child_id });
+        }
+        for (slot, _) in &running {
+            self.run_moved(fid, *slot, aborted);
+        }
+        let name = self.current_state(fid).0.name.clone();
+        for (slot, child) in running {
+            self.abort_frame(child);
+            if iterations {
+                let prev = self.frame(child).prev;
+                let n = name.clone();
+                let id = self.emit_for(fid, prev, EventType::MapIterationAborted, || {
+                    details([("name", Value::String(n)), ("index", Value::from(slot))])
+                });
+                self.frame_mut(fid).prev = id;
+            }
+            self.release_frame(child);
+        }
+    }
+}
