@@ -9,6 +9,8 @@
 //! longer the leader: the executor stops, and the next leader rebuilds everything from the
 //! replicated records.
 
+mod relay;
+
 use std::collections::{BTreeSet, HashMap, HashSet, VecDeque};
 use std::future::Future;
 use std::pin::Pin;
@@ -1006,145 +1008,6 @@ impl Executor {
         rec.paused = live.exec.is_paused();
         rec.last_event_id = live.exec.event_count();
         self.dirty.insert(id);
-    }
-
-    /// Applies messages from other shards, in order. Each is idempotent: a start of a
-    /// child that exists, the end of a child its parent no longer waits for, a stop of an
-    /// execution that is not running, change nothing.
-    fn receive(&mut self, messages: Vec<Message>, now: i64) -> Result<()> {
-        for m in messages {
-            match m {
-                Message::StartChild {
-                    parent_arn,
-                    request,
-                } => self.start_child(parent_arn, request, now)?,
-                Message::ChildFinished {
-                    parent_arn,
-                    child_id,
-                    outcome,
-                } => {
-                    if let Some(id) = self.by_arn.get(&parent_arn).copied() {
-                        self.feed(id, Input::ChildFinished { child_id, outcome }, now);
-                    }
-                }
-                Message::StopChild { child_arn } => {
-                    let running = self
-                        .by_arn
-                        .get(&child_arn)
-                        .and_then(|id| self.live.get(id))
-                        .is_some_and(|l| l.rec.status == Status::Running);
-                    if running {
-                        let stop = Control::Stop {
-                            error: None,
-                            cause: None,
-                        };
-                        self.control(&child_arn, stop, now)?;
-                    }
-                }
-            }
-        }
-        Ok(())
-    }
-
-    /// Starts a DISTRIBUTED Map's child, unless it exists (a message delivered again).
-    fn start_child(&mut self, parent_arn: String, c: ChildRequest, now: i64) -> Result<()> {
-        if self.existing(&c.execution_arn)?.is_some() {
-            return Ok(());
-        }
-        let machine = c
-            .state_machine_arn
-            .rsplit(':')
-            .next()
-            .unwrap_or_default()
-            .to_string();
-        let req = StartRequest {
-            state_machine_arn: c.state_machine_arn,
-            state_machine_name: machine,
-            version_arn: None,
-            alias_arn: None,
-            role_arn: None,
-            name: c.name,
-            input: c.input.to_string(),
-            definition: c.definition,
-            queued: false,
-            parent: Some(ParentLink {
-                arn: parent_arn,
-                child_id: c.child_id,
-                map_run_arn: c.map_run_arn,
-            }),
-        };
-        self.start(req, now).map(drop)
-    }
-
-    /// Hands an execution's pending messages to the mailer, unless a send is in flight;
-    /// retried with a back-off until delivered or this executor stops.
-    fn send(&mut self, exec: u64) {
-        if self.sending.contains(&exec) {
-            return;
-        }
-        let rec = match self.live.get(&exec) {
-            Some(l) => &l.rec,
-            None => match self.mail.get(&exec) {
-                Some(r) => r,
-                None => return,
-            },
-        };
-        let Some(last) = rec.outbox.last().map(|o| o.seq) else {
-            return;
-        };
-        let messages: Vec<Message> = rec.outbox.iter().map(|o| o.message.clone()).collect();
-        self.sending.insert(exec);
-        let mailer = self.mailer.clone();
-        let tx = self.tx.clone();
-        let shard = self.cfg.shard;
-        tokio::spawn(async move {
-            let since = Instant::now();
-            let mut pause = Duration::from_millis(20);
-            loop {
-                match mailer.send(messages.clone()).await {
-                    Ok(()) => break,
-                    Err(e) => {
-                        tracing::debug!(shard_id = shard, error = %e, "messages not delivered yet; retrying");
-                    }
-                }
-                // Stop trying once the executor is gone: the next leader sends them.
-                if tx.upgrade().is_none() {
-                    return;
-                }
-                tokio::time::sleep(pause).await;
-                pause = (pause * 2).min(Duration::from_secs(2));
-            }
-            if let Some(tx) = tx.upgrade() {
-                let _ = tx
-                    .send(Cmd::Delivered {
-                        exec,
-                        seq: last,
-                        since,
-                    })
-                    .await;
-            }
-        });
-    }
-
-    /// Messages up to `seq` were delivered: drop them from the record (the next entry), and
-    /// send what was written since.
-    fn delivered(&mut self, exec: u64, seq: u64, since: Instant) {
-        self.sending.remove(&exec);
-        let m = self.cfg.metrics.clone();
-        m.delivery_seconds.observe(since.elapsed().as_secs_f64());
-        let rec = match self.live.get_mut(&exec) {
-            Some(l) => &mut l.rec,
-            None => match self.mail.get_mut(&exec) {
-                Some(r) => r,
-                None => return,
-            },
-        };
-        let dropped = rec.delivered(seq);
-        m.outbox.dec_by(dropped as i64);
-        if !rec.outbox.is_empty() {
-            self.effects.push(Effect::Send(exec));
-        }
-        self.dirty.insert(exec);
     }
 
     fn token(&mut self, token: &str, answer: TokenAnswer, now: i64) -> Result<()> {
