@@ -193,10 +193,7 @@ impl Executions for Svc {
         ok(self.0.describe_map_run(&r.into_inner().map_run_arn).await?)
     }
     async fn update_map_run(&self, r: Request<pb::UpdateMapRunRequest>) -> R<pb::Empty> {
-        let mut r = r.into_inner();
-        // Internal: set by the node that resolves the run, never by a client.
-        r.execution_arn.clear();
-        self.0.update_map_run(r).await?;
+        self.0.update_map_run(r.into_inner()).await?;
         ok(pb::Empty {})
     }
     async fn list_map_runs(

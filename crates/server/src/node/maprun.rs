@@ -62,7 +62,8 @@ impl Node {
     }
 
     /// `UpdateMapRun`: checks the values, finds the execution that started the run, and
-    /// feeds it the update on its shard's leader.
+    /// feeds it the update on its shard's leader. The request's `execution_arn` is always
+    /// the resolved one: whatever a client put there is replaced.
     pub async fn update_map_run(&self, mut r: pb::UpdateMapRunRequest) -> ApiResult<()> {
         let invalid = |m: String| Err(ApiError::new(Code::ValidationException, m));
         if r.max_concurrency.is_none()
