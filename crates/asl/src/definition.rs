@@ -194,13 +194,41 @@ pub struct Distributed {
     /// The ItemProcessor as a definition of its own (`StartAt`, `States` and the query
     /// language it runs in): what a child execution runs.
     pub processor_definition: Option<std::sync::Arc<str>>,
-    /// Kept as written: reading items from S3 is not built yet.
-    pub item_reader: Option<Value>,
+    pub item_reader: Option<Reader>,
     pub item_batcher: Option<Batcher>,
-    pub result_writer: Option<Value>,
+    pub result_writer: Option<Writer>,
     pub tolerated_failure_count: Option<Dynamic>,
     pub tolerated_failure_percentage: Option<Dynamic>,
     pub label: Option<String>,
+}
+
+/// A DISTRIBUTED Map's `ItemReader`: where its items come from, in what form.
+#[derive(Debug, Clone)]
+pub struct Reader {
+    /// `s3:getObject` (one object, decoded by `format`) or `s3:listObjectsV2` (its items
+    /// are the objects under a prefix).
+    pub listing: bool,
+    /// `Parameters` (JSONPath) or `Arguments` (JSONata): `Bucket`, `Key`/`Prefix`,
+    /// `VersionId`.
+    pub arguments: Option<Template>,
+    /// `ReaderConfig` without `MaxItems`; `None` for `s3:listObjectsV2`.
+    pub format: Option<crate::items::ItemFormat>,
+    /// `MaxItems[Path]`: read at most this many items (0: all).
+    pub max_items: Option<Dynamic>,
+    /// A `ReaderConfig` AWS accepts and Trellis cannot read (PARQUET, ATHENA_DATA
+    /// manifests, LOAD_AND_FLATTEN): the state fails with `States.ItemReaderFailed` and this
+    /// cause.
+    pub unsupported: Option<String>,
+}
+
+/// A DISTRIBUTED Map's `ResultWriter`: the children's results exported to S3 and/or shaped.
+#[derive(Debug, Clone)]
+pub struct Writer {
+    /// `Resource` `s3:putObject`: the results go to S3.
+    pub to_s3: bool,
+    /// `Parameters` (JSONPath) or `Arguments` (JSONata): `Bucket` and `Prefix`.
+    pub arguments: Option<Template>,
+    pub config: crate::export::WriterConfig,
 }
 
 /// The most bytes of one batch's input, AWS's bound on `MaxInputBytesPerBatch`.

@@ -211,6 +211,27 @@ impl Path {
             && matches!(&self.kind, Kind::Definite(s) if s.is_empty())
     }
 
+    /// A plain path into the input (`$.a.b[2]`) as a JSON Pointer (`/a/b/2`); `None` for
+    /// any other path.
+    pub fn as_pointer(&self) -> Option<String> {
+        let (Root::Input, Kind::Definite(segs), None) = (&self.root, &self.kind, self.func) else {
+            return None;
+        };
+        let mut out = String::new();
+        for s in segs {
+            match s {
+                Seg::Key(k) => {
+                    let _ = write!(out, "/{}", k.replace('~', "~0").replace('/', "~1"));
+                }
+                Seg::Index(i) if *i >= 0 => {
+                    let _ = write!(out, "/{i}");
+                }
+                Seg::Index(_) => return None,
+            }
+        }
+        Some(out)
+    }
+
     /// The path in Jayway's normalized bracket notation (`$['a'][0]`), used in AWS messages.
     pub fn normalized(&self) -> String {
         let mut out = String::from("$");

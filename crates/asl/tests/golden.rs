@@ -5,6 +5,8 @@
 //! ```json
 //! {"name": "...", "definition": {...}, "input": {...},
 //!  "tasks": {"StateName": [{"ok": <result>} | {"error": "E", "cause": "C"} | {"timeout": true}]},
+//!            // a DISTRIBUTED Map's ItemReader and ResultWriter answer under the Map's name;
+//!            // "expectParameters" and "expectKind" check what a task was asked
 //!  "expect": {"status": "SUCCEEDED", "output": ...} | {"status": "FAILED", "error": "...", "cause": "..."},
 //!  "events": ["ExecutionStarted", ...],           // optional: the event types in order
 //!  "history": [{"type": ..., "id": ..., "previousEventId": ..., "...EventDetails": {...}}], // optional
@@ -69,6 +71,15 @@ impl Tasks for Scripted {
                 return Err(format!(
                     "task '{}' parameters: expected {expect}, got {}",
                     t.state_name, t.parameters
+                ));
+            }
+        }
+        if let Some(expect) = answer.get("expectKind") {
+            let got = serde_json::to_value(&t.kind).map_err(|e| e.to_string())?;
+            if *expect != got {
+                return Err(format!(
+                    "task '{}' kind: expected {expect}, got {got}",
+                    t.state_name
                 ));
             }
         }

@@ -8,7 +8,7 @@ use std::collections::BTreeMap;
 use serde_json::{Map, Value};
 
 use super::context::Scope;
-use super::flow::{fnv1a, seed_of};
+use super::flow::seed_of;
 use super::*;
 use crate::definition::{Dynamic, Kind, MapMode, State, MAX_BATCH_BYTES};
 use crate::error::names;
@@ -140,6 +140,7 @@ impl Execution {
             run: None,
             preselected: false,
             remote: BTreeMap::new(),
+            export: None,
         });
     }
 
@@ -147,7 +148,6 @@ impl Execution {
         let Kind::Map {
             items_path,
             items,
-            max_concurrency,
             mode,
             distributed,
             ..
@@ -155,15 +155,17 @@ impl Execution {
         else {
             return;
         };
-        if *mode == MapMode::Distributed
-            && (distributed.item_reader.is_some() || distributed.result_writer.is_some())
-        {
-            let f = Failure::runtime(
-                "Distributed Map with ItemReader or ResultWriter is not supported by Trellis yet",
-            );
-            return self.data_failed(fid, f, "ItemReader", env);
-        }
         let input = self.active(fid).eff().clone();
+        if let (MapMode::Distributed, Some(r)) = (mode, &distributed.item_reader) {
+            if items.is_some() {
+                let f = Failure::new(
+                    names::ITEM_READER_FAILED,
+                    "The field 'Items' cannot be used with an ItemReader",
+                );
+                return self.data_failed(fid, f, "Items", env);
+            }
+            return self.start_reader(fid, st, r, &input, env);
+        }
         let value = if st.is_jsonata() {
             match items {
                 Some(t) => self.eval_template(fid, st, t, &input, "Items", env),
@@ -220,6 +222,28 @@ impl Execution {
                     env,
                 )
             }
+        };
+        self.map_over(fid, st, list, keys, input, env);
+    }
+
+    /// A Map state's items are known: its Map Run (DISTRIBUTED) and its children start.
+    pub(super) fn map_over(
+        &mut self,
+        fid: FrameId,
+        st: &State,
+        list: Vec<Value>,
+        keys: Option<Vec<String>>,
+        input: Value,
+        env: &mut dyn Env,
+    ) {
+        let Kind::Map {
+            max_concurrency,
+            mode,
+            distributed,
+            ..
+        } = &st.kind
+        else {
+            return;
         };
         let mc = match self.dynamic_int(fid, st, max_concurrency, &input, "MaxConcurrency", 0, env)
         {
@@ -325,6 +349,11 @@ impl Execution {
             run,
             preselected,
             remote: BTreeMap::new(),
+            export: distributed
+                .result_writer
+                .as_ref()
+                .filter(|_| *mode == MapMode::Distributed)
+                .map(|_| vec![None; len]),
         });
         self.fill_map(fid, env);
     }
@@ -509,6 +538,9 @@ impl Execution {
                     return self.data_failed(fid, f, "ItemSelector", env);
                 }
             };
+            if distributed {
+                self.export_started(fid, index, &iteration_input);
+            }
             if distributed && self.st.limits.child_executions {
                 self.start_child(fid, st, index, iteration_input);
                 continue;
@@ -558,18 +590,7 @@ impl Execution {
         };
         let Some(run) = &c.run else { return };
         let map_run_arn = run.arn.clone();
-        // arn:…:mapRun:{machine}/{label}:{id} -> the children's machine, `{machine}/{label}`.
-        let machine = map_run_arn
-            .split(":mapRun:")
-            .nth(1)
-            .and_then(|r| r.rsplit_once(':'))
-            .map(|(m, _)| m.to_string())
-            .unwrap_or_default();
-        let prefix = map_run_arn.split(":mapRun:").next().unwrap_or_default();
-        // The name comes from the Map Run and the index, not from `env`: a child's identity
-        // does not depend on how the children run, and a retried start names the same child.
-        let mut seed = crate::env::SplitMix64::new(fnv1a(&format!("{map_run_arn}#{index}")));
-        let name = crate::env::uuid_v4(&mut seed);
+        let (execution_arn, state_machine_arn, name) = Self::child_identity(&map_run_arn, index);
         let child_id = self.st.next_child_id.max(1);
         self.st.next_child_id = child_id + 1;
         self.st.children.insert(child_id, (fid, index));
@@ -578,8 +599,8 @@ impl Execution {
         }
         self.out.commands.push(Command::StartChild(ChildRequest {
             child_id,
-            execution_arn: format!("{prefix}:execution:{machine}:{name}"),
-            state_machine_arn: format!("{prefix}:stateMachine:{machine}"),
+            execution_arn,
+            state_machine_arn,
             name,
             map_run_arn,
             index,
@@ -619,8 +640,10 @@ impl Execution {
                 c.running = c.running.saturating_sub(1);
                 c.succeeded += 1;
             });
+            let output = o.output.unwrap_or(Value::Null);
+            self.export_ended(fid, slot, "SUCCEEDED", Some(&output), None);
             if let Waiting::Children(c) = &mut self.active_mut(fid).waiting {
-                c.results[slot] = Some(o.output.unwrap_or(Value::Null));
+                c.results[slot] = Some(output);
                 c.done += 1;
             }
             return self.settle(fid, env);
@@ -722,8 +745,33 @@ impl Execution {
             return;
         }
         let w = std::mem::replace(&mut self.active_mut(fid).waiting, Waiting::Nothing);
-        let Waiting::Children(c) = w else { return };
+        let Waiting::Children(mut c) = w else { return };
         let mut last = c.last_event;
+        let mut shaped = None;
+        if let (Some(export), Some(r)) = (c.export.take(), &c.run) {
+            let records: Vec<_> = export.into_iter().flatten().collect();
+            let sm = self.sm.clone();
+            let st = sm.state(self.frame(fid).block, self.active(fid).state);
+            if let Kind::Map {
+                distributed:
+                    crate::definition::Distributed {
+                        result_writer: Some(w),
+                        ..
+                    },
+                ..
+            } = &st.kind
+            {
+                if w.to_s3 {
+                    let then = AfterWrite::Succeed {
+                        summary: r.summary,
+                        output: Value::Null,
+                    };
+                    return self.start_writer(fid, records, r.arn.clone(), then, env);
+                }
+                let t = w.config.transformation(false);
+                shaped = Some(crate::export::shape(&records, t));
+            }
+        }
         if let Some(r) = &c.run {
             self.end_run(r.summary, MapRunStatus::Succeeded);
             last = self.emit_after(Some(fid), last, EventType::MapRunSucceeded, || None);
@@ -734,12 +782,12 @@ impl Execution {
             EventType::ParallelStateSucceeded
         };
         self.emit_after(Some(fid), last, ty, || None);
-        let results = Value::Array(
+        let results = Value::Array(shaped.unwrap_or_else(|| {
             c.results
                 .into_iter()
                 .map(|r| r.unwrap_or(Value::Null))
-                .collect(),
-        );
+                .collect()
+        }));
         self.complete(fid, results, None, env);
     }
 
@@ -756,6 +804,8 @@ impl Execution {
         env: &mut dyn Env,
     ) {
         let parent = Parent { frame: map, slot };
+        let status = if timed_out { "TIMED_OUT" } else { "FAILED" };
+        self.export_ended(map, slot, status, None, Some(&f));
         if timed_out {
             self.run_moved(map, slot, |c| {
                 c.running = c.running.saturating_sub(1);
@@ -792,18 +842,46 @@ impl Execution {
             slot: 0,
         };
         self.abort_children(parent.frame);
-        self.end_run(summary, MapRunStatus::Failed);
-        self.active_mut(parent.frame).waiting = Waiting::Nothing;
         const CAUSE: &str = "The specified tolerated failure threshold was exceeded";
-        let error = names::EXCEED_TOLERATED_FAILURE_THRESHOLD;
-        self.emit(Some(parent.frame), EventType::MapRunFailed, || {
+        let failure = Failure::new(names::EXCEED_TOLERATED_FAILURE_THRESHOLD, CAUSE);
+        let w = std::mem::replace(&mut self.active_mut(parent.frame).waiting, Waiting::Nothing);
+        if let Waiting::Children(Children {
+            export: Some(export),
+            run: Some(run),
+            ..
+        }) = w
+        {
+            let sm = self.sm.clone();
+            let st = sm.state(self.frame(map).block, self.active(map).state);
+            let to_s3 = matches!(&st.kind, Kind::Map { distributed, .. }
+                if distributed.result_writer.as_ref().is_some_and(|w| w.to_s3));
+            if to_s3 {
+                let records = export.into_iter().flatten().collect();
+                let then = AfterWrite::Fail { summary, failure };
+                return self.start_writer(map, records, run.arn, then, env);
+            }
+        }
+        self.run_failed(map, summary, failure, env);
+    }
+
+    /// A Map Run failed: `MapRunFailed`, and the state fails as the run did.
+    pub(super) fn run_failed(
+        &mut self,
+        map: FrameId,
+        summary: usize,
+        f: Failure,
+        env: &mut dyn Env,
+    ) {
+        self.end_run(summary, MapRunStatus::Failed);
+        let (e, c) = (f.error.clone(), f.cause.clone());
+        self.emit(Some(map), EventType::MapRunFailed, || {
             details([
-                ("error", Value::String(error.into())),
-                ("cause", Value::String(CAUSE.into())),
+                ("error", e.map(Value::String).unwrap_or(Value::Null)),
+                ("cause", c.map(Value::String).unwrap_or(Value::Null)),
             ])
         });
-        self.emit(Some(parent.frame), EventType::MapStateFailed, || None);
-        self.state_failed(parent.frame, Failure::new(error, CAUSE), env);
+        self.emit(Some(map), EventType::MapStateFailed, || None);
+        self.state_failed(map, f, env);
     }
 
     /// Aborts every running child of a Parallel/Map frame (emitting their aborted events).
@@ -824,11 +902,13 @@ impl Execution {
             c.aborted += 1;
         };
         for (slot, child_id) in remote {
+            self.export_ended(fid, slot, "ABORTED", None, None);
             self.run_moved(fid, slot, aborted);
             self.st.children.remove(&child_id);
             self.out.commands.push(Command::StopChild { child_id });
         }
         for (slot, _) in &running {
+            self.export_ended(fid, *slot, "ABORTED", None, None);
             self.run_moved(fid, *slot, aborted);
         }
         let name = self.current_state(fid).0.name.clone();

@@ -257,6 +257,9 @@ impl Execution {
     }
 
     pub(super) fn on_task_succeeded(&mut self, task_id: u64, output: Value, env: &mut dyn Env) {
+        if let Some(fid) = self.io_frame(task_id) {
+            return self.on_io_done(fid, task_id, Ok(output), env);
+        }
         let Some(fid) = self.task_frame(task_id) else {
             return;
         };
@@ -320,6 +323,9 @@ impl Execution {
     }
 
     pub(super) fn on_task_failed(&mut self, task_id: u64, f: Failure, env: &mut dyn Env) {
+        if let Some(fid) = self.io_frame(task_id) {
+            return self.on_io_done(fid, task_id, Err(f), env);
+        }
         let Some(fid) = self.task_frame(task_id) else {
             return;
         };
@@ -955,6 +961,7 @@ impl Execution {
             token,
             credentials: creds,
             attempt,
+            kind: TaskKind::State,
         }));
     }
 
@@ -1314,6 +1321,9 @@ impl Execution {
             child_prev
         };
         self.release_frame(fid);
+        if distributed {
+            self.export_ended(parent.frame, parent.slot, "SUCCEEDED", Some(&output), None);
+        }
         self.run_moved(parent.frame, parent.slot, |c| {
             c.running = c.running.saturating_sub(1);
             c.succeeded += 1;
@@ -1418,6 +1428,19 @@ impl Execution {
             }
             Waiting::Retry { timer_id } | Waiting::Wait { timer_id } => {
                 self.cancel_timer(Some(timer_id));
+                true
+            }
+            Waiting::Reader { task_id } => {
+                self.st.tasks.remove(&task_id);
+                self.out.commands.push(Command::CancelTask { task_id });
+                true
+            }
+            Waiting::Writer { task_id, then } => {
+                self.st.tasks.remove(&task_id);
+                self.out.commands.push(Command::CancelTask { task_id });
+                let (AfterWrite::Succeed { summary, .. } | AfterWrite::Fail { summary, .. }) = then;
+                self.end_run(summary, MapRunStatus::Aborted);
+                self.emit(Some(fid), EventType::MapRunAborted, || None);
                 true
             }
             Waiting::Children(c) => {

@@ -12,6 +12,7 @@ mod batch;
 mod children;
 mod context;
 mod flow;
+mod io;
 
 use std::collections::{BTreeMap, VecDeque};
 use std::sync::Arc;
@@ -187,6 +188,23 @@ pub struct TaskRequest {
     pub credentials: Option<Value>,
     /// 0 for the first attempt, then 1, 2 ... for retries.
     pub attempt: u64,
+    /// A state's work, or a DISTRIBUTED Map's S3 reads and writes.
+    #[serde(default)]
+    pub kind: TaskKind,
+}
+
+/// What a task is for. A reader or writer writes no task events: its success continues the
+/// Map state, its failure fails it with `States.ItemReaderFailed` or
+/// `States.ResultWriterFailed` (the error the host answers with).
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+pub enum TaskKind {
+    /// A Task state's resource: `resource` and `parameters` say what to call.
+    #[default]
+    State,
+    /// An `ItemReader`: answer with the items as a JSON array.
+    ReadItems(crate::items::ReadItems),
+    /// A `ResultWriter` exporting to S3: put [`crate::export::files`], answer with any value.
+    WriteResults(crate::export::WriteResults),
 }
 
 /// What the host must do after a step.
@@ -352,6 +370,25 @@ pub(crate) enum Waiting {
         timer_id: u64,
     },
     Children(Children),
+    /// A DISTRIBUTED Map waits for its `ItemReader`.
+    Reader {
+        task_id: u64,
+    },
+    /// A DISTRIBUTED Map's children are done; it waits for its `ResultWriter`, then ends as
+    /// `then` says.
+    Writer {
+        task_id: u64,
+        then: AfterWrite,
+    },
+}
+
+/// How a Map state ends once its results are exported.
+#[derive(Debug, Serialize, Deserialize)]
+pub(crate) enum AfterWrite {
+    /// Succeeds with `{MapRunArn, ResultWriterDetails}`.
+    Succeed { summary: usize, output: Value },
+    /// Fails as its Map Run did.
+    Fail { summary: usize, failure: Failure },
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -379,6 +416,9 @@ pub(crate) struct Children {
     /// Slots running as child executions: slot -> child id.
     #[serde(default)]
     remote: BTreeMap<usize, u64>,
+    /// A DISTRIBUTED Map with a `ResultWriter`: each started child's record, by slot.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    export: Option<Vec<Option<crate::export::ChildResult>>>,
 }
 
 impl Children {

@@ -225,6 +225,23 @@ impl Lint<'_> {
                             format!("{loc}/{t}"),
                         );
                     }
+                    let rc = s
+                        .get("ItemReader")
+                        .and_then(|r| r.get("ReaderConfig"))
+                        .filter(|_| distributed);
+                    for (k, v) in [
+                        ("InputType", "PARQUET"),
+                        ("ManifestType", "ATHENA_DATA"),
+                        ("Transformation", "LOAD_AND_FLATTEN"),
+                    ] {
+                        if rc.and_then(|c| c.get(k)).is_some_and(|x| x == v) {
+                            self.warn(
+                                "TRELLIS_UNSUPPORTED",
+                                format!("The {k} {v} is not supported by Trellis: the state fails with States.ItemReaderFailed"),
+                                format!("{loc}/ItemReader/ReaderConfig/{k}"),
+                            );
+                        }
+                    }
                     // Distributed children are separate executions: they see no outer
                     // variables, so nothing can clash.
                     let inner = if distributed {
