@@ -7,6 +7,7 @@ import shutil
 import signal
 import socket
 import subprocess
+import sys
 import tempfile
 import threading
 import time
@@ -107,12 +108,54 @@ class Functions:
         raise AssertionError(f"no token with {key}={value}")
 
 
+class S3Server:
+    """A real S3-compatible server, moto's, on 127.0.0.1: Distributed Map readers and
+    writers talk to it through the node's `AWS_ENDPOINT_URL_S3`."""
+
+    def __init__(self, log_dir):
+        self.port = free_port()
+        self.endpoint = f"http://127.0.0.1:{self.port}"
+        exe = Path(sys.executable).parent / "moto_server"
+        self.log = open(os.path.join(log_dir, "moto.log"), "ab")
+        self.proc = subprocess.Popen([str(exe), "-H", "127.0.0.1", "-p", str(self.port)],
+                                     stdout=self.log, stderr=self.log)
+        deadline = time.time() + 60
+        while time.time() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"moto_server exited with {self.proc.returncode}; see {self.log.name}")
+            try:
+                with urllib.request.urlopen(f"{self.endpoint}/moto-api/", timeout=1):
+                    return
+            except OSError:
+                time.sleep(0.1)
+        raise RuntimeError("moto_server did not start")
+
+    # What the node needs to reach it (any credentials do for moto).
+    def env(self):
+        return {"AWS_ENDPOINT_URL_S3": self.endpoint, "AWS_ACCESS_KEY_ID": "test",
+                "AWS_SECRET_ACCESS_KEY": "test"}
+
+    def client(self):
+        return boto3.client("s3", endpoint_url=self.endpoint, region_name="us-east-1",
+                            aws_access_key_id="test", aws_secret_access_key="test")
+
+    def stop(self):
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+
 class Node:
     """A `trellis dev` process on free ports and its own data directory."""
 
-    def __init__(self, functions, data_dir):
+    def __init__(self, functions, data_dir, env=None):
         self.functions = functions
         self.data_dir = data_dir
+        self.env = {**os.environ, **(env or {})}
         self.http_port = free_port()
         self.grpc_port = free_port()
         self.peer_port = free_port()
@@ -132,7 +175,7 @@ class Node:
             args += ["--function", f"{n}={self.functions.url}/{n}"]
         self.log.flush()
         since = os.path.getsize(self.log.name)
-        self.proc = subprocess.Popen(args, stdout=self.log, stderr=self.log)
+        self.proc = subprocess.Popen(args, stdout=self.log, stderr=self.log, env=self.env)
         # Ready when this process says it serves the port: a free port chosen earlier may
         # have been taken meanwhile (on a restart, the port was free while the node was
         # down), and /healthz alone could be answered by another process.
@@ -193,8 +236,20 @@ def workdir():
 
 
 @pytest.fixture(scope="session")
-def node(functions, workdir):
-    n = Node(functions, os.path.join(workdir, "data")).start()
+def s3server(workdir):
+    server = S3Server(workdir)
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def s3(s3server):
+    return s3server.client()
+
+
+@pytest.fixture(scope="session")
+def node(functions, workdir, s3server):
+    n = Node(functions, os.path.join(workdir, "data"), env=s3server.env()).start()
     yield n
     n.stop()
 

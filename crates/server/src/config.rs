@@ -59,6 +59,27 @@ pub struct ConnectorsSection {
 pub struct AwsSection {
     pub region: String,
     pub account: String,
+    /// The endpoint of every AWS service Trellis calls (S3 for Distributed Map readers and
+    /// writers). Empty: `AWS_ENDPOINT_URL`, else AWS's own.
+    pub endpoint_url: String,
+    /// S3's endpoint, over `endpoint_url`. Empty: `AWS_ENDPOINT_URL_S3`, else the above.
+    pub s3_endpoint_url: String,
+    /// Address buckets in the path (`host/bucket/key`), as MinIO and most S3-compatible
+    /// servers want, rather than in the host name (`bucket.host/key`).
+    pub s3_path_style: bool,
+}
+
+impl AwsSection {
+    /// S3's settings, the endpoint resolved against the AWS SDKs' environment variables.
+    pub fn s3(&self) -> crate::s3::S3Config {
+        crate::s3::S3Config::resolve(
+            &self.region,
+            &self.s3_endpoint_url,
+            &self.endpoint_url,
+            self.s3_path_style,
+            &|k| std::env::var(k).ok(),
+        )
+    }
 }
 
 impl Default for NodeSection {
@@ -82,6 +103,9 @@ impl Default for AwsSection {
         AwsSection {
             region: "us-east-1".into(),
             account: "000000000000".into(),
+            endpoint_url: String::new(),
+            s3_endpoint_url: String::new(),
+            s3_path_style: true,
         }
     }
 }

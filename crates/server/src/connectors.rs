@@ -17,7 +17,7 @@ use std::time::Duration;
 
 use serde_json::{json, Map, Value};
 use trellis_asl::definition::{Pattern, Resource};
-use trellis_asl::exec::TaskRequest;
+use trellis_asl::exec::{TaskKind, TaskRequest};
 use trellis_asl::Input;
 
 use crate::nested::ExecutionStarter;
@@ -54,6 +54,8 @@ pub struct Connectors {
     functions: Arc<HashMap<String, String>>,
     /// Starts nested executions (`states:startExecution`), once bound.
     starter: Arc<OnceLock<Weak<dyn ExecutionStarter>>>,
+    /// A DISTRIBUTED Map's ItemReader and ResultWriter.
+    s3: crate::s3::S3,
 }
 
 impl Connectors {
@@ -62,6 +64,7 @@ impl Connectors {
     pub fn new(
         functions: impl IntoIterator<Item = (String, String)>,
         extra_ca: Option<&Path>,
+        s3: crate::s3::S3Config,
     ) -> Result<Connectors, Error> {
         let mut b = reqwest::Client::builder()
             .use_rustls_tls()
@@ -92,6 +95,7 @@ impl Connectors {
             http: b.build().map_err(|e| Error::Client(e.to_string()))?,
             functions: Arc::new(functions.into_iter().collect()),
             starter: Arc::new(OnceLock::new()),
+            s3: crate::s3::S3::new(s3),
         })
     }
 
@@ -106,6 +110,24 @@ impl Connectors {
     /// `trellis run` has no workers.
     pub async fn run_task(&self, t: TaskRequest, fence: Option<String>) -> Input {
         let id = t.task_id;
+        let io = match &t.kind {
+            TaskKind::State => None,
+            TaskKind::ReadItems(r) => Some(self.s3.read(r).await),
+            TaskKind::WriteResults(w) => Some(self.s3.write(w).await),
+        };
+        if let Some(r) = io {
+            return match r {
+                Ok(output) => Input::TaskSucceeded {
+                    task_id: id,
+                    output,
+                },
+                Err(f) => Input::TaskFailed {
+                    task_id: id,
+                    error: f.error,
+                    cause: f.cause,
+                },
+            };
+        }
         let fence = fence.as_deref();
         match &t.resource {
             Resource::Service {
@@ -396,11 +418,15 @@ mod tests {
     fn a_bad_ca_file_is_named() {
         let dir = tempfile::tempdir().unwrap();
         let missing = dir.path().join("nope.pem");
-        let e = Connectors::new([], Some(&missing)).err().unwrap();
+        let e = Connectors::new([], Some(&missing), Default::default())
+            .err()
+            .unwrap();
         assert!(e.to_string().contains("nope.pem"), "{e}");
         let junk = dir.path().join("junk.pem");
         std::fs::write(&junk, "not a certificate").unwrap();
-        let e = Connectors::new([], Some(&junk)).err().unwrap();
+        let e = Connectors::new([], Some(&junk), Default::default())
+            .err()
+            .unwrap();
         assert!(e.to_string().contains("junk.pem"), "{e}");
     }
 }

@@ -16,4 +16,5 @@ pub mod node;
 pub mod registry;
 pub mod run;
 pub mod runner;
+pub mod s3;
 pub mod serve;

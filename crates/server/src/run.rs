@@ -221,7 +221,11 @@ pub fn main(args: Args) -> Result<ExitCode> {
         .unwrap_or_else(|| trellis_asl::env::uuid_v4(&mut env));
     let info = ExecutionInfo::new("us-east-1", "000000000000", &machine, &name, input);
     let mut exec = Execution::new(sm, info, Limits::default());
-    let connectors = Connectors::new(functions, args.ca_file.as_deref())?;
+    let connectors = Connectors::new(
+        functions,
+        args.ca_file.as_deref(),
+        crate::config::AwsSection::default().s3(),
+    )?;
     let mut tasks = RunTasks { connectors, mock };
 
     let mut driver = Driver::new();

@@ -52,7 +52,7 @@ impl Node {
         let db = NodeDb::open(&cfg.node.data_dir)?;
         let ca = (!cfg.connectors.ca_file.is_empty())
             .then(|| std::path::PathBuf::from(&cfg.connectors.ca_file));
-        let connectors = Connectors::new(cfg.functions.clone(), ca.as_deref())?;
+        let connectors = Connectors::new(cfg.functions.clone(), ca.as_deref(), cfg.aws.s3())?;
         // The node's metrics: registered once here, handed to the parts that count.
         let mut metrics = prometheus_client::registry::Registry::default();
         let settings = Settings {
