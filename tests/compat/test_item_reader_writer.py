@@ -206,3 +206,35 @@ def test_writer_failure_is_result_writer_failed(sfn):
     assert d["status"] == "FAILED" and d["error"] == "States.ResultWriterFailed", d
     events = [e["type"] for e in full_history(sfn, d["executionArn"])]
     assert "MapRunFailed" in events and events[-1] == "ExecutionFailed", events
+
+
+@pytest.mark.parametrize("kind", ["JSONL", "CSV", "JSON"])
+def test_items_are_read_page_by_page(sfn, s3, bucket, kind):
+    # A window of one child of 7 items reads pages of 100 items: the carry between pages
+    # and the cursor (a byte offset, the CSV header, an item count) must all hold.
+    n = 250
+    if kind == "JSONL":
+        body, reader = "".join(json.dumps({"i": i}) + "\n" for i in range(n)), get_object("JSONL")
+    elif kind == "CSV":
+        body = "i,sq\n" + "".join(f'{i},"{i * i}"\n' for i in range(n))
+        reader = get_object("CSV", CSVHeaderLocation="FIRST_ROW")
+    else:
+        body, reader = json.dumps({"rows": [{"i": i} for i in range(n)]}), get_object("JSON", ItemsPointer="/rows")
+    s3.put_object(Bucket=bucket, Key=f"paged.{kind}", Body=body)
+    d = run(sfn, dmap(reader, MaxConcurrency=1, ItemBatcher={"MaxItemsPerBatch": 7},
+                      ItemSelector={"i.$": "$$.Map.Item.Value.i", "at.$": "$$.Map.Item.Index"}),
+            {"bucket": bucket, "key": f"paged.{kind}"})
+    batches = output(d)
+    assert [len(b["Items"]) for b in batches] == [7] * 35 + [5]
+    flat = [x for b in batches for x in b["Items"]]
+    value = (lambda i: str(i)) if kind == "CSV" else (lambda i: i)
+    assert flat == [{"i": value(i), "at": i} for i in range(n)]
+
+
+def test_a_listing_is_read_page_by_page(sfn, s3, bucket):
+    for i in range(130):
+        s3.put_object(Bucket=bucket, Key=f"many/{i:04d}", Body=b"x")
+    reader = {"Resource": "arn:aws:states:::s3:listObjectsV2", "ReaderConfig": {"MaxItems": 120},
+              "Parameters": {"Bucket.$": "$.bucket", "Prefix": "many/"}}
+    d = run(sfn, dmap(reader, MaxConcurrency=1, ItemSelector={"k.$": "$$.Map.Item.Value.Key"}), {"bucket": bucket})
+    assert output(d) == [{"k": f"many/{i:04d}"} for i in range(120)]

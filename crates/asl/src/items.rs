@@ -49,15 +49,58 @@ pub enum ItemSource {
     },
 }
 
-/// The host's errand for an `ItemReader`: read the items and answer with them as a JSON
-/// array (`TaskSucceeded`), or fail with `States.ItemReaderFailed`.
+/// The host's errand for an `ItemReader`: read the next page of items, from `cursor`, and
+/// answer with a [`Page`] as JSON (`TaskSucceeded`), or fail with
+/// `States.ItemReaderFailed`. A Map Run reads its items page by page as its window moves,
+/// so it never holds them all.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ReadItems {
     pub source: ItemSource,
     /// `None` for a listing.
     pub format: Option<ItemFormat>,
-    /// Read at most this many items; 0: all of them.
+    /// Read at most this many items (a page); 0: all of them.
     pub max_items: u64,
+    /// Where the page starts.
+    #[serde(default)]
+    pub cursor: ReadCursor,
+}
+
+/// Where the next page of items starts.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct ReadCursor {
+    /// Items read before this page.
+    pub items: u64,
+    /// JSON Lines and CSV: the byte offset of the next item in the object.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub offset: Option<u64>,
+    /// CSV whose header is its first row: the header, read with the first page.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub header: Option<Vec<String>>,
+    /// A listing: the last key listed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub after_key: Option<String>,
+}
+
+/// One page of items, the answer to [`ReadItems`]. `next` is `None` once the items end.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+pub struct Page {
+    pub items: Vec<Value>,
+    pub next: Option<ReadCursor>,
+}
+
+/// What [`decode`] did.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Decoded {
+    /// Items handed over.
+    pub count: u64,
+    /// Items read and dropped (`skip`).
+    pub skipped: u64,
+    /// The input ended (rather than `max_items` being reached).
+    pub ended: bool,
+    /// JSON Lines and CSV: the bytes of input up to the end of the last item handed over.
+    pub consumed: Option<u64>,
+    /// CSV with `FIRST_ROW`: the header read.
+    pub header: Option<Vec<String>>,
 }
 
 /// The most bytes of a CSV header row, as AWS allows.
@@ -73,15 +116,22 @@ pub struct ReadError(pub String);
 struct Enough;
 
 /// Decodes `input` as `format`, handing each item to `sink` in order, until the input ends
-/// or `max_items` (when not 0) items were handed over. Returns how many were.
+/// or `max_items` (when not 0) items were handed over. `skip` items are read and dropped
+/// first (a JSON document, whose pages restart from its beginning).
 pub fn decode(
     format: &ItemFormat,
     input: &mut dyn Read,
     max_items: u64,
+    skip: u64,
     sink: &mut dyn FnMut(Value),
-) -> Result<u64, ReadError> {
+) -> Result<Decoded, ReadError> {
     let mut count = 0u64;
+    let mut skipped = 0u64;
     let mut take = |v: Value| -> Result<(), Enough> {
+        if skipped < skip {
+            skipped += 1;
+            return Ok(());
+        }
         if max_items > 0 && count >= max_items {
             return Err(Enough);
         }
@@ -92,42 +142,58 @@ pub fn decode(
         }
         Ok(())
     };
-    match format {
+    let mut d = match format {
         ItemFormat::Json { pointer } => json(input, pointer.as_deref(), &mut take)?,
         ItemFormat::Jsonl => jsonl(input, &mut take)?,
-        ItemFormat::Csv { header, delimiter } => {
-            csv_rows(input, header, *delimiter, &mut take)?;
-        }
+        ItemFormat::Csv { header, delimiter } => csv_rows(input, header, *delimiter, &mut take)?,
         ItemFormat::Manifest => {
             return Err(ReadError(
                 "a MANIFEST is read file by file by the host, not decoded as one object".into(),
             ))
         }
-    }
-    Ok(count)
+    };
+    d.count = count;
+    d.skipped = skipped;
+    Ok(d)
 }
 
 type Take<'a> = dyn FnMut(Value) -> Result<(), Enough> + 'a;
 
-fn jsonl(input: &mut dyn Read, take: &mut Take<'_>) -> Result<(), ReadError> {
-    let reader = BufReader::new(input);
-    for (n, line) in reader.lines().enumerate() {
-        let line = line.map_err(|e| ReadError(format!("cannot read the object: {e}")))?;
-        if line.trim().is_empty() {
+fn jsonl(input: &mut dyn Read, take: &mut Take<'_>) -> Result<Decoded, ReadError> {
+    let mut reader = BufReader::with_capacity(64 * 1024, input);
+    let (mut n, mut consumed) = (0u64, 0u64);
+    let mut line = Vec::new();
+    loop {
+        line.clear();
+        let len = reader
+            .read_until(b'\n', &mut line)
+            .map_err(|e| ReadError(format!("cannot read the object: {e}")))?;
+        if len == 0 {
+            return Ok(Decoded {
+                ended: true,
+                consumed: Some(consumed),
+                ..Decoded::default()
+            });
+        }
+        n += 1;
+        consumed += len as u64;
+        if line.iter().all(u8::is_ascii_whitespace) {
             continue;
         }
-        let v: Value = serde_json::from_str(&line).map_err(|e| {
+        let v: Value = serde_json::from_slice(&line).map_err(|e| {
             ReadError(format!(
-                "line {} is not a JSON value: {}",
-                n + 1,
+                "line {n} is not a JSON value: {}",
                 short(&e.to_string())
             ))
         })?;
         if take(v).is_err() {
-            break;
+            return Ok(Decoded {
+                ended: false,
+                consumed: Some(consumed),
+                ..Decoded::default()
+            });
         }
     }
-    Ok(())
 }
 
 fn short(s: &str) -> &str {
@@ -139,7 +205,11 @@ fn short(s: &str) -> &str {
 
 /// The items of a JSON document: the array at `pointer` (the whole document without one),
 /// walked element by element.
-fn json(input: &mut dyn Read, pointer: Option<&str>, take: &mut Take<'_>) -> Result<(), ReadError> {
+fn json(
+    input: &mut dyn Read,
+    pointer: Option<&str>,
+    take: &mut Take<'_>,
+) -> Result<Decoded, ReadError> {
     let path = match pointer {
         None | Some("") => Vec::new(),
         Some(p) => match p.strip_prefix('/') {
@@ -158,11 +228,15 @@ fn json(input: &mut dyn Read, pointer: Option<&str>, take: &mut Take<'_>) -> Res
     let walk = Walk { path: &path, take };
     match walk.deserialize(&mut de) {
         Ok(()) => {}
-        Err(e) if e.to_string().starts_with(STOP) => return Ok(()),
+        Err(e) if e.to_string().starts_with(STOP) => return Ok(Decoded::default()),
         Err(e) => return Err(ReadError(describe(&e.to_string(), pointer))),
     }
     de.end()
-        .map_err(|e| ReadError(format!("the object is not valid JSON: {e}")))
+        .map_err(|e| ReadError(format!("the object is not valid JSON: {e}")))?;
+    Ok(Decoded {
+        ended: true,
+        ..Decoded::default()
+    })
 }
 
 /// The marker error that ends the walk early once `MaxItems` items were taken.
@@ -304,25 +378,36 @@ fn csv_rows(
     header: &CsvHeader,
     delimiter: u8,
     take: &mut Take<'_>,
-) -> Result<(), ReadError> {
+) -> Result<Decoded, ReadError> {
     let mut reader = csv::ReaderBuilder::new()
         .has_headers(false)
         .flexible(true)
         .delimiter(delimiter)
         .from_reader(input);
-    let mut records = reader.byte_records();
+    let mut r = csv::ByteRecord::new();
+    let read = |reader: &mut csv::Reader<&mut dyn Read>, r: &mut csv::ByteRecord| {
+        reader.read_byte_record(r).map_err(csv_error)
+    };
+    let mut read_header = None;
     let names: Vec<String> = match header {
         CsvHeader::Given(h) => h.clone(),
-        CsvHeader::FirstRow => match records.next() {
-            None => return Ok(()),
-            Some(r) => {
-                let r = r.map_err(csv_error)?;
+        CsvHeader::FirstRow => match read(&mut reader, &mut r)? {
+            false => {
+                return Ok(Decoded {
+                    ended: true,
+                    consumed: Some(reader.position().byte()),
+                    ..Decoded::default()
+                })
+            }
+            true => {
                 if r.as_slice().len() > MAX_CSV_HEADER_BYTES {
                     return Err(ReadError(format!(
                         "the CSV header is larger than {MAX_CSV_HEADER_BYTES} bytes"
                     )));
                 }
-                r.iter().map(|f| text(f, 1)).collect::<Result<_, _>>()?
+                let names: Vec<String> = r.iter().map(|f| text(f, 1)).collect::<Result<_, _>>()?;
+                read_header = Some(names.clone());
+                names
             }
         },
     };
@@ -332,8 +417,10 @@ fn csv_rows(
             return Err(ReadError(format!("the CSV header has '{n}' twice")));
         }
     }
-    for r in records {
-        let r = r.map_err(csv_error)?;
+    let ended = loop {
+        if !read(&mut reader, &mut r)? {
+            break true;
+        }
         let line = r.position().map_or(0, |p| p.line());
         let mut row = Map::with_capacity(names.len());
         for (i, name) in names.iter().enumerate() {
@@ -344,10 +431,15 @@ fn csv_rows(
             row.insert(name.clone(), Value::String(v));
         }
         if take(Value::Object(row)).is_err() {
-            break;
+            break false;
         }
-    }
-    Ok(())
+    };
+    Ok(Decoded {
+        ended,
+        consumed: Some(reader.position().byte()),
+        header: read_header,
+        ..Decoded::default()
+    })
 }
 
 fn text(f: &[u8], line: u64) -> Result<String, ReadError> {
@@ -420,9 +512,71 @@ mod tests {
 
     fn read(format: ItemFormat, text: &str, max: u64) -> Result<Vec<Value>, ReadError> {
         let mut out = Vec::new();
-        let n = decode(&format, &mut text.as_bytes(), max, &mut |v| out.push(v))?;
-        assert_eq!(n as usize, out.len());
+        let d = decode(&format, &mut text.as_bytes(), max, 0, &mut |v| out.push(v))?;
+        assert_eq!(d.count as usize, out.len());
         Ok(out)
+    }
+
+    /// Reads `text` page by page as a host does, each page from the previous one's end.
+    fn pages(format: ItemFormat, text: &str, page: u64) -> Vec<Vec<Value>> {
+        let mut out = Vec::new();
+        let (mut offset, mut items, mut format) = (0usize, 0u64, format);
+        loop {
+            let mut got = Vec::new();
+            let skip = if matches!(format, ItemFormat::Json { .. }) {
+                items
+            } else {
+                0
+            };
+            let input = &text.as_bytes()[offset..];
+            let d = decode(&format, &mut &input[..], page, skip, &mut |v| got.push(v)).unwrap();
+            items += d.count;
+            offset += d.consumed.unwrap_or(0) as usize;
+            if let Some(h) = d.header {
+                format = ItemFormat::Csv {
+                    header: CsvHeader::Given(h),
+                    delimiter: b',',
+                };
+            }
+            out.push(got);
+            if d.ended {
+                return out;
+            }
+        }
+    }
+
+    #[test]
+    fn pages_resume_where_the_last_ended() {
+        let jsonl = "1\n\n2\n3\n4\n5";
+        assert_eq!(
+            pages(ItemFormat::Jsonl, jsonl, 2),
+            vec![
+                vec![json!(1), json!(2)],
+                vec![json!(3), json!(4)],
+                vec![json!(5)]
+            ]
+        );
+        let csv = "a,b\n1,\"x\ny\"\n2,z\n3,w\n";
+        let f = ItemFormat::Csv {
+            header: CsvHeader::FirstRow,
+            delimiter: b',',
+        };
+        assert_eq!(
+            pages(f, csv, 2),
+            vec![
+                vec![json!({"a": "1", "b": "x\ny"}), json!({"a": "2", "b": "z"})],
+                vec![json!({"a": "3", "b": "w"})]
+            ]
+        );
+        assert_eq!(
+            pages(json_at(Some("/x")), r#"{"x": [1, 2, 3]}"#, 2),
+            vec![vec![json!(1), json!(2)], vec![json!(3)]]
+        );
+        // A page that ends exactly at the end: the next one is empty and ends.
+        assert_eq!(
+            pages(ItemFormat::Jsonl, "1\n2\n", 2),
+            vec![vec![json!(1), json!(2)], vec![]]
+        );
     }
 
     fn json_at(p: Option<&str>) -> ItemFormat {
@@ -522,7 +676,7 @@ mod tests {
         assert!(read(f.clone(), &long, 0).unwrap_err().0.contains("larger"));
         let bytes = b"a\n\xff\xfe\n";
         let mut out = Vec::new();
-        let e = decode(&f, &mut &bytes[..], 0, &mut |v| out.push(v)).unwrap_err();
+        let e = decode(&f, &mut &bytes[..], 0, 0, &mut |v| out.push(v)).unwrap_err();
         assert!(e.0.contains("not UTF-8"), "{e}");
     }
 

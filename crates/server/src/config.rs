@@ -43,6 +43,9 @@ pub struct NodeSection {
     pub idle_timeout_seconds: u64,
     /// Placement spreads a shard's replicas over distinct zones when nodes carry one.
     pub zone: String,
+    /// The store's page cache, in MiB (sled's own default, 1 GiB, is more than a small
+    /// node should spend on it).
+    pub cache_mib: u64,
 }
 
 /// The task connectors (`http:invoke`, Lambda over HTTP).
@@ -94,6 +97,7 @@ impl Default for NodeSection {
             advertise_addr: String::new(),
             idle_timeout_seconds: 120,
             zone: String::new(),
+            cache_mib: 256,
         }
     }
 }
@@ -145,6 +149,12 @@ impl Config {
         }
         if self.node.id == 0 {
             bail!("node.id must not be 0");
+        }
+        if !(16..=1 << 20).contains(&self.node.cache_mib) {
+            bail!(
+                "node.cache_mib must be between 16 and 1048576, got {}",
+                self.node.cache_mib
+            );
         }
         if self.cluster.bootstrap_expect == 0 {
             bail!("cluster.bootstrap_expect must be at least 1");

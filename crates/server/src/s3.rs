@@ -20,7 +20,7 @@ use object_store::{GetOptions, ObjectStore, PutPayload};
 use serde_json::{Map, Value};
 use trellis_asl::error::names;
 use trellis_asl::export::{files, WriteResults};
-use trellis_asl::items::{self, CsvHeader, ItemFormat, ItemSource, ReadItems};
+use trellis_asl::items::{self, CsvHeader, ItemFormat, ItemSource, Page, ReadCursor, ReadItems};
 use trellis_asl::Failure;
 
 /// Where S3 is and how to address it.
@@ -62,6 +62,17 @@ const MAX_MANIFEST_BYTES: usize = 16 << 20;
 /// Chunks in flight between the download and the decoder.
 const CHUNKS_IN_FLIGHT: usize = 8;
 
+/// How [`S3::decode`] reads one object.
+#[derive(Debug, Clone, Copy)]
+struct Decode {
+    max_items: u64,
+    /// Items to read and drop first.
+    skip: u64,
+    gzip: bool,
+    /// Where in the object to start.
+    offset: u64,
+}
+
 /// An S3 client per bucket, made on first use.
 #[derive(Clone)]
 pub struct S3 {
@@ -102,91 +113,136 @@ impl S3 {
         Ok(s)
     }
 
-    /// Reads the items an `ItemReader` names, as a JSON array.
+    /// Reads the page of items an `ItemReader` asks for, as a [`Page`] in JSON.
     pub async fn read(&self, r: &ReadItems) -> Result<Value, Failure> {
-        let fail = |m: String| Failure::new(names::ITEM_READER_FAILED, m);
-        match (&r.source, &r.format) {
-            (ItemSource::Listing { bucket, prefix }, _) => self
-                .list(bucket, prefix.as_deref().unwrap_or(""), r.max_items)
-                .await
-                .map_err(fail),
-            (
-                ItemSource::Object {
-                    bucket,
-                    key,
-                    version_id,
-                },
-                Some(ItemFormat::Manifest),
-            ) => {
-                let text = self
-                    .whole(bucket, key, version_id.as_deref(), MAX_MANIFEST_BYTES)
+        let page = self
+            .page(r)
+            .await
+            .map_err(|m| Failure::new(names::ITEM_READER_FAILED, m))?;
+        serde_json::to_value(page)
+            .map_err(|e| Failure::new(names::ITEM_READER_FAILED, e.to_string()))
+    }
+
+    async fn page(&self, r: &ReadItems) -> Result<Page, String> {
+        let cursor = &r.cursor;
+        let (bucket, key, version) = match &r.source {
+            ItemSource::Listing { bucket, prefix } => {
+                return self
+                    .list(bucket, prefix.as_deref().unwrap_or(""), r.max_items, cursor)
                     .await
-                    .map_err(fail)?;
-                let inv = items::inventory(&text).map_err(|e| fail(e.0))?;
-                let mut out = Vec::new();
+            }
+            ItemSource::Object {
+                bucket,
+                key,
+                version_id,
+            } => (bucket, key, version_id.as_deref()),
+        };
+        let format = r.format.clone().ok_or("the ItemReader has no InputType")?;
+        let mut next = cursor.clone();
+        let (items, ended) = match format {
+            ItemFormat::Manifest => {
+                let text = self.whole(bucket, key, version, MAX_MANIFEST_BYTES).await?;
+                let inv = items::inventory(&text).map_err(|e| e.0)?;
+                // Pages re-read the files from the first, skipping what was read.
+                let (mut out, mut skip) = (Vec::new(), cursor.items);
+                let mut ended = true;
                 for file in &inv.keys {
                     let left = match r.max_items {
                         0 => 0,
-                        n if out.len() as u64 >= n => break,
                         n => n - out.len() as u64,
                     };
                     let format = ItemFormat::Csv {
                         header: CsvHeader::Given(inv.columns.clone()),
                         delimiter: b',',
                     };
-                    let gz = file.ends_with(".gz");
-                    let got = self
-                        .decode(&inv.bucket, file, None, format, left, gz)
-                        .await
-                        .map_err(fail)?;
+                    let opts = Decode {
+                        max_items: left,
+                        skip,
+                        gzip: file.ends_with(".gz"),
+                        offset: 0,
+                    };
+                    let (got, d) = self.decode(&inv.bucket, file, None, format, opts).await?;
+                    skip -= d.skipped.min(skip);
+                    let full = r.max_items > 0 && (out.len() + got.len()) as u64 >= r.max_items;
                     out.extend(got);
+                    if full {
+                        ended = false;
+                        break;
+                    }
                 }
-                Ok(Value::Array(out))
+                (out, ended)
             }
-            (
-                ItemSource::Object {
-                    bucket,
-                    key,
-                    version_id,
-                },
-                Some(format),
-            ) => self
-                .decode(
-                    bucket,
-                    key,
-                    version_id.as_deref(),
-                    format.clone(),
-                    r.max_items,
-                    false,
-                )
-                .await
-                .map(Value::Array)
-                .map_err(fail),
-            (ItemSource::Object { .. }, None) => {
-                Err(fail("the ItemReader has no InputType".into()))
+            ItemFormat::Json { .. } => {
+                let opts = Decode {
+                    max_items: r.max_items,
+                    skip: cursor.items,
+                    gzip: false,
+                    offset: 0,
+                };
+                let (got, d) = self.decode(bucket, key, version, format, opts).await?;
+                (got, d.ended)
             }
-        }
+            ItemFormat::Jsonl | ItemFormat::Csv { .. } => {
+                let offset = cursor.offset.unwrap_or(0);
+                let format = match (&format, &cursor.header) {
+                    (ItemFormat::Csv { delimiter, .. }, Some(h)) => ItemFormat::Csv {
+                        header: CsvHeader::Given(h.clone()),
+                        delimiter: *delimiter,
+                    },
+                    _ => format,
+                };
+                let opts = Decode {
+                    max_items: r.max_items,
+                    skip: 0,
+                    gzip: false,
+                    offset,
+                };
+                let (got, d) = self.decode(bucket, key, version, format, opts).await?;
+                next.offset = Some(offset + d.consumed.unwrap_or(0));
+                if d.header.is_some() {
+                    next.header = d.header;
+                }
+                (got, d.ended)
+            }
+        };
+        next.items += items.len() as u64;
+        Ok(Page {
+            items,
+            next: (!ended).then_some(next),
+        })
     }
 
-    /// Streams an object through the decoder: the body is never held whole.
+    /// Streams an object (from `offset`) through the decoder: the body is never held whole.
     async fn decode(
         &self,
         bucket: &str,
         key: &str,
         version: Option<&str>,
         format: ItemFormat,
-        max_items: u64,
-        gzip: bool,
-    ) -> Result<Vec<Value>, String> {
+        o: Decode,
+    ) -> Result<(Vec<Value>, items::Decoded), String> {
         let store = self.store(bucket)?;
         let opts = GetOptions {
             version: version.map(str::to_string),
+            range: (o.offset > 0).then_some(object_store::GetRange::Offset(o.offset)),
             ..Default::default()
         };
-        let got = store
-            .get_opts(&Path::from(key), opts)
-            .await
-            .map_err(|e| object_error(e, bucket, key))?;
+        let got = match store.get_opts(&Path::from(key), opts).await {
+            Ok(g) => g,
+            // Past the end: a page that ended exactly at the object's end.
+            Err(object_store::Error::Generic { source, .. })
+                if o.offset > 0 && source.to_string().contains("416") =>
+            {
+                let d = items::Decoded {
+                    ended: true,
+                    consumed: Some(0),
+                    ..Default::default()
+                };
+                return Ok((Vec::new(), d));
+            }
+            Err(e) => return Err(object_error(e, bucket, key)),
+        };
+        let size = got.meta.size;
         let mut stream = got.into_stream();
         let (tx, rx) = tokio::sync::mpsc::channel(CHUNKS_IN_FLIGHT);
         let decoder = tokio::task::spawn_blocking(move || {
@@ -195,13 +251,15 @@ impl S3 {
                 current: bytes::Bytes::new(),
             };
             let mut out = Vec::new();
-            let r = if gzip {
+            let r = if o.gzip {
                 let mut gz = flate2::read::MultiGzDecoder::new(&mut body);
-                items::decode(&format, &mut gz, max_items, &mut |v| out.push(v))
+                items::decode(&format, &mut gz, o.max_items, o.skip, &mut |v| out.push(v))
             } else {
-                items::decode(&format, &mut body, max_items, &mut |v| out.push(v))
+                items::decode(&format, &mut body, o.max_items, o.skip, &mut |v| {
+                    out.push(v)
+                })
             };
-            r.map(|_| out).map_err(|e| e.0)
+            r.map(|d| (out, d)).map_err(|e| e.0)
         });
         // Feed the decoder until the body ends or it stops reading (MaxItems, an error).
         while let Some(chunk) = stream.next().await {
@@ -212,9 +270,16 @@ impl S3 {
             }
         }
         drop(tx);
-        decoder
+        let (out, mut d) = decoder
             .await
-            .map_err(|e| format!("the decoder stopped: {e}"))?
+            .map_err(|e| format!("the decoder stopped: {e}"))??;
+        // A page that ends exactly at the object's end: nothing more to read.
+        if let Some(c) = d.consumed {
+            if o.offset + c >= size {
+                d.ended = true;
+            }
+        }
+        Ok((out, d))
     }
 
     /// A small object, whole.
@@ -244,7 +309,13 @@ impl S3 {
     }
 
     /// `s3:listObjectsV2`: one item per object whose key starts with `prefix`.
-    async fn list(&self, bucket: &str, prefix: &str, max_items: u64) -> Result<Value, String> {
+    async fn list(
+        &self,
+        bucket: &str,
+        prefix: &str,
+        max_items: u64,
+        cursor: &ReadCursor,
+    ) -> Result<Page, String> {
         let store = self.store(bucket)?;
         // object_store lists by whole path segments; S3 prefixes are plain string prefixes:
         // list from the prefix's folder and keep the keys that start with it.
@@ -253,8 +324,11 @@ impl S3 {
             None => "",
         };
         let base = (!folder.is_empty()).then(|| Path::from(folder));
-        let mut listing = store.list(base.as_ref());
-        let mut out = Vec::new();
+        let mut listing = match &cursor.after_key {
+            Some(after) => store.list_with_offset(base.as_ref(), &Path::from(after.as_str())),
+            None => store.list(base.as_ref()),
+        };
+        let (mut out, mut full) = (Vec::new(), false);
         while let Some(meta) = listing.next().await {
             let meta = meta.map_err(|e| match e {
                 object_store::Error::NotFound { .. } => {
@@ -279,12 +353,21 @@ impl S3 {
             item.insert("StorageClass".into(), Value::String("STANDARD".into()));
             out.push(Value::Object(item));
             if max_items > 0 && out.len() as u64 >= max_items {
+                full = true;
                 break;
             }
         }
         // S3 lists in key order (UTF-8 binary); so do we, whatever the store's paging did.
         out.sort_by(|a, b| a["Key"].as_str().cmp(&b["Key"].as_str()));
-        Ok(Value::Array(out))
+        let next = full.then(|| ReadCursor {
+            items: cursor.items + out.len() as u64,
+            after_key: out
+                .last()
+                .and_then(|i| i["Key"].as_str())
+                .map(str::to_string),
+            ..ReadCursor::default()
+        });
+        Ok(Page { items: out, next })
     }
 
     /// Puts an export's files, `manifest.json` last.

@@ -43,6 +43,9 @@ impl Flusher {
     }
 }
 
+/// The page cache of a store opened with [`NodeDb::open`]: 256 MiB.
+pub const DEFAULT_CACHE_BYTES: u64 = 256 << 20;
+
 /// One node's store: a single `sled::Db` shared by every Raft group on the node, and a
 /// directory of snapshot files (`raft-snapshots/g{N}/`).
 #[derive(Clone)]
@@ -59,11 +62,19 @@ struct SnapshotRoot {
 }
 
 impl NodeDb {
-    /// Opens (or creates) the store in `dir`.
+    /// Opens (or creates) the store in `dir`, with a page cache of
+    /// [`DEFAULT_CACHE_BYTES`].
     pub fn open(dir: impl AsRef<Path>) -> Result<NodeDb> {
+        NodeDb::open_with_cache(dir, DEFAULT_CACHE_BYTES)
+    }
+
+    /// Opens (or creates) the store in `dir`, its page cache at most `cache_bytes` (sled's
+    /// own default is 1 GiB, more than a small node should spend on it).
+    pub fn open_with_cache(dir: impl AsRef<Path>, cache_bytes: u64) -> Result<NodeDb> {
         let db = sled::Config::new()
             .path(dir.as_ref())
             .mode(sled::Mode::HighThroughput)
+            .cache_capacity(cache_bytes)
             .open()?;
         Ok(NodeDb {
             flusher: Flusher::new(db.clone()),

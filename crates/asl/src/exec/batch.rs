@@ -1,8 +1,17 @@
 //! `ItemBatcher`: a DISTRIBUTED Map's items grouped, in order, into child inputs.
 
+use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
 use crate::json;
+
+/// An `ItemBatcher` resolved: `BatchInput`'s value and the maxima.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub(crate) struct BatchSpec {
+    pub batch_input: Option<Value>,
+    pub max_items: usize,
+    pub max_bytes: usize,
+}
 
 /// Groups items into batches `{"BatchInput": ..., "Items": [...]}` of at most `max_items`
 /// items and `max_bytes` bytes of compact JSON each. Items are pushed one by one, so the
@@ -38,6 +47,15 @@ impl Batches {
         b.base = json::byte_len(&b.wrap(Vec::new()));
         b.bytes = b.base;
         b
+    }
+
+    pub(crate) fn from_spec(spec: BatchSpec) -> Self {
+        Batches::new(spec.batch_input, spec.max_items, spec.max_bytes)
+    }
+
+    /// The batches closed so far, their sizes, and the items of the one still open.
+    pub(crate) fn finish_closed(self) -> (Vec<Value>, Vec<u64>, Vec<Value>) {
+        (self.done, self.sizes, self.current)
     }
 
     fn wrap(&self, items: Vec<Value>) -> Value {

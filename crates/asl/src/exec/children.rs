@@ -3,7 +3,7 @@
 //! child executions, its tolerance, its summary and `UpdateMapRun`). How a frame ends is
 //! in `flow.rs`; this module settles what its parent does next.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, VecDeque};
 
 use serde_json::{Map, Value};
 
@@ -14,6 +14,14 @@ use crate::definition::{Dynamic, Kind, MapMode, State, MAX_BATCH_BYTES};
 use crate::error::names;
 use crate::json;
 use crate::template::Template;
+
+/// Where a Map's items come from.
+pub(super) enum MapItems {
+    /// `ItemsPath`/`Items`: all of them, and an object's keys.
+    Given(Vec<Value>, Option<Vec<String>>),
+    /// An `ItemReader`, page by page.
+    Read(io::Feed),
+}
 
 impl Execution {
     /// A DISTRIBUTED Map's tolerated failures, resolved and checked as AWS does when the
@@ -131,7 +139,7 @@ impl Execution {
             results: vec![None; branches.len()],
             running,
             next_index: branches.len(),
-            items: Vec::new(),
+            items: VecDeque::new(),
             keys: None,
             selector_input: Value::Null,
             max_concurrency: 0,
@@ -141,6 +149,8 @@ impl Execution {
             preselected: false,
             remote: BTreeMap::new(),
             export: None,
+            feed: None,
+            items_base: 0,
         });
     }
 
@@ -164,7 +174,7 @@ impl Execution {
                 );
                 return self.data_failed(fid, f, "Items", env);
             }
-            return self.start_reader(fid, st, r, &input, env);
+            return self.start_reader(fid, st, r, input, env);
         }
         let value = if st.is_jsonata() {
             match items {
@@ -223,19 +233,23 @@ impl Execution {
                 )
             }
         };
-        self.map_over(fid, st, list, keys, input, env);
+        self.map_over(fid, st, MapItems::Given(list, keys), input, env);
     }
 
-    /// A Map state's items are known: its Map Run (DISTRIBUTED) and its children start.
+    /// A Map state's items are known, or its reader is ready: its Map Run (DISTRIBUTED)
+    /// and its children start.
     pub(super) fn map_over(
         &mut self,
         fid: FrameId,
         st: &State,
-        list: Vec<Value>,
-        keys: Option<Vec<String>>,
+        items: MapItems,
         input: Value,
         env: &mut dyn Env,
     ) {
+        let (list, keys, feed) = match items {
+            MapItems::Given(list, keys) => (list, keys, None),
+            MapItems::Read(feed) => (Vec::new(), None, Some(feed)),
+        };
         let Kind::Map {
             max_concurrency,
             mode,
@@ -264,7 +278,10 @@ impl Execution {
                     Err((f, field)) => return self.data_failed(fid, f, field, env),
                 };
             let mut sizes = Vec::new();
-            if let Some(b) = &distributed.item_batcher {
+            if feed.is_some() {
+                // Items come page by page, batched as they come.
+                preselected = distributed.item_batcher.is_some();
+            } else if let Some(b) = &distributed.item_batcher {
                 match self.batch(fid, st, b, list, keys.as_deref(), &input, env) {
                     Ok((batches, s)) => (list, sizes, preselected) = (batches, s, true),
                     Err((f, field)) => return self.data_failed(fid, f, field, env),
@@ -315,6 +332,7 @@ impl Execution {
                 failed_items: 0,
                 tolerated_count,
                 tolerated_percentage,
+                reading: feed.is_some(),
             });
         }
         let len = list.len();
@@ -327,7 +345,7 @@ impl Execution {
                 details([("mapRunArn", Value::String(arn))])
             });
         }
-        if len == 0 {
+        if len == 0 && feed.is_none() {
             if let Some(r) = &run {
                 self.end_run(r.summary, MapRunStatus::Succeeded);
                 self.emit(Some(fid), EventType::MapRunSucceeded, || None);
@@ -340,7 +358,7 @@ impl Execution {
             results: vec![None; len],
             running: BTreeMap::new(),
             next_index: 0,
-            items: list,
+            items: list.into(),
             keys,
             selector_input: input,
             max_concurrency: mc,
@@ -354,6 +372,8 @@ impl Execution {
                 .as_ref()
                 .filter(|_| *mode == MapMode::Distributed)
                 .map(|_| vec![None; len]),
+            feed,
+            items_base: 0,
         });
         self.fill_map(fid, env);
     }
@@ -407,21 +427,15 @@ impl Execution {
         }
     }
 
-    /// A DISTRIBUTED Map's ItemBatcher: ItemSelector is applied to every item, then the
-    /// items go, in order, into batches `{"BatchInput": ..., "Items": [...]}` of at most
-    /// `MaxItemsPerBatch` items and `MaxInputBytesPerBatch` bytes of JSON (256 KiB when
-    /// absent). Returns the batches and how many items each holds.
-    #[allow(clippy::too_many_arguments, clippy::type_complexity)]
-    pub(super) fn batch(
+    /// `ItemBatcher`'s maxima and `BatchInput`, resolved against the state input.
+    pub(super) fn batch_spec(
         &self,
         fid: FrameId,
         st: &State,
         b: &crate::definition::Batcher,
-        items: Vec<Value>,
-        keys: Option<&[String]>,
         input: &Value,
         env: &mut dyn Env,
-    ) -> Result<(Vec<Value>, Vec<u64>), (Failure, &'static str)> {
+    ) -> Result<super::batch::BatchSpec, (Failure, &'static str)> {
         const ITEMS: &str = "MaxItemsPerBatch";
         const BYTES: &str = "MaxInputBytesPerBatch";
         let max_items = match &b.max_items {
@@ -448,11 +462,35 @@ impl Execution {
             ),
             None => None,
         };
+        Ok(super::batch::BatchSpec {
+            batch_input,
+            max_items,
+            max_bytes,
+        })
+    }
+
+    /// A DISTRIBUTED Map's ItemBatcher: ItemSelector is applied to every item, then the
+    /// items go, in order, into batches `{"BatchInput": ..., "Items": [...]}` of at most
+    /// `MaxItemsPerBatch` items and `MaxInputBytesPerBatch` bytes of JSON (256 KiB when
+    /// absent). Returns the batches and how many items each holds.
+    #[allow(clippy::too_many_arguments, clippy::type_complexity)]
+    pub(super) fn batch(
+        &self,
+        fid: FrameId,
+        st: &State,
+        b: &crate::definition::Batcher,
+        items: Vec<Value>,
+        keys: Option<&[String]>,
+        input: &Value,
+        env: &mut dyn Env,
+    ) -> Result<(Vec<Value>, Vec<u64>), (Failure, &'static str)> {
+        let spec = self.batch_spec(fid, st, b, input, env)?;
+        let max_bytes = spec.max_bytes;
         let item_selector = match &st.kind {
             Kind::Map { item_selector, .. } => item_selector.as_ref(),
             _ => None,
         };
-        let mut batches = super::batch::Batches::new(batch_input, max_items, max_bytes);
+        let mut batches = super::batch::Batches::from_spec(spec);
         for (i, item) in items.into_iter().enumerate() {
             let item = match item_selector {
                 Some(t) => {
@@ -463,8 +501,8 @@ impl Execution {
                 None => item,
             };
             if let Err(super::batch::TooLarge(n)) = batches.push(item) {
-                let msg = format!("The item at index {i} is {n} bytes of JSON, more than a batch of at most {max_bytes} bytes ({BYTES}) can hold");
-                return Err((Failure::runtime(msg), BYTES));
+                let msg = format!("The item at index {i} is {n} bytes of JSON, more than a batch of at most {max_bytes} bytes (MaxInputBytesPerBatch) can hold");
+                return Err((Failure::runtime(msg), "MaxInputBytesPerBatch"));
             }
         }
         Ok(batches.finish())
@@ -484,25 +522,35 @@ impl Execution {
                 return;
             };
             let (index, item, key, distributed, preselected) = {
-                let Waiting::Children(c) = &self.active(fid).waiting else {
+                let Waiting::Children(c) = &mut self.active_mut(fid).waiting else {
                     return;
                 };
-                if c.next_index >= c.items.len()
-                    || (c.max_concurrency > 0 && c.in_flight() >= c.max_concurrency)
-                {
+                if c.max_concurrency > 0 && c.in_flight() >= c.max_concurrency {
                     return;
                 }
+                if c.next_index >= c.known() {
+                    if c.feed.as_ref().is_some_and(io::Feed::wants_page) {
+                        return self.read_page(fid);
+                    }
+                    return;
+                }
+                let index = c.next_index;
+                // A fed Map keeps only the children not started yet.
+                let item = if c.feed.is_some() {
+                    c.items_base += 1;
+                    c.items.pop_front().unwrap_or(Value::Null)
+                } else {
+                    c.items[index].clone()
+                };
+                c.next_index += 1;
                 (
-                    c.next_index,
-                    c.items[c.next_index].clone(),
-                    c.keys.as_ref().map(|k| k[c.next_index].clone()),
+                    index,
+                    item,
+                    c.keys.as_ref().map(|k| k[index].clone()),
                     c.run.is_some(),
                     c.preselected,
                 )
             };
-            if let Waiting::Children(c) = &mut self.active_mut(fid).waiting {
-                c.next_index += 1;
-            }
             self.run_moved(fid, index, |c| {
                 c.pending = c.pending.saturating_sub(1);
                 c.running += 1;
@@ -735,7 +783,7 @@ impl Execution {
     /// every child is done, the state succeeds with the results in order.
     pub(super) fn settle(&mut self, fid: FrameId, env: &mut dyn Env) {
         let (all_done, is_map) = match &self.active(fid).waiting {
-            Waiting::Children(c) => (c.done == c.results.len(), c.is_map),
+            Waiting::Children(c) => (c.all_done(), c.is_map),
             _ => return,
         };
         if !all_done {
@@ -886,6 +934,15 @@ impl Execution {
 
     /// Aborts every running child of a Parallel/Map frame (emitting their aborted events).
     pub(super) fn abort_children(&mut self, fid: FrameId) {
+        if let Waiting::Children(Children {
+            feed: Some(feed), ..
+        }) = &mut self.active_mut(fid).waiting
+        {
+            if let Some(task_id) = feed.cancel() {
+                self.st.tasks.remove(&task_id);
+                self.out.commands.push(Command::CancelTask { task_id });
+            }
+        }
         let (running, iterations, remote) = match &mut self.active_mut(fid).waiting {
             Waiting::Children(c) => {
                 let r: Vec<(usize, FrameId)> = std::mem::take(&mut c.running).into_iter().collect();

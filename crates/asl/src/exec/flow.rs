@@ -1430,11 +1430,6 @@ impl Execution {
                 self.cancel_timer(Some(timer_id));
                 true
             }
-            Waiting::Reader { task_id } => {
-                self.st.tasks.remove(&task_id);
-                self.out.commands.push(Command::CancelTask { task_id });
-                true
-            }
             Waiting::Writer { task_id, then } => {
                 self.st.tasks.remove(&task_id);
                 self.out.commands.push(Command::CancelTask { task_id });

@@ -3,23 +3,24 @@
 //! ([`TaskKind::ReadItems`], [`TaskKind::WriteResults`]) that the host carries out; neither
 //! writes task events.
 
+use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use super::*;
 use crate::definition::{Kind, Reader, State};
 use crate::error::names;
 use crate::export::{ChildResult, WriteResults};
-use crate::items::{ItemFormat, ItemSource, ReadItems};
-use crate::json;
+use crate::items::{ItemFormat, ItemSource, Page, ReadCursor, ReadItems};
 
 impl Execution {
-    /// Asks the host for the items the Map's `ItemReader` names.
+    /// Starts a Map whose items its `ItemReader` names: the Map Run starts, then reads its
+    /// items page by page as its window moves.
     pub(super) fn start_reader(
         &mut self,
         fid: FrameId,
         st: &State,
         reader: &Reader,
-        input: &Value,
+        input: Value,
         env: &mut dyn Env,
     ) {
         let fail = |cause: String| Failure::new(names::ITEM_READER_FAILED, cause);
@@ -27,7 +28,7 @@ impl Execution {
             return self.data_failed(fid, fail(why.clone()), "ItemReader", env);
         }
         let args = match &reader.arguments {
-            Some(t) => match self.eval_template(fid, st, t, input, "ItemReader", env) {
+            Some(t) => match self.eval_template(fid, st, t, &input, "ItemReader", env) {
                 Ok(v) => v,
                 Err(f) => return self.data_failed(fid, f, "ItemReader", env),
             },
@@ -54,9 +55,9 @@ impl Execution {
                 version_id: text("VersionId"),
             }
         };
-        let max_items = match &reader.max_items {
+        let limit = match &reader.max_items {
             Some(d) => {
-                match self.dynamic_int(fid, st, d, input, "MaxItems", 0, env) {
+                match self.dynamic_int(fid, st, d, &input, "MaxItems", 0, env) {
                     Ok(n) if n <= 100_000_000 => n as u64,
                     Ok(n) => {
                         let msg = format!("The value for the field 'MaxItems' must be at most 100000000, but was {n}");
@@ -89,18 +90,279 @@ impl Execution {
                 }
             }
         }
-        let action = if reader.listing {
-            "listObjectsV2"
-        } else {
-            "getObject"
+        let feed = Feed {
+            request: ReadItems {
+                source,
+                format,
+                max_items: 0,
+                cursor: ReadCursor::default(),
+            },
+            limit,
+            read: 0,
+            in_flight: None,
+            ended: false,
+            carry: Vec::new(),
+            per_child: 1,
+            batch: None,
         };
-        let request = ReadItems {
-            source,
-            format,
-            max_items,
+        self.map_over(fid, st, super::children::MapItems::Read(feed), input, env);
+    }
+
+    /// Asks the host for a fed Map's next page of items.
+    pub(super) fn read_page(&mut self, fid: FrameId) {
+        let sm = self.sm.clone();
+        let st = sm.state(self.frame(fid).block, self.active(fid).state);
+        let task_id = self.st.next_task_id;
+        let request = {
+            let Waiting::Children(c) = &mut self.active_mut(fid).waiting else {
+                return;
+            };
+            let window = match c.max_concurrency {
+                0 => PAGE_MAX,
+                n => n,
+            };
+            let Some(feed) = c.feed.as_mut() else { return };
+            // Enough items to fill the window twice, within bounds.
+            let mut page = (window as u64)
+                .saturating_mul(2)
+                .saturating_mul(feed.per_child)
+                .clamp(PAGE_MIN, PAGE_MAX as u64);
+            if feed.limit > 0 {
+                page = page.min(feed.limit - feed.read);
+            }
+            feed.in_flight = Some(task_id);
+            let mut r = feed.request.clone();
+            r.max_items = page;
+            r
         };
-        let task_id = self.io_task(fid, st, action, args, TaskKind::ReadItems(request));
-        self.active_mut(fid).waiting = Waiting::Reader { task_id };
+        let action = match request.source {
+            ItemSource::Listing { .. } => "listObjectsV2",
+            ItemSource::Object { .. } => "getObject",
+        };
+        let parameters = match &request.source {
+            ItemSource::Object {
+                bucket,
+                key,
+                version_id,
+            } => {
+                let mut m = serde_json::Map::new();
+                m.insert("Bucket".into(), Value::String(bucket.clone()));
+                m.insert("Key".into(), Value::String(key.clone()));
+                if let Some(v) = version_id {
+                    m.insert("VersionId".into(), Value::String(v.clone()));
+                }
+                Value::Object(m)
+            }
+            ItemSource::Listing { bucket, prefix } => {
+                let mut m = serde_json::Map::new();
+                m.insert("Bucket".into(), Value::String(bucket.clone()));
+                if let Some(p) = prefix {
+                    m.insert("Prefix".into(), Value::String(p.clone()));
+                }
+                Value::Object(m)
+            }
+        };
+        let id = self.io_task(fid, st, action, parameters, TaskKind::ReadItems(request));
+        debug_assert_eq!(id, task_id);
+    }
+
+    /// A page of items arrived: they become children (batched when the Map batches), and
+    /// the window fills. A page that cannot be read fails the Map Run.
+    fn on_page(&mut self, fid: FrameId, result: Result<Value, Failure>, env: &mut dyn Env) {
+        let page = result.and_then(|v| {
+            serde_json::from_value::<Page>(v).map_err(|e| {
+                Failure::new(
+                    names::ITEM_READER_FAILED,
+                    format!("The ItemReader's answer is not a page of items: {e}"),
+                )
+            })
+        });
+        let page = match page {
+            Ok(p) => p,
+            Err(f) => {
+                return self.reader_failed(fid, io_failure(f, names::ITEM_READER_FAILED), env)
+            }
+        };
+        let sm = self.sm.clone();
+        let st = sm.state(self.frame(fid).block, self.active(fid).state);
+        let Kind::Map {
+            item_selector,
+            distributed,
+            ..
+        } = &st.kind
+        else {
+            return;
+        };
+        let (first, selector_input, carry, ended) = {
+            let Waiting::Children(c) = &mut self.active_mut(fid).waiting else {
+                return;
+            };
+            let Some(feed) = c.feed.as_mut() else { return };
+            feed.in_flight = None;
+            feed.read += page.items.len() as u64;
+            feed.ended = page.next.is_none() || (feed.limit > 0 && feed.read >= feed.limit);
+            if let Some(next) = page.next {
+                feed.request.cursor = next;
+            }
+            let first = feed.read as usize - page.items.len();
+            (
+                first,
+                c.selector_input.clone(),
+                std::mem::take(&mut feed.carry),
+                feed.ended,
+            )
+        };
+        let n_items = page.items.len() as u64;
+        // New children: the items themselves, or their batches.
+        let (children, sizes, carry) = match &distributed.item_batcher {
+            None => (page.items, Vec::new(), Vec::new()),
+            Some(b) => {
+                let batches = self.page_batches(
+                    fid,
+                    st,
+                    b,
+                    item_selector.as_ref(),
+                    (first, page.items),
+                    carry,
+                    ended,
+                    &selector_input,
+                    env,
+                );
+                match batches {
+                    Ok(x) => x,
+                    Err((f, field)) => {
+                        self.abort_children(fid);
+                        if let Waiting::Children(Children { run: Some(r), .. }) =
+                            &self.active(fid).waiting
+                        {
+                            let summary = r.summary;
+                            self.end_run(summary, MapRunStatus::Failed);
+                        }
+                        self.emit(Some(fid), EventType::MapStateFailed, || None);
+                        self.active_mut(fid).waiting = Waiting::Nothing;
+                        return self.data_failed(fid, f, field, env);
+                    }
+                }
+            }
+        };
+        let n_children = children.len();
+        let summary = {
+            let Waiting::Children(c) = &mut self.active_mut(fid).waiting else {
+                return;
+            };
+            if let Some(feed) = c.feed.as_mut() {
+                feed.carry = carry;
+                if let Some(max) = sizes.iter().max() {
+                    feed.per_child = feed.per_child.max(*max);
+                }
+            }
+            c.items.extend(children);
+            c.results.resize(c.results.len() + n_children, None);
+            if let Some(e) = c.export.as_mut() {
+                e.resize(e.len() + n_children, None);
+            }
+            let Some(run) = c.run.as_mut() else { return };
+            if !sizes.is_empty() {
+                // Batches: each child's items (children before were single items).
+                let before = c.results.len() - n_children;
+                run.sizes.resize(before, 1);
+                run.sizes.extend(sizes);
+            } else if !run.sizes.is_empty() {
+                run.sizes.resize(run.sizes.len() + n_children, 1);
+            }
+            run.total_items += n_items;
+            run.reading = !ended;
+            (run.summary, run.exceeded())
+        };
+        let (summary, exceeded) = summary;
+        if let Some(s) = self.st.map_runs.get_mut(summary) {
+            s.items.total += n_items;
+            s.items.pending += n_items;
+            s.executions.total += n_children as u64;
+            s.executions.pending += n_children as u64;
+        }
+        if exceeded {
+            // Failures judged against the total, now that it is known.
+            return self.run_exceeded(fid, summary, env);
+        }
+        self.fill_map(fid, env);
+        self.settle(fid, env);
+    }
+
+    /// A page's items through ItemSelector into batches, after the items carried over from
+    /// the page before; the last, partial batch is carried to the next page unless the items
+    /// ended. Returns the closed batches, their sizes and the carry.
+    #[allow(clippy::too_many_arguments, clippy::type_complexity)]
+    fn page_batches(
+        &mut self,
+        fid: FrameId,
+        st: &State,
+        b: &crate::definition::Batcher,
+        selector: Option<&crate::template::Template>,
+        (first, items): (usize, Vec<Value>),
+        carry: Vec<Value>,
+        ended: bool,
+        input: &Value,
+        env: &mut dyn Env,
+    ) -> Result<(Vec<Value>, Vec<u64>, Vec<Value>), (Failure, &'static str)> {
+        let spec = match &self.feed_of(fid).and_then(|f| f.batch.clone()) {
+            Some(spec) => spec.clone(),
+            None => self.batch_spec(fid, st, b, input, env)?,
+        };
+        let max_bytes = spec.max_bytes;
+        self.remember_batch(fid, &spec);
+        let mut batches = super::batch::Batches::from_spec(spec);
+        for item in carry {
+            batches.push(item).map_err(|_| {
+                (
+                    Failure::runtime("a carried item no longer fits"),
+                    "ItemBatcher",
+                )
+            })?;
+        }
+        for (i, item) in items.into_iter().enumerate() {
+            let item = match selector {
+                Some(t) => self
+                    .select(fid, st, t, input, (first + i, &item, None), env)
+                    .map_err(|f| (f, "ItemSelector"))?,
+                None => item,
+            };
+            if let Err(crate::exec::batch::TooLarge(n)) = batches.push(item) {
+                let msg = format!("The item at index {} is {n} bytes of JSON, more than a batch of at most {max_bytes} bytes (MaxInputBytesPerBatch) can hold", first + i);
+                return Err((Failure::runtime(msg), "MaxInputBytesPerBatch"));
+            }
+        }
+        if ended {
+            let (done, sizes) = batches.finish();
+            return Ok((done, sizes, Vec::new()));
+        }
+        let (done, sizes, open) = batches.finish_closed();
+        Ok((done, sizes, open))
+    }
+
+    fn feed_of(&self, fid: FrameId) -> Option<&Feed> {
+        match &self.active(fid).waiting {
+            Waiting::Children(c) => c.feed.as_ref(),
+            _ => None,
+        }
+    }
+
+    fn remember_batch(&mut self, fid: FrameId, spec: &super::batch::BatchSpec) {
+        if let Waiting::Children(Children { feed: Some(f), .. }) = &mut self.active_mut(fid).waiting
+        {
+            f.batch.get_or_insert_with(|| spec.clone());
+        }
+    }
+
+    /// The Map Run cannot read its items: its children are aborted and it fails with
+    /// `States.ItemReaderFailed`.
+    fn reader_failed(&mut self, fid: FrameId, f: Failure, env: &mut dyn Env) {
+        self.abort_children(fid);
+        let w = std::mem::replace(&mut self.active_mut(fid).waiting, Waiting::Nothing);
+        let Waiting::Children(Children { run: Some(run), .. }) = w else {
+            return self.data_failed(fid, f, "ItemReader", env);
+        };
+        self.run_failed(fid, run.summary, f, env);
     }
 
     /// Exports a finished Map Run's results to S3: the Map state ends as `then` says once
@@ -193,11 +455,13 @@ impl Execution {
     pub(super) fn io_frame(&self, task_id: u64) -> Option<FrameId> {
         let fid = *self.st.tasks.get(&task_id)?;
         match &self.frame(fid).active.as_ref()?.waiting {
-            Waiting::Reader { task_id: t } | Waiting::Writer { task_id: t, .. }
-                if *t == task_id =>
-            {
-                Some(fid)
-            }
+            Waiting::Writer { task_id: t, .. } if *t == task_id => Some(fid),
+            Waiting::Children(Children {
+                feed: Some(Feed {
+                    in_flight: Some(t), ..
+                }),
+                ..
+            }) if *t == task_id => Some(fid),
             _ => None,
         }
     }
@@ -211,30 +475,11 @@ impl Execution {
         env: &mut dyn Env,
     ) {
         self.st.tasks.remove(&task_id);
+        if matches!(self.active(fid).waiting, Waiting::Children(_)) {
+            return self.on_page(fid, result, env);
+        }
         let waiting = std::mem::replace(&mut self.active_mut(fid).waiting, Waiting::Nothing);
         match waiting {
-            Waiting::Reader { .. } => match result {
-                Ok(Value::Array(items)) => {
-                    let sm = self.sm.clone();
-                    let st = sm.state(self.frame(fid).block, self.active(fid).state);
-                    let input = self.active(fid).eff().clone();
-                    self.map_over(fid, st, items, None, input, env);
-                }
-                Ok(other) => {
-                    let f = Failure::new(
-                        names::ITEM_READER_FAILED,
-                        format!(
-                            "The ItemReader produced {}, not an array of items",
-                            json::type_name(&other)
-                        ),
-                    );
-                    self.data_failed(fid, f, "ItemReader", env);
-                }
-                Err(f) => {
-                    let f = io_failure(f, names::ITEM_READER_FAILED);
-                    self.data_failed(fid, f, "ItemReader", env);
-                }
-            },
             Waiting::Writer { then, .. } => match (then, result) {
                 (AfterWrite::Succeed { summary, output }, Ok(_)) => {
                     self.end_run(summary, MapRunStatus::Succeeded);
@@ -354,5 +599,49 @@ fn io_failure(f: Failure, name: &str) -> Failure {
             },
         ),
         None => Failure::new(name, f.cause.unwrap_or_default()),
+    }
+}
+
+/// The fewest and most items a page asks for.
+const PAGE_MIN: u64 = 100;
+const PAGE_MAX: usize = 10_000;
+
+/// A Map fed by its `ItemReader`: what to read next, and what was read.
+#[derive(Debug, Serialize, Deserialize)]
+pub(crate) struct Feed {
+    /// The next page's request (its cursor where the last page ended).
+    request: ReadItems,
+    /// `MaxItems`: 0, all of them.
+    limit: u64,
+    /// Items read so far.
+    read: u64,
+    /// The task reading a page, if one is.
+    in_flight: Option<u64>,
+    /// No more items will come.
+    ended: bool,
+    /// Items (after ItemSelector) of a batch still open at the end of the last page.
+    carry: Vec<Value>,
+    /// The most items a child holds so far (a batch's), to size pages.
+    per_child: u64,
+    /// `ItemBatcher`, resolved with the first page.
+    #[serde(default)]
+    batch: Option<super::batch::BatchSpec>,
+}
+
+impl Feed {
+    pub(crate) fn ended(&self) -> bool {
+        self.ended && self.in_flight.is_none() && self.carry.is_empty()
+    }
+
+    /// More items may come and none are being read.
+    pub(crate) fn wants_page(&self) -> bool {
+        !self.ended && self.in_flight.is_none()
+    }
+
+    /// Stops waiting for a page: the task reading it, if any.
+    pub(crate) fn cancel(&mut self) -> Option<u64> {
+        self.ended = true;
+        self.carry.clear();
+        self.in_flight.take()
     }
 }

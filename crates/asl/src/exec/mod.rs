@@ -370,10 +370,6 @@ pub(crate) enum Waiting {
         timer_id: u64,
     },
     Children(Children),
-    /// A DISTRIBUTED Map waits for its `ItemReader`.
-    Reader {
-        task_id: u64,
-    },
     /// A DISTRIBUTED Map's children are done; it waits for its `ResultWriter`, then ends as
     /// `then` says.
     Writer {
@@ -398,8 +394,8 @@ pub(crate) struct Children {
     /// slot -> running frame
     running: BTreeMap<usize, FrameId>,
     next_index: usize,
-    /// Map: the items; Parallel: the branch input (one element).
-    items: Vec<Value>,
+    /// Map: the items (a fed Map: those not started yet); Parallel: none.
+    items: VecDeque<Value>,
     keys: Option<Vec<String>>,
     /// The effective input handed to ItemSelector.
     selector_input: Value,
@@ -419,12 +415,28 @@ pub(crate) struct Children {
     /// A DISTRIBUTED Map with a `ResultWriter`: each started child's record, by slot.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     export: Option<Vec<Option<crate::export::ChildResult>>>,
+    /// A Map fed by its `ItemReader`, page by page: `items` holds only the children not
+    /// started yet, the first of them child number `items_base`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    feed: Option<io::Feed>,
+    #[serde(default)]
+    items_base: usize,
 }
 
 impl Children {
     /// Children running, as frames or as child executions.
     fn in_flight(&self) -> usize {
         self.running.len() + self.remote.len()
+    }
+
+    /// Children known so far (all of them, unless pages of items are still to come).
+    fn known(&self) -> usize {
+        self.items_base + self.items.len()
+    }
+
+    /// Every child is known and has ended.
+    fn all_done(&self) -> bool {
+        self.done == self.results.len() && self.feed.as_ref().is_none_or(io::Feed::ended)
     }
 }
 
@@ -443,6 +455,10 @@ pub(crate) struct MapRun {
     /// `ToleratedFailureCount`, `ToleratedFailurePercentage`; neither: no failure is.
     tolerated_count: Option<u64>,
     tolerated_percentage: Option<f64>,
+    /// Items are still being read: the total is not known, so a percentage is not judged
+    /// yet.
+    #[serde(default)]
+    reading: bool,
 }
 
 impl MapRun {
@@ -466,7 +482,8 @@ impl MapRun {
         let (count, pct) = (self.tolerated_count, self.tolerated_percentage);
         let over_count = self.failed_items > count.unwrap_or(0);
         let over_pct = || {
-            self.total_items > 0
+            !self.reading
+                && self.total_items > 0
                 && self.failed_items as f64 * 100.0 / self.total_items as f64 > pct.unwrap_or(0.0)
         };
         match (count, pct) {

@@ -49,7 +49,7 @@ impl Node {
     /// yet: serve the peer port, then call [`Node::bootstrap`].
     pub async fn open(cfg: Config) -> anyhow::Result<Arc<Node>> {
         std::fs::create_dir_all(&cfg.node.data_dir)?;
-        let db = NodeDb::open(&cfg.node.data_dir)?;
+        let db = NodeDb::open_with_cache(&cfg.node.data_dir, cfg.node.cache_mib << 20)?;
         let ca = (!cfg.connectors.ca_file.is_empty())
             .then(|| std::path::PathBuf::from(&cfg.connectors.ca_file));
         let connectors = Connectors::new(cfg.functions.clone(), ca.as_deref(), cfg.aws.s3())?;
