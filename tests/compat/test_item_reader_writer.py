@@ -238,3 +238,26 @@ def test_a_listing_is_read_page_by_page(sfn, s3, bucket):
               "Parameters": {"Bucket.$": "$.bucket", "Prefix": "many/"}}
     d = run(sfn, dmap(reader, MaxConcurrency=1, ItemSelector={"k.$": "$$.Map.Item.Value.Key"}), {"bucket": bucket})
     assert output(d) == [{"k": f"many/{i:04d}"} for i in range(120)]
+
+
+def test_a_long_run_writes_its_results_in_chunks(sfn, s3, bucket):
+    # 2,500 children: their records are written 1,000 at a time while the run goes on, and
+    # the manifest lists every file; each item's result is in exactly one of them.
+    n = 2500
+    s3.put_object(Bucket=bucket, Key="long.jsonl", Body="".join(f"{i}\n" for i in range(n)))
+    writer = {"Resource": "arn:aws:states:::s3:putObject", "Parameters": {"Bucket": bucket, "Prefix": "long"},
+              "WriterConfig": {"Transformation": "COMPACT", "OutputType": "JSONL"}}
+    d = run(sfn, dmap(get_object("JSONL"), writer, MaxConcurrency=200,
+                      processor={"StartAt": "P", "States": {"P": {"Type": "Pass", "Parameters": {"n.$": "$"},
+                                                                  "End": True}}}),
+            {"bucket": bucket, "key": "long.jsonl"})
+    out = output(d)
+    manifest = json.loads(s3.get_object(Bucket=bucket, Key=out["ResultWriterDetails"]["Key"])["Body"].read())
+    files = manifest["ResultFiles"]["SUCCEEDED"]
+    assert len(files) >= 3 and manifest["ResultFiles"]["FAILED"] == [], manifest
+    seen = []
+    for f in files:
+        body = s3.get_object(Bucket=bucket, Key=f["Key"])["Body"].read()
+        assert len(body) == f["Size"]
+        seen += [json.loads(line)["n"] for line in body.decode().splitlines()]
+    assert sorted(seen) == list(range(n))

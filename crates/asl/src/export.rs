@@ -124,8 +124,25 @@ pub fn shape(results: &[ChildResult], t: Transformation) -> Vec<Value> {
     out
 }
 
-/// The host's errand for a `ResultWriter` that exports to S3: put [`files`], then answer
-/// with `TaskSucceeded` (any output), or fail with `States.ResultWriterFailed`.
+/// One file an export wrote.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ResultFile {
+    pub key: String,
+    pub size: u64,
+}
+
+/// The files an export has written, by outcome, in order.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct Written {
+    pub succeeded: Vec<ResultFile>,
+    pub failed: Vec<ResultFile>,
+}
+
+/// The host's errand for a `ResultWriter` that exports to S3: put [`files`] (manifest last)
+/// and answer with the [`Written`] they return (`TaskSucceeded`), or fail with
+/// `States.ResultWriterFailed`. A long Map Run writes its results as they come, a chunk
+/// at a time, and the manifest with the last chunk; writing the same request twice puts the
+/// same objects under the same keys.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct WriteResults {
     pub bucket: String,
@@ -134,8 +151,12 @@ pub struct WriteResults {
     pub map_run_arn: String,
     pub transformation: Transformation,
     pub output_type: OutputType,
-    /// In item order.
-    pub results: Vec<ChildResult>,
+    /// Records to write, in chunks; each chunk is its own files.
+    pub chunks: Vec<Vec<ChildResult>>,
+    /// What earlier writes of the run wrote: this write's files are numbered after them.
+    pub written: Written,
+    /// The run's last write: `manifest.json` too.
+    pub last: bool,
 }
 
 impl WriteResults {
@@ -165,57 +186,82 @@ impl WriteResults {
         m.insert("ResultWriterDetails".into(), Value::Object(d));
         Value::Object(m)
     }
+
+    fn body(&self, values: &[Value]) -> Vec<u8> {
+        match self.output_type {
+            OutputType::Json => json::to_compact(&Value::Array(values.to_vec())).into_bytes(),
+            OutputType::Jsonl => {
+                let mut b = String::new();
+                for v in values {
+                    b.push_str(&json::to_compact(v));
+                    b.push('\n');
+                }
+                b.into_bytes()
+            }
+        }
+    }
 }
 
-/// The objects an export writes, keys and bodies, `manifest.json` last: one file per
-/// outcome that has results (`SUCCEEDED_0.json`, `FAILED_0.json`), shaped and formatted as
-/// `WriterConfig` says.
-pub fn files(w: &WriteResults) -> Vec<(String, Vec<u8>)> {
+/// The objects a write puts, keys and bodies, `manifest.json` last when it is the run's
+/// last: for each chunk, `SUCCEEDED_{n}.json` and `FAILED_{n}.json` (failed, timed-out and
+/// aborted children) when it has such results, numbered on from what was written before;
+/// and what the run has written once they are.
+pub fn files(w: &WriteResults) -> (Vec<(String, Vec<u8>)>, Written) {
     let folder = w.folder();
     let mut out = Vec::new();
-    let mut listed = Map::new();
-    for (group, pick) in [("FAILED", false), ("PENDING", false), ("SUCCEEDED", true)] {
-        let chosen: Vec<ChildResult> = if group == "PENDING" {
-            Vec::new()
-        } else {
-            w.results
+    let mut written = w.written.clone();
+    for chunk in &w.chunks {
+        for ok in [false, true] {
+            let chosen: Vec<ChildResult> = chunk
                 .iter()
-                .filter(|r| r.succeeded() == pick)
+                .filter(|r| r.succeeded() == ok)
                 .cloned()
-                .collect()
-        };
-        let mut entries = Vec::new();
-        if !chosen.is_empty() {
-            let values = shape(&chosen, w.transformation);
-            let body = match w.output_type {
-                OutputType::Json => json::to_compact(&Value::Array(values)).into_bytes(),
-                OutputType::Jsonl => {
-                    let mut b = String::new();
-                    for v in &values {
-                        b.push_str(&json::to_compact(v));
-                        b.push('\n');
-                    }
-                    b.into_bytes()
-                }
+                .collect();
+            if chosen.is_empty() {
+                continue;
+            }
+            let (group, list) = if ok {
+                ("SUCCEEDED", &mut written.succeeded)
+            } else {
+                ("FAILED", &mut written.failed)
             };
-            let key = format!("{folder}{group}_0.json");
-            let mut e = Map::new();
-            e.insert("Key".into(), Value::String(key.clone()));
-            e.insert("Size".into(), Value::from(body.len()));
-            entries.push(Value::Object(e));
+            let body = w.body(&shape(&chosen, w.transformation));
+            let key = format!("{folder}{group}_{}.json", list.len());
+            list.push(ResultFile {
+                key: key.clone(),
+                size: body.len() as u64,
+            });
             out.push((key, body));
         }
-        listed.insert(group.into(), Value::Array(entries));
     }
-    let mut manifest = Map::new();
-    manifest.insert("DestinationBucket".into(), Value::String(w.bucket.clone()));
-    manifest.insert("MapRunArn".into(), Value::String(w.map_run_arn.clone()));
-    manifest.insert("ResultFiles".into(), Value::Object(listed));
-    out.push((
-        w.manifest_key(),
-        json::to_compact(&Value::Object(manifest)).into_bytes(),
-    ));
-    out
+    if w.last {
+        let list = |files: &[ResultFile]| {
+            Value::Array(
+                files
+                    .iter()
+                    .map(|f| {
+                        let mut e = Map::new();
+                        e.insert("Key".into(), Value::String(f.key.clone()));
+                        e.insert("Size".into(), Value::from(f.size));
+                        Value::Object(e)
+                    })
+                    .collect(),
+            )
+        };
+        let mut listed = Map::new();
+        listed.insert("FAILED".into(), list(&written.failed));
+        listed.insert("PENDING".into(), Value::Array(Vec::new()));
+        listed.insert("SUCCEEDED".into(), list(&written.succeeded));
+        let mut manifest = Map::new();
+        manifest.insert("DestinationBucket".into(), Value::String(w.bucket.clone()));
+        manifest.insert("MapRunArn".into(), Value::String(w.map_run_arn.clone()));
+        manifest.insert("ResultFiles".into(), Value::Object(listed));
+        out.push((
+            w.manifest_key(),
+            json::to_compact(&Value::Object(manifest)).into_bytes(),
+        ));
+    }
+    (out, written)
 }
 
 #[cfg(test)]
@@ -267,30 +313,49 @@ mod tests {
             map_run_arn: "arn:aws:states:us-east-1:1:mapRun:m/L:abc".into(),
             transformation: Transformation::Compact,
             output_type: OutputType::Jsonl,
-            results: vec![child(0, true, json!(1)), child(1, false, Value::Null)],
+            chunks: vec![vec![child(0, true, json!(1)), child(1, false, Value::Null)]],
+            written: Written::default(),
+            last: false,
         };
         assert_eq!(
             w.state_output(),
             json!({"MapRunArn": w.map_run_arn, "ResultWriterDetails": {"Bucket": "out", "Key": "jobs/abc/manifest.json"}})
         );
-        let f = files(&w);
+        // A chunk written while the run goes on: no manifest yet.
+        let (f, written) = files(&w);
         let keys: Vec<&str> = f.iter().map(|(k, _)| k.as_str()).collect();
         assert_eq!(
             keys,
-            [
-                "jobs/abc/FAILED_0.json",
-                "jobs/abc/SUCCEEDED_0.json",
-                "jobs/abc/manifest.json"
-            ]
+            ["jobs/abc/FAILED_0.json", "jobs/abc/SUCCEEDED_0.json"]
         );
         assert_eq!(f[1].1, b"1\n");
-        let m: Value = serde_json::from_slice(&f[2].1).unwrap();
+        // The last write numbers its files after the first's, and lists them all.
+        let last = WriteResults {
+            chunks: vec![vec![child(2, true, json!(2))]],
+            written,
+            last: true,
+            ..w.clone()
+        };
+        let (f, written) = files(&last);
+        let keys: Vec<&str> = f.iter().map(|(k, _)| k.as_str()).collect();
+        assert_eq!(
+            keys,
+            ["jobs/abc/SUCCEEDED_1.json", "jobs/abc/manifest.json"]
+        );
+        assert_eq!(written.succeeded.len(), 2);
+        let m: Value = serde_json::from_slice(&f[1].1).unwrap();
         assert_eq!(m["DestinationBucket"], "out");
         assert_eq!(m["ResultFiles"]["PENDING"], json!([]));
         assert_eq!(
             m["ResultFiles"]["SUCCEEDED"],
-            json!([{"Key": "jobs/abc/SUCCEEDED_0.json", "Size": 2}])
+            json!([{"Key": "jobs/abc/SUCCEEDED_0.json", "Size": 2}, {"Key": "jobs/abc/SUCCEEDED_1.json", "Size": 2}])
         );
+        assert_eq!(
+            m["ResultFiles"]["FAILED"][0]["Key"],
+            "jobs/abc/FAILED_0.json"
+        );
+        // The same write again: the same objects.
+        assert_eq!(files(&last).0, f);
         let no_prefix = WriteResults {
             prefix: String::new(),
             ..w

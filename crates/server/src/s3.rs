@@ -374,13 +374,14 @@ impl S3 {
     pub async fn write(&self, w: &WriteResults) -> Result<Value, Failure> {
         let fail = |m: String| Failure::new(names::RESULT_WRITER_FAILED, m);
         let store = self.store(&w.bucket).map_err(fail)?;
-        for (key, body) in files(w) {
+        let (objects, written) = files(w);
+        for (key, body) in objects {
             store
                 .put(&Path::from(key.as_str()), PutPayload::from(body))
                 .await
                 .map_err(|e| fail(object_error(e, &w.bucket, &key)))?;
         }
-        Ok(w.state_output())
+        serde_json::to_value(written).map_err(|e| fail(e.to_string()))
     }
 }
 

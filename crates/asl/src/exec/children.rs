@@ -271,6 +271,7 @@ impl Execution {
         };
         let length = list.len();
         let (mut list, mut run, mut preselected) = (list, None, false);
+        let mut export = None;
         if *mode == MapMode::Distributed {
             let (tolerated_count, tolerated_percentage) =
                 match self.tolerance(fid, st, distributed, &input, env) {
@@ -288,6 +289,12 @@ impl Execution {
                 }
             }
             let arn = self.map_run_arn(distributed, env);
+            if let Some(w) = &distributed.result_writer {
+                match self.export_for(fid, st, w, &input, &arn, env) {
+                    Ok(e) => export = Some(e),
+                    Err(f) => return self.data_failed(fid, f, "ResultWriter", env),
+                }
+            }
             let children = if sizes.is_empty() {
                 length as u64
             } else {
@@ -367,11 +374,7 @@ impl Execution {
             run,
             preselected,
             remote: BTreeMap::new(),
-            export: distributed
-                .result_writer
-                .as_ref()
-                .filter(|_| *mode == MapMode::Distributed)
-                .map(|_| vec![None; len]),
+            export,
             feed,
             items_base: 0,
         });
@@ -796,8 +799,14 @@ impl Execution {
         let Waiting::Children(mut c) = w else { return };
         let mut last = c.last_event;
         let mut shaped = None;
-        if let (Some(export), Some(r)) = (c.export.take(), &c.run) {
-            let records: Vec<_> = export.into_iter().flatten().collect();
+        if let (Some(mut export), Some(r)) = (c.export.take(), &c.run) {
+            if export.to_s3() {
+                let then = AfterWrite::Succeed {
+                    summary: r.summary,
+                    output: Value::Null,
+                };
+                return self.final_write(fid, export, then);
+            }
             let sm = self.sm.clone();
             let st = sm.state(self.frame(fid).block, self.active(fid).state);
             if let Kind::Map {
@@ -809,15 +818,12 @@ impl Execution {
                 ..
             } = &st.kind
             {
-                if w.to_s3 {
-                    let then = AfterWrite::Succeed {
-                        summary: r.summary,
-                        output: Value::Null,
-                    };
-                    return self.start_writer(fid, records, r.arn.clone(), then, env);
-                }
-                let t = w.config.transformation(false);
-                shaped = Some(crate::export::shape(&records, t));
+                export.ended.sort_by_key(|(slot, _)| *slot);
+                let records: Vec<_> = export.ended.into_iter().map(|(_, r)| r).collect();
+                shaped = Some(crate::export::shape(
+                    &records,
+                    w.config.transformation(false),
+                ));
             }
         }
         if let Some(r) = &c.run {
@@ -895,18 +901,12 @@ impl Execution {
         let w = std::mem::replace(&mut self.active_mut(parent.frame).waiting, Waiting::Nothing);
         if let Waiting::Children(Children {
             export: Some(export),
-            run: Some(run),
             ..
         }) = w
         {
-            let sm = self.sm.clone();
-            let st = sm.state(self.frame(map).block, self.active(map).state);
-            let to_s3 = matches!(&st.kind, Kind::Map { distributed, .. }
-                if distributed.result_writer.as_ref().is_some_and(|w| w.to_s3));
-            if to_s3 {
-                let records = export.into_iter().flatten().collect();
+            if export.to_s3() {
                 let then = AfterWrite::Fail { summary, failure };
-                return self.start_writer(map, records, run.arn, then, env);
+                return self.final_write(map, export, then);
             }
         }
         self.run_failed(map, summary, failure, env);
@@ -934,11 +934,10 @@ impl Execution {
 
     /// Aborts every running child of a Parallel/Map frame (emitting their aborted events).
     pub(super) fn abort_children(&mut self, fid: FrameId) {
-        if let Waiting::Children(Children {
-            feed: Some(feed), ..
-        }) = &mut self.active_mut(fid).waiting
-        {
-            if let Some(task_id) = feed.cancel() {
+        if let Waiting::Children(c) = &mut self.active_mut(fid).waiting {
+            let reading = c.feed.as_mut().and_then(io::Feed::cancel);
+            let writing = c.export.as_mut().and_then(io::Export::cancel);
+            for task_id in reading.into_iter().chain(writing) {
                 self.st.tasks.remove(&task_id);
                 self.out.commands.push(Command::CancelTask { task_id });
             }

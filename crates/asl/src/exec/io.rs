@@ -9,7 +9,9 @@ use serde_json::Value;
 use super::*;
 use crate::definition::{Kind, Reader, State};
 use crate::error::names;
-use crate::export::{ChildResult, WriteResults};
+use std::collections::BTreeMap;
+
+use crate::export::{ChildResult, WriteResults, Written};
 use crate::items::{ItemFormat, ItemSource, Page, ReadCursor, ReadItems};
 
 impl Execution {
@@ -258,9 +260,6 @@ impl Execution {
             }
             c.items.extend(children);
             c.results.resize(c.results.len() + n_children, None);
-            if let Some(e) = c.export.as_mut() {
-                e.resize(e.len() + n_children, None);
-            }
             let Some(run) = c.run.as_mut() else { return };
             if !sizes.is_empty() {
                 // Batches: each child's items (children before were single items).
@@ -365,48 +364,72 @@ impl Execution {
         self.run_failed(fid, run.summary, f, env);
     }
 
-    /// Exports a finished Map Run's results to S3: the Map state ends as `then` says once
-    /// they are written.
-    pub(super) fn start_writer(
+    /// A Map with a `ResultWriter`: its export, the destination resolved (the state fails
+    /// before its Map Run starts when it cannot be).
+    pub(super) fn export_for(
         &mut self,
         fid: FrameId,
-        results: Vec<ChildResult>,
-        map_run_arn: String,
-        then: AfterWrite,
+        st: &State,
+        w: &crate::definition::Writer,
+        input: &Value,
+        map_run_arn: &str,
         env: &mut dyn Env,
-    ) {
-        let sm = self.sm.clone();
-        let st = sm.state(self.frame(fid).block, self.active(fid).state);
-        let Kind::Map { distributed, .. } = &st.kind else {
-            return;
+    ) -> Result<Export, Failure> {
+        let mut e = Export {
+            running: BTreeMap::new(),
+            ended: Vec::new(),
+            to_s3: None,
+            flushing: None,
+            in_flush: Vec::new(),
         };
-        let Some(w) = &distributed.result_writer else {
-            return;
-        };
-        let input = self.active(fid).eff().clone();
+        if !w.to_s3 {
+            return Ok(e);
+        }
         let args = match &w.arguments {
-            Some(t) => match self.eval_template(fid, st, t, &input, "ResultWriter", env) {
-                Ok(v) => v,
-                Err(f) => return self.data_failed(fid, f, "ResultWriter", env),
-            },
+            Some(t) => self.eval_template(fid, st, t, input, "ResultWriter", env)?,
             None => Value::Null,
         };
         let text = |k: &str| args.get(k).and_then(Value::as_str).map(str::to_string);
         let Some(bucket) = text("Bucket").filter(|b| !b.is_empty()) else {
-            let f = Failure::new(
+            return Err(Failure::new(
                 names::RESULT_WRITER_FAILED,
                 "The ResultWriter's parameters must name a 'Bucket'",
-            );
-            return self.data_failed(fid, f, "ResultWriter", env);
+            ));
         };
-        let request = WriteResults {
+        e.to_s3 = Some(WriteResults {
             bucket,
             prefix: text("Prefix").unwrap_or_default(),
-            map_run_arn,
+            map_run_arn: map_run_arn.to_string(),
             transformation: w.config.transformation(true),
             output_type: w.config.output_type,
-            results,
+            chunks: Vec::new(),
+            written: Written::default(),
+            last: false,
+        });
+        Ok(e)
+    }
+
+    /// The run's last write: what is left of its results, and the manifest. The Map state
+    /// ends as `then` says once it is written. A chunk still being written is written again
+    /// under the same keys (its write, when it lands, puts the same objects).
+    pub(super) fn final_write(&mut self, fid: FrameId, mut e: Export, then: AfterWrite) {
+        if let Some(task_id) = e.flushing.take() {
+            self.st.tasks.remove(&task_id);
+            self.out.commands.push(Command::CancelTask { task_id });
+        }
+        let Some(mut request) = e.to_s3.take() else {
+            return;
         };
+        let mut chunks = Vec::new();
+        if !e.in_flush.is_empty() {
+            chunks.push(std::mem::take(&mut e.in_flush));
+        }
+        let ended = in_item_order(e.ended);
+        if !ended.is_empty() {
+            chunks.push(ended);
+        }
+        request.chunks = chunks;
+        request.last = true;
         let then = match then {
             AfterWrite::Succeed { summary, .. } => AfterWrite::Succeed {
                 summary,
@@ -414,8 +437,75 @@ impl Execution {
             },
             fail => fail,
         };
+        let sm = self.sm.clone();
+        let st = sm.state(self.frame(fid).block, self.active(fid).state);
+        let args = destination(&request);
         let task_id = self.io_task(fid, st, "putObject", args, TaskKind::WriteResults(request));
         self.active_mut(fid).waiting = Waiting::Writer { task_id, then };
+    }
+
+    /// Writes the ended children's records while the run goes on, once enough have ended
+    /// and no chunk is being written.
+    fn maybe_flush(&mut self, fid: FrameId) {
+        let request = {
+            let Waiting::Children(c) = &mut self.active_mut(fid).waiting else {
+                return;
+            };
+            let Some(e) = c.export.as_mut() else { return };
+            let Some(template) = &e.to_s3 else { return };
+            if e.flushing.is_some() || e.ended.len() < FLUSH_RECORDS {
+                return;
+            }
+            e.in_flush = in_item_order(std::mem::take(&mut e.ended));
+            let mut r = template.clone();
+            r.chunks = vec![e.in_flush.clone()];
+            r
+        };
+        let sm = self.sm.clone();
+        let st = sm.state(self.frame(fid).block, self.active(fid).state);
+        let args = destination(&request);
+        let task_id = self.io_task(fid, st, "putObject", args, TaskKind::WriteResults(request));
+        if let Waiting::Children(Children {
+            export: Some(e), ..
+        }) = &mut self.active_mut(fid).waiting
+        {
+            e.flushing = Some(task_id);
+        }
+    }
+
+    /// A chunk of results was written: the run goes on. One that could not be fails the run.
+    fn on_flushed(&mut self, fid: FrameId, result: Result<Value, Failure>, env: &mut dyn Env) {
+        let written = result.and_then(|v| {
+            serde_json::from_value::<Written>(v).map_err(|e| {
+                Failure::new(
+                    names::RESULT_WRITER_FAILED,
+                    format!("The ResultWriter's answer is not a list of files: {e}"),
+                )
+            })
+        });
+        let written = match written {
+            Ok(w) => w,
+            Err(f) => {
+                let f = io_failure(f, names::RESULT_WRITER_FAILED);
+                self.abort_children(fid);
+                let w = std::mem::replace(&mut self.active_mut(fid).waiting, Waiting::Nothing);
+                if let Waiting::Children(Children { run: Some(run), .. }) = w {
+                    return self.run_failed(fid, run.summary, f, env);
+                }
+                return self.state_failed(fid, f, env);
+            }
+        };
+        if let Waiting::Children(Children {
+            export: Some(e), ..
+        }) = &mut self.active_mut(fid).waiting
+        {
+            e.flushing = None;
+            e.in_flush.clear();
+            if let Some(t) = e.to_s3.as_mut() {
+                t.written = written;
+            }
+        }
+        self.maybe_flush(fid);
     }
 
     /// Issues a reader's or writer's task.
@@ -462,6 +552,12 @@ impl Execution {
                 }),
                 ..
             }) if *t == task_id => Some(fid),
+            Waiting::Children(Children {
+                export: Some(Export {
+                    flushing: Some(t), ..
+                }),
+                ..
+            }) if *t == task_id => Some(fid),
             _ => None,
         }
     }
@@ -475,8 +571,13 @@ impl Execution {
         env: &mut dyn Env,
     ) {
         self.st.tasks.remove(&task_id);
-        if matches!(self.active(fid).waiting, Waiting::Children(_)) {
-            return self.on_page(fid, result, env);
+        if let Waiting::Children(c) = &self.active(fid).waiting {
+            let flush = c.export.as_ref().and_then(|e| e.flushing) == Some(task_id);
+            return if flush {
+                self.on_flushed(fid, result, env)
+            } else {
+                self.on_page(fid, result, env)
+            };
         }
         let waiting = std::mem::replace(&mut self.active_mut(fid).waiting, Waiting::Nothing);
         match waiting {
@@ -540,8 +641,9 @@ impl Execution {
             return;
         };
         let (execution_arn, state_machine_arn, name) = Self::child_identity(&run.arn, slot);
-        if let Some(e) = export.get_mut(slot) {
-            *e = Some(ChildResult {
+        export.running.insert(
+            slot,
+            ChildResult {
                 execution_arn,
                 name,
                 state_machine_arn,
@@ -552,11 +654,12 @@ impl Execution {
                 cause: None,
                 start_ms: now,
                 stop_ms: now,
-            });
-        }
+            },
+        );
     }
 
-    /// A child of a Map with a `ResultWriter` ended: its record is complete.
+    /// A child of a Map with a `ResultWriter` ended: its record is complete, and written
+    /// with the next chunk.
     pub(super) fn export_ended(
         &mut self,
         fid: FrameId,
@@ -566,24 +669,73 @@ impl Execution {
         failure: Option<&Failure>,
     ) {
         let now = self.now;
-        let Some(Some(Frame {
-            active: Some(a), ..
-        })) = self.st.frames.get_mut(fid)
-        else {
-            return;
-        };
-        let Waiting::Children(c) = &mut a.waiting else {
-            return;
-        };
-        let Some(Some(r)) = c.export.as_mut().and_then(|e| e.get_mut(slot)) else {
-            return;
-        };
-        r.status = status.to_string();
-        r.output = output.cloned();
-        r.error = failure.and_then(|f| f.error.clone());
-        r.cause = failure.and_then(|f| f.cause.clone());
-        r.stop_ms = now;
+        {
+            let Some(Some(Frame {
+                active: Some(a), ..
+            })) = self.st.frames.get_mut(fid)
+            else {
+                return;
+            };
+            let Waiting::Children(c) = &mut a.waiting else {
+                return;
+            };
+            let Some(e) = c.export.as_mut() else { return };
+            let Some(mut r) = e.running.remove(&slot) else {
+                return;
+            };
+            r.status = status.to_string();
+            r.output = output.cloned();
+            r.error = failure.and_then(|f| f.error.clone());
+            r.cause = failure.and_then(|f| f.cause.clone());
+            r.stop_ms = now;
+            e.ended.push((slot, r));
+        }
+        self.maybe_flush(fid);
     }
+}
+
+/// The records written in one chunk while a run goes on.
+const FLUSH_RECORDS: usize = 1000;
+
+/// A Map's `ResultWriter` at work: the records of its children, until they are written.
+#[derive(Debug, Serialize, Deserialize)]
+pub(crate) struct Export {
+    /// Records of running children, by slot.
+    running: BTreeMap<usize, ChildResult>,
+    /// Records of ended children not written yet (without an export to S3: all of them,
+    /// shaped into the state's output at the end), with their slots.
+    pub(crate) ended: Vec<(usize, ChildResult)>,
+    /// The export to S3 (no chunks), and the files written so far; `None`: the results
+    /// stay in the state's output.
+    to_s3: Option<WriteResults>,
+    /// A chunk being written: its task and its records.
+    flushing: Option<u64>,
+    in_flush: Vec<ChildResult>,
+}
+
+impl Export {
+    pub(crate) fn to_s3(&self) -> bool {
+        self.to_s3.is_some()
+    }
+
+    /// The task writing a chunk, no longer awaited.
+    pub(crate) fn cancel(&mut self) -> Option<u64> {
+        self.flushing.take()
+    }
+}
+
+/// Records in item order (a chunk's files list its children by item).
+fn in_item_order(mut ended: Vec<(usize, ChildResult)>) -> Vec<ChildResult> {
+    ended.sort_by_key(|(slot, _)| *slot);
+    ended.into_iter().map(|(_, r)| r).collect()
+}
+
+/// A write's `Bucket` and `Prefix`, as its task's parameters.
+fn destination(w: &WriteResults) -> Value {
+    let mut m = serde_json::Map::new();
+    m.insert("Bucket".into(), Value::String(w.bucket.clone()));
+    m.insert("Prefix".into(), Value::String(w.prefix.clone()));
+    Value::Object(m)
 }
 
 /// A reader's or writer's failure as the state reports it: the host's error when it gave

@@ -414,7 +414,7 @@ pub(crate) struct Children {
     remote: BTreeMap<usize, u64>,
     /// A DISTRIBUTED Map with a `ResultWriter`: each started child's record, by slot.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    export: Option<Vec<Option<crate::export::ChildResult>>>,
+    export: Option<io::Export>,
     /// A Map fed by its `ItemReader`, page by page: `items` holds only the children not
     /// started yet, the first of them child number `items_base`.
     #[serde(default, skip_serializing_if = "Option::is_none")]

@@ -606,3 +606,118 @@ fn update_map_run_changes_the_window_and_the_tolerance() {
     assert_eq!(exec.map_runs()[0].tolerated_failure_count, 0);
     assert_eq!(exec.map_runs()[0].status, MapRunStatus::Failed);
 }
+
+fn writes(out: &StepOutput) -> Vec<(u64, crate::export::WriteResults)> {
+    out.commands
+        .iter()
+        .filter_map(|c| match c {
+            Command::InvokeTask(TaskRequest {
+                task_id,
+                kind: TaskKind::WriteResults(w),
+                ..
+            }) => Some((*task_id, w.clone())),
+            _ => None,
+        })
+        .collect()
+}
+
+/// A ResultWriter writes records a chunk at a time while the run goes on; a chunk still
+/// being written when the run ends is written again by the last write, under the same
+/// keys, before the rest and the manifest.
+#[test]
+fn results_are_written_in_chunks_and_the_last_write_repeats_one_in_flight() {
+    let n = 2_300;
+    let def = json!({"StartAt": "M", "States": {"M": {"Type": "Map", "ItemsPath": "$.items",
+        "ResultWriter": {"Resource": "arn:aws:states:::s3:putObject",
+            "Parameters": {"Bucket": "out", "Prefix": "p"}},
+        "ItemProcessor": {"ProcessorConfig": {"Mode": "DISTRIBUTED", "ExecutionType": "STANDARD"},
+            "StartAt": "P", "States": {"P": {"Type": "Pass", "End": true}}}, "End": true}}});
+    let mut exec = with_child_executions(def, json!({"items": (0..n).collect::<Vec<_>>()}));
+    let mut env = ManualEnv::new(1_700_000_000_000, 1);
+    let out = exec.step(Input::Start, &mut env);
+    let children = child_starts(&out);
+    assert_eq!(children.len(), n);
+    let mut flushes = Vec::new();
+    for c in &children {
+        let o = finished(ExecStatus::Succeeded, Some(c.input.clone()), None);
+        let out = exec.step(
+            Input::ChildFinished {
+                child_id: c.child_id,
+                outcome: o,
+            },
+            &mut env,
+        );
+        flushes.extend(writes(&out));
+        // The first chunk is written; the second stays in flight to the end.
+        if flushes.len() == 1 && c.index == 1_000 {
+            let (id, w) = flushes[0].clone();
+            let (_, written) = crate::export::files(&w);
+            let out = exec.step(
+                Input::TaskSucceeded {
+                    task_id: id,
+                    output: serde_json::to_value(written).unwrap(),
+                },
+                &mut env,
+            );
+            assert!(writes(&out).is_empty());
+        }
+    }
+    // Chunks of 1,000: the first answered, the second in flight, then the last write.
+    assert_eq!(
+        flushes.len(),
+        3,
+        "{:?}",
+        flushes
+            .iter()
+            .map(|f| (f.1.chunks.len(), f.1.last))
+            .collect::<Vec<_>>()
+    );
+    let (in_flight, last) = (&flushes[1].1, &flushes[2].1);
+    assert!(!in_flight.last && last.last);
+    assert_eq!(last.chunks[0], in_flight.chunks[0]);
+    let (files, written) = crate::export::files(last);
+    let (flight_files, _) = crate::export::files(in_flight);
+    assert_eq!(
+        files[0], flight_files[0],
+        "the chunk in flight is written again, the same"
+    );
+    assert_eq!(written.succeeded.len(), 3);
+    let names: Vec<&str> = written
+        .succeeded
+        .iter()
+        .map(|f| f.key.rsplit('/').next().unwrap())
+        .collect();
+    assert_eq!(
+        names,
+        ["SUCCEEDED_0.json", "SUCCEEDED_1.json", "SUCCEEDED_2.json"]
+    );
+    let items: usize = flushes
+        .iter()
+        .skip(1)
+        .chain(&flushes[..1])
+        .map(|f| f.1.chunks.last().unwrap().len())
+        .sum();
+    assert_eq!(
+        items, n,
+        "every record is written once (the in-flight chunk counted once)"
+    );
+    assert!(
+        exec.pending_tasks().count() == 1,
+        "only the last write is awaited"
+    );
+    let out = exec.step(
+        Input::TaskSucceeded {
+            task_id: flushes[2].0,
+            output: serde_json::to_value(written).unwrap(),
+        },
+        &mut env,
+    );
+    let Some(Command::Finish(o)) = out.commands.last() else {
+        panic!("{:?}", out.commands)
+    };
+    assert_eq!(o.status, ExecStatus::Succeeded);
+    assert_eq!(
+        o.output.as_ref().unwrap()["ResultWriterDetails"]["Bucket"],
+        "out"
+    );
+}
