@@ -51,10 +51,12 @@ pub struct ChildResult {
     pub execution_arn: String,
     pub name: String,
     pub state_machine_arn: String,
-    pub input: Value,
+    /// The input, as compact JSON text (what the record holds; far smaller than a `Value`).
+    pub input: String,
     /// `SUCCEEDED`, `FAILED`, `TIMED_OUT` or `ABORTED`.
     pub status: String,
-    pub output: Option<Value>,
+    /// The output, as compact JSON text.
+    pub output: Option<String>,
     pub error: Option<String>,
     pub cause: Option<String>,
     pub start_ms: i64,
@@ -82,11 +84,11 @@ impl ChildResult {
             m.insert("Error".into(), s(e));
         }
         m.insert("ExecutionArn".into(), s(&self.execution_arn));
-        m.insert("Input".into(), Value::String(json::to_compact(&self.input)));
+        m.insert("Input".into(), Value::String(self.input.clone()));
         m.insert("InputDetails".into(), included());
         m.insert("Name".into(), s(&self.name));
         if let Some(o) = &self.output {
-            m.insert("Output".into(), Value::String(json::to_compact(o)));
+            m.insert("Output".into(), Value::String(o.clone()));
             m.insert("OutputDetails".into(), included());
         }
         m.insert("RedriveCount".into(), Value::from(0));
@@ -112,13 +114,16 @@ impl ChildResult {
 pub fn shape(results: &[ChildResult], t: Transformation) -> Vec<Value> {
     let mut out = Vec::with_capacity(results.len());
     for r in results {
-        match (&r.output, t) {
-            (Some(o), Transformation::Compact) if r.succeeded() => out.push(o.clone()),
-            (Some(Value::Array(a)), Transformation::Flatten) if r.succeeded() => {
-                out.extend(a.iter().cloned())
+        let output = match (&r.output, t) {
+            (Some(o), Transformation::Compact | Transformation::Flatten) if r.succeeded() => {
+                serde_json::from_str::<Value>(o).ok()
             }
-            (Some(o), Transformation::Flatten) if r.succeeded() => out.push(o.clone()),
-            _ => out.push(r.record()),
+            _ => None,
+        };
+        match (output, t) {
+            (Some(Value::Array(a)), Transformation::Flatten) => out.extend(a),
+            (Some(o), _) => out.push(o),
+            (None, _) => out.push(r.record()),
         }
     }
     out
@@ -274,9 +279,9 @@ mod tests {
             execution_arn: format!("arn:aws:states:us-east-1:1:execution:m/L:c{i}"),
             name: format!("c{i}"),
             state_machine_arn: "arn:aws:states:us-east-1:1:stateMachine:m/L".into(),
-            input: json!({"i": i}),
+            input: json!({"i": i}).to_string(),
             status: if ok { "SUCCEEDED" } else { "FAILED" }.into(),
-            output: ok.then_some(output),
+            output: ok.then(|| output.to_string()),
             error: (!ok).then(|| "Boom".to_string()),
             cause: (!ok).then(|| "it broke".to_string()),
             start_ms: 0,

@@ -2,9 +2,13 @@
 //! A benchmark, not a test (it measures time): run it on a release build,
 //!
 //! ```sh
-//! cargo bench -p trellis-server --bench cluster               # all three
+//! cargo bench -p trellis-server --bench cluster               # all of them
 //! cargo bench -p trellis-server --bench cluster -- failover   # those whose name matches
 //! ```
+//!
+//! The Distributed Map figures (`map_spread`, `map_kill`) take `MAP_ITEMS` and
+//! `MAP_CONCURRENCY` from the environment, and export the killed map's results to S3 when
+//! `MOTO_SERVER` names a `moto_server` to start (`.venv/bin/moto_server`).
 //!
 //! Each figure starts its own cluster of real `trellis server` processes on 127.0.0.1
 //! through `trellis-testkit` and prints what it measured.
@@ -34,6 +38,12 @@ fn main() {
     }
     if wanted("idle_cpu") {
         rt.block_on(idle_cpu_figures());
+    }
+    if wanted("map_spread") {
+        rt.block_on(map_spread_figure());
+    }
+    if wanted("map_kill") {
+        rt.block_on(map_kill_figure());
     }
 }
 
@@ -137,5 +147,319 @@ async fn idle_cpu_figures() {
             })
             .collect();
         eprintln!("{shards} shards, 3 nodes, idle: CPU per node {used:?} of one core");
+    }
+}
+
+fn env_u64(key: &str, default: u64) -> u64 {
+    std::env::var(key)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+/// A JSONata Map over `[0..items-1]` (generated in the state, so the input stays small),
+/// children STANDARD executions of one Pass state doubling their item; the output is the
+/// results, or the export's location with `bucket`.
+fn map_definition(items: u64, mc: u64, bucket: Option<&str>) -> String {
+    let mut state = serde_json::json!({
+        "Type": "Map", "Items": format!("{{% [0..{}] %}}", items - 1), "MaxConcurrency": mc,
+        "ItemProcessor": {"ProcessorConfig": {"Mode": "DISTRIBUTED", "ExecutionType": "STANDARD"},
+            "StartAt": "Double", "States": {
+                "Double": {"Type": "Pass", "Output": "{% $states.input * 2 %}", "End": true}}},
+        "End": true});
+    if let Some(b) = bucket {
+        state["ResultWriter"] = serde_json::json!({"Resource": "arn:aws:states:::s3:putObject",
+            "Arguments": {"Bucket": b, "Prefix": "kill"},
+            "WriterConfig": {"Transformation": "COMPACT", "OutputType": "JSONL"}});
+    }
+    serde_json::json!({"QueryLanguage": "JSONata", "StartAt": "Fan", "States": {"Fan": state}})
+        .to_string()
+}
+
+/// Starts one execution of a Map machine; returns its ARN and when it started.
+async fn start_map(c: &Cluster, name: &str, definition: String) -> (String, Instant) {
+    use trellis_testkit::pb;
+    let mut client = c.any_client().await.expect("client");
+    let machine = client
+        .state_machines
+        .create_state_machine(pb::CreateStateMachineRequest {
+            name: name.into(),
+            definition,
+            role_arn: "arn:aws:iam::000000000000:role/bench".into(),
+            ..Default::default()
+        })
+        .await
+        .expect("create")
+        .into_inner()
+        .state_machine_arn;
+    let t0 = Instant::now();
+    let arn = client
+        .executions
+        .start_execution(pb::StartExecutionRequest {
+            state_machine_arn: machine,
+            name: "map".into(),
+            input: "{}".into(),
+        })
+        .await
+        .expect("start")
+        .into_inner()
+        .execution_arn;
+    (arn, t0)
+}
+
+/// Polls (every 200 ms, at most `limit`) until the execution ends, from any running node.
+async fn map_ended(c: &Cluster, arn: &str, limit: Duration) -> trellis_testkit::pb::Execution {
+    use trellis_testkit::pb;
+    let t0 = Instant::now();
+    loop {
+        if let Ok(mut client) = c.any_client().await {
+            let req = pb::DescribeExecutionRequest {
+                execution_arn: arn.into(),
+            };
+            if let Ok(e) = client.executions.describe_execution(req).await {
+                let e = e.into_inner();
+                if e.status != "RUNNING" {
+                    return e;
+                }
+            }
+        }
+        assert!(t0.elapsed() < limit, "{arn} still runs after {limit:?}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+fn per_node(c: &Cluster, ids: &[u64], metric: &str) -> Vec<f64> {
+    ids.iter()
+        .map(|id| c.metric(*id, metric).unwrap_or(0.0))
+        .collect()
+}
+
+/// 100,000 items over 3 nodes: children per second, and how the children and the state
+/// transitions spread over the nodes.
+async fn map_spread_figure() {
+    let items = env_u64("MAP_ITEMS", 100_000);
+    let mc = env_u64("MAP_CONCURRENCY", 1_000);
+    let opts = Options {
+        shards: 64,
+        ..Default::default()
+    };
+    let c = Cluster::start(env!("CARGO_BIN_EXE_trellis"), 3, opts)
+        .await
+        .expect("cluster");
+    c.wait_balanced(&[1, 2, 3], 3, Duration::from_secs(120))
+        .await
+        .expect("cluster");
+    let ids = c.running();
+    let transitions0 = per_node(&c, &ids, "trellis_state_transitions_total");
+    let (arn, t0) = start_map(&c, "spread", map_definition(items, mc, None)).await;
+    let e = map_ended(&c, &arn, Duration::from_secs(3600)).await;
+    let secs = t0.elapsed().as_secs_f64();
+    assert_eq!(e.status, "SUCCEEDED", "{e:?}");
+    let out: Vec<u64> = serde_json::from_str(e.output.as_deref().unwrap_or("[]")).expect("output");
+    assert!(
+        out.iter().copied().eq((0..items).map(|n| 2 * n)),
+        "every result once, in order"
+    );
+    let started = per_node(&c, &ids, "trellis_map_children_started_total");
+    let transitions: Vec<f64> = per_node(&c, &ids, "trellis_state_transitions_total")
+        .iter()
+        .zip(&transitions0)
+        .map(|(a, b)| a - b)
+        .collect();
+    let share = |v: &[f64]| -> Vec<String> {
+        let total: f64 = v.iter().sum();
+        v.iter()
+            .map(|x| format!("{:.1} %", 100.0 * x / total))
+            .collect()
+    };
+    eprintln!(
+        "DISTRIBUTED Map, {items} items, MaxConcurrency {mc}, 3 nodes: {secs:.1} s, {:.0} children/s; \
+         children started per node {:?}, state transitions per node {:?}",
+        items as f64 / secs,
+        share(&started),
+        share(&transitions)
+    );
+}
+
+/// `kill -9` of the busiest node during a 10,000-item map: it still succeeds, every item's
+/// result once (in the output, or in the export's files with `MOTO_SERVER`), and the Map
+/// Run's counters add up.
+async fn map_kill_figure() {
+    use trellis_testkit::pb;
+    let items = env_u64("MAP_ITEMS", 10_000);
+    let mc = env_u64("MAP_CONCURRENCY", 1_000);
+    let moto = match std::env::var("MOTO_SERVER") {
+        Ok(bin) => Some(Moto::start(&bin).await),
+        Err(_) => None,
+    };
+    let mut opts = Options {
+        shards: 64,
+        ..Default::default()
+    };
+    if let Some(m) = &moto {
+        opts.env = vec![
+            ("AWS_ENDPOINT_URL_S3".into(), m.url.clone()),
+            ("AWS_ACCESS_KEY_ID".into(), "test".into()),
+            ("AWS_SECRET_ACCESS_KEY".into(), "test".into()),
+        ];
+    }
+    let mut c = Cluster::start(env!("CARGO_BIN_EXE_trellis"), 3, opts)
+        .await
+        .expect("cluster");
+    c.wait_balanced(&[1, 2, 3], 3, Duration::from_secs(120))
+        .await
+        .expect("cluster");
+    let ids = c.running();
+    let bucket = moto.as_ref().map(|_| "bench");
+    let (arn, t0) = start_map(&c, "killed", map_definition(items, mc, bucket)).await;
+    // A third of the children started: the node leading the most shards dies.
+    loop {
+        let started: f64 = per_node(&c, &ids, "trellis_map_children_started_total")
+            .iter()
+            .sum();
+        if started >= items as f64 / 3.0 {
+            break;
+        }
+        assert!(
+            t0.elapsed() < Duration::from_secs(600),
+            "children do not start"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let victim = c.busiest_leader().await.expect("leaders");
+    let killed_at = t0.elapsed();
+    c.kill(victim);
+    let leaders = c
+        .wait_leaders(Duration::from_secs(60))
+        .await
+        .expect("leaders");
+    let e = map_ended(&c, &arn, Duration::from_secs(3600)).await;
+    let secs = t0.elapsed().as_secs_f64();
+    assert_eq!(e.status, "SUCCEEDED", "{e:?}");
+    let output = e.output.clone().unwrap_or_default();
+    let results: Vec<u64> = match &moto {
+        None => serde_json::from_str(&output).expect("output"),
+        Some(m) => m.exported(&output).await,
+    };
+    let mut sorted = results.clone();
+    sorted.sort_unstable();
+    assert!(
+        sorted.iter().copied().eq((0..items).map(|n| 2 * n)),
+        "every item's result exactly once ({} results)",
+        results.len()
+    );
+    let mut client = c.any_client().await.expect("client");
+    let runs = client
+        .executions
+        .list_map_runs(pb::ListMapRunsRequest {
+            execution_arn: arn.clone(),
+            ..Default::default()
+        })
+        .await
+        .expect("map runs")
+        .into_inner()
+        .map_runs;
+    let run = client
+        .executions
+        .describe_map_run(pb::DescribeMapRunRequest {
+            map_run_arn: runs[0].map_run_arn.clone(),
+        })
+        .await
+        .expect("map run")
+        .into_inner();
+    let (ic, ec) = (
+        run.item_counts.unwrap_or_default(),
+        run.execution_counts.unwrap_or_default(),
+    );
+    assert_eq!(run.status, "SUCCEEDED");
+    assert_eq!(
+        (ic.succeeded, ic.total, ic.running, ic.pending, ic.failed),
+        (items, items, 0, 0, 0)
+    );
+    assert_eq!((ec.succeeded, ec.total), (items, items));
+    eprintln!(
+        "DISTRIBUTED Map, {items} items, MaxConcurrency {mc}, 3 nodes, node {victim} killed at \
+         {killed_at:.1?} (leaders back in {leaders:.1?}): SUCCEEDED in {secs:.1} s, every result \
+         once ({}), Map Run counters {} succeeded of {}",
+        if moto.is_some() {
+            "in the ResultWriter's files"
+        } else {
+            "in the output"
+        },
+        ic.succeeded,
+        ic.total
+    );
+}
+
+/// A moto S3 server on 127.0.0.1, stopped (by PID) when dropped.
+struct Moto {
+    child: std::process::Child,
+    url: String,
+}
+
+impl Moto {
+    async fn start(bin: &str) -> Moto {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .expect("a free port")
+            .port();
+        let child = std::process::Command::new(bin)
+            .args(["-H", "127.0.0.1", "-p", &port.to_string()])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("moto_server");
+        let url = format!("http://127.0.0.1:{port}");
+        let m = Moto { child, url };
+        // Ready once it answers; then the bucket (moto takes unsigned requests).
+        let t0 = Instant::now();
+        let http = reqwest::Client::new();
+        loop {
+            let put = http.put(format!("{}/bench", m.url)).send().await;
+            if put.as_ref().is_ok_and(|r| r.status().is_success()) {
+                return m;
+            }
+            assert!(
+                t0.elapsed() < Duration::from_secs(60),
+                "moto_server: {put:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// The results an export wrote (JSON Lines), every file the manifest lists.
+    async fn exported(&self, output: &str) -> Vec<u64> {
+        let out: serde_json::Value = serde_json::from_str(output).expect("output");
+        let key = out["ResultWriterDetails"]["Key"]
+            .as_str()
+            .expect("manifest key");
+        let get = |k: String| async move {
+            reqwest::get(format!("{}/bench/{k}", self.url))
+                .await
+                .expect("get")
+                .bytes()
+                .await
+                .expect("body")
+        };
+        let manifest: serde_json::Value =
+            serde_json::from_slice(&get(key.to_string()).await).expect("manifest");
+        let mut results = Vec::new();
+        for f in manifest["ResultFiles"]["SUCCEEDED"]
+            .as_array()
+            .expect("files")
+        {
+            let body = get(f["Key"].as_str().expect("key").to_string()).await;
+            for line in std::str::from_utf8(&body).expect("utf-8").lines() {
+                results.push(line.parse().expect("a result"));
+            }
+        }
+        results
+    }
+}
+
+impl Drop for Moto {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
     }
 }

@@ -647,7 +647,7 @@ impl Execution {
                 execution_arn,
                 name,
                 state_machine_arn,
-                input: input.clone(),
+                input: crate::json::to_compact(input),
                 status: "RUNNING".into(),
                 output: None,
                 error: None,
@@ -684,7 +684,7 @@ impl Execution {
                 return;
             };
             r.status = status.to_string();
-            r.output = output.cloned();
+            r.output = output.map(crate::json::to_compact);
             r.error = failure.and_then(|f| f.error.clone());
             r.cause = failure.and_then(|f| f.cause.clone());
             r.stop_ms = now;
