@@ -7,8 +7,10 @@
 //! ```
 //!
 //! The Distributed Map figures (`map_spread`, `map_kill`) take `MAP_ITEMS` and
-//! `MAP_CONCURRENCY` from the environment, and export the killed map's results to S3 when
-//! `MOTO_SERVER` names a `moto_server` to start (`.venv/bin/moto_server`).
+//! `MAP_CONCURRENCY` from the environment. With `MOTO_SERVER` naming a `moto_server` to
+//! start (`.venv/bin/moto_server`), their items are read from S3 and their results
+//! exported there (the parent holds only its window); without, the items are generated in
+//! the state and the results kept in it.
 //!
 //! Each figure starts its own cluster of real `trellis server` processes on 127.0.0.1
 //! through `trellis-testkit` and prints what it measured.
@@ -159,21 +161,59 @@ fn env_u64(key: &str, default: u64) -> u64 {
 
 /// A JSONata Map over `[0..items-1]` (generated in the state, so the input stays small),
 /// children STANDARD executions of one Pass state doubling their item; the output is the
-/// results, or the export's location with `bucket`.
-fn map_definition(items: u64, mc: u64, bucket: Option<&str>) -> String {
+/// results, `[count, sum]` of them with `summed` (a large output would pass the payload
+/// limit), or the export's location with `bucket`.
+fn map_definition(items: u64, mc: u64, bucket: Option<&str>, summed: bool) -> String {
     let mut state = serde_json::json!({
-        "Type": "Map", "Items": format!("{{% [0..{}] %}}", items - 1), "MaxConcurrency": mc,
+        "Type": "Map", "MaxConcurrency": mc,
         "ItemProcessor": {"ProcessorConfig": {"Mode": "DISTRIBUTED", "ExecutionType": "STANDARD"},
             "StartAt": "Double", "States": {
                 "Double": {"Type": "Pass", "Output": "{% $states.input * 2 %}", "End": true}}},
         "End": true});
     if let Some(b) = bucket {
+        // Items read from S3 page by page, results exported: the parent holds the window.
+        state["ItemReader"] = serde_json::json!({"Resource": "arn:aws:states:::s3:getObject",
+            "ReaderConfig": {"InputType": "JSONL"}, "Arguments": {"Bucket": b, "Key": "items.jsonl"}});
         state["ResultWriter"] = serde_json::json!({"Resource": "arn:aws:states:::s3:putObject",
-            "Arguments": {"Bucket": b, "Prefix": "kill"},
+            "Arguments": {"Bucket": b, "Prefix": "out"},
             "WriterConfig": {"Transformation": "COMPACT", "OutputType": "JSONL"}});
+    } else {
+        state["Items"] = serde_json::json!(format!("{{% [0..{}] %}}", items - 1));
+        if summed {
+            state["Output"] =
+                serde_json::json!("{% [$count($states.result), $sum($states.result)] %}");
+        }
     }
     serde_json::json!({"QueryLanguage": "JSONata", "StartAt": "Fan", "States": {"Fan": state}})
         .to_string()
+}
+
+/// moto's S3 when `MOTO_SERVER` names it, with `items` numbers in `bench/items.jsonl`; and
+/// the cluster's options to reach it.
+async fn s3_for(items: u64) -> (Option<Moto>, Options) {
+    let mut opts = Options {
+        shards: 64,
+        ..Default::default()
+    };
+    let Ok(bin) = std::env::var("MOTO_SERVER") else {
+        return (None, opts);
+    };
+    let m = Moto::start(&bin).await;
+    let body: String = (0..items).map(|i| format!("{i}\n")).collect();
+    use object_store::ObjectStore;
+    m.store()
+        .put(
+            &object_store::path::Path::from("items.jsonl"),
+            object_store::PutPayload::from(body.into_bytes()),
+        )
+        .await
+        .expect("put the items");
+    opts.env = vec![
+        ("AWS_ENDPOINT_URL_S3".into(), m.url.clone()),
+        ("AWS_ACCESS_KEY_ID".into(), "test".into()),
+        ("AWS_SECRET_ACCESS_KEY".into(), "test".into()),
+    ];
+    (Some(m), opts)
 }
 
 /// Starts one execution of a Map machine; returns its ARN and when it started.
@@ -228,6 +268,17 @@ async fn map_ended(c: &Cluster, arn: &str, limit: Duration) -> trellis_testkit::
     }
 }
 
+/// Three nodes, their shards' leaders balanced.
+async fn balanced(opts: Options) -> Cluster {
+    let c = Cluster::start(env!("CARGO_BIN_EXE_trellis"), 3, opts)
+        .await
+        .expect("cluster");
+    c.wait_balanced(&[1, 2, 3], 3, Duration::from_secs(120))
+        .await
+        .expect("cluster");
+    c
+}
+
 fn per_node(c: &Cluster, ids: &[u64], metric: &str) -> Vec<f64> {
     ids.iter()
         .map(|id| c.metric(*id, metric).unwrap_or(0.0))
@@ -239,27 +290,31 @@ fn per_node(c: &Cluster, ids: &[u64], metric: &str) -> Vec<f64> {
 async fn map_spread_figure() {
     let items = env_u64("MAP_ITEMS", 100_000);
     let mc = env_u64("MAP_CONCURRENCY", 1_000);
-    let opts = Options {
-        shards: 64,
-        ..Default::default()
-    };
-    let c = Cluster::start(env!("CARGO_BIN_EXE_trellis"), 3, opts)
-        .await
-        .expect("cluster");
-    c.wait_balanced(&[1, 2, 3], 3, Duration::from_secs(120))
-        .await
-        .expect("cluster");
+    let (moto, opts) = s3_for(items).await;
+    let c = balanced(opts).await;
     let ids = c.running();
     let transitions0 = per_node(&c, &ids, "trellis_state_transitions_total");
-    let (arn, t0) = start_map(&c, "spread", map_definition(items, mc, None)).await;
+    let bucket = moto.as_ref().map(|_| "bench");
+    let definition = map_definition(items, mc, bucket, true);
+    let (arn, t0) = start_map(&c, "spread", definition).await;
     let e = map_ended(&c, &arn, Duration::from_secs(3600)).await;
     let secs = t0.elapsed().as_secs_f64();
     assert_eq!(e.status, "SUCCEEDED", "{e:?}");
-    let out: Vec<u64> = serde_json::from_str(e.output.as_deref().unwrap_or("[]")).expect("output");
-    assert!(
-        out.iter().copied().eq((0..items).map(|n| 2 * n)),
-        "every result once, in order"
-    );
+    let output = e.output.clone().unwrap_or_default();
+    match &moto {
+        None => {
+            let out: Vec<u64> = serde_json::from_str(&output).expect("output");
+            assert_eq!(out, [items, items * (items - 1)], "every result once");
+        }
+        Some(m) => {
+            let mut results = m.exported(&output).await;
+            results.sort_unstable();
+            assert!(
+                results.iter().copied().eq((0..items).map(|n| 2 * n)),
+                "every result once"
+            );
+        }
+    }
     let started = per_node(&c, &ids, "trellis_map_children_started_total");
     let transitions: Vec<f64> = per_node(&c, &ids, "trellis_state_transitions_total")
         .iter()
@@ -288,30 +343,11 @@ async fn map_kill_figure() {
     use trellis_testkit::pb;
     let items = env_u64("MAP_ITEMS", 10_000);
     let mc = env_u64("MAP_CONCURRENCY", 1_000);
-    let moto = match std::env::var("MOTO_SERVER") {
-        Ok(bin) => Some(Moto::start(&bin).await),
-        Err(_) => None,
-    };
-    let mut opts = Options {
-        shards: 64,
-        ..Default::default()
-    };
-    if let Some(m) = &moto {
-        opts.env = vec![
-            ("AWS_ENDPOINT_URL_S3".into(), m.url.clone()),
-            ("AWS_ACCESS_KEY_ID".into(), "test".into()),
-            ("AWS_SECRET_ACCESS_KEY".into(), "test".into()),
-        ];
-    }
-    let mut c = Cluster::start(env!("CARGO_BIN_EXE_trellis"), 3, opts)
-        .await
-        .expect("cluster");
-    c.wait_balanced(&[1, 2, 3], 3, Duration::from_secs(120))
-        .await
-        .expect("cluster");
+    let (moto, opts) = s3_for(items).await;
+    let mut c = balanced(opts).await;
     let ids = c.running();
     let bucket = moto.as_ref().map(|_| "bench");
-    let (arn, t0) = start_map(&c, "killed", map_definition(items, mc, bucket)).await;
+    let (arn, t0) = start_map(&c, "killed", map_definition(items, mc, bucket, false)).await;
     // A third of the children started: the node leading the most shards dies.
     loop {
         let started: f64 = per_node(&c, &ids, "trellis_map_children_started_total")
@@ -427,14 +463,31 @@ impl Moto {
         }
     }
 
+    /// A client of its `bench` bucket.
+    fn store(&self) -> object_store::aws::AmazonS3 {
+        object_store::aws::AmazonS3Builder::new()
+            .with_bucket_name("bench")
+            .with_region("us-east-1")
+            .with_endpoint(&self.url)
+            .with_allow_http(true)
+            .with_access_key_id("test")
+            .with_secret_access_key("test")
+            .build()
+            .expect("an S3 client")
+    }
+
     /// The results an export wrote (JSON Lines), every file the manifest lists.
     async fn exported(&self, output: &str) -> Vec<u64> {
         let out: serde_json::Value = serde_json::from_str(output).expect("output");
         let key = out["ResultWriterDetails"]["Key"]
             .as_str()
             .expect("manifest key");
+        use object_store::ObjectStore;
+        let store = &self.store();
         let get = |k: String| async move {
-            reqwest::get(format!("{}/bench/{k}", self.url))
+            let path = object_store::path::Path::from(k.as_str());
+            store
+                .get(&path)
                 .await
                 .expect("get")
                 .bytes()

@@ -151,6 +151,7 @@ impl Execution {
             export: None,
             feed: None,
             items_base: 0,
+            unkept: None,
         });
     }
 
@@ -360,9 +361,14 @@ impl Execution {
             self.emit(Some(fid), EventType::MapStateSucceeded, || None);
             return self.complete(fid, Value::Array(Vec::new()), None, env);
         }
+        let unkept = export.as_ref().filter(|e| e.to_s3()).map(|_| len);
         self.active_mut(fid).waiting = Waiting::Children(Children {
             is_map: true,
-            results: vec![None; len],
+            results: if unkept.is_some() {
+                Vec::new()
+            } else {
+                vec![None; len]
+            },
             running: BTreeMap::new(),
             next_index: 0,
             items: list.into(),
@@ -377,6 +383,7 @@ impl Execution {
             export,
             feed,
             items_base: 0,
+            unkept,
         });
         self.fill_map(fid, env);
     }
@@ -694,7 +701,7 @@ impl Execution {
             let output = o.output.unwrap_or(Value::Null);
             self.export_ended(fid, slot, "SUCCEEDED", Some(&output), None);
             if let Waiting::Children(c) = &mut self.active_mut(fid).waiting {
-                c.results[slot] = Some(output);
+                c.keep(slot, output);
                 c.done += 1;
             }
             return self.settle(fid, env);
@@ -875,7 +882,7 @@ impl Execution {
             let Waiting::Children(c) = &mut self.active_mut(parent.frame).waiting else {
                 return;
             };
-            c.results[parent.slot] = Some(f.to_error_output());
+            c.keep(parent.slot, f.to_error_output());
             c.done += 1;
             let Some(run) = c.run.as_mut() else { return };
             run.failed_items += run.items_of(parent.slot);

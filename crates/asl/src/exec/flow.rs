@@ -1332,7 +1332,7 @@ impl Execution {
             let Waiting::Children(c) = &mut self.active_mut(parent.frame).waiting else {
                 return;
             };
-            c.results[parent.slot] = Some(output);
+            c.keep(parent.slot, output);
             c.running.remove(&parent.slot);
             c.done += 1;
             c.last_event = last;

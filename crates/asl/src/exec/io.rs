@@ -259,11 +259,11 @@ impl Execution {
                 }
             }
             c.items.extend(children);
-            c.results.resize(c.results.len() + n_children, None);
+            c.add_children(n_children);
+            let before = c.children() - n_children;
             let Some(run) = c.run.as_mut() else { return };
             if !sizes.is_empty() {
                 // Batches: each child's items (children before were single items).
-                let before = c.results.len() - n_children;
                 run.sizes.resize(before, 1);
                 run.sizes.extend(sizes);
             } else if !run.sizes.is_empty() {
@@ -590,16 +590,7 @@ impl Execution {
                 }
                 (AfterWrite::Succeed { summary, .. }, Err(f)) => {
                     let f = io_failure(f, names::RESULT_WRITER_FAILED);
-                    self.end_run(summary, MapRunStatus::Failed);
-                    let (e, c) = (f.error.clone(), f.cause.clone());
-                    self.emit(Some(fid), EventType::MapRunFailed, || {
-                        details([
-                            ("error", e.map(Value::String).unwrap_or(Value::Null)),
-                            ("cause", c.map(Value::String).unwrap_or(Value::Null)),
-                        ])
-                    });
-                    self.emit(Some(fid), EventType::MapStateFailed, || None);
-                    self.state_failed(fid, f, env);
+                    self.run_failed(fid, summary, f, env);
                 }
                 (AfterWrite::Fail { summary, failure }, _) => {
                     self.run_failed(fid, summary, failure, env);

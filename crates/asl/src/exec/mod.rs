@@ -421,6 +421,10 @@ pub(crate) struct Children {
     feed: Option<io::Feed>,
     #[serde(default)]
     items_base: usize,
+    /// The results go to S3 (a ResultWriter's export), not to the state's output: they
+    /// are not kept, and this counts the children known.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    unkept: Option<usize>,
 }
 
 impl Children {
@@ -436,7 +440,29 @@ impl Children {
 
     /// Every child is known and has ended.
     fn all_done(&self) -> bool {
-        self.done == self.results.len() && self.feed.as_ref().is_none_or(io::Feed::ended)
+        self.done == self.children() && self.feed.as_ref().is_none_or(io::Feed::ended)
+    }
+
+    /// Children known so far.
+    fn children(&self) -> usize {
+        self.unkept.unwrap_or(self.results.len())
+    }
+
+    /// A child's result, kept for the output (unless an export takes it).
+    fn keep(&mut self, slot: usize, v: Value) {
+        if self.unkept.is_none() {
+            if let Some(r) = self.results.get_mut(slot) {
+                *r = Some(v);
+            }
+        }
+    }
+
+    /// `n` more children (a page of items).
+    fn add_children(&mut self, n: usize) {
+        match &mut self.unkept {
+            Some(k) => *k += n,
+            None => self.results.resize(self.results.len() + n, None),
+        }
     }
 }
 
