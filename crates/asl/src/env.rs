@@ -93,6 +93,13 @@ pub fn uuid_v4(e: &mut (impl Entropy + ?Sized)) -> String {
     )
 }
 
+/// FNV-1a of a string: a stable seed from a name.
+pub(crate) fn fnv1a(s: &str) -> u64 {
+    s.bytes().fold(0xcbf2_9ce4_8422_2325, |h, b| {
+        (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -48,9 +48,8 @@ impl WriterConfig {
 /// How one child execution ended, as the writer reports it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ChildResult {
-    pub execution_arn: String,
-    pub name: String,
-    pub state_machine_arn: String,
+    /// The child's index in its Map Run: its name and ARNs follow ([`child_identity`]).
+    pub index: usize,
     /// The input, as compact JSON text (what the record holds; far smaller than a `Value`).
     pub input: String,
     /// `SUCCEEDED`, `FAILED`, `TIMED_OUT` or `ABORTED`.
@@ -68,8 +67,10 @@ impl ChildResult {
         self.status == "SUCCEEDED"
     }
 
-    /// The child's execution record (`Transformation` `NONE`).
-    pub fn record(&self) -> Value {
+    /// The child's execution record (`Transformation` `NONE`), in the Map Run
+    /// `map_run_arn`.
+    pub fn record(&self, map_run_arn: &str) -> Value {
+        let (execution_arn, state_machine_arn, name) = child_identity(map_run_arn, self.index);
         let mut m = Map::new();
         let s = |v: &str| Value::String(v.to_string());
         let included = || {
@@ -83,10 +84,10 @@ impl ChildResult {
         if let Some(e) = &self.error {
             m.insert("Error".into(), s(e));
         }
-        m.insert("ExecutionArn".into(), s(&self.execution_arn));
+        m.insert("ExecutionArn".into(), s(&execution_arn));
         m.insert("Input".into(), Value::String(self.input.clone()));
         m.insert("InputDetails".into(), included());
-        m.insert("Name".into(), s(&self.name));
+        m.insert("Name".into(), s(&name));
         if let Some(o) = &self.output {
             m.insert("Output".into(), Value::String(o.clone()));
             m.insert("OutputDetails".into(), included());
@@ -102,7 +103,7 @@ impl ChildResult {
             m.insert("RedriveStatus".into(), s("REDRIVABLE_BY_MAP_RUN"));
         }
         m.insert("StartDate".into(), s(&json::iso_millis(self.start_ms)));
-        m.insert("StateMachineArn".into(), s(&self.state_machine_arn));
+        m.insert("StateMachineArn".into(), s(&state_machine_arn));
         m.insert("Status".into(), s(&self.status));
         m.insert("StopDate".into(), s(&json::iso_millis(self.stop_ms)));
         Value::Object(m)
@@ -111,7 +112,7 @@ impl ChildResult {
 
 /// The children's results in item order, shaped by `t`: a failed child is always its
 /// execution record.
-pub fn shape(results: &[ChildResult], t: Transformation) -> Vec<Value> {
+pub fn shape(results: &[ChildResult], t: Transformation, map_run_arn: &str) -> Vec<Value> {
     let mut out = Vec::with_capacity(results.len());
     for r in results {
         let output = match (&r.output, t) {
@@ -123,10 +124,32 @@ pub fn shape(results: &[ChildResult], t: Transformation) -> Vec<Value> {
         match (output, t) {
             (Some(Value::Array(a)), Transformation::Flatten) => out.extend(a),
             (Some(o), _) => out.push(o),
-            (None, _) => out.push(r.record()),
+            (None, _) => out.push(r.record(map_run_arn)),
         }
     }
     out
+}
+
+/// The ARN, state machine ARN and name of child `index` of a Map Run: derived from the
+/// Map Run and the index, not from randomness, so a child's identity does not depend on how
+/// the children run and a retried start names the same child.
+pub fn child_identity(map_run_arn: &str, index: usize) -> (String, String, String) {
+    // arn:…:mapRun:{machine}/{label}:{id} -> the children's machine, `{machine}/{label}`.
+    let machine = map_run_arn
+        .split(":mapRun:")
+        .nth(1)
+        .and_then(|r| r.rsplit_once(':'))
+        .map(|(m, _)| m.to_string())
+        .unwrap_or_default();
+    let prefix = map_run_arn.split(":mapRun:").next().unwrap_or_default();
+    let mut seed =
+        crate::env::SplitMix64::new(crate::env::fnv1a(&format!("{map_run_arn}#{index}")));
+    let name = crate::env::uuid_v4(&mut seed);
+    (
+        format!("{prefix}:execution:{machine}:{name}"),
+        format!("{prefix}:stateMachine:{machine}"),
+        name,
+    )
 }
 
 /// One file an export wrote.
@@ -230,7 +253,7 @@ pub fn files(w: &WriteResults) -> (Vec<(String, Vec<u8>)>, Written) {
             } else {
                 ("FAILED", &mut written.failed)
             };
-            let body = w.body(&shape(&chosen, w.transformation));
+            let body = w.body(&shape(&chosen, w.transformation, &w.map_run_arn));
             let key = format!("{folder}{group}_{}.json", list.len());
             list.push(ResultFile {
                 key: key.clone(),
@@ -276,9 +299,7 @@ mod tests {
 
     fn child(i: usize, ok: bool, output: Value) -> ChildResult {
         ChildResult {
-            execution_arn: format!("arn:aws:states:us-east-1:1:execution:m/L:c{i}"),
-            name: format!("c{i}"),
-            state_machine_arn: "arn:aws:states:us-east-1:1:stateMachine:m/L".into(),
+            index: i,
             input: json!({"i": i}).to_string(),
             status: if ok { "SUCCEEDED" } else { "FAILED" }.into(),
             output: ok.then(|| output.to_string()),
@@ -296,12 +317,17 @@ mod tests {
             child(1, true, json!({"a": 1})),
             child(2, false, Value::Null),
         ];
-        let compact = shape(&r, Transformation::Compact);
+        let arn = "arn:aws:states:us-east-1:1:mapRun:m/L:abc";
+        let compact = shape(&r, Transformation::Compact, arn);
         assert_eq!(compact[..2], [json!([1, 2]), json!({"a": 1})]);
         assert_eq!(compact[2]["Error"], "Boom");
-        let flat = shape(&r, Transformation::Flatten);
+        let flat = shape(&r, Transformation::Flatten, arn);
         assert_eq!(flat[..3], [json!(1), json!(2), json!({"a": 1})]);
-        let none = shape(&r, Transformation::None);
+        let none = shape(&r, Transformation::None, arn);
+        let (execution_arn, _, name) = child_identity(arn, 0);
+        assert_eq!(none[0]["ExecutionArn"], execution_arn.as_str());
+        assert_eq!(none[0]["Name"], name.as_str());
+        assert!(execution_arn.starts_with("arn:aws:states:us-east-1:1:execution:m/L:"));
         assert_eq!(none[0]["Output"], "[1,2]");
         assert_eq!(none[0]["Input"], r#"{"i":0}"#);
         assert_eq!(none[0]["Status"], "SUCCEEDED");

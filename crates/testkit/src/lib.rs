@@ -11,6 +11,8 @@
 //! Each node's log is kept in `<dir>/n<id>.log`; [`Cluster::logs`] returns them for a
 //! failing test's message.
 
+pub mod s3;
+
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};

@@ -827,10 +827,8 @@ impl Execution {
             {
                 export.ended.sort_by_key(|(slot, _)| *slot);
                 let records: Vec<_> = export.ended.into_iter().map(|(_, r)| r).collect();
-                shaped = Some(crate::export::shape(
-                    &records,
-                    w.config.transformation(false),
-                ));
+                let t = w.config.transformation(false);
+                shaped = Some(crate::export::shape(&records, t, &r.arn));
             }
         }
         if let Some(r) = &c.run {

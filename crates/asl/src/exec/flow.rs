@@ -15,13 +15,6 @@ use crate::template::Template;
 
 const MAX_WAIT_SECONDS: i64 = 2_147_483_647;
 
-/// FNV-1a, 64 bits: a stable hash with no dependency, for deriving child names.
-pub(super) fn fnv1a(s: &str) -> u64 {
-    s.bytes().fold(0xcbf2_9ce4_8422_2325, |h, b| {
-        (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
-    })
-}
-
 pub(super) fn seed_of(env: &mut dyn Env) -> u64 {
     env.next_u64()
 }

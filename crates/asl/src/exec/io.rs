@@ -600,26 +600,9 @@ impl Execution {
         }
     }
 
-    /// The name and ARN of a DISTRIBUTED Map's child, and of what it runs: derived from the
-    /// Map Run and the item's index, not from `env`, so a child's identity does not depend
-    /// on how the children run and a retried start names the same child.
+    /// The ARN, state machine ARN and name of a DISTRIBUTED Map's child.
     pub(super) fn child_identity(map_run_arn: &str, index: usize) -> (String, String, String) {
-        // arn:…:mapRun:{machine}/{label}:{id} -> the children's machine, `{machine}/{label}`.
-        let machine = map_run_arn
-            .split(":mapRun:")
-            .nth(1)
-            .and_then(|r| r.rsplit_once(':'))
-            .map(|(m, _)| m.to_string())
-            .unwrap_or_default();
-        let prefix = map_run_arn.split(":mapRun:").next().unwrap_or_default();
-        let mut seed =
-            crate::env::SplitMix64::new(super::flow::fnv1a(&format!("{map_run_arn}#{index}")));
-        let name = crate::env::uuid_v4(&mut seed);
-        (
-            format!("{prefix}:execution:{machine}:{name}"),
-            format!("{prefix}:stateMachine:{machine}"),
-            name,
-        )
+        crate::export::child_identity(map_run_arn, index)
     }
 
     /// A child of a Map with a `ResultWriter` started: its record begins.
@@ -631,13 +614,11 @@ impl Execution {
         let (Some(export), Some(run)) = (c.export.as_mut(), c.run.as_ref()) else {
             return;
         };
-        let (execution_arn, state_machine_arn, name) = Self::child_identity(&run.arn, slot);
+        let _ = run;
         export.running.insert(
             slot,
             ChildResult {
-                execution_arn,
-                name,
-                state_machine_arn,
+                index: slot,
                 input: crate::json::to_compact(input),
                 status: "RUNNING".into(),
                 output: None,
