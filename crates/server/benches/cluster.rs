@@ -17,6 +17,7 @@
 
 use std::time::{Duration, Instant};
 
+use trellis_testkit::s3::Moto;
 use trellis_testkit::{Cluster, Options};
 
 fn main() {
@@ -198,22 +199,21 @@ async fn s3_for(items: u64) -> (Option<Moto>, Options) {
     let Ok(bin) = std::env::var("MOTO_SERVER") else {
         return (None, opts);
     };
-    let m = Moto::start(&bin).await;
+    let m = Moto::start(std::path::Path::new(&bin)).await.expect("moto");
     let body: String = (0..items).map(|i| format!("{i}\n")).collect();
-    use object_store::ObjectStore;
-    m.store()
-        .put(
-            &object_store::path::Path::from("items.jsonl"),
-            object_store::PutPayload::from(body.into_bytes()),
-        )
+    m.put("items.jsonl", body.into_bytes())
         .await
         .expect("put the items");
-    opts.env = vec![
-        ("AWS_ENDPOINT_URL_S3".into(), m.url.clone()),
-        ("AWS_ACCESS_KEY_ID".into(), "test".into()),
-        ("AWS_SECRET_ACCESS_KEY".into(), "test".into()),
-    ];
+    opts.env = m.env();
     (Some(m), opts)
+}
+
+/// Every result an export wrote (JSON Lines of numbers), sorted.
+async fn exported(m: &Moto, output: &str) -> Vec<u64> {
+    let (lines, _) = m.exported_lines(output).await.expect("export");
+    let mut v: Vec<u64> = lines.iter().map(|l| l.parse().expect("a result")).collect();
+    v.sort_unstable();
+    v
 }
 
 /// Starts one execution of a Map machine; returns its ARN and when it started.
@@ -294,7 +294,7 @@ async fn map_spread_figure() {
     let c = balanced(opts).await;
     let ids = c.running();
     let transitions0 = per_node(&c, &ids, "trellis_state_transitions_total");
-    let bucket = moto.as_ref().map(|_| "bench");
+    let bucket = moto.as_ref().map(|_| trellis_testkit::s3::BUCKET);
     let definition = map_definition(items, mc, bucket, true);
     let (arn, t0) = start_map(&c, "spread", definition).await;
     let e = map_ended(&c, &arn, Duration::from_secs(3600)).await;
@@ -307,8 +307,7 @@ async fn map_spread_figure() {
             assert_eq!(out, [items, items * (items - 1)], "every result once");
         }
         Some(m) => {
-            let mut results = m.exported(&output).await;
-            results.sort_unstable();
+            let results = exported(m, &output).await;
             assert!(
                 results.iter().copied().eq((0..items).map(|n| 2 * n)),
                 "every result once"
@@ -346,7 +345,7 @@ async fn map_kill_figure() {
     let (moto, opts) = s3_for(items).await;
     let mut c = balanced(opts).await;
     let ids = c.running();
-    let bucket = moto.as_ref().map(|_| "bench");
+    let bucket = moto.as_ref().map(|_| trellis_testkit::s3::BUCKET);
     let (arn, t0) = start_map(&c, "killed", map_definition(items, mc, bucket, false)).await;
     // A third of the children started: the node leading the most shards dies.
     loop {
@@ -375,7 +374,7 @@ async fn map_kill_figure() {
     let output = e.output.clone().unwrap_or_default();
     let results: Vec<u64> = match &moto {
         None => serde_json::from_str(&output).expect("output"),
-        Some(m) => m.exported(&output).await,
+        Some(m) => exported(m, &output).await,
     };
     let mut sorted = results.clone();
     sorted.sort_unstable();
@@ -425,94 +424,4 @@ async fn map_kill_figure() {
         ic.succeeded,
         ic.total
     );
-}
-
-/// A moto S3 server on 127.0.0.1, stopped (by PID) when dropped.
-struct Moto {
-    child: std::process::Child,
-    url: String,
-}
-
-impl Moto {
-    async fn start(bin: &str) -> Moto {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .and_then(|l| l.local_addr())
-            .expect("a free port")
-            .port();
-        let child = std::process::Command::new(bin)
-            .args(["-H", "127.0.0.1", "-p", &port.to_string()])
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .spawn()
-            .expect("moto_server");
-        let url = format!("http://127.0.0.1:{port}");
-        let m = Moto { child, url };
-        // Ready once it answers; then the bucket (moto takes unsigned requests).
-        let t0 = Instant::now();
-        let http = reqwest::Client::new();
-        loop {
-            let put = http.put(format!("{}/bench", m.url)).send().await;
-            if put.as_ref().is_ok_and(|r| r.status().is_success()) {
-                return m;
-            }
-            assert!(
-                t0.elapsed() < Duration::from_secs(60),
-                "moto_server: {put:?}"
-            );
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-    }
-
-    /// A client of its `bench` bucket.
-    fn store(&self) -> object_store::aws::AmazonS3 {
-        object_store::aws::AmazonS3Builder::new()
-            .with_bucket_name("bench")
-            .with_region("us-east-1")
-            .with_endpoint(&self.url)
-            .with_allow_http(true)
-            .with_access_key_id("test")
-            .with_secret_access_key("test")
-            .build()
-            .expect("an S3 client")
-    }
-
-    /// The results an export wrote (JSON Lines), every file the manifest lists.
-    async fn exported(&self, output: &str) -> Vec<u64> {
-        let out: serde_json::Value = serde_json::from_str(output).expect("output");
-        let key = out["ResultWriterDetails"]["Key"]
-            .as_str()
-            .expect("manifest key");
-        use object_store::ObjectStore;
-        let store = &self.store();
-        let get = |k: String| async move {
-            let path = object_store::path::Path::from(k.as_str());
-            store
-                .get(&path)
-                .await
-                .expect("get")
-                .bytes()
-                .await
-                .expect("body")
-        };
-        let manifest: serde_json::Value =
-            serde_json::from_slice(&get(key.to_string()).await).expect("manifest");
-        let mut results = Vec::new();
-        for f in manifest["ResultFiles"]["SUCCEEDED"]
-            .as_array()
-            .expect("files")
-        {
-            let body = get(f["Key"].as_str().expect("key").to_string()).await;
-            for line in std::str::from_utf8(&body).expect("utf-8").lines() {
-                results.push(line.parse().expect("a result"));
-            }
-        }
-        results
-    }
-}
-
-impl Drop for Moto {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
 }
