@@ -35,12 +35,6 @@ type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 /// Most messages in one batch.
 const MAX_BATCH: usize = 256;
 
-/// Batch calls in flight to one peer at a time.
-const BATCHES_IN_FLIGHT: usize = 32;
-
-/// The longest a batch call may take before its permit is given back.
-const BATCH_CALL_LIMIT: Duration = Duration::from_secs(10);
-
 /// A message this large travels in a call of its own: a batch is answered when its slowest
 /// message is, and heartbeats must not wait behind a large append.
 const SOLO_BYTES: usize = 32 * 1024;
@@ -349,25 +343,18 @@ async fn send_loop(
     mut rx: mpsc::UnboundedReceiver<Pending>,
 ) {
     let mut held: Option<Pending> = None;
-    let in_flight = Arc::new(tokio::sync::Semaphore::new(BATCHES_IN_FLIGHT));
     loop {
-        // A message whose sender stopped waiting (it timed out, and openraft sends again)
-        // is not sent: a peer that falls behind is not buried under stale copies.
         let first = match held.take() {
             Some(p) => p,
-            None => loop {
-                match rx.recv().await {
-                    Some(p) if p.reply.is_closed() => continue,
-                    Some(p) => break p,
-                    None => return,
-                }
+            None => match rx.recv().await {
+                Some(p) => p,
+                None => return,
             },
         };
         let mut batch = vec![first];
         if batch[0].msg.payload.len() < SOLO_BYTES {
             while batch.len() < MAX_BATCH {
                 match rx.try_recv() {
-                    Ok(p) if p.reply.is_closed() => {}
                     Ok(p) if p.msg.payload.len() >= SOLO_BYTES => {
                         held = Some(p);
                         break;
@@ -377,23 +364,11 @@ async fn send_loop(
                 }
             }
         }
-        // At most BATCHES_IN_FLIGHT calls to one peer at a time: the rest wait here, where
-        // they can still be dropped as stale, not in calls the peer cannot keep up with.
-        let Ok(permit) = in_flight.clone().acquire_owned().await else {
-            return;
-        };
         let mut client = client.clone();
         tokio::spawn(async move {
-            let _permit = permit;
             let (messages, waiters): (Vec<_>, Vec<_>) =
                 batch.into_iter().map(|p| (p.msg, p.reply)).unzip();
-            // A call the peer never answers gives its permit back: its senders gave up
-            // long before.
-            let call = client.batch(rpb::RaftBatch { from, messages });
-            let answer = tokio::time::timeout(BATCH_CALL_LIMIT, call)
-                .await
-                .unwrap_or_else(|_| Err(tonic::Status::deadline_exceeded("no answer")));
-            match answer {
+            match client.batch(rpb::RaftBatch { from, messages }).await {
                 Ok(r) => {
                     let mut replies = r.into_inner().replies.into_iter();
                     for w in waiters {
