@@ -44,7 +44,8 @@ async fn the_cap_is_cluster_wide() {
                     definition: def,
                     role_arn: ROLE.into(),
                     settings: Some(pb::StateMachineSettings {
-                        max_concurrent_executions: CAP as u32,
+                        max_concurrent_executions: Some(CAP as u32),
+                        sharding: None,
                     }),
                     ..Default::default()
                 })

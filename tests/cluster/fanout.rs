@@ -255,3 +255,100 @@ async fn a_map_read_from_s3_survives_a_kill_and_exports_each_result_once() {
         "every item's result exactly once"
     );
 }
+
+/// An inline Map spreads when its state machine's sharding policy says so (set through
+/// gRPC, checked against the definition): its iterations run as child executions on every
+/// node, and the output and the iteration events are the inline ones.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_inline_map_spreads_over_the_nodes_when_its_policy_says_so() {
+    const ITEMS: u64 = 60;
+    let c = Cluster::start(env!("CARGO_BIN_EXE_trellis-node"), 3, Options::default())
+        .await
+        .expect("cluster");
+    let pool = Pool::of(&c);
+    let def = json!({"StartAt": "Fan", "States": {"Fan": {
+        "Type": "Map", "ItemsPath": "$.items", "MaxConcurrency": 20, "End": true,
+        "ItemProcessor": {"StartAt": "Double", "States": {
+            "Double": {"Type": "Pass", "Parameters": {"double.$": "States.MathAdd($.n, $.n)"}, "End": true}}}}}});
+    let machine = create_machine(&pool, "inline-spread", &def).await;
+    let policy = |state: &str, mode: pb::SpreadMode| pb::UpdateStateMachineRequest {
+        state_machine_arn: machine.clone(),
+        settings: Some(pb::StateMachineSettings {
+            max_concurrent_executions: None,
+            sharding: Some(pb::Sharding {
+                default_placement: None,
+                states: [(
+                    state.to_string(),
+                    pb::StatePlacement {
+                        mode: mode as i32,
+                        min_children: 0,
+                    },
+                )]
+                .into(),
+            }),
+        }),
+        ..Default::default()
+    };
+    // A policy that names no Map or Parallel state is refused, with the reason.
+    let mut client = pool.client().await.expect("client");
+    let e = client
+        .state_machines
+        .update_state_machine(policy("Nope", pb::SpreadMode::Spread))
+        .await
+        .unwrap_err();
+    let e = trellis_testkit::ApiError::from_status(&e);
+    assert_eq!(e.code, trellis_testkit::Code::ValidationException, "{e:?}");
+    assert!(e.message.contains("no state named 'Nope'"), "{e:?}");
+    retry(&pool, Duration::from_secs(30), |mut cl| {
+        let r = policy("Fan", pb::SpreadMode::Spread);
+        async move { cl.state_machines.update_state_machine(r).await.map(drop) }
+    })
+    .await
+    .expect("set the policy");
+    let described = client
+        .state_machines
+        .describe_state_machine(pb::DescribeStateMachineRequest {
+            state_machine_arn: machine.clone(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let sharding = described.settings.unwrap().sharding.unwrap();
+    assert_eq!(sharding.states["Fan"].mode, pb::SpreadMode::Spread as i32);
+
+    let ids = c.running();
+    let before = started(&c, &ids);
+    let arn = start(&pool, &machine, "spread", ITEMS).await;
+    let e = ended(&pool, &arn, Duration::from_secs(120)).await;
+    assert_eq!(e.status, "SUCCEEDED", "{e:?}\n{}", c.logs());
+    let out: Value = serde_json::from_str(e.output.as_deref().unwrap_or("null")).unwrap();
+    let want: Vec<Value> = (0..ITEMS).map(|n| json!({"double": 2 * n})).collect();
+    assert_eq!(out, Value::Array(want));
+    // Every node ran some of the iterations.
+    let after = started(&c, &ids);
+    let ran: Vec<f64> = after.iter().zip(&before).map(|(a, b)| a - b).collect();
+    assert_eq!(ran.iter().sum::<f64>(), ITEMS as f64, "{ran:?}");
+    assert!(ran.iter().all(|n| *n > 0.0), "iterations per node: {ran:?}");
+    // The parent's history is the inline one: each iteration's events are in it.
+    let history = retry(&pool, Duration::from_secs(30), |mut cl| {
+        let a = arn.clone();
+        async move {
+            cl.executions
+                .get_execution_history(pb::GetExecutionHistoryRequest {
+                    execution_arn: a,
+                    max_results: 1000,
+                    ..Default::default()
+                })
+                .await
+                .map(|r| r.into_inner().events)
+        }
+    })
+    .await
+    .expect("history");
+    let count = |t: &str| history.iter().filter(|e| e.r#type == t).count() as u64;
+    assert_eq!(count("MapIterationStarted"), ITEMS);
+    assert_eq!(count("MapIterationSucceeded"), ITEMS);
+    assert_eq!(count("PassStateEntered"), ITEMS);
+    assert_eq!(count("PassStateExited"), ITEMS);
+    assert_eq!(history.len() as u64, 4 * ITEMS + 6);
+}

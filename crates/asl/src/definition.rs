@@ -35,6 +35,10 @@ pub struct Block {
     pub start_at: StateId,
     pub states: Vec<State>,
     pub by_name: HashMap<String, StateId>,
+    /// A Parallel branch or Map ItemProcessor as a definition of its own (`StartAt`,
+    /// `States`, and `QueryLanguage` when its state's is JSONata), for running it as a child
+    /// execution; `None` for the top level.
+    pub source: Option<std::sync::Arc<str>>,
 }
 
 /// Where a state goes when it is done.
@@ -191,9 +195,6 @@ pub enum MapMode {
 #[derive(Debug, Clone, Default)]
 pub struct Distributed {
     pub execution_type: Option<String>,
-    /// The ItemProcessor as a definition of its own (`StartAt`, `States` and the query
-    /// language it runs in): what a child execution runs.
-    pub processor_definition: Option<std::sync::Arc<str>>,
     pub item_reader: Option<Reader>,
     pub item_batcher: Option<Batcher>,
     pub result_writer: Option<Writer>,

@@ -15,7 +15,9 @@
 use std::collections::{BTreeSet, HashMap, VecDeque};
 
 use crate::env::Env;
-use crate::exec::{ChildRequest, Command, Execution, ExecutionInfo, Input, Outcome, TaskRequest};
+use crate::exec::{
+    ChildOrigin, ChildRequest, Command, Execution, ExecutionInfo, Input, Outcome, TaskRequest,
+};
 use crate::history::HistoryEvent;
 use crate::{Error, Result};
 
@@ -52,6 +54,31 @@ pub enum Action {
     StartChild(ChildRequest),
     /// The child is no longer wanted: stop it; its end would be ignored anyway.
     StopChild(u64),
+}
+
+/// The root execution among a driver's executions.
+const ROOT: usize = 0;
+
+/// A child execution running beside the root one.
+struct Child {
+    exec: Execution,
+    driver: Driver,
+    /// Who started it: [`ROOT`], or child `parent - 1`.
+    parent: usize,
+    child_id: u64,
+    /// Not ended and not stopped.
+    alive: bool,
+}
+
+/// Child `i` ended or was stopped: it and its own children no longer run.
+fn end(kids: &mut [Child], i: usize) {
+    kids[i].alive = false;
+    for j in i + 1..kids.len() {
+        let p = kids[j].parent;
+        if p != ROOT && !kids[p - 1].alive {
+            kids[j].alive = false;
+        }
+    }
 }
 
 /// Drives one execution to its end.
@@ -122,6 +149,10 @@ impl Driver {
 
     /// Steps the execution until it reaches a terminal status.
     ///
+    /// Child executions ([`crate::Limits::child_executions`]) run beside it on the same
+    /// clock and tasks: every execution with an input is stepped before the clock moves to
+    /// the earliest timer of any of them, so children interleave as frames would.
+    ///
     /// Fails when the execution waits for something nobody will deliver (a task left pending
     /// without a timeout), when `tasks` fails, or after `max_steps` steps.
     pub fn run(
@@ -130,49 +161,126 @@ impl Driver {
         clock: &mut dyn Clock,
         tasks: &mut dyn Tasks,
     ) -> Result<()> {
+        let mut kids: Vec<Child> = Vec::new();
         while !exec.status().is_terminal() {
-            match self.step_next(exec, clock)? {
-                Some(actions) => {
-                    for a in actions {
-                        match a {
-                            Action::Invoke(t) => {
-                                if let Some(i) = tasks.invoke(&t).map_err(Error::Driver)? {
-                                    self.inputs.push_back(i);
-                                }
-                            }
-                            Action::StartChild(c) => {
-                                let done = self.run_child(exec, c, clock, tasks)?;
-                                self.inputs.push_back(done);
-                            }
-                            Action::Cancel(_) | Action::StopChild(_) => {}
-                        }
+            // The root, then each child in the order they started, until one had an input.
+            if let Some(actions) = self.step_next(exec, clock)? {
+                self.act(ROOT, actions, exec, &mut kids, tasks)?;
+                continue;
+            }
+            let mut stepped = false;
+            for i in 0..kids.len() {
+                if !kids[i].alive {
+                    continue;
+                }
+                let k = &mut kids[i];
+                let Some(actions) = k.driver.step_next(&mut k.exec, clock)? else {
+                    continue;
+                };
+                self.act(i + 1, actions, exec, &mut kids, tasks)?;
+                stepped = true;
+                break;
+            }
+            if stepped {
+                continue;
+            }
+            // Everyone waits: the earliest timer of any of them fires.
+            let mut next = self.next_timer().map(|at| (at, ROOT));
+            for (i, k) in kids.iter().enumerate().filter(|(_, k)| k.alive) {
+                if let Some(at) = k.driver.next_timer() {
+                    if next.is_none_or(|(n, _)| at < n) {
+                        next = Some((at, i + 1));
                     }
                 }
-                None => {
-                    let Some(at) = self.next_timer() else {
-                        let pending: Vec<u64> = exec.pending_tasks().collect();
-                        return Err(Error::Driver(format!(
-                            "the execution is waiting for something that will never arrive \
-                             (pending tasks: {pending:?})"
-                        )));
-                    };
-                    clock.advance_to(at);
-                    self.fire_next_timer();
-                }
+            }
+            let Some((at, who)) = next else {
+                let pending: Vec<u64> = exec.pending_tasks().collect();
+                return Err(Error::Driver(format!(
+                    "the execution is waiting for something that will never arrive \
+                     (pending tasks: {pending:?})"
+                )));
+            };
+            clock.advance_to(at);
+            if who == ROOT {
+                self.fire_next_timer();
+            } else {
+                kids[who - 1].driver.fire_next_timer();
             }
         }
         Ok(())
     }
 
-    /// Runs a child execution to its end, at once (children run one after another on the
-    /// same clock and tasks), and returns its `ChildFinished`.
-    fn run_child(
-        &self,
-        parent: &Execution,
-        c: ChildRequest,
-        clock: &mut dyn Clock,
+    /// Carries out what a step of execution `who` (the root, or child `who - 1`) asked for.
+    fn act(
+        &mut self,
+        who: usize,
+        actions: Vec<Action>,
+        root: &Execution,
+        kids: &mut Vec<Child>,
         tasks: &mut dyn Tasks,
-    ) -> Result<Input> {
+    ) -> Result<()> {
+        for a in actions {
+            match a {
+                Action::Invoke(t) => {
+                    if let Some(i) = tasks.invoke(&t).map_err(Error::Driver)? {
+                        self.push_to(who, kids, i);
+                    }
+                }
+                Action::StartChild(c) => {
+                    let parent = if who == ROOT {
+                        root
+                    } else {
+                        &kids[who - 1].exec
+                    };
+                    let kid = self.child(parent, c)?;
+                    kids.push(Child { parent: who, ..kid });
+                }
+                Action::StopChild(child_id) => {
+                    // As a host does: the child is stopped, and reports its end.
+                    if let Some(k) = kids
+                        .iter_mut()
+                        .find(|k| k.alive && k.parent == who && k.child_id == child_id)
+                    {
+                        k.driver.inputs.push_back(Input::Stop {
+                            error: None,
+                            cause: None,
+                        });
+                    }
+                }
+                Action::Cancel(_) => {}
+            }
+        }
+        // A child that ended tells its parent, with its history when it was spread.
+        if who != ROOT && kids[who - 1].exec.status().is_terminal() {
+            let k = &mut kids[who - 1];
+            let outcome = k.exec.outcome().cloned().unwrap_or(Outcome {
+                status: k.exec.status(),
+                output: None,
+                error: None,
+                cause: None,
+            });
+            let done = Input::ChildFinished {
+                child_id: k.child_id,
+                outcome,
+                events: std::mem::take(&mut k.driver.history),
+            };
+            let parent = k.parent;
+            end(kids, who - 1);
+            self.push_to(parent, kids, done);
+        }
+        Ok(())
+    }
+
+    fn push_to(&mut self, who: usize, kids: &mut [Child], input: Input) {
+        if who == ROOT {
+            self.inputs.push_back(input);
+        } else {
+            kids[who - 1].driver.inputs.push_back(input);
+        }
+    }
+
+    /// A child execution, ready to start on this driver's terms.
+    fn child(&self, parent: &Execution, c: ChildRequest) -> Result<Child> {
         let sm = crate::parse(&c.definition, Default::default())?;
         let p = parent.info();
         let machine = c.state_machine_arn.rsplit(':').next().unwrap_or_default();
@@ -188,21 +296,26 @@ impl Driver {
             state_machine_version_arn: None,
             state_machine_alias_arn: None,
             input_text: None,
+            scope: None,
         };
-        let mut child = Execution::new(sm, info, parent.limits().clone());
-        let mut driver = Driver::new().discard_history();
+        let mut exec = Execution::new(sm, info, parent.limits().clone());
+        // A spread iteration or branch runs in its parent's name, and its parent writes its
+        // history into its own.
+        let inline = matches!(c.origin, ChildOrigin::Inline { .. });
+        if let ChildOrigin::Inline { scope } = c.origin {
+            exec.set_scope(scope);
+        }
+        let exec = exec.with_sharding(c.sharding);
+        let mut driver = Driver::new();
+        driver.keep_history = inline;
         driver.round_trip = self.round_trip;
         driver.max_steps = self.max_steps;
-        driver.run(&mut child, clock, tasks)?;
-        let outcome = child.outcome().cloned().unwrap_or(Outcome {
-            status: child.status(),
-            output: None,
-            error: None,
-            cause: None,
-        });
-        Ok(Input::ChildFinished {
+        Ok(Child {
+            exec,
+            driver,
+            parent: ROOT,
             child_id: c.child_id,
-            outcome,
+            alive: true,
         })
     }
 

@@ -21,6 +21,7 @@ pub mod items;
 pub mod json;
 pub mod jsonata;
 pub mod path;
+pub mod sharding;
 pub mod template;
 pub mod validate;
 
@@ -29,4 +30,5 @@ pub use env::{Entropy, Env, ManualEnv};
 pub use error::{Error, Failure, Result};
 pub use exec::{Command, ExecStatus, Execution, ExecutionInfo, Input, Limits, Outcome, StepOutput};
 pub use history::{EventType, HistoryEvent};
+pub use sharding::{Placement, Sharding};
 pub use validate::{parse, Diagnostic, Options, Severity};

@@ -19,7 +19,7 @@ use std::collections::{HashMap, VecDeque};
 use serde_json::Value;
 use trellis_asl::driver::{Driver, Tasks};
 use trellis_asl::exec::{ExecutionInfo, TaskRequest};
-use trellis_asl::{ExecStatus, Execution, Input, Limits, ManualEnv};
+use trellis_asl::{ExecStatus, Execution, HistoryEvent, Input, Limits, ManualEnv};
 
 struct Case {
     file: String,
@@ -102,6 +102,42 @@ impl Tasks for Scripted {
     }
 }
 
+/// A history as a tree (each event under its `previousEventId`), with ids and times left
+/// out and each event's followers in a canonical order: two histories with the same shape
+/// differ only in how concurrent branches interleave.
+fn shape(events: &[HistoryEvent]) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut hashes: HashMap<u64, u64> = HashMap::new();
+    let mut followers: HashMap<u64, Vec<u64>> = HashMap::new();
+    // An event follows one written before it: children before parents, by descending id.
+    let mut sorted: Vec<&HistoryEvent> = events.iter().collect();
+    sorted.sort_by_key(|e| std::cmp::Reverse(e.id));
+    for e in sorted {
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        e.event_type.as_str().hash(&mut h);
+        serde_json::to_string(&e.details).unwrap().hash(&mut h);
+        let mut f = followers.remove(&e.id).unwrap_or_default();
+        f.sort_unstable();
+        f.hash(&mut h);
+        let v = h.finish();
+        hashes.insert(e.id, v);
+        followers.entry(e.previous_event_id).or_default().push(v);
+    }
+    let mut roots = followers.remove(&0).unwrap_or_default();
+    roots.sort_unstable();
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    roots.hash(&mut h);
+    h.finish()
+}
+
+fn dump(events: &[HistoryEvent]) -> String {
+    events
+        .iter()
+        .map(|e| e.to_golden_json().to_string())
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
 fn run_case(c: &Value) -> Result<(), String> {
     let def = c["definition"].to_string();
     if let Some(want) = c.get("invalid") {
@@ -154,7 +190,41 @@ fn run_case(c: &Value) -> Result<(), String> {
             .map_err(|e| e.to_string())?;
         runs.push((exec, driver.into_history()));
     }
+    // And once more with every inline Map and Parallel spread as child executions: the
+    // same outcome, and the same history but for how the children's events interleave.
+    let spread = {
+        let limits = Limits {
+            child_executions: true,
+            ..Limits::default()
+        };
+        let policy = trellis_asl::Sharding {
+            default: trellis_asl::Placement::Spread,
+            ..Default::default()
+        };
+        let mut exec = Execution::new(sm.clone(), info.clone(), limits).with_sharding(policy);
+        let mut env = ManualEnv::new(1_700_000_000_000, 42);
+        let mut tasks = Scripted(scripts.clone());
+        let mut driver = Driver::new().max_steps(10_000).round_trip_state();
+        driver
+            .run(&mut exec, &mut env, &mut tasks)
+            .map_err(|e| format!("spread: {e}"))?;
+        (exec, driver.into_history())
+    };
     let (exec, events) = runs.remove(0);
+    if spread.0.outcome() != exec.outcome() {
+        return Err(format!(
+            "spreading children changed the outcome: {:?} / {:?}",
+            spread.0.outcome(),
+            exec.outcome()
+        ));
+    }
+    if shape(&spread.1) != shape(&events) {
+        return Err(format!(
+            "spreading children changed the history:\n{}\n----\n{}",
+            dump(&spread.1),
+            dump(&events)
+        ));
+    }
     // Map Runs end the same whichever way their children run (dates aside).
     let summary = |e: &Execution| -> Vec<String> {
         e.map_runs()

@@ -108,6 +108,24 @@ pub(crate) enum Sm {
     Delete {
         arn: String,
     },
+    /// Show or set which inline Map and Parallel states spread their children over the
+    /// cluster (local, spread, or auto:N for N children and more). Without options, shows
+    /// the policy; new executions take the new one.
+    Sharding {
+        arn: String,
+        /// The placement of the states not named.
+        #[arg(long, value_name = "PLACEMENT")]
+        default: Option<String>,
+        /// A state's placement, as NAME=PLACEMENT (repeatable).
+        #[arg(long = "state", value_name = "NAME=PLACEMENT")]
+        states: Vec<String>,
+        /// Forget a state's placement (it takes the default).
+        #[arg(long = "unset", value_name = "NAME")]
+        unset: Vec<String>,
+        /// Start over from an all-local policy.
+        #[arg(long)]
+        clear: bool,
+    },
     /// Validate a definition file (ValidateStateMachineDefinition).
     Validate {
         definition: std::path::PathBuf,

@@ -56,6 +56,9 @@ pub struct MachineRecord {
     /// 0: no cap.
     #[serde(default)]
     pub max_concurrent_executions: u32,
+    /// Which inline Map and Parallel states spread their children.
+    #[serde(default, skip_serializing_if = "trellis_asl::Sharding::is_local")]
+    pub sharding: trellis_asl::Sharding,
 }
 
 impl Record for MachineRecord {

@@ -266,7 +266,8 @@ async fn concurrency_cap_queues_in_order() {
                 .to_string(),
             role_arn: "arn:aws:iam::000000000000:role/r".into(),
             settings: Some(pb::StateMachineSettings {
-                max_concurrent_executions: 1,
+                max_concurrent_executions: Some(1),
+                sharding: None,
             }),
             ..Default::default()
         })

@@ -17,6 +17,7 @@
 
 use serde::{Deserialize, Serialize};
 use trellis_asl::exec::{ChildRequest, Outcome};
+use trellis_asl::HistoryEvent;
 
 use crate::executor::BoxFuture;
 
@@ -28,11 +29,14 @@ pub enum Message {
         parent_arn: String,
         request: ChildRequest,
     },
-    /// A child execution ended: feed its parent.
+    /// A child execution ended: feed its parent. A spread iteration or branch sends its
+    /// history, which its parent writes into its own.
     ChildFinished {
         parent_arn: String,
         child_id: u64,
         outcome: Outcome,
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        events: Vec<HistoryEvent>,
     },
     /// The parent no longer waits for this child (its Map Run failed or was aborted).
     StopChild { child_arn: String },
@@ -61,7 +65,11 @@ pub struct Outgoing {
 pub struct ParentLink {
     pub arn: String,
     pub child_id: u64,
+    /// The Map Run of a DISTRIBUTED Map's child; empty for a spread iteration or branch.
     pub map_run_arn: String,
+    /// A spread iteration or branch: its history goes back with its end.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub inline: bool,
 }
 
 /// Delivers messages to the leaders of the shards their targets live on.
@@ -95,11 +103,14 @@ mod tests {
             execution_arn: arn.into(),
             name: "n".into(),
             state_machine_arn: "arn:aws:states:us-east-1:1:stateMachine:M/L".into(),
-            map_run_arn: "arn:aws:states:us-east-1:1:mapRun:M/L:x".into(),
             index: 2,
             input: json!({"a": 1}),
             definition: "{}".into(),
-            express: false,
+            origin: trellis_asl::exec::ChildOrigin::MapRun {
+                map_run_arn: "arn:aws:states:us-east-1:1:mapRun:M/L:x".into(),
+                express: false,
+            },
+            sharding: Default::default(),
         }
     }
 
@@ -119,6 +130,7 @@ mod tests {
                 error: None,
                 cause: None,
             },
+            events: Vec::new(),
         };
         assert_eq!(end.target(), "p");
         let stop = Message::StopChild {

@@ -190,8 +190,11 @@ async fn stuck_executions_and_expired_tokens_are_found() {
             .handle
             .start(start_req(
                 "expired",
+                // Long enough that a loaded machine stops the node before it is due (the
+                // timeout would then end the execution), short enough to expire while the
+                // scans below wait for it.
                 json!({"StartAt": "T", "States": {"T": {"Type": "Task", "Resource": activity,
-                    "TimeoutSeconds": 1, "End": true}}}),
+                    "TimeoutSeconds": 3, "End": true}}}),
             ))
             .await
             .unwrap();

@@ -398,3 +398,102 @@ async fn nested_maps_and_a_timed_out_parent() {
     outboxes_empty(&nodes).await;
     stop_all(&mail, nodes).await;
 }
+
+/// A Parallel whose branches each run an inline Map: with a policy that spreads them, each
+/// branch and each iteration is a child execution on the shard its ARN hashes to, and the
+/// parent's output and history are those of the same run inline (its events in another
+/// interleaving). A branch that fails stops the others and fails the state after their
+/// aborted states are written.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn spread_branches_and_iterations_give_the_inline_output_and_history() {
+    use trellis_asl::{Placement, Sharding};
+    let dir = tempfile::tempdir().unwrap();
+    let mail = Loopback::default();
+    let (_db, nodes) = boot_shards(dir.path(), SHARDS, Arc::new(NoTasks), &mail).await;
+    let iteration = |d: &str| {
+        json!({"StartAt": d, "States": {d: {"Type": "Pass",
+        "Parameters": {"double.$": "States.MathAdd($.n, $.n)", "k.$": "$k"}, "End": true}}})
+    };
+    let def = json!({"StartAt": "A", "States": {
+        "A": {"Type": "Pass", "Assign": {"k": "outer"}, "Next": "P"},
+        "P": {"Type": "Parallel", "End": true, "Branches": [
+            {"StartAt": "M1", "States": {"M1": {"Type": "Map", "ItemsPath": "$.items",
+                "ItemProcessor": iteration("D1"), "End": true}}},
+            {"StartAt": "M2", "States": {"M2": {"Type": "Map", "ItemsPath": "$.items",
+                "MaxConcurrency": 2, "ItemProcessor": iteration("D2"), "End": true}}}]}}});
+    let input = json!({"items": items(6)});
+    let run = |name: &str, sharding: Sharding| {
+        let mut req = start_req(name, &def, input.clone());
+        req.sharding = sharding;
+        let arn = parent_arn(name);
+        let h = nodes[shard_of(&arn, SHARDS) as usize].handle.clone();
+        async move {
+            h.start(req).await.unwrap();
+            arn
+        }
+    };
+    let spread = Sharding {
+        default: Placement::Spread,
+        ..Default::default()
+    };
+    let inline = ended(&nodes, &run("inline", Sharding::default()).await).await;
+    let arn = run("spread", spread.clone()).await;
+    let spread_run = ended(&nodes, &arn).await;
+    assert_eq!(spread_run.status, Status::Succeeded, "{spread_run:?}");
+    assert_eq!(spread_run.output, inline.output);
+    let out: Value = serde_json::from_str(spread_run.output.as_deref().unwrap()).unwrap();
+    assert_eq!(out[1][5], json!({"double": 10, "k": "outer"}));
+    // The same events, each with the same details, whatever the interleaving.
+    let events = |r: &ExecRecord| {
+        let mut v: Vec<String> = nodes[shard_of(&r.arn, SHARDS) as usize]
+            .handle
+            .app
+            .history(r.id, 1, r.last_event_id)
+            .unwrap()
+            .iter()
+            .map(|e| {
+                format!(
+                    "{} {}",
+                    e.event_type.as_str(),
+                    serde_json::to_string(&e.details).unwrap()
+                )
+            })
+            .collect();
+        v.sort();
+        v
+    };
+    assert_eq!(events(&spread_run), events(&inline));
+    // Two branches and twelve iterations ran as child executions, over several shards.
+    let kids: Vec<ExecRecord> = children(&nodes);
+    assert_eq!(kids.len(), 2 + 12);
+    assert!(kids.iter().all(|k| k.parent.as_ref().unwrap().inline));
+    let shards: std::collections::BTreeSet<u32> =
+        kids.iter().map(|k| shard_of(&k.arn, SHARDS)).collect();
+    assert!(shards.len() >= 3, "children on shards {shards:?}");
+
+    // One branch fails while the other waits: the waiting one is stopped, its aborted state
+    // is written, then the Parallel fails with the failed branch's error.
+    let def = json!({"StartAt": "P", "States": {"P": {"Type": "Parallel", "End": true, "Branches": [
+        {"StartAt": "F", "States": {"F": {"Type": "Fail", "Error": "Boom", "Cause": "bad"}}},
+        {"StartAt": "W", "States": {"W": {"Type": "Wait", "Seconds": 3600, "End": true}}}]}}});
+    let mut req = start_req("fails", &def, json!({}));
+    req.sharding = spread;
+    let arn = parent_arn("fails");
+    nodes[shard_of(&arn, SHARDS) as usize]
+        .handle
+        .start(req)
+        .await
+        .unwrap();
+    let failed = ended(&nodes, &arn).await;
+    assert_eq!(failed.status, Status::Failed);
+    assert_eq!(failed.error.as_deref(), Some("Boom"));
+    let types = event_types(&nodes, &failed);
+    let aborted = types.iter().position(|t| t == "WaitStateAborted");
+    let state_failed = types.iter().position(|t| t == "ParallelStateFailed");
+    assert!(
+        aborted.is_some() && aborted < state_failed,
+        "aborted branch before the state's failure: {types:?}"
+    );
+    outboxes_empty(&nodes).await;
+    stop_all(&mail, nodes).await;
+}

@@ -3,7 +3,7 @@
 //! child executions, its tolerance, its summary and `UpdateMapRun`). How a frame ends is
 //! in `flow.rs`; this module settles what its parent does next.
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 
 use serde_json::{Map, Value};
 
@@ -114,8 +114,15 @@ impl Execution {
             None => input,
         };
         let started = self.emit(Some(fid), EventType::ParallelStateStarted, || None);
+        let spread = self.spreads(fid, st, branches.len());
         let mut running = BTreeMap::new();
+        let mut remote = BTreeMap::new();
         for (slot, block) in branches.iter().enumerate() {
+            if spread {
+                let child_id = self.start_inline_child(fid, st, *block, slot, branch_input.clone());
+                remote.insert(slot, child_id);
+                continue;
+            }
             let child = self.alloc_frame(Frame {
                 block: *block,
                 parent: Some(Parent { frame: fid, slot }),
@@ -147,11 +154,13 @@ impl Execution {
             last_event: started,
             run: None,
             preselected: false,
-            remote: BTreeMap::new(),
             export: None,
             feed: None,
             items_base: 0,
             unkept: None,
+            spread: spread.then(|| remote.keys().map(|slot| (*slot, started)).collect()),
+            remote,
+            failing: None,
         });
     }
 
@@ -362,6 +371,7 @@ impl Execution {
             return self.complete(fid, Value::Array(Vec::new()), None, env);
         }
         let unkept = export.as_ref().filter(|e| e.to_s3()).map(|_| len);
+        let spread = (run.is_none() && self.spreads(fid, st, len)).then(BTreeMap::new);
         self.active_mut(fid).waiting = Waiting::Children(Children {
             is_map: true,
             results: if unkept.is_some() {
@@ -384,6 +394,8 @@ impl Execution {
             feed,
             items_base: 0,
             unkept,
+            spread,
+            failing: None,
         });
         self.fill_map(fid, env);
     }
@@ -531,11 +543,13 @@ impl Execution {
             else {
                 return;
             };
-            let (index, item, key, distributed, preselected) = {
+            let (index, item, key, distributed, preselected, spread) = {
                 let Waiting::Children(c) = &mut self.active_mut(fid).waiting else {
                     return;
                 };
-                if c.max_concurrency > 0 && c.in_flight() >= c.max_concurrency {
+                if c.failing.is_some()
+                    || (c.max_concurrency > 0 && c.in_flight() >= c.max_concurrency)
+                {
                     return;
                 }
                 if c.next_index >= c.known() {
@@ -559,6 +573,7 @@ impl Execution {
                     c.keys.as_ref().map(|k| k[index].clone()),
                     c.run.is_some(),
                     c.preselected,
+                    c.spread.is_some(),
                 )
             };
             self.run_moved(fid, index, |c| {
@@ -613,6 +628,16 @@ impl Execution {
                     details([("name", Value::String(name)), ("index", Value::from(index))])
                 })
             };
+            if spread {
+                let child_id = self.start_inline_child(fid, st, *processor, index, iteration_input);
+                if let Waiting::Children(c) = &mut self.active_mut(fid).waiting {
+                    c.remote.insert(index, child_id);
+                    if let Some(s) = c.spread.as_mut() {
+                        s.insert(index, started);
+                    }
+                }
+                continue;
+            }
             let child = self.alloc_frame(Frame {
                 block: *processor,
                 parent: Some(Parent {
@@ -640,7 +665,12 @@ impl Execution {
 
     /// Asks the host to start a DISTRIBUTED Map's child as an execution of its own.
     pub(super) fn start_child(&mut self, fid: FrameId, st: &State, index: usize, input: Value) {
-        let Kind::Map { distributed, .. } = &st.kind else {
+        let Kind::Map {
+            distributed,
+            processor,
+            ..
+        } = &st.kind
+        else {
             return;
         };
         let Waiting::Children(c) = &self.active(fid).waiting else {
@@ -660,21 +690,260 @@ impl Execution {
             execution_arn,
             state_machine_arn,
             name,
-            map_run_arn,
             index,
             input,
-            definition: distributed
-                .processor_definition
-                .as_deref()
-                .unwrap_or_default()
-                .to_string(),
-            express: distributed.execution_type.as_deref() == Some("EXPRESS"),
+            definition: self.block_source(*processor),
+            origin: ChildOrigin::MapRun {
+                map_run_arn,
+                express: distributed.execution_type.as_deref() == Some("EXPRESS"),
+            },
+            sharding: self.st.sharding.clone(),
         }));
+    }
+
+    /// A branch or ItemProcessor as a definition of its own.
+    fn block_source(&self, block: BlockId) -> String {
+        self.sm
+            .block(block)
+            .source
+            .as_deref()
+            .unwrap_or_default()
+            .to_string()
+    }
+
+    /// Whether a state's children spread as child executions: the host runs them, the
+    /// state's frame writes history (a silent one runs inside a child run as frames) and
+    /// the sharding policy says so for this many children.
+    fn spreads(&self, fid: FrameId, st: &State, children: usize) -> bool {
+        self.st.limits.child_executions
+            && !self.frame(fid).silent
+            && self.st.sharding.spreads(&st.name, children)
+    }
+
+    /// Asks the host to run an inline Map's iteration or a Parallel's branch as a child
+    /// execution of its own. Its id comes from this execution, the state, the index and a
+    /// counter (a state entered again starts new children), so it hashes to a shard of its
+    /// own; it runs in this execution's name and sees the variables visible here. Returns
+    /// its child id.
+    fn start_inline_child(
+        &mut self,
+        fid: FrameId,
+        st: &State,
+        block: BlockId,
+        index: usize,
+        input: Value,
+    ) -> u64 {
+        let child_id = self.st.next_child_id.max(1);
+        self.st.next_child_id = child_id + 1;
+        self.st.children.insert(child_id, (fid, index));
+        let info = &self.st.info;
+        let (prefix, own) = info
+            .execution_arn
+            .split_once(":execution:")
+            .unwrap_or(("arn:aws:states:us-east-1:000000000000", &info.execution_arn));
+        let (machine, own_name) = own.rsplit_once(':').unwrap_or((own, &info.name));
+        let slug: String = st
+            .name
+            .chars()
+            .map(|c| {
+                if c.is_ascii_alphanumeric() || c == '-' || c == '_' {
+                    c
+                } else {
+                    '_'
+                }
+            })
+            .take(32)
+            .collect();
+        let name = format!("{slug}-{index}-{child_id}");
+        let child_machine = format!("{machine}/{own_name}");
+        let execution_arn = format!("{prefix}:execution:{child_machine}:{name}");
+        let state_machine_arn = format!("{prefix}:stateMachine:{child_machine}");
+        let mut scope = match &info.scope {
+            Some(p) => p.clone(),
+            None => Box::new(ParentScope {
+                execution_arn: info.execution_arn.clone(),
+                name: info.name.clone(),
+                state_machine_arn: info.state_machine_arn.clone(),
+                state_machine_name: info.state_machine_name.clone(),
+                role_arn: info.role_arn.clone(),
+                input: info.input.clone(),
+                start_ms: self.st.start_ms,
+                redrive_count: info.redrive_count,
+                variables: Map::new(),
+            }),
+        };
+        scope.variables = self.visible_vars(fid);
+        self.out.commands.push(Command::StartChild(ChildRequest {
+            child_id,
+            execution_arn,
+            state_machine_arn,
+            name,
+            index,
+            input,
+            definition: self.block_source(block),
+            origin: ChildOrigin::Inline { scope },
+            sharding: self.st.sharding.clone(),
+        }));
+        child_id
+    }
+
+    /// The variables a frame sees: its own, then its parents' up to its scope's root, an
+    /// inner one hiding an outer one of the same name.
+    fn visible_vars(&self, mut fid: FrameId) -> Map<String, Value> {
+        let mut out = Map::new();
+        loop {
+            let f = self.frame(fid);
+            for (k, v) in &f.vars {
+                if !out.contains_key(k) {
+                    out.insert(k.clone(), v.clone());
+                }
+            }
+            match &f.parent {
+                Some(p) if !f.scope_root => fid = p.frame,
+                _ => return out,
+            }
+        }
+    }
+
+    /// Writes a spread child's history into this one's, after `from` (the iteration's
+    /// `MapIterationStarted`, the `ParallelStateStarted`), as the inline state would have
+    /// written it: its `Execution*` events are left out, the others get ids of this history
+    /// and keep their order, links and times. Returns the id of the child's last event.
+    fn splice(&mut self, from: u64, events: Vec<HistoryEvent>) -> u64 {
+        let mut ids: HashMap<u64, u64> = HashMap::new();
+        let mut last = from;
+        let mut ended = None;
+        for e in events {
+            let prev = ids.get(&e.previous_event_id).copied().unwrap_or(from);
+            match e.event_type {
+                EventType::ExecutionStarted => {
+                    ids.insert(e.id, from);
+                    continue;
+                }
+                EventType::ExecutionSucceeded
+                | EventType::ExecutionFailed
+                | EventType::ExecutionAborted
+                | EventType::ExecutionTimedOut => {
+                    // `ExecutionAborted` follows no event: the last one is the branch's.
+                    ended = (e.previous_event_id != 0).then_some(prev);
+                    continue;
+                }
+                _ => {}
+            }
+            let id = self.st.next_event_id;
+            self.st.next_event_id += 1;
+            if self.st.limits.record_history {
+                self.out.events.push(HistoryEvent {
+                    id,
+                    previous_event_id: prev,
+                    timestamp_ms: e.timestamp_ms,
+                    event_type: e.event_type,
+                    details: e.details,
+                });
+            }
+            ids.insert(e.id, id);
+            last = id;
+        }
+        ended.unwrap_or(last)
+    }
+
+    /// A spread iteration or branch ended: its history joins this one's, then the state
+    /// goes on as it does when an inline frame ends (`frame_done`, `frame_failed`). When
+    /// one fails, the others are stopped and the state fails once they have all reported,
+    /// so their aborted states are in the history before the state's failure, as inline.
+    fn inline_child_finished(
+        &mut self,
+        fid: FrameId,
+        slot: usize,
+        o: Outcome,
+        events: Vec<HistoryEvent>,
+        env: &mut dyn Env,
+    ) {
+        let (from, is_map, failing) = {
+            let Waiting::Children(c) = &mut self.active_mut(fid).waiting else {
+                return;
+            };
+            let from = c.spread.as_mut().and_then(|s| s.remove(&slot));
+            (from.unwrap_or(c.last_event), c.is_map, c.failing.is_some())
+        };
+        let last = self.splice(from, events);
+        let name = self.current_state(fid).0.name.clone();
+        let iteration =
+            |n: String| details([("name", Value::String(n)), ("index", Value::from(slot))]);
+        let ty = match o.status {
+            ExecStatus::Succeeded => EventType::MapIterationSucceeded,
+            ExecStatus::Aborted if failing => EventType::MapIterationAborted,
+            _ => EventType::MapIterationFailed,
+        };
+        let last = if is_map {
+            self.emit_for(fid, last, ty, || iteration(name))
+        } else {
+            last
+        };
+        if failing {
+            // An aborted iteration's end is what the state's failure follows; a branch's
+            // is not (as inline).
+            if is_map {
+                self.frame_mut(fid).prev = last;
+            }
+            return self.fail_when_stopped(fid, env);
+        }
+        if o.status == ExecStatus::Succeeded {
+            if let Waiting::Children(c) = &mut self.active_mut(fid).waiting {
+                c.keep(slot, o.output.unwrap_or(Value::Null));
+                c.done += 1;
+                c.last_event = last;
+            }
+            return self.settle(fid, env);
+        }
+        // Failed, timed out, or stopped from outside (StopExecution on its ARN).
+        let f = Failure {
+            error: o
+                .error
+                .or_else(|| (o.status == ExecStatus::TimedOut).then(|| names::TIMEOUT.to_string())),
+            cause: o.cause,
+            heartbeat: false,
+        };
+        self.frame_mut(fid).prev = last;
+        let running: Vec<u64> = match &mut self.active_mut(fid).waiting {
+            Waiting::Children(c) => {
+                c.failing = Some(f);
+                c.remote.values().copied().collect()
+            }
+            _ => Vec::new(),
+        };
+        for child_id in running {
+            self.out.commands.push(Command::StopChild { child_id });
+        }
+        self.fail_when_stopped(fid, env);
+    }
+
+    /// A spread state's child failed: once no other child runs, the state fails.
+    fn fail_when_stopped(&mut self, fid: FrameId, env: &mut dyn Env) {
+        let (f, is_map) = match &mut self.active_mut(fid).waiting {
+            Waiting::Children(c) if c.remote.is_empty() => (c.failing.take(), c.is_map),
+            _ => return,
+        };
+        let Some(f) = f else { return };
+        self.active_mut(fid).waiting = Waiting::Nothing;
+        let ty = if is_map {
+            EventType::MapStateFailed
+        } else {
+            EventType::ParallelStateFailed
+        };
+        self.emit(Some(fid), ty, || None);
+        self.state_failed(fid, f, env);
     }
 
     /// A child execution ended: its output fills its slot, or its failure counts against
     /// the Map Run's tolerance. A child no longer awaited is ignored.
-    pub(super) fn on_child_finished(&mut self, child_id: u64, o: Outcome, env: &mut dyn Env) {
+    pub(super) fn on_child_finished(
+        &mut self,
+        child_id: u64,
+        o: Outcome,
+        events: Vec<HistoryEvent>,
+        env: &mut dyn Env,
+    ) {
         let Some((fid, slot)) = self.st.children.remove(&child_id) else {
             return;
         };
@@ -692,6 +961,9 @@ impl Execution {
         };
         if !awaited {
             return;
+        }
+        if matches!(&self.active(fid).waiting, Waiting::Children(c) if c.spread.is_some()) {
+            return self.inline_child_finished(fid, slot, o, events, env);
         }
         if o.status == ExecStatus::Succeeded {
             self.run_moved(fid, slot, |c| {
@@ -962,17 +1234,29 @@ impl Execution {
             c.running = c.running.saturating_sub(1);
             c.aborted += 1;
         };
+        let name = self.current_state(fid).0.name.clone();
         for (slot, child_id) in remote {
             self.export_ended(fid, slot, "ABORTED", None, None);
             self.run_moved(fid, slot, aborted);
             self.st.children.remove(&child_id);
             self.out.commands.push(Command::StopChild { child_id });
+            // A spread iteration ends as an inline one does (its events stay with it).
+            let from = match &mut self.active_mut(fid).waiting {
+                Waiting::Children(c) => c.spread.as_mut().and_then(|s| s.remove(&slot)),
+                _ => None,
+            };
+            if let (true, Some(from)) = (iterations, from) {
+                let n = name.clone();
+                let id = self.emit_for(fid, from, EventType::MapIterationAborted, || {
+                    details([("name", Value::String(n)), ("index", Value::from(slot))])
+                });
+                self.frame_mut(fid).prev = id;
+            }
         }
         for (slot, _) in &running {
             self.export_ended(fid, *slot, "ABORTED", None, None);
             self.run_moved(fid, *slot, aborted);
         }
-        let name = self.current_state(fid).0.name.clone();
         for (slot, child) in running {
             self.abort_frame(child);
             if iterations {

@@ -58,8 +58,24 @@ impl Execution {
         let info = &self.st.info;
         let active = self.frame(frame).active.as_ref();
         let mut m = Map::new();
-        match key {
-            "Execution" => {
+        match (key, info.scope.as_deref()) {
+            // A spread iteration or branch runs in its parent's name.
+            ("Execution", Some(p)) => {
+                m.insert("Id".into(), Value::String(p.execution_arn.clone()));
+                m.insert("Input".into(), p.input.clone());
+                m.insert(
+                    "StartTime".into(),
+                    Value::String(json::iso_millis(p.start_ms)),
+                );
+                m.insert("Name".into(), Value::String(p.name.clone()));
+                m.insert("RoleArn".into(), Value::String(p.role_arn.clone()));
+                m.insert("RedriveCount".into(), Value::from(p.redrive_count));
+            }
+            ("StateMachine", Some(p)) => {
+                m.insert("Id".into(), Value::String(p.state_machine_arn.clone()));
+                m.insert("Name".into(), Value::String(p.state_machine_name.clone()));
+            }
+            ("Execution", None) => {
                 m.insert("Id".into(), Value::String(info.execution_arn.clone()));
                 m.insert("Input".into(), info.input.clone());
                 m.insert(
@@ -70,14 +86,14 @@ impl Execution {
                 m.insert("RoleArn".into(), Value::String(info.role_arn.clone()));
                 m.insert("RedriveCount".into(), Value::from(info.redrive_count));
             }
-            "StateMachine" => {
+            ("StateMachine", None) => {
                 m.insert("Id".into(), Value::String(info.state_machine_arn.clone()));
                 m.insert(
                     "Name".into(),
                     Value::String(info.state_machine_name.clone()),
                 );
             }
-            "State" => {
+            ("State", _) => {
                 let a = active?;
                 let st = self.sm.state(self.frame(frame).block, a.state);
                 m.insert(
@@ -87,10 +103,10 @@ impl Execution {
                 m.insert("Name".into(), Value::String(st.name.clone()));
                 m.insert("RetryCount".into(), Value::from(a.retry_count));
             }
-            "Task" => {
+            ("Task", _) => {
                 m.insert("Token".into(), Value::String(active?.token.clone()?));
             }
-            "Map" => {
+            ("Map", _) => {
                 let (index, value, key) = map_item?;
                 let mut item = Map::new();
                 item.insert("Index".into(), Value::from(index));

@@ -134,11 +134,18 @@ impl Execution {
         if let Some(t) = self.sm.timeout_seconds {
             self.start_timer(TimerKind::Execution, self.now + (t as i64) * 1000);
         }
+        // A spread iteration or branch sees the variables of its parent's state.
+        let vars = match &self.st.info.scope {
+            Some(p) => p.variables.clone(),
+            None => Map::new(),
+        };
+        let var_bytes: usize = vars.values().map(json::byte_len).sum();
+        self.st.var_bytes += var_bytes;
         let root = self.alloc_frame(Frame {
             block: 0,
             parent: None,
-            vars: Map::new(),
-            var_bytes: 0,
+            vars,
+            var_bytes,
             prev: 0,
             active: None,
             silent: false,

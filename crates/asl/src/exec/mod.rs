@@ -75,6 +75,25 @@ pub struct ExecutionInfo {
     /// (`None`: the compact rendering of `input`).
     #[serde(default)]
     pub input_text: Option<String>,
+    /// A spread inline Map iteration or Parallel branch runs in its parent's name.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub scope: Option<Box<ParentScope>>,
+}
+
+/// What a spread iteration or branch sees of the execution it belongs to: the context
+/// object's `Execution` and `StateMachine` are its parent's, and the variables visible in
+/// the Map or Parallel state are visible (read-only) inside it, as they are inline.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ParentScope {
+    pub execution_arn: String,
+    pub name: String,
+    pub state_machine_arn: String,
+    pub state_machine_name: String,
+    pub role_arn: String,
+    pub input: Value,
+    pub start_ms: i64,
+    pub redrive_count: u64,
+    pub variables: Map<String, Value>,
 }
 
 impl ExecutionInfo {
@@ -92,6 +111,7 @@ impl ExecutionInfo {
             state_machine_version_arn: None,
             state_machine_alias_arn: None,
             input_text: None,
+            scope: None,
         }
     }
 
@@ -109,6 +129,7 @@ impl ExecutionInfo {
             state_machine_version_arn: self.state_machine_version_arn.clone(),
             state_machine_alias_arn: self.state_machine_alias_arn.clone(),
             input_text: None,
+            scope: None,
         }
     }
 }
@@ -157,9 +178,13 @@ pub enum Input {
     Redrive,
     /// A child execution started by [`Command::StartChild`] ended. Ignored when the child
     /// is no longer awaited (its Map Run failed or was aborted), so duplicates are harmless.
+    /// A spread iteration's or branch's child sends its history (`events`), which its
+    /// parent writes into its own, as the inline state would have.
     ChildFinished {
         child_id: u64,
         outcome: Outcome,
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        events: Vec<HistoryEvent>,
     },
     /// `UpdateMapRun`: a running Map Run's window and tolerance change (each that is
     /// given). Ignored when no such Map Run runs.
@@ -224,8 +249,8 @@ pub enum Command {
     },
     /// The execution reached a terminal status.
     Finish(Outcome),
-    /// Start a child execution (a DISTRIBUTED Map's child) and answer with
-    /// [`Input::ChildFinished`] when it ends.
+    /// Start a child execution (a DISTRIBUTED Map's child, a spread iteration or branch)
+    /// and answer with [`Input::ChildFinished`] when it ends.
     StartChild(ChildRequest),
     /// The child is no longer wanted (its Map Run failed or was aborted): stop it.
     StopChild {
@@ -287,19 +312,47 @@ pub struct MapRunCounts {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ChildRequest {
     pub child_id: u64,
-    /// The child's ARN: `…:execution:{machine}/{label}:{name}`.
+    /// The child's ARN: `…:execution:{machine}/{label}:{name}` (a Map Run's child) or
+    /// `…:execution:{machine}/{parent}:{state}-{index}-{child id}` (a spread iteration or
+    /// branch).
     pub execution_arn: String,
     pub name: String,
-    /// The child's state machine ARN: `…:stateMachine:{machine}/{label}`.
+    /// The child's state machine ARN: `…:stateMachine:{machine}/{label}` or
+    /// `…:stateMachine:{machine}/{parent}`.
     pub state_machine_arn: String,
-    pub map_run_arn: String,
-    /// The item's (or batch's) index in the Map Run.
+    /// The item's (or batch's) index in the Map Run, the iteration's or the branch's.
     pub index: usize,
     pub input: Value,
-    /// The ItemProcessor as a definition of its own.
+    /// The ItemProcessor or branch as a definition of its own.
     pub definition: String,
-    /// `ExecutionType: EXPRESS`.
-    pub express: bool,
+    pub origin: ChildOrigin,
+    /// The policy its own inline Map and Parallel states follow: its parent's.
+    #[serde(default, skip_serializing_if = "crate::sharding::Sharding::is_local")]
+    pub sharding: crate::sharding::Sharding,
+}
+
+/// Why a child execution runs.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum ChildOrigin {
+    /// A DISTRIBUTED Map's child, listed under its Map Run.
+    MapRun {
+        map_run_arn: String,
+        /// `ExecutionType: EXPRESS`.
+        express: bool,
+    },
+    /// An inline Map's iteration or a Parallel's branch, spread by the sharding policy: it
+    /// runs in its parent's name and sends its history back with its end.
+    Inline { scope: Box<ParentScope> },
+}
+
+impl ChildRequest {
+    /// The Map Run a DISTRIBUTED Map's child belongs to.
+    pub fn map_run_arn(&self) -> Option<&str> {
+        match &self.origin {
+            ChildOrigin::MapRun { map_run_arn, .. } => Some(map_run_arn),
+            ChildOrigin::Inline { .. } => None,
+        }
+    }
 }
 
 /// An execution's status.
@@ -425,6 +478,14 @@ pub(crate) struct Children {
     /// are not kept, and this counts the children known.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     unkept: Option<usize>,
+    /// An inline Map or Parallel whose children are child executions (the sharding
+    /// policy): slot -> the event their history follows in this one's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    spread: Option<BTreeMap<usize, u64>>,
+    /// A spread child failed: the state fails with this once the others, stopped, have
+    /// sent their histories (an inline state writes its aborted branches' events first).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    failing: Option<Failure>,
 }
 
 impl Children {
@@ -607,6 +668,9 @@ pub struct ExecutionState {
     map_runs: Vec<MapRunSummary>,
     #[serde(default)]
     next_child_id: u64,
+    /// Which inline Map and Parallel states spread their children.
+    #[serde(default, skip_serializing_if = "crate::sharding::Sharding::is_local")]
+    sharding: crate::sharding::Sharding,
 }
 
 /// The top-level state an execution stopped in, its input and the variables then.
@@ -652,8 +716,27 @@ impl Execution {
                 children: BTreeMap::new(),
                 map_runs: Vec::new(),
                 next_child_id: 1,
+                sharding: Default::default(),
             },
         )
+    }
+
+    /// Spreads inline Map iterations and Parallel branches as the policy says (when the
+    /// host runs child executions, [`Limits::child_executions`]).
+    pub fn with_sharding(mut self, sharding: crate::sharding::Sharding) -> Self {
+        self.st.sharding = sharding;
+        self
+    }
+
+    /// Runs it in the name of the execution whose iteration or branch it is (before it
+    /// starts).
+    pub fn set_scope(&mut self, scope: Box<ParentScope>) {
+        self.st.info.scope = Some(scope);
+    }
+
+    /// The sharding policy it runs under.
+    pub fn sharding(&self) -> &crate::sharding::Sharding {
+        &self.st.sharding
     }
 
     /// Rebuilds an execution from its saved state and the definition it was started with.
@@ -781,9 +864,11 @@ impl Execution {
                 self.st.queue.extend(parked);
             }
             Input::Redrive => {}
-            Input::ChildFinished { child_id, outcome } => {
-                self.on_child_finished(child_id, outcome, env)
-            }
+            Input::ChildFinished {
+                child_id,
+                outcome,
+                events,
+            } => self.on_child_finished(child_id, outcome, events, env),
             Input::UpdateMapRun {
                 map_run_arn,
                 max_concurrency,

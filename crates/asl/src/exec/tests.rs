@@ -444,6 +444,7 @@ fn distributed_children_as_child_executions() {
         Input::ChildFinished {
             child_id: started[1].child_id,
             outcome: finished(ExecStatus::Succeeded, Some(json!(21)), None),
+            events: Vec::new(),
         },
         &mut env,
     );
@@ -454,6 +455,7 @@ fn distributed_children_as_child_executions() {
         Input::ChildFinished {
             child_id: started[1].child_id,
             outcome: finished(ExecStatus::Succeeded, Some(json!(99)), None),
+            events: Vec::new(),
         },
         &mut env,
     );
@@ -463,6 +465,7 @@ fn distributed_children_as_child_executions() {
         Input::ChildFinished {
             child_id: started[0].child_id,
             outcome: finished(ExecStatus::Failed, None, Some("Boom")),
+            events: Vec::new(),
         },
         &mut env,
     );
@@ -470,6 +473,7 @@ fn distributed_children_as_child_executions() {
         Input::ChildFinished {
             child_id: third[0].child_id,
             outcome: finished(ExecStatus::Succeeded, Some(json!(31)), None),
+            events: Vec::new(),
         },
         &mut env,
     );
@@ -515,11 +519,14 @@ fn exceeding_the_tolerance_stops_the_other_children() {
     let mut env = ManualEnv::new(1_700_000_000_000, 1);
     let started = child_starts(&exec.step(Input::Start, &mut env));
     assert_eq!(started.len(), 3);
-    assert!(started.iter().all(|c| c.express));
+    assert!(started
+        .iter()
+        .all(|c| matches!(c.origin, ChildOrigin::MapRun { express: true, .. })));
     let out = exec.step(
         Input::ChildFinished {
             child_id: started[1].child_id,
             outcome: finished(ExecStatus::TimedOut, None, None),
+            events: Vec::new(),
         },
         &mut env,
     );
@@ -587,6 +594,7 @@ fn update_map_run_changes_the_window_and_the_tolerance() {
         Input::ChildFinished {
             child_id: first[0].child_id,
             outcome: finished(ExecStatus::Failed, None, Some("Boom")),
+            events: Vec::new(),
         },
         &mut env,
     );
@@ -644,6 +652,7 @@ fn results_are_written_in_chunks_and_the_last_write_repeats_one_in_flight() {
             Input::ChildFinished {
                 child_id: c.child_id,
                 outcome: o,
+                events: Vec::new(),
             },
             &mut env,
         );
@@ -719,5 +728,120 @@ fn results_are_written_in_chunks_and_the_last_write_repeats_one_in_flight() {
     assert_eq!(
         o.output.as_ref().unwrap()["ResultWriterDetails"]["Bucket"],
         "out"
+    );
+}
+
+/// The sharding policy spreads an inline Map's iterations as child executions named after
+/// the parent, the state and the index, running in the parent's name with its variables;
+/// below an `auto` threshold the same Map runs inline.
+#[test]
+fn a_spread_inline_map_starts_child_executions_in_its_parents_name() {
+    use crate::sharding::{Placement, Sharding};
+    let def = json!({"StartAt": "A", "States": {
+        "A": {"Type": "Pass", "Assign": {"x": 7}, "Next": "Fan out"},
+        "Fan out": {"Type": "Map", "MaxConcurrency": 2, "ItemProcessor": {"StartAt": "P",
+            "States": {"P": {"Type": "Pass", "Parameters": {"v.$": "$", "x.$": "$x",
+                "id.$": "$$.Execution.Id"}, "End": true}}}, "End": true}}});
+    let policy = |p| Sharding {
+        default: Placement::Local,
+        states: [("Fan out".to_string(), p)].into(),
+    };
+    // Below the threshold: inline, no child executions.
+    let mut env = ManualEnv::new(0, 1);
+    let mut exec = with_child_executions(def.clone(), json!([1, 2, 3]))
+        .with_sharding(policy(Placement::Auto { min_children: 4 }));
+    let out = exec.step(Input::Start, &mut env);
+    assert!(child_starts(&out).is_empty());
+    assert_eq!(exec.status(), ExecStatus::Succeeded);
+
+    let mut exec = with_child_executions(def, json!([1, 2, 3]))
+        .with_sharding(policy(Placement::Auto { min_children: 3 }));
+    let out = exec.step(Input::Start, &mut env);
+    let started = child_starts(&out);
+    // The window holds two.
+    assert_eq!(started.len(), 2);
+    let c = &started[1];
+    assert_eq!(
+        c.execution_arn,
+        "arn:aws:states:us-east-1:000000000000:execution:sm/ex:Fan_out-1-2"
+    );
+    assert_eq!(
+        c.state_machine_arn,
+        "arn:aws:states:us-east-1:000000000000:stateMachine:sm/ex"
+    );
+    assert_eq!(c.input, json!(2));
+    let ChildOrigin::Inline { scope } = &c.origin else {
+        panic!("not an inline child: {:?}", c.origin)
+    };
+    assert_eq!(scope.execution_arn, exec.info().execution_arn);
+    assert_eq!(scope.variables.get("x"), Some(&json!(7)));
+    assert_eq!(&c.sharding, exec.sharding());
+    assert!(c.definition.contains("\"StartAt\":\"P\""));
+    assert!(types(&out).contains(&"MapIterationStarted"));
+
+    // The child runs in its parent's name and sees its variables.
+    let sm = crate::parse(&c.definition, Default::default()).unwrap();
+    let info = ExecutionInfo::new(
+        "us-east-1",
+        "000000000000",
+        "sm/ex",
+        &c.name,
+        c.input.clone(),
+    );
+    let mut child = Execution::new(sm, info, exec.limits().clone());
+    child.set_scope(scope.clone());
+    let child_out = child.step(Input::Start, &mut env);
+    let result = child.outcome().unwrap().output.clone().unwrap();
+    assert_eq!(
+        result,
+        json!({"v": 2, "x": 7, "id": "arn:aws:states:us-east-1:000000000000:execution:sm:ex"})
+    );
+    // Its history joins the parent's after its MapIterationStarted, then the iteration
+    // succeeds; a second report of the same end changes nothing.
+    let mut outs = Vec::new();
+    for _ in 0..2 {
+        outs.push(exec.step(
+            Input::ChildFinished {
+                child_id: c.child_id,
+                outcome: child.outcome().unwrap().clone(),
+                events: child_out.events.clone(),
+            },
+            &mut env,
+        ));
+    }
+    let spliced = types(&outs[0]);
+    assert_eq!(
+        spliced,
+        [
+            "PassStateEntered",
+            "PassStateExited",
+            "MapIterationSucceeded",
+            "MapIterationStarted"
+        ]
+    );
+    assert!(outs[1].events.is_empty() && outs[1].commands.is_empty());
+    // The third child starts as the second ends.
+    assert_eq!(child_starts(&outs[0]).len(), 1);
+    let third = child_starts(&outs[0])[0].child_id;
+    exec.step(
+        Input::ChildFinished {
+            child_id: started[0].child_id,
+            outcome: finished(ExecStatus::Succeeded, Some(json!("one")), None),
+            events: Vec::new(),
+        },
+        &mut env,
+    );
+    exec.step(
+        Input::ChildFinished {
+            child_id: third,
+            outcome: finished(ExecStatus::Succeeded, Some(json!("three")), None),
+            events: Vec::new(),
+        },
+        &mut env,
+    );
+    assert_eq!(exec.status(), ExecStatus::Succeeded);
+    assert_eq!(
+        exec.outcome().unwrap().output,
+        Some(json!(["one", result, "three"]))
     );
 }

@@ -375,6 +375,7 @@ impl Parser {
             start_at: 0,
             states: Vec::new(),
             by_name: HashMap::new(),
+            source: None,
         });
         let states = match obj.get("States") {
             Some(Value::Object(m)) if !m.is_empty() => m,
@@ -1413,7 +1414,9 @@ impl Parser {
                                     );
                                 }
                             }
-                            branches.push(self.block(bo, &loc)?);
+                            let b = self.block(bo, &loc)?;
+                            self.blocks[b].source = Some(sub_definition(ql, bo));
+                            branches.push(b);
                         }
                         None => {
                             self.schema("A branch must be an object", &loc);
@@ -1506,18 +1509,7 @@ impl Parser {
             }
         }
         let processor = self.block(po, &loc)?;
-        if mode == MapMode::Distributed {
-            let mut def = Map::new();
-            if ql == QueryLanguage::Jsonata {
-                def.insert("QueryLanguage".into(), Value::from("JSONata"));
-            }
-            for k in ["StartAt", "States"] {
-                if let Some(v) = po.get(k) {
-                    def.insert(k.into(), v.clone());
-                }
-            }
-            distributed.processor_definition = Some(Value::Object(def).to_string().into());
-        }
+        self.blocks[processor].source = Some(sub_definition(ql, po));
         let items_path = if jp {
             obj.get("ItemsPath")
                 .and_then(|v| self.simple_path(v, "ItemsPath", &format!("{at}/ItemsPath")))
@@ -1681,6 +1673,21 @@ impl Parser {
             batch_input,
         })
     }
+}
+
+/// A Parallel branch or Map ItemProcessor as a state machine of its own: its `StartAt` and
+/// `States`, with the query language its state runs in.
+fn sub_definition(ql: QueryLanguage, block: &Map<String, Value>) -> std::sync::Arc<str> {
+    let mut def = Map::new();
+    if ql == QueryLanguage::Jsonata {
+        def.insert("QueryLanguage".into(), Value::from("JSONata"));
+    }
+    for k in ["StartAt", "States"] {
+        if let Some(v) = block.get(k) {
+            def.insert(k.into(), v.clone());
+        }
+    }
+    Value::Object(def).to_string().into()
 }
 
 #[cfg(test)]

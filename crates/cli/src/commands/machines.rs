@@ -32,7 +32,8 @@ pub(crate) async fn sm(c: &mut Client, j: bool, cmd: Sm) -> Result<()> {
                     publish,
                     version_description: String::new(),
                     settings: Some(pb::StateMachineSettings {
-                        max_concurrent_executions: max_concurrent,
+                        max_concurrent_executions: Some(max_concurrent),
+                        sharding: None,
                     }),
                 })
                 .await
@@ -122,7 +123,8 @@ pub(crate) async fn sm(c: &mut Client, j: bool, cmd: Sm) -> Result<()> {
                 serde_json::from_str(&m.definition).unwrap_or(Value::String(m.definition.clone()));
             let v = json!({"stateMachineArn": m.state_machine_arn, "name": m.name, "status": m.status, "type": type_name(m.r#type),
                 "roleArn": m.role_arn, "creationDate": m.creation_date, "revisionId": m.revision_id,
-                "maxConcurrentExecutions": m.settings.map(|s| s.max_concurrent_executions).unwrap_or(0), "definition": def});
+                "maxConcurrentExecutions": m.settings.as_ref().and_then(|s| s.max_concurrent_executions).unwrap_or(0),
+                "sharding": sharding_json(m.settings.as_ref().and_then(|s| s.sharding.as_ref())), "definition": def});
             out!(
                 "{}",
                 if j {
@@ -131,6 +133,71 @@ pub(crate) async fn sm(c: &mut Client, j: bool, cmd: Sm) -> Result<()> {
                     serde_json::to_string_pretty(&v)?
                 }
             );
+        }
+        Sm::Sharding {
+            arn,
+            default,
+            states,
+            unset,
+            clear,
+        } => {
+            let m = c
+                .state_machines
+                .describe_state_machine(pb::DescribeStateMachineRequest {
+                    state_machine_arn: arn.clone(),
+                })
+                .await
+                .map_err(api)?
+                .into_inner();
+            let mut policy = m.settings.and_then(|s| s.sharding).unwrap_or_default();
+            let change = default.is_some() || !states.is_empty() || !unset.is_empty() || clear;
+            if clear {
+                policy = pb::Sharding::default();
+            }
+            if let Some(d) = default {
+                policy.default_placement = Some(placement(&d)?);
+            }
+            for s in &states {
+                let (name, p) = s
+                    .rsplit_once('=')
+                    .ok_or_else(|| anyhow!("--state takes NAME=PLACEMENT, got '{s}'"))?;
+                policy.states.insert(name.to_string(), placement(p)?);
+            }
+            for name in &unset {
+                policy.states.remove(name);
+            }
+            if change {
+                c.state_machines
+                    .update_state_machine(pb::UpdateStateMachineRequest {
+                        state_machine_arn: arn,
+                        definition: None,
+                        role_arn: None,
+                        publish: false,
+                        version_description: String::new(),
+                        settings: Some(pb::StateMachineSettings {
+                            max_concurrent_executions: None,
+                            sharding: Some(policy.clone()),
+                        }),
+                    })
+                    .await
+                    .map_err(api)?;
+            }
+            if j {
+                out!("{}", sharding_json(Some(&policy)));
+            } else {
+                let mut rows = vec![vec![
+                    "(default)".to_string(),
+                    placement_name(policy.default_placement.as_ref()),
+                ]];
+                let mut named: Vec<_> = policy.states.iter().collect();
+                named.sort_by_key(|(k, _)| *k);
+                rows.extend(
+                    named
+                        .into_iter()
+                        .map(|(k, v)| vec![k.clone(), placement_name(Some(v))]),
+                );
+                table(&["STATE", "PLACEMENT"], rows);
+            }
         }
         Sm::Delete { arn } => {
             c.state_machines
@@ -192,4 +259,42 @@ pub(crate) async fn sm(c: &mut Client, j: bool, cmd: Sm) -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// `local`, `spread` or `auto:N`, as the interpreter reads it.
+fn placement(s: &str) -> Result<pb::StatePlacement> {
+    let p: trellis_asl::Placement = s.parse().map_err(|e: String| anyhow!(e))?;
+    let (mode, min_children) = match p {
+        trellis_asl::Placement::Local => (pb::SpreadMode::Local, 0),
+        trellis_asl::Placement::Spread => (pb::SpreadMode::Spread, 0),
+        trellis_asl::Placement::Auto { min_children } => (pb::SpreadMode::Auto, min_children),
+    };
+    Ok(pb::StatePlacement {
+        mode: mode as i32,
+        min_children,
+    })
+}
+
+fn placement_name(p: Option<&pb::StatePlacement>) -> String {
+    match p.map(|p| (pb::SpreadMode::try_from(p.mode), p.min_children)) {
+        None | Some((Ok(pb::SpreadMode::Local), _)) => "local".into(),
+        Some((Ok(pb::SpreadMode::Spread), _)) => "spread".into(),
+        Some((Ok(pb::SpreadMode::Auto), n)) => format!("auto:{n}"),
+        Some((Err(_), _)) => "unknown".into(),
+    }
+}
+
+fn sharding_json(s: Option<&pb::Sharding>) -> Value {
+    let Some(s) = s else {
+        return json!({"default": "local", "states": {}});
+    };
+    let mut states: Vec<_> = s.states.iter().collect();
+    states.sort_by_key(|(k, _)| *k);
+    json!({
+        "default": placement_name(s.default_placement.as_ref()),
+        "states": states
+            .into_iter()
+            .map(|(k, v)| (k.clone(), Value::String(placement_name(Some(v)))))
+            .collect::<serde_json::Map<_, _>>(),
+    })
 }

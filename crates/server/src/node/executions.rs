@@ -152,6 +152,7 @@ impl Node {
             input: Self::check_input(&r.input)?,
             capped: m.max_concurrent_executions > 0,
             definition: resolved.definition,
+            sharding: Some(crate::registry::sharding::to_pb(&m.sharding)),
         })
     }
 
@@ -162,6 +163,10 @@ impl Node {
     ) -> ApiResult<pb::StartExecutionResponse> {
         let arn = self.execution_arn(&r.state_machine_name, &r.name);
         let capped = r.capped;
+        let sharding = match &r.sharding {
+            Some(s) => crate::registry::sharding::read(s)?,
+            None => Default::default(),
+        };
         let started = self
             .cluster
             .shards()
@@ -177,6 +182,8 @@ impl Node {
                 definition: r.definition,
                 queued: capped,
                 parent: None,
+                sharding,
+                scope: None,
             })
             .await
             .map_err(from_shard)?;

@@ -18,6 +18,7 @@ use trellis_cluster::{from_meta, internal};
 
 mod activities;
 mod aliases;
+pub(crate) mod sharding;
 
 use aliases::pick_version;
 
@@ -268,6 +269,11 @@ impl Registry {
         }
         let kind = machine_type(r.r#type);
         Self::validate_definition(&r.definition, kind == MachineType::Express)?;
+        let settings = r.settings.clone();
+        let sharding = match settings.as_ref().and_then(|s| s.sharding.as_ref()) {
+            Some(p) => sharding::from_pb(p, &r.definition)?,
+            None => Default::default(),
+        };
         let arn = format!("{}:stateMachine:{}", self.prefix, r.name);
         let now = now_ms();
         let revision = crate::ids::uuid();
@@ -297,7 +303,11 @@ impl Registry {
                 revision_id: revision.clone(),
                 description: String::new(),
                 versions: 0,
-                max_concurrent_executions: r.settings.map_or(0, |s| s.max_concurrent_executions),
+                max_concurrent_executions: settings
+                    .as_ref()
+                    .and_then(|s| s.max_concurrent_executions)
+                    .unwrap_or(0),
+                sharding: sharding.clone(),
             };
             let mut conditions = vec![Condition::absent::<MachineRecord>(&arn)];
             let publish_as = r.publish.then_some(r.version_description.as_str());
@@ -340,8 +350,15 @@ impl Registry {
                 m.role_arn = role.clone();
             }
             if let Some(s) = &r.settings {
-                m.max_concurrent_executions = s.max_concurrent_executions;
+                if let Some(n) = s.max_concurrent_executions {
+                    m.max_concurrent_executions = n;
+                }
+                if let Some(p) = &s.sharding {
+                    m.sharding = sharding::from_pb(p, &m.definition)?;
+                }
             }
+            // A new definition keeps the policy only if the policy still fits it.
+            sharding::check(&m.sharding, &m.definition)?;
             m.update_date = Some(now);
             let mut conditions = vec![read.unchanged()];
             let publish_as = r.publish.then_some(r.version_description.as_str());
@@ -377,7 +394,8 @@ impl Registry {
             revision_id: m.revision_id,
             description: m.description,
             settings: Some(pb::StateMachineSettings {
-                max_concurrent_executions: m.max_concurrent_executions,
+                max_concurrent_executions: Some(m.max_concurrent_executions),
+                sharding: Some(sharding::to_pb(&m.sharding)),
             }),
         })
     }

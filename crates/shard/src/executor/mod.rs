@@ -25,7 +25,7 @@ use tokio::sync::{mpsc, oneshot, Notify};
 use tokio::time::Instant;
 use trellis_asl::definition::Resource;
 use trellis_asl::env::Entropy;
-use trellis_asl::exec::{ChildRequest, ExecutionInfo, ExecutionState, TaskRequest};
+use trellis_asl::exec::{ChildRequest, ExecutionInfo, ExecutionState, ParentScope, TaskRequest};
 use trellis_asl::{Command, Env, Execution, HistoryEvent, Input, Limits, StateMachine};
 
 use crate::app::ShardApp;
@@ -172,8 +172,13 @@ pub struct StartRequest {
     pub definition: String,
     /// Hold it QUEUED until [`ShardHandle::admit`] (a per-machine concurrency cap).
     pub queued: bool,
-    /// A DISTRIBUTED Map's child: its parent, told when it ends.
+    /// A child execution (a DISTRIBUTED Map's, a spread iteration or branch): its parent,
+    /// told when it ends.
     pub parent: Option<ParentLink>,
+    /// Which inline Map and Parallel states spread their children.
+    pub sharding: trellis_asl::Sharding,
+    /// A spread iteration or branch runs in its parent's name.
+    pub scope: Option<Box<ParentScope>>,
 }
 
 /// What a start returned.
@@ -830,6 +835,7 @@ impl Executor {
         info.state_machine_version_arn = req.version_arn.clone();
         info.input_text = Some(req.input.clone());
         info.state_machine_alias_arn = req.alias_arn.clone();
+        info.scope = req.scope;
         let id = self.next_id;
         self.next_id += 1;
         let mut rec = ExecRecord::new(
@@ -855,7 +861,7 @@ impl Executor {
         self.live.insert(
             id,
             Live {
-                exec: Execution::new(sm, info, self.cfg.limits.clone()),
+                exec: Execution::new(sm, info, self.cfg.limits.clone()).with_sharding(req.sharding),
                 rec,
                 events: Vec::new(),
                 new_definition: (!stored).then_some((hash, req.definition)),
@@ -967,10 +973,26 @@ impl Executor {
                 Command::Finish(outcome) => {
                     if let Some(p) = &rec.parent {
                         self.cfg.metrics.children_finished.inc();
+                        // A spread iteration or branch: its parent writes its history.
+                        let events = if p.inline {
+                            match self.app.history(id, 1, u64::MAX) {
+                                Ok(mut h) => {
+                                    h.extend(live.events.iter().cloned());
+                                    h
+                                }
+                                Err(e) => {
+                                    tracing::warn!(shard_id = self.cfg.shard, execution_id = %rec.arn, error = %e, "history not readable; the parent gets none");
+                                    live.events.clone()
+                                }
+                            }
+                        } else {
+                            Vec::new()
+                        };
                         rec.send(Message::ChildFinished {
                             parent_arn: p.arn.clone(),
                             child_id: p.child_id,
                             outcome: outcome.clone(),
+                            events,
                         });
                     }
                     rec.status = Status::from_asl(outcome.status);

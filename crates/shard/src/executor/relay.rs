@@ -2,6 +2,7 @@
 //! shards send, and sending what this shard's records hold, one send in flight per record.
 
 use super::*;
+use trellis_asl::exec::ChildOrigin;
 
 impl Executor {
     /// Applies messages from other shards, in order. Each is idempotent: a start of a
@@ -18,9 +19,15 @@ impl Executor {
                     parent_arn,
                     child_id,
                     outcome,
+                    events,
                 } => {
                     if let Some(id) = self.by_arn.get(&parent_arn).copied() {
-                        self.feed(id, Input::ChildFinished { child_id, outcome }, now);
+                        let done = Input::ChildFinished {
+                            child_id,
+                            outcome,
+                            events,
+                        };
+                        self.feed(id, done, now);
                     }
                 }
                 Message::StopChild { child_arn } => {
@@ -42,7 +49,8 @@ impl Executor {
         Ok(())
     }
 
-    /// Starts a DISTRIBUTED Map's child, unless it exists (a message delivered again).
+    /// Starts a child execution (a DISTRIBUTED Map's, a spread iteration or branch),
+    /// unless it exists (a message delivered again).
     pub(super) fn start_child(
         &mut self,
         parent_arn: String,
@@ -58,6 +66,10 @@ impl Executor {
             .next()
             .unwrap_or_default()
             .to_string();
+        let (scope, map_run_arn) = match c.origin {
+            ChildOrigin::Inline { scope } => (Some(scope), String::new()),
+            ChildOrigin::MapRun { map_run_arn, .. } => (None, map_run_arn),
+        };
         let req = StartRequest {
             state_machine_arn: c.state_machine_arn,
             state_machine_name: machine,
@@ -71,8 +83,11 @@ impl Executor {
             parent: Some(ParentLink {
                 arn: parent_arn,
                 child_id: c.child_id,
-                map_run_arn: c.map_run_arn,
+                map_run_arn,
+                inline: scope.is_some(),
             }),
+            sharding: c.sharding,
+            scope,
         };
         self.start(req, now).map(drop)
     }

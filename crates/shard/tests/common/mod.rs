@@ -179,6 +179,8 @@ pub fn start_req(name: &str, definition: &Value, input: Value) -> StartRequest {
         definition: definition.to_string(),
         queued: false,
         parent: None,
+        sharding: Default::default(),
+        scope: None,
     }
 }
 
