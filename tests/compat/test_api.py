@@ -308,3 +308,29 @@ def test_redrive(sfn):
     with pytest.raises(ClientError) as err:
         sfn.redrive_execution(executionArn=e)
     assert code(err) == "ExecutionNotRedrivable"
+
+
+def test_redrive_reruns_only_the_iterations_that_did_not_succeed(sfn):
+    # One iteration at a time: m1 succeeds, m2 fails (its first call), m3 never starts.
+    arn = create(sfn, "RedriveMap", {"StartAt": "M", "States": {"M": {
+        "Type": "Map", "MaxConcurrency": 1, "End": True,
+        "ItemProcessor": {"StartAt": "Which", "States": {
+            "Which": {"Type": "Choice", "Choices": [
+                {"Variable": "$", "StringEquals": "m2", "Next": "Call"}], "Default": "Keep"},
+            "Keep": {"Type": "Pass", "End": True},
+            "Call": {"Type": "Task", "Resource": "arn:aws:states:::lambda:invoke",
+                     "Parameters": {"FunctionName": "flaky", "Payload": {"key": "redrive-map-m2"}},
+                     "OutputPath": "$.Payload", "End": True}}}}}})
+    e = sfn.start_execution(stateMachineArn=arn, name="rdm", input='["m1", "m2", "m3"]')["executionArn"]
+    d = wait_status(sfn, e)
+    assert d["status"] == "FAILED" and d["error"] == "Flaky"
+    sfn.redrive_execution(executionArn=e)
+    d = wait_status(sfn, e)
+    assert d["status"] == "SUCCEEDED", d
+    assert json.loads(d["output"]) == ["m1", {"ok": "redrive-map-m2"}, "m3"]
+    events = full_history(sfn, e)
+    redriven = next(i for i, ev in enumerate(events) if ev["type"] == "ExecutionRedriven")
+    again = [ev["mapIterationStartedEventDetails"]["index"] for ev in events[redriven:]
+             if ev["type"] == "MapIterationStarted"]
+    # m1 succeeded before the failure: only m2 and m3 run after the redrive.
+    assert again == [1, 2]

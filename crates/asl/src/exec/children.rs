@@ -115,9 +115,16 @@ impl Execution {
         };
         let started = self.emit(Some(fid), EventType::ParallelStateStarted, || None);
         let spread = self.spreads(fid, st, branches.len());
+        // A redrive runs only the branches that did not succeed.
+        let done = self.take_rerun(fid);
+        let mut results = vec![None; branches.len()];
         let mut running = BTreeMap::new();
         let mut remote = BTreeMap::new();
         for (slot, block) in branches.iter().enumerate() {
+            if let Some(v) = done.get(&slot) {
+                results[slot] = Some(v.clone());
+                continue;
+            }
             if spread {
                 let child_id = self.start_inline_child(fid, st, *block, slot, branch_input.clone());
                 remote.insert(slot, child_id);
@@ -143,14 +150,14 @@ impl Execution {
         }
         self.active_mut(fid).waiting = Waiting::Children(Children {
             is_map: false,
-            results: vec![None; branches.len()],
+            results,
             running,
             next_index: branches.len(),
             items: VecDeque::new(),
             keys: None,
             selector_input: Value::Null,
             max_concurrency: 0,
-            done: 0,
+            done: done.len(),
             last_event: started,
             run: None,
             preselected: false,
@@ -162,6 +169,9 @@ impl Execution {
             remote,
             failing: None,
         });
+        if !done.is_empty() {
+            self.settle(fid, env);
+        }
     }
 
     pub(super) fn start_map(&mut self, fid: FrameId, st: &State, env: &mut dyn Env) {
@@ -372,20 +382,32 @@ impl Execution {
         }
         let unkept = export.as_ref().filter(|e| e.to_s3()).map(|_| len);
         let spread = (run.is_none() && self.spreads(fid, st, len)).then(BTreeMap::new);
+        // A redrive runs only the iterations that did not succeed.
+        let done = if run.is_none() {
+            self.take_rerun(fid)
+        } else {
+            BTreeMap::new()
+        };
+        let mut results = if unkept.is_some() {
+            Vec::new()
+        } else {
+            vec![None; len]
+        };
+        for (slot, v) in &done {
+            if let Some(r) = results.get_mut(*slot) {
+                *r = Some(v.clone());
+            }
+        }
         self.active_mut(fid).waiting = Waiting::Children(Children {
             is_map: true,
-            results: if unkept.is_some() {
-                Vec::new()
-            } else {
-                vec![None; len]
-            },
+            results,
             running: BTreeMap::new(),
             next_index: 0,
             items: list.into(),
             keys,
             selector_input: input,
             max_concurrency: mc,
-            done: 0,
+            done: done.len(),
             last_event: started,
             run,
             preselected,
@@ -397,6 +419,9 @@ impl Execution {
             spread,
             failing: None,
         });
+        if !done.is_empty() && done.len() == len {
+            return self.settle(fid, env);
+        }
         self.fill_map(fid, env);
     }
 
@@ -551,6 +576,12 @@ impl Execution {
                     || (c.max_concurrency > 0 && c.in_flight() >= c.max_concurrency)
                 {
                     return;
+                }
+                // A redriven inline Map skips the iterations that succeeded before.
+                if c.run.is_none() {
+                    while c.results.get(c.next_index).is_some_and(Option::is_some) {
+                        c.next_index += 1;
+                    }
                 }
                 if c.next_index >= c.known() {
                     if c.feed.as_ref().is_some_and(io::Feed::wants_page) {
@@ -882,9 +913,14 @@ impl Execution {
         };
         if failing {
             // An aborted iteration's end is what the state's failure follows; a branch's
-            // is not (as inline).
+            // is not (as inline). One that succeeded meanwhile need not run on a redrive.
             if is_map {
                 self.frame_mut(fid).prev = last;
+            }
+            if o.status == ExecStatus::Succeeded {
+                if let Waiting::Children(c) = &mut self.active_mut(fid).waiting {
+                    c.keep(slot, o.output.unwrap_or(Value::Null));
+                }
             }
             return self.fail_when_stopped(fid, env);
         }
@@ -925,6 +961,7 @@ impl Execution {
             _ => return,
         };
         let Some(f) = f else { return };
+        self.keep_for_redrive(fid);
         self.active_mut(fid).waiting = Waiting::Nothing;
         let ty = if is_map {
             EventType::MapStateFailed

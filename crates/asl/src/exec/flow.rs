@@ -418,12 +418,20 @@ impl Execution {
         if root.parent.is_some() {
             return;
         }
+        let kept = self.st.kept.take();
         self.st.redrive = Some(match &root.active {
             Some(a) => RedrivePoint {
                 state: a.state,
                 input: a.raw_input.clone(),
                 vars: root.vars.clone(),
                 var_bytes: root.var_bytes,
+                // The iterations or branches that succeeded are not run again: those of an
+                // inline Map or Parallel that failed, or that runs (stopped, timed out).
+                done: match (&a.waiting, kept) {
+                    (Waiting::Children(c), _) if c.run.is_none() => c.succeeded(),
+                    (_, Some(k)) if k.state == a.state => k.results,
+                    _ => BTreeMap::new(),
+                },
             },
             // Not in a state (stopped between states, or failed on the execution input):
             // start over.
@@ -432,8 +440,37 @@ impl Execution {
                 input: self.st.info.input.clone(),
                 vars: root.vars.clone(),
                 var_bytes: root.var_bytes,
+                done: BTreeMap::new(),
             },
         });
+    }
+
+    /// A top-level inline Map or Parallel is failing: what its children have done is kept
+    /// for a redrive (until the failure is retried or caught).
+    pub(super) fn keep_for_redrive(&mut self, fid: FrameId) {
+        if self.frame(fid).parent.is_some() {
+            return;
+        }
+        let Some(a) = self.frame(fid).active.as_ref() else {
+            return;
+        };
+        if let Waiting::Children(c) = &a.waiting {
+            if c.run.is_none() {
+                self.st.kept = Some(Kept {
+                    state: a.state,
+                    results: c.succeeded(),
+                });
+            }
+        }
+    }
+
+    /// The children of a top-level state a redrive enters that succeeded before.
+    pub(super) fn take_rerun(&mut self, fid: FrameId) -> BTreeMap<usize, Value> {
+        let state = self.active(fid).state;
+        match self.st.rerun.take() {
+            Some(k) if k.state == state && self.frame(fid).parent.is_none() => k.results,
+            _ => BTreeMap::new(),
+        }
     }
 
     /// `RedriveExecution`: `ExecutionRedriven`, then the stopped state runs again with the
@@ -469,6 +506,12 @@ impl Execution {
             scope_root: false,
         });
         self.st.var_bytes = point.var_bytes;
+        if !point.done.is_empty() {
+            self.st.rerun = Some(Kept {
+                state: point.state,
+                results: point.done,
+            });
+        }
         self.st.queue.push_back(Work::Enter {
             frame: root,
             state: point.state,
@@ -1196,6 +1239,8 @@ impl Execution {
                     delay *= env.next_f64();
                 }
                 let delay_ms = (delay * 1000.0).min(9e15) as i64;
+                // A retried state runs whole again.
+                self.st.kept = None;
                 let a = self.active_mut(fid);
                 a.retry_counts[i] += 1;
                 a.retry_count += 1;
@@ -1210,6 +1255,7 @@ impl Execution {
             .iter()
             .find(|c| c.error_equals.iter().any(|e| f.matches(e)))
         {
+            self.st.kept = None;
             return self.catch_to(fid, st, c, f, env);
         }
         self.frame_failed(fid, f, env);
@@ -1389,6 +1435,7 @@ impl Execution {
             c.running.remove(&parent.slot);
         }
         self.frame_mut(parent.frame).prev = last;
+        self.keep_for_redrive(parent.frame);
         self.abort_children(parent.frame);
         self.active_mut(parent.frame).waiting = Waiting::Nothing;
         let ty = if is_map {

@@ -518,6 +518,16 @@ impl Children {
         }
     }
 
+    /// The results of the children that succeeded so far, by slot (an inline state's; a
+    /// failed one's slot holds nothing).
+    fn succeeded(&self) -> BTreeMap<usize, Value> {
+        self.results
+            .iter()
+            .enumerate()
+            .filter_map(|(i, r)| Some((i, r.clone()?)))
+            .collect()
+    }
+
     /// `n` more children (a page of items).
     fn add_children(&mut self, n: usize) {
         match &mut self.unkept {
@@ -671,6 +681,13 @@ pub struct ExecutionState {
     /// Which inline Map and Parallel states spread their children.
     #[serde(default, skip_serializing_if = "crate::sharding::Sharding::is_local")]
     sharding: crate::sharding::Sharding,
+    /// A top-level inline Map or Parallel failed: what its children had done, until the
+    /// failure is retried, caught, or ends the execution (then the redrive point takes it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    kept: Option<Kept>,
+    /// A redrive is entering such a state: the children not to run again.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    rerun: Option<Kept>,
 }
 
 /// The top-level state an execution stopped in, its input and the variables then.
@@ -680,6 +697,18 @@ pub(crate) struct RedrivePoint {
     input: Value,
     vars: Map<String, Value>,
     var_bytes: usize,
+    /// An inline Map or Parallel state: the results of the iterations or branches that
+    /// succeeded, by slot. A redrive runs only the others.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    done: BTreeMap<usize, Value>,
+}
+
+/// The iterations or branches of a top-level inline Map or Parallel state that succeeded
+/// before the state failed, for a redrive.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub(crate) struct Kept {
+    state: StateId,
+    results: BTreeMap<usize, Value>,
 }
 
 /// One execution.
@@ -717,6 +746,8 @@ impl Execution {
                 map_runs: Vec::new(),
                 next_child_id: 1,
                 sharding: Default::default(),
+                kept: None,
+                rerun: None,
             },
         )
     }

@@ -845,3 +845,124 @@ fn a_spread_inline_map_starts_child_executions_in_its_parents_name() {
         Some(json!(["one", result, "three"]))
     );
 }
+
+/// All task invocations a step asks for.
+fn tasks_of(out: &StepOutput) -> Vec<TaskRequest> {
+    out.commands
+        .iter()
+        .filter_map(|c| match c {
+            Command::InvokeTask(t) => Some(t.clone()),
+            _ => None,
+        })
+        .collect()
+}
+
+/// A redrive of a failed inline Map or Parallel runs only the iterations and branches that
+/// did not succeed (AWS: "reschedules and redrives only the iterations and branches that
+/// failed or aborted"); the output holds every result in order.
+#[test]
+fn redriving_a_map_or_parallel_reruns_only_what_did_not_succeed() {
+    let call = |name: &str| {
+        json!({"StartAt": name, "States": {name: {"Type": "Task",
+        "Resource": "arn:aws:states:::lambda:invoke", "Parameters": {"v.$": "$"}, "End": true}}})
+    };
+    for def in [
+        json!({"StartAt": "M", "States": {"M": {"Type": "Map", "End": true,
+            "ItemProcessor": call("Call")}}}),
+        json!({"StartAt": "P", "States": {"P": {"Type": "Parallel", "End": true, "Branches": [
+            {"StartAt": "A", "States": {"A": {"Type": "Pass", "Result": 1, "End": true}}},
+            call("B"),
+            {"StartAt": "C", "States": {"C": {"Type": "Pass", "Result": 3, "End": true}}}]}}}),
+    ] {
+        let is_map = def["States"]["M"].is_object();
+        let input = if is_map { json!([1, 2, 3]) } else { json!(2) };
+        let (mut exec, mut env, out) = start(def, input);
+        let mut calls = tasks_of(&out);
+        // Item 2 (or branch B) fails; the others succeed first.
+        let failing = calls.remove(if is_map { 1 } else { 0 });
+        for t in calls {
+            exec.step(
+                Input::TaskSucceeded {
+                    task_id: t.task_id,
+                    output: json!(t.parameters["v"]),
+                },
+                &mut env,
+            );
+        }
+        exec.step(
+            Input::TaskFailed {
+                task_id: failing.task_id,
+                error: Some("Boom".into()),
+                cause: None,
+            },
+            &mut env,
+        );
+        assert_eq!(exec.status(), ExecStatus::Failed);
+        let saved = serde_json::to_string(exec.state()).unwrap();
+        let mut exec = Execution::from_state(
+            exec.state_machine().clone(),
+            serde_json::from_str(&saved).unwrap(),
+        );
+        let out = exec.step(Input::Redrive, &mut env);
+        // Only the one that failed runs again.
+        let again = tasks_of(&out);
+        assert_eq!(again.len(), 1, "{:?}", types(&out));
+        assert_eq!(again[0].parameters, json!({"v": 2}));
+        if is_map {
+            let started: Vec<_> = out
+                .events
+                .iter()
+                .filter(|e| e.event_type == EventType::MapIterationStarted)
+                .map(|e| e.details.as_ref().unwrap()["index"].clone())
+                .collect();
+            assert_eq!(started, [json!(1)]);
+        }
+        exec.step(
+            Input::TaskSucceeded {
+                task_id: again[0].task_id,
+                output: json!(2),
+            },
+            &mut env,
+        );
+        assert_eq!(exec.status(), ExecStatus::Succeeded);
+        assert_eq!(exec.outcome().unwrap().output, Some(json!([1, 2, 3])));
+    }
+}
+
+/// A failure a Retry takes runs the whole state again: nothing is kept for a redrive then.
+#[test]
+fn a_retried_map_runs_whole_and_keeps_nothing_for_a_redrive() {
+    let def = json!({"StartAt": "M", "States": {"M": {"Type": "Map", "End": true,
+        "Retry": [{"ErrorEquals": ["Boom"], "MaxAttempts": 1, "IntervalSeconds": 1}],
+        "ItemProcessor": {"StartAt": "Call", "States": {"Call": {"Type": "Task",
+            "Resource": "arn:aws:states:::lambda:invoke", "Parameters": {"v.$": "$"}, "End": true}}}}}});
+    let (mut exec, mut env, out) = start(def, json!([1, 2]));
+    let calls = tasks_of(&out);
+    exec.step(
+        Input::TaskSucceeded {
+            task_id: calls[0].task_id,
+            output: json!(1),
+        },
+        &mut env,
+    );
+    let out = exec.step(
+        Input::TaskFailed {
+            task_id: calls[1].task_id,
+            error: Some("Boom".into()),
+            cause: None,
+        },
+        &mut env,
+    );
+    let timer = out
+        .commands
+        .iter()
+        .find_map(|c| match c {
+            Command::StartTimer { timer_id, .. } => Some(*timer_id),
+            _ => None,
+        })
+        .unwrap();
+    env.now_ms += 1000;
+    let out = exec.step(Input::TimerFired { timer_id: timer }, &mut env);
+    // The retry runs both iterations.
+    assert_eq!(tasks_of(&out).len(), 2);
+}
