@@ -99,8 +99,14 @@ def test_a_failed_batch_beyond_the_tolerance_fails_the_state(sfn):
 def test_list_executions_takes_a_machine_or_a_map_run(sfn):
     arn = create(sfn, "DmapLists", distributed({"StartAt": "P", "States": {"P": {"Type": "Pass", "End": True}}}))
     run = "arn:aws:states:us-east-1:000000000000:mapRun:DmapLists/none:00000000-0000-4000-8000-000000000000"
-    # A Map Run without children lists none.
-    assert sfn.list_executions(mapRunArn=run)["executions"] == []
+    # A Map Run over no items lists no children; one that no execution started does not exist.
+    e = sfn.start_execution(stateMachineArn=arn, input='{"items": []}')["executionArn"]
+    assert wait_status(sfn, e)["status"] == "SUCCEEDED"
+    empty = next(ev for ev in full_history(sfn, e) if ev["type"] == "MapRunStarted")
+    assert sfn.list_executions(mapRunArn=empty["mapRunStartedEventDetails"]["mapRunArn"])["executions"] == []
+    with pytest.raises(ClientError) as err:
+        sfn.list_executions(mapRunArn=run)
+    assert err.value.response["Error"]["Code"] == "ResourceNotFound"
     for kw, code in (({"stateMachineArn": arn, "mapRunArn": run}, "ValidationException"),
                      ({}, "ValidationException"),
                      ({"mapRunArn": arn}, "InvalidArn")):

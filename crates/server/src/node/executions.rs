@@ -488,9 +488,11 @@ impl Node {
     ) -> ApiResult<pb::ListExecutionsResponse> {
         match (r.state_machine_arn.is_empty(), r.map_run_arn.is_empty()) {
             (false, true) => drop(self.registry.machine(&r.state_machine_arn)?),
-            // The children of a Map Run: no registry of Map Runs yet, so an unknown one
-            // lists nothing (docs/compatibility.md).
-            (true, false) if r.map_run_arn.contains(":mapRun:") => {}
+            // The children of a Map Run: an unknown one is ResourceNotFound, as on AWS
+            // (found as DescribeMapRun finds it).
+            (true, false) if r.map_run_arn.contains(":mapRun:") => {
+                self.describe_map_run(&r.map_run_arn).await?;
+            }
             (true, false) => {
                 return Err(ApiError::new(
                     Code::InvalidArn,
