@@ -150,3 +150,35 @@ def test_update_map_run_widens_the_window_of_a_running_map(sfn):
         with pytest.raises(ClientError) as err:
             sfn.update_map_run(mapRunArn=run_arn, **kw)
         assert err.value.response["Error"]["Code"] == "ValidationException", kw
+
+
+def test_redriving_the_parent_redrives_its_map_run(sfn):
+    # One child at a time: "a" succeeds, "b" fails (its first call), "c" never starts.
+    arn = create(sfn, "DmapRedrive", distributed({"StartAt": "Which", "States": {
+        "Which": {"Type": "Choice", "Choices": [
+            {"Variable": "$", "StringEquals": "b", "Next": "Call"}], "Default": "Keep"},
+        "Keep": {"Type": "Pass", "End": True},
+        "Call": {"Type": "Task", "Resource": "arn:aws:states:::lambda:invoke",
+                 "Parameters": {"FunctionName": "flaky", "Payload": {"key": "redrive-maprun-b"}},
+                 "OutputPath": "$.Payload", "End": True}}}, MaxConcurrency=1))
+    e = sfn.start_execution(stateMachineArn=arn, input=json.dumps({"items": ["a", "b", "c"]}))["executionArn"]
+    d = wait_status(sfn, e)
+    assert d["status"] == "FAILED" and d["error"] == "States.ExceedToleratedFailureThreshold"
+    run = next(ev for ev in full_history(sfn, e) if ev["type"] == "MapRunStarted")["mapRunStartedEventDetails"]["mapRunArn"]
+    failed_child = [c for c in sfn.list_executions(mapRunArn=run)["executions"] if c["status"] == "FAILED"]
+    assert len(failed_child) == 1
+    sfn.redrive_execution(executionArn=e)
+    d = wait_status(sfn, e)
+    assert d["status"] == "SUCCEEDED", d
+    assert json.loads(d["output"]) == ["a", {"ok": "redrive-maprun-b"}, "c"]
+    events = full_history(sfn, e)
+    redriven = [ev["mapRunRedrivenEventDetails"] for ev in events if ev["type"] == "MapRunRedriven"]
+    assert redriven == [{"mapRunArn": run, "redriveCount": 1}]
+    m = sfn.describe_map_run(mapRunArn=run)
+    assert m["status"] == "SUCCEEDED" and m["redriveCount"] == 1 and "redriveDate" in m
+    assert m["executionCounts"]["succeeded"] == 3 and m["executionCounts"]["total"] == 3
+    # Three children, one per item: the failed one redriven under its own ARN.
+    children = sfn.list_executions(mapRunArn=run)["executions"]
+    assert len(children) == 3 and all(c["status"] == "SUCCEEDED" for c in children)
+    b = sfn.describe_execution(executionArn=failed_child[0]["executionArn"])
+    assert b["redriveCount"] == 1

@@ -111,6 +111,7 @@ mod tests {
                 express: false,
             },
             sharding: Default::default(),
+            redrive: false,
         }
     }
 

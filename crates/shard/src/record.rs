@@ -47,6 +47,18 @@ impl Status {
         !matches!(self, Status::Queued | Status::Running)
     }
 
+    /// The interpreter's status for a terminal one (QUEUED and RUNNING are running).
+    pub fn to_asl(self) -> trellis_asl::ExecStatus {
+        use trellis_asl::ExecStatus as E;
+        match self {
+            Status::Queued | Status::Running => E::Running,
+            Status::Succeeded => E::Succeeded,
+            Status::Failed => E::Failed,
+            Status::TimedOut => E::TimedOut,
+            Status::Aborted => E::Aborted,
+        }
+    }
+
     pub fn from_asl(s: trellis_asl::ExecStatus) -> Status {
         use trellis_asl::ExecStatus as E;
         match s {

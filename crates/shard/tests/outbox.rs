@@ -497,3 +497,123 @@ async fn spread_branches_and_iterations_give_the_inline_output_and_history() {
     outboxes_empty(&nodes).await;
     stop_all(&mail, nodes).await;
 }
+
+/// Fails the first call for `n` = 3, answers `{"n": n}` otherwise; counts the calls per `n`.
+#[derive(Default)]
+struct FailsThreeOnce {
+    calls: std::sync::Mutex<std::collections::BTreeMap<i64, u32>>,
+}
+
+impl Connectors for FailsThreeOnce {
+    fn invoke(&self, t: TaskRequest, _: Fence) -> BoxFuture<'static, Input> {
+        let n = t.parameters["n"].as_i64().unwrap_or(-1);
+        let first = {
+            let mut calls = self.calls.lock().unwrap();
+            let c = calls.entry(n).or_default();
+            *c += 1;
+            *c == 1
+        };
+        Box::pin(async move {
+            if n == 3 && first {
+                Input::TaskFailed {
+                    task_id: t.task_id,
+                    error: Some("Flaky".into()),
+                    cause: None,
+                }
+            } else {
+                Input::TaskSucceeded {
+                    task_id: t.task_id,
+                    output: json!({"n": n}),
+                }
+            }
+        })
+    }
+}
+
+/// Redriving a parent whose Map Run failed redrives that Map Run (same ARN, `MapRunRedriven`):
+/// its failed and aborted children are redriven under their ARNs, those that succeeded are
+/// not run again, and those never started start. Every message is delivered twice: a
+/// repeated redrive request runs no child again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_redriven_parent_redrives_its_map_run_and_only_its_unsuccessful_children() {
+    let dir = tempfile::tempdir().unwrap();
+    let mail = Loopback::default();
+    mail.twice.store(true, Ordering::SeqCst);
+    let tasks = Arc::new(FailsThreeOnce::default());
+    let (_db, nodes) = boot_shards(dir.path(), SHARDS, tasks.clone(), &mail).await;
+    let def = json!({"StartAt": "M", "States": {"M": {"Type": "Map", "ItemsPath": "$.items",
+        "MaxConcurrency": 2, "Label": "Run", "End": true,
+        "ItemProcessor": {"ProcessorConfig": {"Mode": "DISTRIBUTED", "ExecutionType": "STANDARD"},
+            "StartAt": "T", "States": {"T": {"Type": "Task",
+                "Resource": "arn:aws:states:::lambda:invoke", "Parameters": {"n.$": "$.n"}, "End": true}}}}}});
+    let arn = parent_arn("redrive");
+    let handle = nodes[shard_of(&arn, SHARDS) as usize].handle.clone();
+    handle
+        .start(start_req("redrive", &def, json!({"items": items(10)})))
+        .await
+        .unwrap();
+    let failed = ended(&nodes, &arn).await;
+    assert_eq!(failed.status, Status::Failed, "{failed:?}");
+    assert_eq!(
+        failed.error.as_deref(),
+        Some("States.ExceedToleratedFailureThreshold")
+    );
+    let first_run = failed.map_runs[0].clone();
+    outboxes_empty(&nodes).await;
+    let before: std::collections::BTreeMap<String, ExecRecord> = children(&nodes)
+        .into_iter()
+        .map(|c| (c.arn.clone(), c))
+        .collect();
+    let ran_before: Vec<i64> = tasks.calls.lock().unwrap().keys().copied().collect();
+    assert!(
+        ran_before.len() < 10,
+        "all ran before the failure: {ran_before:?}"
+    );
+
+    handle.redrive(&arn).await.unwrap();
+    let done = eventually("the redriven parent to end", || {
+        record(&nodes, &arn).filter(|r| r.status.is_terminal() && r.redrive_count == 1)
+    })
+    .await;
+    assert_eq!(done.status, Status::Succeeded, "{done:?}");
+    let want: Vec<Value> = (0..10).map(|n| json!({"n": n})).collect();
+    assert_eq!(
+        serde_json::from_str::<Value>(done.output.as_deref().unwrap()).unwrap(),
+        Value::Array(want)
+    );
+    // The same Map Run, redriven once, all its children now succeeded.
+    let run = &done.map_runs[0];
+    assert_eq!(done.map_runs.len(), 1);
+    assert_eq!(run.map_run_arn, first_run.map_run_arn);
+    assert_eq!(run.redrive_count, 1);
+    assert_eq!(run.executions.succeeded, 10, "{run:?}");
+    let types = event_types(&nodes, &done);
+    assert!(types.contains(&"MapRunRedriven".to_string()), "{types:?}");
+    assert_eq!(types.iter().filter(|t| *t == "MapRunStarted").count(), 1);
+    // One child per item: the unsuccessful ones were redriven under their ARNs.
+    let after = children(&nodes);
+    assert_eq!(after.len(), 10);
+    for c in &after {
+        assert_eq!(c.status, Status::Succeeded, "{c:?}");
+        match before.get(&c.arn) {
+            Some(b) if b.status == Status::Succeeded => assert_eq!(c.redrive_count, 0),
+            Some(_) => assert_eq!(c.redrive_count, 1, "{c:?}"),
+            None => assert_eq!(c.redrive_count, 0),
+        }
+    }
+    // Each item's task ran once, but item 3's, which failed once.
+    for (n, calls) in tasks.calls.lock().unwrap().iter() {
+        let aborted_before = before
+            .values()
+            .any(|b| b.status == Status::Aborted && b.input.contains(&format!("\"n\":{n},")));
+        if *n == 3 {
+            assert_eq!(*calls, 2);
+        } else if !aborted_before {
+            assert_eq!(*calls, 1, "item {n}");
+        }
+    }
+    outboxes_empty(&nodes).await;
+    // A handle keeps its executor's channel open: drop it before stopping.
+    drop(handle);
+    stop_all(&mail, nodes).await;
+}

@@ -116,7 +116,7 @@ impl Execution {
         let started = self.emit(Some(fid), EventType::ParallelStateStarted, || None);
         let spread = self.spreads(fid, st, branches.len());
         // A redrive runs only the branches that did not succeed.
-        let done = self.take_rerun(fid);
+        let done = self.take_rerun(fid).map(|k| k.results).unwrap_or_default();
         let mut results = vec![None; branches.len()];
         let mut running = BTreeMap::new();
         let mut remote = BTreeMap::new();
@@ -168,6 +168,7 @@ impl Execution {
             spread: spread.then(|| remote.keys().map(|slot| (*slot, started)).collect()),
             remote,
             failing: None,
+            unsuccessful: Default::default(),
         });
         if !done.is_empty() {
             self.settle(fid, env);
@@ -292,6 +293,9 @@ impl Execution {
         let length = list.len();
         let (mut list, mut run, mut preselected) = (list, None, false);
         let mut export = None;
+        // A redrive keeps the children that succeeded (and a DISTRIBUTED Map's run).
+        let rerun = self.take_rerun(fid);
+        let mut redriven = None;
         if *mode == MapMode::Distributed {
             let (tolerated_count, tolerated_percentage) =
                 match self.tolerance(fid, st, distributed, &input, env) {
@@ -308,7 +312,17 @@ impl Execution {
                     Err((f, field)) => return self.data_failed(fid, f, field, env),
                 }
             }
-            let arn = self.map_run_arn(distributed, env);
+            // The run a redrive redrives keeps its ARN.
+            redriven = rerun.as_ref().and_then(|k| k.run).filter(|i| {
+                self.st
+                    .map_runs
+                    .get(*i)
+                    .is_some_and(|r| r.state_name == st.name)
+            });
+            let arn = match redriven {
+                Some(i) => self.st.map_runs[i].map_run_arn.clone(),
+                None => self.map_run_arn(distributed, env),
+            };
             if let Some(w) = &distributed.result_writer {
                 match self.export_for(fid, st, w, &input, &arn, env) {
                     Ok(e) => export = Some(e),
@@ -323,12 +337,12 @@ impl Execution {
             // A Map Run inside a child running as frames belongs to that child, which has
             // no record of its own: it is not listed.
             let silent = self.frame(fid).silent;
-            let summary = if silent {
-                usize::MAX
-            } else {
-                self.st.map_runs.len()
+            let summary = match (silent, redriven) {
+                (true, _) => usize::MAX,
+                (false, Some(i)) => i,
+                (false, None) => self.st.map_runs.len(),
             };
-            let record = MapRunSummary {
+            let mut record = MapRunSummary {
                 map_run_arn: arn.clone(),
                 state_name: st.name.clone(),
                 start_ms: self.now,
@@ -347,9 +361,19 @@ impl Execution {
                     total: children,
                     ..Default::default()
                 },
+                redrive_count: 0,
+                redrive_ms: None,
             };
-            if !silent {
-                self.st.map_runs.push(record);
+            match (silent, redriven) {
+                (true, _) => {}
+                (false, Some(i)) => {
+                    let old = &self.st.map_runs[i];
+                    record.start_ms = old.start_ms;
+                    record.redrive_count = old.redrive_count + 1;
+                    record.redrive_ms = Some(self.now);
+                    self.st.map_runs[i] = record;
+                }
+                (false, None) => self.st.map_runs.push(record),
             }
             run = Some(MapRun {
                 arn,
@@ -360,6 +384,7 @@ impl Execution {
                 tolerated_count,
                 tolerated_percentage,
                 reading: feed.is_some(),
+                redriven: redriven.is_some(),
             });
         }
         let len = list.len();
@@ -368,9 +393,20 @@ impl Execution {
         });
         if let Some(r) = &run {
             let arn = r.arn.clone();
-            started = self.emit(Some(fid), EventType::MapRunStarted, || {
-                details([("mapRunArn", Value::String(arn))])
-            });
+            started = match redriven {
+                Some(i) => {
+                    let count = self.st.map_runs[i].redrive_count;
+                    self.emit(Some(fid), EventType::MapRunRedriven, || {
+                        details([
+                            ("mapRunArn", Value::String(arn)),
+                            ("redriveCount", Value::from(count)),
+                        ])
+                    })
+                }
+                None => self.emit(Some(fid), EventType::MapRunStarted, || {
+                    details([("mapRunArn", Value::String(arn))])
+                }),
+            };
         }
         if len == 0 && feed.is_none() {
             if let Some(r) = &run {
@@ -382,12 +418,21 @@ impl Execution {
         }
         let unkept = export.as_ref().filter(|e| e.to_s3()).map(|_| len);
         let spread = (run.is_none() && self.spreads(fid, st, len)).then(BTreeMap::new);
-        // A redrive runs only the iterations that did not succeed.
-        let done = if run.is_none() {
-            self.take_rerun(fid)
-        } else {
-            BTreeMap::new()
+        // A redrive runs only the children that did not succeed (those of a Map Run it
+        // does not redrive run again, in a new run).
+        let done = match (&rerun, &run) {
+            (Some(k), None) => k.results.clone(),
+            (Some(k), Some(_)) if redriven.is_some() => k.results.clone(),
+            _ => BTreeMap::new(),
         };
+        if let Some(r) = &run {
+            for slot in done.keys() {
+                r.moved(&mut self.st.map_runs, *slot, |c| {
+                    c.pending = c.pending.saturating_sub(1);
+                    c.succeeded += 1;
+                });
+            }
+        }
         let mut results = if unkept.is_some() {
             Vec::new()
         } else {
@@ -418,6 +463,7 @@ impl Execution {
             unkept,
             spread,
             failing: None,
+            unsuccessful: Default::default(),
         });
         if !done.is_empty() && done.len() == len {
             return self.settle(fid, env);
@@ -577,11 +623,9 @@ impl Execution {
                 {
                     return;
                 }
-                // A redriven inline Map skips the iterations that succeeded before.
-                if c.run.is_none() {
-                    while c.results.get(c.next_index).is_some_and(Option::is_some) {
-                        c.next_index += 1;
-                    }
+                // A redriven Map skips the children that succeeded before.
+                while c.results.get(c.next_index).is_some_and(Option::is_some) {
+                    c.next_index += 1;
                 }
                 if c.next_index >= c.known() {
                     if c.feed.as_ref().is_some_and(io::Feed::wants_page) {
@@ -709,6 +753,7 @@ impl Execution {
         };
         let Some(run) = &c.run else { return };
         let map_run_arn = run.arn.clone();
+        let redrive = run.redriven;
         let (execution_arn, state_machine_arn, name) = Self::child_identity(&map_run_arn, index);
         let child_id = self.st.next_child_id.max(1);
         self.st.next_child_id = child_id + 1;
@@ -729,6 +774,7 @@ impl Execution {
                 express: distributed.execution_type.as_deref() == Some("EXPRESS"),
             },
             sharding: self.st.sharding.clone(),
+            redrive,
         }));
     }
 
@@ -814,6 +860,7 @@ impl Execution {
             definition: self.block_source(block),
             origin: ChildOrigin::Inline { scope },
             sharding: self.st.sharding.clone(),
+            redrive: false,
         }));
         child_id
     }
@@ -1190,6 +1237,7 @@ impl Execution {
                 return;
             };
             c.keep(parent.slot, f.to_error_output());
+            c.unsuccessful.insert(parent.slot);
             c.done += 1;
             let Some(run) = c.run.as_mut() else { return };
             run.failed_items += run.items_of(parent.slot);
@@ -1209,6 +1257,7 @@ impl Execution {
             frame: map,
             slot: 0,
         };
+        self.keep_for_redrive(map);
         self.abort_children(parent.frame);
         const CAUSE: &str = "The specified tolerated failure threshold was exceeded";
         let failure = Failure::new(names::EXCEED_TOLERATED_FAILURE_THRESHOLD, CAUSE);

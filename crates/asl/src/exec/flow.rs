@@ -427,12 +427,14 @@ impl Execution {
                 var_bytes: root.var_bytes,
                 // The iterations or branches that succeeded are not run again: those of an
                 // inline Map or Parallel that failed, or that runs (stopped, timed out).
-                done: match (&a.waiting, kept) {
-                    (Waiting::Children(c), _) if c.run.is_none() => c.succeeded(),
-                    (_, Some(k)) if k.state == a.state => k.results,
-                    _ => BTreeMap::new(),
-                },
-            },
+                done: BTreeMap::new(),
+                run: None,
+            }
+            .keeping(match (&a.waiting, kept) {
+                (Waiting::Children(c), _) => c.kept(a.state),
+                (_, Some(k)) if k.state == a.state => Some(k),
+                _ => None,
+            }),
             // Not in a state (stopped between states, or failed on the execution input):
             // start over.
             None => RedrivePoint {
@@ -441,6 +443,7 @@ impl Execution {
                 vars: root.vars.clone(),
                 var_bytes: root.var_bytes,
                 done: BTreeMap::new(),
+                run: None,
             },
         });
     }
@@ -455,21 +458,17 @@ impl Execution {
             return;
         };
         if let Waiting::Children(c) = &a.waiting {
-            if c.run.is_none() {
-                self.st.kept = Some(Kept {
-                    state: a.state,
-                    results: c.succeeded(),
-                });
-            }
+            self.st.kept = c.kept(a.state);
         }
     }
 
-    /// The children of a top-level state a redrive enters that succeeded before.
-    pub(super) fn take_rerun(&mut self, fid: FrameId) -> BTreeMap<usize, Value> {
+    /// What a redrive keeps of the top-level state it enters: the children that succeeded
+    /// before, and the Map Run to redrive.
+    pub(super) fn take_rerun(&mut self, fid: FrameId) -> Option<Kept> {
         let state = self.active(fid).state;
         match self.st.rerun.take() {
-            Some(k) if k.state == state && self.frame(fid).parent.is_none() => k.results,
-            _ => BTreeMap::new(),
+            Some(k) if k.state == state && self.frame(fid).parent.is_none() => Some(k),
+            _ => None,
         }
     }
 
@@ -506,10 +505,11 @@ impl Execution {
             scope_root: false,
         });
         self.st.var_bytes = point.var_bytes;
-        if !point.done.is_empty() {
+        if !point.done.is_empty() || point.run.is_some() {
             self.st.rerun = Some(Kept {
                 state: point.state,
                 results: point.done,
+                run: point.run,
             });
         }
         self.st.queue.push_back(Work::Enter {

@@ -274,6 +274,11 @@ pub struct MapRunSummary {
     /// The items, and the child executions (batches of items with an ItemBatcher).
     pub items: MapRunCounts,
     pub executions: MapRunCounts,
+    /// Times its parent's redrive redrove it, and when it last did.
+    #[serde(default)]
+    pub redrive_count: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub redrive_ms: Option<i64>,
 }
 
 /// A Map Run's status.
@@ -326,6 +331,10 @@ pub struct ChildRequest {
     /// The ItemProcessor or branch as a definition of its own.
     pub definition: String,
     pub origin: ChildOrigin,
+    /// A redriven Map Run's child that ran before: redrive it (it keeps its ARN) unless it
+    /// succeeded, in which case its end is reported again.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub redrive: bool,
     /// The policy its own inline Map and Parallel states follow: its parent's.
     #[serde(default, skip_serializing_if = "crate::sharding::Sharding::is_local")]
     pub sharding: crate::sharding::Sharding,
@@ -486,6 +495,10 @@ pub(crate) struct Children {
     /// sent their histories (an inline state writes its aborted branches' events first).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     failing: Option<Failure>,
+    /// A DISTRIBUTED Map's children that failed, timed out or were aborted (their slots
+    /// hold `{"Error","Cause"}` or nothing): a redrive runs them again.
+    #[serde(default, skip_serializing_if = "std::collections::BTreeSet::is_empty")]
+    unsuccessful: std::collections::BTreeSet<usize>,
 }
 
 impl Children {
@@ -518,14 +531,30 @@ impl Children {
         }
     }
 
-    /// The results of the children that succeeded so far, by slot (an inline state's; a
-    /// failed one's slot holds nothing).
+    /// The results of the children that succeeded so far, by slot.
     fn succeeded(&self) -> BTreeMap<usize, Value> {
         self.results
             .iter()
             .enumerate()
+            .filter(|(i, _)| !self.unsuccessful.contains(i))
             .filter_map(|(i, r)| Some((i, r.clone()?)))
             .collect()
+    }
+
+    /// What a redrive of this state keeps: the children that succeeded, and a DISTRIBUTED
+    /// Map's run when the run can be redriven (its items given, not read, and its results
+    /// kept here, not exported to S3; otherwise a redrive starts a new run).
+    fn kept(&self, state: StateId) -> Option<Kept> {
+        let run = match &self.run {
+            None => None,
+            Some(_) if self.feed.is_some() || self.unkept.is_some() => return None,
+            Some(r) => Some(r.summary),
+        };
+        Some(Kept {
+            state,
+            results: self.succeeded(),
+            run,
+        })
     }
 
     /// `n` more children (a page of items).
@@ -556,6 +585,9 @@ pub(crate) struct MapRun {
     /// yet.
     #[serde(default)]
     reading: bool,
+    /// A redrive redrives it: its children that ran before are redriven, not started.
+    #[serde(default)]
+    redriven: bool,
 }
 
 impl MapRun {
@@ -697,18 +729,35 @@ pub(crate) struct RedrivePoint {
     input: Value,
     vars: Map<String, Value>,
     var_bytes: usize,
-    /// An inline Map or Parallel state: the results of the iterations or branches that
-    /// succeeded, by slot. A redrive runs only the others.
+    /// A Map or Parallel state: the results of the iterations or branches that succeeded,
+    /// by slot. A redrive runs only the others.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     done: BTreeMap<usize, Value>,
+    /// A DISTRIBUTED Map: the Map Run a redrive redrives.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    run: Option<usize>,
 }
 
-/// The iterations or branches of a top-level inline Map or Parallel state that succeeded
-/// before the state failed, for a redrive.
+impl RedrivePoint {
+    fn keeping(mut self, kept: Option<Kept>) -> RedrivePoint {
+        if let Some(k) = kept {
+            self.done = k.results;
+            self.run = k.run;
+        }
+        self
+    }
+}
+
+/// The iterations or branches of a top-level Map or Parallel state that succeeded before the
+/// state failed, for a redrive.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub(crate) struct Kept {
     state: StateId,
     results: BTreeMap<usize, Value>,
+    /// A DISTRIBUTED Map: its Map Run (its entry in `map_runs`), redriven rather than
+    /// started anew.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    run: Option<usize>,
 }
 
 /// One execution.

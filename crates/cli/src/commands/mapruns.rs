@@ -19,7 +19,8 @@ pub(crate) fn map_run_json(m: &pb::MapRun) -> Value {
         "stopDate": m.stop_date, "maxConcurrency": m.max_concurrency,
         "toleratedFailureCount": m.tolerated_failure_count,
         "toleratedFailurePercentage": m.tolerated_failure_percentage,
-        "itemCounts": counts_json(m.item_counts), "executionCounts": counts_json(m.execution_counts)})
+        "itemCounts": counts_json(m.item_counts), "executionCounts": counts_json(m.execution_counts),
+        "redriveCount": m.redrive_count, "redriveDate": m.redrive_date})
 }
 
 pub(crate) async fn maprun(c: &mut Client, j: bool, cmd: Maprun) -> Result<()> {

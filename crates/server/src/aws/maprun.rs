@@ -37,8 +37,8 @@ struct ListMapRunsInput {
     next_token: Option<String>,
 }
 
-/// `MapRunItemCounts` and `MapRunExecutionCounts`; Trellis writes no results to S3 and
-/// redrives no Map Run yet, so those counts are 0.
+/// `MapRunItemCounts` and `MapRunExecutionCounts`; `resultsWritten`, `failuresNotRedrivable`
+/// and `pendingRedrive` are not counted (0).
 #[derive(Debug, Serialize)]
 #[serde(rename_all = "camelCase")]
 struct Counts {
@@ -69,6 +69,8 @@ struct DescribeMapRunOutput {
     item_counts: Counts,
     execution_counts: Counts,
     redrive_count: u32,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    redrive_date: Option<Number>,
 }
 
 #[derive(Debug, Serialize)]
@@ -132,7 +134,8 @@ async fn describe(node: &Node, body: Value) -> ApiResult<String> {
         tolerated_failure_count: m.tolerated_failure_count,
         item_counts: counts(m.item_counts),
         execution_counts: counts(m.execution_counts),
-        redrive_count: 0,
+        redrive_count: m.redrive_count,
+        redrive_date: secs_if(m.redrive_date),
     })
 }
 

@@ -80,6 +80,8 @@ pub fn map_run_pb(r: &trellis_asl::exec::MapRunSummary, execution_arn: &str) -> 
         tolerated_failure_percentage: r.tolerated_failure_percentage,
         item_counts: Some(counts(&r.items)),
         execution_counts: Some(counts(&r.executions)),
+        redrive_count: u32::try_from(r.redrive_count).unwrap_or(u32::MAX),
+        redrive_date: r.redrive_ms.unwrap_or(0),
     }
 }
 

@@ -1107,6 +1107,17 @@ impl Executor {
     }
 
     fn redrive(&mut self, arn: &str, now: i64) -> Result<i64> {
+        self.redrive_for(arn, now, None)
+    }
+
+    /// Redrives an execution; a Map Run's child redriven by its parent's redrive first
+    /// answers to its parent's new `child_id`.
+    pub(super) fn redrive_for(
+        &mut self,
+        arn: &str,
+        now: i64,
+        child_id: Option<u64>,
+    ) -> Result<i64> {
         let not = |why: Redrive| Error::NotRedrivable {
             arn: arn.to_string(),
             why,
@@ -1119,6 +1130,13 @@ impl Executor {
                 arn: arn.to_string(),
             });
         };
+        // One with messages still to send is redriven from that copy (which it leaves),
+        // with the interpreter state only the stored record holds.
+        if let Some(m) = self.mail.get(&rec.id) {
+            let state = rec.state.take();
+            rec = m.clone();
+            rec.state = state;
+        }
         let Some(raw) = rec.state.take() else {
             return Err(not(Redrive::Ended(rec.status)));
         };
@@ -1142,6 +1160,10 @@ impl Executor {
         rec.cause = None;
         rec.redrive_count += 1;
         rec.redrive_ms = Some(now);
+        if let (Some(p), Some(child_id)) = (rec.parent.as_mut(), child_id) {
+            p.child_id = child_id;
+        }
+        self.mail.remove(&id);
         self.by_arn.insert(arn.to_string(), id);
         self.live.insert(
             id,
@@ -1387,6 +1409,11 @@ impl Executor {
             if !record.status.is_terminal() || live.exec.redrivable() {
                 let state = serde_json::to_string(live.exec.state())?;
                 record.state = Some(RawValue::from_string(state)?);
+                // An ended one whose messages wait in `mail` is written again from there
+                // as they are delivered: that copy keeps what a redrive needs.
+                if record.status.is_terminal() {
+                    live.rec.state = record.state.clone();
+                }
             }
             ops.push(ShardOp::Put {
                 record: Box::new(record),

@@ -2,7 +2,7 @@
 //! shards send, and sending what this shard's records hold, one send in flight per record.
 
 use super::*;
-use trellis_asl::exec::ChildOrigin;
+use trellis_asl::exec::{ChildOrigin, Outcome};
 
 impl Executor {
     /// Applies messages from other shards, in order. Each is idempotent: a start of a
@@ -57,7 +57,10 @@ impl Executor {
         c: ChildRequest,
         now: i64,
     ) -> Result<()> {
-        if self.existing(&c.execution_arn)?.is_some() {
+        if let Some(rec) = self.existing(&c.execution_arn)? {
+            if c.redrive {
+                self.redrive_child(rec, parent_arn, c.child_id, now)?;
+            }
             return Ok(());
         }
         let machine = c
@@ -90,6 +93,71 @@ impl Executor {
             scope,
         };
         self.start(req, now).map(drop)
+    }
+
+    /// A redriven Map Run's child that ran before: redriven when it did not succeed (it
+    /// keeps its ARN and history, as on AWS), its end reported again when it did (its
+    /// parent had stopped waiting for it). Either way it now answers to `child_id`. One
+    /// that still runs (a stop not applied yet cannot be: messages apply in order) is left
+    /// to end and report.
+    fn redrive_child(
+        &mut self,
+        rec: ExecRecord,
+        parent_arn: String,
+        child_id: u64,
+        now: i64,
+    ) -> Result<()> {
+        // Already answering to that child id: this request was applied (a duplicate).
+        if rec.parent.as_ref().is_some_and(|p| p.child_id == child_id) {
+            return Ok(());
+        }
+        let relink = |p: &mut Option<ParentLink>| {
+            if let Some(p) = p.as_mut() {
+                p.child_id = child_id;
+            }
+        };
+        if !rec.status.is_terminal() {
+            if let Some(live) = self
+                .by_arn
+                .get(&rec.arn)
+                .and_then(|id| self.live.get_mut(id))
+            {
+                relink(&mut live.rec.parent);
+                self.dirty.insert(live.rec.id);
+            }
+            return Ok(());
+        }
+        if rec.status != Status::Succeeded {
+            match self.redrive_for(&rec.arn, now, Some(child_id)) {
+                Ok(_) => return Ok(()),
+                // Not redrivable (too old, history full): its end stands, reported again.
+                Err(Error::NotRedrivable { .. }) => {}
+                Err(e) => return Err(e),
+            }
+        }
+        let id = rec.id;
+        let mut rec = self.mail.remove(&id).unwrap_or(rec);
+        relink(&mut rec.parent);
+        let outcome = Outcome {
+            status: rec.status.to_asl(),
+            output: rec
+                .output
+                .as_deref()
+                .and_then(|o| serde_json::from_str(o).ok()),
+            error: rec.error.clone(),
+            cause: rec.cause.clone(),
+        };
+        rec.send(Message::ChildFinished {
+            parent_arn,
+            child_id,
+            outcome,
+            events: Vec::new(),
+        });
+        self.cfg.metrics.outbox.inc();
+        self.mail.insert(id, rec);
+        self.dirty.insert(id);
+        self.effects.push(Effect::Send(id));
+        Ok(())
     }
 
     /// Hands an execution's pending messages to the mailer, unless a send is in flight;
