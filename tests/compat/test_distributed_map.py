@@ -182,3 +182,22 @@ def test_redriving_the_parent_redrives_its_map_run(sfn):
     assert len(children) == 3 and all(c["status"] == "SUCCEEDED" for c in children)
     b = sfn.describe_execution(executionArn=failed_child[0]["executionArn"])
     assert b["redriveCount"] == 1
+
+
+def test_express_children_run_in_memory(sfn):
+    d, events = run(sfn, "DmapExpress", {"StartAt": "M", "States": {"M": {
+        "Type": "Map", "ItemsPath": "$.items", "End": True,
+        "ItemProcessor": {"ProcessorConfig": {"Mode": "DISTRIBUTED", "ExecutionType": "EXPRESS"},
+                          "StartAt": "W", "States": {
+                              "W": {"Type": "Wait", "Seconds": 1, "Next": "P"},
+                              "P": {"Type": "Pass", "Parameters": {"v.$": "$"}, "End": True}}}}}},
+        [1, 2, 3, 4])
+    assert d["status"] == "SUCCEEDED", d
+    assert json.loads(d["output"]) == [{"v": 1}, {"v": 2}, {"v": 3}, {"v": 4}]
+    run_arn = next(e for e in events if e["type"] == "MapRunStarted")["mapRunStartedEventDetails"]["mapRunArn"]
+    m = sfn.describe_map_run(mapRunArn=run_arn)
+    assert (m["status"], m["executionCounts"]["succeeded"]) == ("SUCCEEDED", 4)
+    # Listed by their Map Run; they keep no history.
+    children = sfn.list_executions(mapRunArn=run_arn)["executions"]
+    assert len(children) == 4 and all(c["status"] == "SUCCEEDED" for c in children), children
+    assert full_history(sfn, children[0]["executionArn"]) == []

@@ -243,6 +243,7 @@ impl Host {
             detector: Default::default(),
             effects_before_commit: settings.cluster.breaks_fencing(),
             metrics: self.metrics.clone(),
+            express_max: std::time::Duration::from_secs(settings.cluster.express_max_seconds),
         }
     }
 

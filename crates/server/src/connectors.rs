@@ -396,6 +396,17 @@ impl trellis_shard::executor::Connectors for Connectors {
     }
 }
 
+/// The one connector set, as it is, for in-memory runs (outside any shard: no fence).
+impl trellis_shard::runner::Tasks for Connectors {
+    fn start(
+        &mut self,
+        t: TaskRequest,
+    ) -> Result<Option<trellis_shard::executor::BoxFuture<'static, Input>>, String> {
+        let me = self.clone();
+        Ok(Some(Box::pin(async move { me.run_task(t, None).await })))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

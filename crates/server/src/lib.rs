@@ -15,6 +15,5 @@ pub mod nested;
 pub mod node;
 pub mod registry;
 pub mod run;
-pub mod runner;
 pub mod s3;
 pub mod serve;

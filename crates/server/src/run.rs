@@ -78,7 +78,7 @@ struct RunTasks {
     mock: Option<MockCase>,
 }
 
-impl crate::runner::Tasks for RunTasks {
+impl trellis_shard::runner::Tasks for RunTasks {
     fn start(&mut self, t: TaskRequest) -> Result<Option<BoxFuture<'static, Input>>, String> {
         if let Some(m) = self.mock.as_mut().and_then(|m| m.next(&t.state_name)) {
             let input = match m {
@@ -232,12 +232,12 @@ pub fn main(args: Args) -> Result<ExitCode> {
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
-    rt.block_on(crate::runner::run(
+    rt.block_on(trellis_shard::runner::run(
         &mut driver,
         &mut exec,
         &mut env,
         &mut tasks,
-        crate::runner::Options {
+        trellis_shard::runner::Options {
             fast_timers: args.fast_timers,
             deadline: None,
         },

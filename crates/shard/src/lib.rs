@@ -6,6 +6,8 @@
 //!   memory, feeds them inputs (starts, task results, timers, stop/pause/resume), proposes
 //!   the resulting events and records in one Raft entry per batch (group commit), and only
 //!   then replies and performs side effects (task dispatch, timers).
+//! * [`runner`] runs one execution in memory on tokio (Express executions, a DISTRIBUTED
+//!   Map's EXPRESS children, `trellis run`).
 //! * [`shard_of`] is the stable shard function.
 
 pub mod app;
@@ -15,6 +17,7 @@ pub mod outbox;
 pub mod raft;
 pub mod record;
 pub mod request;
+pub mod runner;
 
 pub use app::ShardApp;
 pub use executor::{Executor, ShardHandle};

@@ -617,3 +617,77 @@ async fn a_redriven_parent_redrives_its_map_run_and_only_its_unsuccessful_childr
     drop(handle);
     stop_all(&mail, nodes).await;
 }
+
+/// EXPRESS children run in memory on their shards' leaders: no history, two writes each
+/// (start, end). A restart while they wait loses their runs, and the new leaders run them
+/// again from their inputs (at least once): the parent still gets every result.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn express_children_run_in_memory_and_again_after_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let mail = Loopback::default();
+    let (db, nodes) = boot_shards(dir.path(), SHARDS, Arc::new(NoTasks), &mail).await;
+    let express = |wait: u64| {
+        json!({"StartAt": "M", "States": {"M": {"Type": "Map", "ItemsPath": "$.items",
+            "Label": "Fast", "End": true,
+            "ItemProcessor": {"ProcessorConfig": {"Mode": "DISTRIBUTED", "ExecutionType": "EXPRESS"},
+                "StartAt": "W", "States": {
+                    "W": {"Type": "Wait", "Seconds": wait, "Next": "D"},
+                    "D": {"Type": "Pass", "Parameters": {"double.$": "States.MathAdd($.n, $.n)"}, "End": true}}}}}})
+    };
+    let arn = parent_arn("express");
+    nodes[shard_of(&arn, SHARDS) as usize]
+        .handle
+        .start(start_req(
+            "express",
+            &express(0),
+            json!({"items": items(8)}),
+        ))
+        .await
+        .unwrap();
+    let parent = ended(&nodes, &arn).await;
+    assert_eq!(parent.status, Status::Succeeded, "{parent:?}");
+    let want: Vec<Value> = (0..8).map(|i| json!({"double": 2 * i})).collect();
+    assert_eq!(
+        serde_json::from_str::<Value>(parent.output.as_deref().unwrap()).unwrap(),
+        Value::Array(want.clone())
+    );
+    let kids = children(&nodes);
+    assert_eq!(kids.len(), 8);
+    for k in &kids {
+        assert!(k.express && k.status == Status::Succeeded, "{k:?}");
+        // No history, no interpreter state.
+        assert_eq!(k.last_event_id, 0);
+        assert!(k.state.is_none());
+    }
+
+    // Children that wait two seconds are running in memory when every node stops.
+    let arn = parent_arn("express-restart");
+    nodes[shard_of(&arn, SHARDS) as usize]
+        .handle
+        .start(start_req(
+            "express-restart",
+            &express(2),
+            json!({"items": items(6)}),
+        ))
+        .await
+        .unwrap();
+    eventually("the EXPRESS children to be running", || {
+        let running = children(&nodes)
+            .into_iter()
+            .filter(|c| c.parent.as_ref().unwrap().arn == arn && c.status == Status::Running)
+            .count();
+        (running == 6).then_some(())
+    })
+    .await;
+    stop_all(&mail, nodes).await;
+    drop(db);
+    let (_db, nodes) = boot_shards(dir.path(), SHARDS, Arc::new(NoTasks), &mail).await;
+    let parent = ended(&nodes, &arn).await;
+    assert_eq!(parent.status, Status::Succeeded, "{parent:?}");
+    assert_eq!(
+        serde_json::from_str::<Value>(parent.output.as_deref().unwrap()).unwrap(),
+        Value::Array(want[..6].to_vec())
+    );
+    outboxes_empty(&nodes).await;
+    stop_all(&mail, nodes).await;
+}

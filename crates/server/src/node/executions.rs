@@ -279,19 +279,19 @@ impl Node {
         let mut driver = trellis_asl::driver::Driver::new().discard_history();
         // Outside any shard: no fence.
         let mut tasks = self.connectors.clone();
-        let ended = crate::runner::run(
+        let ended = trellis_shard::runner::run(
             &mut driver,
             &mut exec,
             &mut env,
             &mut tasks,
-            crate::runner::Options {
+            trellis_shard::runner::Options {
                 fast_timers: false,
                 deadline: Some(deadline),
             },
         )
         .await
         .map_err(internal)?;
-        let timed_out = ended == crate::runner::Ended::DeadlinePassed;
+        let timed_out = ended == trellis_shard::runner::Ended::DeadlinePassed;
         let o = if timed_out {
             trellis_asl::Outcome {
                 status: ExecStatus::TimedOut,

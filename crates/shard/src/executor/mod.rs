@@ -9,6 +9,7 @@
 //! longer the leader: the executor stops, and the next leader rebuilds everything from the
 //! replicated records.
 
+mod express;
 mod relay;
 
 use std::collections::{BTreeSet, HashMap, HashSet, VecDeque};
@@ -116,6 +117,8 @@ pub struct ExecutorConfig {
     pub effects_before_commit: bool,
     /// Where this executor counts (the node's registry).
     pub metrics: Arc<crate::metrics::Metrics>,
+    /// How long a DISTRIBUTED Map's EXPRESS child may run (AWS: 5 minutes).
+    pub express_max: Duration,
 }
 
 /// When the detector calls something wrong.
@@ -253,6 +256,11 @@ enum Cmd {
         exec: u64,
         seq: u64,
         since: Instant,
+    },
+    /// An EXPRESS child's in-memory run ended.
+    ExpressDone {
+        id: u64,
+        outcome: trellis_asl::Outcome,
     },
     #[cfg(feature = "fault-injection")]
     DropTimers(String, Reply<()>),
@@ -438,6 +446,8 @@ enum Effect {
     Capped(Reply<Vec<CappedMachine>>, Vec<CappedMachine>),
     /// Send the execution's pending messages.
     Send(u64),
+    /// Run an EXPRESS child in memory (its start committed).
+    RunExpress(u64),
 }
 
 /// The executor of one shard.
@@ -472,6 +482,11 @@ pub struct Executor {
     /// Executions with a send in flight (one at a time each, so their messages stay in
     /// order).
     sending: HashSet<u64>,
+    /// EXPRESS children running here in memory, by id and by ARN, and the definitions of
+    /// those started since the last commit (written with it).
+    express: HashMap<u64, express::Express>,
+    express_by_arn: HashMap<String, u64>,
+    express_definitions: Vec<(u64, String)>,
     // Per batch.
     dirty: HashSet<u64>,
     effects: Vec<Effect>,
@@ -496,6 +511,9 @@ impl Executor {
             dispatched: HashMap::new(),
             mail: HashMap::new(),
             sending: HashSet::new(),
+            express: HashMap::new(),
+            express_by_arn: HashMap::new(),
+            express_definitions: Vec::new(),
             cfg,
             app: app.clone(),
             proposer,
@@ -543,6 +561,11 @@ impl Executor {
             if rec.status.is_terminal() {
                 // Ended with messages still to deliver.
                 self.mail.insert(rec.id, rec);
+                continue;
+            }
+            if rec.express {
+                // An EXPRESS child that was running on the last leader: it runs again.
+                self.resume_express(rec);
                 continue;
             }
             let sm = self.machine(rec.definition, None)?;
@@ -746,6 +769,7 @@ impl Executor {
                 }
             },
             Cmd::Delivered { exec, seq, since } => self.delivered(exec, seq, since),
+            Cmd::ExpressDone { id, outcome } => self.express_done(id, outcome, now),
             Cmd::Input(arn, input, reply) => {
                 let running = self.by_arn.get(&arn).copied().filter(|id| {
                     self.live
@@ -1391,14 +1415,23 @@ impl Executor {
         let mut ops = Vec::with_capacity(self.dirty.len());
         let mut dirty: Vec<u64> = self.dirty.drain().collect();
         dirty.sort_unstable();
+        let mut definitions: HashMap<u64, String> = self.express_definitions.drain(..).collect();
         for id in &dirty {
             let Some(live) = self.live.get_mut(id) else {
-                // An ended execution whose messages were delivered: its outbox shrank.
-                if let Some(rec) = self.mail.get(id) {
+                // An ended execution whose messages were delivered (its outbox shrank), or
+                // an EXPRESS child that started or ended.
+                let rec = self
+                    .mail
+                    .get(id)
+                    .or_else(|| self.express.get(id).map(|e| &e.rec));
+                if let Some(rec) = rec {
+                    let definition = definitions
+                        .remove(&rec.definition)
+                        .map(|text| (rec.definition, text));
                     ops.push(ShardOp::Put {
                         record: Box::new(rec.clone()),
                         events: Vec::new(),
-                        definition: None,
+                        definition,
                     });
                 }
                 continue;
@@ -1511,6 +1544,7 @@ impl Executor {
                     let _ = r.send(Ok(capped));
                 }
                 Effect::Send(exec) => sends.push(exec),
+                Effect::RunExpress(id) => self.run_express(id),
             }
         }
         for exec in sends {
@@ -1554,7 +1588,7 @@ fn fail(effect: Effect, e: &Error) {
         Effect::Capped(r, _) => {
             let _ = r.send(Err(err()));
         }
-        Effect::Dispatch(..) | Effect::Timer(..) | Effect::Send(..) => {}
+        Effect::Dispatch(..) | Effect::Timer(..) | Effect::Send(..) | Effect::RunExpress(..) => {}
     }
 }
 

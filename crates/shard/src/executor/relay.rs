@@ -31,6 +31,9 @@ impl Executor {
                     }
                 }
                 Message::StopChild { child_arn } => {
+                    if self.stop_express(&child_arn, now) {
+                        continue;
+                    }
                     let running = self
                         .by_arn
                         .get(&child_arn)
@@ -57,6 +60,15 @@ impl Executor {
         c: ChildRequest,
         now: i64,
     ) -> Result<()> {
+        if let ChildOrigin::MapRun {
+            map_run_arn,
+            express: true,
+        } = &c.origin
+        {
+            // An EXPRESS child runs in memory.
+            let map_run_arn = map_run_arn.clone();
+            return self.start_express_child(parent_arn, c, map_run_arn, now);
+        }
         if let Some(rec) = self.existing(&c.execution_arn)? {
             if c.redrive {
                 self.redrive_child(rec, parent_arn, c.child_id, now)?;
@@ -100,7 +112,7 @@ impl Executor {
     /// parent had stopped waiting for it). Either way it now answers to `child_id`. One
     /// that still runs (a stop not applied yet cannot be: messages apply in order) is left
     /// to end and report.
-    fn redrive_child(
+    pub(super) fn redrive_child(
         &mut self,
         rec: ExecRecord,
         parent_arn: String,

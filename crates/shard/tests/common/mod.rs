@@ -80,6 +80,7 @@ pub async fn start_shard(
         max_entry_bytes: 4 << 20,
         detector,
         effects_before_commit: false,
+        express_max: std::time::Duration::from_secs(300),
     };
     let (ex, handle) = Executor::new(cfg, app, Arc::new(raft.clone()), connectors, mailer).unwrap();
     let executor = tokio::spawn(ex.run());

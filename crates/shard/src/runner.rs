@@ -1,4 +1,5 @@
-//! One execution in memory, on tokio: Express executions on a node, and `trellis run`.
+//! One execution in memory, on tokio: Express executions on a node, a DISTRIBUTED Map's
+//! EXPRESS children on their shard's leader, and `trellis run`.
 //!
 //! The loop is [`trellis_asl::driver::Driver`]'s: step with each queued input, start the
 //! tasks a step asks for, then wait for whichever comes first, a task's answer or the next
@@ -13,23 +14,22 @@ use tokio::task::{AbortHandle, JoinSet};
 use trellis_asl::driver::{Action, Clock, Driver};
 use trellis_asl::exec::TaskRequest;
 use trellis_asl::{Execution, Input};
-use trellis_shard::executor::BoxFuture;
 
-use crate::connectors::failed;
+use crate::executor::BoxFuture;
+
+fn failed(task_id: u64, error: &str, cause: String) -> Input {
+    Input::TaskFailed {
+        task_id,
+        error: Some(error.into()),
+        cause: Some(cause),
+    }
+}
 
 /// Starts the tasks of a run.
 pub trait Tasks: Send {
     /// Starts a task: `Ok(Some(answer))` resolves to what to feed back; `Ok(None)` leaves it
     /// pending (only its timeout ends it); `Err` stops the run with that message.
     fn start(&mut self, t: TaskRequest) -> Result<Option<BoxFuture<'static, Input>>, String>;
-}
-
-/// The one connector set, as it is.
-impl Tasks for crate::connectors::Connectors {
-    fn start(&mut self, t: TaskRequest) -> Result<Option<BoxFuture<'static, Input>>, String> {
-        let me = self.clone();
-        Ok(Some(Box::pin(async move { me.run_task(t, None).await })))
-    }
 }
 
 /// How a run waits.
