@@ -182,6 +182,21 @@ impl ExecRecord {
     }
 
     /// Queues a message to another shard; it is sent once this record commits.
+    /// A redrive: RUNNING again, its end forgotten, the redrive counted; a child answers to
+    /// its parent's `child_id` from now on, when one is given.
+    pub fn redriven(&mut self, now: i64, child_id: Option<u64>) {
+        self.status = Status::Running;
+        self.stop_ms = None;
+        self.output = None;
+        self.error = None;
+        self.cause = None;
+        self.redrive_count += 1;
+        self.redrive_ms = Some(now);
+        if let (Some(p), Some(child_id)) = (self.parent.as_mut(), child_id) {
+            p.child_id = child_id;
+        }
+    }
+
     pub fn send(&mut self, message: Message) {
         self.outbox.push(Outgoing {
             seq: self.next_seq,

@@ -755,9 +755,7 @@ impl Execution {
         let map_run_arn = run.arn.clone();
         let redrive = run.redriven;
         let (execution_arn, state_machine_arn, name) = Self::child_identity(&map_run_arn, index);
-        let child_id = self.st.next_child_id.max(1);
-        self.st.next_child_id = child_id + 1;
-        self.st.children.insert(child_id, (fid, index));
+        let child_id = self.await_child(fid, index);
         if let Waiting::Children(c) = &mut self.active_mut(fid).waiting {
             c.remote.insert(index, child_id);
         }
@@ -776,6 +774,14 @@ impl Execution {
             sharding: self.st.sharding.clone(),
             redrive,
         }));
+    }
+
+    /// A new child execution's id, awaited by slot `index` of frame `fid`.
+    fn await_child(&mut self, fid: FrameId, index: usize) -> u64 {
+        let child_id = self.st.next_child_id.max(1);
+        self.st.next_child_id = child_id + 1;
+        self.st.children.insert(child_id, (fid, index));
+        child_id
     }
 
     /// A branch or ItemProcessor as a definition of its own.
@@ -810,9 +816,7 @@ impl Execution {
         index: usize,
         input: Value,
     ) -> u64 {
-        let child_id = self.st.next_child_id.max(1);
-        self.st.next_child_id = child_id + 1;
-        self.st.children.insert(child_id, (fid, index));
+        let child_id = self.await_child(fid, index);
         let info = &self.st.info;
         let (prefix, own) = info
             .execution_arn
@@ -908,17 +912,8 @@ impl Execution {
                 }
                 _ => {}
             }
-            let id = self.st.next_event_id;
-            self.st.next_event_id += 1;
-            if self.st.limits.record_history {
-                self.out.events.push(HistoryEvent {
-                    id,
-                    previous_event_id: prev,
-                    timestamp_ms: e.timestamp_ms,
-                    event_type: e.event_type,
-                    details: e.details,
-                });
-            }
+            let details = e.details;
+            let id = self.write_event(prev, e.timestamp_ms, e.event_type, || details);
             ids.insert(e.id, id);
             last = id;
         }

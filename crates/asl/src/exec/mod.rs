@@ -1056,19 +1056,32 @@ impl Execution {
         if frame.is_some_and(|f| self.frame(f).silent) {
             return prev;
         }
+        let id = self.write_event(prev, self.now, event_type, details);
+        if let Some(f) = frame {
+            self.frame_mut(f).prev = id;
+        }
+        id
+    }
+
+    /// Writes the next event of the history (recorded unless history is off) and returns
+    /// its id.
+    pub(crate) fn write_event(
+        &mut self,
+        prev: u64,
+        timestamp_ms: i64,
+        event_type: EventType,
+        details: impl FnOnce() -> Option<Map<String, Value>>,
+    ) -> u64 {
         let id = self.st.next_event_id;
         self.st.next_event_id += 1;
         if self.st.limits.record_history {
             self.out.events.push(HistoryEvent {
                 id,
                 previous_event_id: prev,
-                timestamp_ms: self.now,
+                timestamp_ms,
                 event_type,
                 details: details(),
             });
-        }
-        if let Some(f) = frame {
-            self.frame_mut(f).prev = id;
         }
         id
     }

@@ -85,16 +85,7 @@ impl Executor {
             if let Some(m) = self.mail.remove(&rec.id) {
                 rec = m;
             }
-            if let Some(p) = rec.parent.as_mut() {
-                p.child_id = c.child_id;
-            }
-            rec.status = Status::Running;
-            rec.stop_ms = None;
-            rec.output = None;
-            rec.error = None;
-            rec.cause = None;
-            rec.redrive_count += 1;
-            rec.redrive_ms = Some(now);
+            rec.redriven(now, Some(c.child_id));
             self.cfg.metrics.started.inc();
             self.resume_express(rec);
             let id = self.express_by_arn[&c.execution_arn];

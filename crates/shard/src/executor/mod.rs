@@ -1177,16 +1177,7 @@ impl Executor {
             return Err(not(Redrive::Ended(rec.status)));
         }
         let id = rec.id;
-        rec.status = Status::Running;
-        rec.stop_ms = None;
-        rec.output = None;
-        rec.error = None;
-        rec.cause = None;
-        rec.redrive_count += 1;
-        rec.redrive_ms = Some(now);
-        if let (Some(p), Some(child_id)) = (rec.parent.as_mut(), child_id) {
-            p.child_id = child_id;
-        }
+        rec.redriven(now, child_id);
         self.mail.remove(&id);
         self.by_arn.insert(arn.to_string(), id);
         self.live.insert(
