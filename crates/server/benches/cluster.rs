@@ -6,6 +6,9 @@
 //! cargo bench -p trellis-server --bench cluster -- failover   # those whose name matches
 //! ```
 //!
+//! `inline_spread` runs an inline Map inside its execution, then spread over the cluster by
+//! the sharding policy (`INLINE_ITEMS`, `MAP_CONCURRENCY`).
+//!
 //! The Distributed Map figures (`map_spread`, `map_kill`) take `MAP_ITEMS` and
 //! `MAP_CONCURRENCY` from the environment. With `MOTO_SERVER` naming a `moto_server` to
 //! start (`.venv/bin/moto_server`), their items are read from S3 and their results
@@ -47,6 +50,76 @@ fn main() {
     }
     if wanted("map_kill") {
         rt.block_on(map_kill_figure());
+    }
+    if wanted("inline_spread") {
+        rt.block_on(inline_spread_figure());
+    }
+}
+
+/// An inline Map of `INLINE_ITEMS` (2,000) Pass iterations, `MAP_CONCURRENCY` (100) at a
+/// time, on 3 nodes: run inside its execution (the default), then spread by the sharding
+/// policy as child executions. The time of each, and where the spread iterations ran.
+async fn inline_spread_figure() {
+    use trellis_testkit::pb;
+    let items = env_u64("INLINE_ITEMS", 2_000);
+    let mc = env_u64("MAP_CONCURRENCY", 100);
+    let c = balanced(Options {
+        shards: 64,
+        ..Default::default()
+    })
+    .await;
+    let ids = c.running();
+    let definition =
+        serde_json::json!({"QueryLanguage": "JSONata", "StartAt": "Fan", "States": {"Fan": {
+        "Type": "Map", "MaxConcurrency": mc, "Items": format!("{{% [0..{}] %}}", items - 1),
+        "ItemProcessor": {"StartAt": "Double", "States": {
+            "Double": {"Type": "Pass", "Output": "{% $states.input * 2 %}", "End": true}}},
+        "Output": "{% [$count($states.result), $sum($states.result)] %}", "End": true}}})
+        .to_string();
+    for spread in [false, true] {
+        let mode = if spread {
+            pb::SpreadMode::Spread
+        } else {
+            pb::SpreadMode::Local
+        };
+        let settings = pb::StateMachineSettings {
+            max_concurrent_executions: None,
+            sharding: Some(pb::Sharding {
+                default_placement: None,
+                states: [(
+                    "Fan".to_string(),
+                    pb::StatePlacement {
+                        mode: mode as i32,
+                        min_children: 0,
+                    },
+                )]
+                .into(),
+            }),
+        };
+        let before = per_node(&c, &ids, "trellis_map_children_started_total");
+        let name = if spread {
+            "inline-spread"
+        } else {
+            "inline-local"
+        };
+        let (arn, t0) = start_map_with(&c, name, definition.clone(), Some(settings)).await;
+        let e = map_ended(&c, &arn, Duration::from_secs(3600)).await;
+        let secs = t0.elapsed().as_secs_f64();
+        assert_eq!(e.status, "SUCCEEDED", "{e:?}");
+        let out: Vec<u64> =
+            serde_json::from_str(e.output.as_deref().unwrap_or("null")).expect("output");
+        assert_eq!(out, [items, items * (items - 1)], "every result once");
+        let started: Vec<f64> = per_node(&c, &ids, "trellis_map_children_started_total")
+            .iter()
+            .zip(&before)
+            .map(|(a, b)| a - b)
+            .collect();
+        eprintln!(
+            "inline Map, {items} items, MaxConcurrency {mc}, 3 nodes, {}: {secs:.2} s, {:.0} iterations/s; \
+             child executions started per node {started:?}",
+            if spread { "spread" } else { "local" },
+            items as f64 / secs
+        );
     }
 }
 
@@ -218,6 +291,16 @@ async fn exported(m: &Moto, output: &str) -> Vec<u64> {
 
 /// Starts one execution of a Map machine; returns its ARN and when it started.
 async fn start_map(c: &Cluster, name: &str, definition: String) -> (String, Instant) {
+    start_map_with(c, name, definition, None).await
+}
+
+/// Creates the machine (with its settings), then starts it and times from there.
+async fn start_map_with(
+    c: &Cluster,
+    name: &str,
+    definition: String,
+    settings: Option<trellis_testkit::pb::StateMachineSettings>,
+) -> (String, Instant) {
     use trellis_testkit::pb;
     let mut client = c.any_client().await.expect("client");
     let machine = client
@@ -226,6 +309,7 @@ async fn start_map(c: &Cluster, name: &str, definition: String) -> (String, Inst
             name: name.into(),
             definition,
             role_arn: "arn:aws:iam::000000000000:role/bench".into(),
+            settings,
             ..Default::default()
         })
         .await
