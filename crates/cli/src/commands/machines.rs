@@ -261,13 +261,26 @@ pub(crate) async fn sm(c: &mut Client, j: bool, cmd: Sm) -> Result<()> {
     Ok(())
 }
 
-/// `local`, `spread` or `auto:N`, as the interpreter reads it.
+/// `local`, `spread` or `auto:N` (N from 1 up), the words `placement_name` prints. The
+/// node checks the policy again, against the definition.
 fn placement(s: &str) -> Result<pb::StatePlacement> {
-    let p: trellis_asl::Placement = s.parse().map_err(|e: String| anyhow!(e))?;
-    let (mode, min_children) = match p {
-        trellis_asl::Placement::Local => (pb::SpreadMode::Local, 0),
-        trellis_asl::Placement::Spread => (pb::SpreadMode::Spread, 0),
-        trellis_asl::Placement::Auto { min_children } => (pb::SpreadMode::Auto, min_children),
+    let (mode, min_children) = match s {
+        "local" => (pb::SpreadMode::Local, 0),
+        "spread" => (pb::SpreadMode::Spread, 0),
+        _ => {
+            let n = s
+                .strip_prefix("auto:")
+                .ok_or_else(|| anyhow!("'{s}' is not a placement: use local, spread or auto:N"))?;
+            match n.parse::<u32>() {
+                Ok(n) if n >= 1 => (pb::SpreadMode::Auto, n),
+                _ => {
+                    return Err(anyhow!(
+                        "'{s}': the threshold of auto:N must be a whole number from 1 to {}",
+                        u32::MAX
+                    ))
+                }
+            }
+        }
     };
     Ok(pb::StatePlacement {
         mode: mode as i32,
@@ -297,4 +310,19 @@ fn sharding_json(s: Option<&pb::Sharding>) -> Value {
             .map(|(k, v)| (k.clone(), Value::String(placement_name(Some(v)))))
             .collect::<serde_json::Map<_, _>>(),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn placements_read_as_the_node_reads_them_and_print_back() {
+        for s in ["local", "spread", "auto:1", "auto:250"] {
+            assert_eq!(placement_name(Some(&placement(s).unwrap())), s);
+        }
+        for bad in ["", "Spread", "auto", "auto:0", "auto:x", "auto:99999999999"] {
+            assert!(placement(bad).is_err(), "{bad}");
+        }
+    }
 }
