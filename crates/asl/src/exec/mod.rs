@@ -13,6 +13,7 @@ mod children;
 mod context;
 mod flow;
 mod io;
+mod spread;
 
 use std::collections::{BTreeMap, VecDeque};
 use std::sync::Arc;

@@ -393,14 +393,16 @@ fn with_child_executions(def: Value, input: Value) -> Execution {
     Execution::new(machine(def), info, limits)
 }
 
+/// The commands of a step that `pick` picks.
+fn picked<T>(out: &StepOutput, pick: impl Fn(&Command) -> Option<T>) -> Vec<T> {
+    out.commands.iter().filter_map(pick).collect()
+}
+
 fn child_starts(out: &StepOutput) -> Vec<ChildRequest> {
-    out.commands
-        .iter()
-        .filter_map(|c| match c {
-            Command::StartChild(r) => Some(r.clone()),
-            _ => None,
-        })
-        .collect()
+    picked(out, |c| match c {
+        Command::StartChild(r) => Some(r.clone()),
+        _ => None,
+    })
 }
 
 fn finished(status: ExecStatus, output: Option<Value>, error: Option<&str>) -> Outcome {
@@ -848,13 +850,10 @@ fn a_spread_inline_map_starts_child_executions_in_its_parents_name() {
 
 /// All task invocations a step asks for.
 fn tasks_of(out: &StepOutput) -> Vec<TaskRequest> {
-    out.commands
-        .iter()
-        .filter_map(|c| match c {
-            Command::InvokeTask(t) => Some(t.clone()),
-            _ => None,
-        })
-        .collect()
+    picked(out, |c| match c {
+        Command::InvokeTask(t) => Some(t.clone()),
+        _ => None,
+    })
 }
 
 /// A redrive of a failed inline Map or Parallel runs only the iterations and branches that
