@@ -303,23 +303,11 @@ fn redrive_reruns_the_failed_state() {
     let t = task(&out);
     assert_eq!(t.parameters, json!({"n": 1, "count": 0, "seen": "yes"}));
     assert!(!exec.redrivable());
-    let out = exec.step(
-        Input::TaskFailed {
-            task_id: t.task_id,
-            error: Some("Boom".into()),
-            cause: None,
-        },
-        &mut env,
-    );
+    let out = exec.step(boom(t.task_id), &mut env);
     assert_eq!(exec.status(), ExecStatus::Failed);
     assert!(exec.redrivable());
     let failed_id = out.events.last().unwrap().id;
-    // Round-trip the state, as the shard stores it between the failure and the redrive.
-    let saved = serde_json::to_string(exec.state()).unwrap();
-    let mut exec = Execution::from_state(
-        exec.state_machine().clone(),
-        serde_json::from_str(&saved).unwrap(),
-    );
+    let mut exec = reloaded(&exec);
     let out = exec.step(Input::Redrive, &mut env);
     assert_eq!(exec.status(), ExecStatus::Running);
     assert_eq!(
@@ -848,6 +836,25 @@ fn a_spread_inline_map_starts_child_executions_in_its_parents_name() {
     );
 }
 
+/// A task failing with `Boom`.
+fn boom(task_id: u64) -> Input {
+    Input::TaskFailed {
+        task_id,
+        error: Some("Boom".into()),
+        cause: None,
+    }
+}
+
+/// The execution rebuilt from its saved state, as the shard stores it between steps (a
+/// failure and its redrive).
+fn reloaded(exec: &Execution) -> Execution {
+    let saved = serde_json::to_string(exec.state()).unwrap();
+    Execution::from_state(
+        exec.state_machine().clone(),
+        serde_json::from_str(&saved).unwrap(),
+    )
+}
+
 /// All task invocations a step asks for.
 fn tasks_of(out: &StepOutput) -> Vec<TaskRequest> {
     picked(out, |c| match c {
@@ -888,20 +895,9 @@ fn redriving_a_map_or_parallel_reruns_only_what_did_not_succeed() {
                 &mut env,
             );
         }
-        exec.step(
-            Input::TaskFailed {
-                task_id: failing.task_id,
-                error: Some("Boom".into()),
-                cause: None,
-            },
-            &mut env,
-        );
+        exec.step(boom(failing.task_id), &mut env);
         assert_eq!(exec.status(), ExecStatus::Failed);
-        let saved = serde_json::to_string(exec.state()).unwrap();
-        let mut exec = Execution::from_state(
-            exec.state_machine().clone(),
-            serde_json::from_str(&saved).unwrap(),
-        );
+        let mut exec = reloaded(&exec);
         let out = exec.step(Input::Redrive, &mut env);
         // Only the one that failed runs again.
         let again = tasks_of(&out);
@@ -944,14 +940,7 @@ fn a_retried_map_runs_whole_and_keeps_nothing_for_a_redrive() {
         },
         &mut env,
     );
-    let out = exec.step(
-        Input::TaskFailed {
-            task_id: calls[1].task_id,
-            error: Some("Boom".into()),
-            cause: None,
-        },
-        &mut env,
-    );
+    let out = exec.step(boom(calls[1].task_id), &mut env);
     let timer = out
         .commands
         .iter()
