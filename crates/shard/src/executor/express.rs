@@ -137,31 +137,24 @@ impl Executor {
     /// Runs an EXPRESS child in memory (once its start is committed, or again on a new
     /// leader); its end comes back as [`Cmd::ExpressDone`].
     pub(super) fn run_express(&mut self, id: u64) {
-        let Some(e) = self.express.get_mut(&id) else {
+        let Some(e) = self.express.get(&id) else {
             return;
         };
-        let Ok(sm) = self
-            .machines
-            .get(&e.rec.definition)
-            .cloned()
-            .ok_or(())
-            .or_else(|_| {
-                let text = self
-                    .app
-                    .definition(e.rec.definition)
-                    .ok()
-                    .flatten()
-                    .ok_or(())?;
-                trellis_asl::parse(&text, Default::default()).map_err(drop)
-            })
-        else {
-            let o = Outcome {
-                status: ExecStatus::Failed,
-                output: None,
-                error: Some(trellis_asl::error::names::RUNTIME.into()),
-                cause: Some("the child's definition is missing".into()),
-            };
-            return self.express_done(id, o, self.clock.now_ms());
+        let definition = e.rec.definition;
+        let sm = match self.machine(definition, None) {
+            Ok(sm) => sm,
+            Err(err) => {
+                let o = Outcome {
+                    status: ExecStatus::Failed,
+                    output: None,
+                    error: Some(trellis_asl::error::names::RUNTIME.into()),
+                    cause: Some(format!("the child's definition cannot be loaded: {err}")),
+                };
+                return self.express_done(id, o, self.clock.now_ms());
+            }
+        };
+        let Some(e) = self.express.get(&id) else {
+            return;
         };
         let input: Value = serde_json::from_str(&e.rec.input).unwrap_or(Value::Null);
         let machine = e
