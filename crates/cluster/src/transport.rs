@@ -344,17 +344,24 @@ async fn send_loop(
 ) {
     let mut held: Option<Pending> = None;
     loop {
+        // A message whose sender stopped waiting (openraft timed it out and sends again)
+        // is not sent: a follower that falls behind is not buried under stale copies of
+        // large appends.
         let first = match held.take() {
             Some(p) => p,
-            None => match rx.recv().await {
-                Some(p) => p,
-                None => return,
+            None => loop {
+                match rx.recv().await {
+                    Some(p) if p.reply.is_closed() => continue,
+                    Some(p) => break p,
+                    None => return,
+                }
             },
         };
         let mut batch = vec![first];
         if batch[0].msg.payload.len() < SOLO_BYTES {
             while batch.len() < MAX_BATCH {
                 match rx.try_recv() {
+                    Ok(p) if p.reply.is_closed() => {}
                     Ok(p) if p.msg.payload.len() >= SOLO_BYTES => {
                         held = Some(p);
                         break;

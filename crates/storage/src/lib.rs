@@ -22,7 +22,7 @@ mod trees;
 
 pub use db::{GroupTrees, NodeDb};
 pub use error::{Error, Result};
-pub use log::LogStore;
+pub use log::{LogStore, REPLICATION_READ_BYTES};
 pub use network::NoPeers;
 pub use sm::{AppStateMachine, StateMachineStore};
 pub use trees::{export_trees, import_trees};

@@ -19,6 +19,12 @@ const VOTE: &[u8] = b"vote";
 const COMMITTED: &[u8] = b"committed";
 const LAST_PURGED: &[u8] = b"last_purged";
 
+/// The most bytes of stored entries one read for replication returns (always at least one
+/// entry). openraft gives an `AppendEntries` one heartbeat interval to be answered; an
+/// append of many large entries to a busy follower times out and is sent again, and every
+/// stale copy still costs the follower its decoding. Small appends keep answering in time.
+pub const REPLICATION_READ_BYTES: usize = 1 << 20;
+
 /// The log of one Raft group. Cheap to clone: clones share the trees.
 pub struct LogStore<C> {
     trees: GroupTrees,
@@ -88,6 +94,21 @@ where
             .collect()
     }
 
+    /// Entries `start..end`, stopping after the one that reaches `budget` bytes as stored.
+    fn read_limited(&self, start: u64, end: u64, budget: usize) -> crate::Result<Vec<Entry<C>>> {
+        let mut out = Vec::new();
+        let mut bytes = 0;
+        for kv in self.trees.log.range(be(start)..be(end)) {
+            let (_, v) = kv?;
+            bytes += v.len();
+            out.push(serde_json::from_slice(&v)?);
+            if bytes >= budget {
+                break;
+            }
+        }
+        Ok(out)
+    }
+
     fn last_entry_id(&self) -> crate::Result<Option<LogId<C::NodeId>>> {
         match self.trees.log.last()? {
             Some((_, v)) => {
@@ -136,6 +157,16 @@ where
         range: RB,
     ) -> Result<Vec<C::Entry>, StorageError<C::NodeId>> {
         self.read_range(range)
+            .map_err(io(StorageIOError::read_logs))
+    }
+
+    /// What replication sends: at most [`REPLICATION_READ_BYTES`] of entries.
+    async fn limited_get_log_entries(
+        &mut self,
+        start: u64,
+        end: u64,
+    ) -> Result<Vec<C::Entry>, StorageError<C::NodeId>> {
+        self.read_limited(start, end, REPLICATION_READ_BYTES)
             .map_err(io(StorageIOError::read_logs))
     }
 }

@@ -117,6 +117,34 @@ async fn log_and_state_survive_reopen() {
     assert_eq!(previous, vec![Previous(Some("1".into()))]);
 }
 
+/// Replication reads at most `REPLICATION_READ_BYTES` of entries at once, and always one.
+#[tokio::test]
+async fn replication_reads_are_bounded_in_bytes() {
+    let db = NodeDb::temporary().unwrap();
+    let mut log = LogStore::<Kv>::new(db.group(2).unwrap());
+    let big = "x".repeat(trellis_storage::REPLICATION_READ_BYTES / 4 - 200);
+    let entries: Vec<_> = (1..=10).map(|i| entry(1, i, "k", &big)).collect();
+    log.append_durably(entries).await.unwrap();
+    let got = log.limited_get_log_entries(1, 11).await.unwrap();
+    // Four entries are just under the budget; the fifth reaches it.
+    assert_eq!(got.len(), 5, "{} entries", got.len());
+    assert_eq!(got[0].log_id.index, 1);
+    // One entry larger than the budget still goes, alone.
+    let huge = "y".repeat(trellis_storage::REPLICATION_READ_BYTES * 2);
+    log.append_durably([entry(1, 11, "h", &huge)])
+        .await
+        .unwrap();
+    let got = log.limited_get_log_entries(11, 12).await.unwrap();
+    assert_eq!(got.len(), 1);
+    // Small entries come all at once.
+    let small: Vec<_> = (12..=100).map(|i| entry(1, i, "s", "v")).collect();
+    log.append_durably(small).await.unwrap();
+    assert_eq!(
+        log.limited_get_log_entries(12, 101).await.unwrap().len(),
+        89
+    );
+}
+
 /// Snapshots are files: one replica streams its snapshot out in chunks, another writes the
 /// chunks into the file it was given and installs it; the snapshot survives a restart, and
 /// files a crash left behind are removed.
