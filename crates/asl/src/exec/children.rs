@@ -15,6 +15,11 @@ use crate::error::names;
 use crate::json;
 use crate::template::Template;
 
+/// The children a DISTRIBUTED Map runs at once when its `MaxConcurrency` is 0 or absent:
+/// AWS runs up to 10,000 child workflow executions in parallel. The window is also what
+/// bounds the messages and the records a Map Run keeps in flight.
+pub(crate) const MAP_RUN_WINDOW: usize = 10_000;
+
 /// Where a Map's items come from.
 pub(super) enum MapItems {
     /// `ItemsPath`/`Items`: all of them, and an object's keys.
@@ -280,15 +285,15 @@ impl Execution {
         else {
             return;
         };
-        let mc = match self.dynamic_int(fid, st, max_concurrency, &input, "MaxConcurrency", 0, env)
-        {
-            Ok(n) => n as usize,
-            Err(f) => return self.data_failed(fid, f, "MaxConcurrency", env),
-        };
-        let mc = if mc == 0 {
-            self.st.limits.inline_map_concurrency
-        } else {
-            mc
+        let given =
+            match self.dynamic_int(fid, st, max_concurrency, &input, "MaxConcurrency", 0, env) {
+                Ok(n) => n as usize,
+                Err(f) => return self.data_failed(fid, f, "MaxConcurrency", env),
+            };
+        let mc = match (given, *mode) {
+            (0, MapMode::Distributed) => MAP_RUN_WINDOW,
+            (0, _) => self.st.limits.inline_map_concurrency,
+            (n, _) => n,
         };
         let length = list.len();
         let (mut list, mut run, mut preselected) = (list, None, false);
@@ -348,7 +353,7 @@ impl Execution {
                 start_ms: self.now,
                 stop_ms: None,
                 status: MapRunStatus::Running,
-                max_concurrency: mc as u64,
+                max_concurrency: given as u64,
                 tolerated_failure_count: tolerated_count.unwrap_or(0),
                 tolerated_failure_percentage: tolerated_percentage.unwrap_or(0.0),
                 items: MapRunCounts {
@@ -869,7 +874,10 @@ impl Execution {
                 return;
             };
             if let Some(mc) = max_concurrency {
-                c.max_concurrency = mc as usize;
+                c.max_concurrency = match mc {
+                    0 => MAP_RUN_WINDOW,
+                    n => n as usize,
+                };
             }
             let Some(run) = c.run.as_mut() else { return };
             if let Some(n) = tolerance.0 {

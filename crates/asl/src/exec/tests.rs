@@ -402,6 +402,41 @@ fn finished(status: ExecStatus, output: Option<Value>, error: Option<&str>) -> O
     }
 }
 
+/// A DISTRIBUTED Map without MaxConcurrency runs 10,000 children at once, as AWS does (not
+/// all of them: the window bounds what a Map Run keeps in flight); the Map Run reports the
+/// MaxConcurrency it was given, and UpdateMapRun to 0 means the same window.
+#[test]
+fn a_distributed_map_without_max_concurrency_runs_ten_thousand_children_at_once() {
+    let def = json!({"StartAt": "M", "States": {"M": {"Type": "Map",
+        "ItemProcessor": {"ProcessorConfig": {"Mode": "DISTRIBUTED", "ExecutionType": "STANDARD"},
+            "StartAt": "P", "States": {"P": {"Type": "Pass", "End": true}}}, "End": true}}});
+    let items: Vec<u64> = (0..10_005).collect();
+    let mut exec = with_child_executions(def, json!(items));
+    let mut env = ManualEnv::new(1_700_000_000_000, 1);
+    let out = exec.step(Input::Start, &mut env);
+    let started = child_starts(&out);
+    assert_eq!(started.len(), 10_000);
+    assert_eq!(exec.map_runs()[0].max_concurrency, 0);
+    // Narrowed to 1 and opened again to 0: the window is 10,000 again.
+    let arn = exec.map_runs()[0].map_run_arn.clone();
+    let update = |mc| Input::UpdateMapRun {
+        map_run_arn: arn.clone(),
+        max_concurrency: Some(mc),
+        tolerated_failure_count: None,
+        tolerated_failure_percentage: None,
+    };
+    exec.step(update(1), &mut env);
+    let end = |c: &ChildRequest| Input::ChildFinished {
+        child_id: c.child_id,
+        outcome: finished(ExecStatus::Succeeded, Some(json!(0)), None),
+        events: Vec::new(),
+    };
+    assert!(child_starts(&exec.step(end(&started[0]), &mut env)).is_empty());
+    let out = exec.step(update(0), &mut env);
+    assert_eq!(child_starts(&out).len(), 1);
+    assert_eq!(exec.map_runs()[0].max_concurrency, 0);
+}
+
 /// A DISTRIBUTED Map whose children are child executions: the window, the names, the
 /// results in item order, and duplicates of a child's end ignored.
 #[test]
