@@ -57,6 +57,10 @@ pub struct ClusterConfig {
     /// The largest message the peer port accepts (and sends). A Raft entry larger than this
     /// cannot replicate.
     pub peer_max_message_bytes: usize,
+    /// Backpressure: while a shard runs this many executions (in its leader's memory), it
+    /// refuses child starts from other shards; they wait, durable, in their senders'
+    /// outboxes and are sent again.
+    pub max_live_per_shard: usize,
 }
 
 impl Default for ClusterConfig {
@@ -73,6 +77,7 @@ impl Default for ClusterConfig {
             down_after_seconds: 30,
             snapshot_logs: 5_000,
             peer_max_message_bytes: 256 << 20,
+            max_live_per_shard: 5_000,
         }
     }
 }

@@ -73,6 +73,7 @@ pub fn from_shard(e: trellis_shard::Error) -> ApiError {
             Code::ValidationException,
             format!("Execution is queued, not running: '{arn}'"),
         ),
+        e @ E::Full { .. } => ApiError::new(Code::ServiceUnavailable, e.to_string()),
         E::NotRedrivable { arn, why } => ApiError::new(
             Code::ExecutionNotRedrivable,
             match why {

@@ -244,6 +244,7 @@ impl Host {
             effects_before_commit: settings.cluster.breaks_fencing(),
             metrics: self.metrics.clone(),
             express_max: std::time::Duration::from_secs(settings.cluster.express_max_seconds),
+            max_live: settings.cluster.max_live_per_shard,
         }
     }
 

@@ -174,6 +174,9 @@ impl Config {
                 self.cluster.peer_max_message_bytes
             );
         }
+        if self.cluster.max_live_per_shard == 0 {
+            bail!("cluster.max_live_per_shard must be at least 1");
+        }
         if self.cluster.break_fencing && !self.cluster.fault_injection {
             bail!("cluster.break_fencing is for tests and needs cluster.fault_injection");
         }

@@ -80,6 +80,10 @@ pub enum Error {
     /// Pause or resume of an execution still queued behind its machine's cap.
     #[error("execution {arn} is queued, not running")]
     Queued { arn: String },
+    /// Backpressure: the shard runs as many executions as it may; it takes no more child
+    /// starts until some end.
+    #[error("shard {shard} runs {live} executions, as many as it may; retry")]
+    Full { shard: u32, live: usize },
     #[error("execution {arn} cannot be redriven: {why}")]
     NotRedrivable { arn: String, why: Redrive },
 }

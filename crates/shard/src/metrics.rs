@@ -28,18 +28,25 @@ pub struct Metrics {
     pub batch_size: Histogram,
     /// Seconds from proposing an entry until it is applied.
     pub apply_seconds: Histogram,
+    /// Bytes of JSON per shard Raft entry proposed.
+    pub entry_bytes: Histogram,
     /// Seconds a timer fired after its due time.
     pub timer_lag_seconds: Histogram,
     /// Messages to other shards written and not yet acknowledged ([`crate::outbox`]).
     pub outbox: Gauge,
     /// Seconds from handing an execution's messages to the mailer until they are applied.
     pub delivery_seconds: Histogram,
+    /// Deliveries refused because the receiving shard ran as many executions as it may.
+    pub deliveries_refused: Counter,
     /// DISTRIBUTED Map children started and finished on the shards this node leads.
     pub children_started: Counter,
     pub children_finished: Counter,
 }
 
 const SIZES: [f64; 10] = [1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 512.0];
+const BYTES: [f64; 9] = [
+    1024.0, 4096.0, 16384.0, 65536.0, 262144.0, 1048576.0, 4194304.0, 16777216.0, 67108864.0,
+];
 const SECONDS: [f64; 10] = [
     0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0,
 ];
@@ -64,9 +71,11 @@ impl Default for Metrics {
             findings: Family::default(),
             batch_size: Histogram::new(SIZES),
             apply_seconds: Histogram::new(SECONDS),
+            entry_bytes: Histogram::new(BYTES),
             timer_lag_seconds: Histogram::new(SECONDS),
             outbox: Gauge::default(),
             delivery_seconds: Histogram::new(SECONDS),
+            deliveries_refused: Counter::default(),
             children_started: Counter::default(),
             children_finished: Counter::default(),
         }
@@ -118,6 +127,11 @@ impl Metrics {
             m.apply_seconds.clone(),
         );
         registry.register(
+            "trellis_raft_entry_bytes",
+            "Bytes of JSON per shard Raft entry proposed",
+            m.entry_bytes.clone(),
+        );
+        registry.register(
             "trellis_timer_lag_seconds",
             "How late timers fire after their due time",
             m.timer_lag_seconds.clone(),
@@ -131,6 +145,11 @@ impl Metrics {
             "trellis_outbox_delivery_seconds",
             "Time from sending an execution's messages to their receivers' commit",
             m.delivery_seconds.clone(),
+        );
+        registry.register(
+            "trellis_outbox_deliveries_refused",
+            "Deliveries a shard this node leads refused: it ran as many executions as it may",
+            m.deliveries_refused.clone(),
         );
         registry.register(
             "trellis_map_children_started",

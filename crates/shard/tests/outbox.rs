@@ -7,7 +7,7 @@ mod common;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
-use common::{boot_shards, eventually, start_req, Loopback, ShardNode};
+use common::{boot_shards, boot_shards_with, eventually, start_req, Loopback, ShardNode};
 use serde_json::{json, Value};
 use trellis_asl::exec::TaskRequest;
 use trellis_asl::Input;
@@ -189,6 +189,110 @@ async fn a_distributed_maps_children_run_on_the_shards_they_hash_to() {
             "ExecutionSucceeded"
         ]
     );
+    outboxes_empty(&nodes).await;
+    stop_all(&mail, nodes).await;
+}
+
+/// Backpressure: a shard that runs `max_live` executions refuses child starts; they wait in
+/// the parent's outbox and come again, so a map far wider than the shards' room still ends
+/// with every result, and a stop reaches children whose starts were held.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_shard_refuses_child_starts_until_it_has_room() {
+    const MAX_LIVE: usize = 2;
+    let dir = tempfile::tempdir().unwrap();
+    let mail = Loopback::default();
+    let (_db, nodes) =
+        boot_shards_with(dir.path(), SHARDS, Arc::new(NoTasks), &mail, MAX_LIVE).await;
+    let live = |nodes: &[ShardNode], shard: usize| {
+        nodes[shard]
+            .handle
+            .app
+            .scan(None, 100_000)
+            .unwrap()
+            .iter()
+            .filter(|r| !r.status.is_terminal())
+            .count()
+    };
+    let refused = |nodes: &[ShardNode]| -> u64 {
+        nodes
+            .iter()
+            .map(|n| n.metrics.deliveries_refused.get())
+            .sum()
+    };
+
+    // 30 children at once over four shards that each run at most two executions.
+    let arn = parent_arn("wide");
+    let home = shard_of(&arn, SHARDS) as usize;
+    nodes[home]
+        .handle
+        .start(start_req(
+            "wide",
+            &map(json!({})),
+            json!({"items": items(30)}),
+        ))
+        .await
+        .unwrap();
+    let parent = ended(&nodes, &arn).await;
+    assert_eq!(parent.status, Status::Succeeded, "{parent:?}");
+    let want: Vec<Value> = (0..30).map(|i| json!({"double": 2 * i})).collect();
+    assert_eq!(
+        serde_json::from_str::<Value>(parent.output.as_deref().unwrap()).unwrap(),
+        Value::Array(want)
+    );
+    assert!(refused(&nodes) > 0, "no delivery was refused");
+    outboxes_empty(&nodes).await;
+
+    // Children that wait an hour: each shard takes what it has room for, no more.
+    let arn = parent_arn("held");
+    let home = shard_of(&arn, SHARDS) as usize;
+    let mut list = items(12);
+    for it in list.as_array_mut().unwrap() {
+        it["wait"] = json!(true);
+    }
+    let before = refused(&nodes);
+    nodes[home]
+        .handle
+        .start(start_req("held", &map(json!({})), json!({"items": list})))
+        .await
+        .unwrap();
+    let kids_of = |nodes: &[ShardNode], arn: &str| -> Vec<ExecRecord> {
+        children(nodes)
+            .into_iter()
+            .filter(|c| c.parent.as_ref().unwrap().arn == arn)
+            .collect()
+    };
+    // Four shards of room two, one of them holding the parent: at most seven children.
+    eventually("the held starts to be refused again", || {
+        (refused(&nodes) > before + 8).then_some(())
+    })
+    .await;
+    let started = kids_of(&nodes, &arn).len();
+    assert!((1..=7).contains(&started), "{started} children started");
+    for shard in 0..SHARDS as usize {
+        assert!(
+            live(&nodes, shard) <= MAX_LIVE,
+            "shard {shard} over its bound"
+        );
+    }
+    // Stopping the parent stops the children that run, which makes room for the held ones,
+    // which start and are stopped in turn: none is left running.
+    nodes[home]
+        .handle
+        .control(
+            &arn,
+            Control::Stop {
+                error: None,
+                cause: None,
+            },
+        )
+        .await
+        .unwrap();
+    eventually("every child started and aborted", || {
+        let kids = kids_of(&nodes, &arn);
+        (kids.len() == 12 && kids.iter().all(|c| c.status == Status::Aborted)).then_some(())
+    })
+    .await;
+    assert_eq!(ended(&nodes, &arn).await.status, Status::Aborted);
     outboxes_empty(&nodes).await;
     stop_all(&mail, nodes).await;
 }

@@ -119,7 +119,15 @@ pub struct ExecutorConfig {
     pub metrics: Arc<crate::metrics::Metrics>,
     /// How long a DISTRIBUTED Map's EXPRESS child may run (AWS: 5 minutes).
     pub express_max: Duration,
+    /// Backpressure: while this many executions run here (in the leader's memory), the
+    /// shard refuses deliveries that would start more children
+    /// ([`crate::Error::Full`]); they wait in their senders' outboxes and come again.
+    pub max_live: usize,
 }
+
+/// Sends to other shards in flight at once from one shard's outboxes; the others wait for
+/// a slot (their messages wait in their records meanwhile).
+pub const SENDS_IN_FLIGHT: usize = 64;
 
 /// When the detector calls something wrong.
 #[derive(Debug, Clone)]
@@ -256,6 +264,13 @@ enum Cmd {
         exec: u64,
         seq: u64,
         since: Instant,
+    },
+    /// A send of an execution's messages failed; after a pause, they go again (with what
+    /// was written since), the next pause `pause`.
+    Resend {
+        exec: u64,
+        since: Instant,
+        pause: Duration,
     },
     /// An EXPRESS child's in-memory run ended.
     ExpressDone {
@@ -482,6 +497,8 @@ pub struct Executor {
     /// Executions with a send in flight (one at a time each, so their messages stay in
     /// order).
     sending: HashSet<u64>,
+    /// Slots for sends in flight ([`SENDS_IN_FLIGHT`]).
+    send_slots: Arc<tokio::sync::Semaphore>,
     /// EXPRESS children running here in memory, by id and by ARN, and the definitions of
     /// those started since the last commit (written with it).
     express: HashMap<u64, express::Express>,
@@ -511,6 +528,7 @@ impl Executor {
             dispatched: HashMap::new(),
             mail: HashMap::new(),
             sending: HashSet::new(),
+            send_slots: Arc::new(tokio::sync::Semaphore::new(SENDS_IN_FLIGHT)),
             express: HashMap::new(),
             express_by_arn: HashMap::new(),
             express_definitions: Vec::new(),
@@ -769,6 +787,10 @@ impl Executor {
                 }
             },
             Cmd::Delivered { exec, seq, since } => self.delivered(exec, seq, since),
+            Cmd::Resend { exec, since, pause } => {
+                self.sending.remove(&exec);
+                self.send_again(exec, since, pause);
+            }
             Cmd::ExpressDone { id, outcome } => self.express_done(id, outcome, now),
             Cmd::Input(arn, input, reply) => {
                 let running = self.by_arn.get(&arn).copied().filter(|id| {
@@ -1452,7 +1474,8 @@ impl Executor {
         m.batch_size.observe(ops.len() as f64);
         let t0 = Instant::now();
         let mut proposed = Ok(());
-        for entry in crate::request::split_by_bytes(ops, self.cfg.max_entry_bytes) {
+        for (entry, bytes) in crate::request::split_by_bytes(ops, self.cfg.max_entry_bytes) {
+            m.entry_bytes.observe(bytes as f64);
             proposed = self.proposer.propose(ShardRequest { ops: entry }).await;
             if proposed.is_err() {
                 break;

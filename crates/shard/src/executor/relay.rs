@@ -4,12 +4,33 @@
 use super::*;
 use trellis_asl::exec::{ChildOrigin, Outcome};
 
+/// The pause after a first failed send, doubled after each failure up to [`MAX_PAUSE`].
+const FIRST_PAUSE: Duration = Duration::from_millis(20);
+const MAX_PAUSE: Duration = Duration::from_secs(2);
+
 impl Executor {
     /// Applies messages from other shards, in order. Each is idempotent: a start of a
     /// child that exists, the end of a child its parent no longer waits for, a stop of an
     /// execution that is not running, change nothing.
+    ///
+    /// Backpressure: while `max_live` executions run here, a start of a new child is held,
+    /// with every later message for that child (its stop must not overtake its start);
+    /// the rest apply. A delivery with held messages is refused ([`Error::Full`]): its
+    /// sender keeps it in its outbox and sends it again, and what applied changes nothing
+    /// the second time. Ends and stops free room, so they are never held for room.
     pub(super) fn receive(&mut self, messages: Vec<Message>, now: i64) -> Result<()> {
+        let mut held: HashSet<String> = HashSet::new();
         for m in messages {
+            if held.contains(m.target()) {
+                continue;
+            }
+            if let Message::StartChild { request, .. } = &m {
+                let live = self.live.len() + self.express.len();
+                if live >= self.cfg.max_live && self.would_start(request)? {
+                    held.insert(request.execution_arn.clone());
+                    continue;
+                }
+            }
             match m {
                 Message::StartChild {
                     parent_arn,
@@ -49,7 +70,27 @@ impl Executor {
                 }
             }
         }
-        Ok(())
+        if held.is_empty() {
+            return Ok(());
+        }
+        self.cfg.metrics.deliveries_refused.inc();
+        Err(Error::Full {
+            shard: self.cfg.shard,
+            live: self.live.len() + self.express.len(),
+        })
+    }
+
+    /// Whether applying this request would start an execution here (a child that does not
+    /// exist yet, or a redrive of one).
+    fn would_start(&self, request: &ChildRequest) -> Result<bool> {
+        let arn = &request.execution_arn;
+        if self.by_arn.contains_key(arn) || self.express_by_arn.contains_key(arn) {
+            return Ok(false);
+        }
+        Ok(match self.existing(arn)? {
+            None => true,
+            Some(_) => request.redrive,
+        })
     }
 
     /// Starts a child execution (a DISTRIBUTED Map's, a spread iteration or branch),
@@ -173,8 +214,15 @@ impl Executor {
     }
 
     /// Hands an execution's pending messages to the mailer, unless a send is in flight;
-    /// retried with a back-off until delivered or this executor stops.
+    /// sent again after a back-off until delivered or this executor stops.
     pub(super) fn send(&mut self, exec: u64) {
+        self.send_again(exec, Instant::now(), FIRST_PAUSE);
+    }
+
+    /// One send of every message the execution's record holds now: a message written
+    /// while an earlier send failed goes with the next attempt (a stop must not wait for
+    /// a start a full shard holds back). At most [`SENDS_IN_FLIGHT`] at once per shard.
+    pub(super) fn send_again(&mut self, exec: u64, since: Instant, pause: Duration) {
         if self.sending.contains(&exec) {
             return;
         }
@@ -193,31 +241,35 @@ impl Executor {
         let mailer = self.mailer.clone();
         let tx = self.tx.clone();
         let shard = self.cfg.shard;
+        let slots = self.send_slots.clone();
         tokio::spawn(async move {
-            let since = Instant::now();
-            let mut pause = Duration::from_millis(20);
-            loop {
-                match mailer.send(messages.clone()).await {
-                    Ok(()) => break,
-                    Err(e) => {
-                        tracing::debug!(shard_id = shard, error = %e, "messages not delivered yet; retrying");
+            let sent = {
+                let Ok(_slot) = slots.acquire().await else {
+                    return;
+                };
+                mailer.send(messages).await
+            };
+            let cmd = match sent {
+                Ok(()) => Cmd::Delivered {
+                    exec,
+                    seq: last,
+                    since,
+                },
+                Err(e) => {
+                    tracing::debug!(shard_id = shard, error = %e, "messages not delivered yet; sent again after a pause");
+                    // The slot is given back for the pause: a receiver that refuses does
+                    // not hold up the sends to others. Once the executor is gone, the next
+                    // leader sends them.
+                    tokio::time::sleep(pause).await;
+                    Cmd::Resend {
+                        exec,
+                        since,
+                        pause: (pause * 2).min(MAX_PAUSE),
                     }
                 }
-                // Stop trying once the executor is gone: the next leader sends them.
-                if tx.upgrade().is_none() {
-                    return;
-                }
-                tokio::time::sleep(pause).await;
-                pause = (pause * 2).min(Duration::from_secs(2));
-            }
+            };
             if let Some(tx) = tx.upgrade() {
-                let _ = tx
-                    .send(Cmd::Delivered {
-                        exec,
-                        seq: last,
-                        since,
-                    })
-                    .await;
+                let _ = tx.send(cmd).await;
             }
         });
     }

@@ -21,7 +21,12 @@ pub struct ShardNode {
     pub raft: ShardRaft,
     pub handle: ShardHandle,
     pub executor: tokio::task::JoinHandle<trellis_shard::Result<()>>,
+    pub metrics: Arc<trellis_shard::metrics::Metrics>,
 }
+
+/// Executions a test shard runs before it refuses child starts: more than any test needs,
+/// unless the test is about that bound ([`boot_shards_with`]).
+pub const MAX_LIVE: usize = 100_000;
 
 impl ShardNode {
     /// Shuts the group down and waits until nothing holds the database any more.
@@ -53,7 +58,16 @@ pub async fn boot(
     let db = open_db(dir).await;
     let limits = Limits::default();
     let connectors: Arc<dyn Connectors> = Arc::new(connectors);
-    start_shard(&db, 0, connectors, Arc::new(NoMail), limits, detector).await
+    start_shard(
+        &db,
+        0,
+        connectors,
+        Arc::new(NoMail),
+        limits,
+        detector,
+        MAX_LIVE,
+    )
+    .await
 }
 
 /// Opens shard `shard` (group `shard + 1`) of `db` and starts its executor.
@@ -64,12 +78,14 @@ pub async fn start_shard(
     mailer: Arc<dyn Mailer>,
     limits: Limits,
     detector: DetectorConfig,
+    max_live: usize,
 ) -> ShardNode {
+    let metrics = Arc::new(trellis_shard::metrics::Metrics::default());
     let (raft, app) = open_single_node(db, u64::from(shard) + 1, 1, "local")
         .await
         .unwrap();
     let cfg = ExecutorConfig {
-        metrics: Default::default(),
+        metrics: metrics.clone(),
         shard,
         epoch: 1,
         term: raft.metrics().borrow().current_term,
@@ -81,6 +97,7 @@ pub async fn start_shard(
         detector,
         effects_before_commit: false,
         express_max: std::time::Duration::from_secs(300),
+        max_live,
     };
     let (ex, handle) = Executor::new(cfg, app, Arc::new(raft.clone()), connectors, mailer).unwrap();
     let executor = tokio::spawn(ex.run());
@@ -88,6 +105,7 @@ pub async fn start_shard(
         raft,
         handle,
         executor,
+        metrics,
     }
 }
 
@@ -120,6 +138,8 @@ impl Mailer for Loopback {
                     .or_default()
                     .push(m);
             }
+            // Every group is tried, as the cluster's mail sends them all at once.
+            let mut failed = Vec::new();
             for (shard, group) in groups {
                 let h = &handles[shard as usize];
                 let times = if me.twice.load(Ordering::SeqCst) {
@@ -127,12 +147,23 @@ impl Mailer for Loopback {
                 } else {
                     1
                 };
+                let mut ok = true;
                 for _ in 0..times {
-                    h.deliver(group.clone()).await.map_err(|e| e.to_string())?;
+                    if let Err(e) = h.deliver(group.clone()).await {
+                        failed.push(e.to_string());
+                        ok = false;
+                        break;
+                    }
                 }
-                me.delivered.fetch_add(group.len(), Ordering::SeqCst);
+                if ok {
+                    me.delivered.fetch_add(group.len(), Ordering::SeqCst);
+                }
             }
-            Ok(())
+            if failed.is_empty() {
+                Ok(())
+            } else {
+                Err(failed.join("; "))
+            }
         })
     }
 }
@@ -144,6 +175,17 @@ pub async fn boot_shards(
     n: u32,
     connectors: Arc<dyn Connectors>,
     mail: &Loopback,
+) -> (NodeDb, Vec<ShardNode>) {
+    boot_shards_with(dir, n, connectors, mail, MAX_LIVE).await
+}
+
+/// [`boot_shards`], each shard refusing child starts while it runs `max_live` executions.
+pub async fn boot_shards_with(
+    dir: &std::path::Path,
+    n: u32,
+    connectors: Arc<dyn Connectors>,
+    mail: &Loopback,
+    max_live: usize,
 ) -> (NodeDb, Vec<ShardNode>) {
     let db = open_db(dir).await;
     let limits = Limits {
@@ -160,6 +202,7 @@ pub async fn boot_shards(
             mailer,
             limits.clone(),
             Default::default(),
+            max_live,
         )
         .await;
         nodes.push(node);
