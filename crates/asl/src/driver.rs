@@ -365,7 +365,7 @@ impl Driver {
                 }
                 Command::Finish(_) => {}
                 Command::StartChild(c) => actions.push(Action::StartChild(c)),
-                Command::StopChild { child_id } => actions.push(Action::StopChild(child_id)),
+                Command::StopChild { child_id, .. } => actions.push(Action::StopChild(child_id)),
             }
         }
         Ok(Some(actions))

@@ -127,9 +127,6 @@ pub struct ExecRecord {
     /// The `seq` of the next message.
     #[serde(default)]
     pub next_seq: u64,
-    /// Child executions it waits for: child id -> the child's ARN.
-    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
-    pub children: BTreeMap<u64, String>,
     /// A DISTRIBUTED Map's child: its parent.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub parent: Option<ParentLink>,
@@ -175,7 +172,6 @@ impl ExecRecord {
             state: None,
             outbox: Vec::new(),
             next_seq: 0,
-            children: BTreeMap::new(),
             parent: None,
             map_runs: Vec::new(),
         }

@@ -1105,10 +1105,14 @@ impl Execution {
         };
         let name = self.current_state(fid).0.name.clone();
         for (slot, child_id) in remote {
+            let child_arn = self.child_arn(fid, slot, child_id);
             self.export_ended(fid, slot, "ABORTED", None, None);
             self.run_moved(fid, slot, aborted);
             self.st.children.remove(&child_id);
-            self.out.commands.push(Command::StopChild { child_id });
+            self.out.commands.push(Command::StopChild {
+                child_id,
+                child_arn,
+            });
             // A spread iteration ends as an inline one does (its events stay with it).
             let from = match &mut self.active_mut(fid).waiting {
                 Waiting::Children(c) => c.spread.as_mut().and_then(|s| s.remove(&slot)),

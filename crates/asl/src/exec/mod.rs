@@ -256,6 +256,8 @@ pub enum Command {
     /// The child is no longer wanted (its Map Run failed or was aborted): stop it.
     StopChild {
         child_id: u64,
+        /// The ARN it was started with (derived again, so a host need not keep it).
+        child_arn: String,
     },
 }
 

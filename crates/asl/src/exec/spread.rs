@@ -20,6 +20,55 @@ impl Execution {
             && self.st.sharding.spreads(&st.name, children)
     }
 
+    /// A spread iteration's or branch's (execution ARN, state machine ARN, name):
+    /// `…:execution:{machine}/{parent}:{state}-{index}-{child id}`.
+    pub(super) fn inline_child_identity(
+        &self,
+        state: &str,
+        index: usize,
+        child_id: u64,
+    ) -> (String, String, String) {
+        let info = &self.st.info;
+        let (prefix, own) = info
+            .execution_arn
+            .split_once(":execution:")
+            .unwrap_or(("arn:aws:states:us-east-1:000000000000", &info.execution_arn));
+        let (machine, own_name) = own.rsplit_once(':').unwrap_or((own, &info.name));
+        let slug: String = state
+            .chars()
+            .map(|c| {
+                if c.is_ascii_alphanumeric() || c == '-' || c == '_' {
+                    c
+                } else {
+                    '_'
+                }
+            })
+            .take(32)
+            .collect();
+        let name = format!("{slug}-{index}-{child_id}");
+        let child_machine = format!("{machine}/{own_name}");
+        (
+            format!("{prefix}:execution:{child_machine}:{name}"),
+            format!("{prefix}:stateMachine:{child_machine}"),
+            name,
+        )
+    }
+
+    /// The ARN of the child execution `child_id` that slot `slot` of frame `fid` awaits.
+    pub(super) fn child_arn(&self, fid: FrameId, slot: usize, child_id: u64) -> String {
+        let run = match &self.active(fid).waiting {
+            Waiting::Children(c) => c.run.as_ref().map(|r| r.arn.clone()),
+            _ => None,
+        };
+        match run {
+            Some(map_run_arn) => Self::child_identity(&map_run_arn, slot).0,
+            None => {
+                let name = &self.current_state(fid).0.name;
+                self.inline_child_identity(name, slot, child_id).0
+            }
+        }
+    }
+
     /// Asks the host to run an inline Map's iteration or a Parallel's branch as a child
     /// execution of its own. Its id comes from this execution, the state, the index and a
     /// counter (a state entered again starts new children), so it hashes to a shard of its
@@ -34,28 +83,9 @@ impl Execution {
         input: Value,
     ) -> u64 {
         let child_id = self.await_child(fid, index);
+        let (execution_arn, state_machine_arn, name) =
+            self.inline_child_identity(&st.name, index, child_id);
         let info = &self.st.info;
-        let (prefix, own) = info
-            .execution_arn
-            .split_once(":execution:")
-            .unwrap_or(("arn:aws:states:us-east-1:000000000000", &info.execution_arn));
-        let (machine, own_name) = own.rsplit_once(':').unwrap_or((own, &info.name));
-        let slug: String = st
-            .name
-            .chars()
-            .map(|c| {
-                if c.is_ascii_alphanumeric() || c == '-' || c == '_' {
-                    c
-                } else {
-                    '_'
-                }
-            })
-            .take(32)
-            .collect();
-        let name = format!("{slug}-{index}-{child_id}");
-        let child_machine = format!("{machine}/{own_name}");
-        let execution_arn = format!("{prefix}:execution:{child_machine}:{name}");
-        let state_machine_arn = format!("{prefix}:stateMachine:{child_machine}");
         let mut scope = match &info.scope {
             Some(p) => p.clone(),
             None => Box::new(ParentScope {
@@ -200,15 +230,19 @@ impl Execution {
             heartbeat: false,
         };
         self.frame_mut(fid).prev = last;
-        let running: Vec<u64> = match &mut self.active_mut(fid).waiting {
+        let running: Vec<(usize, u64)> = match &mut self.active_mut(fid).waiting {
             Waiting::Children(c) => {
                 c.failing = Some(f);
-                c.remote.values().copied().collect()
+                c.remote.iter().map(|(s, c)| (*s, *c)).collect()
             }
             _ => Vec::new(),
         };
-        for child_id in running {
-            self.out.commands.push(Command::StopChild { child_id });
+        for (slot, child_id) in running {
+            let child_arn = self.child_arn(fid, slot, child_id);
+            self.out.commands.push(Command::StopChild {
+                child_id,
+                child_arn,
+            });
         }
         self.fail_when_stopped(fid, env);
     }

@@ -555,15 +555,19 @@ fn exceeding_the_tolerance_stops_the_other_children() {
         },
         &mut env,
     );
-    let stopped: Vec<u64> = out
-        .commands
+    let stopped: Vec<(u64, String)> = picked(&out, |c| match c {
+        Command::StopChild {
+            child_id,
+            child_arn,
+        } => Some((*child_id, child_arn.clone())),
+        _ => None,
+    });
+    // Each stop names the child as its start did.
+    let want: Vec<(u64, String)> = [&started[0], &started[2]]
         .iter()
-        .filter_map(|c| match c {
-            Command::StopChild { child_id } => Some(*child_id),
-            _ => None,
-        })
+        .map(|c| (c.child_id, c.execution_arn.clone()))
         .collect();
-    assert_eq!(stopped, [started[0].child_id, started[2].child_id]);
+    assert_eq!(stopped, want);
     assert_eq!(
         exec.outcome().unwrap().error.as_deref(),
         Some("States.ExceedToleratedFailureThreshold")
@@ -779,7 +783,7 @@ fn a_spread_inline_map_starts_child_executions_in_its_parents_name() {
     assert!(child_starts(&out).is_empty());
     assert_eq!(exec.status(), ExecStatus::Succeeded);
 
-    let mut exec = with_child_executions(def, json!([1, 2, 3]))
+    let mut exec = with_child_executions(def.clone(), json!([1, 2, 3]))
         .with_sharding(policy(Placement::Auto { min_children: 3 }));
     let out = exec.step(Input::Start, &mut env);
     let started = child_starts(&out);
@@ -869,6 +873,21 @@ fn a_spread_inline_map_starts_child_executions_in_its_parents_name() {
         exec.outcome().unwrap().output,
         Some(json!(["one", result, "three"]))
     );
+
+    // Stopping the parent stops each spread child by the ARN it was started with.
+    let mut exec =
+        with_child_executions(def, json!([1, 2, 3])).with_sharding(policy(Placement::Spread));
+    let started = child_starts(&exec.step(Input::Start, &mut env));
+    let stop = Input::Stop {
+        error: None,
+        cause: None,
+    };
+    let stopped = picked(&exec.step(stop, &mut env), |c| match c {
+        Command::StopChild { child_arn, .. } => Some(child_arn.clone()),
+        _ => None,
+    });
+    let want: Vec<String> = started.iter().map(|c| c.execution_arn.clone()).collect();
+    assert_eq!(stopped, want);
 }
 
 /// A task failing with `Boom`.

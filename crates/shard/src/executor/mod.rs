@@ -1004,17 +1004,13 @@ impl Executor {
                 }
                 Command::CancelTimer { .. } | Command::CancelTask { .. } => {}
                 Command::StartChild(request) => {
-                    rec.children
-                        .insert(request.child_id, request.execution_arn.clone());
                     rec.send(Message::StartChild {
                         parent_arn: rec.arn.clone(),
                         request,
                     });
                 }
-                Command::StopChild { child_id } => {
-                    if let Some(child_arn) = rec.children.remove(&child_id) {
-                        rec.send(Message::StopChild { child_arn });
-                    }
+                Command::StopChild { child_arn, .. } => {
+                    rec.send(Message::StopChild { child_arn });
                 }
                 Command::Finish(outcome) => {
                     if let Some(p) = &rec.parent {
@@ -1051,9 +1047,6 @@ impl Executor {
                 }
             }
         }
-        // Keep exactly what the interpreter still waits for.
-        let children: HashSet<u64> = live.exec.pending_children().collect();
-        rec.children.retain(|c, _| children.contains(c));
         if rec.outbox.len() > queued {
             self.cfg
                 .metrics
