@@ -61,6 +61,10 @@ pub struct ClusterConfig {
     /// refuses child starts from other shards; they wait, durable, in their senders'
     /// outboxes and are sent again.
     pub max_live_per_shard: usize,
+    /// The most children one DISTRIBUTED Map runs at once, whatever its `MaxConcurrency`
+    /// (AWS runs up to 10,000): a parent's state, written at each of its steps, grows with
+    /// its children in flight.
+    pub map_run_max_concurrency: usize,
 }
 
 impl Default for ClusterConfig {
@@ -78,6 +82,7 @@ impl Default for ClusterConfig {
             snapshot_logs: 5_000,
             peer_max_message_bytes: 256 << 20,
             max_live_per_shard: 5_000,
+            map_run_max_concurrency: 1_000,
         }
     }
 }

@@ -234,6 +234,7 @@ impl Host {
             // A DISTRIBUTED Map's children are executions of their own, on their shards.
             limits: trellis_asl::Limits {
                 child_executions: true,
+                max_map_run_window: settings.cluster.map_run_max_concurrency,
                 ..Default::default()
             },
             max_batch: settings.cluster.max_batch,

@@ -174,6 +174,9 @@ impl Config {
                 self.cluster.peer_max_message_bytes
             );
         }
+        if self.cluster.map_run_max_concurrency == 0 {
+            bail!("cluster.map_run_max_concurrency must be at least 1");
+        }
         if self.cluster.max_live_per_shard == 0 {
             bail!("cluster.max_live_per_shard must be at least 1");
         }

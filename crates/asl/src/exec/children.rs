@@ -20,6 +20,16 @@ use crate::template::Template;
 /// bounds the messages and the records a Map Run keeps in flight.
 pub(crate) const MAP_RUN_WINDOW: usize = 10_000;
 
+/// The children a Map Run with `MaxConcurrency` `given` runs at once: `given`, or
+/// [`MAP_RUN_WINDOW`] for 0, and never more than the host's `cap`.
+fn map_run_window(given: u64, cap: usize) -> usize {
+    let want = match given {
+        0 => MAP_RUN_WINDOW,
+        n => usize::try_from(n).unwrap_or(usize::MAX),
+    };
+    want.min(cap.max(1))
+}
+
 /// Where a Map's items come from.
 pub(super) enum MapItems {
     /// `ItemsPath`/`Items`: all of them, and an object's keys.
@@ -291,7 +301,7 @@ impl Execution {
                 Err(f) => return self.data_failed(fid, f, "MaxConcurrency", env),
             };
         let mc = match (given, *mode) {
-            (0, MapMode::Distributed) => MAP_RUN_WINDOW,
+            (n, MapMode::Distributed) => self.map_run_window(n as u64),
             (0, _) => self.st.limits.inline_map_concurrency,
             (n, _) => n,
         };
@@ -743,6 +753,11 @@ impl Execution {
         }
     }
 
+    /// The window of a Map Run given `MaxConcurrency` `given`.
+    fn map_run_window(&self, given: u64) -> usize {
+        map_run_window(given, self.st.limits.max_map_run_window)
+    }
+
     /// Asks the host to start a DISTRIBUTED Map's child as an execution of its own.
     pub(super) fn start_child(&mut self, fid: FrameId, st: &State, index: usize, input: Value) {
         let Kind::Map {
@@ -869,15 +884,14 @@ impl Execution {
                 if matches!(&a.waiting, Waiting::Children(Children { run: Some(r), .. }) if r.arn == arn))
         });
         let Some(fid) = found else { return };
+        let cap = self.st.limits.max_map_run_window;
+        let window = |mc: u64| map_run_window(mc, cap);
         let (summary, exceeded) = {
             let Waiting::Children(c) = &mut self.active_mut(fid).waiting else {
                 return;
             };
             if let Some(mc) = max_concurrency {
-                c.max_concurrency = match mc {
-                    0 => MAP_RUN_WINDOW,
-                    n => n as usize,
-                };
+                c.max_concurrency = window(mc);
             }
             let Some(run) = c.run.as_mut() else { return };
             if let Some(n) = tolerance.0 {

@@ -44,6 +44,15 @@ pub struct Limits {
     /// execution, with the same output and history.
     #[serde(default)]
     pub child_executions: bool,
+    /// The most children one DISTRIBUTED Map runs at once, whatever its `MaxConcurrency`
+    /// (AWS: 10,000, also the window of a Map without one). A host lowers it to what it
+    /// can carry: a parent's state grows with its children in flight.
+    #[serde(default = "map_run_window")]
+    pub max_map_run_window: usize,
+}
+
+fn map_run_window() -> usize {
+    children::MAP_RUN_WINDOW
 }
 
 impl Default for Limits {
@@ -55,6 +64,7 @@ impl Default for Limits {
             inline_map_concurrency: 0,
             max_variable_bytes: 10 * 1024 * 1024,
             child_executions: false,
+            max_map_run_window: children::MAP_RUN_WINDOW,
         }
     }
 }

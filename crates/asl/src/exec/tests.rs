@@ -437,6 +437,54 @@ fn a_distributed_map_without_max_concurrency_runs_ten_thousand_children_at_once(
     assert_eq!(exec.map_runs()[0].max_concurrency, 0);
 }
 
+/// A host's cap on a Map Run's window holds whatever the MaxConcurrency (given, absent or
+/// updated); a smaller MaxConcurrency still narrows it.
+#[test]
+fn the_hosts_cap_bounds_a_map_runs_window() {
+    let run = |mc: Option<u64>| {
+        let mut state = json!({"Type": "Map", "End": true,
+            "ItemProcessor": {"ProcessorConfig": {"Mode": "DISTRIBUTED", "ExecutionType": "STANDARD"},
+                "StartAt": "P", "States": {"P": {"Type": "Pass", "End": true}}}});
+        if let Some(mc) = mc {
+            state["MaxConcurrency"] = json!(mc);
+        }
+        let def = json!({"StartAt": "M", "States": {"M": state}});
+        let info = ExecutionInfo::new(
+            "us-east-1",
+            "000000000000",
+            "sm",
+            "ex",
+            json!([1, 2, 3, 4, 5, 6]),
+        );
+        let limits = Limits {
+            child_executions: true,
+            max_map_run_window: 3,
+            ..Limits::default()
+        };
+        let mut exec = Execution::new(machine(def), info, limits);
+        let mut env = ManualEnv::new(1_700_000_000_000, 1);
+        let started = child_starts(&exec.step(Input::Start, &mut env)).len();
+        (exec, env, started)
+    };
+    assert_eq!(run(None).2, 3);
+    assert_eq!(run(Some(5)).2, 3);
+    assert_eq!(run(Some(2)).2, 2);
+    // Widened past the cap by UpdateMapRun: still three at once; reported as given.
+    let (mut exec, mut env, _) = run(Some(2));
+    let arn = exec.map_runs()[0].map_run_arn.clone();
+    let out = exec.step(
+        Input::UpdateMapRun {
+            map_run_arn: arn,
+            max_concurrency: Some(100),
+            tolerated_failure_count: None,
+            tolerated_failure_percentage: None,
+        },
+        &mut env,
+    );
+    assert_eq!(child_starts(&out).len(), 1);
+    assert_eq!(exec.map_runs()[0].max_concurrency, 100);
+}
+
 /// A DISTRIBUTED Map whose children are child executions: the window, the names, the
 /// results in item order, and duplicates of a child's end ignored.
 #[test]
