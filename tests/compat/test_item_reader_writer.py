@@ -261,3 +261,44 @@ def test_a_long_run_writes_its_results_in_chunks(sfn, s3, bucket):
         assert len(body) == f["Size"]
         seen += [json.loads(line)["n"] for line in body.decode().splitlines()]
     assert sorted(seen) == list(range(n))
+
+
+def test_redriving_a_map_run_that_reads_and_exports_reruns_only_what_did_not_succeed(sfn, s3, bucket):
+    # One child at a time: "a" succeeds, "b" fails (its first call), "c" and "d" never start.
+    s3.put_object(Bucket=bucket, Key="redrive.jsonl", Body="".join(json.dumps(i) + "\n" for i in "abcd"))
+    processor = {"StartAt": "Which", "States": {
+        "Which": {"Type": "Choice", "Choices": [
+            {"Variable": "$", "StringEquals": "b", "Next": "Call"}], "Default": "Keep"},
+        "Keep": {"Type": "Pass", "End": True},
+        "Call": {"Type": "Task", "Resource": "arn:aws:states:::lambda:invoke",
+                 "Parameters": {"FunctionName": "flaky", "Payload": {"key": "redrive-reader-b"}},
+                 "OutputPath": "$.Payload", "End": True}}}
+    writer = {"Resource": "arn:aws:states:::s3:putObject", "Parameters": {"Bucket": bucket, "Prefix": "redriven"}}
+    arn = create(sfn, f"Rw{uuid.uuid4().hex[:10]}",
+                 dmap(get_object("JSONL"), writer, processor=processor, MaxConcurrency=1))
+    e = sfn.start_execution(stateMachineArn=arn, input=json.dumps({"bucket": bucket, "key": "redrive.jsonl"}))[
+        "executionArn"]
+    d = wait_status(sfn, e, timeout=90)
+    assert d["status"] == "FAILED" and d["error"] == "States.ExceedToleratedFailureThreshold", d
+    run_arn = next(ev for ev in full_history(sfn, e) if ev["type"] == "MapRunStarted")[
+        "mapRunStartedEventDetails"]["mapRunArn"]
+    sfn.redrive_execution(executionArn=e)
+    out = output(wait_status(sfn, e, timeout=90))
+    # The same Map Run, redriven: its children are the four items' (a's not run again).
+    assert out["MapRunArn"] == run_arn
+    m = sfn.describe_map_run(mapRunArn=run_arn)
+    assert m["status"] == "SUCCEEDED" and m["redriveCount"] == 1, m
+    assert (m["executionCounts"]["succeeded"], m["executionCounts"]["total"]) == (4, 4), m
+    children = sfn.list_executions(mapRunArn=run_arn)["executions"]
+    assert len(children) == 4 and all(c["status"] == "SUCCEEDED" for c in children), children
+    # The manifest lists the files of both attempts: each item's success is in exactly one
+    # SUCCEEDED file; b's first failure stays in the first attempt's FAILED file.
+    manifest = json.loads(s3.get_object(Bucket=bucket, Key=out["ResultWriterDetails"]["Key"])["Body"].read())
+    outputs = []
+    for f in manifest["ResultFiles"]["SUCCEEDED"]:
+        for r in json.loads(s3.get_object(Bucket=bucket, Key=f["Key"])["Body"].read()):
+            outputs.append(json.loads(r["Output"]))
+    assert sorted(outputs, key=json.dumps) == sorted(["a", {"ok": "redrive-reader-b"}, "c", "d"], key=json.dumps)
+    failed = [json.loads(r["Input"]) for f in manifest["ResultFiles"]["FAILED"]
+              for r in json.loads(s3.get_object(Bucket=bucket, Key=f["Key"])["Body"].read())]
+    assert failed == ["b"], failed

@@ -184,6 +184,8 @@ impl Execution {
             remote,
             failing: None,
             unsuccessful: Default::default(),
+            skip: Default::default(),
+            pending_done: BTreeMap::new(),
         });
         if !done.is_empty() {
             self.settle(fid, env);
@@ -431,14 +433,28 @@ impl Execution {
             self.emit(Some(fid), EventType::MapStateSucceeded, || None);
             return self.complete(fid, Value::Array(Vec::new()), None, env);
         }
+        let reads = feed.is_some();
         let unkept = export.as_ref().filter(|e| e.to_s3()).map(|_| len);
         let spread = (run.is_none() && self.spreads(fid, st, len)).then(BTreeMap::new);
         // A redrive runs only the children that did not succeed (those of a Map Run it
-        // does not redrive run again, in a new run).
-        let done = match (&rerun, &run) {
-            (Some(k), None) => k.results.clone(),
-            (Some(k), Some(_)) if redriven.is_some() => k.results.clone(),
-            _ => BTreeMap::new(),
+        // does not redrive run again, in a new run): their results kept here, or, when they
+        // went to S3, their slots (and the export goes on after the files written).
+        let (done, skip) = match (&rerun, &run) {
+            (Some(k), None) => (k.results.clone(), Default::default()),
+            (Some(k), Some(_)) if redriven.is_some() => {
+                if let (Some(e), Some(w)) = (export.as_mut(), k.written.clone()) {
+                    e.continue_from(w);
+                }
+                (k.results.clone(), k.succeeded.clone())
+            }
+            _ => Default::default(),
+        };
+        let done_count = done.len() + skip.len();
+        // Read items: their results wait for their page (counted as they are skipped).
+        let (done, pending_done) = if reads {
+            (BTreeMap::new(), done)
+        } else {
+            (done, BTreeMap::new())
         };
         if let Some(r) = &run {
             for slot in done.keys() {
@@ -467,7 +483,7 @@ impl Execution {
             keys,
             selector_input: input,
             max_concurrency: mc,
-            done: done.len(),
+            done: done_count,
             last_event: started,
             run,
             preselected,
@@ -479,11 +495,14 @@ impl Execution {
             spread,
             failing: None,
             unsuccessful: Default::default(),
+            skip,
+            pending_done,
         });
-        if !done.is_empty() && done.len() == len {
-            return self.settle(fid, env);
-        }
         self.fill_map(fid, env);
+        // Every child succeeded before: nothing runs, the state ends now.
+        if !reads && done_count > 0 && done_count == len {
+            self.settle(fid, env);
+        }
     }
 
     /// A Map Run's ARN: `arn:{partition}:states:{region}:{account}:mapRun:{machine}/{label}:{id}`,
@@ -629,6 +648,32 @@ impl Execution {
             else {
                 return;
             };
+            // A redriven Map skips the children that succeeded before (a read one's item
+            // is dropped, and it counts as succeeded now that it is known).
+            let skipped = {
+                let Waiting::Children(c) = &mut self.active_mut(fid).waiting else {
+                    return;
+                };
+                let mut skipped = Vec::new();
+                while c.next_index < c.known() && c.done_before(c.next_index) {
+                    let slot = c.next_index;
+                    if c.feed.is_some() {
+                        c.items_base += 1;
+                        c.items.pop_front();
+                    }
+                    if c.feed.is_some() || c.skip.contains(slot) {
+                        skipped.push(slot);
+                    }
+                    c.next_index += 1;
+                }
+                skipped
+            };
+            for slot in skipped {
+                self.run_moved(fid, slot, |c| {
+                    c.pending = c.pending.saturating_sub(1);
+                    c.succeeded += 1;
+                });
+            }
             let (index, item, key, distributed, preselected, spread) = {
                 let Waiting::Children(c) = &mut self.active_mut(fid).waiting else {
                     return;
@@ -637,10 +682,6 @@ impl Execution {
                     || (c.max_concurrency > 0 && c.in_flight() >= c.max_concurrency)
                 {
                     return;
-                }
-                // A redriven Map skips the children that succeeded before.
-                while c.results.get(c.next_index).is_some_and(Option::is_some) {
-                    c.next_index += 1;
                 }
                 if c.next_index >= c.known() {
                     if c.feed.as_ref().is_some_and(io::Feed::wants_page) {
@@ -1065,7 +1106,11 @@ impl Execution {
         }) = w
         {
             if export.to_s3() {
-                let then = AfterWrite::Fail { summary, failure };
+                let then = AfterWrite::Fail {
+                    summary,
+                    failure,
+                    written: Vec::new(),
+                };
                 return self.final_write(map, export, then);
             }
         }

@@ -429,6 +429,8 @@ impl Execution {
                 // inline Map or Parallel that failed, or that runs (stopped, timed out).
                 done: BTreeMap::new(),
                 run: None,
+                succeeded: Default::default(),
+                written: None,
             }
             .keeping(match (&a.waiting, kept) {
                 (Waiting::Children(c), _) => c.kept(a.state),
@@ -444,6 +446,8 @@ impl Execution {
                 var_bytes: root.var_bytes,
                 done: BTreeMap::new(),
                 run: None,
+                succeeded: Default::default(),
+                written: None,
             },
         });
     }
@@ -475,7 +479,7 @@ impl Execution {
     /// `RedriveExecution`: `ExecutionRedriven`, then the stopped state runs again with the
     /// same input and variables.
     pub(super) fn on_redrive(&mut self) {
-        let Some(point) = self.st.redrive.take() else {
+        let Some(mut point) = self.st.redrive.take() else {
             return;
         };
         self.st.status = ExecStatus::Running;
@@ -494,6 +498,7 @@ impl Execution {
         if self.st.frames.first().and_then(Option::as_ref).is_some() {
             self.release_frame(0);
         }
+        self.st.rerun = point.kept();
         let root = self.alloc_frame(Frame {
             block: 0,
             parent: None,
@@ -505,13 +510,6 @@ impl Execution {
             scope_root: false,
         });
         self.st.var_bytes = point.var_bytes;
-        if !point.done.is_empty() || point.run.is_some() {
-            self.st.rerun = Some(Kept {
-                state: point.state,
-                results: point.done,
-                run: point.run,
-            });
-        }
         self.st.queue.push_back(Work::Enter {
             frame: root,
             state: point.state,

@@ -435,7 +435,16 @@ impl Execution {
                 summary,
                 output: request.state_output(),
             },
-            fail => fail,
+            AfterWrite::Fail {
+                summary, failure, ..
+            } => AfterWrite::Fail {
+                summary,
+                failure,
+                written: (request.chunks.iter().flatten())
+                    .filter(|r| r.succeeded())
+                    .map(|r| r.index)
+                    .collect(),
+            },
         };
         let sm = self.sm.clone();
         let st = sm.state(self.frame(fid).block, self.active(fid).state);
@@ -592,7 +601,21 @@ impl Execution {
                     let f = io_failure(f, names::RESULT_WRITER_FAILED);
                     self.run_failed(fid, summary, f, env);
                 }
-                (AfterWrite::Fail { summary, failure }, _) => {
+                (
+                    AfterWrite::Fail {
+                        summary,
+                        failure,
+                        written,
+                    },
+                    result,
+                ) => {
+                    // What a redrive keeps now includes this write's records and files.
+                    let files = result
+                        .ok()
+                        .and_then(|v| serde_json::from_value::<Written>(v).ok());
+                    if let (Some(files), Some(k)) = (files, self.st.kept.as_mut()) {
+                        k.wrote(written, files);
+                    }
                     self.run_failed(fid, summary, failure, env);
                 }
             },
@@ -693,6 +716,28 @@ impl Export {
     /// The task writing a chunk, no longer awaited.
     pub(crate) fn cancel(&mut self) -> Option<u64> {
         self.flushing.take()
+    }
+
+    /// Children whose records are not in S3 yet: running, ended and waiting for a chunk,
+    /// or in the chunk being written.
+    pub(crate) fn unwritten(&self) -> std::collections::BTreeSet<usize> {
+        (self.running.keys().copied())
+            .chain(self.ended.iter().map(|(s, _)| *s))
+            .chain(self.in_flush.iter().map(|r| r.index))
+            .collect()
+    }
+
+    /// The files written to S3 so far (an export to S3 only).
+    pub(crate) fn written(&self) -> Option<crate::export::Written> {
+        self.to_s3.as_ref().map(|w| w.written.clone())
+    }
+
+    /// A redriven run's export: its files are numbered after, and its manifest lists, those
+    /// the earlier attempts wrote.
+    pub(crate) fn continue_from(&mut self, written: crate::export::Written) {
+        if let Some(w) = self.to_s3.as_mut() {
+            w.written = written;
+        }
     }
 }
 

@@ -13,6 +13,7 @@ mod children;
 mod context;
 mod flow;
 mod io;
+mod slots;
 mod spread;
 
 use std::collections::{BTreeMap, VecDeque};
@@ -458,8 +459,14 @@ pub(crate) enum Waiting {
 pub(crate) enum AfterWrite {
     /// Succeeds with `{MapRunArn, ResultWriterDetails}`.
     Succeed { summary: usize, output: Value },
-    /// Fails as its Map Run did.
-    Fail { summary: usize, failure: Failure },
+    /// Fails as its Map Run did. `written`: the children that succeeded whose records this
+    /// last write puts in S3 (a redrive runs them no more once it has).
+    Fail {
+        summary: usize,
+        failure: Failure,
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        written: Vec<usize>,
+    },
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -512,6 +519,13 @@ pub(crate) struct Children {
     /// hold `{"Error","Cause"}` or nothing): a redrive runs them again.
     #[serde(default, skip_serializing_if = "std::collections::BTreeSet::is_empty")]
     unsuccessful: std::collections::BTreeSet<usize>,
+    /// A redriven Map Run: children that succeeded before and run no more, whose results
+    /// went to S3 (`skip`), or whose results come in with a page of items not read yet
+    /// (`pending_done`, by slot).
+    #[serde(default, skip_serializing_if = "slots::Slots::is_empty")]
+    skip: slots::Slots,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pending_done: BTreeMap<usize, Value>,
 }
 
 impl Children {
@@ -554,19 +568,45 @@ impl Children {
             .collect()
     }
 
-    /// What a redrive of this state keeps: the children that succeeded, and a DISTRIBUTED
-    /// Map's run when the run can be redriven (its items given, not read, and its results
-    /// kept here, not exported to S3; otherwise a redrive starts a new run).
+    /// Whether slot `slot` succeeded in an earlier attempt and runs no more.
+    fn done_before(&self, slot: usize) -> bool {
+        self.results.get(slot).is_some_and(Option::is_some) || self.skip.contains(slot)
+    }
+
+    /// What a redrive of this state keeps: the children that succeeded (their results, or,
+    /// when the results went to S3, their slots and the files written), and a DISTRIBUTED
+    /// Map's run, redriven under its ARN.
     fn kept(&self, state: StateId) -> Option<Kept> {
-        let run = match &self.run {
-            None => None,
-            Some(_) if self.feed.is_some() || self.unkept.is_some() => return None,
-            Some(r) => Some(r.summary),
+        let run = self.run.as_ref().map(|r| r.summary);
+        let mut results = self.succeeded();
+        results.extend(self.pending_done.clone());
+        let succeeded = match self.unkept {
+            None => slots::Slots::default(),
+            // Started and not unsuccessful (nor still running), or skipped and not reached.
+            Some(_) => {
+                // Only those whose records are in S3 already (the last write adds its own
+                // once it lands).
+                let unwritten: std::collections::BTreeSet<usize> = self
+                    .export
+                    .as_ref()
+                    .map(io::Export::unwritten)
+                    .unwrap_or_default();
+                let started = (0..self.next_index).filter(|s| {
+                    !self.unsuccessful.contains(s)
+                        && !self.remote.contains_key(s)
+                        && !unwritten.contains(s)
+                });
+                let ahead = self.skip.iter().filter(|s| *s >= self.next_index);
+                slots::Slots::from_sorted(started.chain(ahead))
+            }
         };
+        let written = self.export.as_ref().and_then(io::Export::written);
         Some(Kept {
             state,
-            results: self.succeeded(),
+            results,
             run,
+            succeeded,
+            written,
         })
     }
 
@@ -574,7 +614,19 @@ impl Children {
     fn add_children(&mut self, n: usize) {
         match &mut self.unkept {
             Some(k) => *k += n,
-            None => self.results.resize(self.results.len() + n, None),
+            None => {
+                let from = self.results.len();
+                self.results.resize(from + n, None);
+                // A redrive's results of children that succeeded before, now known.
+                let now: Vec<usize> = self
+                    .pending_done
+                    .range(from..from + n)
+                    .map(|(s, _)| *s)
+                    .collect();
+                for slot in now {
+                    self.results[slot] = self.pending_done.remove(&slot);
+                }
+            }
         }
     }
 }
@@ -749,6 +801,11 @@ pub(crate) struct RedrivePoint {
     /// A DISTRIBUTED Map: the Map Run a redrive redrives.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     run: Option<usize>,
+    /// A Map Run whose results went to S3: the children that succeeded, and the files.
+    #[serde(default, skip_serializing_if = "slots::Slots::is_empty")]
+    succeeded: slots::Slots,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    written: Option<crate::export::Written>,
 }
 
 impl RedrivePoint {
@@ -756,8 +813,22 @@ impl RedrivePoint {
         if let Some(k) = kept {
             self.done = k.results;
             self.run = k.run;
+            self.succeeded = k.succeeded;
+            self.written = k.written;
         }
         self
+    }
+
+    /// What the redrive keeps of the state it enters again, if anything.
+    fn kept(&mut self) -> Option<Kept> {
+        let nothing = self.done.is_empty() && self.run.is_none();
+        (!nothing).then(|| Kept {
+            state: self.state,
+            results: std::mem::take(&mut self.done),
+            run: self.run.take(),
+            succeeded: std::mem::take(&mut self.succeeded),
+            written: self.written.take(),
+        })
     }
 }
 
@@ -771,6 +842,23 @@ pub(crate) struct Kept {
     /// started anew.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     run: Option<usize>,
+    /// A Map Run whose results went to S3: the children that succeeded (their results are
+    /// in the files), and the files written, which the redriven run's export continues.
+    #[serde(default, skip_serializing_if = "slots::Slots::is_empty")]
+    succeeded: slots::Slots,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    written: Option<crate::export::Written>,
+}
+
+impl Kept {
+    /// A Map Run's last write landed: its children that succeeded are in S3, and the run's
+    /// files are these.
+    fn wrote(&mut self, succeeded: Vec<usize>, files: crate::export::Written) {
+        if self.written.is_some() {
+            self.succeeded = self.succeeded.with(succeeded);
+            self.written = Some(files);
+        }
+    }
 }
 
 /// One execution.

@@ -1026,6 +1026,166 @@ fn redriving_a_map_or_parallel_reruns_only_what_did_not_succeed() {
     }
 }
 
+/// The ReadItems tasks of a step: (task id, request).
+fn reads(out: &StepOutput) -> Vec<u64> {
+    picked(out, |c| match c {
+        Command::InvokeTask(TaskRequest {
+            task_id,
+            kind: TaskKind::ReadItems(_),
+            ..
+        }) => Some(*task_id),
+        _ => None,
+    })
+}
+
+/// Ends the children `which` of `started` as `status` (FAILED with `Boom`).
+fn end_children(
+    exec: &mut Execution,
+    env: &mut ManualEnv,
+    started: &[ChildRequest],
+    which: &[usize],
+    status: ExecStatus,
+) -> Vec<StepOutput> {
+    let mut outs = Vec::new();
+    for c in started.iter().filter(|c| which.contains(&c.index)) {
+        let (output, error) = match status {
+            ExecStatus::Succeeded => (Some(json!(c.index * 10)), None),
+            _ => (None, Some("Boom")),
+        };
+        outs.push(exec.step(
+            Input::ChildFinished {
+                child_id: c.child_id,
+                outcome: finished(status, output, error),
+                events: Vec::new(),
+            },
+            env,
+        ));
+    }
+    outs
+}
+
+/// A redriven Map Run that read its items reads them again and runs only the children that
+/// did not succeed, under the same Map Run; the results of the others are kept in place.
+#[test]
+fn redriving_a_map_run_that_read_its_items_reruns_only_the_unsuccessful_children() {
+    let def = json!({"StartAt": "M", "States": {"M": {"Type": "Map", "End": true,
+        "ItemReader": {"Resource": "arn:aws:states:::s3:getObject",
+            "ReaderConfig": {"InputType": "JSONL"}, "Parameters": {"Bucket": "b", "Key": "k"}},
+        "ItemProcessor": {"ProcessorConfig": {"Mode": "DISTRIBUTED", "ExecutionType": "STANDARD"},
+            "StartAt": "P", "States": {"P": {"Type": "Pass", "End": true}}}}}});
+    let mut exec = with_child_executions(def, json!({}));
+    let mut env = ManualEnv::new(1_700_000_000_000, 1);
+    let page = json!({"items": [0, 1, 2, 3], "next": null});
+    let read = reads(&exec.step(Input::Start, &mut env));
+    let out = exec.step(
+        Input::TaskSucceeded {
+            task_id: read[0],
+            output: page.clone(),
+        },
+        &mut env,
+    );
+    let first = child_starts(&out);
+    assert_eq!(first.len(), 4);
+    end_children(&mut exec, &mut env, &first, &[0, 3], ExecStatus::Succeeded);
+    end_children(&mut exec, &mut env, &first, &[1], ExecStatus::Failed);
+    assert_eq!(exec.status(), ExecStatus::Failed);
+    let run_arn = exec.map_runs()[0].map_run_arn.clone();
+
+    // The redrive reads the items again; children 1 and 2 (aborted) run again.
+    let out = exec.step(Input::Redrive, &mut env);
+    assert!(types(&out).contains(&"MapRunRedriven"));
+    let read = reads(&out);
+    assert_eq!(read.len(), 1);
+    let out = exec.step(
+        Input::TaskSucceeded {
+            task_id: read[0],
+            output: page,
+        },
+        &mut env,
+    );
+    let again = child_starts(&out);
+    assert_eq!(again.iter().map(|c| c.index).collect::<Vec<_>>(), [1, 2]);
+    assert!(again.iter().all(|c| c.redrive));
+    assert_eq!(again[0].execution_arn, first[1].execution_arn);
+    assert_eq!(exec.map_runs().len(), 1);
+    assert_eq!(exec.map_runs()[0].map_run_arn, run_arn);
+    end_children(&mut exec, &mut env, &again, &[1, 2], ExecStatus::Succeeded);
+    assert_eq!(exec.status(), ExecStatus::Succeeded);
+    assert_eq!(exec.outcome().unwrap().output, Some(json!([0, 10, 20, 30])));
+    let r = &exec.map_runs()[0];
+    assert_eq!((r.executions.succeeded, r.executions.total), (4, 4));
+    assert_eq!((r.items.pending, r.items.running), (0, 0));
+    assert_eq!(r.redrive_count, 1);
+}
+
+/// A redriven Map Run whose results went to S3 reruns only the unsuccessful children, and
+/// its export goes on after the files the failed attempt wrote: numbered after them, and
+/// its manifest lists them all.
+#[test]
+fn redriving_a_map_run_that_exported_its_results_continues_its_files() {
+    let def = json!({"StartAt": "M", "States": {"M": {"Type": "Map", "ItemsPath": "$.items",
+        "ResultWriter": {"Resource": "arn:aws:states:::s3:putObject",
+            "Parameters": {"Bucket": "out", "Prefix": "p"}},
+        "ItemProcessor": {"ProcessorConfig": {"Mode": "DISTRIBUTED", "ExecutionType": "STANDARD"},
+            "StartAt": "P", "States": {"P": {"Type": "Pass", "End": true}}}, "End": true}}});
+    let mut exec = with_child_executions(def, json!({"items": [0, 1, 2, 3, 4]}));
+    let mut env = ManualEnv::new(1_700_000_000_000, 1);
+    let first = child_starts(&exec.step(Input::Start, &mut env));
+    assert_eq!(first.len(), 5);
+    end_children(
+        &mut exec,
+        &mut env,
+        &first,
+        &[0, 1, 3],
+        ExecStatus::Succeeded,
+    );
+    // Child 2 fails (none tolerated): child 4 is aborted, and the last write goes out.
+    let outs = end_children(&mut exec, &mut env, &first, &[2], ExecStatus::Failed);
+    let (id, w) = writes(&outs[0]).pop().expect("the last write");
+    assert!(w.last);
+    let (_, written) = crate::export::files(&w);
+    let out = exec.step(
+        Input::TaskSucceeded {
+            task_id: id,
+            output: serde_json::to_value(&written).unwrap(),
+        },
+        &mut env,
+    );
+    assert!(types(&out).contains(&"MapRunFailed"));
+    assert_eq!(exec.status(), ExecStatus::Failed);
+
+    let again = child_starts(&exec.step(Input::Redrive, &mut env));
+    assert_eq!(again.iter().map(|c| c.index).collect::<Vec<_>>(), [2, 4]);
+    let outs = end_children(&mut exec, &mut env, &again, &[2, 4], ExecStatus::Succeeded);
+    let (id, w2) = writes(outs.last().unwrap())
+        .pop()
+        .expect("the redrive's last write");
+    // Only the rerun children's records; files after the first attempt's.
+    let records: Vec<usize> = w2.chunks.iter().flatten().map(|r| r.index).collect();
+    assert_eq!(records, [2, 4]);
+    assert_eq!(w2.written, written);
+    let (files, all) = crate::export::files(&w2);
+    assert_eq!(all.succeeded.len(), written.succeeded.len() + 1);
+    let manifest = files
+        .iter()
+        .find(|(key, _)| key.ends_with("manifest.json"))
+        .unwrap();
+    let listed = String::from_utf8_lossy(&manifest.1).to_string();
+    for f in written.succeeded.iter().chain(&all.succeeded) {
+        assert!(listed.contains(&f.key), "{} not in the manifest", f.key);
+    }
+    exec.step(
+        Input::TaskSucceeded {
+            task_id: id,
+            output: serde_json::to_value(&all).unwrap(),
+        },
+        &mut env,
+    );
+    assert_eq!(exec.status(), ExecStatus::Succeeded);
+    let r = &exec.map_runs()[0];
+    assert_eq!((r.executions.succeeded, r.executions.total), (5, 5));
+}
+
 /// A failure a Retry takes runs the whole state again: nothing is kept for a redrive then.
 #[test]
 fn a_retried_map_runs_whole_and_keeps_nothing_for_a_redrive() {
