@@ -5,7 +5,7 @@
 
 use std::collections::{BTreeMap, VecDeque};
 
-use serde_json::{Map, Value};
+use serde_json::Value;
 
 use super::context::Scope;
 use super::flow::seed_of;
@@ -130,8 +130,11 @@ impl Execution {
         };
         let started = self.emit(Some(fid), EventType::ParallelStateStarted, || None);
         let spread = self.spreads(fid, st, branches.len());
-        // A redrive runs only the branches that did not succeed.
-        let done = self.take_rerun(fid).map(|k| k.results).unwrap_or_default();
+        // A redrive runs only the branches that did not succeed, each from where it stopped.
+        let (done, mut resume) = self
+            .take_rerun(fid)
+            .map(|k| (k.results, k.resume))
+            .unwrap_or_default();
         let mut results = vec![None; branches.len()];
         let mut running = BTreeMap::new();
         let mut remote = BTreeMap::new();
@@ -145,23 +148,10 @@ impl Execution {
                 remote.insert(slot, child_id);
                 continue;
             }
-            let child = self.alloc_frame(Frame {
-                block: *block,
-                parent: Some(Parent { frame: fid, slot }),
-                vars: Map::new(),
-                var_bytes: 0,
-                prev: started,
-                active: None,
-                silent: self.frame(fid).silent,
-                scope_root: false,
-            });
+            let silent = self.frame(fid).silent;
+            let frame = Frame::child(*block, Parent { frame: fid, slot }, started, silent, false);
+            let child = self.begin_branch(frame, resume.remove(&slot), branch_input.clone());
             running.insert(slot, child);
-            let start = self.sm.block(*block).start_at;
-            self.st.queue.push_back(Work::Enter {
-                frame: child,
-                state: start,
-                input: branch_input.clone(),
-            });
         }
         self.active_mut(fid).waiting = Waiting::Children(Children {
             is_map: false,
@@ -186,6 +176,7 @@ impl Execution {
             unsuccessful: Default::default(),
             skip: Default::default(),
             pending_done: BTreeMap::new(),
+            resume: BTreeMap::new(),
         });
         if !done.is_empty() {
             self.settle(fid, env);
@@ -449,6 +440,10 @@ impl Execution {
             }
             _ => Default::default(),
         };
+        let resume = match (&rerun, &run) {
+            (Some(k), None) => k.resume.clone(),
+            _ => BTreeMap::new(),
+        };
         let done_count = done.len() + skip.len();
         // Read items: their results wait for their page (counted as they are skipped).
         let (done, pending_done) = if reads {
@@ -497,6 +492,7 @@ impl Execution {
             unsuccessful: Default::default(),
             skip,
             pending_done,
+            resume,
         });
         self.fill_map(fid, env);
         // Every child succeeded before: nothing runs, the state ends now.
@@ -769,29 +765,50 @@ impl Execution {
                 }
                 continue;
             }
-            let child = self.alloc_frame(Frame {
-                block: *processor,
-                parent: Some(Parent {
-                    frame: fid,
-                    slot: index,
-                }),
-                vars: Map::new(),
-                var_bytes: 0,
-                prev: started,
-                active: None,
-                silent: distributed || self.frame(fid).silent,
-                scope_root: distributed,
-            });
+            let silent = distributed || self.frame(fid).silent;
+            let parent = Parent {
+                frame: fid,
+                slot: index,
+            };
+            let frame = Frame::child(*processor, parent, started, silent, distributed);
+            // A redriven iteration resumes where it stopped.
+            let point = match &mut self.active_mut(fid).waiting {
+                Waiting::Children(c) => c.resume.remove(&index),
+                _ => None,
+            };
+            let child = self.begin_branch(frame, point, iteration_input);
             if let Waiting::Children(c) = &mut self.active_mut(fid).waiting {
                 c.running.insert(index, child);
             }
-            let start = self.sm.block(*processor).start_at;
-            self.st.queue.push_back(Work::Enter {
-                frame: child,
-                state: start,
-                input: iteration_input,
-            });
         }
+    }
+
+    /// Starts a branch's or iteration's frame: at its block's start with `input`, or, on a
+    /// redrive, where it stopped (that state's input, its variables, and what a Map or
+    /// Parallel there kept).
+    fn begin_branch(
+        &mut self,
+        mut frame: Frame,
+        point: Option<BranchPoint>,
+        input: Value,
+    ) -> FrameId {
+        let (state, input) = match point {
+            None => (self.sm.block(frame.block).start_at, input),
+            Some(p) => {
+                frame.vars = p.vars;
+                frame.var_bytes = p.var_bytes;
+                frame.rerun = p.kept;
+                self.st.var_bytes += p.var_bytes;
+                (p.state, p.input)
+            }
+        };
+        let child = self.alloc_frame(frame);
+        self.st.queue.push_back(Work::Enter {
+            frame: child,
+            state,
+            input,
+        });
+        child
     }
 
     /// The window of a Map Run given `MaxConcurrency` `given`.

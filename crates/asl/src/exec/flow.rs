@@ -150,6 +150,8 @@ impl Execution {
             active: None,
             silent: false,
             scope_root: false,
+            kept: None,
+            rerun: None,
         });
         let input = self.st.info.input.clone();
         if let Err(f) = self.check_size(&input, "execution input") {
@@ -419,6 +421,13 @@ impl Execution {
             return;
         }
         let kept = self.st.kept.take();
+        // Where its running branches are, for a redrive to resume them there.
+        if root.active.is_some() {
+            self.capture_points(0);
+        }
+        let Some(root) = self.st.frames.first().and_then(Option::as_ref) else {
+            return;
+        };
         self.st.redrive = Some(match &root.active {
             Some(a) => RedrivePoint {
                 state: a.state,
@@ -431,6 +440,7 @@ impl Execution {
                 run: None,
                 succeeded: Default::default(),
                 written: None,
+                resume: BTreeMap::new(),
             }
             .keeping(match (&a.waiting, kept) {
                 (Waiting::Children(c), _) => c.kept(a.state),
@@ -448,32 +458,106 @@ impl Execution {
                 run: None,
                 succeeded: Default::default(),
                 written: None,
+                resume: BTreeMap::new(),
             },
         });
     }
 
     /// A top-level inline Map or Parallel is failing: what its children have done is kept
     /// for a redrive (until the failure is retried or caught).
+    /// A nested one keeps it in its frame, for the branch's [`BranchPoint`].
     pub(super) fn keep_for_redrive(&mut self, fid: FrameId) {
-        if self.frame(fid).parent.is_some() {
-            return;
-        }
+        self.capture_points(fid);
         let Some(a) = self.frame(fid).active.as_ref() else {
             return;
         };
-        if let Waiting::Children(c) = &a.waiting {
-            self.st.kept = c.kept(a.state);
+        let Waiting::Children(c) = &a.waiting else {
+            return;
+        };
+        let kept = c.kept(a.state);
+        if self.frame(fid).parent.is_none() {
+            self.st.kept = kept;
+        } else {
+            self.frame_mut(fid).kept = kept.map(Box::new);
         }
     }
 
-    /// What a redrive keeps of the top-level state it enters: the children that succeeded
-    /// before, and the Map Run to redrive.
+    /// A state retried or caught runs whole again: it keeps nothing for a redrive.
+    pub(super) fn forget_kept(&mut self, fid: FrameId) {
+        self.st.kept = None;
+        self.frame_mut(fid).kept = None;
+    }
+
+    /// What a redrive keeps of the state it enters: the children that succeeded before,
+    /// the Map Run to redrive, and where the others stopped. The top-level frame's comes
+    /// from the redrive point, a resumed branch's from its [`BranchPoint`].
     pub(super) fn take_rerun(&mut self, fid: FrameId) -> Option<Kept> {
         let state = self.active(fid).state;
-        match self.st.rerun.take() {
-            Some(k) if k.state == state && self.frame(fid).parent.is_none() => Some(k),
-            _ => None,
+        let kept = if self.frame(fid).parent.is_none() {
+            self.st.rerun.take()
+        } else {
+            self.frame_mut(fid).rerun.take().map(|k| *k)
+        };
+        kept.filter(|k| k.state == state)
+    }
+
+    /// Records where each branch or iteration that frame `fid`'s Map or Parallel runs as
+    /// a frame now stands (`Children::resume`), so that a redrive resumes it there.
+    pub(super) fn capture_points(&mut self, fid: FrameId) {
+        let running: Vec<(usize, FrameId)> = match &self.frame(fid).active {
+            Some(Active {
+                waiting: Waiting::Children(c),
+                ..
+            }) if c.run.is_none() => c.running.iter().map(|(s, f)| (*s, *f)).collect(),
+            _ => return,
+        };
+        for (slot, child) in running {
+            if let Some(p) = self.branch_point(child) {
+                if let Waiting::Children(c) = &mut self.active_mut(fid).waiting {
+                    c.resume.insert(slot, p);
+                }
+            }
         }
+    }
+
+    /// Where a branch's or iteration's frame stands: its state and that state's input (or
+    /// the state it is about to enter), its variables, and what a Map or Parallel it is in
+    /// keeps. `None`: it has not begun (it reruns from its start).
+    pub(super) fn branch_point(&mut self, fid: FrameId) -> Option<BranchPoint> {
+        let at = match &self.frame(fid).active {
+            Some(a) => Some((a.state, a.raw_input.clone())),
+            None => (self.st.queue.iter().chain(&self.st.parked)).find_map(|w| match w {
+                Work::Enter {
+                    frame,
+                    state,
+                    input,
+                } if *frame == fid => Some((*state, input.clone())),
+                _ => None,
+            }),
+        };
+        let (state, input) = at?;
+        let kept = match self.frame_mut(fid).kept.take() {
+            Some(k) => Some(k),
+            None => {
+                self.capture_points(fid);
+                match &self.frame(fid).active {
+                    Some(Active {
+                        state,
+                        waiting: Waiting::Children(c),
+                        ..
+                    }) => c.kept(*state).map(Box::new),
+                    _ => None,
+                }
+            }
+        };
+        let f = self.frame(fid);
+        Some(BranchPoint {
+            state,
+            input,
+            vars: f.vars.clone(),
+            var_bytes: f.var_bytes,
+            kept,
+        })
     }
 
     /// `RedriveExecution`: `ExecutionRedriven`, then the stopped state runs again with the
@@ -508,6 +592,8 @@ impl Execution {
             active: None,
             silent: false,
             scope_root: false,
+            kept: None,
+            rerun: None,
         });
         self.st.var_bytes = point.var_bytes;
         self.st.queue.push_back(Work::Enter {
@@ -1238,7 +1324,7 @@ impl Execution {
                 }
                 let delay_ms = (delay * 1000.0).min(9e15) as i64;
                 // A retried state runs whole again.
-                self.st.kept = None;
+                self.forget_kept(fid);
                 let a = self.active_mut(fid);
                 a.retry_counts[i] += 1;
                 a.retry_count += 1;
@@ -1253,7 +1339,7 @@ impl Execution {
             .iter()
             .find(|c| c.error_equals.iter().any(|e| f.matches(e)))
         {
-            self.st.kept = None;
+            self.forget_kept(fid);
             return self.catch_to(fid, st, c, f, env);
         }
         self.frame_failed(fid, f, env);
@@ -1409,6 +1495,12 @@ impl Execution {
                 c.running.remove(&parent.slot);
             }
             return self.child_failed(parent.frame, parent.slot, f, false, env);
+        }
+        // Where it failed, for a redrive to resume it there.
+        if let Some(p) = self.branch_point(fid) {
+            if let Waiting::Children(c) = &mut self.active_mut(parent.frame).waiting {
+                c.resume.insert(parent.slot, p);
+            }
         }
         let child_prev = self.frame(fid).prev;
         let is_map = matches!(&self.active(parent.frame).waiting, Waiting::Children(c) if c.is_map);

@@ -526,6 +526,10 @@ pub(crate) struct Children {
     skip: slots::Slots,
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pending_done: BTreeMap<usize, Value>,
+    /// An inline Map or Parallel: where branches stopped (those that failed or were
+    /// aborted, for a redrive; on a redrive, those still to resume there).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    resume: BTreeMap<usize, BranchPoint>,
 }
 
 impl Children {
@@ -601,12 +605,20 @@ impl Children {
             }
         };
         let written = self.export.as_ref().and_then(io::Export::written);
+        let resume = match self.run {
+            Some(_) => BTreeMap::new(),
+            None => (self.resume.iter())
+                .filter(|(slot, _)| !results.contains_key(slot))
+                .map(|(slot, p)| (*slot, p.clone()))
+                .collect(),
+        };
         Some(Kept {
             state,
             results,
             run,
             succeeded,
             written,
+            resume,
         })
     }
 
@@ -718,6 +730,47 @@ pub(crate) struct Frame {
     /// none of its parent's variables).
     #[serde(default)]
     scope_root: bool,
+    /// A branch or iteration whose Map or Parallel state is failing: what that state keeps
+    /// for a redrive (the top-level frame keeps it in `ExecutionState::kept`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    kept: Option<Box<Kept>>,
+    /// A redriven branch or iteration resumed in a Map or Parallel state: what that state
+    /// kept (the top-level frame's is `ExecutionState::rerun`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    rerun: Option<Box<Kept>>,
+}
+
+impl Frame {
+    /// A branch's or iteration's frame, with no variables yet.
+    fn child(block: BlockId, parent: Parent, prev: u64, silent: bool, scope_root: bool) -> Frame {
+        Frame {
+            block,
+            parent: Some(parent),
+            vars: Map::new(),
+            var_bytes: 0,
+            prev,
+            active: None,
+            silent,
+            scope_root,
+            kept: None,
+            rerun: None,
+        }
+    }
+}
+
+/// Where a branch or iteration that failed or was aborted stopped: a redrive resumes it
+/// there (its state, that state's input, its variables), rather than from its start.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub(crate) struct BranchPoint {
+    state: StateId,
+    input: Value,
+    #[serde(default, skip_serializing_if = "Map::is_empty")]
+    vars: Map<String, Value>,
+    #[serde(default)]
+    var_bytes: usize,
+    /// It stopped in a Map or Parallel state: what that state keeps.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    kept: Option<Box<Kept>>,
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -806,6 +859,9 @@ pub(crate) struct RedrivePoint {
     succeeded: slots::Slots,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     written: Option<crate::export::Written>,
+    /// An inline Map or Parallel: where its failed or aborted branches stopped.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    resume: BTreeMap<usize, BranchPoint>,
 }
 
 impl RedrivePoint {
@@ -815,19 +871,21 @@ impl RedrivePoint {
             self.run = k.run;
             self.succeeded = k.succeeded;
             self.written = k.written;
+            self.resume = k.resume;
         }
         self
     }
 
     /// What the redrive keeps of the state it enters again, if anything.
     fn kept(&mut self) -> Option<Kept> {
-        let nothing = self.done.is_empty() && self.run.is_none();
+        let nothing = self.done.is_empty() && self.run.is_none() && self.resume.is_empty();
         (!nothing).then(|| Kept {
             state: self.state,
             results: std::mem::take(&mut self.done),
             run: self.run.take(),
             succeeded: std::mem::take(&mut self.succeeded),
             written: self.written.take(),
+            resume: std::mem::take(&mut self.resume),
         })
     }
 }
@@ -848,6 +906,9 @@ pub(crate) struct Kept {
     succeeded: slots::Slots,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     written: Option<crate::export::Written>,
+    /// An inline Map or Parallel: where its failed or aborted branches stopped, by slot.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    resume: BTreeMap<usize, BranchPoint>,
 }
 
 impl Kept {

@@ -1186,6 +1186,125 @@ fn redriving_a_map_run_that_exported_its_results_continues_its_files() {
     assert_eq!((r.executions.succeeded, r.executions.total), (5, 5));
 }
 
+/// A redrive resumes a failed branch where it stopped, all the way down: the Parallel
+/// reruns only its failed branch, from the Map it failed in (not its first state); the Map
+/// reruns only its failed iteration, from the Task that failed; what succeeded keeps its
+/// result, and the variables of the resumed branch are those it had.
+#[test]
+fn a_redrive_resumes_nested_branches_where_they_stopped() {
+    let call = |next: Value| {
+        let mut t = json!({"Type": "Task", "Resource": "arn:aws:states:::lambda:invoke",
+            "Parameters": {"v.$": "$"}});
+        match next {
+            Value::String(n) => t["Next"] = json!(n),
+            _ => t["End"] = json!(true),
+        }
+        t
+    };
+    let def = json!({"StartAt": "Par", "States": {"Par": {"Type": "Parallel", "End": true,
+        "Branches": [
+            {"StartAt": "Ok", "States": {"Ok": {"Type": "Pass", "Result": "ok", "End": true}}},
+            {"StartAt": "Prep", "States": {
+                "Prep": {"Type": "Pass", "Assign": {"tag": "t"}, "Result": [1, 2, 3], "Next": "M"},
+                "M": {"Type": "Map", "End": true, "ItemProcessor": {"StartAt": "Before",
+                    "States": {"Before": {"Type": "Pass", "Next": "Call"}, "Call": call(Value::Null)}},
+                    "ItemSelector": {"n.$": "$$.Map.Item.Value", "tag.$": "$tag"}}}}]}}});
+    let (mut exec, mut env, out) = start(def.clone(), json!({}));
+    let mut calls = tasks_of(&out);
+    assert_eq!(calls.len(), 3);
+    let failing = calls.remove(1);
+    assert_eq!(failing.parameters, json!({"v": {"n": 2, "tag": "t"}}));
+    for t in calls {
+        let output = json!(t.parameters["v"]["n"]);
+        exec.step(
+            Input::TaskSucceeded {
+                task_id: t.task_id,
+                output,
+            },
+            &mut env,
+        );
+    }
+    exec.step(boom(failing.task_id), &mut env);
+    assert_eq!(exec.status(), ExecStatus::Failed);
+
+    let mut exec = reloaded(&exec);
+    let out = exec.step(Input::Redrive, &mut env);
+    let entered: Vec<String> = out
+        .events
+        .iter()
+        .filter(|e| e.event_type.as_str().ends_with("StateEntered"))
+        .map(|e| {
+            e.details.as_ref().unwrap()["name"]
+                .as_str()
+                .unwrap()
+                .to_string()
+        })
+        .collect();
+    // Neither Ok, nor Prep, nor the iteration's Before run again.
+    assert_eq!(entered, ["Par", "M", "Call"], "{:?}", types(&out));
+    let again = tasks_of(&out);
+    assert_eq!(again.len(), 1);
+    assert_eq!(again[0].parameters, failing.parameters);
+    exec.step(
+        Input::TaskSucceeded {
+            task_id: again[0].task_id,
+            output: json!(20),
+        },
+        &mut env,
+    );
+    assert_eq!(exec.status(), ExecStatus::Succeeded);
+    assert_eq!(
+        exec.outcome().unwrap().output,
+        Some(json!(["ok", [1, 20, 3]]))
+    );
+
+    // Stopped while the iterations wait on their calls: the redrive resumes the aborted
+    // ones at their Task, and keeps the one that had succeeded.
+    let (mut exec, mut env, out) = start(def, json!({}));
+    let calls = tasks_of(&out);
+    let output = json!(calls[0].parameters["v"]["n"]);
+    exec.step(
+        Input::TaskSucceeded {
+            task_id: calls[0].task_id,
+            output,
+        },
+        &mut env,
+    );
+    let stop = Input::Stop {
+        error: None,
+        cause: None,
+    };
+    exec.step(stop, &mut env);
+    assert_eq!(exec.status(), ExecStatus::Aborted);
+    let mut exec = reloaded(&exec);
+    let out = exec.step(Input::Redrive, &mut env);
+    let again = tasks_of(&out);
+    let params: Vec<Value> = again
+        .iter()
+        .map(|t| t.parameters["v"]["n"].clone())
+        .collect();
+    assert_eq!(params, [json!(2), json!(3)], "{:?}", types(&out));
+    assert!(
+        !types(&out).contains(&"PassStateEntered"),
+        "{:?}",
+        types(&out)
+    );
+    for t in again {
+        let output = json!(t.parameters["v"]["n"]);
+        exec.step(
+            Input::TaskSucceeded {
+                task_id: t.task_id,
+                output,
+            },
+            &mut env,
+        );
+    }
+    assert_eq!(
+        exec.outcome().unwrap().output,
+        Some(json!(["ok", [1, 2, 3]]))
+    );
+}
+
 /// A failure a Retry takes runs the whole state again: nothing is kept for a redrive then.
 #[test]
 fn a_retried_map_runs_whole_and_keeps_nothing_for_a_redrive() {
