@@ -113,6 +113,27 @@ fn event_types(nodes: &[ShardNode], r: &ExecRecord) -> Vec<String> {
         .collect()
 }
 
+/// Starts the execution `name` of `def` on its shard and waits for its end.
+async fn run_to_end(nodes: &[ShardNode], name: &str, def: &Value, input: Value) -> ExecRecord {
+    let arn = parent_arn(name);
+    nodes[shard_of(&arn, SHARDS) as usize]
+        .handle
+        .start(start_req(name, def, input))
+        .await
+        .unwrap();
+    ended(nodes, &arn).await
+}
+
+/// The parent succeeded with every item `{"double": 2n}` for `n` in `0..n`, in order.
+fn assert_doubled(parent: &ExecRecord, n: i64) {
+    assert_eq!(parent.status, Status::Succeeded, "{parent:?}");
+    let want: Vec<Value> = (0..n).map(|i| json!({"double": 2 * i})).collect();
+    assert_eq!(
+        serde_json::from_str::<Value>(parent.output.as_deref().unwrap()).unwrap(),
+        Value::Array(want)
+    );
+}
+
 /// Stops every shard. The mailer's handles go first: they keep the executors' channels open.
 async fn stop_all(mail: &Loopback, nodes: Vec<ShardNode>) {
     mail.handles.lock().unwrap().clear();
@@ -128,19 +149,8 @@ async fn a_distributed_maps_children_run_on_the_shards_they_hash_to() {
     let (_db, nodes) = boot_shards(dir.path(), SHARDS, Arc::new(NoTasks), &mail).await;
     let arn = parent_arn("spread");
     let def = map(json!({"MaxConcurrency": 8}));
-    let input = json!({"items": items(40)});
-    nodes[shard_of(&arn, SHARDS) as usize]
-        .handle
-        .start(start_req("spread", &def, input))
-        .await
-        .unwrap();
-    let parent = ended(&nodes, &arn).await;
-    assert_eq!(parent.status, Status::Succeeded, "{parent:?}");
-    let want: Vec<Value> = (0..40).map(|i| json!({"double": 2 * i})).collect();
-    assert_eq!(
-        serde_json::from_str::<Value>(parent.output.as_deref().unwrap()).unwrap(),
-        Value::Array(want)
-    );
+    let parent = run_to_end(&nodes, "spread", &def, json!({"items": items(40)})).await;
+    assert_doubled(&parent, 40);
     // The parent's history is the Map Run's; each child has its own.
     assert_eq!(
         event_types(&nodes, &parent),
@@ -221,24 +231,8 @@ async fn a_full_shard_refuses_child_starts_until_it_has_room() {
     };
 
     // 30 children at once over four shards that each run at most two executions.
-    let arn = parent_arn("wide");
-    let home = shard_of(&arn, SHARDS) as usize;
-    nodes[home]
-        .handle
-        .start(start_req(
-            "wide",
-            &map(json!({})),
-            json!({"items": items(30)}),
-        ))
-        .await
-        .unwrap();
-    let parent = ended(&nodes, &arn).await;
-    assert_eq!(parent.status, Status::Succeeded, "{parent:?}");
-    let want: Vec<Value> = (0..30).map(|i| json!({"double": 2 * i})).collect();
-    assert_eq!(
-        serde_json::from_str::<Value>(parent.output.as_deref().unwrap()).unwrap(),
-        Value::Array(want)
-    );
+    let parent = run_to_end(&nodes, "wide", &map(json!({})), json!({"items": items(30)})).await;
+    assert_doubled(&parent, 30);
     assert!(refused(&nodes) > 0, "no delivery was refused");
     outboxes_empty(&nodes).await;
 
@@ -738,23 +732,9 @@ async fn express_children_run_in_memory_and_again_after_a_restart() {
                     "W": {"Type": "Wait", "Seconds": wait, "Next": "D"},
                     "D": {"Type": "Pass", "Parameters": {"double.$": "States.MathAdd($.n, $.n)"}, "End": true}}}}}})
     };
-    let arn = parent_arn("express");
-    nodes[shard_of(&arn, SHARDS) as usize]
-        .handle
-        .start(start_req(
-            "express",
-            &express(0),
-            json!({"items": items(8)}),
-        ))
-        .await
-        .unwrap();
-    let parent = ended(&nodes, &arn).await;
-    assert_eq!(parent.status, Status::Succeeded, "{parent:?}");
+    let parent = run_to_end(&nodes, "express", &express(0), json!({"items": items(8)})).await;
+    assert_doubled(&parent, 8);
     let want: Vec<Value> = (0..8).map(|i| json!({"double": 2 * i})).collect();
-    assert_eq!(
-        serde_json::from_str::<Value>(parent.output.as_deref().unwrap()).unwrap(),
-        Value::Array(want.clone())
-    );
     let kids = children(&nodes);
     assert_eq!(kids.len(), 8);
     for k in &kids {

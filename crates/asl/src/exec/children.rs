@@ -133,7 +133,7 @@ impl Execution {
         // A redrive runs only the branches that did not succeed, each from where it stopped.
         let (done, mut resume) = self
             .take_rerun(fid)
-            .map(|k| (k.results, k.resume))
+            .map(|k| (k.keeps.results, k.keeps.resume))
             .unwrap_or_default();
         let mut results = vec![None; branches.len()];
         let mut running = BTreeMap::new();
@@ -321,7 +321,7 @@ impl Execution {
                 }
             }
             // The run a redrive redrives keeps its ARN.
-            redriven = rerun.as_ref().and_then(|k| k.run).filter(|i| {
+            redriven = rerun.as_ref().and_then(|k| k.keeps.run).filter(|i| {
                 self.st
                     .map_runs
                     .get(*i)
@@ -431,17 +431,17 @@ impl Execution {
         // does not redrive run again, in a new run): their results kept here, or, when they
         // went to S3, their slots (and the export goes on after the files written).
         let (done, skip) = match (&rerun, &run) {
-            (Some(k), None) => (k.results.clone(), Default::default()),
+            (Some(k), None) => (k.keeps.results.clone(), Default::default()),
             (Some(k), Some(_)) if redriven.is_some() => {
-                if let (Some(e), Some(w)) = (export.as_mut(), k.written.clone()) {
+                if let (Some(e), Some(w)) = (export.as_mut(), k.keeps.written.clone()) {
                     e.continue_from(w);
                 }
-                (k.results.clone(), k.succeeded.clone())
+                (k.keeps.results.clone(), k.keeps.succeeded.clone())
             }
             _ => Default::default(),
         };
         let resume = match (&rerun, &run) {
-            (Some(k), None) => k.resume.clone(),
+            (Some(k), None) => k.keeps.resume.clone(),
             _ => BTreeMap::new(),
         };
         let done_count = done.len() + skip.len();

@@ -436,11 +436,7 @@ impl Execution {
                 var_bytes: root.var_bytes,
                 // The iterations or branches that succeeded are not run again: those of an
                 // inline Map or Parallel that failed, or that runs (stopped, timed out).
-                done: BTreeMap::new(),
-                run: None,
-                succeeded: Default::default(),
-                written: None,
-                resume: BTreeMap::new(),
+                keeps: Default::default(),
             }
             .keeping(match (&a.waiting, kept) {
                 (Waiting::Children(c), _) => c.kept(a.state),
@@ -454,11 +450,7 @@ impl Execution {
                 input: self.st.info.input.clone(),
                 vars: root.vars.clone(),
                 var_bytes: root.var_bytes,
-                done: BTreeMap::new(),
-                run: None,
-                succeeded: Default::default(),
-                written: None,
-                resume: BTreeMap::new(),
+                keeps: Default::default(),
             },
         });
     }

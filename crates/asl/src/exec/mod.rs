@@ -614,11 +614,13 @@ impl Children {
         };
         Some(Kept {
             state,
-            results,
-            run,
-            succeeded,
-            written,
-            resume,
+            keeps: Keeps {
+                results,
+                run,
+                succeeded,
+                written,
+                resume,
+            },
         })
     }
 
@@ -842,59 +844,101 @@ pub struct ExecutionState {
 
 /// The top-level state an execution stopped in, its input and the variables then.
 #[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(from = "StoredPoint")]
 pub(crate) struct RedrivePoint {
     state: StateId,
     input: Value,
     vars: Map<String, Value>,
     var_bytes: usize,
-    /// A Map or Parallel state: the results of the iterations or branches that succeeded,
-    /// by slot. A redrive runs only the others.
-    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    /// A Map or Parallel state: what it keeps for the redrive.
+    #[serde(default, skip_serializing_if = "Keeps::is_empty")]
+    keeps: Keeps,
+}
+
+/// A redrive point as stored, also by builds that kept a Map's results and Map Run at its
+/// top level (`done`, `run`).
+#[derive(Deserialize)]
+struct StoredPoint {
+    state: StateId,
+    input: Value,
+    vars: Map<String, Value>,
+    var_bytes: usize,
+    #[serde(default)]
+    keeps: Keeps,
+    #[serde(default)]
     done: BTreeMap<usize, Value>,
-    /// A DISTRIBUTED Map: the Map Run a redrive redrives.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(default)]
     run: Option<usize>,
-    /// A Map Run whose results went to S3: the children that succeeded, and the files.
-    #[serde(default, skip_serializing_if = "slots::Slots::is_empty")]
-    succeeded: slots::Slots,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    written: Option<crate::export::Written>,
-    /// An inline Map or Parallel: where its failed or aborted branches stopped.
-    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
-    resume: BTreeMap<usize, BranchPoint>,
+}
+
+impl From<StoredPoint> for RedrivePoint {
+    fn from(p: StoredPoint) -> RedrivePoint {
+        RedrivePoint {
+            state: p.state,
+            input: p.input,
+            vars: p.vars,
+            var_bytes: p.var_bytes,
+            keeps: p.keeps.or_legacy(p.done, p.run),
+        }
+    }
 }
 
 impl RedrivePoint {
     fn keeping(mut self, kept: Option<Kept>) -> RedrivePoint {
         if let Some(k) = kept {
-            self.done = k.results;
-            self.run = k.run;
-            self.succeeded = k.succeeded;
-            self.written = k.written;
-            self.resume = k.resume;
+            self.keeps = k.keeps;
         }
         self
     }
 
     /// What the redrive keeps of the state it enters again, if anything.
     fn kept(&mut self) -> Option<Kept> {
-        let nothing = self.done.is_empty() && self.run.is_none() && self.resume.is_empty();
+        let k = &self.keeps;
+        let nothing = k.results.is_empty() && k.run.is_none() && k.resume.is_empty();
         (!nothing).then(|| Kept {
             state: self.state,
-            results: std::mem::take(&mut self.done),
-            run: self.run.take(),
-            succeeded: std::mem::take(&mut self.succeeded),
-            written: self.written.take(),
-            resume: std::mem::take(&mut self.resume),
+            keeps: std::mem::take(&mut self.keeps),
         })
     }
 }
 
-/// The iterations or branches of a top-level Map or Parallel state that succeeded before the
-/// state failed, for a redrive.
+/// What a Map or Parallel state that did not succeed keeps for a redrive, in its state.
 #[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(from = "StoredKept")]
 pub(crate) struct Kept {
     state: StateId,
+    #[serde(default, skip_serializing_if = "Keeps::is_empty")]
+    keeps: Keeps,
+}
+
+/// What a state keeps as stored, also by builds that kept it at the top level (`results`,
+/// `run`).
+#[derive(Deserialize)]
+struct StoredKept {
+    state: StateId,
+    #[serde(default)]
+    keeps: Keeps,
+    #[serde(default)]
+    results: BTreeMap<usize, Value>,
+    #[serde(default)]
+    run: Option<usize>,
+}
+
+impl From<StoredKept> for Kept {
+    fn from(k: StoredKept) -> Kept {
+        Kept {
+            state: k.state,
+            keeps: k.keeps.or_legacy(k.results, k.run),
+        }
+    }
+}
+
+/// What a redrive keeps of a Map or Parallel state.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub(crate) struct Keeps {
+    /// The results of the iterations or branches that succeeded, by slot: a redrive runs
+    /// only the others.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     results: BTreeMap<usize, Value>,
     /// A DISTRIBUTED Map: its Map Run (its entry in `map_runs`), redriven rather than
     /// started anew.
@@ -911,13 +955,33 @@ pub(crate) struct Kept {
     resume: BTreeMap<usize, BranchPoint>,
 }
 
+impl Keeps {
+    fn is_empty(&self) -> bool {
+        self.results.is_empty()
+            && self.run.is_none()
+            && self.succeeded.is_empty()
+            && self.written.is_none()
+            && self.resume.is_empty()
+    }
+
+    /// These, or what an older build stored in their place.
+    fn or_legacy(mut self, results: BTreeMap<usize, Value>, run: Option<usize>) -> Keeps {
+        if self.results.is_empty() {
+            self.results = results;
+        }
+        self.run = self.run.or(run);
+        self
+    }
+}
+
 impl Kept {
     /// A Map Run's last write landed: its children that succeeded are in S3, and the run's
     /// files are these.
     fn wrote(&mut self, succeeded: Vec<usize>, files: crate::export::Written) {
-        if self.written.is_some() {
-            self.succeeded = self.succeeded.with(succeeded);
-            self.written = Some(files);
+        let k = &mut self.keeps;
+        if k.written.is_some() {
+            k.succeeded = k.succeeded.with(succeeded);
+            k.written = Some(files);
         }
     }
 }

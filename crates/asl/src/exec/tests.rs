@@ -1186,6 +1186,20 @@ fn redriving_a_map_run_that_exported_its_results_continues_its_files() {
     assert_eq!((r.executions.succeeded, r.executions.total), (5, 5));
 }
 
+/// Answers each call with the `n` of its `{"v": {"n": …}}` parameters.
+fn answer_n(exec: &mut Execution, env: &mut ManualEnv, calls: Vec<TaskRequest>) {
+    for t in calls {
+        let output = json!(t.parameters["v"]["n"]);
+        exec.step(
+            Input::TaskSucceeded {
+                task_id: t.task_id,
+                output,
+            },
+            env,
+        );
+    }
+}
+
 /// A redrive resumes a failed branch where it stopped, all the way down: the Parallel
 /// reruns only its failed branch, from the Map it failed in (not its first state); the Map
 /// reruns only its failed iteration, from the Task that failed; what succeeded keeps its
@@ -1214,16 +1228,7 @@ fn a_redrive_resumes_nested_branches_where_they_stopped() {
     assert_eq!(calls.len(), 3);
     let failing = calls.remove(1);
     assert_eq!(failing.parameters, json!({"v": {"n": 2, "tag": "t"}}));
-    for t in calls {
-        let output = json!(t.parameters["v"]["n"]);
-        exec.step(
-            Input::TaskSucceeded {
-                task_id: t.task_id,
-                output,
-            },
-            &mut env,
-        );
-    }
+    answer_n(&mut exec, &mut env, calls);
     exec.step(boom(failing.task_id), &mut env);
     assert_eq!(exec.status(), ExecStatus::Failed);
 
@@ -1289,16 +1294,7 @@ fn a_redrive_resumes_nested_branches_where_they_stopped() {
         "{:?}",
         types(&out)
     );
-    for t in again {
-        let output = json!(t.parameters["v"]["n"]);
-        exec.step(
-            Input::TaskSucceeded {
-                task_id: t.task_id,
-                output,
-            },
-            &mut env,
-        );
-    }
+    answer_n(&mut exec, &mut env, again);
     assert_eq!(
         exec.outcome().unwrap().output,
         Some(json!(["ok", [1, 2, 3]]))
@@ -1334,4 +1330,22 @@ fn a_retried_map_runs_whole_and_keeps_nothing_for_a_redrive() {
     let out = exec.step(Input::TimerFired { timer_id: timer }, &mut env);
     // The retry runs both iterations.
     assert_eq!(tasks_of(&out).len(), 2);
+}
+
+/// What a redrive keeps reads back from state stored before it had `keeps` (its results and
+/// Map Run at the top level: `results`/`run` in a kept state, `done`/`run` in a redrive
+/// point).
+#[test]
+fn kept_reads_back_from_older_stored_state() {
+    let old: Kept =
+        serde_json::from_value(json!({"state": 2, "results": {"1": 5}, "run": 0})).unwrap();
+    assert_eq!(old.keeps.results.get(&1), Some(&json!(5)));
+    assert_eq!(old.keeps.run, Some(0));
+    let again: Kept = serde_json::from_value(serde_json::to_value(&old).unwrap()).unwrap();
+    assert_eq!(again.keeps.results, old.keeps.results);
+    let point: RedrivePoint = serde_json::from_value(
+        json!({"state": 2, "input": {}, "vars": {}, "var_bytes": 0, "done": {"0": "a"}}),
+    )
+    .unwrap();
+    assert_eq!(point.keeps.results.get(&0), Some(&json!("a")));
 }
