@@ -134,6 +134,16 @@ fn assert_doubled(parent: &ExecRecord, n: i64) {
     );
 }
 
+/// Stops execution `arn` (StopExecution, no error or cause).
+async fn stop_execution(nodes: &[ShardNode], arn: &str) {
+    let stop = Control::Stop {
+        error: None,
+        cause: None,
+    };
+    let shard = shard_of(arn, SHARDS) as usize;
+    nodes[shard].handle.control(arn, stop).await.unwrap();
+}
+
 /// Stops every shard. The mailer's handles go first: they keep the executors' channels open.
 async fn stop_all(mail: &Loopback, nodes: Vec<ShardNode>) {
     mail.handles.lock().unwrap().clear();
@@ -270,17 +280,7 @@ async fn a_full_shard_refuses_child_starts_until_it_has_room() {
     }
     // Stopping the parent stops the children that run, which makes room for the held ones,
     // which start and are stopped in turn: none is left running.
-    nodes[home]
-        .handle
-        .control(
-            &arn,
-            Control::Stop {
-                error: None,
-                cause: None,
-            },
-        )
-        .await
-        .unwrap();
+    stop_execution(&nodes, &arn).await;
     eventually("every child started and aborted", || {
         let kids = kids_of(&nodes, &arn);
         (kids.len() == 12 && kids.iter().all(|c| c.status == Status::Aborted)).then_some(())
@@ -424,15 +424,7 @@ async fn a_failed_map_run_and_a_stopped_parent_stop_their_children() {
             .any(|f| f.execution_arn == arn && f.kind == "STUCK_EXECUTION"),
         "{report:?}"
     );
-    home.control(
-        &arn,
-        Control::Stop {
-            error: None,
-            cause: None,
-        },
-    )
-    .await
-    .unwrap();
+    stop_execution(&nodes, &arn).await;
     eventually("the stopped parent's children to be aborted", || {
         let kids: Vec<ExecRecord> = children(&nodes)
             .into_iter()
