@@ -75,6 +75,11 @@ codes! {
     UnknownOperationException => "com.amazon.coral.service", Unimplemented, 400;
     SerializationException => "com.amazon.coral.service", InvalidArgument, 400;
     ThrottlingException => "com.amazon.coral.availability", ResourceExhausted, 400;
+    // Authentication (SigV4) on the AWS JSON API.
+    MissingAuthenticationTokenException => "com.amazon.coral.service", Unauthenticated, 400;
+    UnrecognizedClientException => "com.amazon.coral.service", Unauthenticated, 400;
+    InvalidSignatureException => "com.amazon.coral.service", Unauthenticated, 400;
+    IncompleteSignatureException => "com.amazon.coral.service", Unauthenticated, 400;
     InternalFailure => "com.amazon.coral.service", Internal, 500;
     ServiceUnavailable => "com.amazon.coral.service", Unavailable, 503;
     // Trellis: the node does not lead the group; `leader_hint` names the leader.

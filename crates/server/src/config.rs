@@ -18,6 +18,7 @@ pub struct Config {
     pub cluster: ClusterSection,
     pub aws: AwsSection,
     pub connectors: ConnectorsSection,
+    pub auth: AuthSection,
     /// Lambda function name -> HTTP endpoint that plays it.
     pub functions: BTreeMap<String, String>,
 }
@@ -46,6 +47,37 @@ pub struct NodeSection {
     /// The store's page cache, in MiB (sled's own default, 1 GiB, is more than a small
     /// node should spend on it).
     pub cache_mib: u64,
+}
+
+/// Who may call the node ([`crate::auth`]). No access key: authentication is off.
+#[derive(Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AuthSection {
+    /// The root principal's access key; also `TRELLIS_ROOT_ACCESS_KEY_ID`.
+    pub root_access_key_id: String,
+    /// Its secret; also `TRELLIS_ROOT_SECRET_ACCESS_KEY`.
+    pub root_secret_access_key: String,
+    /// How far a signed request's date may be from the node's clock (AWS: 15 minutes).
+    pub max_skew_seconds: u64,
+}
+
+impl Default for AuthSection {
+    fn default() -> Self {
+        AuthSection {
+            root_access_key_id: String::new(),
+            root_secret_access_key: String::new(),
+            max_skew_seconds: 900,
+        }
+    }
+}
+
+impl std::fmt::Debug for AuthSection {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AuthSection")
+            .field("root_access_key_id", &self.root_access_key_id)
+            .field("max_skew_seconds", &self.max_skew_seconds)
+            .finish_non_exhaustive()
+    }
 }
 
 /// The task connectors (`http:invoke`, Lambda over HTTP).
@@ -129,6 +161,17 @@ impl Config {
             merge(&mut value, file);
         }
         for (k, v) in env {
+            // The root principal, named as MinIO names its root user.
+            let root = match k.as_str() {
+                "TRELLIS_ROOT_ACCESS_KEY_ID" => Some("root_access_key_id"),
+                "TRELLIS_ROOT_SECRET_ACCESS_KEY" => Some("root_secret_access_key"),
+                _ => None,
+            };
+            if let Some(key) = root {
+                set(&mut value, &["auth".to_string(), key.to_string()], &v)
+                    .with_context(|| format!("environment variable {k}"))?;
+                continue;
+            }
             let Some(rest) = k.strip_prefix("TRELLIS__") else {
                 continue;
             };
@@ -179,6 +222,15 @@ impl Config {
         }
         if self.cluster.max_live_per_shard == 0 {
             bail!("cluster.max_live_per_shard must be at least 1");
+        }
+        let (key, secret) = (
+            &self.auth.root_access_key_id,
+            &self.auth.root_secret_access_key,
+        );
+        if key.is_empty() != secret.is_empty() {
+            bail!(
+                "the root principal needs both an access key and a secret                  (TRELLIS_ROOT_ACCESS_KEY_ID and TRELLIS_ROOT_SECRET_ACCESS_KEY)"
+            );
         }
         if self.cluster.break_fencing && !self.cluster.fault_injection {
             bail!("cluster.break_fencing is for tests and needs cluster.fault_injection");
@@ -374,5 +426,32 @@ mod tests {
         )];
         let e = Config::load(None, env).unwrap_err();
         assert!(format!("{e:#}").contains("fault_injection"), "{e:#}");
+    }
+
+    #[test]
+    fn the_root_principal_comes_from_its_environment_variables() {
+        let var = |k: &str, v: &str| (k.to_string(), v.to_string());
+        let cfg = Config::load(
+            None,
+            [
+                var("TRELLIS_ROOT_ACCESS_KEY_ID", "AKROOT"),
+                var("TRELLIS_ROOT_SECRET_ACCESS_KEY", "s3cr3t"),
+                var("TRELLIS__AUTH__MAX_SKEW_SECONDS", "60"),
+            ],
+        )
+        .unwrap();
+        assert_eq!(cfg.auth.root_access_key_id, "AKROOT");
+        assert_eq!(cfg.auth.root_secret_access_key, "s3cr3t");
+        assert_eq!(cfg.auth.max_skew_seconds, 60);
+        // The secret never shows in a debug print of the configuration.
+        assert!(!format!("{cfg:?}").contains("s3cr3t"));
+        // No principal: authentication off.
+        assert!(crate::auth::Principals::from_config(&Config::default().auth).is_none());
+        // A key without its secret is refused.
+        let e = Config::load(None, [var("TRELLIS_ROOT_ACCESS_KEY_ID", "AKROOT")]).unwrap_err();
+        assert!(
+            format!("{e:#}").contains("TRELLIS_ROOT_SECRET_ACCESS_KEY"),
+            "{e:#}"
+        );
     }
 }

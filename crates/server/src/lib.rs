@@ -3,6 +3,7 @@
 //! (`trellis run`). The `trellis` binary (`src/main.rs`) is [`cli::main`]; tests start nodes
 //! in-process through [`node::Node`] and [`serve::serve`].
 
+pub mod auth;
 pub mod aws;
 pub mod cli;
 pub mod config;

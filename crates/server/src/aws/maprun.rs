@@ -6,8 +6,8 @@ use serde_json::{Number, Value};
 use trellis_cluster::ApiResult;
 use trellis_proto::v1 as pb;
 
-use super::shapes::required;
-use super::{parse, reply, secs, secs_if};
+use super::shapes::{required, secs, secs_if};
+use super::{parse, reply};
 use crate::node::Node;
 
 #[derive(Debug, Deserialize)]

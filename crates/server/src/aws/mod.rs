@@ -1,7 +1,8 @@
 //! The AWS Step Functions JSON 1.0 API (`POST /`, `X-Amz-Target: AWSStepFunctions.<Op>`),
 //! so boto3, the AWS CLI and the SDKs work against a node. Also `/healthz` and `/readyz`.
 //!
-//! Requests are not SigV4-verified: any credentials are accepted. Timestamps are epoch
+//! With principals configured, every request's SigV4 signature is verified first
+//! ([`crate::auth::sigv4`]); without, any credentials are accepted. Timestamps are epoch
 //! seconds; `input`, `output` and `definition` are JSON text, as on AWS. Bodies are the
 //! typed shapes of [`shapes`].
 
@@ -17,7 +18,7 @@ use axum::routing::{get, post};
 use axum::Router;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
-use serde_json::{Map, Number, Value};
+use serde_json::{Map, Value};
 use trellis_proto::v1 as pb;
 use trellis_proto::{ApiError, Code};
 
@@ -64,19 +65,6 @@ async fn readyz(State(node): State<Arc<Node>>) -> Response {
     }
 }
 
-/// Epoch milliseconds as AWS's epoch seconds (a JSON number with a fraction).
-fn secs(ms: i64) -> Number {
-    match trellis_asl::json::number_from_f64(ms as f64 / 1000.0) {
-        Value::Number(n) => n,
-        // A finite f64 always makes a number; 0 stands in should that ever change.
-        _ => Number::from(0),
-    }
-}
-
-fn secs_if(ms: i64) -> Option<Number> {
-    (ms != 0).then(|| secs(ms))
-}
-
 /// A request body as its shape; a member of the wrong type is AWS's SerializationException.
 fn parse<T: DeserializeOwned>(body: Value) -> ApiResult<T> {
     serde_json::from_value(body).map_err(|e| {
@@ -92,13 +80,22 @@ fn reply<T: Serialize>(out: T) -> ApiResult<String> {
     serde_json::to_string(&out).map_err(trellis_cluster::internal)
 }
 
-async fn handle(State(node): State<Arc<Node>>, headers: HeaderMap, body: Bytes) -> Response {
+async fn handle(
+    State(node): State<Arc<Node>>,
+    uri: axum::http::Uri,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
     let request_id = format!(
         "{:08x}-0000-4000-8000-{:012x}",
         node.cfg.node.id,
         REQUEST_SEQ.fetch_add(1, Ordering::Relaxed)
     );
-    let result = dispatch(&node, &headers, &body).await;
+    let principals = node.principals.as_ref();
+    let result = match crate::auth::sigv4::check(principals, &uri, &headers, &body) {
+        Ok(()) => dispatch(&node, &headers, &body).await,
+        Err(e) => Err(e),
+    };
     let (status, text) = match result {
         Ok(text) => (StatusCode::OK, text),
         Err(e) => {

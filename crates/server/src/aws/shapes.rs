@@ -590,3 +590,16 @@ pub struct ActivityTaskOutput {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub input: Option<String>,
 }
+
+/// Epoch milliseconds as AWS's epoch seconds (a JSON number with a fraction).
+pub(super) fn secs(ms: i64) -> Number {
+    match trellis_asl::json::number_from_f64(ms as f64 / 1000.0) {
+        Value::Number(n) => n,
+        // A finite f64 always makes a number; 0 stands in should that ever change.
+        _ => Number::from(0),
+    }
+}
+
+pub(super) fn secs_if(ms: i64) -> Option<Number> {
+    (ms != 0).then(|| secs(ms))
+}

@@ -42,6 +42,8 @@ pub struct Node {
     /// The Prometheus registry `/metrics` exposes (the cluster registers its metrics in it).
     metrics: prometheus_client::registry::Registry,
     connectors: Connectors,
+    /// Who may call the AWS API; `None`: authentication is off.
+    pub principals: Option<crate::auth::Principals>,
 }
 
 impl Node {
@@ -70,12 +72,14 @@ impl Node {
         let cluster =
             Cluster::open(settings, db, Arc::new(connectors.clone()), &mut metrics).await?;
         let registry = Registry::new(cluster.meta().clone(), &cfg.aws.region, &cfg.aws.account);
+        let principals = crate::auth::Principals::from_config(&cfg.auth);
         let node = Arc::new(Node {
             cfg,
             cluster,
             registry,
             metrics,
             connectors,
+            principals,
         });
         // Forwarded API calls land on this node; nested executions start through it.
         let api: Arc<dyn trellis_cluster::Api> = node.clone();
