@@ -334,3 +334,31 @@ def test_redrive_reruns_only_the_iterations_that_did_not_succeed(sfn):
              if ev["type"] == "MapIterationStarted"]
     # m1 succeeded before the failure: only m2 and m3 run after the redrive.
     assert again == [1, 2]
+
+
+def test_an_oversized_body_is_refused_with_an_aws_error(node, sfn):
+    import socket
+    # 10 MB announced by its length; the node answers from the headers alone, before the
+    # body is sent (so it never holds it).
+    size = 10 << 20
+    head = (f"POST / HTTP/1.1\r\nHost: 127.0.0.1:{node.http_port}\r\n"
+            "Content-Type: application/x-amz-json-1.0\r\n"
+            "X-Amz-Target: AWSStepFunctions.CreateActivity\r\n"
+            f"Content-Length: {size}\r\n\r\n").encode()
+    with socket.create_connection(("127.0.0.1", node.http_port), timeout=30) as s:
+        s.sendall(head + b'{"name": "')
+        data = b""
+        while b"\r\n\r\n" not in data or len(data.split(b"\r\n\r\n", 1)[1]) == 0:
+            chunk = s.recv(65536)
+            if not chunk:
+                break
+            data += chunk
+    status_line, rest = data.split(b"\r\n", 1)
+    headers, body = rest.split(b"\r\n\r\n", 1)
+    assert b" 400 " in status_line, data
+    assert b"application/x-amz-json-1.0" in headers.lower(), data
+    reply = json.loads(body)
+    assert reply["__type"].endswith("ValidationException"), reply
+    assert "larger than" in reply["message"], reply
+    # Still serving.
+    assert "stateMachines" in sfn.list_state_machines()

@@ -10,7 +10,6 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::body::Bytes;
 use axum::extract::State;
 use axum::http::{HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -84,7 +83,7 @@ async fn handle(
     State(node): State<Arc<Node>>,
     uri: axum::http::Uri,
     headers: HeaderMap,
-    body: Bytes,
+    body: axum::body::Body,
 ) -> Response {
     let request_id = format!(
         "{:08x}-0000-4000-8000-{:012x}",
@@ -92,8 +91,11 @@ async fn handle(
         REQUEST_SEQ.fetch_add(1, Ordering::Relaxed)
     );
     let principals = node.principals.as_ref();
-    let result = match crate::auth::sigv4::check(principals, &uri, &headers, &body) {
-        Ok(()) => dispatch(&node, &headers, &body).await,
+    let result = match shapes::body(&headers, body).await {
+        Ok(body) => match crate::auth::sigv4::check(principals, &uri, &headers, &body) {
+            Ok(()) => dispatch(&node, &headers, &body).await,
+            Err(e) => Err(e),
+        },
         Err(e) => Err(e),
     };
     let (status, text) = match result {

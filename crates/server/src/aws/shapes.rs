@@ -603,3 +603,41 @@ pub(super) fn secs(ms: i64) -> Number {
 pub(super) fn secs_if(ms: i64) -> Option<Number> {
     (ms != 0).then(|| secs(ms))
 }
+
+/// The largest AWS API request body taken: a definition of up to 1 MiB (AWS's limit), JSON
+/// escaped inside the request, and then some.
+pub(super) const MAX_REQUEST_BYTES: usize = 4 << 20;
+
+/// A request's body, or AWS's error when it cannot be taken: one whose `Content-Length` is
+/// over [`MAX_REQUEST_BYTES`] is refused from its headers, before it is read; one without a
+/// length is read up to the limit, not beyond.
+pub(super) async fn body(
+    headers: &axum::http::HeaderMap,
+    body: axum::body::Body,
+) -> Result<axum::body::Bytes, ApiError> {
+    let too_large = || {
+        ApiError::new(
+            Code::ValidationException,
+            format!(
+                "1 validation error detected: the request body is larger than {MAX_REQUEST_BYTES} bytes"
+            ),
+        )
+    };
+    let declared = (headers.get("content-length"))
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > MAX_REQUEST_BYTES as u64) {
+        return Err(too_large());
+    }
+    // A chunked body over the limit, or one cut off.
+    axum::body::to_bytes(body, MAX_REQUEST_BYTES)
+        .await
+        .map_err(|e| {
+            ApiError::new(
+                Code::ValidationException,
+                format!(
+                    "The request body could not be read whole within {MAX_REQUEST_BYTES} bytes: {e}"
+                ),
+            )
+        })
+}
