@@ -83,3 +83,32 @@ def test_aws_cli_signs_with_its_usual_credentials(secured):
 def test_a_node_without_principals_takes_any_credentials(sfn):
     # The shared node of the other tests has none: `trellis dev` needs no setup.
     assert "stateMachines" in sfn.list_state_machines()
+
+
+def test_every_call_is_audited_apart(secured):
+    import re
+    import time
+    sfn = client(secured)
+    arn = create(sfn, "Audited", {"StartAt": "P", "States": {"P": {"Type": "Pass", "End": True}}})
+    refusal(lambda: client(secured, secret="wrong").describe_state_machine(stateMachineArn=arn))
+    ansi = re.compile(r"\x1b\[[0-9;]*m")
+
+    def audit_lines():
+        secured.log.flush()
+        with open(secured.log.name, "rb") as f:
+            text = ansi.sub("", f.read().decode(errors="replace"))
+        return [line for line in text.splitlines() if "trellis::audit" in line]
+
+    created = refused = []
+    deadline = time.time() + 10
+    while time.time() < deadline:
+        lines = audit_lines()
+        created = [x for x in lines if "operation=CreateStateMachine" in x and 'resource="Audited"' in x]
+        refused = [x for x in lines if "operation=DescribeStateMachine" in x
+                   and 'outcome="InvalidSignatureException"' in x]
+        if created and refused:
+            break
+        time.sleep(0.1)
+    assert created and refused, audit_lines()[-5:]
+    assert 'principal="root"' in created[0] and 'outcome="ok"' in created[0], created
+    assert 'principal="-"' in refused[0], refused

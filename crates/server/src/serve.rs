@@ -111,10 +111,16 @@ impl Flags {
 
 /// Runs a node until it is told to stop.
 pub fn run(cfg: Config) -> Result<()> {
+    // The audit log (`trellis::audit`) is on by default when the node authenticates.
+    let default = if cfg.auth.root_access_key_id.is_empty() {
+        "info,openraft=error,sled=warn,trellis::audit=off"
+    } else {
+        "info,openraft=error,sled=warn"
+    };
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_env("TRELLIS_LOG")
-                .unwrap_or_else(|_| "info,openraft=error,sled=warn".into()),
+                .unwrap_or_else(|_| default.into()),
         )
         .with_writer(std::io::stderr)
         .init();

@@ -61,15 +61,16 @@ fn mismatch() -> ApiError {
 }
 
 /// The AWS API's check of a request (`POST` to `uri`): its signature when the node has
-/// principals, nothing when it has none. A refusal is logged.
-pub fn check(
-    principals: Option<&Principals>,
+/// principals, nothing when it has none. The principal's name (`None` without principals);
+/// a refusal is logged.
+pub fn check<'p>(
+    principals: Option<&'p Principals>,
     uri: &axum::http::Uri,
     headers: &HeaderMap,
     body: &[u8],
-) -> Result<(), ApiError> {
+) -> Result<Option<&'p str>, ApiError> {
     let Some(principals) = principals else {
-        return Ok(());
+        return Ok(None);
     };
     let req = Request {
         method: "POST",
@@ -80,10 +81,7 @@ pub fn check(
     };
     let now = DateTime::<Utc>::from(std::time::SystemTime::now());
     match verify(principals, &req, now) {
-        Ok(p) => {
-            tracing::debug!(principal = %p.name, "AWS API request authenticated");
-            Ok(())
-        }
+        Ok(p) => Ok(Some(p.name.as_str())),
         Err(e) => {
             tracing::info!(code = %e.code, reason = %e.message, "AWS API request refused");
             Err(e)

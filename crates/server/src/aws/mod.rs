@@ -91,13 +91,18 @@ async fn handle(
         REQUEST_SEQ.fetch_add(1, Ordering::Relaxed)
     );
     let principals = node.principals.as_ref();
+    let mut audit = shapes::Audit::new(&request_id, &headers);
     let result = match shapes::body(&headers, body).await {
         Ok(body) => match crate::auth::sigv4::check(principals, &uri, &headers, &body) {
-            Ok(()) => dispatch(&node, &headers, &body).await,
+            Ok(who) => {
+                audit.called(who, &body);
+                dispatch(&node, &headers, &body).await
+            }
             Err(e) => Err(e),
         },
         Err(e) => Err(e),
     };
+    audit.record(result.as_ref().err());
     let (status, text) = match result {
         Ok(text) => (StatusCode::OK, text),
         Err(e) => {

@@ -641,3 +641,72 @@ pub(super) async fn body(
             )
         })
 }
+
+/// The audit record of one AWS API call: who called which operation on which resource, and
+/// the outcome, as an INFO event of its own target (`trellis::audit`), so it can be shipped
+/// apart (on by default when the node authenticates, see `docs/security.md`).
+pub(super) struct Audit<'a> {
+    request_id: &'a str,
+    operation: String,
+    principal: Option<String>,
+    resource: Option<String>,
+}
+
+/// The resource a request names (read without keeping the rest of the body).
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct Named {
+    execution_arn: Option<String>,
+    state_machine_arn: Option<String>,
+    activity_arn: Option<String>,
+    map_run_arn: Option<String>,
+    resource_arn: Option<String>,
+    name: Option<String>,
+}
+
+impl<'a> Audit<'a> {
+    pub(super) fn new(request_id: &'a str, headers: &axum::http::HeaderMap) -> Audit<'a> {
+        let target = (headers.get("x-amz-target"))
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default();
+        Audit {
+            request_id,
+            operation: target
+                .strip_prefix("AWSStepFunctions.")
+                .unwrap_or(target)
+                .to_string(),
+            principal: None,
+            resource: None,
+        }
+    }
+
+    /// The caller was authenticated (or authentication is off) and names this body.
+    pub(super) fn called(&mut self, principal: Option<&str>, body: &[u8]) {
+        if !tracing::enabled!(target: "trellis::audit", tracing::Level::INFO) {
+            return;
+        }
+        self.principal = principal.map(str::to_string);
+        self.resource = serde_json::from_slice::<Named>(body).ok().and_then(|n| {
+            n.execution_arn
+                .or(n.state_machine_arn)
+                .or(n.activity_arn)
+                .or(n.map_run_arn)
+                .or(n.resource_arn)
+                .or(n.name)
+        });
+    }
+
+    /// Writes the record: `ok`, or the error's code.
+    pub(super) fn record(self, error: Option<&ApiError>) {
+        let outcome = error.map_or("ok", |e| e.code.name());
+        tracing::info!(
+            target: "trellis::audit",
+            request_id = self.request_id,
+            principal = self.principal.as_deref().unwrap_or("-"),
+            operation = %self.operation,
+            resource = self.resource.as_deref().unwrap_or("-"),
+            outcome,
+            "AWS API call"
+        );
+    }
+}
