@@ -362,3 +362,23 @@ def test_an_oversized_body_is_refused_with_an_aws_error(node, sfn):
     assert "larger than" in reply["message"], reply
     # Still serving.
     assert "stateMachines" in sfn.list_state_machines()
+
+
+def test_deeply_nested_json_is_refused_not_a_crash(node, sfn):
+    import urllib.error
+    import urllib.request
+    # A request body nested 100,000 deep: the JSON reader's depth limit refuses it.
+    deep = b'{"name": ' + b"[" * 100_000 + b"]" * 100_000 + b"}"
+    req = urllib.request.Request(node.endpoint + "/", data=deep, method="POST", headers={
+        "Content-Type": "application/x-amz-json-1.0", "X-Amz-Target": "AWSStepFunctions.CreateActivity"})
+    with pytest.raises(urllib.error.HTTPError) as err:
+        urllib.request.urlopen(req, timeout=30)
+    assert err.value.code == 400
+    assert json.loads(err.value.read())["__type"].endswith("SerializationException")
+    # An execution input nested past the limit is not valid input.
+    arn = create(sfn, "DeepInput", {"StartAt": "P", "States": {"P": {"Type": "Pass", "End": True}}})
+    with pytest.raises(ClientError) as e:
+        sfn.start_execution(stateMachineArn=arn, input="[" * 1000 + "]" * 1000)
+    assert code(e) == "InvalidExecutionInput"
+    # Still serving.
+    assert "stateMachines" in sfn.list_state_machines()
