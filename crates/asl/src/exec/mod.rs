@@ -13,8 +13,11 @@ mod children;
 mod context;
 mod flow;
 mod io;
+mod redrive;
 mod slots;
 mod spread;
+
+use redrive::{BranchPoint, Keeps, Kept, RedrivePoint};
 
 use std::collections::{BTreeMap, VecDeque};
 use std::sync::Arc;
@@ -760,21 +763,6 @@ impl Frame {
     }
 }
 
-/// Where a branch or iteration that failed or was aborted stopped: a redrive resumes it
-/// there (its state, that state's input, its variables), rather than from its start.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub(crate) struct BranchPoint {
-    state: StateId,
-    input: Value,
-    #[serde(default, skip_serializing_if = "Map::is_empty")]
-    vars: Map<String, Value>,
-    #[serde(default)]
-    var_bytes: usize,
-    /// It stopped in a Map or Parallel state: what that state keeps.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    kept: Option<Box<Kept>>,
-}
-
 #[derive(Debug, Serialize, Deserialize)]
 pub(crate) enum TimerKind {
     Execution,
@@ -840,150 +828,6 @@ pub struct ExecutionState {
     /// A redrive is entering such a state: the children not to run again.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     rerun: Option<Kept>,
-}
-
-/// The top-level state an execution stopped in, its input and the variables then.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(from = "StoredPoint")]
-pub(crate) struct RedrivePoint {
-    state: StateId,
-    input: Value,
-    vars: Map<String, Value>,
-    var_bytes: usize,
-    /// A Map or Parallel state: what it keeps for the redrive.
-    #[serde(default, skip_serializing_if = "Keeps::is_empty")]
-    keeps: Keeps,
-}
-
-/// A redrive point as stored, also by builds that kept a Map's results and Map Run at its
-/// top level (`done`, `run`).
-#[derive(Deserialize)]
-struct StoredPoint {
-    state: StateId,
-    input: Value,
-    vars: Map<String, Value>,
-    var_bytes: usize,
-    #[serde(default)]
-    keeps: Keeps,
-    #[serde(default)]
-    done: BTreeMap<usize, Value>,
-    #[serde(default)]
-    run: Option<usize>,
-}
-
-impl From<StoredPoint> for RedrivePoint {
-    fn from(p: StoredPoint) -> RedrivePoint {
-        RedrivePoint {
-            state: p.state,
-            input: p.input,
-            vars: p.vars,
-            var_bytes: p.var_bytes,
-            keeps: p.keeps.or_legacy(p.done, p.run),
-        }
-    }
-}
-
-impl RedrivePoint {
-    fn keeping(mut self, kept: Option<Kept>) -> RedrivePoint {
-        if let Some(k) = kept {
-            self.keeps = k.keeps;
-        }
-        self
-    }
-
-    /// What the redrive keeps of the state it enters again, if anything.
-    fn kept(&mut self) -> Option<Kept> {
-        let k = &self.keeps;
-        let nothing = k.results.is_empty() && k.run.is_none() && k.resume.is_empty();
-        (!nothing).then(|| Kept {
-            state: self.state,
-            keeps: std::mem::take(&mut self.keeps),
-        })
-    }
-}
-
-/// What a Map or Parallel state that did not succeed keeps for a redrive, in its state.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(from = "StoredKept")]
-pub(crate) struct Kept {
-    state: StateId,
-    #[serde(default, skip_serializing_if = "Keeps::is_empty")]
-    keeps: Keeps,
-}
-
-/// What a state keeps as stored, also by builds that kept it at the top level (`results`,
-/// `run`).
-#[derive(Deserialize)]
-struct StoredKept {
-    state: StateId,
-    #[serde(default)]
-    keeps: Keeps,
-    #[serde(default)]
-    results: BTreeMap<usize, Value>,
-    #[serde(default)]
-    run: Option<usize>,
-}
-
-impl From<StoredKept> for Kept {
-    fn from(k: StoredKept) -> Kept {
-        Kept {
-            state: k.state,
-            keeps: k.keeps.or_legacy(k.results, k.run),
-        }
-    }
-}
-
-/// What a redrive keeps of a Map or Parallel state.
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
-pub(crate) struct Keeps {
-    /// The results of the iterations or branches that succeeded, by slot: a redrive runs
-    /// only the others.
-    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
-    results: BTreeMap<usize, Value>,
-    /// A DISTRIBUTED Map: its Map Run (its entry in `map_runs`), redriven rather than
-    /// started anew.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    run: Option<usize>,
-    /// A Map Run whose results went to S3: the children that succeeded (their results are
-    /// in the files), and the files written, which the redriven run's export continues.
-    #[serde(default, skip_serializing_if = "slots::Slots::is_empty")]
-    succeeded: slots::Slots,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    written: Option<crate::export::Written>,
-    /// An inline Map or Parallel: where its failed or aborted branches stopped, by slot.
-    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
-    resume: BTreeMap<usize, BranchPoint>,
-}
-
-impl Keeps {
-    fn is_empty(&self) -> bool {
-        self.results.is_empty()
-            && self.run.is_none()
-            && self.succeeded.is_empty()
-            && self.written.is_none()
-            && self.resume.is_empty()
-    }
-
-    /// These, or what an older build stored in their place.
-    fn or_legacy(mut self, results: BTreeMap<usize, Value>, run: Option<usize>) -> Keeps {
-        if self.results.is_empty() {
-            self.results = results;
-        }
-        self.run = self.run.or(run);
-        self
-    }
-}
-
-impl Kept {
-    /// A Map Run's last write landed: its children that succeeded are in S3, and the run's
-    /// files are these.
-    fn wrote(&mut self, succeeded: Vec<usize>, files: crate::export::Written) {
-        let k = &mut self.keeps;
-        if k.written.is_some() {
-            k.succeeded = k.succeeded.with(succeeded);
-            k.written = Some(files);
-        }
-    }
 }
 
 /// One execution.
