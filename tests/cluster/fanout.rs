@@ -305,16 +305,26 @@ async fn an_inline_map_spreads_over_the_nodes_when_its_policy_says_so() {
     })
     .await
     .expect("set the policy");
-    let described = client
-        .state_machines
-        .describe_state_machine(pb::DescribeStateMachineRequest {
-            state_machine_arn: machine.clone(),
-        })
-        .await
-        .unwrap()
-        .into_inner();
-    let sharding = described.settings.unwrap().sharding.unwrap();
-    assert_eq!(sharding.states["Fan"].mode, pb::SpreadMode::Spread as i32);
+    // Read through any node: one whose meta replica has not applied the update yet still
+    // shows the old settings, so wait (bounded) until it does.
+    let mut mode = None;
+    for _ in 0..300 {
+        let described = client
+            .state_machines
+            .describe_state_machine(pb::DescribeStateMachineRequest {
+                state_machine_arn: machine.clone(),
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        let sharding = described.settings.and_then(|s| s.sharding);
+        mode = sharding.and_then(|s| s.states.get("Fan").map(|p| p.mode));
+        if mode.is_some() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(mode, Some(pb::SpreadMode::Spread as i32));
 
     let ids = c.running();
     let before = started(&c, &ids);
