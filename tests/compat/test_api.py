@@ -172,8 +172,26 @@ def test_callback_token(sfn, functions):
                 "ResultPath": "$.answer", "End": True}}})
     ok = sfn.start_execution(stateMachineArn=arn, name="cb-ok", input='{"id": "ok"}')["executionArn"]
     no = sfn.start_execution(stateMachineArn=arn, name="cb-no", input='{"id": "no"}')["executionArn"]
-    sfn.send_task_success(taskToken=functions.wait_token("id", "ok")["token"], output='{"yes": true}')
+    good = functions.wait_token("id", "ok")["token"]
     t = functions.wait_token("id", "no")["token"]
+    # Tokens carry a MAC under the cluster's key: an altered token, one execution's MAC on
+    # another's token, or a made-up one is invalid, and says nothing about what exists.
+    body, mac = good.rsplit(".", 1)
+    shard, _exec, task, nonce = body.split(".")
+    forged = [
+        body + "." + ("0" if mac[-1] != "0" else "1") + mac[1:],
+        t.rsplit(".", 1)[0] + "." + mac,
+        ".".join([shard, "fffff", task, nonce, mac]),
+        ".".join([shard, "fffff", task, nonce, "0" * 32]),
+    ]
+    for bad in forged:
+        for answer in (lambda: sfn.send_task_success(taskToken=bad, output='{"forged": true}'),
+                       lambda: sfn.send_task_heartbeat(taskToken=bad)):
+            with pytest.raises(ClientError) as err:
+                answer()
+            assert code(err) == "InvalidToken", bad
+    assert sfn.describe_execution(executionArn=no)["status"] == "RUNNING"
+    sfn.send_task_success(taskToken=good, output='{"yes": true}')
     sfn.send_task_failure(taskToken=t, error="Declined", cause="customer said no")
     d = wait_status(sfn, ok)
     assert d["status"] == "SUCCEEDED" and json.loads(d["output"]) == {"id": "ok", "answer": {"yes": True}}

@@ -221,11 +221,20 @@ impl Host {
         Ok(())
     }
 
-    /// The settings of `shard`'s executor while this node leads it in `term`.
-    fn executor_config(&self, shard: u32, term: u64) -> ExecutorConfig {
+    /// The settings of `shard`'s executor while this node leads it in `term`; none until
+    /// this node's meta replica has the cluster's task-token key.
+    fn executor_config(&self, shard: u32, term: u64) -> Option<ExecutorConfig> {
         let epoch = self.core.shard_record(shard).map_or(0, |s| s.epoch);
+        let token_key = match self.core.token_key() {
+            Ok(Some(k)) => k,
+            Ok(None) => return None,
+            Err(e) => {
+                tracing::warn!(node_id = self.id(), shard_id = shard, error = %e, "no task-token key");
+                return None;
+            }
+        };
         let settings = &self.core.settings;
-        ExecutorConfig {
+        Some(ExecutorConfig {
             shard,
             epoch,
             term,
@@ -246,7 +255,8 @@ impl Host {
             metrics: self.metrics.clone(),
             express_max: std::time::Duration::from_secs(settings.cluster.express_max_seconds),
             max_live: settings.cluster.max_live_per_shard,
-        }
+            token_key,
+        })
     }
 
     /// The shards this node replicates, as it sees them.
@@ -421,8 +431,11 @@ async fn supervise(host: Weak<Host>, rep: Arc<Replica>) {
             if let Err(e) = &applied {
                 tracing::warn!(node_id = me, shard_id = rep.shard, error = %e, "new leader cannot apply its log yet");
             }
-            if applied.is_ok() {
-                let cfg = n.executor_config(rep.shard, m.current_term);
+            let cfg = applied
+                .is_ok()
+                .then(|| n.executor_config(rep.shard, m.current_term))
+                .flatten();
+            if let Some(cfg) = cfg {
                 match Executor::new(
                     cfg,
                     rep.app.clone(),

@@ -44,6 +44,7 @@ use trellis_meta::{Condition, Meta, MetaOp, Table, Written};
 use trellis_proto::raft as rpb;
 use trellis_proto::v1 as pb;
 use trellis_proto::{ApiError, Code};
+use trellis_shard::token::TokenKey;
 use trellis_storage::NodeDb;
 
 pub use calls::{Api, Forward, Served};
@@ -61,6 +62,9 @@ use shards::ShardTable;
 use transport::Transport;
 
 /// What the parts share. Read-mostly; each part keeps its own state itself.
+/// The meta setting that holds the cluster's task-token key (hex).
+pub const TOKEN_KEY: &str = "taskTokenKey";
+
 pub struct Core {
     pub settings: Settings,
     pub meta: Meta,
@@ -93,6 +97,28 @@ impl Core {
                     format!("Resource Not Found: 'shard {shard}'"),
                 )
             })
+    }
+
+    /// The cluster's task-token key, once a meta leader has made it.
+    pub fn token_key(&self) -> ApiResult<Option<TokenKey>> {
+        let v = self
+            .meta
+            .app
+            .get(Table::Settings, TOKEN_KEY)
+            .map_err(from_meta)?;
+        match v {
+            None => Ok(None),
+            Some(v) => v
+                .as_str()
+                .and_then(TokenKey::from_hex)
+                .map(Some)
+                .ok_or_else(|| {
+                    ApiError::new(
+                        Code::ServiceUnavailable,
+                        "the task-token key in meta is unreadable",
+                    )
+                }),
+        }
     }
 
     /// Writes one meta value unconditionally (on the meta leader): for a setting whose

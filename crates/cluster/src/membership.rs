@@ -27,7 +27,7 @@ use trellis_proto::v1 as pb;
 
 use crate::retry::Backoff;
 use crate::router::Router;
-use crate::{from_meta, transport, ApiResult, Core, Error, Result};
+use crate::{from_meta, transport, ApiResult, Core, Error, Result, TOKEN_KEY};
 
 /// Joins, admissions and the members' states.
 pub struct Membership {
@@ -229,6 +229,23 @@ impl Membership {
                 table: Table::Settings,
                 key: "shards".into(),
                 value: json!(cfg.shards),
+            };
+            meta.write_if(vec![absent], vec![op])
+                .await
+                .map_err(from_meta)?;
+        }
+        if self.core.token_key()?.is_none() {
+            // The cluster's task-token key: made once by a meta leader, before the first
+            // shard map (so every node that hosts a shard has it), and kept in meta.
+            let key = trellis_shard::token::TokenKey::generate(&mut rand::rngs::OsRng);
+            let absent = Condition::Absent {
+                table: Table::Settings,
+                key: TOKEN_KEY.into(),
+            };
+            let op = MetaOp::Put {
+                table: Table::Settings,
+                key: TOKEN_KEY.into(),
+                value: json!(key.to_hex()),
             };
             meta.write_if(vec![absent], vec![op])
                 .await

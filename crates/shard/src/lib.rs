@@ -18,6 +18,7 @@ pub mod raft;
 pub mod record;
 pub mod request;
 pub mod runner;
+pub mod token;
 
 pub use app::ShardApp;
 pub use executor::{Executor, ShardHandle};

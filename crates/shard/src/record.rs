@@ -207,29 +207,6 @@ impl ExecRecord {
         self.outbox.retain(|o| o.seq > seq);
         before - self.outbox.len()
     }
-
-    /// A task token: the shard, execution and task it belongs to (so it routes), then a
-    /// 128-bit random nonce (so it cannot be guessed, and an earlier attempt's token is
-    /// refused).
-    pub fn token(shard: u32, exec_id: u64, task_id: u64, nonce: u128) -> String {
-        format!("{shard:x}.{exec_id:x}.{task_id:x}.{nonce:032x}")
-    }
-}
-
-/// Parses a task token made by [`ExecRecord::token`]: (shard, exec id, task id).
-pub fn parse_token(token: &str) -> Option<(u32, u64, u64)> {
-    let mut it = token.split('.');
-    let shard = u32::from_str_radix(it.next()?, 16).ok()?;
-    let exec = u64::from_str_radix(it.next()?, 16).ok()?;
-    let task = u64::from_str_radix(it.next()?, 16).ok()?;
-    let nonce = it.next()?;
-    // 32 hex digits; 16 in tokens handed out before nonces had 128 bits (still pending
-    // in a data directory from then).
-    let hex = nonce.bytes().all(|b| b.is_ascii_hexdigit());
-    if !matches!(nonce.len(), 16 | 32) || !hex || it.next().is_some() {
-        return None;
-    }
-    Some((shard, exec, task))
 }
 
 /// Keys in the shard's trees. All integers are big-endian, so trees iterate in order.
@@ -273,24 +250,5 @@ mod tests {
         assert!(!text.contains("outbox"), "{text}");
         let back: ExecRecord = serde_json::from_str(&text).unwrap();
         assert!(back.outbox.is_empty() && back.parent.is_none() && back.next_seq == 4);
-    }
-
-    #[test]
-    fn tokens_route() {
-        let t = ExecRecord::token(63, 1234, 7, 0xdead_beef);
-        assert_eq!(parse_token(&t), Some((63, 1234, 7)));
-        assert_eq!(t.rsplit('.').next().map(str::len), Some(32));
-        // A token from before 128-bit nonces still routes.
-        assert_eq!(
-            parse_token("3f.4d2.7.00000000deadbeef"),
-            Some((63, 1234, 7))
-        );
-        assert_eq!(
-            parse_token("3f.4d2.7.000000000000000000000000deadbeeg"),
-            None
-        );
-        assert_eq!(parse_token("nope"), None);
-        assert_eq!(parse_token("1.2.3.4"), None);
-        assert_eq!(parse_token(&format!("{t}.x")), None);
     }
 }

@@ -8,7 +8,7 @@ use trellis_cluster::from_shard;
 use trellis_proto::v1 as pb;
 use trellis_proto::{ApiError, Code};
 use trellis_shard::executor::{BoxFuture, TokenAnswer};
-use trellis_shard::record::parse_token;
+use trellis_shard::token;
 
 use super::{non_empty, ApiResult, Node, MAX_PAYLOAD};
 use crate::nested::ExecutionStarter;
@@ -20,7 +20,7 @@ impl Node {
         if token.is_empty() || token.len() > 2048 {
             return Err(bad());
         }
-        let (shard, _, _) = parse_token(token).ok_or_else(bad)?;
+        let (shard, _, _) = token::route(token).ok_or_else(bad)?;
         if shard >= self.shard_count() {
             return Err(bad());
         }

@@ -31,8 +31,9 @@ use trellis_asl::{Command, Env, Execution, HistoryEvent, Input, Limits, StateMac
 
 use crate::app::ShardApp;
 use crate::outbox::{Mailer, Message, ParentLink};
-use crate::record::{parse_token, ExecRecord, Status, TaskRecord};
+use crate::record::{ExecRecord, Status, TaskRecord};
 use crate::request::{ShardOp, ShardRequest};
+use crate::token::TokenKey;
 use crate::{definition_hash, Error, Redrive, Result};
 
 /// A boxed future, for the object-safe traits below.
@@ -123,6 +124,8 @@ pub struct ExecutorConfig {
     /// shard refuses deliveries that would start more children
     /// ([`crate::Error::Full`]); they wait in their senders' outboxes and come again.
     pub max_live: usize,
+    /// The cluster's key for task tokens (from the meta group).
+    pub token_key: TokenKey,
 }
 
 /// Sends to other shards in flight at once from one shard's outboxes; the others wait for
@@ -411,6 +414,7 @@ impl Clock {
 struct ShardEnv<'a> {
     now: i64,
     rng: &'a mut StdRng,
+    key: &'a TokenKey,
     shard: u32,
     exec: u64,
 }
@@ -435,7 +439,7 @@ impl Env for ShardEnv<'_> {
 
     fn task_token(&mut self, _execution_arn: &str, task_id: u64) -> String {
         let nonce = self.nonce();
-        ExecRecord::token(self.shard, self.exec, task_id, nonce)
+        self.key.issue(self.shard, self.exec, task_id, nonce)
     }
 }
 
@@ -956,6 +960,7 @@ impl Executor {
         let mut env = ShardEnv {
             now,
             rng: &mut self.rng,
+            key: &self.cfg.token_key,
             shard: self.cfg.shard,
             exec: id,
         };
@@ -1075,11 +1080,19 @@ impl Executor {
         let invalid = || Error::InvalidToken {
             token: token.to_string(),
         };
-        let (_shard, exec, task) = parse_token(token).ok_or_else(invalid)?;
+        // A forged or altered token fails here, before anything is looked up.
+        let id = self.cfg.token_key.check(token).ok_or_else(invalid)?;
+        if id.shard != self.cfg.shard {
+            return Err(invalid());
+        }
+        let (exec, task) = (id.exec, id.task);
         let Some(live) = self.live.get_mut(&exec) else {
             return Err(match self.app.arn_of(exec)? {
                 Some(_) => Error::TaskClosed,
-                None => Error::TaskDoesNotExist,
+                // Only a genuine token learns that its execution is gone; a token from
+                // before MACs could be a guess.
+                None if id.signed => Error::TaskDoesNotExist,
+                None => invalid(),
             });
         };
         let Some(t) = live.rec.tasks.get_mut(&task) else {

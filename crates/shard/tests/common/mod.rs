@@ -98,6 +98,7 @@ pub async fn start_shard(
         effects_before_commit: false,
         express_max: std::time::Duration::from_secs(300),
         max_live,
+        token_key: trellis_shard::token::TokenKey::new([7; 32]),
     };
     let (ex, handle) = Executor::new(cfg, app, Arc::new(raft.clone()), connectors, mailer).unwrap();
     let executor = tokio::spawn(ex.run());
