@@ -80,6 +80,8 @@ codes! {
     UnrecognizedClientException => "com.amazon.coral.service", Unauthenticated, 400;
     InvalidSignatureException => "com.amazon.coral.service", Unauthenticated, 400;
     IncompleteSignatureException => "com.amazon.coral.service", Unauthenticated, 400;
+    // Authorization: the principal's policies do not allow the call.
+    AccessDeniedException => "com.amazon.coral.service", PermissionDenied, 400;
     InternalFailure => "com.amazon.coral.service", Internal, 500;
     ServiceUnavailable => "com.amazon.coral.service", Unavailable, 503;
     // Trellis: the node does not lead the group; `leader_hint` names the leader.

@@ -53,12 +53,84 @@ pub struct NodeSection {
 #[derive(Clone, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct AuthSection {
-    /// The root principal's access key; also `TRELLIS_ROOT_ACCESS_KEY_ID`.
+    /// The root principal's access key; also `TRELLIS_ROOT_ACCESS_KEY_ID`. Root may do
+    /// everything (the `admin` role).
     pub root_access_key_id: String,
     /// Its secret; also `TRELLIS_ROOT_SECRET_ACCESS_KEY`.
     pub root_secret_access_key: String,
     /// How far a signed request's date may be from the node's clock (AWS: 15 minutes).
     pub max_skew_seconds: u64,
+    /// Principals, with their keys, gRPC tokens and policies (`[[auth.principals]]`).
+    pub principals: Vec<PrincipalConfig>,
+    /// A TOML file of more principals (`[[principals]]`, as above), read at start and again
+    /// whenever it changes (a revoked key or token stops working within a couple of
+    /// seconds). Empty: none. Naming a file turns authentication on.
+    pub principals_file: String,
+    /// Per-principal rate limits.
+    pub rate: RateSection,
+}
+
+/// One principal: who it is, how it proves it, what it may do.
+#[derive(Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct PrincipalConfig {
+    pub name: String,
+    /// SigV4 credentials for the AWS API (both or neither).
+    pub access_key_id: String,
+    pub secret_access_key: String,
+    /// Bearer tokens for the gRPC API (`authorization: Bearer <token>`), at least 16
+    /// characters each.
+    pub tokens: Vec<String>,
+    /// Built-in roles: `read-only`, `operator`, `admin`.
+    pub roles: Vec<crate::auth::policy::Role>,
+    /// Statements of its own (`effect`, `actions`, `resources`).
+    pub statements: Vec<crate::auth::policy::Statement>,
+}
+
+impl std::fmt::Debug for PrincipalConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PrincipalConfig")
+            .field("name", &self.name)
+            .field("access_key_id", &self.access_key_id)
+            .field("roles", &self.roles)
+            .field("statements", &self.statements)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Token buckets per principal and node: a bucket of `*_burst` calls refilled at
+/// `*_per_second`; a call finding it empty is refused with `ThrottlingException`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RateSection {
+    /// StartExecution and StartSyncExecution (AWS's StartExecution quota in its larger
+    /// regions: 1,300 and 300 per second).
+    pub start_burst: u32,
+    pub start_per_second: u32,
+    /// Every other call.
+    pub other_burst: u32,
+    pub other_per_second: u32,
+}
+
+impl Default for RateSection {
+    fn default() -> Self {
+        RateSection {
+            start_burst: 1300,
+            start_per_second: 300,
+            other_burst: 1000,
+            other_per_second: 500,
+        }
+    }
+}
+
+impl AuthSection {
+    /// Whether calls must be authenticated: some principal is configured, or a principals
+    /// file is named.
+    pub fn enabled(&self) -> bool {
+        !self.root_access_key_id.is_empty()
+            || !self.principals.is_empty()
+            || !self.principals_file.is_empty()
+    }
 }
 
 impl Default for AuthSection {
@@ -67,6 +139,9 @@ impl Default for AuthSection {
             root_access_key_id: String::new(),
             root_secret_access_key: String::new(),
             max_skew_seconds: 900,
+            principals: Vec::new(),
+            principals_file: String::new(),
+            rate: RateSection::default(),
         }
     }
 }
@@ -76,6 +151,9 @@ impl std::fmt::Debug for AuthSection {
         f.debug_struct("AuthSection")
             .field("root_access_key_id", &self.root_access_key_id)
             .field("max_skew_seconds", &self.max_skew_seconds)
+            .field("principals", &self.principals)
+            .field("principals_file", &self.principals_file)
+            .field("rate", &self.rate)
             .finish_non_exhaustive()
     }
 }
@@ -229,8 +307,14 @@ impl Config {
         );
         if key.is_empty() != secret.is_empty() {
             bail!(
-                "the root principal needs both an access key and a secret                  (TRELLIS_ROOT_ACCESS_KEY_ID and TRELLIS_ROOT_SECRET_ACCESS_KEY)"
+                "the root principal needs both an access key and a secret \
+                 (TRELLIS_ROOT_ACCESS_KEY_ID and TRELLIS_ROOT_SECRET_ACCESS_KEY)"
             );
+        }
+        crate::auth::check_principals(&self.auth.principals)?;
+        let r = &self.auth.rate;
+        if r.start_per_second == 0 || r.other_per_second == 0 {
+            bail!("auth.rate: the refill rates must be at least 1 per second");
         }
         if self.cluster.break_fencing && !self.cluster.fault_injection {
             bail!("cluster.break_fencing is for tests and needs cluster.fault_injection");

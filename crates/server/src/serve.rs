@@ -112,7 +112,7 @@ impl Flags {
 /// Runs a node until it is told to stop.
 pub fn run(cfg: Config) -> Result<()> {
     // The audit log (`trellis::audit`) is on by default when the node authenticates.
-    let default = if cfg.auth.root_access_key_id.is_empty() {
+    let default = if !cfg.auth.enabled() {
         "info,openraft=error,sled=warn,trellis::audit=off"
     } else {
         "info,openraft=error,sled=warn"

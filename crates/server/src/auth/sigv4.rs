@@ -61,14 +61,14 @@ fn mismatch() -> ApiError {
 }
 
 /// The AWS API's check of a request (`POST` to `uri`): its signature when the node has
-/// principals, nothing when it has none. The principal's name (`None` without principals);
-/// a refusal is logged.
+/// principals, nothing when it has none. The principal (`None` without principals); a
+/// refusal is logged.
 pub fn check<'p>(
     principals: Option<&'p Principals>,
     uri: &axum::http::Uri,
     headers: &HeaderMap,
     body: &[u8],
-) -> Result<Option<&'p str>, ApiError> {
+) -> Result<Option<&'p Principal>, ApiError> {
     let Some(principals) = principals else {
         return Ok(None);
     };
@@ -81,7 +81,7 @@ pub fn check<'p>(
     };
     let now = DateTime::<Utc>::from(std::time::SystemTime::now());
     match verify(principals, &req, now) {
-        Ok(p) => Ok(Some(p.name.as_str())),
+        Ok(p) => Ok(Some(p)),
         Err(e) => {
             tracing::info!(code = %e.code, reason = %e.message, "AWS API request refused");
             Err(e)
@@ -339,6 +339,7 @@ mod tests {
             root_access_key_id: "TRELLISKEY".into(),
             root_secret_access_key: secret.into(),
             max_skew_seconds: 900,
+            ..Default::default()
         })
         .unwrap()
     }
@@ -430,6 +431,7 @@ mod tests {
             root_access_key_id: "OTHER".into(),
             root_secret_access_key: "trellis-secret".into(),
             max_skew_seconds: 900,
+            ..Default::default()
         })
         .unwrap();
         assert_eq!(

@@ -2,7 +2,8 @@
 //! so boto3, the AWS CLI and the SDKs work against a node. Also `/healthz` and `/readyz`.
 //!
 //! With principals configured, every request's SigV4 signature is verified first
-//! ([`crate::auth::sigv4`]); without, any credentials are accepted. Timestamps are epoch
+//! ([`crate::auth::sigv4`]), then its principal's rate limits and policy ([`admit`]);
+//! without, any credentials are accepted. Timestamps are epoch
 //! seconds; `input`, `output` and `definition` are JSON text, as on AWS. Bodies are the
 //! typed shapes of [`shapes`].
 
@@ -23,6 +24,7 @@ use trellis_proto::{ApiError, Code};
 
 use crate::node::Node;
 
+mod admit;
 mod maprun;
 mod shapes;
 
@@ -90,16 +92,9 @@ async fn handle(
         node.cfg.node.id,
         REQUEST_SEQ.fetch_add(1, Ordering::Relaxed)
     );
-    let principals = node.principals.as_ref();
-    let mut audit = shapes::Audit::new(&request_id, &headers);
-    let result = match shapes::body(&headers, body).await {
-        Ok(body) => match crate::auth::sigv4::check(principals, &uri, &headers, &body) {
-            Ok(who) => {
-                audit.called(who, &body);
-                dispatch(&node, &headers, &body).await
-            }
-            Err(e) => Err(e),
-        },
+    let mut audit = admit::Audit::new(&request_id, &headers);
+    let result = match admit::admit(&node, &uri, &headers, body, &mut audit).await {
+        Ok(body) => dispatch(&node, &headers, &body).await,
         Err(e) => Err(e),
     };
     audit.record(result.as_ref().err());

@@ -43,7 +43,8 @@ pub struct Node {
     metrics: prometheus_client::registry::Registry,
     connectors: Connectors,
     /// Who may call the AWS API; `None`: authentication is off.
-    pub principals: Option<crate::auth::Principals>,
+    /// Who may call, and what (shared with the gRPC front end).
+    pub auth: Arc<crate::auth::Auth>,
 }
 
 impl Node {
@@ -72,14 +73,15 @@ impl Node {
         let cluster =
             Cluster::open(settings, db, Arc::new(connectors.clone()), &mut metrics).await?;
         let registry = Registry::new(cluster.meta().clone(), &cfg.aws.region, &cfg.aws.account);
-        let principals = crate::auth::Principals::from_config(&cfg.auth);
+        let auth = Arc::new(crate::auth::Auth::new(&cfg.auth, &cfg.aws.account)?);
+        auth.watch(Duration::from_secs(1));
         let node = Arc::new(Node {
             cfg,
             cluster,
             registry,
             metrics,
             connectors,
-            principals,
+            auth,
         });
         // Forwarded API calls land on this node; nested executions start through it.
         let api: Arc<dyn trellis_cluster::Api> = node.clone();
