@@ -35,6 +35,14 @@ def trellis_bin():
     raise RuntimeError("no trellis binary: run `cargo build --bin trellis` or set TRELLIS_BIN")
 
 
+def trellisctl_bin():
+    """`trellisctl`, beside the `trellis` the tests run."""
+    p = Path(trellis_bin()).with_name("trellisctl")
+    if not p.exists():
+        raise RuntimeError(f"no {p}: run `cargo build --bin trellisctl`")
+    return str(p)
+
+
 def _example_functions():
     spec = importlib.util.spec_from_file_location("pi_functions", ROOT / "examples/product-import/functions.py")
     mod = importlib.util.module_from_spec(spec)
@@ -165,6 +173,10 @@ class Node:
     @property
     def endpoint(self):
         return f"http://127.0.0.1:{self.http_port}"
+
+    @property
+    def grpc_endpoint(self):
+        return f"http://127.0.0.1:{self.grpc_port}"
 
     def start(self):
         names = ["transform", "store", "stock", "echo", "notify", "reserve", "fail", "flaky"]

@@ -17,9 +17,10 @@ from botocore import UNSIGNED
 from botocore.config import Config
 from botocore.exceptions import ClientError
 
-from conftest import Node, create, wait_status
+from conftest import Node, create, trellisctl_bin, wait_status
 
 KEY, SECRET = "TRELLISROOTKEY", "root-secret-of-the-tests"
+ROOT_TOKEN = "root-token-of-the-tests"
 
 
 @pytest.fixture(scope="module")
@@ -146,7 +147,7 @@ def policed(functions, workdir):
     with open(path, "w") as f:
         f.write(PRINCIPALS)
     env = {"TRELLIS_ROOT_ACCESS_KEY_ID": KEY, "TRELLIS_ROOT_SECRET_ACCESS_KEY": SECRET,
-           "TRELLIS__AUTH__PRINCIPALS_FILE": path}
+           "TRELLIS_ROOT_TOKEN": ROOT_TOKEN, "TRELLIS__AUTH__PRINCIPALS_FILE": path}
     n = Node(functions, os.path.join(workdir, "policed"), env=env).start()
     n.principals_file = path
     yield n
@@ -238,3 +239,24 @@ def test_a_flood_from_one_principal_is_throttled_while_another_is_served(functio
         assert "stateMachines" in client(n, key="AKCALM", secret="calm-secret").list_state_machines()
     finally:
         n.stop()
+
+
+def test_trellisctl_sends_its_token(policed):
+    def ctl(*args, token=None):
+        env = {k: v for k, v in os.environ.items() if k != "TRELLIS_TOKEN"}
+        if token:
+            env["TRELLIS_TOKEN"] = token
+        return subprocess.run([trellisctl_bin(), "--endpoint", policed.grpc_endpoint, *args],
+                              env=env, capture_output=True, text=True, timeout=60)
+    ok = ctl("--json", "sm", "list", token=ROOT_TOKEN)
+    assert ok.returncode == 0, ok.stderr
+    listed = client(policed).list_state_machines()["stateMachines"]
+    assert sorted(m["name"] for m in json.loads(ok.stdout)) == sorted(m["name"] for m in listed)
+    for token, code in ((None, "MissingAuthenticationTokenException"),
+                        ("not-the-token-of-anyone", "UnrecognizedClientException")):
+        bad = ctl("sm", "list", token=token)
+        assert bad.returncode == 1, bad
+        lines = bad.stderr.strip().splitlines()
+        assert len(lines) == 1 and lines[0].startswith("trellisctl: ") and code in lines[0], bad.stderr
+    # The flag as well as the variable.
+    assert ctl("--token", ROOT_TOKEN, "nodes", "list").returncode == 0

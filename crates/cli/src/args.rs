@@ -19,6 +19,9 @@ pub(crate) struct Cli {
         default_value = "http://127.0.0.1:7300"
     )]
     pub(crate) endpoint: String,
+    /// Bearer token for a node that authenticates (a principal's token).
+    #[arg(long, global = true, env = "TRELLIS_TOKEN", hide_env_values = true)]
+    pub(crate) token: Option<String>,
     /// Print JSON instead of tables.
     #[arg(long, global = true)]
     pub(crate) json: bool,

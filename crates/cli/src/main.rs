@@ -34,7 +34,10 @@ async fn main() -> ExitCode {
 }
 
 async fn run(cli: Cli) -> Result<()> {
-    let mut c = Client::connect(&cli.endpoint).await?;
+    let options = trellis_client::Options {
+        token: cli.token.clone(),
+    };
+    let mut c = Client::connect_with(&cli.endpoint, &options).await?;
     let j = cli.json;
     match cli.command {
         Cmd::Sm(cmd) => machines::sm(&mut c, j, cmd).await,

@@ -10,10 +10,16 @@
 //! # Ok(()) }
 //! ```
 //!
+//! A node that authenticates wants a bearer token: [`Client::connect_with`] and
+//! [`Options::token`].
+//!
 //! Failures are [`Error`]s; an API failure keeps the AWS exception name
 //! ([`trellis_proto::ApiError`]). A call that reached a node that does not lead the group is
 //! retried on the leader by the cluster's router; the client itself talks to one endpoint.
 
+use tonic::metadata::{Ascii, MetadataValue};
+use tonic::service::interceptor::InterceptedService;
+use tonic::service::Interceptor;
 use tonic::transport::{Channel, Endpoint};
 use trellis_proto::v1::activities_client::ActivitiesClient;
 use trellis_proto::v1::admin_client::AdminClient;
@@ -26,6 +32,8 @@ pub use trellis_proto::{v1, ApiError, Code};
 pub enum Error {
     #[error("cannot connect to {endpoint}: {reason}")]
     Connect { endpoint: String, reason: String },
+    #[error("the token cannot be sent: {0}")]
+    BadToken(String),
     #[error("{0}")]
     Api(#[from] ApiError),
 }
@@ -36,22 +44,58 @@ impl From<tonic::Status> for Error {
     }
 }
 
+/// How a client presents itself.
+#[derive(Debug, Clone, Default)]
+pub struct Options {
+    /// A bearer token (`authorization: Bearer <token>` on every call).
+    pub token: Option<String>,
+}
+
+/// Adds the bearer token, if any, to every call.
+#[derive(Clone)]
+pub struct Bearer(Option<MetadataValue<Ascii>>);
+
+impl Interceptor for Bearer {
+    fn call(&mut self, mut r: tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> {
+        if let Some(v) = &self.0 {
+            r.metadata_mut().insert("authorization", v.clone());
+        }
+        Ok(r)
+    }
+}
+
+/// The connection every service client shares.
+pub type Transport = InterceptedService<Channel, Bearer>;
+
 /// Clients of every service on one connection.
 #[derive(Clone)]
 pub struct Client {
-    pub state_machines: StateMachinesClient<Channel>,
-    pub executions: ExecutionsClient<Channel>,
-    pub activities: ActivitiesClient<Channel>,
-    pub admin: AdminClient<Channel>,
+    pub state_machines: StateMachinesClient<Transport>,
+    pub executions: ExecutionsClient<Transport>,
+    pub activities: ActivitiesClient<Transport>,
+    pub admin: AdminClient<Transport>,
 }
 
 impl Client {
     /// Connects to `endpoint` (`http://host:port`; a bare `host:port` is accepted).
     pub async fn connect(endpoint: &str) -> Result<Client, Error> {
+        Client::connect_with(endpoint, &Options::default()).await
+    }
+
+    /// Connects to `endpoint` with `options`.
+    pub async fn connect_with(endpoint: &str, options: &Options) -> Result<Client, Error> {
         let url = if endpoint.contains("://") {
             endpoint.to_string()
         } else {
             format!("http://{endpoint}")
+        };
+        let bearer = match &options.token {
+            None => Bearer(None),
+            Some(t) => {
+                Bearer(Some(format!("Bearer {t}").parse().map_err(|_| {
+                    Error::BadToken("it must be printable ASCII".into())
+                })?))
+            }
         };
         let err = |e: tonic::transport::Error| {
             // The innermost cause is the readable one ("Connection refused").
@@ -70,11 +114,12 @@ impl Client {
             .connect()
             .await
             .map_err(err)?;
+        let t = |c: &Channel| InterceptedService::new(c.clone(), bearer.clone());
         Ok(Client {
-            state_machines: StateMachinesClient::new(channel.clone()),
-            executions: ExecutionsClient::new(channel.clone()),
-            activities: ActivitiesClient::new(channel.clone()),
-            admin: AdminClient::new(channel),
+            state_machines: StateMachinesClient::new(t(&channel)),
+            executions: ExecutionsClient::new(t(&channel)),
+            activities: ActivitiesClient::new(t(&channel)),
+            admin: AdminClient::new(t(&channel)),
         })
     }
 }

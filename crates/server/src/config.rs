@@ -58,6 +58,9 @@ pub struct AuthSection {
     pub root_access_key_id: String,
     /// Its secret; also `TRELLIS_ROOT_SECRET_ACCESS_KEY`.
     pub root_secret_access_key: String,
+    /// Root's bearer token for the gRPC API (16 characters at least); also
+    /// `TRELLIS_ROOT_TOKEN`. Needs the root keys.
+    pub root_token: String,
     /// How far a signed request's date may be from the node's clock (AWS: 15 minutes).
     pub max_skew_seconds: u64,
     /// Principals, with their keys, gRPC tokens and policies (`[[auth.principals]]`).
@@ -138,6 +141,7 @@ impl Default for AuthSection {
         AuthSection {
             root_access_key_id: String::new(),
             root_secret_access_key: String::new(),
+            root_token: String::new(),
             max_skew_seconds: 900,
             principals: Vec::new(),
             principals_file: String::new(),
@@ -243,6 +247,7 @@ impl Config {
             let root = match k.as_str() {
                 "TRELLIS_ROOT_ACCESS_KEY_ID" => Some("root_access_key_id"),
                 "TRELLIS_ROOT_SECRET_ACCESS_KEY" => Some("root_secret_access_key"),
+                "TRELLIS_ROOT_TOKEN" => Some("root_token"),
                 _ => None,
             };
             if let Some(key) = root {
@@ -310,6 +315,12 @@ impl Config {
                 "the root principal needs both an access key and a secret \
                  (TRELLIS_ROOT_ACCESS_KEY_ID and TRELLIS_ROOT_SECRET_ACCESS_KEY)"
             );
+        }
+        if !self.auth.root_token.is_empty() && key.is_empty() {
+            bail!("TRELLIS_ROOT_TOKEN (auth.root_token) needs the root principal's keys as well");
+        }
+        if !self.auth.root_token.is_empty() && self.auth.root_token.len() < 16 {
+            bail!("TRELLIS_ROOT_TOKEN (auth.root_token) must be 16 characters at least");
         }
         crate::auth::check_principals(&self.auth.principals)?;
         let r = &self.auth.rate;

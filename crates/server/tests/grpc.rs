@@ -10,6 +10,7 @@ use trellis_server::serve::Listeners;
 
 struct Running {
     client: Client,
+    endpoint: String,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
     served: tokio::task::JoinHandle<anyhow::Result<()>>,
     _dir: tempfile::TempDir,
@@ -44,9 +45,11 @@ async fn start_with(tune: impl FnOnce(&mut Config)) -> Running {
     let served = tokio::spawn(trellis_server::serve::serve(node, listeners, async move {
         let _ = rx.await;
     }));
-    let client = Client::connect(&format!("http://{addr}")).await.unwrap();
+    let endpoint = format!("http://{addr}");
+    let client = Client::connect(&endpoint).await.unwrap();
     Running {
         client,
+        endpoint,
         stop: Some(tx),
         served,
         _dir: dir,
@@ -371,4 +374,167 @@ async fn express_executions_time_out() {
     assert_eq!(out.status, "TIMED_OUT");
     assert_eq!(out.error, "States.Timeout");
     r.stop().await;
+}
+
+/// A principals file: an operator and a reader, each with a bearer token.
+const PRINCIPALS: &str = r#"
+[[principals]]
+name = "ops"
+tokens = ["ops-token-0123456789"]
+roles = ["operator"]
+
+[[principals]]
+name = "reader"
+tokens = ["reader-token-0123456789"]
+roles = ["read-only"]
+"#;
+
+const ROOT_TOKEN: &str = "root-token-0123456789";
+
+async fn as_(endpoint: &str, token: Option<&str>) -> Client {
+    let options = trellis_client::Options {
+        token: token.map(String::from),
+    };
+    Client::connect_with(endpoint, &options).await.unwrap()
+}
+
+fn refusal<T: std::fmt::Debug>(
+    r: Result<tonic::Response<T>, tonic::Status>,
+) -> (tonic::Code, Code) {
+    let s = r.unwrap_err();
+    (s.code(), trellis_client::ApiError::from_status(&s).code)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn grpc_calls_need_a_token_and_a_policy_that_allows_them() {
+    let files = tempfile::tempdir().unwrap();
+    let file = files.path().join("principals.toml");
+    std::fs::write(&file, PRINCIPALS).unwrap();
+    let path = file.display().to_string();
+    let node = start_with(move |c| {
+        c.auth.root_access_key_id = "AKROOT".into();
+        c.auth.root_secret_access_key = "root-secret".into();
+        c.auth.root_token = ROOT_TOKEN.into();
+        c.auth.principals_file = path;
+    })
+    .await;
+    let list = pb::ListStateMachinesRequest::default();
+    // No token, a token nobody has, a malformed header.
+    let mut anonymous = as_(&node.endpoint, None).await;
+    assert_eq!(
+        refusal(
+            anonymous
+                .state_machines
+                .list_state_machines(list.clone())
+                .await
+        ),
+        (
+            tonic::Code::Unauthenticated,
+            Code::MissingAuthenticationTokenException
+        )
+    );
+    let mut stranger = as_(&node.endpoint, Some("not-a-token-of-anyone")).await;
+    assert_eq!(
+        refusal(
+            stranger
+                .state_machines
+                .list_state_machines(list.clone())
+                .await
+        ),
+        (
+            tonic::Code::Unauthenticated,
+            Code::UnrecognizedClientException
+        )
+    );
+    // Root may do everything; the reader reads; the operator runs executions.
+    let mut root = as_(&node.endpoint, Some(ROOT_TOKEN)).await;
+    let def = json!({"StartAt": "P", "States": {"P": {"Type": "Pass", "End": true}}});
+    let machine = create(&mut root, "Guarded", def.clone()).await;
+    let mut reader = as_(&node.endpoint, Some("reader-token-0123456789")).await;
+    let listed = reader
+        .state_machines
+        .list_state_machines(list.clone())
+        .await
+        .unwrap();
+    assert_eq!(listed.into_inner().state_machines.len(), 1);
+    let start = pb::StartExecutionRequest {
+        state_machine_arn: machine.clone(),
+        ..Default::default()
+    };
+    let denied = reader
+        .executions
+        .start_execution(start.clone())
+        .await
+        .unwrap_err();
+    assert_eq!(denied.code(), tonic::Code::PermissionDenied);
+    let e = trellis_client::ApiError::from_status(&denied);
+    assert_eq!(e.code, Code::AccessDeniedException);
+    assert!(
+        e.message.contains("user/reader is not authorized to perform: states:StartExecution on resource: arn:aws:states:"),
+        "{}",
+        e.message
+    );
+    let mut ops = as_(&node.endpoint, Some("ops-token-0123456789")).await;
+    let arn = ops
+        .executions
+        .start_execution(start.clone())
+        .await
+        .unwrap()
+        .into_inner()
+        .execution_arn;
+    assert_eq!(describe(&mut ops, &arn).await.execution_arn, arn);
+    // Machines and the cluster are the admin's.
+    assert_eq!(
+        refusal(
+            ops.state_machines
+                .delete_state_machine(pb::DeleteStateMachineRequest {
+                    state_machine_arn: machine.clone()
+                })
+                .await
+        )
+        .1,
+        Code::AccessDeniedException
+    );
+    assert_eq!(
+        refusal(
+            ops.admin
+                .set_placement(pb::SetPlacementRequest { paused: true })
+                .await
+        )
+        .0,
+        tonic::Code::PermissionDenied
+    );
+    assert!(reader.admin.list_shards(pb::Empty {}).await.is_ok());
+    // Revoked: the reader's token goes from the file; the node reads it again within a
+    // second or two (bounded wait).
+    std::fs::write(
+        &file,
+        PRINCIPALS
+            .split("[[principals]]")
+            .take(2)
+            .collect::<Vec<_>>()
+            .join("[[principals]]"),
+    )
+    .unwrap();
+    let mut revoked = false;
+    for _ in 0..100 {
+        match reader
+            .state_machines
+            .list_state_machines(list.clone())
+            .await
+        {
+            Err(s)
+                if trellis_client::ApiError::from_status(&s).code
+                    == Code::UnrecognizedClientException =>
+            {
+                revoked = true;
+                break;
+            }
+            _ => tokio::time::sleep(Duration::from_millis(100)).await,
+        }
+    }
+    assert!(revoked, "the reader's token still works");
+    assert!(ops.state_machines.list_state_machines(list).await.is_ok());
+    drop((anonymous, stranger, root, reader, ops));
+    node.stop().await;
 }

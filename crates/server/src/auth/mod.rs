@@ -22,6 +22,7 @@ use trellis_proto::{ApiError, Code};
 use crate::config::{AuthSection, PrincipalConfig};
 use policy::{Decision, Policy, Role};
 
+pub mod grpc;
 pub mod limit;
 pub mod policy;
 pub mod sigv4;
@@ -67,6 +68,10 @@ impl Principals {
                 name: "root".into(),
                 access_key_id: a.root_access_key_id.clone(),
                 secret_access_key: a.root_secret_access_key.clone(),
+                tokens: (!a.root_token.is_empty())
+                    .then(|| a.root_token.clone())
+                    .into_iter()
+                    .collect(),
                 roles: vec![Role::Admin],
                 ..Default::default()
             });
@@ -104,8 +109,8 @@ impl Principals {
     }
 
     /// The principal whose bearer token this is.
-    pub fn by_token(&self, token: &str) -> Option<&Principal> {
-        self.by_token.get(&digest(token)).map(|p| &**p)
+    pub fn by_token(&self, token: &str) -> Option<Arc<Principal>> {
+        self.by_token.get(&digest(token)).cloned()
     }
 }
 
@@ -351,6 +356,7 @@ mod tests {
         let auth = Auth::new(&section(&f), "000000000000").unwrap();
         let p = auth.principals().unwrap();
         let ci = p.by_token("ci-token-0123456789").unwrap();
+        let ci = &*ci;
         assert_eq!(ci.name, "ci");
         assert!(p.get("AKCI").is_some() && p.by_token("ci-token-012345678").is_none());
         assert!(auth.allow(ci, "states:ListExecutions", "*").is_ok());
@@ -393,8 +399,8 @@ mod tests {
         std::fs::write(&f, two).unwrap();
         let auth = Auth::new(&section(&f), "000000000000").unwrap();
         let p = auth.principals().unwrap();
-        let ci = p.by_token("ci-token-0123456789").unwrap();
-        let other = p.by_token("other-token-0123456").unwrap();
+        let ci = &*p.by_token("ci-token-0123456789").unwrap();
+        let other = &*p.by_token("other-token-0123456").unwrap();
         let now = Instant::now();
         let calls = (0..10)
             .map(|_| auth.allow_at(ci, "states:ListExecutions", "*", now))

@@ -49,6 +49,8 @@ const READ_ONLY: &[&str] = &[
     "states:Describe*",
     "states:List*",
     "states:GetExecutionHistory",
+    // gRPC only: a stream of an execution's events.
+    "states:WatchExecution",
     "states:ValidateStateMachineDefinition",
     "trellis:ClusterStatus",
     "trellis:ListNodes",
