@@ -12,4 +12,5 @@ mod partition;
 mod placement;
 mod ports;
 mod rolling;
+mod tls;
 mod workload;

@@ -6,6 +6,7 @@ import os
 import shutil
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import tempfile
@@ -160,7 +161,9 @@ class S3Server:
 class Node:
     """A `trellis dev` process on free ports and its own data directory."""
 
-    def __init__(self, functions, data_dir, env=None):
+    def __init__(self, functions, data_dir, env=None, ca=None):
+        # `ca`: the node serves HTTPS with a certificate of this CA (its `[tls]` is in `env`).
+        self.ca = ca
         self.functions = functions
         self.data_dir = data_dir
         self.env = {**os.environ, **(env or {})}
@@ -172,7 +175,8 @@ class Node:
 
     @property
     def endpoint(self):
-        return f"http://127.0.0.1:{self.http_port}"
+        scheme = "https" if self.ca else "http"
+        return f"{scheme}://127.0.0.1:{self.http_port}"
 
     @property
     def grpc_endpoint(self):
@@ -200,7 +204,8 @@ class Node:
                 f.seek(since)
                 ours = serving.encode() in f.read()
             if ours:
-                with urllib.request.urlopen(f"{self.endpoint}/healthz", timeout=1) as r:
+                context = ssl.create_default_context(cafile=self.ca) if self.ca else None
+                with urllib.request.urlopen(f"{self.endpoint}/healthz", timeout=1, context=context) as r:
                     if r.status == 200:
                         return self
             time.sleep(0.1)

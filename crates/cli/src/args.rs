@@ -22,6 +22,15 @@ pub(crate) struct Cli {
     /// Bearer token for a node that authenticates (a principal's token).
     #[arg(long, global = true, env = "TRELLIS_TOKEN", hide_env_values = true)]
     pub(crate) token: Option<String>,
+    /// For an https:// endpoint: the CA to trust (PEM; default: the system's roots).
+    #[arg(long, global = true, env = "TRELLIS_CA")]
+    pub(crate) ca: Option<std::path::PathBuf>,
+    /// A client certificate (PEM) for a node that asks for one; with --key.
+    #[arg(long, global = true, env = "TRELLIS_CERT")]
+    pub(crate) cert: Option<std::path::PathBuf>,
+    /// The client certificate's key (PEM).
+    #[arg(long, global = true, env = "TRELLIS_KEY")]
+    pub(crate) key: Option<std::path::PathBuf>,
     /// Print JSON instead of tables.
     #[arg(long, global = true)]
     pub(crate) json: bool,
@@ -59,6 +68,35 @@ pub(crate) enum Cmd {
     Doctor,
     /// Load generator: start executions and report throughput and latency.
     Bench(Bench),
+    /// Make a cluster CA and the certificates it issues (no node is contacted).
+    #[command(subcommand)]
+    Certs(CertsCmd),
+}
+
+#[derive(Subcommand)]
+pub(crate) enum CertsCmd {
+    /// A new CA: `ca.pem` (give it to nodes and clients) and `ca-key.pem` (keep it safe).
+    Ca {
+        /// Where to write them (made if missing; existing files are not overwritten).
+        #[arg(long, default_value = ".")]
+        dir: std::path::PathBuf,
+    },
+    /// A node's certificate (`NAME.pem`, `NAME-key.pem`), for its client and peer ports.
+    Node {
+        name: String,
+        /// A DNS name or IP address the node is reached at (repeat for each).
+        #[arg(long = "san", required = true)]
+        sans: Vec<String>,
+        /// The directory of `ca.pem` and `ca-key.pem`, and of the new files.
+        #[arg(long, default_value = ".")]
+        dir: std::path::PathBuf,
+    },
+    /// A client certificate for the principal NAME (`NAME.pem`, `NAME-key.pem`).
+    Client {
+        name: String,
+        #[arg(long, default_value = ".")]
+        dir: std::path::PathBuf,
+    },
 }
 
 #[derive(Subcommand)]

@@ -18,7 +18,7 @@ use serde_json::json;
 use trellis_client::{v1 as pb, Client};
 
 use crate::args::{Cli, Cmd, PlacementCmd};
-use crate::commands::{activities, cluster, executions, machines, mapruns};
+use crate::commands::{activities, certs, cluster, executions, machines, mapruns};
 use crate::output::{api, table};
 
 #[tokio::main]
@@ -34,8 +34,14 @@ async fn main() -> ExitCode {
 }
 
 async fn run(cli: Cli) -> Result<()> {
+    if let Cmd::Certs(cmd) = &cli.command {
+        return certs::certs(cmd, cli.json);
+    }
     let options = trellis_client::Options {
         token: cli.token.clone(),
+        ca: cli.ca.clone(),
+        cert: cli.cert.clone(),
+        key: cli.key.clone(),
     };
     let mut c = Client::connect_with(&cli.endpoint, &options).await?;
     let j = cli.json;
@@ -98,5 +104,6 @@ async fn run(cli: Cli) -> Result<()> {
             Ok(())
         }
         Cmd::Bench(b) => bench::bench(&c, b, j).await,
+        Cmd::Certs(_) => unreachable!("handled before connecting"),
     }
 }

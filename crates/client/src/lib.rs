@@ -10,8 +10,8 @@
 //! # Ok(()) }
 //! ```
 //!
-//! A node that authenticates wants a bearer token: [`Client::connect_with`] and
-//! [`Options::token`].
+//! A node that authenticates wants a bearer token or a client certificate, and one that
+//! serves TLS an `https://` endpoint: [`Client::connect_with`] and [`Options`].
 //!
 //! Failures are [`Error`]s; an API failure keeps the AWS exception name
 //! ([`trellis_proto::ApiError`]). A call that reached a node that does not lead the group is
@@ -34,6 +34,8 @@ pub enum Error {
     Connect { endpoint: String, reason: String },
     #[error("the token cannot be sent: {0}")]
     BadToken(String),
+    #[error("TLS: {0}")]
+    Tls(#[from] trellis_tls::Error),
     #[error("{0}")]
     Api(#[from] ApiError),
 }
@@ -49,6 +51,11 @@ impl From<tonic::Status> for Error {
 pub struct Options {
     /// A bearer token (`authorization: Bearer <token>` on every call).
     pub token: Option<String>,
+    /// For `https://` endpoints: the CA to trust (PEM; default: the system's roots).
+    pub ca: Option<std::path::PathBuf>,
+    /// A client certificate and its key (PEM) to present, for nodes that ask for one.
+    pub cert: Option<std::path::PathBuf>,
+    pub key: Option<std::path::PathBuf>,
 }
 
 /// Adds the bearer token, if any, to every call.
@@ -108,12 +115,32 @@ impl Client {
                 reason: cause.to_string(),
             }
         };
-        let channel = Endpoint::from_shared(url.clone())
+        let endpoint = Endpoint::from_shared(url.clone())
             .map_err(err)?
-            .connect_timeout(std::time::Duration::from_secs(5))
-            .connect()
-            .await
-            .map_err(err)?;
+            .connect_timeout(std::time::Duration::from_secs(5));
+        let identity = match (&options.cert, &options.key) {
+            (Some(c), Some(k)) => Some(trellis_tls::Identity::from_files(c, k)?),
+            (None, None) => None,
+            _ => {
+                return Err(Error::Connect {
+                    endpoint: url.clone(),
+                    reason: "a client certificate needs its key (and the key its certificate)"
+                        .into(),
+                })
+            }
+        };
+        let channel = if url.starts_with("https://") {
+            let cfg = trellis_tls::client_config(options.ca.as_deref(), identity)?;
+            trellis_tls::channel(endpoint, cfg).await.map_err(err)?
+        } else {
+            if options.ca.is_some() || identity.is_some() {
+                return Err(Error::Connect {
+                    endpoint: url.clone(),
+                    reason: "a CA or a client certificate needs an https:// endpoint".into(),
+                });
+            }
+            endpoint.connect().await.map_err(err)?
+        };
         let t = |c: &Channel| InterceptedService::new(c.clone(), bearer.clone());
         Ok(Client {
             state_machines: StateMachinesClient::new(t(&channel)),

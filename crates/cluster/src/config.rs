@@ -24,6 +24,9 @@ pub struct Settings {
     /// The region and account of the ARNs executors write.
     pub region: String,
     pub account: String,
+    /// mTLS to peers: the cluster CA to trust and this node's certificate to present.
+    /// `None`: plaintext (a private network, or `trellis dev` on loopback).
+    pub peer_tls: Option<std::sync::Arc<trellis_tls::rustls::ClientConfig>>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

@@ -217,8 +217,12 @@ impl Cluster {
             snapshot_chunks.clone(),
         );
         let id = settings.member.id;
-        let transport =
-            Transport::new(id, settings.cluster.peer_max_message_bytes, snapshot_chunks);
+        let transport = Transport::new(
+            id,
+            settings.cluster.peer_max_message_bytes,
+            snapshot_chunks,
+            settings.peer_tls.clone(),
+        );
         let meta = Meta::open(&db, id, transport.network(0)).await?;
         transport.register(0, Arc::new(meta.raft.clone()));
         let core = Arc::new(Core {
@@ -503,7 +507,7 @@ mod tests {
             settings: Settings::default(),
             meta,
             db,
-            transport: Transport::new(1, 1 << 20, Default::default()),
+            transport: Transport::new(1, 1 << 20, Default::default(), None),
             shards: ShardTable::default(),
             stopping: AtomicBool::new(false),
         }

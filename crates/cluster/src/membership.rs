@@ -27,7 +27,7 @@ use trellis_proto::v1 as pb;
 
 use crate::retry::Backoff;
 use crate::router::Router;
-use crate::{from_meta, transport, ApiResult, Core, Error, Result, TOKEN_KEY};
+use crate::{from_meta, ApiResult, Core, Error, Result, TOKEN_KEY};
 
 /// Joins, admissions and the members' states.
 pub struct Membership {
@@ -93,7 +93,7 @@ impl Membership {
         let mut retry = Backoff::every(Duration::from_millis(500));
         loop {
             for a in addrs {
-                let mut c = match transport::channel(a) {
+                let mut c = match self.core.transport.channel(a) {
                     Ok(ch) => RaftTransportClient::new(ch),
                     Err(e) => return Err(Error::Join(e)),
                 };

@@ -98,26 +98,35 @@ pub struct Transport {
     /// Snapshot chunks received (`trellis_raft_snapshot_chunks_received_total`).
     snapshot_chunks: prometheus_client::metrics::counter::Counter,
     peers: Mutex<HashMap<u64, Arc<Peer>>>,
+    /// mTLS to peers (none: plaintext).
+    tls: Option<Arc<trellis_tls::rustls::ClientConfig>>,
     groups: RwLock<HashMap<u64, Arc<dyn GroupHandler>>>,
     blocked: RwLock<HashSet<u64>>,
     /// Groups whose outgoing messages are dropped (a leader handing over its leadership).
     muted: RwLock<HashSet<u64>>,
 }
 
-/// A channel to a node's gRPC address; connects on first use and reconnects after failures.
-pub fn channel(addr: &str) -> Result<Channel, String> {
-    let uri = if addr.starts_with("http://") || addr.starts_with("https://") {
-        addr.to_string()
-    } else {
-        format!("http://{addr}")
-    };
-    Ok(Endpoint::from_shared(uri)
+/// A channel to a node's peer address, over TLS with `tls`; connects on first use and
+/// reconnects after failures.
+pub fn channel(
+    addr: &str,
+    tls: Option<&Arc<trellis_tls::rustls::ClientConfig>>,
+) -> Result<Channel, String> {
+    let bare = addr
+        .strip_prefix("http://")
+        .or_else(|| addr.strip_prefix("https://"))
+        .unwrap_or(addr);
+    let scheme = if tls.is_some() { "https" } else { "http" };
+    let endpoint = Endpoint::from_shared(format!("{scheme}://{bare}"))
         .map_err(|e| format!("bad node address '{addr}': {e}"))?
         .tcp_nodelay(true)
         .connect_timeout(Duration::from_secs(1))
         .http2_keep_alive_interval(Duration::from_secs(5))
-        .keep_alive_timeout(Duration::from_secs(5))
-        .connect_lazy())
+        .keep_alive_timeout(Duration::from_secs(5));
+    Ok(match tls {
+        Some(cfg) => trellis_tls::channel_lazy(endpoint, cfg.clone()),
+        None => endpoint.connect_lazy(),
+    })
 }
 
 impl Transport {
@@ -125,9 +134,11 @@ impl Transport {
         node_id: u64,
         max_message: usize,
         snapshot_chunks: prometheus_client::metrics::counter::Counter,
+        tls: Option<Arc<trellis_tls::rustls::ClientConfig>>,
     ) -> Arc<Transport> {
         Arc::new(Transport {
             node_id,
+            tls,
             max_message,
             snapshot_chunks,
             peers: Mutex::default(),
@@ -139,6 +150,11 @@ impl Transport {
 
     pub fn node_id(&self) -> u64 {
         self.node_id
+    }
+
+    /// A channel to the peer port at `addr`, with this node's TLS settings.
+    pub fn channel(&self, addr: &str) -> Result<Channel, String> {
+        channel(addr, self.tls.as_ref())
     }
 
     /// Routes incoming messages for `group` to `handler`.
@@ -202,7 +218,7 @@ impl Transport {
             }
         }
         let client = |addr| -> Result<RaftTransportClient<Channel>, String> {
-            Ok(RaftTransportClient::new(channel(addr)?)
+            Ok(RaftTransportClient::new(self.channel(addr)?)
                 .max_decoding_message_size(self.max_message)
                 .max_encoding_message_size(self.max_message))
         };

@@ -19,6 +19,7 @@ pub struct Config {
     pub aws: AwsSection,
     pub connectors: ConnectorsSection,
     pub auth: AuthSection,
+    pub tls: TlsSection,
     /// Lambda function name -> HTTP endpoint that plays it.
     pub functions: BTreeMap<String, String>,
 }
@@ -71,6 +72,60 @@ pub struct AuthSection {
     pub principals_file: String,
     /// Per-principal rate limits.
     pub rate: RateSection,
+}
+
+/// TLS on the node's listeners and between nodes (PEM files, read again when they change).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct TlsSection {
+    /// The certificate chain (leaf first) and key of the client listeners (HTTP and gRPC).
+    /// Both set: TLS on them.
+    pub cert_file: String,
+    pub key_file: String,
+    /// A CA: clients of the HTTP and gRPC listeners must present a certificate it signed.
+    /// On gRPC, a verified certificate's subject common name names the principal it is.
+    pub client_ca_file: String,
+    /// The cluster CA: mTLS on the peer port and to other nodes. Set: a node (or anyone)
+    /// without a certificate of this CA cannot join, send Raft messages or forward calls.
+    pub peer_ca_file: String,
+    /// This node's certificate and key for peers (default: `cert_file`, `key_file`). Its
+    /// names must cover the node's advertised peer address.
+    pub peer_cert_file: String,
+    pub peer_key_file: String,
+}
+
+impl TlsSection {
+    /// The certificate and key the node presents to peers, when peers use mTLS.
+    pub fn peer_identity(&self) -> Option<(&str, &str)> {
+        if self.peer_ca_file.is_empty() {
+            return None;
+        }
+        if self.peer_cert_file.is_empty() {
+            Some((&self.cert_file, &self.key_file))
+        } else {
+            Some((&self.peer_cert_file, &self.peer_key_file))
+        }
+    }
+
+    fn check(&self) -> Result<()> {
+        if self.cert_file.is_empty() != self.key_file.is_empty() {
+            bail!("tls.cert_file and tls.key_file go together");
+        }
+        if self.peer_cert_file.is_empty() != self.peer_key_file.is_empty() {
+            bail!("tls.peer_cert_file and tls.peer_key_file go together");
+        }
+        if !self.client_ca_file.is_empty() && self.cert_file.is_empty() {
+            bail!("tls.client_ca_file needs tls.cert_file and tls.key_file");
+        }
+        if let Some((cert, _)) = self.peer_identity() {
+            if cert.is_empty() {
+                bail!("tls.peer_ca_file needs the node's certificate (tls.peer_cert_file or tls.cert_file)");
+            }
+        } else if !self.peer_cert_file.is_empty() {
+            bail!("tls.peer_cert_file needs tls.peer_ca_file (the cluster CA)");
+        }
+        Ok(())
+    }
 }
 
 /// One principal: who it is, how it proves it, what it may do.
@@ -323,6 +378,7 @@ impl Config {
             bail!("TRELLIS_ROOT_TOKEN (auth.root_token) must be 16 characters at least");
         }
         crate::auth::check_principals(&self.auth.principals)?;
+        self.tls.check()?;
         let r = &self.auth.rate;
         if r.start_per_second == 0 || r.other_per_second == 0 {
             bail!("auth.rate: the refill rates must be at least 1 per second");

@@ -13,7 +13,7 @@ use trellis_proto::v1::executions_server::{Executions, ExecutionsServer};
 use trellis_proto::v1::state_machines_server::{StateMachines, StateMachinesServer};
 
 use crate::auth::grpc::{Authn, Resource};
-use crate::listen::{Acceptor, KEEPALIVE, KEEPALIVE_TIMEOUT};
+use crate::listen::{Incoming, KEEPALIVE, KEEPALIVE_TIMEOUT};
 use crate::node::Node;
 
 type R<T> = Result<Response<T>, Status>;
@@ -34,7 +34,7 @@ fn server() -> tonic::transport::Server {
 /// peer services are not here: they have a port of their own ([`serve_peer`]).
 pub async fn serve(
     node: Arc<Node>,
-    listener: Acceptor,
+    listener: Incoming,
     stop: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> Result<(), tonic::transport::Error> {
     let authn = Authn(node.auth.clone());
@@ -61,7 +61,7 @@ pub async fn serve(
 /// listener until `stop` resolves.
 pub async fn serve_peer(
     node: Arc<Node>,
-    listener: Acceptor,
+    listener: Incoming,
     stop: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> Result<(), tonic::transport::Error> {
     server()

@@ -18,3 +18,4 @@ pub mod registry;
 pub mod run;
 pub mod s3;
 pub mod serve;
+pub mod tls;

@@ -5,6 +5,9 @@
 //!   file descriptors, `ENFILE`, `ENOBUFS`, ...) is logged and retried after a pause that
 //!   grows to one second, so the listener serves again as soon as descriptors are free.
 //!   (tonic's own accept stream ends at such an error, and the server with it.)
+//! * [`Acceptor::incoming`] hands connections to a server, after a TLS handshake when the
+//!   listener has TLS: handshakes run beside the accept loop, each bounded in time, so a
+//!   client that never finishes one holds up nobody else.
 //! * Every accepted connection is a [`Conn`]: when nothing has been read from it or
 //!   written to it for the idle timeout, its next read or write fails and the server
 //!   drops it. HTTP/2 servers ping their clients (`KEEPALIVE`), so a live gRPC connection,
@@ -14,12 +17,15 @@ use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::mpsc;
 use tokio::time::{Instant, Sleep};
+use tokio_rustls::rustls::pki_types::CertificateDer;
 use trellis_cluster::retry::Backoff;
 
 /// How often HTTP/2 servers ping their clients, and how long they wait for the answer.
@@ -90,29 +96,200 @@ impl Acceptor {
             }
         }
     }
+}
 
+/// How long a TLS handshake may take.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// TLS handshakes in progress at once on one listener; more connections wait to be taken.
+const HANDSHAKES: usize = 256;
+
+impl Acceptor {
+    /// The listener's connections, after a TLS handshake with `tls` when it is given. The
+    /// accept loop runs until the [`Incoming`] is dropped.
+    pub fn incoming(self, tls: Option<Arc<trellis_tls::rustls::ServerConfig>>) -> Incoming {
+        let local = self.listener.local_addr().ok();
+        let (tx, rx) = mpsc::channel(64);
+        let task = tokio::spawn(accept_loop(self, tls, tx));
+        Incoming { rx, local, task }
+    }
+}
+
+async fn accept_loop(
+    mut acceptor: Acceptor,
+    tls: Option<Arc<trellis_tls::rustls::ServerConfig>>,
+    tx: mpsc::Sender<(Io, SocketAddr)>,
+) {
+    let Some(tls) = tls else {
+        loop {
+            let (conn, addr) = acceptor.next().await;
+            if tx.send((Io::Plain(conn), addr)).await.is_err() {
+                return;
+            }
+        }
+    };
+    let tls = trellis_tls::TlsAcceptor::from(tls);
+    let slots = Arc::new(tokio::sync::Semaphore::new(HANDSHAKES));
+    let name = acceptor.name;
+    loop {
+        let Ok(slot) = slots.clone().acquire_owned().await else {
+            return;
+        };
+        let (conn, addr) = acceptor.next().await;
+        if tx.is_closed() {
+            return;
+        }
+        let (tls, tx) = (tls.clone(), tx.clone());
+        tokio::spawn(async move {
+            let _slot = slot;
+            match tokio::time::timeout(HANDSHAKE_TIMEOUT, tls.accept(conn)).await {
+                Ok(Ok(s)) => {
+                    let _ = tx.send((Io::Tls(Box::new(s)), addr)).await;
+                }
+                // A scanner, a client that does not trust us, a peer without the cluster's
+                // certificate: routine, and the client has been told.
+                Ok(Err(e)) => {
+                    tracing::debug!(listener = name, %addr, error = %e, "TLS handshake failed")
+                }
+                Err(_) => {
+                    tracing::debug!(listener = name, %addr, "TLS handshake timed out")
+                }
+            }
+        });
+    }
+}
+
+/// The connections a listener accepted (and shook hands with), for a server.
+pub struct Incoming {
+    rx: mpsc::Receiver<(Io, SocketAddr)>,
+    local: Option<SocketAddr>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for Incoming {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+impl Incoming {
     /// The connections as a stream, for `tonic`'s `serve_with_incoming`. It never yields an
-    /// error and never ends.
+    /// error.
     pub fn into_stream(
         self,
-    ) -> impl futures::Stream<Item = Result<Conn, io::Error>> + Send + 'static {
-        futures::stream::unfold(self, |mut a| async move {
-            let (conn, _) = a.next().await;
-            Some((Ok(conn), a))
+    ) -> impl futures::Stream<Item = Result<Io, io::Error>> + Send + 'static {
+        futures::stream::unfold(self, |mut i| async move {
+            let (io, _) = i.rx.recv().await?;
+            Some((Ok(io), i))
         })
     }
 }
 
-impl axum::serve::Listener for Acceptor {
-    type Io = Conn;
+impl axum::serve::Listener for Incoming {
+    type Io = Io;
     type Addr = SocketAddr;
 
-    fn accept(&mut self) -> impl Future<Output = (Conn, SocketAddr)> + Send {
-        self.next()
+    async fn accept(&mut self) -> (Io, SocketAddr) {
+        match self.rx.recv().await {
+            Some(c) => c,
+            None => std::future::pending().await,
+        }
     }
 
     fn local_addr(&self) -> io::Result<SocketAddr> {
-        self.listener.local_addr()
+        self.local
+            .ok_or_else(|| io::Error::other("the listener has no local address"))
+    }
+}
+
+/// A served connection: plain, or TLS over a [`Conn`].
+pub enum Io {
+    Plain(Conn),
+    Tls(Box<trellis_tls::TlsStream<Conn>>),
+}
+
+/// What a gRPC handler can learn of its connection: the client's address, and its
+/// certificate chain when it presented one that the listener verified.
+#[derive(Clone, Debug)]
+pub struct IoInfo {
+    pub remote: Option<SocketAddr>,
+    pub peer_certificates: Option<Arc<Vec<CertificateDer<'static>>>>,
+}
+
+impl tonic::transport::server::Connected for Io {
+    type ConnectInfo = IoInfo;
+
+    fn connect_info(&self) -> IoInfo {
+        match self {
+            Io::Plain(c) => IoInfo {
+                remote: c.io.peer_addr().ok(),
+                peer_certificates: None,
+            },
+            Io::Tls(s) => {
+                let (conn, session) = s.get_ref();
+                IoInfo {
+                    remote: conn.io.peer_addr().ok(),
+                    peer_certificates: session.peer_certificates().map(|c| Arc::new(c.to_vec())),
+                }
+            }
+        }
+    }
+}
+
+macro_rules! delegate {
+    ($self:ident, $s:ident => $e:expr) => {
+        match $self.get_mut() {
+            Io::Plain($s) => {
+                let $s = Pin::new($s);
+                $e
+            }
+            Io::Tls($s) => {
+                let $s = Pin::new(&mut **$s);
+                $e
+            }
+        }
+    };
+}
+
+impl AsyncRead for Io {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        delegate!(self, s => s.poll_read(cx, buf))
+    }
+}
+
+impl AsyncWrite for Io {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        delegate!(self, s => s.poll_write(cx, buf))
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        delegate!(self, s => s.poll_write_vectored(cx, bufs))
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        match self {
+            Io::Plain(c) => c.is_write_vectored(),
+            Io::Tls(s) => s.is_write_vectored(),
+        }
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        delegate!(self, s => s.poll_flush(cx))
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        delegate!(self, s => s.poll_shutdown(cx))
     }
 }
 
@@ -221,14 +398,6 @@ impl AsyncWrite for Conn {
 
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         Pin::new(&mut self.io).poll_shutdown(cx)
-    }
-}
-
-impl tonic::transport::server::Connected for Conn {
-    type ConnectInfo = tonic::transport::server::TcpConnectInfo;
-
-    fn connect_info(&self) -> Self::ConnectInfo {
-        self.io.connect_info()
     }
 }
 

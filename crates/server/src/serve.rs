@@ -182,6 +182,9 @@ pub async fn serve(
     let peer = Acceptor::new(listeners.peer, idle, "peer");
     let (http_addr, grpc_addr, peer_addr) =
         (http.local_addr()?, grpc.local_addr()?, peer.local_addr()?);
+    let tls = node.tls.clone();
+    let scheme = if tls.http.is_some() { "https" } else { "http" };
+    let peer = peer.incoming(tls.peer);
     let (tx, rx) = tokio::sync::watch::channel(false);
     let stopped = move |mut rx: tokio::sync::watch::Receiver<bool>| async move {
         let _ = rx.wait_for(|s| *s).await;
@@ -206,9 +209,11 @@ pub async fn serve(
         }
     }
     // The client APIs answer once the node serves its shards.
+    let grpc = grpc.incoming(tls.grpc);
     let grpc_task = tokio::spawn(crate::grpc::serve(node.clone(), grpc, stopped(rx.clone())));
     let app = crate::aws::router(node.clone());
     let http_stop = stopped(rx);
+    let http = http.incoming(tls.http);
     let http_task = tokio::spawn(async move {
         axum::serve(http, app)
             .with_graceful_shutdown(http_stop)
@@ -217,7 +222,7 @@ pub async fn serve(
     tracing::info!(%http_addr, %grpc_addr, %peer_addr, node_id = node.id(), shards = node.shard_count(),
         "serving the AWS JSON API and gRPC");
     eprintln!(
-        "trellis: node {} serving the AWS Step Functions API on http://{http_addr}, gRPC on {grpc_addr}, peers on {peer_addr}",
+        "trellis: node {} serving the AWS Step Functions API on {scheme}://{http_addr}, gRPC on {grpc_addr}, peers on {peer_addr}",
         node.id()
     );
     stop.await;

@@ -394,6 +394,7 @@ const ROOT_TOKEN: &str = "root-token-0123456789";
 async fn as_(endpoint: &str, token: Option<&str>) -> Client {
     let options = trellis_client::Options {
         token: token.map(String::from),
+        ..Default::default()
     };
     Client::connect_with(endpoint, &options).await.unwrap()
 }
@@ -536,5 +537,119 @@ async fn grpc_calls_need_a_token_and_a_policy_that_allows_them() {
     assert!(revoked, "the reader's token still works");
     assert!(ops.state_machines.list_state_machines(list).await.is_ok());
     drop((anonymous, stranger, root, reader, ops));
+    node.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn grpc_over_tls_takes_client_certificates_as_principals() {
+    use trellis_tls::certs::{Authority, Usage};
+    let files = tempfile::tempdir().unwrap();
+    let path = |f: &str| files.path().join(f);
+    let ca = Authority::generate().unwrap();
+    std::fs::write(path("ca.pem"), ca.cert_pem()).unwrap();
+    let issue = |name: &str, usage| {
+        let sans = if usage == Usage::Node {
+            vec!["127.0.0.1".to_string()]
+        } else {
+            vec![]
+        };
+        let c = ca.issue(name, &sans, usage).unwrap();
+        std::fs::write(path(&format!("{name}.pem")), c.cert_pem).unwrap();
+        std::fs::write(path(&format!("{name}-key.pem")), c.key_pem).unwrap();
+    };
+    issue("node", Usage::Node);
+    for who in ["root", "ops", "nobody"] {
+        issue(who, Usage::Client);
+    }
+    std::fs::write(path("principals.toml"), PRINCIPALS).unwrap();
+    let p = |f: &str| path(f).display().to_string();
+    let (cert, key, client_ca, principals) = (
+        p("node.pem"),
+        p("node-key.pem"),
+        p("ca.pem"),
+        p("principals.toml"),
+    );
+    let node = start_with(move |c| {
+        c.auth.root_access_key_id = "AKROOT".into();
+        c.auth.root_secret_access_key = "root-secret".into();
+        c.auth.principals_file = principals;
+        c.tls.cert_file = cert;
+        c.tls.key_file = key;
+        c.tls.client_ca_file = client_ca;
+    })
+    .await;
+    let https = node.endpoint.replace("http://", "https://");
+    let with_cert = |who: &str| trellis_client::Options {
+        ca: Some(path("ca.pem")),
+        cert: Some(path(&format!("{who}.pem"))),
+        key: Some(path(&format!("{who}-key.pem"))),
+        ..Default::default()
+    };
+    let list = pb::ListStateMachinesRequest::default();
+    // Root's certificate: root.
+    let mut root = Client::connect_with(&https, &with_cert("root"))
+        .await
+        .unwrap();
+    let def = json!({"StartAt": "P", "States": {"P": {"Type": "Pass", "End": true}}});
+    let machine = create(&mut root, "OverTls", def).await;
+    // The operator's certificate: what the operator may do, and no more.
+    let mut ops = Client::connect_with(&https, &with_cert("ops"))
+        .await
+        .unwrap();
+    let start = pb::StartExecutionRequest {
+        state_machine_arn: machine.clone(),
+        ..Default::default()
+    };
+    let arn = ops
+        .executions
+        .start_execution(start)
+        .await
+        .unwrap()
+        .into_inner()
+        .execution_arn;
+    assert_eq!(describe(&mut ops, &arn).await.execution_arn, arn);
+    let delete = pb::DeleteStateMachineRequest {
+        state_machine_arn: machine.clone(),
+    };
+    assert_eq!(
+        refusal(ops.state_machines.delete_state_machine(delete).await),
+        (tonic::Code::PermissionDenied, Code::AccessDeniedException)
+    );
+    // A certificate of the CA that names no principal.
+    let mut nobody = Client::connect_with(&https, &with_cert("nobody"))
+        .await
+        .unwrap();
+    assert_eq!(
+        refusal(
+            nobody
+                .state_machines
+                .list_state_machines(list.clone())
+                .await
+        ),
+        (
+            tonic::Code::Unauthenticated,
+            Code::UnrecognizedClientException
+        )
+    );
+    // No certificate, or plaintext: no call gets through.
+    let bare = trellis_client::Options {
+        ca: Some(path("ca.pem")),
+        ..Default::default()
+    };
+    if let Ok(mut c) = Client::connect_with(&https, &bare).await {
+        assert!(c
+            .state_machines
+            .list_state_machines(list.clone())
+            .await
+            .is_err());
+    }
+    if let Ok(mut c) = Client::connect(&node.endpoint).await {
+        assert!(c
+            .state_machines
+            .list_state_machines(list.clone())
+            .await
+            .is_err());
+    }
+    drop((root, ops, nobody));
     node.stop().await;
 }

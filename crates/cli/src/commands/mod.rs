@@ -1,6 +1,7 @@
 //! One module per command group.
 
 pub(crate) mod activities;
+pub(crate) mod certs;
 pub(crate) mod cluster;
 pub(crate) mod executions;
 pub(crate) mod machines;

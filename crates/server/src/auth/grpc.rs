@@ -1,6 +1,7 @@
 //! The gRPC API's side of [`super::Auth`]: an interceptor that authenticates each call by
-//! its bearer token (`authorization: Bearer <token>`) and hands the principal to the
-//! handler ([`Caller`]), and the resource each request names ([`Resource`]), so that the
+//! its bearer token (`authorization: Bearer <token>`), or else by the client certificate
+//! the listener verified (its subject common name is the principal's name), and hands the
+//! principal to the handler ([`Caller`]), and the resource each request names ([`Resource`]), so that the
 //! handler can check the call as the AWS API does.
 
 use std::sync::Arc;
@@ -12,6 +13,7 @@ use trellis_proto::{ApiError, Code};
 
 use super::{Auth, Principal};
 use crate::config::AwsSection;
+use crate::listen::IoInfo;
 
 /// The authenticated principal of a gRPC call (in the request's extensions).
 #[derive(Clone)]
@@ -27,6 +29,25 @@ impl Interceptor for Authn {
             return Ok(r);
         };
         let header = r.metadata().get("authorization").map(|v| v.to_str());
+        // No token: a client certificate the listener verified (tls.client_ca_file) names
+        // its principal by its subject common name.
+        let certified = r
+            .extensions()
+            .get::<IoInfo>()
+            .and_then(|i| i.peer_certificates.as_ref())
+            .and_then(|c| c.first())
+            .map(|c| trellis_tls::common_name(c).unwrap_or_default());
+        if let (None, Some(name)) = (&header, certified) {
+            let Some(p) = principals.by_name(&name) else {
+                return Err(refuse(
+                    Code::UnrecognizedClientException,
+                    "The client certificate names no principal.",
+                    "unknown client certificate",
+                ));
+            };
+            r.extensions_mut().insert(Caller(p));
+            return Ok(r);
+        }
         let token = match header {
             None => {
                 return Err(refuse(

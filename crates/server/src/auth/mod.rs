@@ -51,6 +51,8 @@ pub struct Principals {
     /// SHA-256 of a bearer token -> its principal (looked up by digest, so the lookup's
     /// timing says nothing about the token).
     by_token: HashMap<[u8; 32], Arc<Principal>>,
+    /// Name -> principal: a verified client certificate's common name.
+    by_name: HashMap<String, Arc<Principal>>,
     pub max_skew: Duration,
 }
 
@@ -85,6 +87,7 @@ impl Principals {
         let mut p = Principals {
             by_key: HashMap::new(),
             by_token: HashMap::new(),
+            by_name: HashMap::new(),
             max_skew: Duration::from_secs(a.max_skew_seconds),
         };
         for c in all {
@@ -100,12 +103,18 @@ impl Principals {
             for t in &c.tokens {
                 p.by_token.insert(digest(t), principal.clone());
             }
+            p.by_name.insert(c.name.clone(), principal.clone());
         }
         Ok(Some(p))
     }
 
     pub fn get(&self, access_key_id: &str) -> Option<&Principal> {
         self.by_key.get(access_key_id).map(|p| &**p)
+    }
+
+    /// The principal named `name` (the common name of a verified client certificate).
+    pub fn by_name(&self, name: &str) -> Option<Arc<Principal>> {
+        self.by_name.get(name).cloned()
     }
 
     /// The principal whose bearer token this is.
@@ -245,14 +254,7 @@ impl Auth {
             .and_then(|list| Principals::build(&self.cfg, &list))
         {
             Ok(p) => {
-                let count = p.as_ref().map_or(0, |p| {
-                    p.by_key
-                        .values()
-                        .chain(p.by_token.values())
-                        .map(|p| p.name.as_str())
-                        .collect::<HashSet<_>>()
-                        .len()
-                });
+                let count = p.as_ref().map_or(0, |p| p.by_name.len());
                 *self.current.write().unwrap_or_else(|e| e.into_inner()) = p.map(Arc::new);
                 self.buckets.clear();
                 tracing::info!(file = %path.display(), principals = count, "principals reloaded");

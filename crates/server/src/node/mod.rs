@@ -45,6 +45,8 @@ pub struct Node {
     /// Who may call the AWS API; `None`: authentication is off.
     /// Who may call, and what (shared with the gRPC front end).
     pub auth: Arc<crate::auth::Auth>,
+    /// TLS on the listeners and to peers (`[tls]`).
+    pub tls: crate::tls::NodeTls,
 }
 
 impl Node {
@@ -58,6 +60,7 @@ impl Node {
         let connectors = Connectors::new(cfg.functions.clone(), ca.as_deref(), cfg.aws.s3())?;
         // The node's metrics: registered once here, handed to the parts that count.
         let mut metrics = prometheus_client::registry::Registry::default();
+        let tls = crate::tls::NodeTls::from_config(&cfg.tls)?;
         let settings = Settings {
             member: Member {
                 id: cfg.node.id,
@@ -69,6 +72,7 @@ impl Node {
             cluster: cfg.cluster.clone(),
             region: cfg.aws.region.clone(),
             account: cfg.aws.account.clone(),
+            peer_tls: tls.to_peers.clone(),
         };
         let cluster =
             Cluster::open(settings, db, Arc::new(connectors.clone()), &mut metrics).await?;
@@ -82,6 +86,7 @@ impl Node {
             metrics,
             connectors,
             auth,
+            tls,
         });
         // Forwarded API calls land on this node; nested executions start through it.
         let api: Arc<dyn trellis_cluster::Api> = node.clone();
