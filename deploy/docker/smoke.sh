@@ -90,7 +90,8 @@ start() {
   docker run -d --name "$n" --hostname "$n" --network "$NET" --network-alias "$n.trellis" \
     --volume /data "$IMAGE" server --id-from-hostname --data-dir /data --shards 16 \
     --grpc-addr 0.0.0.0:7300 --http-addr 0.0.0.0:8083 --peer-addr 0.0.0.0:7301 \
-    --advertise-addr "$n.trellis:7301" --join trellis-0.trellis:7301 --bootstrap-expect 3 >/dev/null
+    --advertise-addr "$n.trellis:7301" --join trellis-0.trellis:7301 --bootstrap-expect 3 \
+    --insecure >/dev/null
 }
 
 say "three nodes"

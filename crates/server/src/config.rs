@@ -45,6 +45,8 @@ pub struct NodeSection {
     pub idle_timeout_seconds: u64,
     /// Placement spreads a shard's replicas over distinct zones when nodes carry one.
     pub zone: String,
+    /// Serve non-loopback addresses without authentication or peer mTLS (`--insecure`).
+    pub insecure: bool,
     /// The store's page cache, in MiB (sled's own default, 1 GiB, is more than a small
     /// node should spend on it).
     pub cache_mib: u64,
@@ -265,6 +267,7 @@ impl Default for NodeSection {
             peer_addr: "127.0.0.1:7301".into(),
             advertise_addr: String::new(),
             idle_timeout_seconds: 120,
+            insecure: false,
             zone: String::new(),
             cache_mib: 256,
         }
@@ -387,6 +390,41 @@ impl Config {
             bail!("cluster.break_fencing is for tests and needs cluster.fault_injection");
         }
         Ok(())
+    }
+}
+
+/// Whether a listen address is reachable only from this host: a loopback IP or `localhost`.
+/// A host name other than `localhost`, or an unspecified address (`0.0.0.0`), is not.
+pub fn is_loopback(addr: &str) -> bool {
+    if let Ok(a) = addr.parse::<std::net::SocketAddr>() {
+        return a.ip().is_loopback();
+    }
+    addr.rsplit_once(':')
+        .is_some_and(|(host, _)| host.eq_ignore_ascii_case("localhost"))
+}
+
+impl Config {
+    /// What the node would expose unprotected: client ports off loopback without
+    /// authentication, a peer port off loopback without mTLS.
+    pub fn exposure(&self) -> Vec<String> {
+        let mut out = Vec::new();
+        if !self.auth.enabled() {
+            for (key, addr) in [
+                ("gRPC", &self.node.grpc_addr),
+                ("the AWS API", &self.node.http_addr),
+            ] {
+                if !is_loopback(addr) {
+                    out.push(format!("{key} on {addr} without authentication"));
+                }
+            }
+        }
+        if self.tls.peer_ca_file.is_empty() && !is_loopback(&self.node.peer_addr) {
+            out.push(format!(
+                "the peer port on {} without mTLS",
+                self.node.peer_addr
+            ));
+        }
+        out
     }
 }
 
@@ -554,6 +592,35 @@ mod tests {
         assert_eq!(n.advertised_http(), "0.0.0.0:8083");
         // Without an advertised address, peers use the peer port.
         assert_eq!(n.advertised(), "0.0.0.0:7301");
+    }
+
+    #[test]
+    fn exposure_needs_protection_off_loopback() {
+        assert!(
+            is_loopback("127.0.0.1:7300")
+                && is_loopback("[::1]:1")
+                && is_loopback("localhost:8083")
+        );
+        assert!(
+            !is_loopback("0.0.0.0:7300")
+                && !is_loopback("10.0.0.5:1")
+                && !is_loopback("trellis-0:7301")
+        );
+        let mut c = Config::default();
+        assert!(c.exposure().is_empty(), "the defaults are loopback");
+        c.node.grpc_addr = "0.0.0.0:7300".into();
+        c.node.peer_addr = "0.0.0.0:7301".into();
+        let e = c.exposure();
+        assert_eq!(e.len(), 2, "{e:?}");
+        assert!(
+            e[0].contains("gRPC on 0.0.0.0:7300") && e[1].contains("peer port"),
+            "{e:?}"
+        );
+        c.auth.root_access_key_id = "AK".into();
+        c.auth.root_secret_access_key = "s".into();
+        assert_eq!(c.exposure().len(), 1);
+        c.tls.peer_ca_file = "ca.pem".into();
+        assert!(c.exposure().is_empty());
     }
 
     #[test]

@@ -52,6 +52,11 @@ pub struct Flags {
     /// Map a Lambda function name to an HTTP endpoint: NAME=URL. Repeatable.
     #[arg(long = "function", value_name = "NAME=URL")]
     pub functions: Vec<String>,
+    /// Serve on non-loopback addresses without authentication (client ports) or without
+    /// peer mTLS (the peer port): anyone who reaches them can do anything. For a private
+    /// network you trust (overrides node.insecure).
+    #[arg(long)]
+    pub insecure: bool,
 }
 
 impl Flags {
@@ -98,6 +103,9 @@ impl Flags {
         if let Some(z) = &self.zone {
             cfg.node.zone = z.clone();
         }
+        if self.insecure {
+            cfg.node.insecure = true;
+        }
         for f in &self.functions {
             let (name, url) = f
                 .split_once('=')
@@ -111,6 +119,7 @@ impl Flags {
 
 /// Runs a node until it is told to stop.
 pub fn run(cfg: Config) -> Result<()> {
+    let exposed = cfg.exposure();
     // The audit log (`trellis::audit`) is on by default when the node authenticates.
     let default = if !cfg.auth.enabled() {
         "info,openraft=error,sled=warn,trellis::audit=off"
@@ -124,6 +133,18 @@ pub fn run(cfg: Config) -> Result<()> {
         )
         .with_writer(std::io::stderr)
         .init();
+    if !exposed.is_empty() {
+        if !cfg.node.insecure {
+            anyhow::bail!(
+                "refusing to start: {}; turn on authentication \
+                 (TRELLIS_ROOT_ACCESS_KEY_ID and TRELLIS_ROOT_SECRET_ACCESS_KEY, or [auth]) and \
+                 peer mTLS (tls.peer_ca_file), listen on loopback, or pass --insecure \
+                 (docs/security.md)",
+                exposed.join(" and ")
+            );
+        }
+        tracing::warn!(exposed = %exposed.join("; "), "serving without protection (--insecure)");
+    }
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
