@@ -298,3 +298,90 @@ async fn a_connection_that_says_nothing_is_closed() {
             .expect("a client that keeps talking is served");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_thousand_idle_connections_do_not_stop_others_from_being_served() {
+    let opts = Options {
+        shards: 4,
+        env: vec![("TRELLIS__NODE__IDLE_TIMEOUT_SECONDS".into(), "600".into())],
+        ..Default::default()
+    };
+    let c = Cluster::start(env!("CARGO_BIN_EXE_trellis-node"), 1, opts)
+        .await
+        .expect("cluster");
+    let node = &c.nodes[&1];
+    let addrs = [node.grpc.clone(), node.http.clone()];
+    let mut idle = Vec::new();
+    for i in 0..1_000 {
+        let s = tokio::net::TcpStream::connect(&addrs[i % 2])
+            .await
+            .expect("connect");
+        idle.push(s);
+    }
+    // While they stay open, saying nothing, both client ports serve others.
+    let mut cl = trellis_testkit::Client::connect(&node.endpoint())
+        .await
+        .unwrap();
+    cl.state_machines
+        .list_state_machines(pb::ListStateMachinesRequest::default())
+        .await
+        .expect("gRPC with 1,000 idle connections open");
+    healthz(&node.http).expect("HTTP with 1,000 idle connections open");
+    assert_eq!(idle.len(), 1_000);
+    drop(idle);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn past_the_connection_cap_new_connections_wait_for_a_place() {
+    let opts = Options {
+        shards: 4,
+        env: vec![
+            ("TRELLIS__NODE__IDLE_TIMEOUT_SECONDS".into(), "600".into()),
+            ("TRELLIS__NODE__MAX_CONNECTIONS".into(), "20".into()),
+        ],
+        ..Default::default()
+    };
+    let c = Cluster::start(env!("CARGO_BIN_EXE_trellis-node"), 1, opts)
+        .await
+        .expect("cluster");
+    let http = c.nodes[&1].http.clone();
+    let mut idle = Vec::new();
+    for _ in 0..20 {
+        idle.push(
+            tokio::net::TcpStream::connect(&http)
+                .await
+                .expect("connect"),
+        );
+    }
+    // The 21st waits: its request is answered only once a place frees.
+    let waiting = {
+        let http = http.clone();
+        std::thread::spawn(move || -> Result<String, String> {
+            use std::io::Write;
+            let mut s = std::net::TcpStream::connect(&http).map_err(|e| e.to_string())?;
+            s.set_read_timeout(Some(Duration::from_secs(60)))
+                .map_err(|e| e.to_string())?;
+            write!(s, "GET /healthz HTTP/1.0\r\nHost: {http}\r\n\r\n")
+                .map_err(|e| e.to_string())?;
+            let mut text = String::new();
+            s.read_to_string(&mut text).map_err(|e| e.to_string())?;
+            Ok(text)
+        })
+    };
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !c.logs().contains("as many connections open as allowed") && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(
+        c.logs().contains("as many connections open as allowed"),
+        "the cap was never reached:\n{}",
+        c.logs()
+    );
+    assert!(!waiting.is_finished(), "served past the cap");
+    drop(idle);
+    let answer = waiting
+        .join()
+        .unwrap()
+        .expect("served once the idle connections closed");
+    assert!(answer.starts_with("HTTP/1.0 200"), "{answer}");
+}

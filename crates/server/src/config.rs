@@ -45,6 +45,8 @@ pub struct NodeSection {
     pub idle_timeout_seconds: u64,
     /// Placement spreads a shard's replicas over distinct zones when nodes carry one.
     pub zone: String,
+    /// Connections open at once on each listener; more wait in the kernel's backlog.
+    pub max_connections: usize,
     /// Serve non-loopback addresses without authentication or peer mTLS (`--insecure`).
     pub insecure: bool,
     /// The store's page cache, in MiB (sled's own default, 1 GiB, is more than a small
@@ -267,6 +269,7 @@ impl Default for NodeSection {
             peer_addr: "127.0.0.1:7301".into(),
             advertise_addr: String::new(),
             idle_timeout_seconds: 120,
+            max_connections: 10_000,
             insecure: false,
             zone: String::new(),
             cache_mib: 256,
@@ -348,6 +351,9 @@ impl Config {
         }
         if self.cluster.max_batch == 0 {
             bail!("cluster.max_batch must be at least 1");
+        }
+        if self.node.max_connections == 0 {
+            bail!("node.max_connections must be at least 1");
         }
         if self.node.idle_timeout_seconds == 0 {
             bail!("node.idle_timeout_seconds must be at least 1");

@@ -23,7 +23,7 @@ use std::time::Duration;
 
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
 use tokio::time::{Instant, Sleep};
 use tokio_rustls::rustls::pki_types::CertificateDer;
 use trellis_cluster::retry::Backoff;
@@ -40,6 +40,8 @@ pub struct Acceptor {
     name: &'static str,
     /// The pauses between accepts while they fail (its attempts: errors in a row).
     failing: Backoff,
+    /// Whether the connection cap was reached (logged once each time).
+    at_cap: bool,
 }
 
 /// While accepts fail: pauses growing by 50 ms to a second.
@@ -54,6 +56,7 @@ impl Acceptor {
             idle,
             name,
             failing: failing(),
+            at_cap: false,
         }
     }
 
@@ -104,37 +107,70 @@ const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 const HANDSHAKES: usize = 256;
 
 impl Acceptor {
-    /// The listener's connections, after a TLS handshake with `tls` when it is given. The
-    /// accept loop runs until the [`Incoming`] is dropped.
-    pub fn incoming(self, tls: Option<Arc<trellis_tls::rustls::ServerConfig>>) -> Incoming {
+    /// The listener's connections, after a TLS handshake with `tls` when it is given; at
+    /// most `max_connections` open at once (more wait in the kernel's backlog until one
+    /// closes). The accept loop runs until the [`Incoming`] is dropped.
+    pub fn incoming(
+        self,
+        tls: Option<Arc<trellis_tls::rustls::ServerConfig>>,
+        max_connections: usize,
+    ) -> Incoming {
         let local = self.listener.local_addr().ok();
         let (tx, rx) = mpsc::channel(64);
-        let task = tokio::spawn(accept_loop(self, tls, tx));
+        let open = Arc::new(Semaphore::new(max_connections.max(1)));
+        let task = tokio::spawn(accept_loop(self, tls, open, tx));
         Incoming { rx, local, task }
+    }
+
+    /// The next connection once fewer than the cap are open; it holds its place until it
+    /// closes.
+    async fn next_within(&mut self, open: &Arc<Semaphore>) -> Option<(Conn, SocketAddr)> {
+        let place = match open.clone().try_acquire_owned() {
+            Ok(p) => {
+                self.at_cap = false;
+                p
+            }
+            Err(_) => {
+                if !self.at_cap {
+                    self.at_cap = true;
+                    tracing::warn!(
+                        listener = self.name,
+                        "as many connections open as allowed (node.max_connections); new ones wait"
+                    );
+                }
+                open.clone().acquire_owned().await.ok()?
+            }
+        };
+        let (mut conn, addr) = self.next().await;
+        conn.place = Some(place);
+        Some((conn, addr))
     }
 }
 
 async fn accept_loop(
     mut acceptor: Acceptor,
     tls: Option<Arc<trellis_tls::rustls::ServerConfig>>,
+    open: Arc<Semaphore>,
     tx: mpsc::Sender<(Io, SocketAddr)>,
 ) {
     let Some(tls) = tls else {
-        loop {
-            let (conn, addr) = acceptor.next().await;
+        while let Some((conn, addr)) = acceptor.next_within(&open).await {
             if tx.send((Io::Plain(conn), addr)).await.is_err() {
                 return;
             }
         }
+        return;
     };
     let tls = trellis_tls::TlsAcceptor::from(tls);
-    let slots = Arc::new(tokio::sync::Semaphore::new(HANDSHAKES));
+    let slots = Arc::new(Semaphore::new(HANDSHAKES));
     let name = acceptor.name;
     loop {
         let Ok(slot) = slots.clone().acquire_owned().await else {
             return;
         };
-        let (conn, addr) = acceptor.next().await;
+        let Some((conn, addr)) = acceptor.next_within(&open).await else {
+            return;
+        };
         if tx.is_closed() {
             return;
         }
@@ -310,6 +346,8 @@ pub struct Conn {
     last: Instant,
     /// Fires at `last + idle` or earlier; moved on lazily, so progress costs no timer update.
     timer: Pin<Box<Sleep>>,
+    /// Its place under the listener's connection cap, given back when it closes.
+    place: Option<OwnedSemaphorePermit>,
 }
 
 impl Conn {
@@ -320,6 +358,7 @@ impl Conn {
             idle,
             last: now,
             timer: Box::pin(tokio::time::sleep_until(now + idle)),
+            place: None,
         }
     }
 

@@ -205,7 +205,8 @@ pub async fn serve(
         (http.local_addr()?, grpc.local_addr()?, peer.local_addr()?);
     let tls = node.tls.clone();
     let scheme = if tls.http.is_some() { "https" } else { "http" };
-    let peer = peer.incoming(tls.peer);
+    let cap = node.cfg.node.max_connections;
+    let peer = peer.incoming(tls.peer, cap);
     let (tx, rx) = tokio::sync::watch::channel(false);
     let stopped = move |mut rx: tokio::sync::watch::Receiver<bool>| async move {
         let _ = rx.wait_for(|s| *s).await;
@@ -230,11 +231,11 @@ pub async fn serve(
         }
     }
     // The client APIs answer once the node serves its shards.
-    let grpc = grpc.incoming(tls.grpc);
+    let grpc = grpc.incoming(tls.grpc, cap);
     let grpc_task = tokio::spawn(crate::grpc::serve(node.clone(), grpc, stopped(rx.clone())));
     let app = crate::aws::router(node.clone());
     let http_stop = stopped(rx);
-    let http = http.incoming(tls.http);
+    let http = http.incoming(tls.http, cap);
     let http_task = tokio::spawn(async move {
         axum::serve(http, app)
             .with_graceful_shutdown(http_stop)
