@@ -18,6 +18,21 @@ fn peer_client(addr: &str) -> RaftTransportClient<tonic::transport::Channel> {
         .max_decoding_message_size(usize::MAX)
 }
 
+/// One node with 4 shards and these `TRELLIS__…` settings.
+async fn one_node(env: &[(&str, &str)]) -> Cluster {
+    let opts = Options {
+        shards: 4,
+        env: env
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect(),
+        ..Default::default()
+    };
+    Cluster::start(env!("CARGO_BIN_EXE_trellis-node"), 1, opts)
+        .await
+        .expect("cluster")
+}
+
 /// Resident memory of a process, in bytes (Linux).
 fn rss(pid: u32) -> u64 {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
@@ -264,14 +279,7 @@ async fn readyz_says_when_the_node_cannot_serve() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_connection_that_says_nothing_is_closed() {
-    let opts = Options {
-        shards: 4,
-        env: vec![("TRELLIS__NODE__IDLE_TIMEOUT_SECONDS".into(), "1".into())],
-        ..Default::default()
-    };
-    let c = Cluster::start(env!("CARGO_BIN_EXE_trellis-node"), 1, opts)
-        .await
-        .expect("cluster");
+    let c = one_node(&[("TRELLIS__NODE__IDLE_TIMEOUT_SECONDS", "1")]).await;
     let node = &c.nodes[&1];
     for addr in [&node.grpc, &node.http, &node.peer] {
         let mut s = std::net::TcpStream::connect(addr).unwrap();
@@ -301,14 +309,7 @@ async fn a_connection_that_says_nothing_is_closed() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_thousand_idle_connections_do_not_stop_others_from_being_served() {
-    let opts = Options {
-        shards: 4,
-        env: vec![("TRELLIS__NODE__IDLE_TIMEOUT_SECONDS".into(), "600".into())],
-        ..Default::default()
-    };
-    let c = Cluster::start(env!("CARGO_BIN_EXE_trellis-node"), 1, opts)
-        .await
-        .expect("cluster");
+    let c = one_node(&[("TRELLIS__NODE__IDLE_TIMEOUT_SECONDS", "600")]).await;
     let node = &c.nodes[&1];
     let addrs = [node.grpc.clone(), node.http.clone()];
     let mut idle = Vec::new();
@@ -333,17 +334,11 @@ async fn a_thousand_idle_connections_do_not_stop_others_from_being_served() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn past_the_connection_cap_new_connections_wait_for_a_place() {
-    let opts = Options {
-        shards: 4,
-        env: vec![
-            ("TRELLIS__NODE__IDLE_TIMEOUT_SECONDS".into(), "600".into()),
-            ("TRELLIS__NODE__MAX_CONNECTIONS".into(), "20".into()),
-        ],
-        ..Default::default()
-    };
-    let c = Cluster::start(env!("CARGO_BIN_EXE_trellis-node"), 1, opts)
-        .await
-        .expect("cluster");
+    let c = one_node(&[
+        ("TRELLIS__NODE__IDLE_TIMEOUT_SECONDS", "600"),
+        ("TRELLIS__NODE__MAX_CONNECTIONS", "20"),
+    ])
+    .await;
     let http = c.nodes[&1].http.clone();
     let mut idle = Vec::new();
     for _ in 0..20 {

@@ -30,6 +30,26 @@ fn server() -> tonic::transport::Server {
         .http2_keepalive_timeout(Some(KEEPALIVE_TIMEOUT))
 }
 
+/// The client services (`trellis.v1`), each behind the authenticating interceptor: what
+/// [`serve`] serves, and what the fuzz targets call directly.
+pub fn routes(node: Arc<Node>) -> tonic::service::Routes {
+    let authn = Authn(node.auth.clone());
+    let svc = Svc(node);
+    tonic::service::Routes::new(StateMachinesServer::with_interceptor(
+        svc.clone(),
+        authn.clone(),
+    ))
+    .add_service(ExecutionsServer::with_interceptor(
+        svc.clone(),
+        authn.clone(),
+    ))
+    .add_service(ActivitiesServer::with_interceptor(
+        svc.clone(),
+        authn.clone(),
+    ))
+    .add_service(AdminServer::with_interceptor(svc, authn))
+}
+
 /// Serves the client services (`trellis.v1`) on `listener` until `stop` resolves. The
 /// peer services are not here: they have a port of their own ([`serve_peer`]).
 pub async fn serve(
@@ -37,22 +57,8 @@ pub async fn serve(
     listener: Incoming,
     stop: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> Result<(), tonic::transport::Error> {
-    let authn = Authn(node.auth.clone());
-    let svc = Svc(node);
     server()
-        .add_service(StateMachinesServer::with_interceptor(
-            svc.clone(),
-            authn.clone(),
-        ))
-        .add_service(ExecutionsServer::with_interceptor(
-            svc.clone(),
-            authn.clone(),
-        ))
-        .add_service(ActivitiesServer::with_interceptor(
-            svc.clone(),
-            authn.clone(),
-        ))
-        .add_service(AdminServer::with_interceptor(svc, authn))
+        .add_routes(routes(node))
         .serve_with_incoming_shutdown(listener.into_stream(), stop)
         .await
 }
