@@ -76,14 +76,18 @@ async fn peer_client(
     Ok(RaftTransportClient::new(channel))
 }
 
-/// A forged vote from node 99, term 1000.
-fn forged_vote() -> rpb::RaftBatch {
+/// Forged Raft traffic from node 99 at term 1000: a vote request and an append.
+fn forged(kind: rpb::Kind) -> rpb::RaftBatch {
+    let payload: &[u8] = match kind {
+        rpb::Kind::Vote => br#"{"vote":{"leader_id":{"term":1000,"node_id":99},"committed":false},"last_log_id":null}"#,
+        _ => br#"{"vote":{"leader_id":{"term":1000,"node_id":99},"committed":true},"prev_log_id":null,"entries":[],"leader_commit":null}"#,
+    };
     rpb::RaftBatch {
         from: 99,
         messages: vec![rpb::RaftMessage {
-            group: 0,
-            kind: rpb::Kind::Vote as i32,
-            payload: br#"{"vote":{"leader_id":{"term":1000,"node_id":99},"committed":false},"last_log_id":null}"#.to_vec(),
+            group: 1,
+            kind: kind as i32,
+            payload: payload.to_vec(),
         }],
     }
 }
@@ -125,7 +129,8 @@ async fn peers_need_a_certificate_of_the_cluster_ca() {
         .await
         .expect("ping with the cluster's certificate");
 
-    // Plaintext, TLS without a certificate, TLS with another CA's: no vote, no join.
+    // Plaintext, TLS without a certificate, TLS with another CA's: no vote, no append, no
+    // join.
     let attempts = [
         ("plaintext", peer_client(&peer, None).await),
         (
@@ -141,11 +146,10 @@ async fn peers_need_a_certificate_of_the_cluster_ca() {
         let Ok(mut client) = client else {
             continue; // refused at the handshake already
         };
-        let vote = client.batch(forged_vote()).await;
-        assert!(
-            vote.is_err(),
-            "{what}: a forged vote was answered: {vote:?}"
-        );
+        for kind in [rpb::Kind::Vote, rpb::Kind::AppendEntries] {
+            let r = client.batch(forged(kind)).await;
+            assert!(r.is_err(), "{what}: a forged {kind:?} was answered: {r:?}");
+        }
         let join = client
             .join(rpb::JoinRequest {
                 node_id: 99,
