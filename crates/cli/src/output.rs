@@ -25,7 +25,7 @@ pub(crate) fn read(path: &std::path::Path) -> Result<String> {
 }
 
 pub(crate) fn api(s: tonic::Status) -> anyhow::Error {
-    anyhow!("{}", trellis_client::ApiError::from_status(&s))
+    anyhow!("{}", trellis_client::Error::from(s))
 }
 
 /// Most pages one listing reads (a million items at 1,000 a page).

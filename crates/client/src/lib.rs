@@ -36,13 +36,39 @@ pub enum Error {
     BadToken(String),
     #[error("TLS: {0}")]
     Tls(#[from] trellis_tls::Error),
+    /// The call failed below the API: the connection, TLS or HTTP/2.
+    #[error(
+        "the connection failed before the node answered ({reason}); if the node serves TLS, \
+         use an https:// endpoint (and --ca); if it asks for a client certificate, give \
+         --cert and --key"
+    )]
+    Transport { reason: String },
     #[error("{0}")]
     Api(#[from] ApiError),
 }
 
 impl From<tonic::Status> for Error {
+    /// An error the node answered (its `ErrorDetail`) is [`Error::Api`]; one without, where
+    /// the call never reached a Trellis handler (a TLS or HTTP/2 failure), is
+    /// [`Error::Transport`] with its innermost cause.
     fn from(s: tonic::Status) -> Self {
-        Error::Api(ApiError::from_status(&s))
+        let transport = matches!(
+            s.code(),
+            tonic::Code::Unknown
+                | tonic::Code::Cancelled
+                | tonic::Code::Unavailable
+                | tonic::Code::Internal
+        );
+        if !s.details().is_empty() || !transport {
+            return Error::Api(ApiError::from_status(&s));
+        }
+        let mut reason = s.message().to_string();
+        let mut cause: Option<&dyn std::error::Error> = std::error::Error::source(&s);
+        while let Some(c) = cause {
+            reason = c.to_string();
+            cause = c.source();
+        }
+        Error::Transport { reason }
     }
 }
 
@@ -148,5 +174,27 @@ impl Client {
             activities: ActivitiesClient::new(t(&channel)),
             admin: AdminClient::new(t(&channel)),
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_node_answer_is_an_api_error_and_a_broken_connection_says_what_to_check() {
+        let answered = ApiError::new(Code::AccessDeniedException, "no").to_status();
+        assert!(
+            matches!(Error::from(answered), Error::Api(e) if e.code == Code::AccessDeniedException)
+        );
+        let broken = tonic::Status::unknown("connection closed");
+        let text = Error::from(broken).to_string();
+        assert!(
+            text.contains("connection closed") && text.contains("https://"),
+            "{text}"
+        );
+        // A status of another code without details is still read as an API error.
+        let other = tonic::Status::invalid_argument("bad");
+        assert!(matches!(Error::from(other), Error::Api(_)));
     }
 }
