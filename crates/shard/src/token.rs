@@ -54,18 +54,11 @@ impl TokenKey {
 
     /// The key as stored in meta (lowercase hex).
     pub fn to_hex(&self) -> String {
-        self.0.iter().map(|b| format!("{b:02x}")).collect()
+        hex(&self.0)
     }
 
     pub fn from_hex(s: &str) -> Option<TokenKey> {
-        if s.len() != KEY_BYTES * 2 || !s.is_ascii() {
-            return None;
-        }
-        let mut b = [0u8; KEY_BYTES];
-        for (i, out) in b.iter_mut().enumerate() {
-            *out = u8::from_str_radix(&s[2 * i..2 * i + 2], 16).ok()?;
-        }
-        Some(TokenKey(b))
+        hex_bytes::<KEY_BYTES>(s).map(TokenKey)
     }
 
     fn mac(&self, body: &str) -> Hmac<Sha256> {
@@ -78,11 +71,7 @@ impl TokenKey {
     pub fn issue(&self, shard: u32, exec: u64, task: u64, nonce: u128) -> String {
         let body = format!("{shard:x}.{exec:x}.{task:x}.{nonce:032x}");
         let tag = self.mac(&body).finalize().into_bytes();
-        let hex: String = tag[..MAC_BYTES]
-            .iter()
-            .map(|b| format!("{b:02x}"))
-            .collect();
-        format!("{body}.{hex}")
+        format!("{body}.{}", hex(&tag[..MAC_BYTES]))
     }
 
     /// Where a token points, if it is well formed and its MAC (when it has one) checks out
@@ -128,6 +117,10 @@ fn parse(token: &str) -> Option<(TokenId, Option<&str>)> {
         signed: false,
     };
     Some((id, mac))
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 fn hex_bytes<const N: usize>(s: &str) -> Option<[u8; N]> {

@@ -57,8 +57,9 @@ pub struct Principals {
 }
 
 impl Principals {
-    /// The principals `[auth]` names, with those of its file; `None` when authentication is
-    /// off (no principal and no file).
+    /// The principals `[auth]` names (not its file's); `None` when authentication is off,
+    /// or when they are not valid. For tests and benches: a node uses [`Auth::new`], which
+    /// reads the file and says what is wrong.
     pub fn from_config(a: &AuthSection) -> Option<Principals> {
         Principals::build(a, &[]).ok().flatten()
     }
