@@ -7,6 +7,7 @@ mod cap;
 mod fanout;
 mod five;
 mod leader_loss;
+mod lifecycle;
 mod names;
 mod partition;
 mod placement;

@@ -55,7 +55,7 @@ pub(crate) enum Cmd {
     /// Cluster health.
     #[command(subcommand)]
     Cluster(ClusterCmd),
-    /// Cluster members: list, drain, remove.
+    /// Cluster members: list, drain, remove, hand off before a restart, leave.
     #[command(subcommand)]
     Nodes(NodesCmd),
     /// Shards: list, show, move a replica, transfer the leadership, rebalance.
@@ -258,10 +258,45 @@ pub(crate) enum ClusterCmd {
 pub(crate) enum NodesCmd {
     /// Members with their state, zone, meta role and shard counts.
     List,
-    /// Move every leader and replica off a node.
+    /// Move every leader and replica off a node (it stays DRAINING until removed).
     Drain { id: u64 },
     /// Take a drained node out of the cluster.
     Remove { id: u64 },
+    /// Before a restart: move a node's shard and meta leaderships to other nodes and wait
+    /// until it leads nothing. Its replicas stay; it is UP again once it has restarted.
+    HandOff {
+        #[command(flatten)]
+        node: NodeArg,
+        /// Give up after this long (the leaderships that moved stay moved).
+        #[arg(long, default_value_t = 60)]
+        wait_seconds: u64,
+    },
+    /// Decommission a node: drain it, wait until it holds nothing, remove it. As a
+    /// Kubernetes preStop hook, `nodes leave --self --if-beyond-replicas` decommissions on a
+    /// scale-in and only hands off on a restart.
+    Leave {
+        #[command(flatten)]
+        node: NodeArg,
+        /// Decommission only if this pod's ordinal is at or above its StatefulSet's replica
+        /// count (read from the Kubernetes API with the pod's service account); otherwise
+        /// hand off, as before a restart.
+        #[arg(long)]
+        if_beyond_replicas: bool,
+        /// Give up after this long (what was drained stays drained).
+        #[arg(long, default_value_t = 600)]
+        wait_seconds: u64,
+    },
+}
+
+/// Which node: an id, or the node this command talks to.
+#[derive(clap::Args)]
+#[group(required = true, multiple = false)]
+pub(crate) struct NodeArg {
+    /// The node's id.
+    pub(crate) id: Option<u64>,
+    /// The node at --endpoint (in a pod: the pod's own node).
+    #[arg(long = "self")]
+    pub(crate) this: bool,
 }
 
 #[derive(Subcommand)]

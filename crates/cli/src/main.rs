@@ -7,6 +7,7 @@
 mod args;
 mod bench;
 mod commands;
+mod kube;
 #[macro_use]
 mod output;
 

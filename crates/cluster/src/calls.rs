@@ -152,6 +152,8 @@ calls! {
         let state = match rpb::NodeStateChange::try_from(r.state) {
             Ok(rpb::NodeStateChange::Draining) => NodeState::Draining,
             Ok(rpb::NodeStateChange::Removed) => NodeState::Removed,
+            Ok(rpb::NodeStateChange::Restarting) => NodeState::Restarting,
+            Ok(rpb::NodeStateChange::Up) => NodeState::Up,
             Err(_) => {
                 return Err(ApiError::new(
                     Code::ValidationException,

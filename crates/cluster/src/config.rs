@@ -55,6 +55,11 @@ pub struct ClusterConfig {
     /// A node that has not answered the placement driver for this long is down: its
     /// replicas are re-created on other nodes. Long enough for a rolling restart.
     pub down_after_seconds: u64,
+    /// A node that has not answered for this long is gone for good: the placement driver
+    /// decommissions it (DRAINING; REMOVED once its replicas live elsewhere), and its meta
+    /// vote goes to another node. 0 never does. A removed node's id may join again only
+    /// with a new data directory.
+    pub decommission_after_seconds: u64,
     /// A shard replica snapshots its state every this many log entries.
     pub snapshot_logs: u64,
     /// The largest message the peer port accepts (and sends). A Raft entry larger than this
@@ -82,6 +87,7 @@ impl Default for ClusterConfig {
             fault_injection: false,
             break_fencing: false,
             down_after_seconds: 30,
+            decommission_after_seconds: 3_600,
             snapshot_logs: 5_000,
             peer_max_message_bytes: 256 << 20,
             max_live_per_shard: 5_000,

@@ -10,8 +10,9 @@
 //!   until it wins, which it does once the followers' leases on the old leader end (about
 //!   1.6 s); then everything is switched back on.
 //! * **Liveness.** The driver pings every node each second; a node silent for
-//!   `cluster.down_after_seconds` is down and its replicas are re-created elsewhere. A new
-//!   meta leader starts every node's clock afresh.
+//!   `cluster.down_after_seconds` is down and its replicas are re-created elsewhere; one
+//!   silent for `cluster.decommission_after_seconds` is gone, and decommissioned
+//!   (`Membership::decommission`). A new meta leader starts every node's clock afresh.
 
 use std::collections::{BTreeSet, HashMap, HashSet};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -70,20 +71,19 @@ impl Driver {
     }
 
     /// One round of the driver on the meta leader, its steps started.
-    pub(crate) async fn tick(self: &Arc<Self>) {
+    pub(crate) async fn tick(self: &Arc<Self>, views: &[NodeView]) {
         let placed = self.core.meta.shard_map().is_ok_and(|m| !m.is_empty());
         if !placed {
             return;
         }
-        match self.placement_tick().await {
+        match self.placement_tick(views).await {
             Ok(steps) => self.launch(steps),
             Err(e) => tracing::debug!(node_id = self.id(), error = %e, "placement"),
         }
     }
 
     /// The steps due now (on the meta leader).
-    async fn placement_tick(&self) -> ApiResult<Vec<Step>> {
-        let views = self.node_views().await?;
+    async fn placement_tick(&self, views: &[NodeView]) -> ApiResult<Vec<Step>> {
         let paused = self.paused();
         let map = self.core.meta.shard_map().map_err(from_meta)?;
         if map.is_empty() || paused {
@@ -107,22 +107,24 @@ impl Driver {
             .collect();
         let budget = BUDGET.saturating_sub(moving.len());
         Ok(placement::plan(
-            &views,
+            views,
             &shard_views,
             self.core.settings.cluster.replication_factor as usize,
             budget,
         ))
     }
 
-    /// The nodes with their liveness as this (meta leader) node sees it.
-    async fn node_views(&self) -> ApiResult<Vec<NodeView>> {
+    /// The nodes with their liveness as this (meta leader) node sees it: each is pinged.
+    pub(crate) async fn node_views(&self) -> ApiResult<Vec<NodeView>> {
         let nodes = self.core.meta.nodes().map_err(from_meta)?;
         let pings = nodes.iter().map(|n| async move {
             n.state == NodeState::Removed
                 || self.router.ping(n.id, Duration::from_millis(800)).await
         });
         let alive = join_all(pings).await;
-        let grace = Duration::from_secs(self.core.settings.cluster.down_after_seconds);
+        let cfg = &self.core.settings.cluster;
+        let grace = Duration::from_secs(cfg.down_after_seconds);
+        let gone_after = Duration::from_secs(cfg.decommission_after_seconds);
         let now = Instant::now();
         let mut seen = self.last_seen();
         Ok(nodes
@@ -133,8 +135,10 @@ impl Driver {
                 if alive {
                     *last = now;
                 }
+                let silent = now.duration_since(*last);
                 NodeView {
-                    down: now.duration_since(*last) > grace,
+                    down: silent > grace,
+                    gone: !gone_after.is_zero() && silent > gone_after,
                     id: n.id,
                     zone: n.zone,
                     state: n.state,
@@ -325,7 +329,8 @@ impl Driver {
 
     /// The steps due now, started; for `trellisctl shards rebalance`.
     pub(crate) async fn rebalance_here(self: &Arc<Self>) -> ApiResult<pb::RebalanceResponse> {
-        let steps = self.placement_tick().await?;
+        let views = self.node_views().await?;
+        let steps = self.placement_tick(&views).await?;
         let lines = steps.iter().map(describe).collect();
         self.launch(steps);
         Ok(pb::RebalanceResponse { steps: lines })

@@ -340,9 +340,30 @@ impl Cluster {
                 if let Err(e) = c.membership.meta_duties().await {
                     tracing::debug!(node_id = c.id(), error = %e, "meta duties");
                 }
-                if round % 3 == 0 {
-                    c.driver.tick().await;
+                if round % 3 != 0 {
+                    continue;
                 }
+                match c.driver.node_views().await {
+                    Ok(views) => {
+                        if let Err(e) = c.membership.adjust_voters(&views).await {
+                            tracing::debug!(node_id = c.id(), error = %e, "meta voters");
+                        }
+                        if let Err(e) = c.membership.decommission(&views).await {
+                            tracing::debug!(node_id = c.id(), error = %e, "decommission");
+                        }
+                        c.driver.tick(&views).await;
+                    }
+                    Err(e) => tracing::debug!(node_id = c.id(), error = %e, "node liveness"),
+                }
+                c.membership
+                    .step_down_if_leaving(!c.core.shards.led().is_empty());
+            }
+        });
+        // A restarted node's hand-off is over.
+        let weak = Arc::downgrade(self);
+        tokio::spawn(async move {
+            if let Some(c) = weak.upgrade() {
+                c.membership.announce().await;
             }
         });
         // Wait for the shard map, then keep the local replicas in line with it.
@@ -430,7 +451,7 @@ impl Cluster {
         let nodes = self.membership.list_nodes(&shards).await?;
         let live: Vec<u64> = nodes
             .iter()
-            .filter(|n| n.state == "UP" || n.state == "DRAINING")
+            .filter(|n| matches!(n.state.as_str(), "UP" | "DRAINING" | "RESTARTING"))
             .map(|n| n.id)
             .collect();
         let cfg = &self.core.settings.cluster;

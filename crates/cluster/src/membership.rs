@@ -7,8 +7,15 @@
 //! * **Placement.** Once `cluster.bootstrap_expect` nodes are members, the meta leader writes
 //!   the shard map: `replication_factor` replicas per shard, leaders spread (see
 //!   `trellis_meta::placement`).
-//! * **Node states.** An operator drains a node (placement moves its replicas away) and
-//!   removes it once it holds nothing (it leaves the meta group's membership).
+//! * **Meta voters** ([`Membership::adjust_voters`]): promoted and demoted one at a time
+//!   towards the target for the members that stay (`placement::voter_step`), so a cluster
+//!   scaled in has the quorum its size calls for.
+//! * **Node states.** A node leaving for good is drained (placement moves its replicas and
+//!   leaderships away, its meta vote goes to another node) and removed once it holds nothing
+//!   (it leaves the meta group's membership): a decommission. A node about to restart hands
+//!   off (RESTARTING: its leaderships move, its replicas stay) and sets itself UP again when
+//!   it starts ([`Membership::announce`]). A node whose id was removed may join again with
+//!   a new data directory (a StatefulSet scaled in, then out, reuses its ordinals).
 
 use std::collections::BTreeSet;
 use std::sync::Arc;
@@ -18,7 +25,7 @@ use futures::future::join_all;
 use openraft::BasicNode;
 use serde_json::json;
 use tokio::sync::Mutex;
-use trellis_meta::placement::{self, NodeRecord, NodeState, ShardRecord};
+use trellis_meta::placement::{self, NodeRecord, NodeState, NodeView, ShardRecord, VoterStep};
 use trellis_meta::{Condition, MetaOp, Table};
 use trellis_proto::error::{ApiError, Code};
 use trellis_proto::raft as rpb;
@@ -28,6 +35,13 @@ use trellis_proto::v1 as pb;
 use crate::retry::Backoff;
 use crate::router::Router;
 use crate::{from_meta, ApiResult, Core, Error, Result, TOKEN_KEY};
+
+/// The meta group's Raft group id (the transport's mute switch).
+const META_GROUP: u64 = 0;
+
+/// How long a meta leader that steps down stays silent at most: an election among the others
+/// takes about 2 s (leases of 0.9 s, then an election timeout).
+const STEP_DOWN_GUARD: Duration = Duration::from_secs(6);
 
 /// Joins, admissions and the members' states.
 pub struct Membership {
@@ -149,18 +163,6 @@ impl Membership {
                 .map(|r| r.into_inner())
                 .map_err(|s| ApiError::from_status(&s));
         }
-        let nodes = meta.nodes().map_err(from_meta)?;
-        if let Some(n) = nodes.iter().find(|n| n.id == r.node_id) {
-            if n.state == NodeState::Removed {
-                return Err(ApiError::new(
-                    Code::ValidationException,
-                    format!(
-                        "node {} was removed from this cluster; give it a new id",
-                        r.node_id
-                    ),
-                ));
-            }
-        }
         let _g = self.lock.lock().await;
         meta.raft
             .add_learner(r.node_id, BasicNode::new(&r.peer_addr), true)
@@ -179,16 +181,14 @@ impl Membership {
             zone: r.zone,
             state: NodeState::Up,
         };
+        // Only a node without meta state joins (a member restarting does not), so a removed
+        // id joining again comes with a new data directory: a new member under the old id.
+        // Its old replicas were moved off before it was removed, so nothing refers to it.
         self.core
             .update::<NodeRecord>(&placement::node_key(rec.id), |cur| match cur {
-                Some(n) if n.state == NodeState::Removed => Err(ApiError::new(
-                    Code::ValidationException,
-                    format!(
-                        "node {} was removed from this cluster; give it a new id",
-                        n.id
-                    ),
-                )),
-                // A member joining again (a new address after a restart): its state stays.
+                Some(n) if n.state == NodeState::Removed => Ok(rec.clone()),
+                // A member joining again (a new address, an interrupted join): its state
+                // stays.
                 Some(n) => Ok(NodeRecord {
                     state: n.state,
                     ..rec.clone()
@@ -203,8 +203,8 @@ impl Membership {
         })
     }
 
-    /// What the meta leader keeps true: its own record, the shard count, the meta voters,
-    /// and the first shard map.
+    /// What the meta leader keeps true: its own record, the shard count, the token key, and
+    /// the first shard map.
     pub(crate) async fn meta_duties(&self) -> ApiResult<()> {
         let meta = &self.core.meta;
         let cfg = &self.core.settings.cluster;
@@ -255,22 +255,6 @@ impl Membership {
             .iter()
             .filter(|n| n.state != NodeState::Removed)
             .collect();
-        // Meta voters: grow one at a time towards the target.
-        let m = meta.raft.metrics().borrow().clone();
-        let voters: Vec<u64> = m.membership_config.membership().voter_ids().collect();
-        let target = placement::meta_voter_target(up.len());
-        if voters.len() < target {
-            let learners: Vec<u64> = m.membership_config.membership().learner_ids().collect();
-            if let Some(add) = up.iter().map(|n| n.id).find(|id| learners.contains(id)) {
-                let mut next: BTreeSet<u64> = voters.iter().copied().collect();
-                next.insert(add);
-                tracing::info!(node_id = self.id(), voter = add, "promoting a meta voter");
-                let _g = self.lock.lock().await;
-                meta.raft.change_membership(next, true).await.map_err(|e| {
-                    ApiError::new(Code::ServiceUnavailable, format!("meta membership: {e}"))
-                })?;
-            }
-        }
         // The first shard map, once enough nodes are here.
         if meta.shard_map().map_err(from_meta)?.is_empty()
             && up.len() >= cfg.bootstrap_expect as usize
@@ -327,6 +311,15 @@ impl Membership {
         self.router.on_meta(r).await.map(drop)
     }
 
+    /// Before `id` restarts: its leaderships move away, its replicas stay (RESTARTING).
+    pub async fn hand_off_node(&self, id: u64) -> ApiResult<()> {
+        let r = rpb::SetNodeStateRequest {
+            node_id: id,
+            state: rpb::NodeStateChange::Restarting as i32,
+        };
+        self.router.on_meta(r).await.map(drop)
+    }
+
     pub async fn remove_node(&self, id: u64) -> ApiResult<()> {
         let r = rpb::SetNodeStateRequest {
             node_id: id,
@@ -335,7 +328,8 @@ impl Membership {
         self.router.on_meta(r).await.map(drop)
     }
 
-    /// Sets a node's state (DRAINING, or REMOVED once it holds nothing).
+    /// Sets a node's state: DRAINING; REMOVED once it holds nothing; RESTARTING (from UP);
+    /// UP (from RESTARTING: a restarted node is back; other states stay).
     pub(crate) async fn set_node_state_here(&self, id: u64, state: NodeState) -> ApiResult<()> {
         let meta = &self.core.meta;
         let key = placement::node_key(id);
@@ -352,6 +346,10 @@ impl Membership {
             .is_none()
         {
             return Err(missing());
+        }
+        let current = meta.app.record::<NodeRecord>(&key).map_err(from_meta)?;
+        if state == NodeState::Removed && current.is_some_and(|n| n.state == NodeState::Removed) {
+            return Ok(());
         }
         if state == NodeState::Removed {
             let held = meta
@@ -389,14 +387,161 @@ impl Membership {
             };
             change.map_err(|e| ApiError::new(Code::ServiceUnavailable, e.to_string()))?;
         }
+        let removed = || {
+            ApiError::new(
+                Code::ValidationException,
+                format!(
+                    "node {id} was removed from this cluster: its data directory belongs to a \
+                     former member; delete it to join again"
+                ),
+            )
+        };
         self.core
             .update::<NodeRecord>(&key, |cur| {
                 let mut n = cur.ok_or_else(missing)?;
-                n.state = state;
+                n.state = match (n.state, state) {
+                    (NodeState::Removed, NodeState::Removed) => NodeState::Removed,
+                    (NodeState::Removed, _) => return Err(removed()),
+                    // A draining node is leaving anyway: it keeps draining.
+                    (NodeState::Draining, NodeState::Restarting | NodeState::Up) => {
+                        NodeState::Draining
+                    }
+                    (_, s) => s,
+                };
                 Ok(n)
             })
             .await
             .map(drop)
+    }
+
+    /// The meta leader's care of the meta voters: one promotion or demotion per call, as
+    /// `placement::voter_step` decides from the nodes' liveness.
+    pub(crate) async fn adjust_voters(&self, views: &[NodeView]) -> ApiResult<()> {
+        let meta = &self.core.meta;
+        let m = meta.raft.metrics().borrow().clone();
+        let membership = m.membership_config.membership();
+        let voters: Vec<u64> = membership.voter_ids().collect();
+        let learners: Vec<u64> = membership.learner_ids().collect();
+        let Some(step) = placement::voter_step(views, &voters, &learners, self.id()) else {
+            return Ok(());
+        };
+        let mut next: BTreeSet<u64> = voters.iter().copied().collect();
+        match step {
+            VoterStep::Promote(id) => {
+                tracing::info!(node_id = self.id(), voter = id, "promoting a meta voter");
+                next.insert(id);
+            }
+            VoterStep::Demote(id) => {
+                tracing::info!(node_id = self.id(), voter = id, "demoting a meta voter");
+                next.remove(&id);
+            }
+        }
+        let _g = self.lock.lock().await;
+        meta.raft.change_membership(next, true).await.map_err(|e| {
+            ApiError::new(Code::ServiceUnavailable, format!("meta membership: {e}"))
+        })?;
+        Ok(())
+    }
+
+    /// On the meta leader: decommissions the nodes that are gone (silent for
+    /// `cluster.decommission_after_seconds`: DRAINING, so placement re-creates their replicas
+    /// elsewhere), and removes draining nodes that are down and hold nothing any more (a
+    /// decommission whose node stopped before it could remove itself).
+    pub(crate) async fn decommission(&self, views: &[NodeView]) -> ApiResult<()> {
+        let map = self.core.meta.shard_map().map_err(from_meta)?;
+        for v in views.iter().filter(|v| v.id != self.id()) {
+            if v.gone && v.state.stays() {
+                tracing::warn!(
+                    node_id = self.id(),
+                    decommissioned = v.id,
+                    after_seconds = self.core.settings.cluster.decommission_after_seconds,
+                    "a node silent for too long is decommissioned"
+                );
+                self.set_node_state_here(v.id, NodeState::Draining).await?;
+            } else if v.state == NodeState::Draining && v.down {
+                let holds = map
+                    .iter()
+                    .any(|s| s.replicas.contains(&v.id) || s.learners.contains(&v.id));
+                if !holds {
+                    tracing::info!(
+                        node_id = self.id(),
+                        removed = v.id,
+                        "a drained node that stopped is removed"
+                    );
+                    self.set_node_state_here(v.id, NodeState::Removed).await?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// A node starting: a hand-off before its restart is over (RESTARTING becomes UP). Sent
+    /// until the meta leader takes it, whatever this node's replica of the meta group says
+    /// (it may not have applied the hand-off before it stopped). A node that was removed
+    /// hears so, and says so.
+    pub(crate) async fn announce(&self) {
+        let mut retry = Backoff::every(Duration::from_millis(500));
+        while !self.core.stopping() {
+            let r = rpb::SetNodeStateRequest {
+                node_id: self.id(),
+                state: rpb::NodeStateChange::Up as i32,
+            };
+            match self.router.on_meta(r).await {
+                Ok(_) => return,
+                Err(e) if e.code == Code::ValidationException => {
+                    tracing::error!(node_id = self.id(), error = %e.message, "not a member");
+                    return;
+                }
+                Err(e) => {
+                    if retry.attempts() % 20 == 19 {
+                        tracing::info!(node_id = self.id(), error = %e.message,
+                            "cannot reach the meta leader yet; retrying");
+                    }
+                }
+            }
+            retry.again().await;
+        }
+    }
+
+    /// On the meta leader: a node that is leaving or restarting lets another node lead the
+    /// meta group once it leads no shard (its own hand-off is done). It stops sending to the
+    /// meta group until another node wins an election, or a guard ends.
+    pub(crate) fn step_down_if_leaving(&self, leads_shards: bool) {
+        let own = self
+            .core
+            .meta
+            .app
+            .record::<NodeRecord>(&placement::node_key(self.id()))
+            .ok()
+            .flatten();
+        let leaving = own.is_some_and(|n| n.state != NodeState::Up);
+        let voters = self
+            .core
+            .meta
+            .raft
+            .metrics()
+            .borrow()
+            .membership_config
+            .membership()
+            .voter_ids()
+            .count();
+        if !leaving || leads_shards || voters < 2 {
+            return;
+        }
+        let transport = self.core.transport.clone();
+        if transport.is_muted(META_GROUP) {
+            return;
+        }
+        tracing::info!(node_id = self.id(), "handing over the meta leadership");
+        transport.mute(META_GROUP, true);
+        let core = self.core.clone();
+        tokio::spawn(async move {
+            let deadline = tokio::time::Instant::now() + STEP_DOWN_GUARD;
+            while tokio::time::Instant::now() < deadline && core.meta.leader() == Some(core.id()) {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            core.transport.mute(META_GROUP, false);
+        });
     }
 
     /// The members with their state (DOWN when they do not answer a ping), and their
@@ -418,7 +563,7 @@ impl Membership {
                 id: n.id,
                 grpc_addr: n.grpc_addr,
                 http_addr: n.http_addr,
-                state: if n.state == NodeState::Up && !alive {
+                state: if n.state.stays() && !alive {
                     "DOWN".into()
                 } else {
                     n.state.as_str().into()

@@ -187,7 +187,7 @@ impl Transport {
         }
     }
 
-    fn is_muted(&self, group: u64) -> bool {
+    pub fn is_muted(&self, group: u64) -> bool {
         self.muted
             .read()
             .unwrap_or_else(|p| p.into_inner())

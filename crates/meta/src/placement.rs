@@ -35,8 +35,13 @@ impl NodeRecord {
 #[serde(rename_all = "SCREAMING_SNAKE_CASE")]
 pub enum NodeState {
     Up,
+    /// Leaving for good (a decommission): its replicas and leaderships move to other nodes,
+    /// it gives up its meta vote, and once it holds nothing it is removed.
     Draining,
     Removed,
+    /// About to stop and come back (a rolling restart, an eviction): its leaderships move
+    /// away, its replicas stay. The node sets itself UP again when it starts.
+    Restarting,
 }
 
 impl NodeState {
@@ -45,7 +50,13 @@ impl NodeState {
             NodeState::Up => "UP",
             NodeState::Draining => "DRAINING",
             NodeState::Removed => "REMOVED",
+            NodeState::Restarting => "RESTARTING",
         }
+    }
+
+    /// Whether the node is expected to stay a member (counts for the meta voter target).
+    pub fn stays(self) -> bool {
+        matches!(self, NodeState::Up | NodeState::Restarting)
     }
 }
 
@@ -93,6 +104,65 @@ pub fn meta_voter_target(nodes: usize) -> usize {
         3 | 4 => 3,
         _ => 5,
     }
+}
+
+/// One change of the meta group's voters.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum VoterStep {
+    /// Make a learner (a member that is up) a voter.
+    Promote(u64),
+    /// Make a voter a learner again.
+    Demote(u64),
+}
+
+/// The next change of the meta voters, if any: towards [`meta_voter_target`] of the nodes
+/// that stay members (UP or RESTARTING), with voters on nodes that leave (DRAINING,
+/// REMOVED) replaced by members that are up. A promotion comes before the demotion it
+/// allows, so the group never has fewer voters than it needs; `leader` (the node applying
+/// the change) is never demoted. `learners` are the meta group's non-voting members: only
+/// they can be promoted (a node is a learner once it caught up with the meta log).
+pub fn voter_step(
+    nodes: &[NodeView],
+    voters: &[u64],
+    learners: &[u64],
+    leader: u64,
+) -> Option<VoterStep> {
+    let node = |id: u64| nodes.iter().find(|n| n.id == id);
+    let staying = nodes.iter().filter(|n| n.state.stays()).count();
+    let target = meta_voter_target(staying);
+    let leaving = |id: u64| node(id).is_none_or(|n| !n.state.stays());
+    let keep = voters.iter().filter(|v| !leaving(**v)).count();
+    // A member that is up, answering and not a voter yet, lowest id first.
+    let candidate = nodes
+        .iter()
+        .filter(|n| n.state == NodeState::Up && n.alive && !n.down)
+        .filter(|n| learners.contains(&n.id) && !voters.contains(&n.id))
+        .map(|n| n.id)
+        .min();
+    if keep < target {
+        if let Some(id) = candidate {
+            return Some(VoterStep::Promote(id));
+        }
+    }
+    if voters.len() > target || (keep < voters.len() && keep >= target) {
+        // Demote the voter that helps least: a leaving node, then a down or silent one,
+        // then a restarting one, then the highest id.
+        return voters
+            .iter()
+            .copied()
+            .filter(|v| *v != leader)
+            .max_by_key(|v| {
+                let n = node(*v);
+                (
+                    leaving(*v),
+                    n.is_some_and(|n| n.down || !n.alive),
+                    n.is_some_and(|n| n.state == NodeState::Restarting),
+                    *v,
+                )
+            })
+            .map(VoterStep::Demote);
+    }
+    None
 }
 
 /// The first placement of `shards` shards on the nodes that are up: `rf` replicas each
@@ -148,6 +218,8 @@ pub struct NodeView {
     pub alive: bool,
     /// Silent for longer than the grace period: its replicas are re-created elsewhere.
     pub down: bool,
+    /// Silent for so long that it is decommissioned (`cluster.decommission_after_seconds`).
+    pub gone: bool,
 }
 
 /// A shard as the placement driver sees it.
@@ -199,11 +271,13 @@ pub fn plan(nodes: &[NodeView], shards: &[ShardView], rf: usize, budget: usize) 
         .filter(|n| n.state == NodeState::Up && n.alive && !n.down)
         .collect();
     let is_usable = |id: u64| usable.iter().any(|n| n.id == id);
+    // A replica that must move: on a node that is down or leaving. A restarting node keeps
+    // its replicas (it comes back); only its leaderships move (step 3).
     let bad = |id: u64| {
         nodes
             .iter()
             .find(|n| n.id == id)
-            .is_none_or(|n| n.down || n.state != NodeState::Up)
+            .is_none_or(|n| n.down || !n.state.stays())
     };
     let zone = |id: u64| {
         nodes
@@ -490,6 +564,101 @@ mod tests {
         assert_eq!(t, vec![1, 1, 3, 3, 5, 5, 5]);
     }
 
+    fn with(id: u64, state: NodeState) -> NodeView {
+        NodeView { state, ..view(id) }
+    }
+
+    /// Applies voter steps until there are none (at most 10).
+    fn settle_voters(nodes: &[NodeView], voters: &mut Vec<u64>, leader: u64) -> Vec<VoterStep> {
+        let mut done = Vec::new();
+        for _ in 0..10 {
+            let learners: Vec<u64> = nodes
+                .iter()
+                .map(|n| n.id)
+                .filter(|id| !voters.contains(id))
+                .collect();
+            let Some(step) = voter_step(nodes, voters, &learners, leader) else {
+                return done;
+            };
+            match step {
+                VoterStep::Promote(id) => voters.push(id),
+                VoterStep::Demote(id) => voters.retain(|v| *v != id),
+            }
+            done.push(step);
+        }
+        panic!("voter steps do not settle: {voters:?}");
+    }
+
+    #[test]
+    fn meta_voters_grow_then_shrink_as_nodes_leave() {
+        let mut voters = vec![1];
+        let five: Vec<NodeView> = (1..=5).map(view).collect();
+        settle_voters(&five, &mut voters, 1);
+        voters.sort();
+        assert_eq!(voters, vec![1, 2, 3, 4, 5]);
+        // Node 5 decommissions: its vote goes first, then the group shrinks to three.
+        let mut nodes = five.clone();
+        nodes[4].state = NodeState::Draining;
+        assert_eq!(
+            voter_step(&nodes, &voters, &[], 1),
+            Some(VoterStep::Demote(5))
+        );
+        settle_voters(&nodes, &mut voters, 1);
+        voters.sort();
+        assert_eq!(voters, vec![1, 2, 3]);
+        // The leader is never demoted, whatever its id.
+        let mut voters = vec![1, 2, 3, 4, 5];
+        settle_voters(&nodes, &mut voters, 4);
+        voters.sort();
+        assert_eq!(voters, vec![1, 2, 4]);
+    }
+
+    #[test]
+    fn a_leaving_voter_is_replaced_before_it_goes() {
+        let nodes = vec![view(1), view(2), with(3, NodeState::Draining), view(4)];
+        let voters = vec![1, 2, 3];
+        assert_eq!(
+            voter_step(&nodes, &voters, &[4], 1),
+            Some(VoterStep::Promote(4))
+        );
+        assert_eq!(
+            voter_step(&nodes, &[1, 2, 3, 4], &[], 1),
+            Some(VoterStep::Demote(3))
+        );
+        assert_eq!(voter_step(&nodes, &[1, 2, 4], &[3], 1), None);
+        // No one to take its place: the group keeps the leaving voter rather than shrink
+        // below its target.
+        let nodes = vec![view(1), view(2), with(3, NodeState::Draining), {
+            let mut v = view(4);
+            v.alive = false;
+            v.down = true;
+            v
+        }];
+        assert_eq!(voter_step(&nodes, &voters, &[4], 1), None);
+    }
+
+    #[test]
+    fn a_restarting_voter_keeps_its_vote() {
+        let nodes = vec![view(1), with(2, NodeState::Restarting), view(3), view(4)];
+        assert_eq!(voter_step(&nodes, &[1, 2, 3], &[4], 1), None);
+        // A restarting node is not promoted.
+        let nodes = vec![view(1), with(2, NodeState::Restarting), view(3)];
+        assert_eq!(voter_step(&nodes, &[1, 3], &[2], 1), None);
+    }
+
+    #[test]
+    fn a_restarting_node_keeps_its_replicas_and_loses_its_leaderships() {
+        let recs: Vec<_> = (1..=3).map(|i| node(i, "")).collect();
+        let mut shards = shards_on(&recs, 6);
+        let mut nodes: Vec<NodeView> = (1..=3).map(view).collect();
+        nodes[1].state = NodeState::Restarting;
+        converge(&nodes, &mut shards);
+        for s in &shards {
+            assert!(s.replicas.contains(&2), "{s:?}");
+            assert_ne!(s.leader, Some(2), "{s:?}");
+        }
+    }
+
     fn view(id: u64) -> NodeView {
         NodeView {
             id,
@@ -497,6 +666,7 @@ mod tests {
             state: NodeState::Up,
             alive: true,
             down: false,
+            gone: false,
         }
     }
 

@@ -427,6 +427,15 @@ impl Admin for Svc {
             .await?;
         ok(pb::Empty {})
     }
+    async fn hand_off_node(&self, r: Request<pb::NodeRequest>) -> R<pb::Empty> {
+        self.allow(&r, "trellis:HandOffNode")?;
+        self.0
+            .cluster()
+            .membership()
+            .hand_off_node(r.into_inner().node_id)
+            .await?;
+        ok(pb::Empty {})
+    }
     async fn move_shard(&self, r: Request<pb::MoveShardRequest>) -> R<pb::Empty> {
         self.allow(&r, "trellis:MoveShard")?;
         self.0.cluster().driver().move_shard(r.into_inner()).await?;

@@ -246,6 +246,20 @@ impl Cluster {
         Ok(id)
     }
 
+    /// Stops node `id` if it runs, deletes its data, and starts a new node under the same
+    /// id that joins through a running node: a StatefulSet pod that comes back after a
+    /// scale-in deleted its volume.
+    pub fn replace(&mut self, id: u64) -> Result<()> {
+        self.stop(id);
+        if let Some(n) = self.nodes.remove(&id) {
+            std::fs::remove_dir_all(&n.data).or_else(|e| match e.kind() {
+                std::io::ErrorKind::NotFound => Ok(()),
+                _ => Err(e),
+            })?;
+        }
+        self.spawn_new(id)
+    }
+
     /// SIGKILL, no warning.
     pub fn kill(&mut self, id: u64) {
         if let Some(n) = self.nodes.get_mut(&id) {

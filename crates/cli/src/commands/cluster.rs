@@ -153,6 +153,14 @@ pub(crate) async fn nodes(c: &mut Client, j: bool, cmd: NodesCmd) -> Result<()> 
                 .map_err(api)?;
             done(j, &format!("node {id} removed"));
         }
+        NodesCmd::HandOff { node, wait_seconds } => {
+            super::lifecycle::hand_off(c, j, &node, wait_seconds).await?
+        }
+        NodesCmd::Leave {
+            node,
+            if_beyond_replicas,
+            wait_seconds,
+        } => super::lifecycle::leave(c, j, &node, if_beyond_replicas, wait_seconds).await?,
     }
     Ok(())
 }
