@@ -258,6 +258,21 @@ impl Step {
     }
 }
 
+/// The (fuller, emptier) node pairs whose counts differ by more than one, the widest gap
+/// first (ties: the fuller node's lower id, then the emptier node's lower id).
+fn pairs(counts: &std::collections::BTreeMap<u64, usize>) -> Vec<(u64, u64)> {
+    let mut out: Vec<(usize, u64, u64)> = Vec::new();
+    for (&a, &ca) in counts {
+        for (&b, &cb) in counts {
+            if ca > cb + 1 {
+                out.push((ca - cb, a, b));
+            }
+        }
+    }
+    out.sort_by_key(|(gap, a, b)| (std::cmp::Reverse(*gap), *a, *b));
+    out.into_iter().map(|(_, a, b)| (a, b)).collect()
+}
+
 /// What to do next, in order of need: replicas off nodes that are down, draining or removed
 /// (and missing replicas), then replica counts, then leader counts, balanced to ±1 over the
 /// nodes that can take them. At most `budget` steps, at most one per shard, none for a shard
@@ -388,30 +403,27 @@ pub fn plan(nodes: &[NodeView], shards: &[ShardView], rf: usize, budget: usize) 
             }
         }
     }
-    // 2. Replica counts.
+    // 2. Replica counts: a replica moves from a fuller node to an emptier one, trying the
+    // pairs from the widest gap down. With zones, the fullest and the emptiest node may
+    // have no shard between them that keeps its zones distinct: another pair may.
     while steps.len() < budget {
-        let (Some((&max, &hi)), Some((&min, &lo))) = (
-            replicas
+        let Some((s, max, min)) = pairs(&replicas).into_iter().find_map(|(max, min)| {
+            shards
                 .iter()
-                .max_by_key(|(id, c)| (**c, std::cmp::Reverse(**id))),
-            replicas.iter().min_by_key(|(id, c)| (**c, **id)),
-        ) else {
-            break;
-        };
-        if hi <= lo + 1 {
-            break;
-        }
-        let Some(s) = shards.iter().find(|s| {
-            !busy.contains(&s.id)
-                && s.replicas.contains(&max)
-                && !s.replicas.contains(&min)
-                && s.leader != Some(max)
-                && (zone(min).is_empty()
-                    || zone(min) == zone(max)
-                    || !s
-                        .replicas
-                        .iter()
-                        .any(|r| *r != max && zone(*r) == zone(min)))
+                .find(|s| {
+                    !busy.contains(&s.id)
+                        && s.replicas.contains(&max)
+                        && !s.replicas.contains(&min)
+                        && !s.learners.contains(&min)
+                        && s.leader != Some(max)
+                        && (zone(min).is_empty()
+                            || zone(min) == zone(max)
+                            || !s
+                                .replicas
+                                .iter()
+                                .any(|r| *r != max && zone(*r) == zone(min)))
+                })
+                .map(|s| (s, max, min))
         }) else {
             break;
         };
@@ -451,22 +463,16 @@ pub fn plan(nodes: &[NodeView], shards: &[ShardView], rf: usize, budget: usize) 
     }
     let settled = shards.iter().all(|s| s.leader.is_some() && !s.moving);
     while settled && steps.len() < budget {
-        let (Some((&max, &hi)), Some((&min, &lo))) = (
-            leaders
+        let Some((s, max, min)) = pairs(&leaders).into_iter().find_map(|(max, min)| {
+            shards
                 .iter()
-                .max_by_key(|(id, c)| (**c, std::cmp::Reverse(**id))),
-            leaders.iter().min_by_key(|(id, c)| (**c, **id)),
-        ) else {
-            break;
-        };
-        if hi <= lo + 1 {
-            break;
-        }
-        let Some(s) = shards.iter().find(|s| {
-            !busy.contains(&s.id)
-                && s.leader == Some(max)
-                && s.replicas.contains(&min)
-                && can_transfer(s, max)
+                .find(|s| {
+                    !busy.contains(&s.id)
+                        && s.leader == Some(max)
+                        && s.replicas.contains(&min)
+                        && can_transfer(s, max)
+                })
+                .map(|s| (s, max, min))
         }) else {
             break;
         };
@@ -656,6 +662,33 @@ mod tests {
         for s in &shards {
             assert!(s.replicas.contains(&2), "{s:?}");
             assert_ne!(s.leader, Some(2), "{s:?}");
+        }
+    }
+
+    #[test]
+    fn zones_do_not_stop_newcomers_getting_their_share() {
+        // Zones a, b, c on three nodes; two newcomers in zones a and b. Zone c has one node,
+        // which keeps a replica of every shard; the others share the rest evenly.
+        let zones = ["a", "b", "c", "a", "b"];
+        let recs: Vec<_> = (1..=3).map(|i| node(i, zones[i as usize - 1])).collect();
+        let mut shards = shards_on(&recs, 16);
+        let nodes: Vec<NodeView> = (1..=5)
+            .map(|i| NodeView {
+                zone: zones[i as usize - 1].into(),
+                ..view(i)
+            })
+            .collect();
+        converge(&nodes, &mut shards);
+        let (replicas, leaders) = counts(&shards, &[1, 2, 3, 4, 5]);
+        assert_eq!(replicas, vec![8, 8, 16, 8, 8], "{shards:?}");
+        assert!(
+            leaders.iter().max().unwrap() - leaders.iter().min().unwrap() <= 1,
+            "{leaders:?}"
+        );
+        for s in &shards {
+            let mut z: Vec<&str> = s.replicas.iter().map(|r| zones[*r as usize - 1]).collect();
+            z.sort();
+            assert_eq!(z, ["a", "b", "c"], "{s:?}");
         }
     }
 
