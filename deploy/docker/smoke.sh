@@ -11,7 +11,6 @@
 set -euo pipefail
 
 cd "$(dirname "$0")/../.."
-TARGET=${CARGO_TARGET_DIR:-$PWD/target}
 PROFILE=${PROFILE:-release}
 IMAGE=${IMAGE:-trellis:smoke}
 NET=trellis-smoke
@@ -33,17 +32,8 @@ STAGE=$(mktemp -d)
 trap cleanup EXIT
 
 say "image"
-if [ "$PROFILE" = release ]; then
-  cargo build --release --locked --bin trellis --bin trellisctl
-else
-  cargo build --locked --bin trellis --bin trellisctl
-fi
-cp "$TARGET/$PROFILE/trellis" "$TARGET/$PROFILE/trellisctl" "$STAGE/"
-for lib in $(ldd "$TARGET/$PROFILE/trellis" | grep -o '/[^ ]*'); do
-  mkdir -p "$STAGE$(dirname "$lib")" && cp -L "$lib" "$STAGE$lib"
-done
-printf 'FROM scratch\nCOPY . /\nENTRYPOINT ["/trellis"]\n' > "$STAGE/Dockerfile"
-docker build -q -t "$IMAGE" "$STAGE" >/dev/null
+# The image users run (deploy/docker/Dockerfile), from the binaries of this profile.
+IMAGE=$IMAGE PROFILE=$PROFILE deploy/docker/build-image.sh
 
 # trellisctl inside a container (the image has no shell), against that node's own gRPC port.
 ctl() { local n=$1; shift; docker exec "$n" /trellisctl --endpoint http://127.0.0.1:7300 "$@"; }
