@@ -72,15 +72,19 @@ pub(crate) fn shard_json(s: &pb::Shard) -> Value {
         "liveExecutions": s.running_executions})
 }
 
+/// The cluster's status as the node at the endpoint sees it.
+pub(crate) async fn status(c: &mut Client) -> Result<pb::ClusterStatusResponse> {
+    Ok(c.admin
+        .cluster_status(pb::Empty {})
+        .await
+        .map_err(api)?
+        .into_inner())
+}
+
 pub(crate) async fn cluster(c: &mut Client, j: bool, cmd: ClusterCmd) -> Result<()> {
     match cmd {
         ClusterCmd::Status => {
-            let s = c
-                .admin
-                .cluster_status(pb::Empty {})
-                .await
-                .map_err(api)?
-                .into_inner();
+            let s = status(c).await?;
             if j {
                 out!(
                     "{}",

@@ -7,7 +7,7 @@ use anyhow::{bail, Context, Result};
 use trellis_client::{v1 as pb, Client};
 
 use crate::args::NodeArg;
-use crate::commands::cluster::done;
+use crate::commands::cluster::{done, status};
 use crate::kube::{InCluster, Pod};
 use crate::output::api;
 
@@ -20,13 +20,7 @@ async fn resolve(c: &mut Client, node: &NodeArg) -> Result<u64> {
     if let Some(id) = node.id {
         return Ok(id);
     }
-    let s = c
-        .admin
-        .cluster_status(pb::Empty {})
-        .await
-        .map_err(api)?
-        .into_inner();
-    Ok(s.node_id)
+    Ok(status(c).await?.node_id)
 }
 
 /// What a node still leads and holds, as the cluster sees it now.
@@ -39,12 +33,7 @@ struct Holdings {
 }
 
 async fn holdings(c: &mut Client, id: u64) -> Result<Holdings> {
-    let status = c
-        .admin
-        .cluster_status(pb::Empty {})
-        .await
-        .map_err(api)?
-        .into_inner();
+    let status = status(c).await?;
     let shards = c
         .admin
         .list_shards(pb::Empty {})
