@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Builds the Trellis image from deploy/docker/Dockerfile, offline: the binaries are built
 # here (release, or PROFILE=debug), and the root file system is staged from this machine:
-# the binaries, every shared library `ldd` says they load, a CA bundle, /etc/passwd and
-# /etc/group naming the user 65532, an empty /tmp, and /data owned by that user.
+# the binaries (debug info stripped), every shared library `ldd` says they load, a CA
+# bundle, /etc/passwd and /etc/group naming the user 65532, an empty /tmp, and /data owned
+# by that user.
 #
 #   deploy/docker/build-image.sh                 # trellis:latest
 #   IMAGE=trellis:dev PROFILE=debug deploy/docker/build-image.sh
@@ -31,6 +32,11 @@ mkdir -p "$ROOT/etc/ssl/certs" "$ROOT/tmp" "$STAGE/data"
 chmod 1777 "$ROOT/tmp"
 for bin in trellis trellisctl; do
   install -m 0755 "$TARGET/$PROFILE/$bin" "$ROOT/$bin"
+  # The release profile keeps line tables for profiling; the image needs none of that
+  # (symbols stay, so backtraces still name functions). STRIP=0 keeps everything.
+  if [ "${STRIP:-1}" != 0 ] && command -v strip >/dev/null 2>&1; then
+    strip --strip-debug "$ROOT/$bin"
+  fi
   # The loader and the libraries (libc, libm, libgcc_s ...), at the paths the binary names.
   for lib in $(ldd "$TARGET/$PROFILE/$bin" | grep -o '/[^ ]*'); do
     mkdir -p "$ROOT$(dirname "$lib")"
