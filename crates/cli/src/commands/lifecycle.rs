@@ -150,6 +150,16 @@ pub(crate) async fn leave(
             Err(e) => Err(e),
         };
         match replicas {
+            Ok(0) => {
+                // The whole cluster is stopping: nowhere to move anything. With the
+                // manifests' `whenScaled: Delete`, the volumes go too: say so loudly.
+                eprintln!(
+                    "{} is scaled to 0: the whole cluster stops, so no decommission; its \
+                     volumes are deleted if its PVC retention policy says whenScaled: Delete",
+                    pod.statefulset
+                );
+                return hand_off_id(c, j, id, wait).await;
+            }
             Ok(n) if pod.ordinal < n => {
                 eprintln!(
                     "pod ordinal {} < {n} replicas of {}: a restart, so a hand-off",
