@@ -299,4 +299,23 @@ async fn a_node_gone_for_good_is_decommissioned() {
     workload::verify_when_done(&pool, &machine, "a", 0..60)
         .await
         .unwrap_or_else(|e| panic!("{e}\n{}", c.logs()));
+
+    // It comes back with its old data: the cluster tells it it was removed, and it stops
+    // with that as its error instead of serving a stale view.
+    c.restart(victim).expect("restart with the old data");
+    let (status, log) = c
+        .wait_exit(victim, Duration::from_secs(60))
+        .unwrap_or_else(|e| panic!("{e}\n{}", c.logs()));
+    assert!(!status.success(), "{status}");
+    assert!(
+        log.contains(&format!("node {victim} was removed from this cluster")),
+        "{log}"
+    );
+    let s = status_of(&c).await;
+    assert_eq!(members(&s).len(), 3, "{s:?}");
+    assert_eq!(s.health, "HEALTHY", "{s:?}");
+}
+
+async fn status_of(c: &Cluster) -> pb::ClusterStatusResponse {
+    status(c).await.expect("a status")
 }

@@ -161,7 +161,14 @@ calls! {
                 ))
             }
         };
-        empty(c.membership().set_node_state_here(r.node_id, state).await)
+        // A node announcing itself may not know the meta leader (a removed node's view of
+        // the group is stale), so it asks any member; a member that does not lead the meta
+        // group passes the call on once, to the leader it knows.
+        if c.meta().leader() == Some(c.id()) {
+            empty(c.membership().set_node_state_here(r.node_id, state).await)
+        } else {
+            c.router().on_meta(r).await
+        }
     };
     pb::MoveShardRequest => MoveShard: pb::Empty =
         |c, r| empty(c.driver().move_shard_here(r).await);

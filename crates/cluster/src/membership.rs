@@ -49,6 +49,8 @@ pub struct Membership {
     router: Arc<Router>,
     /// Serializes this (meta leader) node's Raft membership changes of the meta group.
     lock: Mutex<()>,
+    /// Set when the meta leader says this node was removed: why, for the node to stop.
+    removed: tokio::sync::watch::Sender<Option<String>>,
 }
 
 impl Membership {
@@ -57,6 +59,23 @@ impl Membership {
             core,
             router,
             lock: Mutex::new(()),
+            removed: tokio::sync::watch::channel(None).0,
+        }
+    }
+
+    /// Resolves with the reason once the cluster has said this node is no member any more
+    /// (it was removed, and runs on a former member's data): the node must stop.
+    pub fn removed(&self) -> impl std::future::Future<Output = String> + Send + 'static {
+        let mut rx = self.removed.subscribe();
+        async move {
+            let why = match rx.wait_for(|r| r.is_some()).await {
+                Ok(r) => r.clone(),
+                Err(_) => None,
+            };
+            match why {
+                Some(why) => why,
+                None => std::future::pending().await,
+            }
         }
     }
 
@@ -486,10 +505,30 @@ impl Membership {
                 node_id: self.id(),
                 state: rpb::NodeStateChange::Up as i32,
             };
-            match self.router.on_meta(r).await {
+            // Through this node's own view of the meta leader, else through any member it
+            // knows (a removed node's view never learns a leader: the group left it).
+            let mut sent = self.router.on_meta(r).await;
+            if sent
+                .as_ref()
+                .is_err_and(|e| e.code == Code::ServiceUnavailable)
+            {
+                for peer in self.core.other_nodes() {
+                    sent = self.router.forward(peer, r).await;
+                    if sent.is_ok()
+                        || sent
+                            .as_ref()
+                            .is_err_and(|e| e.code == Code::ValidationException)
+                    {
+                        break;
+                    }
+                }
+            }
+            match sent {
                 Ok(_) => return,
                 Err(e) if e.code == Code::ValidationException => {
-                    tracing::error!(node_id = self.id(), error = %e.message, "not a member");
+                    tracing::error!(node_id = self.id(), error = %e.message,
+                        "this node is no member of the cluster; stopping");
+                    self.removed.send_replace(Some(e.message));
                     return;
                 }
                 Err(e) => {

@@ -220,7 +220,9 @@ pub async fn serve(
         node.bootstrap().await?;
         node.wait_ready(std::time::Duration::from_secs(120)).await
     };
-    tokio::pin!(stop);
+    // A node the cluster says it removed stops, with the reason as its error.
+    let removed = node.cluster().membership().removed();
+    tokio::pin!(stop, removed);
     tokio::select! {
         r = joined => r?,
         _ = &mut stop => {
@@ -228,6 +230,12 @@ pub async fn serve(
             let _ = peer_task.await;
             node.shutdown().await;
             return Ok(());
+        }
+        why = &mut removed => {
+            let _ = tx.send(true);
+            let _ = peer_task.await;
+            node.shutdown().await;
+            anyhow::bail!("{why}");
         }
     }
     // The client APIs answer once the node serves its shards.
@@ -247,14 +255,17 @@ pub async fn serve(
         "trellis: node {} serving the AWS Step Functions API on {scheme}://{http_addr}, gRPC on {grpc_addr}, peers on {peer_addr}",
         node.id()
     );
-    stop.await;
+    let result = tokio::select! {
+        _ = &mut stop => Ok(()),
+        why = &mut removed => Err(anyhow::anyhow!("{why}")),
+    };
     tracing::info!("shutting down");
     let _ = tx.send(true);
     let _ = http_task.await;
     let _ = grpc_task.await;
     let _ = peer_task.await;
     node.shutdown().await;
-    Ok(())
+    result
 }
 
 async fn shutdown_signal() {

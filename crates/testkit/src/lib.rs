@@ -260,6 +260,35 @@ impl Cluster {
         self.spawn_new(id)
     }
 
+    /// Waits at most `timeout` for node `id`'s process to exit by itself; returns its exit
+    /// status and its log.
+    pub fn wait_exit(
+        &mut self,
+        id: u64,
+        timeout: Duration,
+    ) -> Result<(std::process::ExitStatus, String)> {
+        let n = self
+            .nodes
+            .get_mut(&id)
+            .ok_or_else(|| Error::Node(format!("no node {id}")))?;
+        let deadline = Instant::now() + timeout;
+        loop {
+            let Some(c) = n.child.as_mut() else {
+                return Err(Error::Node(format!("node {id} is not running")));
+            };
+            if let Some(status) = c.try_wait()? {
+                n.child = None;
+                return Ok((status, std::fs::read_to_string(&n.log)?));
+            }
+            if Instant::now() > deadline {
+                return Err(Error::Timeout(format!(
+                    "node {id} still runs after {timeout:?}"
+                )));
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
     /// SIGKILL, no warning.
     pub fn kill(&mut self, id: u64) {
         if let Some(n) = self.nodes.get_mut(&id) {
