@@ -8,7 +8,7 @@
 //!   the shard map: `replication_factor` replicas per shard, leaders spread (see
 //!   `trellis_meta::placement`).
 //! * **Meta voters** ([`Membership::adjust_voters`]): promoted and demoted one at a time
-//!   towards the target for the members that stay (`placement::voter_step`), so a cluster
+//!   towards the target for the members that stay (`trellis_meta::voters::voter_step`), so a cluster
 //!   scaled in has the quorum its size calls for.
 //! * **Node states.** A node leaving for good is drained (placement moves its replicas and
 //!   leaderships away, its meta vote goes to another node) and removed once it holds nothing
@@ -25,7 +25,8 @@ use futures::future::join_all;
 use openraft::BasicNode;
 use serde_json::json;
 use tokio::sync::Mutex;
-use trellis_meta::placement::{self, NodeRecord, NodeState, NodeView, ShardRecord, VoterStep};
+use trellis_meta::placement::{self, NodeRecord, NodeState, NodeView, ShardRecord};
+use trellis_meta::voters::{voter_step, VoterStep};
 use trellis_meta::{Condition, MetaOp, Table};
 use trellis_proto::error::{ApiError, Code};
 use trellis_proto::raft as rpb;
@@ -434,14 +435,14 @@ impl Membership {
     }
 
     /// The meta leader's care of the meta voters: one promotion or demotion per call, as
-    /// `placement::voter_step` decides from the nodes' liveness.
+    /// `trellis_meta::voters::voter_step` decides from the nodes' liveness.
     pub(crate) async fn adjust_voters(&self, views: &[NodeView]) -> ApiResult<()> {
         let meta = &self.core.meta;
         let m = meta.raft.metrics().borrow().clone();
         let membership = m.membership_config.membership();
         let voters: Vec<u64> = membership.voter_ids().collect();
         let learners: Vec<u64> = membership.learner_ids().collect();
-        let Some(step) = placement::voter_step(views, &voters, &learners, self.id()) else {
+        let Some(step) = voter_step(views, &voters, &learners, self.id()) else {
             return Ok(());
         };
         let mut next: BTreeSet<u64> = voters.iter().copied().collect();

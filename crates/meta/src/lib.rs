@@ -10,6 +10,7 @@
 
 pub mod placement;
 pub mod records;
+pub mod voters;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
