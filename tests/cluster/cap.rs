@@ -45,7 +45,7 @@ async fn the_cap_is_cluster_wide() {
                     role_arn: ROLE.into(),
                     settings: Some(pb::StateMachineSettings {
                         max_concurrent_executions: Some(CAP as u32),
-                        sharding: None,
+                        ..Default::default()
                     }),
                     ..Default::default()
                 })

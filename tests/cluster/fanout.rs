@@ -286,6 +286,7 @@ async fn an_inline_map_spreads_over_the_nodes_when_its_policy_says_so() {
                 )]
                 .into(),
             }),
+            retention_seconds: None,
         }),
         ..Default::default()
     };

@@ -133,6 +133,10 @@ pub(crate) enum Sm {
         /// Cap on concurrently running executions (0 = none).
         #[arg(long, default_value_t = 0)]
         max_concurrent: u32,
+        /// How long its closed executions are kept (`30d`, `12h`); default: the cluster's
+        /// `cluster.retention`.
+        #[arg(long, value_name = "PERIOD")]
+        retention: Option<String>,
     },
     /// Update a state machine's definition.
     Update {
@@ -166,6 +170,14 @@ pub(crate) enum Sm {
         /// Start over from an all-local policy.
         #[arg(long)]
         clear: bool,
+    },
+    /// Show or set how long the machine's closed executions are kept before they are
+    /// deleted. Executions keep the period they started with.
+    Retention {
+        arn: String,
+        /// A period (`30d`, `12h`, `20s`), or `default` for the cluster's
+        /// (`cluster.retention`). Without it, shows the machine's.
+        period: Option<String>,
     },
     /// Validate a definition file (ValidateStateMachineDefinition).
     Validate {

@@ -73,6 +73,85 @@ pub struct ClusterConfig {
     /// (AWS runs up to 10,000): a parent's state, written at each of its steps, grows with
     /// its children in flight.
     pub map_run_max_concurrency: usize,
+    /// How long closed executions (records, histories, index entries) are kept before
+    /// they are deleted in the background: `"90d"` (AWS's), `"20s"`, `"1h 30m"`; `"0"` or
+    /// `"forever"` keeps them. A state machine may set its own.
+    #[serde(with = "retention")]
+    pub retention: Option<std::time::Duration>,
+    /// The most closed executions one shard deletes per second (rate limit of retention).
+    pub retention_deletes_per_second: u32,
+}
+
+/// `cluster.retention`: a human-readable duration (or a number of seconds); `"0"` or
+/// `"forever"`: none.
+mod retention {
+    use std::time::Duration;
+
+    use serde::de::{Deserializer, Error, Visitor};
+    use serde::Serializer;
+
+    pub fn serialize<S: Serializer>(d: &Option<Duration>, s: S) -> Result<S::Ok, S::Error> {
+        match d {
+            Some(d) => s.serialize_str(&super::format_retention(*d)),
+            None => s.serialize_str("forever"),
+        }
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
+        struct V;
+        impl Visitor<'_> for V {
+            type Value = Option<Duration>;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a duration such as \"90d\" or \"20s\", or \"forever\"")
+            }
+            fn visit_u64<E: Error>(self, n: u64) -> Result<Self::Value, E> {
+                Ok((n > 0).then(|| Duration::from_secs(n)))
+            }
+            fn visit_i64<E: Error>(self, n: i64) -> Result<Self::Value, E> {
+                u64::try_from(n)
+                    .map_err(|_| E::custom("a retention cannot be negative"))
+                    .and_then(|n| self.visit_u64(n))
+            }
+            fn visit_str<E: Error>(self, v: &str) -> Result<Self::Value, E> {
+                super::parse_retention(v).map_err(E::custom)
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
+/// A retention period as [`parse_retention`] reads it, in its largest whole unit (`90d`).
+pub fn format_retention(d: std::time::Duration) -> String {
+    if d.subsec_nanos() != 0 {
+        return humantime::format_duration(d).to_string();
+    }
+    let s = d.as_secs();
+    match s {
+        0 => "forever".into(),
+        s if s % 86_400 == 0 => format!("{}d", s / 86_400),
+        s if s % 3_600 == 0 => format!("{}h", s / 3_600),
+        s if s % 60 == 0 => format!("{}m", s / 60),
+        s => format!("{s}s"),
+    }
+}
+
+/// Parses a retention period: a human-readable duration (`"90d"`, `"20s"`, `"1h 30m"`),
+/// a number of seconds, or `"0"`/`"forever"` for none.
+pub fn parse_retention(v: &str) -> Result<Option<std::time::Duration>, String> {
+    let v = v.trim();
+    if v == "forever" || v == "0" {
+        return Ok(None);
+    }
+    if let Ok(n) = v.parse::<u64>() {
+        return Ok(Some(std::time::Duration::from_secs(n)));
+    }
+    match humantime::parse_duration(v) {
+        Ok(d) if d.is_zero() => Ok(None),
+        Ok(d) => Ok(Some(d)),
+        Err(e) => Err(format!(
+            "'{v}' is not a retention period ({e}): use a duration such as \"90d\", \"12h\" or \"20s\", or \"forever\""
+        )),
+    }
 }
 
 impl Default for ClusterConfig {
@@ -92,11 +171,22 @@ impl Default for ClusterConfig {
             peer_max_message_bytes: 256 << 20,
             max_live_per_shard: 5_000,
             map_run_max_concurrency: 1_000,
+            retention: Some(trellis_shard::executor::AWS_RETENTION),
+            retention_deletes_per_second: 500,
         }
     }
 }
 
 impl ClusterConfig {
+    /// What shard executors do about retention.
+    pub fn retention(&self) -> trellis_shard::executor::RetentionConfig {
+        trellis_shard::executor::RetentionConfig {
+            keep: self.retention,
+            per_second: self.retention_deletes_per_second.max(1),
+            ..Default::default()
+        }
+    }
+
     /// Whether the fencing invariant is broken on purpose (tests only).
     pub fn breaks_fencing(&self) -> bool {
         self.fault_injection && self.break_fencing
@@ -110,5 +200,46 @@ impl ClusterConfig {
             .filter(|a| !a.is_empty() && *a != own)
             .map(str::to_string)
             .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    #[test]
+    fn retention_reads_durations_seconds_and_forever() {
+        assert_eq!(
+            parse_retention("90d"),
+            Ok(Some(Duration::from_secs(90 * 86_400)))
+        );
+        assert_eq!(parse_retention("20s"), Ok(Some(Duration::from_secs(20))));
+        assert_eq!(
+            parse_retention("1h 30m"),
+            Ok(Some(Duration::from_secs(5_400)))
+        );
+        assert_eq!(
+            parse_retention("3600"),
+            Ok(Some(Duration::from_secs(3_600)))
+        );
+        assert_eq!(parse_retention("forever"), Ok(None));
+        assert_eq!(parse_retention("0"), Ok(None));
+        let e = parse_retention("ninety days").unwrap_err();
+        assert!(e.contains("'ninety days' is not a retention period"), "{e}");
+        // As TOML reads it, and back.
+        #[derive(serde::Deserialize, serde::Serialize)]
+        struct T {
+            #[serde(with = "retention")]
+            r: Option<Duration>,
+        }
+        let t: T = serde_json::from_str(r#"{"r": 30}"#).unwrap();
+        assert_eq!(t.r, Some(Duration::from_secs(30)));
+        let t: T = serde_json::from_str(r#"{"r": "2d"}"#).unwrap();
+        assert_eq!(serde_json::to_string(&t).unwrap(), r#"{"r":"2d"}"#);
+        assert_eq!(format_retention(Duration::from_secs(90 * 86_400)), "90d");
+        assert_eq!(format_retention(Duration::from_secs(5_400)), "90m");
+        assert_eq!(format_retention(Duration::from_secs(61)), "61s");
+        assert!(serde_json::from_str::<T>(r#"{"r": -1}"#).is_err());
     }
 }

@@ -256,6 +256,7 @@ impl Host {
             express_max: std::time::Duration::from_secs(settings.cluster.express_max_seconds),
             max_live: settings.cluster.max_live_per_shard,
             token_key,
+            retention: settings.cluster.retention(),
         })
     }
 

@@ -59,6 +59,13 @@ pub struct MachineRecord {
     /// Which inline Map and Parallel states spread their children.
     #[serde(default, skip_serializing_if = "trellis_asl::Sharding::is_local")]
     pub sharding: trellis_asl::Sharding,
+    /// How long its closed executions are kept, in seconds; 0: the cluster's retention.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub retention_seconds: u64,
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
 }
 
 impl Record for MachineRecord {

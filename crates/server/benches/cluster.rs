@@ -84,6 +84,7 @@ async fn inline_spread_figure() {
         };
         let settings = pb::StateMachineSettings {
             max_concurrent_executions: None,
+            retention_seconds: None,
             sharding: Some(pb::Sharding {
                 default_placement: None,
                 states: [(

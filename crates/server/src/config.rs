@@ -343,6 +343,9 @@ impl Config {
                 self.node.cache_mib
             );
         }
+        if self.cluster.retention_deletes_per_second == 0 {
+            bail!("cluster.retention_deletes_per_second must be at least 1");
+        }
         if self.cluster.bootstrap_expect == 0 {
             bail!("cluster.bootstrap_expect must be at least 1");
         }
@@ -561,6 +564,28 @@ mod tests {
         assert_eq!(c.cluster.shards, 8);
         assert_eq!(c.aws.region, "eu-west-1");
         assert_eq!(c.functions["f"], "http://x");
+    }
+
+    #[test]
+    fn retention_comes_from_the_environment_as_a_duration() {
+        let var = |v: &str| [("TRELLIS__CLUSTER__RETENTION".to_string(), v.to_string())];
+        let c = Config::load(None, var("20s")).unwrap();
+        assert_eq!(
+            c.cluster.retention,
+            Some(std::time::Duration::from_secs(20))
+        );
+        let c = Config::load(None, []).unwrap();
+        assert_eq!(
+            c.cluster.retention,
+            Some(std::time::Duration::from_secs(90 * 86_400))
+        );
+        let c = Config::load(None, var("forever")).unwrap();
+        assert_eq!(c.cluster.retention, None);
+        let e = Config::load(None, var("soon")).unwrap_err();
+        assert!(
+            format!("{e:#}").contains("'soon' is not a retention period"),
+            "{e:#}"
+        );
     }
 
     #[test]

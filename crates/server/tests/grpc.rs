@@ -270,7 +270,7 @@ async fn concurrency_cap_queues_in_order() {
             role_arn: "arn:aws:iam::000000000000:role/r".into(),
             settings: Some(pb::StateMachineSettings {
                 max_concurrent_executions: Some(1),
-                sharding: None,
+                ..Default::default()
             }),
             ..Default::default()
         })
@@ -652,4 +652,88 @@ async fn grpc_over_tls_takes_client_certificates_as_principals() {
     }
     drop((root, ops, nobody));
     node.stop().await;
+}
+
+/// Polls DescribeExecution until the execution is gone (bounded: 30 s).
+async fn gone(c: &mut Client, arn: &str) -> bool {
+    for _ in 0..300 {
+        match c
+            .executions
+            .describe_execution(pb::DescribeExecutionRequest {
+                execution_arn: arn.into(),
+            })
+            .await
+        {
+            Err(e) => {
+                let api = trellis_client::ApiError::from_status(&e);
+                assert_eq!(api.code, Code::ExecutionDoesNotExist, "{e}");
+                return true;
+            }
+            Ok(_) => tokio::time::sleep(Duration::from_millis(100)).await,
+        }
+    }
+    false
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn closed_executions_are_deleted_after_the_retention() {
+    let mut r = start_with(|c| {
+        c.cluster.retention = Some(Duration::from_secs(1));
+    })
+    .await;
+    let c = &mut r.client;
+    let pass = json!({"StartAt": "P", "States": {"P": {"Type": "Pass", "End": true}}});
+    let short = create(c, "Short", pass.clone()).await;
+    let long = c
+        .state_machines
+        .create_state_machine(pb::CreateStateMachineRequest {
+            name: "Long".into(),
+            definition: pass.to_string(),
+            role_arn: "arn:aws:iam::000000000000:role/r".into(),
+            settings: Some(pb::StateMachineSettings {
+                retention_seconds: Some(3600),
+                ..Default::default()
+            }),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .state_machine_arn;
+    let described = c
+        .state_machines
+        .describe_state_machine(pb::DescribeStateMachineRequest {
+            state_machine_arn: long.clone(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(described.settings.unwrap().retention_seconds, Some(3600));
+    let mut started = Vec::new();
+    for sm in [&short, &long] {
+        started.push(
+            c.executions
+                .start_execution(pb::StartExecutionRequest {
+                    state_machine_arn: sm.clone(),
+                    name: "e".into(),
+                    input: "{}".into(),
+                })
+                .await
+                .unwrap()
+                .into_inner()
+                .execution_arn,
+        );
+    }
+    assert!(gone(c, &started[0]).await, "never deleted");
+    let list = |sm: &str| pb::ListExecutionsRequest {
+        state_machine_arn: sm.into(),
+        ..Default::default()
+    };
+    let listed = c.executions.list_executions(list(&short)).await.unwrap();
+    assert!(listed.into_inner().executions.is_empty());
+    // Its machine keeps the other for an hour.
+    assert_eq!(describe(c, &started[1]).await.status, "SUCCEEDED");
+    let listed = c.executions.list_executions(list(&long)).await.unwrap();
+    assert_eq!(listed.into_inner().executions.len(), 1);
+    r.stop().await;
 }

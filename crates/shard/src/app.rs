@@ -5,16 +5,22 @@
 //! records (`ShardApp::live`), so no index of them is kept: the `timers`, `tokens` and
 //! `activities` trees of earlier versions are emptied when a replica opens, and stay in the
 //! snapshot format (empty) so replicas of both versions exchange snapshots.
+//!
+//! Retention: every closed execution has an entry in the `closed` index
+//! ([`keys::Closed`]), written when its record is; [`ShardOp::Expire`] deletes the ones the
+//! leader found due. `counters` holds the id high-water mark (so ids of deleted executions
+//! are never given again) and the marker saying the `closed` index is complete (a store or a
+//! snapshot of an earlier version has none, and the index is built from the records).
 
 use openraft::LogId;
 use trellis_asl::HistoryEvent;
 use trellis_storage::{AppStateMachine, GroupTrees};
 
 use crate::record::{keys, ExecRecord};
-use crate::request::{ShardConfig, ShardOp, ShardRequest, ShardResponse};
+use crate::request::{Expiry, ShardConfig, ShardOp, ShardRequest, ShardResponse};
 use crate::Result;
 
-const TREES: [&str; 7] = [
+const TREES: [&str; 9] = [
     "executions",
     "ids",
     "history",
@@ -22,7 +28,13 @@ const TREES: [&str; 7] = [
     "tokens",
     "activities",
     "definitions",
+    "closed",
+    "counters",
 ];
+
+/// `counters` keys.
+const NEXT_ID: &[u8] = b"next_id";
+const CLOSED_INDEXED: &[u8] = b"closed_indexed";
 
 /// Trees earlier versions wrote and nothing read: emptied on open.
 const RETIRED: [usize; 3] = [3, 4, 5];
@@ -38,6 +50,9 @@ pub struct ShardApp {
     history: sled::Tree,
     /// Definition hash -> definition text.
     definitions: sled::Tree,
+    /// [`keys::Closed`] -> execution ARN.
+    closed: sled::Tree,
+    counters: sled::Tree,
     all: Vec<(String, sled::Tree)>,
 }
 
@@ -55,24 +70,92 @@ impl ShardApp {
             all[i].1.clear()?;
         }
         let t = |i: usize| all[i].1.clone();
-        Ok(ShardApp {
+        let app = ShardApp {
             executions: t(0),
             ids: t(1),
             history: t(2),
             definitions: t(6),
+            closed: t(7),
+            counters: t(8),
             all,
-        })
+        };
+        app.index_closed()?;
+        Ok(app)
     }
 
-    /// Applies one op.
-    pub fn apply_op(&self, op: &ShardOp) -> Result<()> {
+    /// Builds the `closed` index from the records, unless it is complete already (a store
+    /// or snapshot of a version without it).
+    fn index_closed(&self) -> Result<()> {
+        if self.counters.contains_key(CLOSED_INDEXED)? {
+            return Ok(());
+        }
+        self.closed.clear()?;
+        let mut batch = sled::Batch::default();
+        for kv in self.executions.iter() {
+            let (k, v) = kv?;
+            let rec: ExecRecord = serde_json::from_slice(&v)?;
+            if let Some(c) = rec.closed_key() {
+                batch.insert(&c.to_bytes(), k);
+            }
+        }
+        self.closed.apply_batch(batch)?;
+        self.counters.insert(CLOSED_INDEXED, &[1])?;
+        Ok(())
+    }
+
+    /// Applies one op; returns how many executions it deleted.
+    pub fn apply_op(&self, op: &ShardOp) -> Result<usize> {
         match op {
             ShardOp::Put {
                 record,
                 events,
                 definition,
-            } => self.put(record, events, definition.as_ref()),
+            } => self.put(record, events, definition.as_ref()).map(|()| 0),
+            ShardOp::Expire { executions } => {
+                let mut deleted = 0;
+                for e in executions {
+                    deleted += usize::from(self.expire(e)?);
+                }
+                Ok(deleted)
+            }
         }
+    }
+
+    /// Deletes a closed execution if its index entry is still its own and it has no
+    /// message left to send; drops the index entry either way. Applying it again (after a
+    /// crash part-way) finishes what is left: the record goes last but one, the index
+    /// entry last.
+    fn expire(&self, e: &Expiry) -> Result<bool> {
+        let key = e.key.to_bytes();
+        let due = match self.record(&e.arn)? {
+            Some(rec) if rec.closed_key() == Some(e.key) && rec.outbox.is_empty() => Some(rec),
+            _ => None,
+        };
+        if let Some(rec) = &due {
+            let next = self.counter(NEXT_ID)?.max(rec.id + 1);
+            self.counters.insert(NEXT_ID, &next.to_be_bytes())?;
+            let mut history = sled::Batch::default();
+            for k in self
+                .history
+                .range(keys::event(rec.id, 0)..=keys::event(rec.id, u64::MAX))
+                .keys()
+            {
+                history.remove(k?);
+            }
+            self.history.apply_batch(history)?;
+            self.ids.remove(rec.id.to_be_bytes())?;
+            self.executions.remove(e.arn.as_bytes())?;
+        }
+        self.closed.remove(key)?;
+        Ok(due.is_some())
+    }
+
+    fn counter(&self, key: &[u8]) -> Result<u64> {
+        Ok(self
+            .counters
+            .get(key)?
+            .and_then(|v| trellis_storage::from_be(&v))
+            .unwrap_or(0))
     }
 
     fn put(
@@ -95,6 +178,10 @@ impl ShardApp {
             self.ids.insert(rec.id.to_be_bytes(), rec.arn.as_bytes())?;
         }
         self.executions.insert(rec.arn.as_bytes(), json(rec)?)?;
+        // A redrive leaves the earlier entry behind: retention drops it when it comes due.
+        if let Some(c) = rec.closed_key() {
+            self.closed.insert(c.to_bytes(), rec.arn.as_bytes())?;
+        }
         Ok(())
     }
 
@@ -116,12 +203,52 @@ impl ShardApp {
             .map(|v| String::from_utf8_lossy(&v).into_owned()))
     }
 
-    /// The next free execution id (one past the highest stored).
+    /// The next free execution id: one past the highest stored or deleted.
     pub fn next_exec_id(&self) -> Result<u64> {
-        Ok(match self.ids.last()? {
+        let stored = match self.ids.last()? {
             Some((k, _)) => trellis_storage::from_be(&k).unwrap_or(0) + 1,
             None => 1,
-        })
+        };
+        Ok(stored.max(self.counter(NEXT_ID)?))
+    }
+
+    /// Entries of the `closed` index due for deletion, oldest first, at most `limit`:
+    /// those kept for the cluster's retention that stopped at or before `stopped_by`, then
+    /// those whose own retention ended at or before `now`.
+    pub fn closed_due(
+        &self,
+        stopped_by: Option<i64>,
+        now: i64,
+        limit: usize,
+    ) -> Result<Vec<Expiry>> {
+        use keys::Closed;
+        let mut out = Vec::new();
+        let mut ranges = Vec::new();
+        if let Some(by) = stopped_by {
+            ranges.push((
+                [Closed::DEFAULT_TAG][..].to_vec(),
+                Closed::bound(Closed::DEFAULT_TAG, by),
+            ));
+        }
+        ranges.push((
+            [Closed::CUSTOM_TAG][..].to_vec(),
+            Closed::bound(Closed::CUSTOM_TAG, now),
+        ));
+        for (from, to) in ranges {
+            for kv in self.closed.range(from..=to.to_vec()) {
+                if out.len() >= limit {
+                    return Ok(out);
+                }
+                let (k, v) = kv?;
+                let key = Closed::from_bytes(&k)
+                    .ok_or_else(|| crate::Error::Corrupt("a malformed closed index key".into()))?;
+                out.push(Expiry {
+                    key,
+                    arn: String::from_utf8_lossy(&v).into_owned(),
+                });
+            }
+        }
+        Ok(out)
     }
 
     pub fn definition(&self, hash: u64) -> Result<Option<String>> {
@@ -185,6 +312,123 @@ impl AppStateMachine<ShardConfig> for ShardApp {
     }
 
     fn import(&mut self, input: &mut dyn std::io::Read) -> trellis_storage::Result<()> {
-        trellis_storage::import_trees(input, self.all.iter().map(|(n, t)| (&**n, t)))
+        trellis_storage::import_trees(input, self.all.iter().map(|(n, t)| (&**n, t)))?;
+        // A snapshot of an earlier version has no `closed` index.
+        self.index_closed()
+            .map_err(|e| trellis_storage::Error::App(e.to_string()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::record::Status;
+    use trellis_storage::NodeDb;
+
+    fn closed(id: u64, stop_ms: i64) -> ExecRecord {
+        let mut r = ExecRecord::new(
+            id,
+            format!("arn:e:{id}"),
+            id.to_string(),
+            "arn:m".into(),
+            1,
+            "{}".into(),
+            stop_ms - 10,
+        );
+        r.status = Status::Succeeded;
+        r.stop_ms = Some(stop_ms);
+        r
+    }
+
+    fn put(app: &ShardApp, r: &ExecRecord) {
+        app.apply_op(&ShardOp::Put {
+            record: Box::new(r.clone()),
+            events: Vec::new(),
+            definition: None,
+        })
+        .unwrap();
+    }
+
+    fn expire(app: &ShardApp, due: Vec<Expiry>) -> usize {
+        app.apply_op(&ShardOp::Expire { executions: due }).unwrap()
+    }
+
+    #[test]
+    fn a_redriven_execution_only_loses_its_stale_index_entry() {
+        let db = NodeDb::temporary().unwrap();
+        let app = ShardApp::open(&db.group(1).unwrap()).unwrap();
+        let mut r = closed(1, 1_000);
+        put(&app, &r);
+        let due = app.closed_due(Some(5_000), 5_000, 10).unwrap();
+        assert_eq!(due.len(), 1);
+        // Redriven (RUNNING again) before the deletion applies.
+        r.redriven(2_000, None);
+        put(&app, &r);
+        assert_eq!(expire(&app, due.clone()), 0);
+        assert!(app.record("arn:e:1").unwrap().is_some());
+        assert!(app.closed_due(Some(5_000), 5_000, 10).unwrap().is_empty());
+        // Closed again later: indexed under its new stop time, and deleted once due.
+        r.status = Status::Failed;
+        r.stop_ms = Some(3_000);
+        put(&app, &r);
+        assert!(app.closed_due(Some(2_999), 5_000, 10).unwrap().is_empty());
+        let due = app.closed_due(Some(3_000), 5_000, 10).unwrap();
+        assert_eq!(expire(&app, due.clone()), 1);
+        // Applying the same entry again changes nothing.
+        assert_eq!(expire(&app, due), 0);
+        assert!(app.record("arn:e:1").unwrap().is_none());
+        assert_eq!(app.next_exec_id().unwrap(), 2);
+    }
+
+    #[test]
+    fn own_retention_orders_by_expiry_and_messages_still_to_send_keep_a_record() {
+        let db = NodeDb::temporary().unwrap();
+        let app = ShardApp::open(&db.group(1).unwrap()).unwrap();
+        let mut own = closed(1, 1_000);
+        own.retention_ms = Some(10_000);
+        put(&app, &own);
+        let mut mail = closed(2, 1_000);
+        mail.send(crate::outbox::Message::StopChild {
+            child_arn: "c".into(),
+        });
+        put(&app, &mail);
+        // The cluster's retention is due for the one with mail; its own is not.
+        let due = app.closed_due(Some(2_000), 2_000, 10).unwrap();
+        assert_eq!(due.iter().map(|e| e.key.id()).collect::<Vec<_>>(), [2]);
+        assert_eq!(expire(&app, due), 0, "its messages are not delivered");
+        // Delivered: written again, indexed again, deleted.
+        mail.delivered(0);
+        put(&app, &mail);
+        let due = app.closed_due(Some(2_000), 2_000, 10).unwrap();
+        assert_eq!(expire(&app, due), 1);
+        // Without a cluster retention only the machine's own counts.
+        assert!(app.closed_due(None, 10_999, 10).unwrap().is_empty());
+        let due = app.closed_due(None, 11_000, 10).unwrap();
+        assert_eq!(expire(&app, due), 1);
+    }
+
+    #[test]
+    fn a_store_without_the_index_gets_it_from_its_records() {
+        let db = NodeDb::temporary().unwrap();
+        let trees = db.group(1).unwrap();
+        let app = ShardApp::open(&trees).unwrap();
+        put(&app, &closed(1, 1_000));
+        let mut running = closed(2, 1_000);
+        running.status = Status::Running;
+        running.stop_ms = None;
+        put(&app, &running);
+        // As an earlier version left it: no index, no marker.
+        app.closed.clear().unwrap();
+        app.counters.clear().unwrap();
+        let app = ShardApp::open(&trees).unwrap();
+        let due = app.closed_due(Some(1_000), 1_000, 10).unwrap();
+        assert_eq!(due.iter().map(|e| e.key.id()).collect::<Vec<_>>(), [1]);
+        // A snapshot of it carries the index to a new replica.
+        let mut snap = Vec::new();
+        app.export(&mut snap).unwrap();
+        let other = NodeDb::temporary().unwrap();
+        let mut copy = ShardApp::open(&other.group(1).unwrap()).unwrap();
+        copy.import(&mut snap.as_slice()).unwrap();
+        assert_eq!(copy.closed_due(Some(1_000), 1_000, 10).unwrap(), due);
     }
 }

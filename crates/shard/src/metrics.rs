@@ -41,6 +41,12 @@ pub struct Metrics {
     /// DISTRIBUTED Map children started and finished on the shards this node leads.
     pub children_started: Counter,
     pub children_finished: Counter,
+    /// Closed executions deleted by retention on the shards this node leads.
+    pub expired: Counter,
+    /// Closed executions found due for deletion and not yet deleted, at the last sweep of
+    /// each shard this node leads (summed): more than a sweep's budget means retention is
+    /// behind.
+    pub expiry_due: Gauge,
 }
 
 const SIZES: [f64; 10] = [1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 512.0];
@@ -78,6 +84,8 @@ impl Default for Metrics {
             deliveries_refused: Counter::default(),
             children_started: Counter::default(),
             children_finished: Counter::default(),
+            expired: Counter::default(),
+            expiry_due: Gauge::default(),
         }
     }
 }
@@ -161,6 +169,16 @@ impl Metrics {
             "DISTRIBUTED Map child executions ended on shards this node leads",
             m.children_finished.clone(),
         );
+        registry.register(
+            "trellis_executions_expired",
+            "Closed executions deleted by retention on shards this node leads",
+            m.expired.clone(),
+        );
+        registry.register(
+            "trellis_retention_due",
+            "Closed executions past their retention and not yet deleted, on shards this node leads (as many as one sweep looks at)",
+            m.expiry_due.clone(),
+        );
         // Every label value shows from the start, at 0.
         for s in [
             Status::Succeeded,
@@ -204,6 +222,7 @@ mod tests {
         m.apply_seconds.observe(0.002);
         m.outbox.inc_by(3);
         m.children_started.inc();
+        m.expired.inc_by(2);
         let mut text = String::new();
         prometheus_client::encoding::text::encode(&mut text, &registry).unwrap();
         for line in [
@@ -216,6 +235,8 @@ mod tests {
             "trellis_outbox_messages 3",
             "trellis_map_children_started_total 1",
             "trellis_map_children_finished_total 0",
+            "trellis_executions_expired_total 2",
+            "trellis_retention_due 0",
         ] {
             assert!(text.lines().any(|l| l == line), "{line} is not in:\n{text}");
         }

@@ -28,6 +28,9 @@ pub enum Message {
     StartChild {
         parent_arn: String,
         request: ChildRequest,
+        /// The parent's own retention (milliseconds), which its children keep.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        retention_ms: Option<u64>,
     },
     /// A child execution ended: feed its parent. A spread iteration or branch sends its
     /// history, which its parent writes into its own.
@@ -120,6 +123,7 @@ mod tests {
         let start = Message::StartChild {
             parent_arn: "p".into(),
             request: child("c"),
+            retention_ms: None,
         };
         assert_eq!(start.target(), "c");
         let end = Message::ChildFinished {

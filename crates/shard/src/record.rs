@@ -133,6 +133,10 @@ pub struct ExecRecord {
     /// The Map Runs it started, as the interpreter counts them.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub map_runs: Vec<trellis_asl::exec::MapRunSummary>,
+    /// How long it is kept once closed, when its state machine overrides the cluster's
+    /// retention (milliseconds); `None`: the cluster's (`cluster.retention`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retention_ms: Option<u64>,
 }
 
 impl ExecRecord {
@@ -174,7 +178,26 @@ impl ExecRecord {
             next_seq: 0,
             parent: None,
             map_runs: Vec::new(),
+            retention_ms: None,
         }
+    }
+
+    /// Its entry in the shard's `closed` index, once it is closed.
+    pub fn closed_key(&self) -> Option<keys::Closed> {
+        if !self.status.is_terminal() {
+            return None;
+        }
+        let stop = self.stop_ms.unwrap_or(self.start_ms);
+        Some(match self.retention_ms {
+            None => keys::Closed::Default {
+                stop_ms: stop,
+                id: self.id,
+            },
+            Some(r) => keys::Closed::Custom {
+                expire_ms: stop.saturating_add(i64::try_from(r).unwrap_or(i64::MAX)),
+                id: self.id,
+            },
+        })
     }
 
     /// Queues a message to another shard; it is sent once this record commits.
@@ -217,6 +240,63 @@ pub mod keys {
         k[..8].copy_from_slice(&exec.to_be_bytes());
         k[8..].copy_from_slice(&event.to_be_bytes());
         k
+    }
+
+    /// `closed`: when a closed execution may be deleted. Executions kept for the cluster's
+    /// retention are ordered by their stop time, so a change of `cluster.retention` applies
+    /// to them all; those whose state machine sets its own are ordered by the time they
+    /// expire, computed when they close. Either way the executions due are a prefix.
+    #[derive(
+        Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, serde::Serialize, serde::Deserialize,
+    )]
+    pub enum Closed {
+        Default { stop_ms: i64, id: u64 },
+        Custom { expire_ms: i64, id: u64 },
+    }
+
+    impl Closed {
+        pub const DEFAULT_TAG: u8 = 0;
+        pub const CUSTOM_TAG: u8 = 1;
+
+        pub fn id(&self) -> u64 {
+            match *self {
+                Closed::Default { id, .. } | Closed::Custom { id, .. } => id,
+            }
+        }
+
+        /// Tag, then the time and the id, big-endian (times before 1970 sort as 0).
+        pub fn to_bytes(&self) -> [u8; 17] {
+            let (tag, at, id) = match *self {
+                Closed::Default { stop_ms, id } => (Self::DEFAULT_TAG, stop_ms, id),
+                Closed::Custom { expire_ms, id } => (Self::CUSTOM_TAG, expire_ms, id),
+            };
+            let mut k = [0u8; 17];
+            k[0] = tag;
+            k[1..9].copy_from_slice(&(at.max(0) as u64).to_be_bytes());
+            k[9..].copy_from_slice(&id.to_be_bytes());
+            k
+        }
+
+        pub fn from_bytes(b: &[u8]) -> Option<Closed> {
+            if b.len() != 17 {
+                return None;
+            }
+            let at = i64::try_from(u64::from_be_bytes(b[1..9].try_into().ok()?)).ok()?;
+            let id = u64::from_be_bytes(b[9..].try_into().ok()?);
+            match b[0] {
+                Self::DEFAULT_TAG => Some(Closed::Default { stop_ms: at, id }),
+                Self::CUSTOM_TAG => Some(Closed::Custom { expire_ms: at, id }),
+                _ => None,
+            }
+        }
+
+        /// The first key after every entry of `tag` with a time up to `at`.
+        pub fn bound(tag: u8, at: i64) -> [u8; 17] {
+            let mut k = [0xffu8; 17];
+            k[0] = tag;
+            k[1..9].copy_from_slice(&(at.max(0) as u64).to_be_bytes());
+            k
+        }
     }
 }
 

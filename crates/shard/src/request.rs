@@ -23,6 +23,17 @@ pub enum ShardOp {
         /// The definition text, the first time an execution of it is stored on this shard.
         definition: Option<(u64, String)>,
     },
+    /// Retention: deletes closed executions (record, history, index entries) whose time has
+    /// come. Applying checks each again against the stored record, so an entry that a
+    /// redrive made stale only loses its index entry.
+    Expire { executions: Vec<Expiry> },
+}
+
+/// One closed execution to delete, by its entry in the `closed` index.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Expiry {
+    pub key: crate::record::keys::Closed,
+    pub arn: String,
 }
 
 /// What applying an entry returns. Nothing: the proposer already knows the outcome.
@@ -108,7 +119,10 @@ mod tests {
             .iter()
             .map(|(e, _)| {
                 e.iter()
-                    .map(|ShardOp::Put { record, .. }| record.id)
+                    .map(|op| match op {
+                        ShardOp::Put { record, .. } => record.id,
+                        ShardOp::Expire { .. } => u64::MAX,
+                    })
                     .collect()
             })
             .collect()

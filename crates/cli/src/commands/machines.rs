@@ -16,7 +16,9 @@ pub(crate) async fn sm(c: &mut Client, j: bool, cmd: Sm) -> Result<()> {
             role,
             publish,
             max_concurrent,
+            retention,
         } => {
+            let retention = retention.as_deref().map(retention_seconds).transpose()?;
             let ty = match r#type.to_ascii_uppercase().as_str() {
                 "STANDARD" => pb::StateMachineType::Standard,
                 "EXPRESS" => pb::StateMachineType::Express,
@@ -34,6 +36,7 @@ pub(crate) async fn sm(c: &mut Client, j: bool, cmd: Sm) -> Result<()> {
                     settings: Some(pb::StateMachineSettings {
                         max_concurrent_executions: Some(max_concurrent),
                         sharding: None,
+                        retention_seconds: retention,
                     }),
                 })
                 .await
@@ -177,6 +180,7 @@ pub(crate) async fn sm(c: &mut Client, j: bool, cmd: Sm) -> Result<()> {
                         settings: Some(pb::StateMachineSettings {
                             max_concurrent_executions: None,
                             sharding: Some(policy.clone()),
+                            retention_seconds: None,
                         }),
                     })
                     .await
@@ -197,6 +201,52 @@ pub(crate) async fn sm(c: &mut Client, j: bool, cmd: Sm) -> Result<()> {
                         .map(|(k, v)| vec![k.clone(), placement_name(Some(v))]),
                 );
                 table(&["STATE", "PLACEMENT"], rows);
+            }
+        }
+        Sm::Retention { arn, period } => {
+            let arn = machine_arn(c, &arn).await?;
+            let seconds = match period.as_deref() {
+                Some(p) => {
+                    let s = retention_seconds(p)?;
+                    c.state_machines
+                        .update_state_machine(pb::UpdateStateMachineRequest {
+                            state_machine_arn: arn.clone(),
+                            definition: None,
+                            role_arn: None,
+                            publish: false,
+                            version_description: String::new(),
+                            settings: Some(pb::StateMachineSettings {
+                                max_concurrent_executions: None,
+                                sharding: None,
+                                retention_seconds: Some(s),
+                            }),
+                        })
+                        .await
+                        .map_err(api)?;
+                    s
+                }
+                None => c
+                    .state_machines
+                    .describe_state_machine(pb::DescribeStateMachineRequest {
+                        state_machine_arn: arn.clone(),
+                    })
+                    .await
+                    .map_err(api)?
+                    .into_inner()
+                    .settings
+                    .and_then(|s| s.retention_seconds)
+                    .unwrap_or(0),
+            };
+            if j {
+                out!(
+                    "{}",
+                    json!({"stateMachineArn": arn, "retentionSeconds": seconds})
+                );
+            } else if seconds == 0 {
+                out!("{arn}: the cluster's retention (cluster.retention)");
+            } else {
+                let period = humantime::format_duration(std::time::Duration::from_secs(seconds));
+                out!("{arn}: {period}");
             }
         }
         Sm::Delete { arn } => {
@@ -310,6 +360,25 @@ fn sharding_json(s: Option<&pb::Sharding>) -> Value {
             .map(|(k, v)| (k.clone(), Value::String(placement_name(Some(v)))))
             .collect::<serde_json::Map<_, _>>(),
     })
+}
+
+/// A machine's retention from the command line, in seconds: a period of at least a second,
+/// or `default` (0: the cluster's).
+fn retention_seconds(p: &str) -> Result<u64> {
+    if p == "default" {
+        return Ok(0);
+    }
+    let d = humantime::parse_duration(p).map_err(|e| {
+        anyhow!(
+            "'{p}' is not a retention period ({e}): give one such as 30d, 12h or 20s, or `default`"
+        )
+    })?;
+    if d.as_secs() == 0 {
+        return Err(anyhow!(
+            "a retention period is at least 1s; `default` takes the cluster's"
+        ));
+    }
+    Ok(d.as_secs())
 }
 
 #[cfg(test)]

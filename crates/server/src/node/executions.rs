@@ -153,6 +153,7 @@ impl Node {
             capped: m.max_concurrent_executions > 0,
             definition: resolved.definition,
             sharding: Some(crate::registry::sharding::to_pb(&m.sharding)),
+            retention_seconds: m.retention_seconds,
         })
     }
 
@@ -184,6 +185,8 @@ impl Node {
                 parent: None,
                 sharding,
                 scope: None,
+                retention: (r.retention_seconds > 0)
+                    .then(|| std::time::Duration::from_secs(r.retention_seconds)),
             })
             .await
             .map_err(from_shard)?;

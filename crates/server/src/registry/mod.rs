@@ -308,6 +308,10 @@ impl Registry {
                     .and_then(|s| s.max_concurrent_executions)
                     .unwrap_or(0),
                 sharding: sharding.clone(),
+                retention_seconds: settings
+                    .as_ref()
+                    .and_then(|s| s.retention_seconds)
+                    .unwrap_or(0),
             };
             let mut conditions = vec![Condition::absent::<MachineRecord>(&arn)];
             let publish_as = r.publish.then_some(r.version_description.as_str());
@@ -356,6 +360,9 @@ impl Registry {
                 if let Some(p) = &s.sharding {
                     m.sharding = sharding::from_pb(p, &m.definition)?;
                 }
+                if let Some(r) = s.retention_seconds {
+                    m.retention_seconds = r;
+                }
             }
             // A new definition keeps the policy only if the policy still fits it.
             sharding::check(&m.sharding, &m.definition)?;
@@ -396,6 +403,7 @@ impl Registry {
             settings: Some(pb::StateMachineSettings {
                 max_concurrent_executions: Some(m.max_concurrent_executions),
                 sharding: Some(sharding::to_pb(&m.sharding)),
+                retention_seconds: Some(m.retention_seconds),
             }),
         })
     }

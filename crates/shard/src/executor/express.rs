@@ -59,6 +59,7 @@ impl Executor {
         parent_arn: String,
         c: ChildRequest,
         map_run_arn: String,
+        retention_ms: Option<u64>,
         now: i64,
     ) -> Result<()> {
         if let Some(id) = self.express_by_arn.get(&c.execution_arn).copied() {
@@ -114,6 +115,7 @@ impl Executor {
             now,
         );
         rec.express = true;
+        rec.retention_ms = retention_ms;
         rec.parent = Some(ParentLink {
             arn: parent_arn,
             child_id: c.child_id,

@@ -11,6 +11,9 @@
 
 mod express;
 mod relay;
+mod retention;
+
+pub use retention::{RetentionConfig, AWS_RETENTION};
 
 use std::collections::{BTreeSet, HashMap, HashSet, VecDeque};
 use std::future::Future;
@@ -32,7 +35,7 @@ use trellis_asl::{Command, Env, Execution, HistoryEvent, Input, Limits, StateMac
 use crate::app::ShardApp;
 use crate::outbox::{Mailer, Message, ParentLink};
 use crate::record::{ExecRecord, Status, TaskRecord};
-use crate::request::{ShardOp, ShardRequest};
+use crate::request::{Expiry, ShardOp, ShardRequest};
 use crate::token::TokenKey;
 use crate::{definition_hash, Error, Redrive, Result};
 
@@ -126,6 +129,8 @@ pub struct ExecutorConfig {
     pub max_live: usize,
     /// The cluster's key for task tokens (from the meta group).
     pub token_key: TokenKey,
+    /// When closed executions are deleted.
+    pub retention: RetentionConfig,
 }
 
 /// Sends to other shards in flight at once from one shard's outboxes; the others wait for
@@ -193,6 +198,9 @@ pub struct StartRequest {
     pub sharding: trellis_asl::Sharding,
     /// A spread iteration or branch runs in its parent's name.
     pub scope: Option<Box<ParentScope>>,
+    /// How long it is kept once closed, when its state machine sets its own period (its
+    /// children inherit it); `None`: the cluster's.
+    pub retention: Option<Duration>,
 }
 
 /// What a start returned.
@@ -255,6 +263,8 @@ enum Cmd {
     Control(String, Control, Reply<i64>),
     TakeActivity(String, String, Reply<Option<ActivityTask>>),
     Scan(Reply<ScanReport>),
+    /// A retention sweep now; answers how many executions were due.
+    Sweep(Reply<usize>),
     Admit(String, Reply<()>),
     Capped(Reply<Vec<CappedMachine>>),
     Redrive(String, Reply<i64>),
@@ -337,6 +347,13 @@ impl ShardHandle {
     /// queued ones, oldest first.
     pub async fn capped(&self) -> Result<Vec<CappedMachine>> {
         self.call(Cmd::Capped).await
+    }
+
+    /// Runs a retention sweep now (as the executor does every
+    /// [`RetentionConfig::interval`]); returns how many closed executions were due, at most
+    /// twice a sweep's budget. Those it deletes are gone once it returns.
+    pub async fn sweep_retention(&self) -> Result<usize> {
+        self.call(Cmd::Sweep).await
     }
 
     /// Runs the detector now and returns what it found (and repaired).
@@ -462,6 +479,7 @@ enum Effect {
     Controlled(Reply<i64>, i64),
     Activity(Reply<Option<ActivityTask>>, Option<ActivityTask>),
     Scanned(Reply<ScanReport>, ScanReport),
+    Swept(Reply<usize>, usize),
     Capped(Reply<Vec<CappedMachine>>, Vec<CappedMachine>),
     /// Send the execution's pending messages.
     Send(u64),
@@ -508,6 +526,10 @@ pub struct Executor {
     express: HashMap<u64, express::Express>,
     express_by_arn: HashMap<String, u64>,
     express_definitions: Vec<(u64, String)>,
+    /// Closed executions whose deletion goes with this batch ([`retention`]).
+    expiring: Vec<Expiry>,
+    /// This executor's share of the retention-due gauge.
+    due_reported: i64,
     // Per batch.
     dirty: HashSet<u64>,
     effects: Vec<Effect>,
@@ -551,6 +573,8 @@ impl Executor {
             machines: HashMap::new(),
             timers: BTreeSet::new(),
             activities: HashMap::new(),
+            expiring: Vec::new(),
+            due_reported: 0,
             dirty: HashSet::new(),
             effects: Vec::new(),
         };
@@ -678,6 +702,7 @@ impl Executor {
             .map(|r| r.outbox.len())
             .sum();
         m.outbox.dec_by(pending as i64);
+        m.expiry_due.dec_by(self.due_reported);
         r
     }
 
@@ -688,9 +713,13 @@ impl Executor {
         let mut scan = tokio::time::interval(self.cfg.detector.interval);
         scan.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         scan.tick().await;
+        let mut sweep = tokio::time::interval(self.cfg.retention.interval);
+        sweep.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        sweep.tick().await;
         loop {
             let next_timer = self.timers.first().map(|t| self.clock.instant(t.0));
             let mut periodic = false;
+            let mut retention = false;
             tokio::select! {
                 cmd = self.rx.recv() => match cmd {
                     Some(c) => batch.push(c),
@@ -698,6 +727,12 @@ impl Executor {
                 },
                 _ = sleep_until(next_timer) => {}
                 _ = scan.tick() => periodic = true,
+                _ = sweep.tick() => retention = true,
+            }
+            if retention {
+                if let Err(e) = self.sweep(self.clock.now_ms()) {
+                    tracing::warn!(shard_id = self.cfg.shard, error = %e, "retention sweep failed");
+                }
             }
             if periodic {
                 let report = self.detect(self.clock.now_ms());
@@ -784,6 +819,12 @@ impl Executor {
                 let report = self.detect(now);
                 self.effects.push(Effect::Scanned(reply, report));
             }
+            Cmd::Sweep(reply) => match self.sweep(now) {
+                Ok(due) => self.effects.push(Effect::Swept(reply, due)),
+                Err(e) => {
+                    let _ = reply.send(Err(e));
+                }
+            },
             Cmd::Deliver(messages, reply) => match self.receive(messages, now) {
                 Ok(()) => self.effects.push(Effect::Done(reply)),
                 Err(e) => {
@@ -907,6 +948,9 @@ impl Executor {
             self.cfg.metrics.children_started.inc();
         }
         rec.parent = req.parent;
+        rec.retention_ms = req
+            .retention
+            .map(|r| u64::try_from(r.as_millis()).unwrap_or(u64::MAX));
         self.by_arn.insert(arn.clone(), id);
         self.live.insert(
             id,
@@ -1012,6 +1056,7 @@ impl Executor {
                     rec.send(Message::StartChild {
                         parent_arn: rec.arn.clone(),
                         request,
+                        retention_ms: rec.retention_ms,
                     });
                 }
                 Command::StopChild { child_arn, .. } => {
@@ -1427,7 +1472,7 @@ impl Executor {
 
     /// Proposes every changed execution, then performs the batch's effects.
     async fn commit(&mut self) -> Result<()> {
-        if self.dirty.is_empty() {
+        if self.dirty.is_empty() && self.expiring.is_empty() {
             self.perform_effects();
             return Ok(());
         }
@@ -1473,6 +1518,13 @@ impl Executor {
                 definition: live.new_definition.take(),
             });
         }
+        let expired = match self.expire_op() {
+            Some((op, n)) => {
+                ops.push(op);
+                n
+            }
+            None => 0,
+        };
         if self.cfg.effects_before_commit {
             self.perform_effects();
         }
@@ -1497,6 +1549,7 @@ impl Executor {
             }
             return Err(e);
         }
+        m.expired.inc_by(expired as u64);
         for id in dirty {
             if self
                 .live
@@ -1560,6 +1613,9 @@ impl Executor {
                 Effect::Scanned(r, report) => {
                     let _ = r.send(Ok(report));
                 }
+                Effect::Swept(r, due) => {
+                    let _ = r.send(Ok(due));
+                }
                 Effect::Capped(r, capped) => {
                     let _ = r.send(Ok(capped));
                 }
@@ -1603,6 +1659,9 @@ fn fail(effect: Effect, e: &Error) {
             let _ = r.send(Err(err()));
         }
         Effect::Scanned(r, _) => {
+            let _ = r.send(Err(err()));
+        }
+        Effect::Swept(r, _) => {
             let _ = r.send(Err(err()));
         }
         Effect::Capped(r, _) => {

@@ -35,7 +35,8 @@ impl Executor {
                 Message::StartChild {
                     parent_arn,
                     request,
-                } => self.start_child(parent_arn, request, now)?,
+                    retention_ms,
+                } => self.start_child(parent_arn, request, retention_ms, now)?,
                 Message::ChildFinished {
                     parent_arn,
                     child_id,
@@ -99,6 +100,7 @@ impl Executor {
         &mut self,
         parent_arn: String,
         c: ChildRequest,
+        retention_ms: Option<u64>,
         now: i64,
     ) -> Result<()> {
         if let ChildOrigin::MapRun {
@@ -108,7 +110,7 @@ impl Executor {
         {
             // An EXPRESS child runs in memory.
             let map_run_arn = map_run_arn.clone();
-            return self.start_express_child(parent_arn, c, map_run_arn, now);
+            return self.start_express_child(parent_arn, c, map_run_arn, retention_ms, now);
         }
         if let Some(rec) = self.existing(&c.execution_arn)? {
             if c.redrive {
@@ -144,6 +146,7 @@ impl Executor {
             }),
             sharding: c.sharding,
             scope,
+            retention: retention_ms.map(Duration::from_millis),
         };
         self.start(req, now).map(drop)
     }

@@ -10,7 +10,7 @@ use std::time::Duration;
 use serde_json::Value;
 use trellis_asl::Limits;
 use trellis_shard::executor::{
-    BoxFuture, Connectors, DetectorConfig, ExecutorConfig, StartRequest,
+    BoxFuture, Connectors, DetectorConfig, ExecutorConfig, RetentionConfig, StartRequest,
 };
 use trellis_shard::outbox::{Mailer, Message, NoMail};
 use trellis_shard::raft::{open_single_node, ShardRaft};
@@ -80,6 +80,31 @@ pub async fn start_shard(
     detector: DetectorConfig,
     max_live: usize,
 ) -> ShardNode {
+    start_shard_with(
+        db,
+        shard,
+        connectors,
+        mailer,
+        limits,
+        detector,
+        max_live,
+        Default::default(),
+    )
+    .await
+}
+
+/// [`start_shard`] with a retention of its own.
+#[allow(clippy::too_many_arguments)]
+pub async fn start_shard_with(
+    db: &NodeDb,
+    shard: u32,
+    connectors: Arc<dyn Connectors>,
+    mailer: Arc<dyn Mailer>,
+    limits: Limits,
+    detector: DetectorConfig,
+    max_live: usize,
+    retention: RetentionConfig,
+) -> ShardNode {
     let metrics = Arc::new(trellis_shard::metrics::Metrics::default());
     let (raft, app) = open_single_node(db, u64::from(shard) + 1, 1, "local")
         .await
@@ -99,6 +124,7 @@ pub async fn start_shard(
         express_max: std::time::Duration::from_secs(300),
         max_live,
         token_key: trellis_shard::token::TokenKey::new([7; 32]),
+        retention,
     };
     let (ex, handle) = Executor::new(cfg, app, Arc::new(raft.clone()), connectors, mailer).unwrap();
     let executor = tokio::spawn(ex.run());
@@ -226,6 +252,7 @@ pub fn start_req(name: &str, definition: &Value, input: Value) -> StartRequest {
         parent: None,
         sharding: Default::default(),
         scope: None,
+        retention: None,
     }
 }
 
