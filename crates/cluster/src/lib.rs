@@ -340,7 +340,7 @@ impl Cluster {
                 if let Err(e) = c.membership.meta_duties().await {
                     tracing::debug!(node_id = c.id(), error = %e, "meta duties");
                 }
-                if round % 3 != 0 {
+                if !round.is_multiple_of(3) {
                     continue;
                 }
                 match c.driver.node_views().await {

@@ -145,7 +145,7 @@ impl Membership {
                         return Ok(());
                     }
                     Err(s) => {
-                        if retry.attempts() % 10 == 0 {
+                        if retry.attempts().is_multiple_of(10) {
                             tracing::info!(node_id = me.id, via = %a, error = %s.message(),
                                 "cannot join yet; retrying");
                         }

@@ -86,7 +86,7 @@ impl Acceptor {
                 Err(e) if is_connection_error(&e) => {}
                 Err(e) => {
                     let errors = self.failing.attempts() + 1;
-                    if errors == 1 || errors % 60 == 0 {
+                    if errors == 1 || errors.is_multiple_of(60) {
                         tracing::warn!(
                             listener = self.name,
                             error = %e,

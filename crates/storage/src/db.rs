@@ -43,6 +43,43 @@ impl Flusher {
     }
 }
 
+/// A process's hold on a data directory: an exclusive lock on `<dir>/trellis.lock`, released
+/// when this is dropped or the process ends (however it ends).
+#[derive(Debug)]
+pub struct DirLock {
+    _file: std::fs::File,
+}
+
+/// Takes the data directory `dir` (created if missing) for this process, or fails with
+/// [`crate::Error::InUse`] at once when another process holds it.
+pub fn lock_dir(dir: &Path) -> Result<DirLock> {
+    std::fs::create_dir_all(dir)?;
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(dir.join("trellis.lock"))?;
+    match file.try_lock() {
+        Ok(()) => Ok(DirLock { _file: file }),
+        Err(std::fs::TryLockError::WouldBlock) => Err(crate::Error::InUse {
+            dir: dir.to_path_buf(),
+        }),
+        Err(std::fs::TryLockError::Error(e)) => Err(e.into()),
+    }
+}
+
+/// sled's own lock on its files, taken by another process, as [`crate::Error::InUse`].
+fn in_use(e: sled::Error, dir: &Path) -> crate::Error {
+    match &e {
+        sled::Error::Io(io) if io.to_string().contains("could not acquire lock") => {
+            crate::Error::InUse {
+                dir: dir.to_path_buf(),
+            }
+        }
+        _ => e.into(),
+    }
+}
+
 /// The page cache of a store opened with [`NodeDb::open`]: 256 MiB.
 pub const DEFAULT_CACHE_BYTES: u64 = 256 << 20;
 
@@ -75,7 +112,8 @@ impl NodeDb {
             .path(dir.as_ref())
             .mode(sled::Mode::HighThroughput)
             .cache_capacity(cache_bytes)
-            .open()?;
+            .open()
+            .map_err(|e| in_use(e, dir.as_ref()))?;
         Ok(NodeDb {
             flusher: Flusher::new(db.clone()),
             db,
@@ -211,5 +249,30 @@ mod tests {
         assert_eq!(g3.sm_tree_names(), vec!["executions".to_string()]);
         db.drop_group(3).unwrap();
         assert_eq!(db.groups(), vec![10]);
+    }
+}
+
+#[cfg(test)]
+mod in_use_tests {
+    use super::*;
+
+    #[test]
+    fn a_directory_in_use_is_refused_with_one_clear_error() {
+        let dir = tempfile::tempdir().unwrap();
+        let held = lock_dir(dir.path()).unwrap();
+        let e = lock_dir(dir.path()).unwrap_err();
+        assert!(matches!(e, crate::Error::InUse { .. }), "{e}");
+        assert!(
+            e.to_string().contains("is in use by another process"),
+            "{e}"
+        );
+        drop(held);
+        let _again = lock_dir(dir.path()).unwrap();
+
+        // sled's own lock says the same.
+        let db = NodeDb::open(dir.path().join("db")).unwrap();
+        let e = NodeDb::open(dir.path().join("db")).err().unwrap();
+        assert!(matches!(e, crate::Error::InUse { .. }), "{e}");
+        drop(db);
     }
 }

@@ -16,6 +16,12 @@ pub enum Error {
     /// An application state machine refused an entry or a snapshot.
     #[error("state machine: {0}")]
     App(String),
+    /// Another process holds the data directory.
+    #[error(
+        "the data directory {} is in use by another process (a node already runs on it): stop that node or choose another data directory",
+        dir.display()
+    )]
+    InUse { dir: std::path::PathBuf },
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
