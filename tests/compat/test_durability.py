@@ -22,8 +22,13 @@ def restart_log(node):
     return "\n".join(line for line in since if "leading the shard" in line or "executor loaded" in line)
 
 
+# The shard hand-overs are DEBUG events; this test logs them for its diagnostics.
+SHARD_EVENTS = {"TRELLIS_LOG": "info,openraft=error,sled=warn,trellis::audit=off,"
+                               "trellis_cluster::host=debug,trellis_shard::executor=debug"}
+
+
 def test_kill_9_and_restart(functions, workdir):
-    node = Node(functions, os.path.join(workdir, "durable")).start()
+    node = Node(functions, os.path.join(workdir, "durable"), env=SHARD_EVENTS).start()
     try:
         sfn = node.client()
         act = sfn.create_activity(name="durable-work")["activityArn"]

@@ -25,13 +25,36 @@ use crate::output::{api, table};
 #[tokio::main]
 async fn main() -> ExitCode {
     let cli = Cli::parse();
+    let endpoint = cli.endpoint.clone();
     match run(cli).await {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("trellisctl: {e:#}");
+            let e = format!("{e:#}");
+            match hint(&e, &endpoint) {
+                Some(h) => eprintln!("trellisctl: {e}; {h}"),
+                None => eprintln!("trellisctl: {e}"),
+            }
             ExitCode::from(1)
         }
     }
+}
+
+/// What to try when the error says the endpoint is not a node's gRPC port.
+fn hint(error: &str, endpoint: &str) -> Option<String> {
+    if error.contains("grpc-status header missing") {
+        // An HTTP server answered: most likely a node's AWS API port.
+        return Some(format!(
+            "{endpoint} answers HTTP but not gRPC: is it a node's AWS API port (node.http_addr, \
+             8083)? trellisctl talks to the gRPC port (node.grpc_addr, 7300 by default)"
+        ));
+    }
+    if error.starts_with("cannot connect to") {
+        return Some(format!(
+            "is a node running there? Start one with `trellis dev`, or point --endpoint \
+             (TRELLIS_ENDPOINT) at a node's gRPC port; now: {endpoint}"
+        ));
+    }
+    None
 }
 
 async fn run(cli: Cli) -> Result<()> {
@@ -106,5 +129,24 @@ async fn run(cli: Cli) -> Result<()> {
         }
         Cmd::Bench(b) => bench::bench(&c, b, j).await,
         Cmd::Certs(_) => unreachable!("handled before connecting"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::hint;
+
+    #[test]
+    fn the_wrong_port_and_no_node_get_a_hint() {
+        let http = "UnknownOperationException: grpc-status header missing, mapped from HTTP status code 404";
+        let h = hint(http, "http://127.0.0.1:8083").unwrap();
+        assert!(h.contains("AWS API port") && h.contains("7300"), "{h}");
+        let refused = "cannot connect to http://127.0.0.1:7399: Connection refused (os error 111)";
+        let h = hint(refused, "http://127.0.0.1:7399").unwrap();
+        assert!(
+            h.contains("trellis dev") && h.contains("TRELLIS_ENDPOINT"),
+            "{h}"
+        );
+        assert!(hint("ExecutionDoesNotExist: nope", "http://x").is_none());
     }
 }

@@ -455,7 +455,8 @@ async fn supervise(host: Weak<Host>, rep: Arc<Replica>) {
                         }));
                         rep.set_handle(Some(handle));
                         let now = rep.raft.metrics().borrow().clone();
-                        tracing::info!(
+                        // Routine (every shard at start, and at each hand-over): DEBUG.
+                        tracing::debug!(
                             node_id = me,
                             shard_id = rep.shard,
                             term = m.current_term,
@@ -476,7 +477,7 @@ async fn supervise(host: Weak<Host>, rep: Arc<Replica>) {
                 rep.set_handle(None);
                 h.abort();
                 let _ = h.await;
-                tracing::info!(
+                tracing::debug!(
                     node_id = me,
                     shard_id = rep.shard,
                     "no longer leading the shard"

@@ -52,6 +52,18 @@ pub struct NodeSection {
     /// The store's page cache, in MiB (sled's own default, 1 GiB, is more than a small
     /// node should spend on it).
     pub cache_mib: u64,
+    /// How the node logs to stderr: `text` (colours only on a terminal) or `json` (one
+    /// object per line, for log shippers).
+    pub log_format: LogFormat,
+}
+
+/// The node's log format.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    #[default]
+    Text,
+    Json,
 }
 
 /// Who may call the node ([`crate::auth`]). No access key: authentication is off.
@@ -273,6 +285,7 @@ impl Default for NodeSection {
             insecure: false,
             zone: String::new(),
             cache_mib: 256,
+            log_format: LogFormat::Text,
         }
     }
 }

@@ -126,13 +126,21 @@ pub fn run(cfg: Config) -> Result<()> {
     } else {
         "info,openraft=error,sled=warn"
     };
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("TRELLIS_LOG")
-                .unwrap_or_else(|_| default.into()),
-        )
-        .with_writer(std::io::stderr)
-        .init();
+    let filter = tracing_subscriber::EnvFilter::try_from_env("TRELLIS_LOG")
+        .unwrap_or_else(|_| default.into());
+    let logs = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match cfg.node.log_format {
+        crate::config::LogFormat::Json => logs.json().init(),
+        crate::config::LogFormat::Text => {
+            use std::io::IsTerminal;
+            logs.with_ansi(std::io::stderr().is_terminal()).init()
+        }
+    }
+    // Before any port is bound: a second node on the same directory stops here, with one
+    // line saying why.
+    let _lock = trellis_storage::lock_dir(&cfg.node.data_dir)?;
     if !exposed.is_empty() {
         if !cfg.node.insecure {
             anyhow::bail!(
@@ -255,6 +263,7 @@ pub async fn serve(
         "trellis: node {} serving the AWS Step Functions API on {scheme}://{http_addr}, gRPC on {grpc_addr}, peers on {peer_addr}",
         node.id()
     );
+    eprintln!("{}", banner(&node, scheme, http_addr, grpc_addr));
     let result = tokio::select! {
         _ = &mut stop => Ok(()),
         why = &mut removed => Err(anyhow::anyhow!("{why}")),
@@ -266,6 +275,32 @@ pub async fn serve(
     let _ = peer_task.await;
     node.shutdown().await;
     result
+}
+
+/// What a new user needs once the node serves: where its data is, how to reach it, how to
+/// stop it.
+fn banner(
+    node: &Node,
+    scheme: &str,
+    http: std::net::SocketAddr,
+    grpc: std::net::SocketAddr,
+) -> String {
+    let dir = &node.cfg.node.data_dir;
+    let dir = std::fs::canonicalize(dir).unwrap_or_else(|_| dir.clone());
+    let grpc_scheme = if node.tls.grpc.is_some() {
+        "https"
+    } else {
+        "http"
+    };
+    format!(
+        "  data      {} ({} shards)\n  \
+         AWS API   aws stepfunctions --endpoint-url {scheme}://{http} list-state-machines\n  \
+         CLI       trellisctl --endpoint {grpc_scheme}://{grpc} cluster status\n  \
+         metrics   {scheme}://{http}/metrics\n  \
+         stop      Ctrl-C or SIGTERM (the node finishes what it acknowledged; its data stays)",
+        dir.display(),
+        node.shard_count(),
+    )
 }
 
 async fn shutdown_signal() {

@@ -656,7 +656,7 @@ impl Executor {
             .filter(|l| l.rec.status == Status::Running)
             .count();
         self.cfg.metrics.running.inc_by(running as i64);
-        tracing::info!(
+        tracing::debug!(
             shard_id = self.cfg.shard,
             live = self.live.len(),
             timers = self.timers.len(),

@@ -1,0 +1,77 @@
+"""An operator's first minutes: what a node prints at start, its log format, a second node on
+a data directory in use, and trellisctl pointed at the wrong port."""
+
+import json
+import os
+import subprocess
+
+from conftest import Node, free_port, trellis_bin, trellisctl_bin
+
+
+def log_of(node):
+    node.log.flush()
+    with open(node.log.name, errors="replace") as f:
+        return f.read()
+
+
+def test_start_banner_plain_logs_and_a_directory_in_use(functions, workdir):
+    data = os.path.join(workdir, "operator")
+    node = Node(functions, data).start()
+    try:
+        log = log_of(node)
+        # A file gets no colour codes, and the start is a few lines, not one per shard.
+        assert "\x1b[" not in log
+        info = [line for line in log.splitlines() if " INFO " in line]
+        assert len(info) < 10, "\n".join(info)
+        for part in (f"data      {os.path.realpath(data)} (8 shards)",
+                     f"--endpoint-url {node.endpoint} list-state-machines",
+                     f"trellisctl --endpoint {node.grpc_endpoint} cluster status",
+                     "stop      Ctrl-C or SIGTERM"):
+            assert part in log, part
+
+        # A second node on the same directory stops at once with one line, before it
+        # binds a port or says it listens.
+        ports = [free_port() for _ in range(3)]
+        r = subprocess.run([trellis_bin(), "dev", "--data-dir", data,
+                            "--http-addr", f"127.0.0.1:{ports[0]}", "--grpc-addr", f"127.0.0.1:{ports[1]}",
+                            "--peer-addr", f"127.0.0.1:{ports[2]}"],
+                           capture_output=True, text=True, timeout=60)
+        assert r.returncode == 2, r
+        lines = r.stderr.strip().splitlines()
+        assert len(lines) == 1, r.stderr
+        assert "is in use by another process" in lines[0] and data in lines[0], lines[0]
+        # The first node is unharmed.
+        assert node.client().list_state_machines()["stateMachines"] == []
+    finally:
+        node.stop()
+
+
+def test_json_logs(functions, workdir):
+    node = Node(functions, os.path.join(workdir, "json-logs"),
+                env={"TRELLIS__NODE__LOG_FORMAT": "json"}).start()
+    try:
+        node.client().list_state_machines()
+    finally:
+        node.stop()
+    events = [json.loads(line) for line in log_of(node).splitlines() if line.startswith("{")]
+    assert any(e["fields"]["message"] == "bootstrapping a new cluster" and e["level"] == "INFO"
+               and e["fields"]["node_id"] == 1 for e in events), events
+    # Only the node's own lines for people (banner) are not JSON.
+    others = [line for line in log_of(node).splitlines()
+              if line and not line.startswith("{") and not line.startswith(("trellis: ", "  "))]
+    assert others == []
+
+
+def test_trellisctl_on_the_wrong_port_says_so(node):
+    http = node.endpoint
+    r = subprocess.run([trellisctl_bin(), "--endpoint", http, "cluster", "status"],
+                       capture_output=True, text=True, timeout=60)
+    assert r.returncode == 1
+    assert r.stderr.count("\n") == 1, r.stderr
+    assert "answers HTTP but not gRPC" in r.stderr and "7300" in r.stderr, r.stderr
+    nobody = f"http://127.0.0.1:{free_port()}"
+    r = subprocess.run([trellisctl_bin(), "--endpoint", nobody, "cluster", "status"],
+                       capture_output=True, text=True, timeout=60)
+    assert r.returncode == 1
+    assert r.stderr.count("\n") == 1, r.stderr
+    assert "is a node running there?" in r.stderr, r.stderr
