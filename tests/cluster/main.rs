@@ -6,6 +6,7 @@
 mod cap;
 mod fanout;
 mod five;
+mod freeze;
 mod leader_loss;
 mod lifecycle;
 mod names;

@@ -119,6 +119,59 @@ macro_rules! calls {
     };
 }
 
+/// How long the node that forwards a call waits for the answer before it takes the target
+/// for unreachable (a frozen or overloaded node accepts connections and never answers) and
+/// tries the next candidate. Every call has one, chosen here (no catch-all: a new call needs
+/// a decision): point calls on a shard leader answer once their entry commits, in
+/// milliseconds; reads that scan, deliveries of many messages and operator commands that
+/// wait for the cluster get longer.
+pub(crate) fn deadline(call: &Call) -> std::time::Duration {
+    use std::time::Duration;
+    const POINT: Duration = Duration::from_secs(2);
+    const META: Duration = Duration::from_secs(5);
+    const SCAN: Duration = Duration::from_secs(30);
+    const OPERATOR: Duration = Duration::from_secs(60);
+    match call {
+        Call::CreateStateMachine(_)
+        | Call::UpdateStateMachine(_)
+        | Call::DeleteStateMachine(_)
+        | Call::PublishVersion(_)
+        | Call::DeleteVersion(_)
+        | Call::CreateAlias(_)
+        | Call::UpdateAlias(_)
+        | Call::DeleteAlias(_)
+        | Call::CreateActivity(_)
+        | Call::DeleteActivity(_)
+        | Call::AdmissionKick(_)
+        | Call::Admit(_)
+        | Call::UpdateMapRun(_)
+        | Call::PollActivityTask(_) => META,
+        Call::MetaIndexRequest(_)
+        | Call::StartExecution(_)
+        | Call::DescribeExecution(_)
+        | Call::StopExecution(_)
+        | Call::RedriveExecution(_)
+        | Call::PauseExecution(_)
+        | Call::ResumeExecution(_)
+        | Call::SendTaskSuccess(_)
+        | Call::SendTaskFailure(_)
+        | Call::SendTaskHeartbeat(_) => POINT,
+        Call::GetExecutionHistory(_)
+        | Call::Deliver(_)
+        | Call::ListExecutions(_)
+        | Call::FindMapRun(_)
+        | Call::Doctor(_)
+        | Call::AdmissionReport(_)
+        | Call::LocalShards(_) => SCAN,
+        Call::SetNodeState(_)
+        | Call::MoveShard(_)
+        | Call::TransferShardLeader(_)
+        | Call::Rebalance(_)
+        | Call::SetPlacement(_)
+        | Call::ShardControl(_) => OPERATOR,
+    }
+}
+
 fn empty(r: ApiResult<()>) -> ApiResult<pb::Empty> {
     r.map(|()| pb::Empty {})
 }

@@ -223,6 +223,11 @@ impl Cluster {
             snapshot_chunks,
             settings.peer_tls.clone(),
         );
+        metrics.register(
+            "trellis_forward_deadline_exceeded",
+            "Calls this node forwarded that got no answer within their deadline (the target was tried no longer; the next candidate was)",
+            transport.forward_timeouts().clone(),
+        );
         let meta = Meta::open(&db, id, transport.network(0)).await?;
         transport.register(0, Arc::new(meta.raft.clone()));
         let core = Arc::new(Core {

@@ -11,6 +11,8 @@
 //!   variant, has one reply type and one handler that serves it locally. The receiver runs
 //!   that handler or answers `NotLeader`; it never forwards again, so a stale hint costs one
 //!   more hop, never a loop.
+//! * Every forwarded call has a deadline ([`crate::calls::deadline`]); a target that does
+//!   not answer in time counts as unreachable, and the call goes to the next candidate.
 //! * The peer directory is the meta group's node records (each node's peer address), with
 //!   the meta group's Raft membership as a fallback while a record is not applied yet.
 
@@ -180,11 +182,22 @@ impl Router {
 
     async fn forward_raw(&self, to: u64, call: Call) -> ApiResult<rpb::ForwardReply> {
         let mut client = self.peer_client(to)?;
+        let deadline = crate::calls::deadline(&call);
         let call = client.forward(rpb::ForwardRequest {
             meta_index: self.core.meta.applied(),
             call: Some(call),
         });
-        match call.await {
+        let Ok(answer) = tokio::time::timeout(deadline, call).await else {
+            self.core.transport.forward_timeouts().inc();
+            // No answer in time: as if it were unreachable, so the caller tries the next
+            // candidate. The call may still take effect there (as with a lost reply):
+            // shard calls are idempotent or answer for the state they find.
+            return Err(ApiError::new(
+                Code::ServiceUnavailable,
+                format!("node {to} did not answer within {deadline:?}"),
+            ));
+        };
+        match answer {
             Ok(r) => Ok(r.into_inner()),
             Err(s) => {
                 let e = ApiError::from_status(&s);

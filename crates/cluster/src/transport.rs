@@ -97,6 +97,9 @@ pub struct Transport {
     max_message: usize,
     /// Snapshot chunks received (`trellis_raft_snapshot_chunks_received_total`).
     snapshot_chunks: prometheus_client::metrics::counter::Counter,
+    /// Forwarded calls whose target did not answer within the call's deadline
+    /// (`trellis_forward_deadline_exceeded_total`).
+    forward_timeouts: prometheus_client::metrics::counter::Counter,
     peers: Mutex<HashMap<u64, Arc<Peer>>>,
     /// mTLS to peers (none: plaintext).
     tls: Option<Arc<trellis_tls::rustls::ClientConfig>>,
@@ -141,6 +144,7 @@ impl Transport {
             tls,
             max_message,
             snapshot_chunks,
+            forward_timeouts: Default::default(),
             peers: Mutex::default(),
             groups: RwLock::default(),
             blocked: RwLock::default(),
@@ -150,6 +154,11 @@ impl Transport {
 
     pub fn node_id(&self) -> u64 {
         self.node_id
+    }
+
+    /// Counts forwarded calls that got no answer within their deadline.
+    pub fn forward_timeouts(&self) -> &prometheus_client::metrics::counter::Counter {
+        &self.forward_timeouts
     }
 
     /// A channel to the peer port at `addr`, with this node's TLS settings.

@@ -299,6 +299,23 @@ impl Cluster {
         }
     }
 
+    /// SIGSTOP: the node keeps its sockets (connections are accepted by the kernel) and
+    /// answers nothing until [`Cluster::thaw`].
+    pub fn freeze(&self, id: u64) {
+        self.signal(id, "-STOP");
+    }
+
+    /// SIGCONT after [`Cluster::freeze`].
+    pub fn thaw(&self, id: u64) {
+        self.signal(id, "-CONT");
+    }
+
+    fn signal(&self, id: u64, sig: &str) {
+        if let Some(pid) = self.nodes.get(&id).and_then(|n| n.pid()) {
+            let _ = Command::new("kill").args([sig, &pid.to_string()]).status();
+        }
+    }
+
     /// SIGTERM, then wait for a graceful exit (SIGKILL after 20 s).
     pub fn stop(&mut self, id: u64) {
         if let Some(n) = self.nodes.get_mut(&id) {

@@ -1,0 +1,98 @@
+//! A frozen node (SIGSTOP: its sockets accept, nothing answers) must not hold up the calls
+//! other nodes forward to it: every forwarded call has a deadline, after which the entry
+//! node tries the next candidate, while the frozen node's shards elect new leaders. Starts
+//! sent through a survivor during the freeze all succeed, without a client retry, before the
+//! node is thawed.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use serde_json::json;
+use trellis_testkit::{pb, Cluster, Options};
+
+use crate::workload::{self, Pool};
+
+const STARTS: usize = 60;
+/// Long enough that a start stuck on the frozen node cannot finish before the thaw.
+const FREEZE: Duration = Duration::from_secs(25);
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_frozen_leader_holds_up_no_start() {
+    let c = Cluster::start(env!("CARGO_BIN_EXE_trellis-node"), 3, Options::default())
+        .await
+        .expect("cluster");
+    let pool = Pool::of(&c);
+    let def = json!({"StartAt": "P", "States": {"P": {"Type": "Pass", "End": true}}});
+    let machine = workload::create_machine(&pool, "freeze", &def).await;
+    let victim = c.busiest_leader().await.expect("leaders");
+    let entry = c.running().into_iter().find(|n| *n != victim).unwrap();
+    let mut client = c.client(entry).await.expect("client");
+    // Warm the entry node's connection to the victim, so the freeze hits calls in flight.
+    client
+        .executions
+        .start_execution(pb::StartExecutionRequest {
+            state_machine_arn: machine.clone(),
+            name: "warm".into(),
+            input: "{}".into(),
+        })
+        .await
+        .expect("warm-up start");
+
+    c.freeze(victim);
+    let thawed = Arc::new(AtomicBool::new(false));
+    let thaw = {
+        let thawed = thawed.clone();
+        async move {
+            tokio::time::sleep(FREEZE).await;
+            thawed.store(true, Ordering::SeqCst);
+        }
+    };
+    let starts = async {
+        let mut slowest = Duration::ZERO;
+        let mut refused = Vec::new();
+        // Names spread over every shard, the victim's among them; one attempt each.
+        for i in 0..STARTS {
+            let t = Instant::now();
+            let r = client
+                .executions
+                .start_execution(pb::StartExecutionRequest {
+                    state_machine_arn: machine.clone(),
+                    name: format!("f{i}"),
+                    input: "{}".into(),
+                })
+                .await;
+            slowest = slowest.max(t.elapsed());
+            if let Err(e) = r {
+                refused.push(format!("f{i}: {e}"));
+            }
+        }
+        (slowest, refused, thawed.load(Ordering::SeqCst))
+    };
+    let ((slowest, refused, late), ()) = tokio::join!(starts, thaw);
+    c.thaw(victim);
+    eprintln!(
+        "{STARTS} starts through node {entry} while node {victim} was frozen: slowest {slowest:?}"
+    );
+    assert!(
+        refused.is_empty(),
+        "starts refused: {refused:?}\n{}",
+        c.logs()
+    );
+    assert!(
+        !late,
+        "the starts waited for the frozen node to come back\n{}",
+        c.logs()
+    );
+    // The entry node gave up on the frozen node at the deadline (not when the connection's
+    // keep-alive noticed, seconds later).
+    let timed_out = c
+        .metric(entry, "trellis_forward_deadline_exceeded_total")
+        .expect("metrics");
+    assert!(timed_out >= 1.0, "no forwarded call hit its deadline");
+    // Every one ran, once.
+    pool.set(&c);
+    workload::wait_succeeded(&pool, &machine, STARTS + 1, Duration::from_secs(120))
+        .await
+        .unwrap_or_else(|e| panic!("{e}\n{}", c.logs()));
+}
