@@ -75,3 +75,39 @@ def test_trellisctl_on_the_wrong_port_says_so(node):
     assert r.returncode == 1
     assert r.stderr.count("\n") == 1, r.stderr
     assert "is a node running there?" in r.stderr, r.stderr
+
+
+def test_a_compacted_copy_serves_the_same_executions(functions, workdir):
+    data = os.path.join(workdir, "to-compact")
+    node = Node(functions, data).start()
+    try:
+        sfn = node.client()
+        from conftest import create, wait_status
+        arn = create(sfn, "Compacted", {"StartAt": "P", "States": {"P": {"Type": "Pass", "End": True}}})
+        runs = [sfn.start_execution(stateMachineArn=arn, name=f"c{i}", input=json.dumps({"i": i}))["executionArn"]
+                for i in range(20)]
+        for r in runs:
+            assert wait_status(sfn, r)["status"] == "SUCCEEDED"
+        # Compacting a running node's directory is refused.
+        busy = subprocess.run([trellis_bin(), "compact", "--data-dir", data, "--into", data + ".new"],
+                              capture_output=True, text=True, timeout=60)
+        assert busy.returncode == 2 and "in use by another process" in busy.stderr, busy
+    finally:
+        node.stop()
+    r = subprocess.run([trellis_bin(), "compact", "--data-dir", data, "--into", data + ".new"],
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r
+    assert r.stdout.startswith(f"compacted {data} ("), r.stdout
+    copy = Node(functions, data + ".new").start()
+    try:
+        sfn = copy.client()
+        for i, run in enumerate(runs):
+            d = sfn.describe_execution(executionArn=run)
+            assert d["status"] == "SUCCEEDED" and json.loads(d["output"]) == {"i": i}
+        events = sfn.get_execution_history(executionArn=runs[0])["events"]
+        assert events[-1]["type"] == "ExecutionSucceeded"
+        # It goes on running executions.
+        more = sfn.start_execution(stateMachineArn=arn, name="after", input="{}")["executionArn"]
+        assert wait_status(sfn, more)["status"] == "SUCCEEDED"
+    finally:
+        copy.stop()

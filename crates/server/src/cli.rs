@@ -34,6 +34,17 @@ enum Command {
     Server(serve::Flags),
     /// Run one execution in-process and print its result as one JSON line.
     Run(run::Args),
+    /// Copy a stopped node's data directory into a new one, compactly: sled does not give
+    /// back the space of deleted executions, a copy holds only what is live. Start the node
+    /// on the new directory afterwards (see docs/operations.md, Retention).
+    Compact {
+        /// The node's data directory (the node must be stopped).
+        #[arg(long)]
+        data_dir: PathBuf,
+        /// The new directory (absent or empty).
+        #[arg(long)]
+        into: PathBuf,
+    },
     /// Validate a definition and print the ValidateStateMachineDefinition response.
     Validate {
         /// The definition file (Amazon States Language JSON).
@@ -53,6 +64,7 @@ pub fn main() -> ExitCode {
             .and_then(serve::run)
             .map(|()| ExitCode::SUCCESS),
         Command::Run(args) => run::main(args),
+        Command::Compact { data_dir, into } => compact(&data_dir, &into),
         Command::Validate {
             definition,
             express,
@@ -65,6 +77,21 @@ pub fn main() -> ExitCode {
             ExitCode::from(2)
         }
     }
+}
+
+fn compact(from: &std::path::Path, into: &std::path::Path) -> anyhow::Result<ExitCode> {
+    let t = std::time::Instant::now();
+    let (before, after) = trellis_storage::compact_into(from, into)?;
+    let mib = |b: u64| b as f64 / (1u64 << 20) as f64;
+    println!(
+        "compacted {} ({:.1} MiB) into {} ({:.1} MiB) in {:.1} s",
+        from.display(),
+        mib(before),
+        into.display(),
+        mib(after),
+        t.elapsed().as_secs_f64()
+    );
+    Ok(ExitCode::SUCCESS)
 }
 
 fn validate(path: &std::path::Path, express: bool) -> anyhow::Result<ExitCode> {

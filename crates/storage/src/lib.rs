@@ -20,7 +20,7 @@ mod network;
 mod sm;
 mod trees;
 
-pub use db::{lock_dir, DirLock, GroupTrees, NodeDb};
+pub use db::{compact_into, lock_dir, DirLock, GroupTrees, NodeDb};
 pub use error::{Error, Result};
 pub use log::{LogStore, REPLICATION_READ_BYTES};
 pub use network::NoPeers;
