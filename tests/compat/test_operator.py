@@ -111,3 +111,36 @@ def test_a_compacted_copy_serves_the_same_executions(functions, workdir):
         assert wait_status(sfn, more)["status"] == "SUCCEEDED"
     finally:
         copy.stop()
+
+
+def ctl(node, *args):
+    return subprocess.run([trellisctl_bin(), "--endpoint", node.grpc_endpoint, *args],
+                          capture_output=True, text=True, timeout=120)
+
+
+def test_trellisctl_takes_machine_names(node):
+    from conftest import create, wait_status
+    sfn = node.client()
+    arn = create(sfn, "ByName", {"StartAt": "P", "States": {"P": {"Type": "Pass", "End": True}}})
+    r = ctl(node, "exec", "start", "ByName", "--name", "n1", "--input", '{"a": 1}')
+    assert r.returncode == 0, r
+    run = r.stdout.strip().splitlines()[0]
+    assert run == arn.replace(":stateMachine:", ":execution:") + ":n1", r.stdout
+    assert wait_status(sfn, run)["status"] == "SUCCEEDED"
+    r = ctl(node, "--json", "sm", "describe", "ByName")
+    assert r.returncode == 0 and json.loads(r.stdout)["stateMachineArn"] == arn, r
+    r = ctl(node, "--json", "exec", "list", "ByName")
+    assert r.returncode == 0 and [e["name"] for e in json.loads(r.stdout)] == ["n1"], r
+    # The machine's own retention, by name; `default` goes back to the cluster's.
+    r = ctl(node, "sm", "retention", "ByName", "30d")
+    assert r.returncode == 0 and r.stdout.strip() == f"{arn}: 30days", r
+    r = ctl(node, "--json", "sm", "retention", "ByName")
+    assert json.loads(r.stdout) == {"stateMachineArn": arn, "retentionSeconds": 30 * 86400}
+    r = ctl(node, "sm", "retention", "ByName", "default")
+    assert r.returncode == 0 and "the cluster's retention" in r.stdout, r
+    r = ctl(node, "sm", "retention", "ByName", "soon")
+    assert r.returncode == 1 and r.stderr.count("\n") == 1 and "'soon' is not a retention period" in r.stderr, r
+    # An unknown name is one line, not a stack of errors.
+    r = ctl(node, "exec", "start", "NoSuchMachine")
+    assert r.returncode == 1 and r.stderr.strip() == \
+        "trellisctl: no state machine is named 'NoSuchMachine' (give its name or ARN)", r

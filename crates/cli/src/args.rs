@@ -83,6 +83,7 @@ pub(crate) enum CertsCmd {
     },
     /// A node's certificate (`NAME.pem`, `NAME-key.pem`), for its client and peer ports.
     Node {
+        /// The node's name (the certificate's common name and file names).
         name: String,
         /// A DNS name or IP address the node is reached at (repeat for each).
         #[arg(long = "san", required = true)]
@@ -93,7 +94,9 @@ pub(crate) enum CertsCmd {
     },
     /// A client certificate for the principal NAME (`NAME.pem`, `NAME-key.pem`).
     Client {
+        /// The principal's name (the certificate's common name).
         name: String,
+        /// The directory of `ca.pem` and `ca-key.pem`, and of the new files.
         #[arg(long, default_value = ".")]
         dir: std::path::PathBuf,
     },
@@ -102,16 +105,26 @@ pub(crate) enum CertsCmd {
 #[derive(Subcommand)]
 pub(crate) enum Maprun {
     /// The Map Runs an execution started.
-    List { execution_arn: String },
+    List {
+        /// The parent execution's ARN.
+        execution_arn: String,
+    },
     /// A Map Run: status, window, tolerance, and its items and children by state.
-    Describe { map_run_arn: String },
+    Describe {
+        /// The Map Run's ARN (from `maprun list` or the parent's `MapRunStarted` event).
+        map_run_arn: String,
+    },
     /// Change a running Map Run's window or tolerance.
     Update {
+        /// The Map Run's ARN.
         map_run_arn: String,
+        /// Children running at once (0: as many as the cluster allows).
         #[arg(long)]
         max_concurrency: Option<u64>,
+        /// Failed children tolerated before the Map Run fails.
         #[arg(long)]
         tolerated_failure_count: Option<u64>,
+        /// Failed children tolerated, as a percentage of all (0 to 100).
         #[arg(long)]
         tolerated_failure_percentage: Option<f64>,
     },
@@ -121,13 +134,18 @@ pub(crate) enum Maprun {
 pub(crate) enum Sm {
     /// Create a state machine from a definition file.
     Create {
+        /// The machine's name (1-80 characters).
         name: String,
+        /// The Amazon States Language definition (a JSON file).
         #[arg(long)]
         definition: std::path::PathBuf,
+        /// STANDARD (durable, replicated) or EXPRESS (in memory, at most five minutes).
         #[arg(long, default_value = "STANDARD")]
         r#type: String,
+        /// The IAM role ARN recorded with the machine (Trellis does not assume it).
         #[arg(long, default_value = "arn:aws:iam::000000000000:role/trellis")]
         role: String,
+        /// Publish the definition as version 1 as well.
         #[arg(long)]
         publish: bool,
         /// Cap on concurrently running executions (0 = none).
@@ -140,23 +158,32 @@ pub(crate) enum Sm {
     },
     /// Update a state machine's definition.
     Update {
+        /// The machine's name or ARN.
         arn: String,
+        /// The new definition (a JSON file); running executions keep theirs.
         #[arg(long)]
         definition: Option<std::path::PathBuf>,
+        /// Publish the new definition as the next version.
         #[arg(long)]
         publish: bool,
     },
+    /// Every state machine: name, type, creation date, ARN.
     List,
+    /// One state machine (name, ARN, version ARN or alias ARN): its definition and settings.
     Describe {
+        /// The machine's name or ARN (or a version's or alias's ARN).
         arn: String,
     },
+    /// Delete a state machine with its versions and aliases (its executions stay).
     Delete {
+        /// The machine's name or ARN.
         arn: String,
     },
     /// Show or set which inline Map and Parallel states spread their children over the
     /// cluster (local, spread, or auto:N for N children and more). Without options, shows
     /// the policy; new executions take the new one.
     Sharding {
+        /// The machine's name or ARN.
         arn: String,
         /// The placement of the states not named.
         #[arg(long, value_name = "PLACEMENT")]
@@ -174,6 +201,7 @@ pub(crate) enum Sm {
     /// Show or set how long the machine's closed executions are kept before they are
     /// deleted. Executions keep the period they started with.
     Retention {
+        /// The machine's name or ARN.
         arn: String,
         /// A period (`30d`, `12h`, `20s`), or `default` for the cluster's
         /// (`cluster.retention`). Without it, shows the machine's.
@@ -181,7 +209,9 @@ pub(crate) enum Sm {
     },
     /// Validate a definition file (ValidateStateMachineDefinition).
     Validate {
+        /// The definition (a JSON file).
         definition: std::path::PathBuf,
+        /// Validate it for an EXPRESS machine.
         #[arg(long)]
         express: bool,
     },
@@ -191,63 +221,91 @@ pub(crate) enum Sm {
 pub(crate) enum Exec {
     /// Start an execution.
     Start {
+        /// The state machine's name or ARN (or a version's or alias's ARN).
         state_machine_arn: String,
+        /// The execution's name (default: a random UUID); a name is used once per machine.
         #[arg(long)]
         name: Option<String>,
+        /// The input, as JSON text (default `{}`).
         #[arg(long, conflicts_with = "input_file")]
         input: Option<String>,
+        /// Read the input from a JSON file.
         #[arg(long)]
         input_file: Option<std::path::PathBuf>,
         /// Follow it: show each state and the elapsed time until it ends.
         #[arg(long)]
         wait: bool,
     },
+    /// One execution: status, dates, input, output or error.
     Describe {
+        /// The execution's ARN.
         arn: String,
     },
     /// The executions of a state machine, or the child executions of a Map Run (give its
     /// ARN, from the parent's `MapRunStarted` event).
     List {
+        /// The state machine's name or ARN, or a Map Run's ARN.
         state_machine_arn: String,
+        /// Only those with this status (RUNNING, SUCCEEDED, FAILED, TIMED_OUT, ABORTED,
+        /// PENDING_REDRIVE).
         #[arg(long)]
         status: Option<String>,
     },
+    /// An execution's history events.
     History {
+        /// The execution's ARN.
         arn: String,
+        /// Newest first.
         #[arg(long)]
         reverse: bool,
     },
     /// Stream history events as they are written.
     Watch {
+        /// The execution's ARN.
         arn: String,
     },
+    /// Stop a running execution (ABORTED).
     Stop {
+        /// The execution's ARN.
         arn: String,
+        /// The error recorded with the stop.
         #[arg(long)]
         error: Option<String>,
+        /// The cause recorded with the stop.
         #[arg(long)]
         cause: Option<String>,
     },
+    /// Hold a running execution after its current step (Trellis).
     Pause {
+        /// The execution's ARN.
         arn: String,
     },
+    /// Let a paused execution go on.
     Resume {
+        /// The execution's ARN.
         arn: String,
     },
+    /// Run a failed, timed-out or aborted execution again from where it stopped.
     Redrive {
+        /// The execution's ARN.
         arn: String,
     },
 }
 
 #[derive(Subcommand)]
 pub(crate) enum Activity {
+    /// Create an activity (idempotent).
     Create {
+        /// The activity's name.
         name: String,
     },
+    /// Every activity.
     List,
     /// Wait for one task of the activity and print it.
     Poll {
+        /// The activity's ARN.
         arn: String,
+        /// The worker name recorded with the task.
         #[arg(long, default_value = "trellisctl")]
         worker: String,
     },
@@ -271,9 +329,15 @@ pub(crate) enum NodesCmd {
     /// Members with their state, zone, meta role and shard counts.
     List,
     /// Move every leader and replica off a node (it stays DRAINING until removed).
-    Drain { id: u64 },
+    Drain {
+        /// The node's id.
+        id: u64,
+    },
     /// Take a drained node out of the cluster.
-    Remove { id: u64 },
+    Remove {
+        /// The node's id.
+        id: u64,
+    },
     /// Before a restart: move a node's shard and meta leaderships to other nodes and wait
     /// until it leads nothing. Its replicas stay; it is UP again once it has restarted.
     HandOff {
@@ -316,18 +380,26 @@ pub(crate) enum ShardsCmd {
     /// Every shard: leader, replicas, epoch, term, applied index, lag, live executions.
     List,
     /// One shard.
-    Show { id: u32 },
+    Show {
+        /// The shard's id.
+        id: u32,
+    },
     /// Move the replica on one node to another (waits until done).
     Move {
+        /// The shard's id.
         id: u32,
+        /// The node whose replica moves.
         #[arg(long)]
         from: u64,
+        /// The node that gets it.
         #[arg(long)]
         to: u64,
     },
     /// Make a replica the shard's leader (waits until it leads).
     TransferLeader {
+        /// The shard's id.
         id: u32,
+        /// The node that leads it next (one of its replicas).
         #[arg(long)]
         to: u64,
     },

@@ -150,3 +150,35 @@ mod tests {
         assert!(hint("ExecutionDoesNotExist: nope", "http://x").is_none());
     }
 }
+
+#[cfg(test)]
+mod help_tests {
+    use clap::CommandFactory;
+
+    /// Every command and every flag says what it is for.
+    #[test]
+    fn every_command_and_flag_has_help() {
+        fn walk(cmd: &clap::Command, path: &str, missing: &mut Vec<String>) {
+            for a in cmd.get_arguments() {
+                let id = a.get_id().as_str();
+                if id == "help" || id == "version" || a.is_global_set() && path.contains(' ') {
+                    continue;
+                }
+                if a.get_help().is_none() && a.get_long_help().is_none() {
+                    missing.push(format!("{path} --{id}"));
+                }
+            }
+            for s in cmd.get_subcommands() {
+                let p = format!("{path} {}", s.get_name());
+                if s.get_name() != "help" && s.get_about().is_none() && s.get_long_about().is_none()
+                {
+                    missing.push(p.clone());
+                }
+                walk(s, &p, missing);
+            }
+        }
+        let mut missing = Vec::new();
+        walk(&crate::args::Cli::command(), "trellisctl", &mut missing);
+        assert!(missing.is_empty(), "no help text:\n{}", missing.join("\n"));
+    }
+}

@@ -35,6 +35,7 @@ pub(crate) async fn exec(c: &mut Client, j: bool, cmd: Exec) -> Result<()> {
             input_file,
             wait,
         } => {
+            let state_machine_arn = machine_arn(c, &state_machine_arn).await?;
             let input = match (input, input_file) {
                 (Some(i), _) => i,
                 (None, Some(f)) => read(&f)?,
@@ -110,6 +111,7 @@ pub(crate) async fn exec(c: &mut Client, j: bool, cmd: Exec) -> Result<()> {
             state_machine_arn,
             status,
         } => {
+            let state_machine_arn = machine_arn(c, &state_machine_arn).await?;
             let all = list_executions(c, &state_machine_arn, status.as_deref()).await?;
             if j {
                 out!("{}", Value::Array(all.iter().map(|e| json!({"executionArn": e.execution_arn, "name": e.name, "status": e.status, "startDate": e.start_date, "stopDate": e.stop_date})).collect()));

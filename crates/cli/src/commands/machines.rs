@@ -56,6 +56,7 @@ pub(crate) async fn sm(c: &mut Client, j: bool, cmd: Sm) -> Result<()> {
             definition,
             publish,
         } => {
+            let arn = machine_arn(c, &arn).await?;
             let definition = definition.map(|d| read(&d)).transpose()?;
             let r = c
                 .state_machines
@@ -114,6 +115,7 @@ pub(crate) async fn sm(c: &mut Client, j: bool, cmd: Sm) -> Result<()> {
             }
         }
         Sm::Describe { arn } => {
+            let arn = machine_arn(c, &arn).await?;
             let m = c
                 .state_machines
                 .describe_state_machine(pb::DescribeStateMachineRequest {
@@ -144,6 +146,7 @@ pub(crate) async fn sm(c: &mut Client, j: bool, cmd: Sm) -> Result<()> {
             unset,
             clear,
         } => {
+            let arn = machine_arn(c, &arn).await?;
             let m = c
                 .state_machines
                 .describe_state_machine(pb::DescribeStateMachineRequest {
@@ -250,6 +253,7 @@ pub(crate) async fn sm(c: &mut Client, j: bool, cmd: Sm) -> Result<()> {
             }
         }
         Sm::Delete { arn } => {
+            let arn = machine_arn(c, &arn).await?;
             c.state_machines
                 .delete_state_machine(pb::DeleteStateMachineRequest {
                     state_machine_arn: arn.clone(),
