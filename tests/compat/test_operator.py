@@ -144,3 +144,21 @@ def test_trellisctl_takes_machine_names(node):
     r = ctl(node, "exec", "start", "NoSuchMachine")
     assert r.returncode == 1 and r.stderr.strip() == \
         "trellisctl: no state machine is named 'NoSuchMachine' (give its name or ARN)", r
+
+
+def test_bench_cleans_up_after_itself(node):
+    sfn = node.client()
+    before = {m["name"] for m in sfn.list_state_machines()["stateMachines"]}
+    r = ctl(node, "--json", "bench", "--executions", "30", "--concurrency", "4", "--cleanup")
+    assert r.returncode == 0, r
+    report = json.loads(r.stdout)
+    assert report["executions"] == 30 and report["machine"].startswith("trellisctl-bench-standard-")
+    # No progress bar is drawn into a pipe.
+    assert r.stderr == "", r.stderr
+    after = {m["name"] for m in sfn.list_state_machines()["stateMachines"]}
+    assert after == before
+    # Without --cleanup the machine stays, for a look at its executions.
+    r = ctl(node, "--json", "bench", "--executions", "5", "--concurrency", "2")
+    assert r.returncode == 0, r
+    kept = json.loads(r.stdout)["machine"]
+    assert kept in {m["name"] for m in sfn.list_state_machines()["stateMachines"]}

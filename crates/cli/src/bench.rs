@@ -37,6 +37,35 @@ pub(crate) struct Bench {
     /// child an execution on its own shard).
     #[arg(long)]
     pub(crate) inline: bool,
+    /// Delete the bench's state machine afterwards, whatever the outcome (its executions
+    /// stay until the cluster's retention deletes them, as on AWS).
+    #[arg(long)]
+    pub(crate) cleanup: bool,
+}
+
+/// A progress bar of `total` steps on stderr, drawn only when stderr is a terminal.
+pub(crate) fn progress(total: u64, what: &str) -> indicatif::ProgressBar {
+    let bar = indicatif::ProgressBar::new(total);
+    if let Ok(style) = indicatif::ProgressStyle::with_template(&format!(
+        "{{elapsed_precise}} [{{bar:40}}] {{pos}}/{{len}} {what} ({{per_sec}})"
+    )) {
+        bar.set_style(style.progress_chars("=> "));
+    }
+    bar
+}
+
+/// Deletes the bench's machine when asked to.
+async fn cleanup(c: &Client, b: &Bench, arn: &str) -> Result<()> {
+    if b.cleanup {
+        c.state_machines
+            .clone()
+            .delete_state_machine(pb::DeleteStateMachineRequest {
+                state_machine_arn: arn.to_string(),
+            })
+            .await
+            .map_err(api)?;
+    }
+    Ok(())
 }
 
 /// One Map over `items` generated in the state (`[0..items-1]`, so the input stays small),
@@ -80,12 +109,19 @@ pub(crate) async fn bench_map(c: &Client, b: &Bench, j: bool) -> Result<()> {
         .map_err(api)?
         .into_inner()
         .state_machine_arn;
+    let r = run_map(c, b, j, &name, &arn).await;
+    let cleaned = cleanup(c, b, &arn).await;
+    r.and(cleaned)
+}
+
+async fn run_map(c: &Client, b: &Bench, j: bool, name: &str, arn: &str) -> Result<()> {
+    let mode = if b.inline { "INLINE" } else { "DISTRIBUTED" };
     let started = Instant::now();
     let exec = c
         .executions
         .clone()
         .start_execution(pb::StartExecutionRequest {
-            state_machine_arn: arn,
+            state_machine_arn: arn.to_string(),
             name: "map".into(),
             input: "{}".into(),
         })
@@ -193,11 +229,19 @@ pub(crate) async fn bench(c: &Client, b: Bench, j: bool) -> Result<()> {
         .map_err(api)?
         .into_inner()
         .state_machine_arn;
+    let r = run(c, &b, j, &name, &arn).await;
+    let cleaned = cleanup(c, &b, &arn).await;
+    r.and(cleaned)
+}
+
+async fn run(c: &Client, b: &Bench, j: bool, name: &str, arn: &str) -> Result<()> {
+    let kind = if b.express { "EXPRESS" } else { "STANDARD" };
+    let bar = progress(b.executions, "executions");
     let next = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
     let started = Instant::now();
     let mut set = tokio::task::JoinSet::new();
     for _ in 0..b.concurrency.max(1) {
-        let (c, arn, next) = (c.clone(), arn.clone(), next.clone());
+        let (c, arn, next, bar) = (c.clone(), arn.to_string(), next.clone(), bar.clone());
         let (total, rate, express, describe_each) =
             (b.executions, b.rate, b.express, b.describe_each);
         set.spawn(async move {
@@ -237,6 +281,7 @@ pub(crate) async fn bench(c: &Client, b: Bench, j: bool) -> Result<()> {
                         // The bench machine runs whole inside the start's Raft entry, so the
                         // reply marks its end; all are checked to have SUCCEEDED at the end.
                         lat.push(t0.elapsed());
+                        bar.inc(1);
                         continue;
                     }
                     // Confirm this one ended before starting the next.
@@ -254,6 +299,7 @@ pub(crate) async fn bench(c: &Client, b: Bench, j: bool) -> Result<()> {
                     return Err(anyhow!("execution b{i} ended {status}"));
                 }
                 lat.push(t0.elapsed());
+                bar.inc(1);
             }
         });
     }
@@ -261,10 +307,11 @@ pub(crate) async fn bench(c: &Client, b: Bench, j: bool) -> Result<()> {
     while let Some(r) = set.join_next().await {
         lat.extend(r??);
     }
+    bar.finish_and_clear();
     let elapsed = started.elapsed().as_secs_f64();
     if !b.express && !b.describe_each {
         // Every execution must have ended SUCCEEDED.
-        let ok = crate::commands::executions::list_executions(c, &arn, Some("SUCCEEDED"))
+        let ok = crate::commands::executions::list_executions(c, arn, Some("SUCCEEDED"))
             .await?
             .len() as u64;
         if ok != lat.len() as u64 {
