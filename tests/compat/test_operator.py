@@ -162,3 +162,23 @@ def test_bench_cleans_up_after_itself(node):
     assert r.returncode == 0, r
     kept = json.loads(r.stdout)["machine"]
     assert kept in {m["name"] for m in sfn.list_state_machines()["stateMachines"]}
+
+
+def test_placement_commands_tell_the_truth_while_paused(node):
+    try:
+        assert ctl(node, "placement", "pause").returncode == 0
+        r = ctl(node, "shards", "rebalance")
+        assert r.returncode == 1, r
+        assert r.stderr.strip() == ("trellisctl: placement is paused: nothing was started and nothing "
+                                    "moves until `trellisctl placement resume`"), r.stderr
+        r = ctl(node, "--json", "shards", "rebalance")
+        assert json.loads(r.stdout)["placementPaused"] is True
+        # A leader placed by hand stays while paused, and the command does not warn.
+        r = ctl(node, "shards", "transfer-leader", "0", "--to", "1")
+        assert r.returncode == 0 and r.stdout.strip() == "node 1 leads shard 0", r
+    finally:
+        assert ctl(node, "placement", "resume").returncode == 0
+    r = ctl(node, "shards", "rebalance")
+    assert r.returncode == 0 and r.stdout.strip() == "balanced: nothing to do", r
+    r = ctl(node, "shards", "transfer-leader", "0", "--to", "1")
+    assert r.returncode == 0 and "may move it again" in r.stdout, r

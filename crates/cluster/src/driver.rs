@@ -149,6 +149,11 @@ impl Driver {
     }
 
     /// Whether an operator paused placement.
+    /// Shards with a move or leader transfer this driver runs.
+    pub fn moving_now(&self) -> Vec<u32> {
+        self.moving().iter().copied().collect()
+    }
+
     pub fn paused(&self) -> bool {
         self.core
             .meta
@@ -333,7 +338,13 @@ impl Driver {
         let steps = self.placement_tick(&views).await?;
         let lines = steps.iter().map(describe).collect();
         self.launch(steps);
-        Ok(pb::RebalanceResponse { steps: lines })
+        let mut moving: Vec<u32> = self.moving().iter().copied().collect();
+        moving.sort_unstable();
+        Ok(pb::RebalanceResponse {
+            steps: lines,
+            paused: self.paused(),
+            moving,
+        })
     }
 
     /// Every shard: the map's replica set and epoch, with its leader's view.

@@ -496,15 +496,21 @@ impl Cluster {
             health: health.into(),
             replication_factor: cfg.replication_factor,
             placement_paused: self.driver.paused(),
-            moving: self
-                .core
-                .meta
-                .shard_map()
-                .unwrap_or_default()
-                .iter()
-                .filter(|s| !s.learners.is_empty())
-                .map(|s| s.id)
-                .collect(),
+            moving: {
+                // A replica being added shows in the map (a learner); a move or transfer
+                // the driver runs shows in its own set (on the meta leader, where it runs).
+                let mut moving: std::collections::BTreeSet<u32> = self
+                    .core
+                    .meta
+                    .shard_map()
+                    .unwrap_or_default()
+                    .iter()
+                    .filter(|s| !s.learners.is_empty())
+                    .map(|s| s.id)
+                    .collect();
+                moving.extend(self.driver.moving_now());
+                moving.into_iter().collect()
+            },
         })
     }
 

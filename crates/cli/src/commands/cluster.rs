@@ -228,7 +228,21 @@ pub(crate) async fn shards(c: &mut Client, j: bool, cmd: ShardsCmd) -> Result<()
                 .transfer_shard_leader(pb::TransferShardLeaderRequest { shard: id, to })
                 .await
                 .map_err(api)?;
-            done(j, &format!("node {to} leads shard {id}"));
+            // Leader balancing may move it again unless placement is paused: say so.
+            let paused = status(c).await?.placement_paused;
+            if j {
+                out!(
+                    "{}",
+                    json!({"shard": id, "leader": to, "placementPaused": paused})
+                );
+            } else if paused {
+                out!("node {to} leads shard {id}");
+            } else {
+                out!(
+                    "node {to} leads shard {id} (the placement driver balances leaders and may \
+                     move it again; `trellisctl placement pause` keeps it)"
+                );
+            }
         }
         ShardsCmd::Rebalance => {
             let r = c
@@ -238,12 +252,24 @@ pub(crate) async fn shards(c: &mut Client, j: bool, cmd: ShardsCmd) -> Result<()
                 .map_err(api)?
                 .into_inner();
             if j {
-                out!("{}", json!({"steps": r.steps}));
-            } else if r.steps.is_empty() {
-                out!("balanced: nothing to do");
+                out!(
+                    "{}",
+                    json!({"steps": r.steps, "placementPaused": r.paused, "moving": r.moving})
+                );
+            } else if r.paused {
+                bail!(
+                    "placement is paused: nothing was started and nothing moves until \
+                     `trellisctl placement resume`"
+                );
             } else {
-                for s in r.steps {
+                for s in &r.steps {
                     out!("{s}");
+                }
+                if !r.moving.is_empty() {
+                    let ids: Vec<String> = r.moving.iter().map(u32::to_string).collect();
+                    out!("in progress: shard {}", ids.join(", "));
+                } else if r.steps.is_empty() {
+                    out!("balanced: nothing to do");
                 }
             }
         }
