@@ -47,7 +47,16 @@ async fn join_rebalances_then_drain_and_remove() {
         .remove_node(pb::NodeRequest { node_id: 2 })
         .await
         .expect("remove");
-    c.stop(2);
+    // Still running, the removed node learns it (it asks every 10 s), stops serving and
+    // says why.
+    let (exit, log) = c
+        .wait_exit(2, Duration::from_secs(60))
+        .unwrap_or_else(|e| panic!("{e}\n{}", c.logs()));
+    assert_eq!(exit.code(), Some(2), "{log}");
+    assert!(
+        log.contains("node 2 was removed from this cluster"),
+        "{log}"
+    );
     pool.set(&c);
     let status = admin
         .cluster_status(pb::Empty {})

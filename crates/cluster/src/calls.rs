@@ -143,6 +143,7 @@ pub(crate) fn deadline(call: &Call) -> std::time::Duration {
         | Call::CreateActivity(_)
         | Call::DeleteActivity(_)
         | Call::AdmissionKick(_)
+        | Call::MemberCheck(_)
         | Call::Admit(_)
         | Call::UpdateMapRun(_)
         | Call::PollActivityTask(_) => META,
@@ -219,6 +220,13 @@ calls! {
         // group passes the call on once, to the leader it knows.
         if c.meta().leader() == Some(c.id()) {
             empty(c.membership().set_node_state_here(r.node_id, state).await)
+        } else {
+            c.router().on_meta(r).await
+        }
+    };
+    rpb::MemberCheckRequest => MemberCheck: pb::Empty = |c, r| {
+        if c.meta().leader() == Some(c.id()) {
+            empty(c.membership().check_member_here(r.node_id))
         } else {
             c.router().on_meta(r).await
         }

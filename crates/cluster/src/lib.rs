@@ -340,6 +340,11 @@ impl Cluster {
                 if c.core.meta.leader() != Some(c.id()) {
                     // Another node drives placement; a later turn here starts afresh.
                     c.driver.forget_liveness();
+                    // A node removed while it runs hears nothing more from the meta group
+                    // (its replica may still name the old leader): every 10 s it asks.
+                    if round.is_multiple_of(33) {
+                        c.membership.check_still_member().await;
+                    }
                     continue;
                 }
                 if let Err(e) = c.membership.meta_duties().await {

@@ -543,6 +543,47 @@ impl Membership {
         }
     }
 
+    /// On the meta leader: whether node `id` is still a member. Only an explicit REMOVED
+    /// record says no (a node this leader does not know yet may be joining).
+    pub(crate) fn check_member_here(&self, id: u64) -> ApiResult<()> {
+        let own = self
+            .core
+            .meta
+            .app
+            .record::<NodeRecord>(&placement::node_key(id))
+            .map_err(from_meta)?;
+        match own {
+            Some(n) if n.state == NodeState::Removed => Err(ApiError::new(
+                Code::ValidationException,
+                format!(
+                    "node {id} was removed from this cluster: its data directory belongs to a \
+                     former member; delete it to join again"
+                ),
+            )),
+            _ => Ok(()),
+        }
+    }
+
+    /// On a node that does not lead the meta group, every 10 s: asks the others (each passes
+    /// it to the meta leader) whether this node was removed while it ran; if so, it stops
+    /// serving and says why ([`Membership::removed`]). A removed node's view of the cluster
+    /// never changes again, so without this it would serve a stale view for ever.
+    pub(crate) async fn check_still_member(&self) {
+        let r = rpb::MemberCheckRequest { node_id: self.id() };
+        for peer in self.core.other_nodes() {
+            match self.router.forward(peer, r).await {
+                Ok(_) => return,
+                Err(e) if e.code == Code::ValidationException => {
+                    tracing::error!(node_id = self.id(), error = %e.message,
+                        "this node was removed from the cluster; stopping");
+                    self.removed.send_replace(Some(e.message));
+                    return;
+                }
+                Err(_) => {}
+            }
+        }
+    }
+
     /// On the meta leader: a node that is leaving or restarting lets another node lead the
     /// meta group once it leads no shard (its own hand-off is done). It stops sending to the
     /// meta group until another node wins an election, or a guard ends.
