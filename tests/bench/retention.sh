@@ -13,7 +13,7 @@ SNAPSHOT_LOGS=${SNAPSHOT_LOGS:-5000}
 WORK=$(mktemp -d)
 DATA=$WORK/data
 HTTP=127.0.0.1:28083 GRPC=127.0.0.1:27300 PEER=127.0.0.1:27301
-bytes() { du -sb "$1" | cut -f1; }
+bytes() { if [ -e "$1" ]; then du -sb "$1" | cut -f1; else echo 0; fi; }
 metric() { curl -s "http://$HTTP/metrics" | awk -v m="$1" '$1==m {print int($2)}'; }
 start() {
   TRELLIS__CLUSTER__RETENTION=$RETENTION TRELLIS__CLUSTER__SNAPSHOT_LOGS=$SNAPSHOT_LOGS \
@@ -38,5 +38,5 @@ start
 echo "restart to healthy: $(( ($(date +%s%N) - S) / 1000000 )) ms"
 kill $NODE; wait $NODE
 "$BIN/trellis" compact --data-dir "$DATA" --into "$WORK/compacted"
-echo "compacted: raft-snapshots $(bytes "$WORK/compacted/raft-snapshots" 2>/dev/null || echo 0) bytes, the rest sled"
+echo "compacted: raft-snapshots $(bytes "$WORK/compacted/raft-snapshots") bytes, the rest sled"
 rm -rf "$WORK"

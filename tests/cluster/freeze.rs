@@ -96,3 +96,89 @@ async fn a_frozen_leader_holds_up_no_start() {
         .await
         .unwrap_or_else(|e| panic!("{e}\n{}", c.logs()));
 }
+
+/// A leader transfer whose target cannot win (here: frozen) falls back at once: the call
+/// fails within the transfer window, and the old leader leads on in the same term (no
+/// election was held), so the shard was never without a leader.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_transfer_to_a_frozen_replica_falls_back() {
+    let c = Cluster::start(env!("CARGO_BIN_EXE_trellis-node"), 3, Options::default())
+        .await
+        .expect("cluster");
+    c.wait_leaders(Duration::from_secs(60))
+        .await
+        .unwrap_or_else(|e| panic!("{e}\n{}", c.logs()));
+    let shards = c.shards().await.expect("shards");
+    let s = shards
+        .iter()
+        .find(|s| s.leader != 0 && s.replicas.len() == 3)
+        .expect("a shard with three replicas")
+        .clone();
+    let target = *s.replicas.iter().find(|r| **r != s.leader).unwrap();
+    let entry = *s.replicas.iter().find(|r| **r != target).unwrap();
+    let mut admin = c.client(entry).await.expect("client").admin;
+    // Placement would balance leaders meanwhile: hold it.
+    admin
+        .set_placement(pb::SetPlacementRequest { paused: true })
+        .await
+        .expect("pause");
+    c.freeze(target);
+    let t = Instant::now();
+    let r = admin
+        .transfer_shard_leader(pb::TransferShardLeaderRequest {
+            shard: s.id,
+            to: target,
+        })
+        .await;
+    let took = t.elapsed();
+    let after = c
+        .shards_from(entry)
+        .await
+        .expect("shards")
+        .into_iter()
+        .find(|x| x.id == s.id)
+        .unwrap();
+    c.thaw(target);
+    eprintln!(
+        "transfer of shard {} to frozen node {target} failed after {took:?}",
+        s.id
+    );
+    let e = r.expect_err("a frozen node took the leadership");
+    let e = trellis_testkit::ApiError::from_status(&e);
+    assert!(
+        e.message
+            .contains(&format!("did not take the leadership of shard {}", s.id))
+            && e.message.contains(&format!("node {} leads on", s.leader)),
+        "{e}"
+    );
+    assert_eq!(
+        (after.leader, after.term),
+        (s.leader, s.term),
+        "the old leader must lead on in its term\n{}",
+        c.logs()
+    );
+    // Thawed, the target takes it when asked.
+    c.wait_leaders(Duration::from_secs(60))
+        .await
+        .unwrap_or_else(|e| panic!("{e}\n{}", c.logs()));
+    let mut ok = false;
+    for _ in 0..20 {
+        if admin
+            .transfer_shard_leader(pb::TransferShardLeaderRequest {
+                shard: s.id,
+                to: target,
+            })
+            .await
+            .is_ok()
+        {
+            ok = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    assert!(
+        ok,
+        "the thawed node never took the leadership\n{}",
+        c.logs()
+    );
+}

@@ -32,6 +32,16 @@ use crate::{from_meta, ApiResult, Core};
 /// Placement steps in flight at once.
 const BUDGET: usize = 4;
 
+/// How long a leader transfer's target has to win its election before the old leader
+/// speaks again (a few election rounds; openraft's election timeout here is well under it).
+pub const TRANSFER_WINDOW: Duration = Duration::from_secs(3);
+
+/// The most log entries a transfer's target may trail the leader by.
+const TRANSFER_MAX_BEHIND: u64 = 100;
+
+/// Each control call of a transfer.
+const CONTROL_CALL: Duration = Duration::from_secs(1);
+
 /// The placement driver's state: when each node last answered a ping (meaningful on the
 /// meta leader), and the shards with a step in flight.
 pub struct Driver {
@@ -276,7 +286,10 @@ impl Driver {
         changed.map(drop)
     }
 
-    /// Hands the leadership of `shard` from `from` to `to`.
+    /// Hands the leadership of `shard` from `from` to `to`: the other replicas stop calling
+    /// elections, the leader's messages are dropped, and the target calls elections until it
+    /// wins or [`TRANSFER_WINDOW`] ends; then everything is undone (a fallback when the
+    /// target did not win: the old leader goes on).
     async fn transfer_leader(&self, shard: u32, from: u64, to: u64) -> ApiResult<()> {
         let rec = self.core.shard_record(shard)?;
         if !rec.replicas.contains(&to) {
@@ -291,22 +304,49 @@ impl Driver {
             .copied()
             .filter(|r| *r != from && *r != to)
             .collect();
+        // Each control call is bounded: a frozen node must not hold the shard muted.
         let control = |node: u64, action: rpb::ShardAction| async move {
             let req = rpb::ShardControl {
                 shard,
                 action: action as i32,
+                add: to,
                 ..Default::default()
             };
-            self.router.call(node, req).await
+            match tokio::time::timeout(CONTROL_CALL, self.router.call(node, req)).await {
+                Ok(r) => r,
+                Err(_) => Err(ApiError::new(
+                    Code::ServiceUnavailable,
+                    format!("node {node} did not answer in time"),
+                )),
+            }
         };
+        // Only to a replica that has the leader's log (a node that has just restarted may
+        // still be catching up, and could not win the election): a later round tries again.
+        let lag = control(from, rpb::ShardAction::Lag).await?;
+        if lag.behind > TRANSFER_MAX_BEHIND {
+            return Err(ApiError::new(
+                Code::ServiceUnavailable,
+                format!(
+                    "node {to} trails shard {shard}'s log by {} entries; not handing it the \
+                     leadership yet",
+                    lag.behind
+                ),
+            ));
+        }
         for o in &others {
             let _ = control(*o, rpb::ShardAction::ElectOff).await;
         }
         let _ = control(from, rpb::ShardAction::Mute).await;
-        let deadline = Instant::now() + Duration::from_secs(8);
+        // A short window: if the target has not won by then, the old leader speaks again at
+        // once and keeps leading (its term is unchanged unless the target called an
+        // election, in which case the shard holds one more election, no longer).
+        let deadline = Instant::now() + TRANSFER_WINDOW;
         let mut result = Err(ApiError::new(
             Code::ServiceUnavailable,
-            format!("node {to} did not take the leadership of shard {shard} in time"),
+            format!(
+                "node {to} did not take the leadership of shard {shard} within {TRANSFER_WINDOW:?}; \
+                 node {from} leads on"
+            ),
         ));
         while Instant::now() < deadline {
             match control(to, rpb::ShardAction::ElectNow).await {
@@ -316,6 +356,9 @@ impl Driver {
                 }
                 _ => tokio::time::sleep(Duration::from_millis(200)).await,
             }
+        }
+        if result.is_err() {
+            tracing::warn!(shard_id = shard, from, to, "leader transfer fell back");
         }
         let _ = control(from, rpb::ShardAction::Unmute).await;
         for o in &others {

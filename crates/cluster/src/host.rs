@@ -356,6 +356,25 @@ impl Host {
                         .map_err(|e| raft_err(e.to_string()))?;
                 }
             }
+            rpb::ShardAction::Lag => {
+                let m = rep.raft.metrics().borrow().clone();
+                if m.current_leader != Some(self.id()) {
+                    return Err(ApiError::not_leader(m.current_leader));
+                }
+                let matched = m
+                    .replication
+                    .as_ref()
+                    .and_then(|rep| rep.get(&r.add))
+                    .cloned()
+                    .flatten()
+                    .map_or(0, |l| l.index);
+                let last = m.last_log_index.unwrap_or(0);
+                return Ok(rpb::ShardControlReply {
+                    leader: self.id(),
+                    term: m.current_term,
+                    behind: last.saturating_sub(matched),
+                });
+            }
             rpb::ShardAction::Change => {
                 let m = rep.raft.metrics().borrow().clone();
                 if m.current_leader != Some(self.id()) {
@@ -388,6 +407,7 @@ impl Host {
         Ok(rpb::ShardControlReply {
             leader: m.current_leader.unwrap_or(0),
             term: m.current_term,
+            behind: 0,
         })
     }
 }
