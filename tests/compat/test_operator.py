@@ -182,3 +182,27 @@ def test_placement_commands_tell_the_truth_while_paused(node):
     assert r.returncode == 0 and r.stdout.strip() == "balanced: nothing to do", r
     r = ctl(node, "shards", "transfer-leader", "0", "--to", "1")
     assert r.returncode == 0 and "may move it again" in r.stdout, r
+
+
+def test_describe_is_for_people_and_json_stays_raw(node):
+    from conftest import create, wait_status
+    sfn = node.client()
+    arn = create(sfn, "Readable", {"StartAt": "P", "States": {"P": {"Type": "Pass", "Result": {"ok": 1}, "End": True}}})
+    run = sfn.start_execution(stateMachineArn=arn, name="r1", input='{"x": 1}')["executionArn"]
+    assert wait_status(sfn, run)["status"] == "SUCCEEDED"
+    r = ctl(node, "exec", "describe", run)
+    assert r.returncode == 0, r
+    lines = dict(line.split(None, 1) for line in r.stdout.strip().splitlines())
+    assert lines["execution"] == run and lines["machine"] == arn and lines["status"] == "SUCCEEDED"
+    import re
+    assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ", lines["started"]), lines
+    assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ \(after \d+\.\d{3} s\)", lines["stopped"]), lines
+    assert json.loads(lines["input"]) == {"x": 1} and json.loads(lines["output"]) == {"ok": 1}
+    assert "error" not in lines
+    raw = json.loads(ctl(node, "--json", "exec", "describe", run).stdout)
+    assert isinstance(raw["startDate"], int) and raw["status"] == "SUCCEEDED"
+    r = ctl(node, "sm", "describe", "Readable")
+    head = r.stdout.split("\ndefinition\n")[0]
+    fields = dict(line.split(None, 1) for line in head.splitlines())
+    assert fields["arn"] == arn and fields["type"] == "STANDARD" and fields["retention"] == "the cluster's"
+    assert json.loads(r.stdout.split("\ndefinition\n")[1])["StartAt"] == "P"

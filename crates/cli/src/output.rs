@@ -59,6 +59,23 @@ pub(crate) fn ms(t: i64) -> String {
     }
 }
 
+/// One record as `name  value` lines, names aligned; empty values are left out.
+pub(crate) fn fields(rows: &[(&str, String)]) -> Vec<String> {
+    let width = rows.iter().map(|(k, _)| k.len()).max().unwrap_or(0);
+    rows.iter()
+        .filter(|(_, v)| !v.is_empty())
+        .map(|(k, v)| format!("{k:<width$}  {v}"))
+        .collect()
+}
+
+/// A duration between two epoch-millisecond times, as `1.234 s`.
+pub(crate) fn took(start: i64, stop: i64) -> String {
+    if start == 0 || stop == 0 || stop < start {
+        return String::new();
+    }
+    format!("{:.3} s", (stop - start) as f64 / 1000.0)
+}
+
 /// Prints rows as a table: left-aligned columns two spaces apart, no borders, no trailing
 /// spaces.
 pub(crate) fn table(headers: &[&str], rows: Vec<Vec<String>>) {

@@ -26,6 +26,43 @@ pub(crate) fn execution_json(e: &pb::Execution) -> Value {
     v
 }
 
+/// An execution for people: readable dates, how long it ran, its input and output as
+/// compact JSON.
+fn describe_lines(e: &pb::Execution) -> Vec<String> {
+    let status = if e.paused {
+        format!("{} (paused)", e.status)
+    } else {
+        e.status.clone()
+    };
+    let stopped = match (ms(e.stop_date), took(e.start_date, e.stop_date)) {
+        (s, _) if s == "-" => String::new(),
+        (s, t) => format!("{s} (after {t})"),
+    };
+    let map_runs = if e.map_runs.is_empty() {
+        String::new()
+    } else {
+        format!(
+            "{} (trellisctl maprun list {})",
+            e.map_runs.len(),
+            e.execution_arn
+        )
+    };
+    fields(&[
+        ("execution", e.execution_arn.clone()),
+        ("machine", e.state_machine_arn.clone()),
+        ("status", status),
+        ("started", ms(e.start_date)),
+        ("stopped", stopped),
+        ("shard", e.shard.to_string()),
+        ("map run", e.map_run_arn.clone()),
+        ("map runs", map_runs),
+        ("input", e.input.clone()),
+        ("output", e.output.clone().unwrap_or_default()),
+        ("error", e.error.clone()),
+        ("cause", e.cause.clone()),
+    ])
+}
+
 pub(crate) async fn exec(c: &mut Client, j: bool, cmd: Exec) -> Result<()> {
     match cmd {
         Exec::Start {
@@ -97,15 +134,13 @@ pub(crate) async fn exec(c: &mut Client, j: bool, cmd: Exec) -> Result<()> {
                 .await
                 .map_err(api)?
                 .into_inner();
-            let v = execution_json(&e);
-            out!(
-                "{}",
-                if j {
-                    v.to_string()
-                } else {
-                    serde_json::to_string_pretty(&v)?
+            if j {
+                out!("{}", execution_json(&e));
+            } else {
+                for line in describe_lines(&e) {
+                    out!("{line}");
                 }
-            );
+            }
         }
         Exec::List {
             state_machine_arn,

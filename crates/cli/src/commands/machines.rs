@@ -130,14 +130,41 @@ pub(crate) async fn sm(c: &mut Client, j: bool, cmd: Sm) -> Result<()> {
                 "roleArn": m.role_arn, "creationDate": m.creation_date, "revisionId": m.revision_id,
                 "maxConcurrentExecutions": m.settings.as_ref().and_then(|s| s.max_concurrent_executions).unwrap_or(0),
                 "sharding": sharding_json(m.settings.as_ref().and_then(|s| s.sharding.as_ref())), "definition": def});
-            out!(
-                "{}",
-                if j {
-                    v.to_string()
-                } else {
-                    serde_json::to_string_pretty(&v)?
+            if j {
+                out!("{v}");
+            } else {
+                let settings = m.settings.as_ref();
+                let cap = settings
+                    .and_then(|s| s.max_concurrent_executions)
+                    .unwrap_or(0);
+                let retention = match settings.and_then(|s| s.retention_seconds).unwrap_or(0) {
+                    0 => "the cluster's".to_string(),
+                    s => humantime::format_duration(std::time::Duration::from_secs(s)).to_string(),
+                };
+                for line in fields(&[
+                    ("name", m.name.clone()),
+                    ("arn", m.state_machine_arn.clone()),
+                    ("type", type_name(m.r#type).to_string()),
+                    ("status", m.status.clone()),
+                    ("created", ms(m.creation_date)),
+                    ("revision", m.revision_id.clone()),
+                    ("role", m.role_arn.clone()),
+                    (
+                        "concurrency",
+                        if cap == 0 {
+                            "no cap".into()
+                        } else {
+                            format!("at most {cap} running")
+                        },
+                    ),
+                    ("retention", retention),
+                    ("sharding", v["sharding"].to_string()),
+                ]) {
+                    out!("{line}");
                 }
-            );
+                out!("definition");
+                out!("{}", serde_json::to_string_pretty(&v["definition"])?);
+            }
         }
         Sm::Sharding {
             arn,
