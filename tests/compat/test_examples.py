@@ -62,3 +62,28 @@ def test_order_processing(sfn, functions):
     # (No TaskSubmitted check: the customer may answer before the notify call returns.)
     for t in ["ChoiceStateEntered", "ParallelStateStarted", "TaskScheduled", "TaskSucceeded", "ExecutionSucceeded"]:
         assert t in types
+
+
+def test_order_processing_walkthrough_runs_as_written(tmp_path):
+    """The README's "On a Trellis node" section, as a user runs it: its shell block with
+    `trellis` being the binary under test, from a directory that has the examples."""
+    import os
+    import subprocess
+    from conftest import trellis_bin
+    readme = (EXAMPLES / "order-processing/README.md").read_text()
+    section = readme.split("## On a Trellis node, with a real confirmation", 1)[1]
+    block = section.split("```sh\n", 1)[1].split("```", 1)[0]
+    expected = section.split("```text\n", 1)[1].split("```", 1)[0].strip()
+    (tmp_path / "examples").symlink_to(EXAMPLES)
+    # `trellis` is the binary under test, on the PATH as an installed one would be.
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "trellis").symlink_to(trellis_bin())
+    # The background jobs the block starts stop with it (SIGTERM: the node shuts down).
+    script = "set -eu\ntrap 'kill $(jobs -p) 2>/dev/null; wait' EXIT\n" + block
+    venv_bin = str(Path(os.sys.executable).parent)
+    env = {**os.environ, "PATH": os.pathsep.join([str(bin_dir), venv_bin, os.environ["PATH"]])}
+    r = subprocess.run(["bash", "-c", script], cwd=tmp_path, env=env, capture_output=True,
+                       text=True, timeout=180)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert r.stdout.strip().splitlines()[-1] == expected, r.stdout
