@@ -172,7 +172,7 @@ def test_placement_commands_tell_the_truth_while_paused(node):
         assert r.stderr.strip() == ("trellisctl: placement is paused: nothing was started and nothing "
                                     "moves until `trellisctl placement resume`"), r.stderr
         r = ctl(node, "--json", "shards", "rebalance")
-        assert json.loads(r.stdout)["placementPaused"] is True
+        assert r.returncode == 1 and "placement is paused" in r.stderr, r
         # A leader placed by hand stays while paused, and the command does not warn.
         r = ctl(node, "shards", "transfer-leader", "0", "--to", "1")
         assert r.returncode == 0 and r.stdout.strip() == "node 1 leads shard 0", r
@@ -206,3 +206,22 @@ def test_describe_is_for_people_and_json_stays_raw(node):
     fields = dict(line.split(None, 1) for line in head.splitlines())
     assert fields["arn"] == arn and fields["type"] == "STANDARD" and fields["retention"] == "the cluster's"
     assert json.loads(r.stdout.split("\ndefinition\n")[1])["StartAt"] == "P"
+
+
+def test_drain_wait_reports_what_is_left(functions, workdir):
+    # A lone node cannot give its shards to anyone: the wait ends with what is left.
+    lone = Node(functions, os.path.join(workdir, "lone")).start()
+    try:
+        r = ctl(lone, "nodes", "drain", "1", "--wait", "--wait-seconds", "2")
+        assert r.returncode == 1, r
+        assert r.stderr.strip() == ("trellisctl: node 1: drain not done after 2 s: leads 8 shards, "
+                                    "holds 8 replicas, leads the meta group"), r.stderr
+    finally:
+        lone.stop()
+
+
+def test_rebalance_wait_on_a_balanced_node(node):
+    r = ctl(node, "shards", "rebalance", "--wait", "--wait-seconds", "10")
+    assert r.returncode == 0 and r.stdout.strip() == "balanced: nothing to do" and r.stderr == "", r
+    r = ctl(node, "--json", "shards", "rebalance", "--wait")
+    assert json.loads(r.stdout) == {"steps": [], "placementPaused": False, "moving": []}

@@ -332,6 +332,12 @@ pub(crate) enum NodesCmd {
     Drain {
         /// The node's id.
         id: u64,
+        /// Wait until it leads and holds nothing (a progress bar on a terminal).
+        #[arg(long)]
+        wait: bool,
+        /// With --wait: give up after this long (what was drained stays drained).
+        #[arg(long, default_value_t = 600)]
+        wait_seconds: u64,
     },
     /// Take a drained node out of the cluster.
     Remove {
@@ -404,7 +410,15 @@ pub(crate) enum ShardsCmd {
         to: u64,
     },
     /// Start the placement steps due now and print them.
-    Rebalance,
+    Rebalance {
+        /// Go on until nothing is left to do and no move is in progress (a spinner on a
+        /// terminal).
+        #[arg(long)]
+        wait: bool,
+        /// With --wait: give up after this long (moves started go on).
+        #[arg(long, default_value_t = 600)]
+        wait_seconds: u64,
+    },
 }
 
 #[derive(Subcommand)]

@@ -1,5 +1,7 @@
 //! `trellisctl cluster`, `nodes`, `shards`: the operator commands.
 
+use std::time::Duration;
+
 use anyhow::{bail, Result};
 use serde_json::{json, Value};
 use trellis_client::{v1 as pb, Client};
@@ -143,12 +145,28 @@ pub(crate) async fn nodes(c: &mut Client, j: bool, cmd: NodesCmd) -> Result<()> 
                 table(NODE_HEADERS, r.nodes.iter().map(node_row).collect());
             }
         }
-        NodesCmd::Drain { id } => {
+        NodesCmd::Drain {
+            id,
+            wait,
+            wait_seconds,
+        } => {
             c.admin
                 .drain_node(pb::NodeRequest { node_id: id })
                 .await
                 .map_err(api)?;
-            done(j, &format!("node {id} is draining"));
+            if wait {
+                let t = std::time::Instant::now();
+                super::lifecycle::wait_drained(c, id, wait_seconds).await?;
+                done(
+                    j,
+                    &format!(
+                        "node {id} is drained ({:.1} s): `trellisctl nodes remove {id}` takes it out",
+                        t.elapsed().as_secs_f64()
+                    ),
+                );
+            } else {
+                done(j, &format!("node {id} is draining"));
+            }
         }
         NodesCmd::Remove { id } => {
             c.admin
@@ -244,34 +262,8 @@ pub(crate) async fn shards(c: &mut Client, j: bool, cmd: ShardsCmd) -> Result<()
                 );
             }
         }
-        ShardsCmd::Rebalance => {
-            let r = c
-                .admin
-                .rebalance(pb::Empty {})
-                .await
-                .map_err(api)?
-                .into_inner();
-            if j {
-                out!(
-                    "{}",
-                    json!({"steps": r.steps, "placementPaused": r.paused, "moving": r.moving})
-                );
-            } else if r.paused {
-                bail!(
-                    "placement is paused: nothing was started and nothing moves until \
-                     `trellisctl placement resume`"
-                );
-            } else {
-                for s in &r.steps {
-                    out!("{s}");
-                }
-                if !r.moving.is_empty() {
-                    let ids: Vec<String> = r.moving.iter().map(u32::to_string).collect();
-                    out!("in progress: shard {}", ids.join(", "));
-                } else if r.steps.is_empty() {
-                    out!("balanced: nothing to do");
-                }
-            }
+        ShardsCmd::Rebalance { wait, wait_seconds } => {
+            rebalance(c, j, wait, Duration::from_secs(wait_seconds)).await?;
         }
     }
     Ok(())
@@ -285,5 +277,68 @@ pub(crate) fn list_or_none(ids: &[u32]) -> String {
             .map(|i| i.to_string())
             .collect::<Vec<_>>()
             .join(",")
+    }
+}
+
+/// `shards rebalance [--wait]`: starts the steps due now and prints them; with `wait`, again
+/// every second until nothing is due and no move is in progress.
+async fn rebalance(c: &mut Client, j: bool, wait: bool, limit: Duration) -> Result<()> {
+    let start = std::time::Instant::now();
+    let tty = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    let spinner = (wait && tty && !j).then(indicatif::ProgressBar::new_spinner);
+    let mut started = Vec::new();
+    loop {
+        let r = c
+            .admin
+            .rebalance(pb::Empty {})
+            .await
+            .map_err(api)?
+            .into_inner();
+        if r.paused {
+            bail!(
+                "placement is paused: nothing was started and nothing moves until \
+                 `trellisctl placement resume`"
+            );
+        }
+        for s in &r.steps {
+            match &spinner {
+                Some(sp) if !j => sp.println(s),
+                _ if !j => out!("{s}"),
+                _ => {}
+            }
+        }
+        started.extend(r.steps.iter().cloned());
+        let settled = r.steps.is_empty() && r.moving.is_empty();
+        if !wait || settled {
+            if let Some(sp) = &spinner {
+                sp.finish_and_clear();
+            }
+            if j {
+                out!(
+                    "{}",
+                    json!({"steps": started, "placementPaused": false, "moving": r.moving})
+                );
+            } else if !r.moving.is_empty() {
+                let ids: Vec<String> = r.moving.iter().map(u32::to_string).collect();
+                out!("in progress: shard {}", ids.join(", "));
+            } else if started.is_empty() {
+                out!("balanced: nothing to do");
+            } else {
+                out!("balanced ({:.1} s)", start.elapsed().as_secs_f64());
+            }
+            return Ok(());
+        }
+        if start.elapsed() >= limit {
+            bail!(
+                "not balanced after {} s: shards {:?} still moving",
+                limit.as_secs(),
+                r.moving
+            );
+        }
+        if let Some(sp) = &spinner {
+            sp.set_message(format!("moving: shard {:?}", r.moving));
+            sp.tick();
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
     }
 }

@@ -68,28 +68,49 @@ async fn wait_until(
 ) -> Result<()> {
     let start = Instant::now();
     let mut said = Instant::now();
+    // On a terminal, a bar of what is left (leaderships and replicas); elsewhere a line
+    // every few seconds.
+    let tty = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    let mut bar: Option<indicatif::ProgressBar> = None;
     loop {
         let last = match holdings(c, id).await {
-            Ok(h) if finished(&h) => return Ok(()),
-            Ok(h) => format!(
-                "leads {} shards, holds {} replicas{}",
-                h.leads.len(),
-                h.replicas,
-                if h.meta_leader {
-                    ", leads the meta group"
-                } else {
-                    ""
+            Ok(h) if finished(&h) => {
+                if let Some(b) = bar {
+                    b.finish_and_clear();
                 }
-            ),
+                return Ok(());
+            }
+            Ok(h) => {
+                let left = (h.leads.len() + h.replicas) as u64;
+                if tty {
+                    let b = bar.get_or_insert_with(|| {
+                        crate::bench::progress(left, &format!("node {id}: {what}"))
+                    });
+                    b.set_position(b.length().unwrap_or(left).saturating_sub(left));
+                }
+                format!(
+                    "leads {} shards, holds {} replicas{}",
+                    h.leads.len(),
+                    h.replicas,
+                    if h.meta_leader {
+                        ", leads the meta group"
+                    } else {
+                        ""
+                    }
+                )
+            }
             Err(e) => format!("{e}"),
         };
         if start.elapsed() >= wait {
+            if let Some(b) = bar.take() {
+                b.abandon();
+            }
             bail!(
                 "node {id}: {what} not done after {} s: {last}",
                 wait.as_secs()
             );
         }
-        if said.elapsed() >= REPORT {
+        if !tty && said.elapsed() >= REPORT {
             eprintln!(
                 "node {id}: {what}: {last} ({} s)",
                 start.elapsed().as_secs()
@@ -98,6 +119,14 @@ async fn wait_until(
         }
         tokio::time::sleep(POLL).await;
     }
+}
+
+/// Waits until a draining node leads and holds nothing.
+pub(crate) async fn wait_drained(c: &mut Client, id: u64, wait: u64) -> Result<()> {
+    wait_until(c, id, Duration::from_secs(wait), "drain", |h| {
+        h.leads.is_empty() && h.replicas == 0 && !h.meta_leader
+    })
+    .await
 }
 
 /// Moves a node's leaderships away before it restarts, and waits until it leads nothing.
