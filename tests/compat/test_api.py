@@ -400,3 +400,37 @@ def test_deeply_nested_json_is_refused_not_a_crash(node, sfn):
     assert code(e) == "InvalidExecutionInput"
     # Still serving.
     assert "stateMachines" in sfn.list_state_machines()
+
+
+def test_list_executions_pages_newest_first_across_shards(sfn):
+    done = create(sfn, "Paged", {"StartAt": "P", "States": {"P": {"Type": "Pass", "End": True}}})
+    names = [f"p{i:02d}" for i in range(57)]
+    for n in names:
+        sfn.start_execution(stateMachineArn=done, name=n)
+    for n in names:
+        wait_status(sfn, f"{done.replace(':stateMachine:', ':execution:')}:{n}")
+
+    def pages(**kw):
+        seen, token, count = [], None, 0
+        while True:
+            page = sfn.list_executions(stateMachineArn=done, maxResults=10,
+                                       **kw, **({"nextToken": token} if token else {}))
+            assert len(page["executions"]) <= 10
+            seen += page["executions"]
+            count += 1
+            token = page.get("nextToken")
+            if not token:
+                return seen, count
+            assert count < 20, "paging does not end"
+
+    seen, count = pages()
+    assert sorted(e["name"] for e in seen) == names and count == 6
+    starts = [e["startDate"] for e in seen]
+    assert starts == sorted(starts, reverse=True)
+    ok, _ = pages(statusFilter="SUCCEEDED")
+    assert sorted(e["name"] for e in ok) == names
+    running, _ = pages(statusFilter="RUNNING")
+    assert running == []
+    with pytest.raises(ClientError) as err:
+        sfn.list_executions(stateMachineArn=done, nextToken="not-a-token")
+    assert err.value.response["Error"]["Code"] == "InvalidToken"

@@ -20,7 +20,7 @@ use crate::record::{keys, ExecRecord};
 use crate::request::{Expiry, ShardConfig, ShardOp, ShardRequest, ShardResponse};
 use crate::Result;
 
-const TREES: [&str; 9] = [
+const TREES: [&str; 10] = [
     "executions",
     "ids",
     "history",
@@ -30,11 +30,13 @@ const TREES: [&str; 9] = [
     "definitions",
     "closed",
     "counters",
+    "listing",
 ];
 
 /// `counters` keys.
 const NEXT_ID: &[u8] = b"next_id";
 const CLOSED_INDEXED: &[u8] = b"closed_indexed";
+const LISTED: &[u8] = b"listed";
 
 /// Trees earlier versions wrote and nothing read: emptied on open.
 const RETIRED: [usize; 3] = [3, 4, 5];
@@ -53,6 +55,8 @@ pub struct ShardApp {
     /// [`keys::Closed`] -> execution ARN.
     closed: sled::Tree,
     counters: sled::Tree,
+    /// [`crate::listing`]: what ListExecutions shows, newest first.
+    listing: sled::Tree,
     all: Vec<(String, sled::Tree)>,
 }
 
@@ -77,29 +81,41 @@ impl ShardApp {
             definitions: t(6),
             closed: t(7),
             counters: t(8),
+            listing: t(9),
             all,
         };
-        app.index_closed()?;
+        app.index()?;
         Ok(app)
     }
 
-    /// Builds the `closed` index from the records, unless it is complete already (a store
-    /// or snapshot of a version without it).
-    fn index_closed(&self) -> Result<()> {
-        if self.counters.contains_key(CLOSED_INDEXED)? {
+    /// Builds the `closed` and `listing` indexes from the records, unless they are complete
+    /// already (a store or snapshot of a version without them).
+    fn index(&self) -> Result<()> {
+        let closed = !self.counters.contains_key(CLOSED_INDEXED)?;
+        let listed = !self.counters.contains_key(LISTED)?;
+        if !closed && !listed {
             return Ok(());
         }
-        self.closed.clear()?;
+        if closed {
+            self.closed.clear()?;
+        }
+        if listed {
+            self.listing.clear()?;
+        }
         let mut batch = sled::Batch::default();
         for kv in self.executions.iter() {
             let (k, v) = kv?;
             let rec: ExecRecord = serde_json::from_slice(&v)?;
-            if let Some(c) = rec.closed_key() {
+            if let (true, Some(c)) = (closed, rec.closed_key()) {
                 batch.insert(&c.to_bytes(), k);
+            }
+            if listed {
+                crate::listing::put(&self.listing, &rec)?;
             }
         }
         self.closed.apply_batch(batch)?;
         self.counters.insert(CLOSED_INDEXED, &[1])?;
+        self.counters.insert(LISTED, &[1])?;
         Ok(())
     }
 
@@ -143,6 +159,7 @@ impl ShardApp {
                 history.remove(k?);
             }
             self.history.apply_batch(history)?;
+            crate::listing::remove(&self.listing, rec)?;
             self.ids.remove(rec.id.to_be_bytes())?;
             self.executions.remove(e.arn.as_bytes())?;
         }
@@ -178,6 +195,7 @@ impl ShardApp {
             self.ids.insert(rec.id.to_be_bytes(), rec.arn.as_bytes())?;
         }
         self.executions.insert(rec.arn.as_bytes(), json(rec)?)?;
+        crate::listing::put(&self.listing, rec)?;
         // A redrive leaves the earlier entry behind: retention drops it when it comes due.
         if let Some(c) = rec.closed_key() {
             self.closed.insert(c.to_bytes(), rec.arn.as_bytes())?;
@@ -266,6 +284,18 @@ impl ShardApp {
             .collect()
     }
 
+    /// A page of a listing ([`crate::listing::page`]): `limit` items after `after`, and those
+    /// tied with the last on start time.
+    pub fn list(
+        &self,
+        owner: crate::listing::Owner<'_>,
+        status: Option<crate::record::Status>,
+        after: Option<&crate::listing::Cursor>,
+        limit: usize,
+    ) -> Result<Vec<crate::listing::ListItem>> {
+        crate::listing::page(&self.listing, owner, status, after, limit)
+    }
+
     /// Every execution record, in ARN order, after `after` (exclusive), at most `limit`.
     pub fn scan(&self, after: Option<&str>, limit: usize) -> Result<Vec<ExecRecord>> {
         let iter = match after {
@@ -313,8 +343,8 @@ impl AppStateMachine<ShardConfig> for ShardApp {
 
     fn import(&mut self, input: &mut dyn std::io::Read) -> trellis_storage::Result<()> {
         trellis_storage::import_trees(input, self.all.iter().map(|(n, t)| (&**n, t)))?;
-        // A snapshot of an earlier version has no `closed` index.
-        self.index_closed()
+        // A snapshot of an earlier version has no `closed` or `listing` index.
+        self.index()
             .map_err(|e| trellis_storage::Error::App(e.to_string()))
     }
 }
@@ -407,6 +437,97 @@ mod tests {
         assert_eq!(expire(&app, due), 1);
     }
 
+    fn names(items: &[crate::listing::ListItem]) -> Vec<&str> {
+        items.iter().map(|i| i.name.as_str()).collect()
+    }
+
+    #[test]
+    fn listings_page_newest_first_by_status_and_by_map_run() {
+        use crate::listing::{Cursor, Owner};
+        let db = NodeDb::temporary().unwrap();
+        let app = ShardApp::open(&db.group(1).unwrap()).unwrap();
+        // Five executions: two start at the same time (ties go by ARN).
+        for (id, start) in [(1, 100), (2, 300), (3, 200), (4, 300), (5, 50)] {
+            let mut r = closed(id, start + 10);
+            r.start_ms = start;
+            if id % 2 == 0 {
+                r.status = Status::Running;
+                r.stop_ms = None;
+            }
+            if id == 5 {
+                r.parent = Some(crate::outbox::ParentLink {
+                    arn: "arn:e:parent".into(),
+                    child_id: 0,
+                    map_run_arn: "arn:run".into(),
+                    inline: false,
+                });
+            }
+            put(&app, &r);
+        }
+        let all = app.list(Owner::Machine("arn:m"), None, None, 10).unwrap();
+        assert_eq!(names(&all), ["2", "4", "3", "1", "5"]);
+        // Pages of two: a tie at the end of a page comes whole, and the cursor goes on
+        // after it.
+        let p1 = app.list(Owner::Machine("arn:m"), None, None, 1).unwrap();
+        assert_eq!(names(&p1), ["2", "4"]);
+        let c = Cursor {
+            start_ms: 300,
+            arn: "arn:e:2".into(),
+        };
+        let p2 = app
+            .list(Owner::Machine("arn:m"), None, Some(&c), 2)
+            .unwrap();
+        assert_eq!(names(&p2), ["4", "3"]);
+        let c = Cursor::parse(
+            &Cursor {
+                start_ms: 200,
+                arn: "arn:e:3".into(),
+            }
+            .token(),
+        )
+        .unwrap();
+        let p3 = app
+            .list(Owner::Machine("arn:m"), None, Some(&c), 2)
+            .unwrap();
+        assert_eq!(names(&p3), ["1", "5"]);
+        // By status; a status change moves the entry.
+        let running = app
+            .list(Owner::Machine("arn:m"), Some(Status::Running), None, 10)
+            .unwrap();
+        assert_eq!(names(&running), ["2", "4"]);
+        let mut four = app.record("arn:e:4").unwrap().unwrap();
+        four.status = Status::Failed;
+        four.stop_ms = Some(400);
+        put(&app, &four);
+        let running = app
+            .list(Owner::Machine("arn:m"), Some(Status::Running), None, 10)
+            .unwrap();
+        assert_eq!(names(&running), ["2"]);
+        let failed = app
+            .list(Owner::Machine("arn:m"), Some(Status::Failed), None, 10)
+            .unwrap();
+        assert_eq!(failed[0].stop_ms, Some(400));
+        // A Map Run's children.
+        let children = app.list(Owner::MapRun("arn:run"), None, None, 10).unwrap();
+        assert_eq!(names(&children), ["5"]);
+        assert_eq!(children[0].map_run_arn, "arn:run");
+        // Deleted by retention: gone from every listing.
+        let due = app.closed_due(Some(10_000), 10_000, 10).unwrap();
+        expire(&app, due);
+        assert_eq!(
+            names(&app.list(Owner::Machine("arn:m"), None, None, 10).unwrap()),
+            ["2"]
+        );
+        assert!(app
+            .list(Owner::MapRun("arn:run"), None, None, 10)
+            .unwrap()
+            .is_empty());
+        assert!(app
+            .list(Owner::Machine("arn:m"), Some(Status::Failed), None, 10)
+            .unwrap()
+            .is_empty());
+    }
+
     #[test]
     fn a_store_without_the_index_gets_it_from_its_records() {
         let db = NodeDb::temporary().unwrap();
@@ -419,10 +540,15 @@ mod tests {
         put(&app, &running);
         // As an earlier version left it: no index, no marker.
         app.closed.clear().unwrap();
+        app.listing.clear().unwrap();
         app.counters.clear().unwrap();
         let app = ShardApp::open(&trees).unwrap();
         let due = app.closed_due(Some(1_000), 1_000, 10).unwrap();
         assert_eq!(due.iter().map(|e| e.key.id()).collect::<Vec<_>>(), [1]);
+        let listed = app
+            .list(crate::listing::Owner::Machine("arn:m"), None, None, 10)
+            .unwrap();
+        assert_eq!(listed.len(), 2);
         // A snapshot of it carries the index to a new replica.
         let mut snap = Vec::new();
         app.export(&mut snap).unwrap();

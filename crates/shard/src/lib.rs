@@ -12,6 +12,7 @@
 
 pub mod app;
 pub mod executor;
+pub mod listing;
 pub mod metrics;
 pub mod outbox;
 pub mod raft;

@@ -17,10 +17,11 @@ use trellis_proto::raft as rpb;
 use trellis_proto::v1 as pb;
 use trellis_proto::{ApiError, Code};
 use trellis_shard::executor::{Control, StartRequest};
+use trellis_shard::listing::{Cursor, ListItem, Owner};
 use trellis_shard::{shard_of, Status};
 
 use super::{event_pb, execution_pb, non_empty, ApiResult, Node, MAX_PAYLOAD};
-use crate::registry::{check_name, page_offset, page_size, parse_arn, Resolved};
+use crate::registry::{check_name, page_size, parse_arn, Resolved};
 
 fn now_ms() -> i64 {
     SystemTime::now()
@@ -424,13 +425,22 @@ impl Node {
         Ok(())
     }
 
-    /// The executions of one state machine on the shards this node leads, newest first,
-    /// with the shards they cover.
+    /// One page of the executions of a state machine (or a Map Run's children) on the
+    /// shards this node leads, newest first, from each shard's listing index: the
+    /// `max_results` items after the request's cursor (`next_token`), and those tied with the
+    /// last on start time; with the shards they cover.
     pub(crate) fn list_executions_here(
         &self,
         r: &pb::ListExecutionsRequest,
     ) -> ApiResult<pb::ListExecutionsResponse> {
         let status = Self::status_filter(&r.status_filter)?;
+        let after = Self::cursor(&r.next_token)?;
+        let owner = if r.map_run_arn.is_empty() {
+            Owner::Machine(&r.state_machine_arn)
+        } else {
+            Owner::MapRun(&r.map_run_arn)
+        };
+        let limit = r.max_results.max(1) as usize;
         let mut all = Vec::new();
         let mut covered = Vec::new();
         for rep in self.cluster.shards().replicas() {
@@ -438,40 +448,29 @@ impl Node {
                 continue;
             }
             covered.push(rep.shard);
-            let mut after: Option<String> = None;
-            loop {
-                let batch = rep.app.scan(after.as_deref(), 1024).map_err(from_shard)?;
-                let Some(last) = batch.last() else { break };
-                after = Some(last.arn.clone());
-                all.extend(batch.into_iter().filter(|e| {
-                    let of = if r.map_run_arn.is_empty() {
-                        e.state_machine_arn == r.state_machine_arn
-                    } else {
-                        e.parent
-                            .as_ref()
-                            .is_some_and(|p| p.map_run_arn == r.map_run_arn)
-                    };
-                    of && status.is_none_or(|st| e.status == st)
-                }));
-            }
+            all.extend(
+                rep.app
+                    .list(owner, status, after.as_ref(), limit)
+                    .map_err(from_shard)?,
+            );
         }
+        all.sort_by(|a, b| b.start_ms.cmp(&a.start_ms).then_with(|| a.arn.cmp(&b.arn)));
+        all.truncate(limit);
         Ok(pb::ListExecutionsResponse {
-            executions: all
-                .into_iter()
-                .map(|e| pb::ExecutionListItem {
-                    map_run_arn: super::convert::map_run_of(&e),
-                    execution_arn: e.arn,
-                    state_machine_arn: e.state_machine_arn,
-                    name: e.name,
-                    status: e.status.as_str().into(),
-                    start_date: e.start_ms,
-                    stop_date: e.stop_ms.unwrap_or(0),
-                    redrive_count: e.redrive_count,
-                })
-                .collect(),
+            executions: all.into_iter().map(list_item).collect(),
             next_token: String::new(),
             shards: covered,
         })
+    }
+
+    /// A ListExecutions token: where the last page ended.
+    fn cursor(token: &str) -> ApiResult<Option<Cursor>> {
+        if token.is_empty() {
+            return Ok(None);
+        }
+        Cursor::parse(token)
+            .map(Some)
+            .ok_or_else(|| ApiError::new(Code::InvalidToken, format!("Invalid Token: '{token}'")))
     }
 
     fn status_filter(filter: &str) -> ApiResult<Option<Status>> {
@@ -483,8 +482,9 @@ impl Node {
         })
     }
 
-    /// ListExecutions: every node's part (the shards it leads), merged, newest first; the
-    /// token is an offset into that order.
+    /// ListExecutions: every node's page (from the shards it leads), merged, newest first;
+    /// the token is where the page ended (`<start ms>:<ARN>`), so a page costs about a page
+    /// of index entries per shard, however many executions are kept.
     pub async fn list_executions(
         &self,
         r: pb::ListExecutionsRequest,
@@ -511,7 +511,12 @@ impl Node {
         }
         Self::status_filter(&r.status_filter)?;
         let max = page_size(r.max_results)?;
-        let offset = page_offset(&r.next_token)?;
+        Self::cursor(&r.next_token)?;
+        // Each node answers one more than a page, to tell whether another page follows.
+        let ask = pb::ListExecutionsRequest {
+            max_results: max as u32 + 1,
+            ..r.clone()
+        };
         let mut all = Vec::new();
         let mut covered = vec![false; self.shard_count() as usize];
         let mut missing = usize::MAX;
@@ -521,7 +526,7 @@ impl Node {
             all.clear();
             covered.iter_mut().for_each(|c| *c = false);
             let mut parts = Vec::new();
-            for (_, p) in self.cluster.router().fan_out(r.clone(), None).await {
+            for (_, p) in self.cluster.router().fan_out(ask.clone(), None).await {
                 match p {
                     Ok(p) => parts.push(p),
                     Err(e) if matches!(e.code, Code::ServiceUnavailable | Code::NotLeader) => {}
@@ -559,14 +564,18 @@ impl Node {
                 .then_with(|| a.execution_arn.cmp(&b.execution_arn))
         });
         all.dedup_by(|a, b| a.execution_arn == b.execution_arn);
-        let page: Vec<_> = all.iter().skip(offset).take(max).cloned().collect();
-        let next_token = if offset + page.len() < all.len() {
-            (offset + page.len()).to_string()
-        } else {
-            String::new()
+        let more = all.len() > max;
+        all.truncate(max);
+        let next_token = match (more, all.last()) {
+            (true, Some(last)) => Cursor {
+                start_ms: last.start_date,
+                arn: last.execution_arn.clone(),
+            }
+            .token(),
+            _ => String::new(),
         };
         Ok(pb::ListExecutionsResponse {
-            executions: page,
+            executions: all,
             next_token,
             shards: Vec::new(),
         })
@@ -669,4 +678,18 @@ impl Env for RealEnv {
 /// Wall time: the runner waits for timers in real time, so there is nothing to move.
 impl trellis_asl::driver::Clock for RealEnv {
     fn advance_to(&mut self, _at_ms: i64) {}
+}
+
+/// A listing's item as `trellis.v1.ExecutionListItem`.
+fn list_item(i: ListItem) -> pb::ExecutionListItem {
+    pb::ExecutionListItem {
+        execution_arn: i.arn,
+        state_machine_arn: i.state_machine_arn,
+        name: i.name,
+        status: i.status.as_str().into(),
+        start_date: i.start_ms,
+        stop_date: i.stop_ms.unwrap_or(0),
+        redrive_count: i.redrive_count,
+        map_run_arn: i.map_run_arn,
+    }
 }
