@@ -90,6 +90,19 @@ async fn a_frozen_leader_holds_up_no_start() {
         .metric(entry, "trellis_forward_deadline_exceeded_total")
         .expect("metrics");
     assert!(timed_out >= 1.0, "no forwarded call hit its deadline");
+    // A peer going away is one WARN per survivor, not a line per retry.
+    let log = c.log(entry);
+    let errors: Vec<&str> = log.lines().filter(|l| l.contains(" ERROR ")).collect();
+    let gone = log
+        .lines()
+        .filter(|l| l.contains("peer unreachable") && l.contains(&format!("peer={victim}")))
+        .count();
+    eprintln!(
+        "node {entry} logged {} ERROR lines and {gone} 'peer unreachable' for node {victim}:\n{}",
+        errors.len(),
+        errors.join("\n")
+    );
+    assert_eq!(gone, 1, "{log}");
     // Every one ran, once.
     pool.set(&c);
     workload::wait_succeeded(&pool, &machine, STARTS + 1, Duration::from_secs(120))

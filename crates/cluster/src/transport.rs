@@ -88,6 +88,29 @@ struct Peer {
     /// Forwarded API calls and joins: a connection of their own, so a long poll or a large
     /// payload never sits in front of heartbeats.
     api: RaftTransportClient<Channel>,
+    /// Raft messages to it last failed to arrive: logged once when it goes, once when it
+    /// comes back, never per retry.
+    down: std::sync::atomic::AtomicBool,
+}
+
+impl Peer {
+    /// Records whether the last Raft message reached the node, logging a change.
+    fn reached(&self, me: u64, node: u64, outcome: Result<(), &str>) {
+        use std::sync::atomic::Ordering;
+        match outcome {
+            Ok(()) => {
+                if self.down.swap(false, Ordering::Relaxed) {
+                    tracing::info!(node_id = me, peer = node, "peer reachable again");
+                }
+            }
+            Err(why) => {
+                if !self.down.swap(true, Ordering::Relaxed) {
+                    tracing::warn!(node_id = me, peer = node, error = %why,
+                        "peer unreachable; its Raft messages are retried without further logs until it answers");
+                }
+            }
+        }
+    }
 }
 
 /// This node's end of the transport: the peers it sends to and the groups it receives for.
@@ -240,6 +263,7 @@ impl Transport {
             queue: tx,
             snapshots,
             api,
+            down: Default::default(),
         });
         peers.insert(node, p.clone());
         Ok(p)
@@ -276,6 +300,27 @@ impl Transport {
             ));
         }
         let peer = self.peer(target, addr).map_err(SendError::Unreachable)?;
+        let sent = self.deliver(&peer, msg, ttl).await;
+        let why = match &sent {
+            Ok(_) => None,
+            Err(SendError::Unreachable(m) | SendError::Network(m)) => Some(m.as_str()),
+            Err(SendError::Timeout) => Some("no answer in time"),
+        };
+        peer.reached(self.node_id, target, why.map_or(Ok(()), Err));
+        let reply = sent?;
+        if !reply.unreachable.is_empty() {
+            return Err(SendError::Unreachable(reply.unreachable));
+        }
+        Ok(reply.payload)
+    }
+
+    /// Sends one message over the peer's connections: the reply, or why it did not arrive.
+    async fn deliver(
+        &self,
+        peer: &Peer,
+        msg: rpb::RaftMessage,
+        ttl: Duration,
+    ) -> Result<rpb::RaftReply, SendError> {
         let reply = if msg.kind == rpb::Kind::InstallSnapshot as i32 {
             let mut c = peer.snapshots.clone();
             let call = c.snapshot(rpb::RaftBatch {
@@ -304,10 +349,7 @@ impl Transport {
                 Ok(Ok(Ok(r))) => r,
             }
         };
-        if !reply.unreachable.is_empty() {
-            return Err(SendError::Unreachable(reply.unreachable));
-        }
-        Ok(reply.payload)
+        Ok(reply)
     }
 
     /// Delivers a batch that arrived from node `from`.

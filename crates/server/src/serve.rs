@@ -122,9 +122,9 @@ pub fn run(cfg: Config) -> Result<()> {
     let exposed = cfg.exposure();
     // The audit log (`trellis::audit`) is on by default when the node authenticates.
     let default = if !cfg.auth.enabled() {
-        "info,openraft=error,sled=warn,trellis::audit=off"
+        "info,openraft=error,openraft::replication=off,sled=warn,trellis::audit=off"
     } else {
-        "info,openraft=error,sled=warn"
+        "info,openraft=error,openraft::replication=off,sled=warn"
     };
     let filter = tracing_subscriber::EnvFilter::try_from_env("TRELLIS_LOG")
         .unwrap_or_else(|_| default.into());

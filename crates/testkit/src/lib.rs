@@ -182,7 +182,10 @@ impl Cluster {
             )
             .env(
                 "TRELLIS_LOG",
-                std::env::var("TRELLIS_LOG").unwrap_or_else(|_| "info,openraft=error".into()),
+                // The node's own default, so tests see what an operator sees.
+                std::env::var("TRELLIS_LOG").unwrap_or_else(|_| {
+                    "info,openraft=error,openraft::replication=off,sled=warn".into()
+                }),
             )
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)
@@ -519,6 +522,14 @@ impl Cluster {
     }
 
     /// Every node's log, for a failing test's message.
+    /// Node `id`'s whole log.
+    pub fn log(&self, id: u64) -> String {
+        self.nodes
+            .get(&id)
+            .and_then(|n| std::fs::read_to_string(&n.log).ok())
+            .unwrap_or_default()
+    }
+
     pub fn logs(&self) -> String {
         let mut out = String::new();
         for n in self.nodes.values() {
