@@ -23,7 +23,7 @@ def restart_log(node):
 
 
 # The shard hand-overs are DEBUG events; this test logs them for its diagnostics.
-SHARD_EVENTS = {"TRELLIS_LOG": "info,openraft=error,sled=warn,trellis::audit=off,"
+SHARD_EVENTS = {"TRELLIS_LOG": "info,openraft=error,openraft::replication=off,sled=warn,trellis::audit=off,"
                                "trellis_cluster::host=debug,trellis_shard::executor=debug"}
 
 
