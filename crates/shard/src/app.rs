@@ -284,8 +284,18 @@ impl ShardApp {
             .collect()
     }
 
-    /// A page of a listing ([`crate::listing::page`]): `limit` items after `after`, and those
-    /// tied with the last on start time.
+    /// The executions of `owner` (with `status`, when given) after `after`, newest first,
+    /// read from the listing index as they are taken ([`crate::listing::Listing`]).
+    pub fn listing(
+        &self,
+        owner: crate::listing::Owner<'_>,
+        status: Option<crate::record::Status>,
+        after: Option<crate::listing::Cursor>,
+    ) -> crate::listing::Listing {
+        crate::listing::Listing::new(&self.listing, owner, status, after)
+    }
+
+    /// The first `limit` items of [`ShardApp::listing`].
     pub fn list(
         &self,
         owner: crate::listing::Owner<'_>,
@@ -293,7 +303,9 @@ impl ShardApp {
         after: Option<&crate::listing::Cursor>,
         limit: usize,
     ) -> Result<Vec<crate::listing::ListItem>> {
-        crate::listing::page(&self.listing, owner, status, after, limit)
+        self.listing(owner, status, after.cloned())
+            .take(limit)
+            .collect()
     }
 
     /// Every execution record, in ARN order, after `after` (exclusive), at most `limit`.
@@ -466,10 +478,9 @@ mod tests {
         }
         let all = app.list(Owner::Machine("arn:m"), None, None, 10).unwrap();
         assert_eq!(names(&all), ["2", "4", "3", "1", "5"]);
-        // Pages of two: a tie at the end of a page comes whole, and the cursor goes on
-        // after it.
+        // Pages: ties on start time go by ARN, and the cursor goes on after the last.
         let p1 = app.list(Owner::Machine("arn:m"), None, None, 1).unwrap();
-        assert_eq!(names(&p1), ["2", "4"]);
+        assert_eq!(names(&p1), ["2"]);
         let c = Cursor {
             start_ms: 300,
             arn: "arn:e:2".into(),
@@ -526,6 +537,47 @@ mod tests {
             .list(Owner::Machine("arn:m"), Some(Status::Failed), None, 10)
             .unwrap()
             .is_empty());
+    }
+
+    #[test]
+    fn listings_of_shards_merge_in_order_reading_only_what_they_need() {
+        use crate::listing::{merge, Cursor, Owner};
+        let db = NodeDb::temporary().unwrap();
+        let a = ShardApp::open(&db.group(1).unwrap()).unwrap();
+        let b = ShardApp::open(&db.group(2).unwrap()).unwrap();
+        // Start times 1..=40 over two shards, every third one tied with another shard's.
+        for i in 1..=40u64 {
+            let mut r = closed(i, 0);
+            r.start_ms = (i - i % 3) as i64;
+            r.stop_ms = Some(r.start_ms + 1);
+            put(if i % 2 == 0 { &a } else { &b }, &r);
+        }
+        let want: Vec<String> = {
+            let mut all: Vec<(i64, String)> = (1..=40u64)
+                .map(|i| ((i - i % 3) as i64, format!("arn:e:{i}")))
+                .collect();
+            all.sort_by(|x, y| y.0.cmp(&x.0).then_with(|| x.1.cmp(&y.1)));
+            all.into_iter().map(|x| x.1).collect()
+        };
+        let mut got = Vec::new();
+        let mut after: Option<Cursor> = None;
+        for _ in 0..10 {
+            let page = merge(
+                vec![
+                    a.listing(Owner::Machine("arn:m"), None, after.clone()),
+                    b.listing(Owner::Machine("arn:m"), None, after.clone()),
+                ],
+                7,
+            )
+            .unwrap();
+            let Some(last) = page.last() else { break };
+            after = Some(Cursor {
+                start_ms: last.start_ms,
+                arn: last.arn.clone(),
+            });
+            got.extend(page.into_iter().map(|i| i.arn));
+        }
+        assert_eq!(got, want);
     }
 
     #[test]

@@ -182,43 +182,150 @@ pub(crate) fn remove(tree: &sled::Tree, rec: &ExecRecord) -> Result<()> {
     Ok(())
 }
 
-/// Up to `limit` items of `owner` (with `status`, when given) after `after`, in listing
-/// order, plus any that share the last one's start time (so a caller merging shards can
-/// cut at the right place between equal times).
-pub(crate) fn page(
-    tree: &sled::Tree,
-    owner: Owner<'_>,
-    status: Option<Status>,
-    after: Option<&Cursor>,
-    limit: usize,
-) -> Result<Vec<ListItem>> {
-    let (kind, owner, indexed_status, filter) = match owner {
-        Owner::Machine(m) => match status {
-            Some(s) => (BY_STATUS, m, Some(s), None),
-            None => (BY_MACHINE, m, None, None),
-        },
-        Owner::MapRun(r) => (BY_MAP_RUN, r, None, status),
-    };
-    let prefix = prefix(kind, owner, indexed_status);
-    let mut from = prefix.clone();
-    if let Some(c) = after {
-        from.extend_from_slice(&newest_first(c.start_ms));
+/// The items of `owner` (with `status`, when given) after `after`, in listing order (newest
+/// first, ties by ARN), read from the index as they are asked for: a caller that takes a
+/// page reads about a page of entries.
+pub struct Listing {
+    iter: sled::Iter,
+    prefix: Vec<u8>,
+    after: Option<Cursor>,
+    /// A Map Run's listing filters by status as it reads (it has no status entries).
+    filter: Option<Status>,
+    /// The rest of the current group of items with one start time, sorted by ARN.
+    group: std::collections::VecDeque<ListItem>,
+    /// The first item of the next group, read while finding where the current one ends.
+    ahead: Option<ListItem>,
+    done: bool,
+}
+
+impl Listing {
+    pub(crate) fn new(
+        tree: &sled::Tree,
+        owner: Owner<'_>,
+        status: Option<Status>,
+        after: Option<Cursor>,
+    ) -> Listing {
+        let (kind, owner, indexed_status, filter) = match owner {
+            Owner::Machine(m) => match status {
+                Some(s) => (BY_STATUS, m, Some(s), None),
+                None => (BY_MACHINE, m, None, None),
+            },
+            Owner::MapRun(r) => (BY_MAP_RUN, r, None, status),
+        };
+        let prefix = prefix(kind, owner, indexed_status);
+        let mut from = prefix.clone();
+        if let Some(c) = &after {
+            from.extend_from_slice(&newest_first(c.start_ms));
+        }
+        Listing {
+            iter: tree.range(from..),
+            prefix,
+            after,
+            filter,
+            group: Default::default(),
+            ahead: None,
+            done: false,
+        }
     }
-    let mut out: Vec<ListItem> = Vec::new();
-    for kv in tree.range(from..) {
-        let (k, v) = kv?;
-        if !k.starts_with(&prefix) {
+
+    /// The next entry that belongs to the listing, in index order (newest first, then id).
+    fn read(&mut self) -> Result<Option<ListItem>> {
+        while !self.done {
+            let Some(kv) = self.iter.next() else {
+                self.done = true;
+                break;
+            };
+            let (k, v) = kv?;
+            if !k.starts_with(&self.prefix) {
+                self.done = true;
+                break;
+            }
+            let item: ListItem = serde_json::from_slice(&v)?;
+            if self.after.as_ref().is_some_and(|c| !item.after(c))
+                || self.filter.is_some_and(|s| item.status != s)
+            {
+                continue;
+            }
+            return Ok(Some(item));
+        }
+        Ok(None)
+    }
+}
+
+impl Iterator for Listing {
+    type Item = Result<ListItem>;
+
+    fn next(&mut self) -> Option<Result<ListItem>> {
+        if self.group.is_empty() {
+            // The next group: every item with the start time of the first.
+            let first = match self.ahead.take() {
+                Some(i) => i,
+                None => match self.read() {
+                    Ok(Some(i)) => i,
+                    Ok(None) => return None,
+                    Err(e) => return Some(Err(e)),
+                },
+            };
+            let mut group = vec![first];
+            loop {
+                match self.read() {
+                    Ok(Some(i)) if i.start_ms == group[0].start_ms => group.push(i),
+                    Ok(Some(i)) => {
+                        self.ahead = Some(i);
+                        break;
+                    }
+                    Ok(None) => break,
+                    Err(e) => return Some(Err(e)),
+                }
+            }
+            group.sort_by(|a, b| a.arn.cmp(&b.arn));
+            self.group = group.into();
+        }
+        self.group.pop_front().map(Ok)
+    }
+}
+
+/// Merges listings (of several shards) into the first `limit` items in listing order,
+/// reading from each only as far as the merge needs.
+pub fn merge(listings: Vec<Listing>, limit: usize) -> Result<Vec<ListItem>> {
+    use std::cmp::Reverse;
+    use std::collections::BinaryHeap;
+    /// Orders items as listings do: the "smallest" is the newest, then the lowest ARN.
+    struct Head(ListItem, usize);
+    impl PartialEq for Head {
+        fn eq(&self, o: &Self) -> bool {
+            self.cmp(o) == std::cmp::Ordering::Equal
+        }
+    }
+    impl Eq for Head {}
+    impl PartialOrd for Head {
+        fn partial_cmp(&self, o: &Self) -> Option<std::cmp::Ordering> {
+            Some(self.cmp(o))
+        }
+    }
+    impl Ord for Head {
+        fn cmp(&self, o: &Self) -> std::cmp::Ordering {
+            o.0.start_ms
+                .cmp(&self.0.start_ms)
+                .then_with(|| self.0.arn.cmp(&o.0.arn))
+        }
+    }
+    let mut listings = listings;
+    let mut heap = BinaryHeap::new();
+    for (i, l) in listings.iter_mut().enumerate() {
+        if let Some(item) = l.next().transpose()? {
+            heap.push(Reverse(Head(item, i)));
+        }
+    }
+    let mut out = Vec::with_capacity(limit.min(1024));
+    while out.len() < limit {
+        let Some(Reverse(Head(item, i))) = heap.pop() else {
             break;
-        }
-        let item: ListItem = serde_json::from_slice(&v)?;
-        if after.is_some_and(|c| !item.after(c)) || filter.is_some_and(|s| item.status != s) {
-            continue;
-        }
-        if out.len() >= limit && out.last().is_some_and(|l| l.start_ms != item.start_ms) {
-            break;
-        }
+        };
         out.push(item);
+        if let Some(next) = listings[i].next().transpose()? {
+            heap.push(Reverse(Head(next, i)));
+        }
     }
-    out.sort_by(|a, b| b.start_ms.cmp(&a.start_ms).then_with(|| a.arn.cmp(&b.arn)));
     Ok(out)
 }

@@ -426,9 +426,9 @@ impl Node {
     }
 
     /// One page of the executions of a state machine (or a Map Run's children) on the
-    /// shards this node leads, newest first, from each shard's listing index: the
-    /// `max_results` items after the request's cursor (`next_token`), and those tied with the
-    /// last on start time; with the shards they cover.
+    /// shards this node leads, newest first: the `max_results` items after the request's
+    /// cursor (`next_token`), merged from each shard's listing index as far as the page
+    /// needs; with the shards they cover.
     pub(crate) fn list_executions_here(
         &self,
         r: &pb::ListExecutionsRequest,
@@ -441,21 +441,16 @@ impl Node {
             Owner::MapRun(&r.map_run_arn)
         };
         let limit = r.max_results.max(1) as usize;
-        let mut all = Vec::new();
+        let mut listings = Vec::new();
         let mut covered = Vec::new();
         for rep in self.cluster.shards().replicas() {
             if rep.handle().is_none() {
                 continue;
             }
             covered.push(rep.shard);
-            all.extend(
-                rep.app
-                    .list(owner, status, after.as_ref(), limit)
-                    .map_err(from_shard)?,
-            );
+            listings.push(rep.app.listing(owner, status, after.clone()));
         }
-        all.sort_by(|a, b| b.start_ms.cmp(&a.start_ms).then_with(|| a.arn.cmp(&b.arn)));
-        all.truncate(limit);
+        let all = trellis_shard::listing::merge(listings, limit).map_err(from_shard)?;
         Ok(pb::ListExecutionsResponse {
             executions: all.into_iter().map(list_item).collect(),
             next_token: String::new(),
