@@ -119,12 +119,11 @@ pub(crate) fn state_name(e: &pb::HistoryEvent) -> Option<String> {
         .find_map(|v| v.get("name").and_then(Value::as_str).map(str::to_string))
 }
 
-/// The ARN of a state machine given by ARN or by name (looked up in the listing).
-pub(crate) async fn machine_arn(c: &mut trellis_client::Client, given: &str) -> Result<String> {
-    if given.starts_with("arn:") {
-        return Ok(given.to_string());
-    }
-    let all = all_pages(|next_token| {
+/// Every state machine, every page.
+pub(crate) async fn all_machines(
+    c: &trellis_client::Client,
+) -> Result<Vec<trellis_client::v1::StateMachineListItem>> {
+    all_pages(|next_token| {
         let mut sm = c.state_machines.clone();
         async move {
             let r = sm
@@ -138,8 +137,17 @@ pub(crate) async fn machine_arn(c: &mut trellis_client::Client, given: &str) -> 
             Ok((r.state_machines, r.next_token))
         }
     })
-    .await?;
-    all.into_iter()
+    .await
+}
+
+/// The ARN of a state machine given by ARN or by name (looked up in the listing).
+pub(crate) async fn machine_arn(c: &mut trellis_client::Client, given: &str) -> Result<String> {
+    if given.starts_with("arn:") {
+        return Ok(given.to_string());
+    }
+    all_machines(c)
+        .await?
+        .into_iter()
         .find(|m| m.name == given)
         .map(|m| m.state_machine_arn)
         .ok_or_else(|| anyhow!("no state machine is named '{given}' (give its name or ARN)"))

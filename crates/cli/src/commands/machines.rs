@@ -81,21 +81,7 @@ pub(crate) async fn sm(c: &mut Client, j: bool, cmd: Sm) -> Result<()> {
             }
         }
         Sm::List => {
-            let all = all_pages(|next_token| {
-                let mut c = c.state_machines.clone();
-                async move {
-                    let r = c
-                        .list_state_machines(pb::ListStateMachinesRequest {
-                            max_results: 1000,
-                            next_token,
-                        })
-                        .await
-                        .map_err(api)?
-                        .into_inner();
-                    Ok((r.state_machines, r.next_token))
-                }
-            })
-            .await?;
+            let all = all_machines(c).await?;
             if j {
                 out!("{}", Value::Array(all.iter().map(|m| json!({"stateMachineArn": m.state_machine_arn, "name": m.name, "type": type_name(m.r#type), "creationDate": m.creation_date})).collect()));
             } else {
@@ -200,21 +186,11 @@ pub(crate) async fn sm(c: &mut Client, j: bool, cmd: Sm) -> Result<()> {
                 policy.states.remove(name);
             }
             if change {
-                c.state_machines
-                    .update_state_machine(pb::UpdateStateMachineRequest {
-                        state_machine_arn: arn,
-                        definition: None,
-                        role_arn: None,
-                        publish: false,
-                        version_description: String::new(),
-                        settings: Some(pb::StateMachineSettings {
-                            max_concurrent_executions: None,
-                            sharding: Some(policy.clone()),
-                            retention_seconds: None,
-                        }),
-                    })
-                    .await
-                    .map_err(api)?;
+                let settings = pb::StateMachineSettings {
+                    sharding: Some(policy.clone()),
+                    ..Default::default()
+                };
+                update_settings(c, arn, settings).await?;
             }
             if j {
                 out!("{}", sharding_json(Some(&policy)));
@@ -238,21 +214,11 @@ pub(crate) async fn sm(c: &mut Client, j: bool, cmd: Sm) -> Result<()> {
             let seconds = match period.as_deref() {
                 Some(p) => {
                     let s = retention_seconds(p)?;
-                    c.state_machines
-                        .update_state_machine(pb::UpdateStateMachineRequest {
-                            state_machine_arn: arn.clone(),
-                            definition: None,
-                            role_arn: None,
-                            publish: false,
-                            version_description: String::new(),
-                            settings: Some(pb::StateMachineSettings {
-                                max_concurrent_executions: None,
-                                sharding: None,
-                                retention_seconds: Some(s),
-                            }),
-                        })
-                        .await
-                        .map_err(api)?;
+                    let settings = pb::StateMachineSettings {
+                        retention_seconds: Some(s),
+                        ..Default::default()
+                    };
+                    update_settings(c, arn.clone(), settings).await?;
                     s
                 }
                 None => c
@@ -391,6 +357,23 @@ fn sharding_json(s: Option<&pb::Sharding>) -> Value {
             .map(|(k, v)| (k.clone(), Value::String(placement_name(Some(v)))))
             .collect::<serde_json::Map<_, _>>(),
     })
+}
+
+/// Changes the settings given (only those) of a machine.
+async fn update_settings(
+    c: &mut Client,
+    arn: String,
+    settings: pb::StateMachineSettings,
+) -> Result<()> {
+    c.state_machines
+        .update_state_machine(pb::UpdateStateMachineRequest {
+            state_machine_arn: arn,
+            settings: Some(settings),
+            ..Default::default()
+        })
+        .await
+        .map_err(api)?;
+    Ok(())
 }
 
 /// A machine's retention from the command line, in seconds: a period of at least a second,
