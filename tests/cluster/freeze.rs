@@ -22,6 +22,11 @@ async fn a_frozen_leader_holds_up_no_start() {
     let c = Cluster::start(env!("CARGO_BIN_EXE_trellis-node"), 3, Options::default())
         .await
         .expect("cluster");
+    // Every shard on all three nodes first: a shard still being placed (two voters, one of
+    // them the frozen node) could not elect, and a start on it would wait for the thaw.
+    c.wait_balanced(&c.running(), 3, Duration::from_secs(120))
+        .await
+        .unwrap_or_else(|e| panic!("{e}\n{}", c.logs()));
     let pool = Pool::of(&c);
     let def = json!({"StartAt": "P", "States": {"P": {"Type": "Pass", "End": true}}});
     let machine = workload::create_machine(&pool, "freeze", &def).await;
@@ -118,7 +123,7 @@ async fn a_transfer_to_a_frozen_replica_falls_back() {
     let c = Cluster::start(env!("CARGO_BIN_EXE_trellis-node"), 3, Options::default())
         .await
         .expect("cluster");
-    c.wait_leaders(Duration::from_secs(60))
+    c.wait_balanced(&c.running(), 3, Duration::from_secs(120))
         .await
         .unwrap_or_else(|e| panic!("{e}\n{}", c.logs()));
     let shards = c.shards().await.expect("shards");
