@@ -17,16 +17,21 @@ const STARTS: usize = 60;
 /// Long enough that a start stuck on the frozen node cannot finish before the thaw.
 const FREEZE: Duration = Duration::from_secs(25);
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn a_frozen_leader_holds_up_no_start() {
+/// Three nodes, every shard on all three: a shard still being placed (two voters, one of
+/// them the frozen node) could not elect, and a call on it would wait for the thaw.
+async fn balanced() -> Cluster {
     let c = Cluster::start(env!("CARGO_BIN_EXE_trellis-node"), 3, Options::default())
         .await
         .expect("cluster");
-    // Every shard on all three nodes first: a shard still being placed (two voters, one of
-    // them the frozen node) could not elect, and a start on it would wait for the thaw.
     c.wait_balanced(&c.running(), 3, Duration::from_secs(120))
         .await
         .unwrap_or_else(|e| panic!("{e}\n{}", c.logs()));
+    c
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_frozen_leader_holds_up_no_start() {
+    let c = balanced().await;
     let pool = Pool::of(&c);
     let def = json!({"StartAt": "P", "States": {"P": {"Type": "Pass", "End": true}}});
     let machine = workload::create_machine(&pool, "freeze", &def).await;
@@ -120,12 +125,7 @@ async fn a_frozen_leader_holds_up_no_start() {
 /// election was held), so the shard was never without a leader.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_transfer_to_a_frozen_replica_falls_back() {
-    let c = Cluster::start(env!("CARGO_BIN_EXE_trellis-node"), 3, Options::default())
-        .await
-        .expect("cluster");
-    c.wait_balanced(&c.running(), 3, Duration::from_secs(120))
-        .await
-        .unwrap_or_else(|e| panic!("{e}\n{}", c.logs()));
+    let c = balanced().await;
     let shards = c.shards().await.expect("shards");
     let s = shards
         .iter()
