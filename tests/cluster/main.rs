@@ -3,6 +3,7 @@
 //! Run with `cargo nextest run -p trellis-cluster-tests`. Each test starts its own
 //! cluster in a temporary directory; node logs are printed when a test fails.
 
+mod backup;
 mod cap;
 mod fanout;
 mod five;

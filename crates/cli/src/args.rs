@@ -68,6 +68,13 @@ pub(crate) enum Cmd {
     Doctor,
     /// Load generator: start executions and report throughput and latency.
     Bench(Bench),
+    /// Copy the meta group and every shard into a new directory, consistently (messages
+    /// between shards are held meanwhile); `trellis restore` builds a new cluster from it.
+    Backup {
+        /// The directory to write (absent or empty): manifest.json and one file per group.
+        #[arg(long)]
+        to: std::path::PathBuf,
+    },
     /// Make a cluster CA and the certificates it issues (no node is contacted).
     #[command(subcommand)]
     Certs(CertsCmd),

@@ -22,6 +22,63 @@ use crate::args::{Cli, Cmd, PlacementCmd};
 use crate::commands::{activities, certs, cluster, executions, machines, mapruns};
 use crate::output::{api, table};
 
+/// `trellisctl backup`: the parts as they come, with a bar per group on a terminal.
+async fn backup(c: &mut Client, dir: &std::path::Path, j: bool) -> Result<()> {
+    let tty = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    let mut bar: Option<(u64, indicatif::ProgressBar)> = None;
+    let started = std::time::Instant::now();
+    let written = trellis_client::backup::write(&mut c.admin, dir, |group, bytes, size| {
+        if !tty {
+            return;
+        }
+        if bar.as_ref().is_none_or(|(g, _)| *g != group) {
+            if let Some((_, b)) = bar.take() {
+                b.finish_and_clear();
+            }
+            let what = if group == 0 {
+                "meta".to_string()
+            } else {
+                format!("shard {}", group - 1)
+            };
+            let b = indicatif::ProgressBar::new(size);
+            if let Ok(style) = indicatif::ProgressStyle::with_template(&format!(
+                "{{elapsed_precise}} [{{bar:40}}] {{bytes}}/{{total_bytes}} {what}"
+            )) {
+                b.set_style(style.progress_chars("=> "));
+            }
+            bar = Some((group, b));
+        }
+        if let Some((_, b)) = &bar {
+            b.set_position(bytes);
+        }
+    })
+    .await;
+    if let Some((_, b)) = bar {
+        b.finish_and_clear();
+    }
+    let m = written.map_err(|e| match e {
+        trellis_client::backup::BackupError::Status(s) => api(s),
+        e => anyhow::anyhow!("{e}"),
+    })?;
+    let bytes: u64 = m.groups.iter().map(|g| g.bytes).sum();
+    if j {
+        out!("{}", serde_json::to_string(&m)?);
+    } else {
+        out!(
+            "backed up the meta group and {} shards ({:.1} KiB) into {} in {:.1} s",
+            m.shards,
+            bytes as f64 / 1024.0,
+            dir.display(),
+            started.elapsed().as_secs_f64()
+        );
+        out!(
+            "restore with: trellis restore --from {} --data-dir <new dir> ...",
+            dir.display()
+        );
+    }
+    Ok(())
+}
+
 #[tokio::main]
 async fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -128,6 +185,7 @@ async fn run(cli: Cli) -> Result<()> {
             Ok(())
         }
         Cmd::Bench(b) => bench::bench(&c, b, j).await,
+        Cmd::Backup { to } => backup(&mut c, &to, j).await,
         Cmd::Certs(_) => unreachable!("handled before connecting"),
     }
 }

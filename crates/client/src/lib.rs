@@ -17,6 +17,8 @@
 //! ([`trellis_proto::ApiError`]). A call that reached a node that does not lead the group is
 //! retried on the leader by the cluster's router; the client itself talks to one endpoint.
 
+pub mod backup;
+
 use tonic::metadata::{Ascii, MetadataValue};
 use tonic::service::interceptor::InterceptedService;
 use tonic::service::Interceptor;

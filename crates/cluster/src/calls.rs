@@ -144,6 +144,7 @@ pub(crate) fn deadline(call: &Call) -> std::time::Duration {
         | Call::DeleteActivity(_)
         | Call::AdmissionKick(_)
         | Call::MemberCheck(_)
+        | Call::MailHold(_)
         | Call::Admit(_)
         | Call::UpdateMapRun(_)
         | Call::PollActivityTask(_) => META,
@@ -164,6 +165,9 @@ pub(crate) fn deadline(call: &Call) -> std::time::Duration {
         | Call::Doctor(_)
         | Call::AdmissionReport(_)
         | Call::LocalShards(_) => SCAN,
+        // The first part builds a snapshot.
+        Call::ExportGroup(r) if r.token.is_empty() => OPERATOR,
+        Call::ExportGroup(_) => SCAN,
         Call::SetNodeState(_)
         | Call::MoveShard(_)
         | Call::TransferShardLeader(_)
@@ -224,6 +228,9 @@ calls! {
             c.router().on_meta(r).await
         }
     };
+    rpb::ExportGroupRequest => ExportGroup: rpb::ExportGroupReply =
+        |c, r| c.backups().export_here(r).await;
+    rpb::MailHoldRequest => MailHold: pb::Empty = |c, r| empty(c.backups().hold_here(r).await);
     rpb::MemberCheckRequest => MemberCheck: pb::Empty = |c, r| {
         if c.meta().leader() == Some(c.id()) {
             empty(c.membership().check_member_here(r.node_id))

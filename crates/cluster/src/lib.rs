@@ -20,6 +20,7 @@
 //! `trellis-server`.
 
 pub mod admission;
+pub mod backup;
 pub mod calls;
 pub mod config;
 pub mod driver;
@@ -52,6 +53,7 @@ pub use config::{ClusterConfig, Member, Settings};
 pub use error::{from_meta, from_shard, internal, ApiResult, Error, Result};
 
 use admission::Admission;
+use backup::Backups;
 use driver::Driver;
 use host::Host;
 use mail::Mail;
@@ -194,6 +196,7 @@ pub struct Cluster {
     driver: Arc<Driver>,
     admission: Arc<Admission>,
     mail: Arc<Mail>,
+    backups: Backups,
     api: OnceLock<Weak<dyn Api>>,
     bootstrapped: AtomicBool,
 }
@@ -250,6 +253,7 @@ impl Cluster {
                 admission.kicker(),
             ));
             Cluster {
+                backups: Backups::new(core.clone(), router.clone(), mail.clone()),
                 membership: Arc::new(Membership::new(core.clone(), router.clone())),
                 driver: Arc::new(Driver::new(core.clone(), router.clone())),
                 core,
@@ -312,6 +316,10 @@ impl Cluster {
 
     pub fn admission(&self) -> &Admission {
         &self.admission
+    }
+
+    pub fn backups(&self) -> &Backups {
+        &self.backups
     }
 
     /// The cluster's shard count (0 until this node knows the shard map).

@@ -294,6 +294,24 @@ impl MetaApp {
             .collect()
     }
 
+    /// After a restore onto node `node` alone (`trellis restore`): the nodes of the cluster
+    /// the backup came from are forgotten, and `node` is every shard's only replica (a new
+    /// epoch, no move in progress). Not replicated: the restore writes it before any node
+    /// of the new cluster runs.
+    pub fn rehome(&self, node: u64) -> Result<()> {
+        self.tree(Table::Nodes).clear()?;
+        let shards = self.tree(Table::Shards);
+        for kv in shards.iter() {
+            let (k, v) = kv?;
+            let mut s: placement::ShardRecord = serde_json::from_slice(&v)?;
+            s.replicas = vec![node];
+            s.learners.clear();
+            s.epoch += 1;
+            shards.insert(k, serde_json::to_vec(&s)?)?;
+        }
+        Ok(())
+    }
+
     fn apply_op(&self, op: &MetaOp) -> Result<()> {
         match op {
             MetaOp::Put { table, key, value } => {
@@ -484,6 +502,60 @@ impl Meta {
 mod tests {
     use super::*;
     use serde_json::json;
+
+    #[test]
+    fn a_restored_meta_group_names_only_its_new_node() {
+        let db = NodeDb::temporary().unwrap();
+        let mut app = MetaApp::open(&db.group(0).unwrap()).unwrap();
+        let node = |id| placement::NodeRecord {
+            id,
+            grpc_addr: format!("n{id}:7300"),
+            http_addr: format!("n{id}:8083"),
+            peer_addr: format!("n{id}:7301"),
+            zone: String::new(),
+            state: placement::NodeState::Up,
+        };
+        let shard = |id, replicas: Vec<u64>, learners: Vec<u64>| placement::ShardRecord {
+            id,
+            replicas,
+            epoch: 4,
+            learners,
+        };
+        let ops = vec![
+            MetaOp::put(&node(3)).unwrap(),
+            MetaOp::put(&node(5)).unwrap(),
+            MetaOp::put(&shard(0, vec![3, 5], vec![])).unwrap(),
+            MetaOp::put(&shard(1, vec![5, 3], vec![7])).unwrap(),
+            MetaOp::Put {
+                table: Table::Settings,
+                key: "shards".into(),
+                value: json!(2),
+            },
+        ];
+        let req = MetaRequest {
+            conditions: vec![],
+            ops,
+        };
+        app.apply(&LogId::default(), &req).unwrap();
+        app.rehome(1).unwrap();
+        assert!(app
+            .records::<placement::NodeRecord>(None, 10)
+            .unwrap()
+            .is_empty());
+        let shards = app.records::<placement::ShardRecord>(None, 10).unwrap();
+        assert_eq!(
+            shards,
+            vec![shard(0, vec![1], vec![]), shard(1, vec![1], vec![])]
+                .into_iter()
+                .map(|mut s| {
+                    s.epoch = 5;
+                    s
+                })
+                .collect::<Vec<_>>()
+        );
+        // The rest stays.
+        assert_eq!(app.get(Table::Settings, "shards").unwrap(), Some(json!(2)));
+    }
 
     #[tokio::test]
     async fn writes_are_replicated_reads() {

@@ -45,6 +45,16 @@ enum Command {
         #[arg(long)]
         into: PathBuf,
     },
+    /// Build a new cluster's first node from a backup (`trellisctl backup --to DIR`): writes
+    /// the data directory for the node the other flags describe, then exits. Start the node
+    /// with the same flags (`trellis server ...`); other nodes join it as usual.
+    Restore {
+        /// The backup directory.
+        #[arg(long)]
+        from: PathBuf,
+        #[command(flatten)]
+        flags: serve::Flags,
+    },
     /// Validate a definition and print the ValidateStateMachineDefinition response.
     Validate {
         /// The definition file (Amazon States Language JSON).
@@ -65,6 +75,7 @@ pub fn main() -> ExitCode {
             .map(|()| ExitCode::SUCCESS),
         Command::Run(args) => run::main(args),
         Command::Compact { data_dir, into } => compact(&data_dir, &into),
+        Command::Restore { from, flags } => flags.config().and_then(|cfg| restore(&from, &cfg)),
         Command::Validate {
             definition,
             express,
@@ -89,6 +100,21 @@ fn compact(from: &std::path::Path, into: &std::path::Path) -> anyhow::Result<Exi
         mib(before),
         into.display(),
         mib(after),
+        t.elapsed().as_secs_f64()
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+fn restore(from: &std::path::Path, cfg: &crate::config::Config) -> anyhow::Result<ExitCode> {
+    let t = std::time::Instant::now();
+    let r = crate::restore::restore(from, cfg)?;
+    println!(
+        "restored {} shards and the meta group ({:.1} KiB) from {} into {} for node {} in {:.1} s; start it with the same flags",
+        r.shards,
+        r.bytes as f64 / 1024.0,
+        from.display(),
+        cfg.node.data_dir.display(),
+        cfg.node.id,
         t.elapsed().as_secs_f64()
     );
     Ok(ExitCode::SUCCESS)

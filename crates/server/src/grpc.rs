@@ -457,6 +457,19 @@ impl Admin for Svc {
         self.allow(&r, "trellis:Rebalance")?;
         ok(self.0.cluster().driver().rebalance().await?)
     }
+    type BackupStream =
+        std::pin::Pin<Box<dyn futures::Stream<Item = Result<pb::BackupChunk, Status>> + Send>>;
+
+    async fn backup(&self, r: Request<pb::BackupRequest>) -> R<Self::BackupStream> {
+        use futures::StreamExt;
+        self.allow(&r, "trellis:Backup")?;
+        // A few parts ahead of the client: the node holds at most that much for it.
+        let (tx, rx) = tokio::sync::mpsc::channel(4);
+        let cluster = self.0.cluster().clone();
+        tokio::spawn(async move { cluster.backups().run(tx).await });
+        let stream = ReceiverStream::new(rx).map(|r| r.map_err(|e| e.to_status()));
+        ok(Box::pin(stream) as Self::BackupStream)
+    }
     async fn set_placement(&self, r: Request<pb::SetPlacementRequest>) -> R<pb::Empty> {
         self.allow(&r, "trellis:SetPlacement")?;
         self.0

@@ -15,6 +15,7 @@ pub mod mock;
 pub mod nested;
 pub mod node;
 pub mod registry;
+pub mod restore;
 pub mod run;
 pub mod s3;
 pub mod serve;

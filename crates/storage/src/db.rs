@@ -228,6 +228,11 @@ impl NodeDb {
         })
     }
 
+    /// Where a node keeps copies of snapshots being read for a backup.
+    pub fn backup_dir(&self) -> PathBuf {
+        self.snapshots.path.join("backups")
+    }
+
     /// Groups that have trees in this store (for restart).
     pub fn groups(&self) -> Vec<u64> {
         let mut out: Vec<u64> = self

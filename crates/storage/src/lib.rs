@@ -24,7 +24,7 @@ pub use db::{compact_into, lock_dir, DirLock, GroupTrees, NodeDb};
 pub use error::{Error, Result};
 pub use log::{LogStore, REPLICATION_READ_BYTES};
 pub use network::NoPeers;
-pub use sm::{AppStateMachine, StateMachineStore};
+pub use sm::{current_snapshot, restore_group, AppStateMachine, Exported, StateMachineStore};
 pub use trees::{export_trees, import_trees};
 
 /// Encodes a u64 so that byte order is numeric order (sled keys).

@@ -15,9 +15,9 @@ use serde::Serialize;
 use crate::db::GroupTrees;
 use crate::{be, Error};
 
-const VOTE: &[u8] = b"vote";
-const COMMITTED: &[u8] = b"committed";
-const LAST_PURGED: &[u8] = b"last_purged";
+pub(crate) const VOTE: &[u8] = b"vote";
+pub(crate) const COMMITTED: &[u8] = b"committed";
+pub(crate) const LAST_PURGED: &[u8] = b"last_purged";
 
 /// The most bytes of stored entries one read for replication returns (always at least one
 /// entry). openraft gives an `AppendEntries` one heartbeat interval to be answered; an

@@ -19,6 +19,9 @@ use crate::{Error, Result};
 const APPLIED: &[u8] = b"applied";
 /// The current snapshot's meta and file name.
 const SNAPSHOT: &[u8] = b"snapshot";
+
+/// What an application export (a backup) holds: the log id it matches.
+pub type Exported<C> = Option<LogId<<C as RaftTypeConfig>::NodeId>>;
 /// Where earlier versions kept the snapshot in the tree itself (removed on open).
 const LEGACY: [&[u8]; 2] = [b"snapshot_meta", b"snapshot_data"];
 
@@ -157,6 +160,14 @@ where
     pub fn with_app<T>(&self, f: impl FnOnce(&A) -> T) -> T {
         let inner = self.lock();
         f(&inner.app)
+    }
+
+    /// Writes the application's state to `out` (the snapshot format, [`AppStateMachine::export`])
+    /// and returns the log id it matches. Applying waits meanwhile, as for a snapshot.
+    pub fn export_app(&self, out: &mut dyn std::io::Write) -> Result<Exported<C>> {
+        let inner = self.lock();
+        inner.app.export(out)?;
+        Ok(inner.applied.last_applied.clone())
     }
 
     /// The last applied log id.
@@ -371,4 +382,75 @@ where
             None => Ok(None),
         }
     }
+}
+
+/// The group's current snapshot: the log id it matches and its file (open it before the
+/// next snapshot replaces it; an open file stays readable).
+pub fn current_snapshot<C: RaftTypeConfig>(
+    trees: &GroupTrees,
+) -> Result<Option<(Exported<C>, PathBuf)>> {
+    match trees.raft.get(SNAPSHOT)? {
+        Some(v) => {
+            let s: StoredSnapshot<C> = serde_json::from_slice(&v)?;
+            Ok(Some((s.meta.last_log_id, trees.snapshot_dir.join(s.file))))
+        }
+        None => Ok(None),
+    }
+}
+
+/// Seeds group `trees` of a new node from an application state `app` already holds (a
+/// restored backup), as if a snapshot at `last` had been installed: the state becomes the
+/// group's current snapshot, the log is empty and purged up to `last`, and `member` (with
+/// its peer address) is the only voter. Started, the node elects itself in the next term;
+/// other nodes catch up from the snapshot.
+pub fn restore_group<C, A>(
+    trees: &GroupTrees,
+    app: &A,
+    last: LogId<C::NodeId>,
+    member: C::NodeId,
+    node: C::Node,
+) -> Result<()>
+where
+    C: RaftTypeConfig,
+    A: AppStateMachine<C>,
+{
+    if !trees.raft.is_empty() || !trees.log.is_empty() {
+        return Err(Error::Corrupt(format!(
+            "group {} already has Raft state here: restore into an empty data directory",
+            trees.group
+        )));
+    }
+    let membership = StoredMembership::new(
+        Some(last.clone()),
+        openraft::Membership::new(
+            vec![std::collections::BTreeSet::from([member.clone()])],
+            std::collections::BTreeMap::from([(member.clone(), node)]),
+        ),
+    );
+    let file = write_snapshot_file(&trees.snapshot_dir, |out| app.export(out))?;
+    let stored = StoredSnapshot::<C> {
+        meta: SnapshotMeta {
+            last_log_id: Some(last.clone()),
+            last_membership: membership.clone(),
+            snapshot_id: format!("{}-{}-restored", last.leader_id, last.index),
+        },
+        file,
+    };
+    let applied = Applied::<C> {
+        last_applied: Some(last.clone()),
+        membership,
+    };
+    let vote = openraft::Vote::new(last.leader_id.term, member);
+    trees.raft.insert(APPLIED, serde_json::to_vec(&applied)?)?;
+    trees.raft.insert(SNAPSHOT, serde_json::to_vec(&stored)?)?;
+    trees
+        .raft
+        .insert(crate::log::LAST_PURGED, serde_json::to_vec(&last)?)?;
+    trees
+        .raft
+        .insert(crate::log::COMMITTED, serde_json::to_vec(&Some(last))?)?;
+    trees
+        .raft
+        .insert(crate::log::VOTE, serde_json::to_vec(&vote)?)?;
+    Ok(())
 }

@@ -19,7 +19,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 pub use tonic::Status;
-pub use trellis_client::{v1 as pb, ApiError, Client, Code};
+pub use trellis_client::{backup, v1 as pb, ApiError, Client, Code};
 
 /// What the harness can fail with.
 #[derive(Debug, thiserror::Error)]
@@ -119,7 +119,60 @@ impl Cluster {
         for id in 1..=n as u64 {
             c.spawn_new(id)?;
         }
-        c.wait_leaders(Duration::from_secs(60)).await?;
+        if let Err(e) = c.wait_leaders(Duration::from_secs(60)).await {
+            // A cluster that does not come up is diagnosed from its nodes' logs.
+            return Err(Error::Timeout(format!("{e}\n{}", c.logs())));
+        }
+        Ok(c)
+    }
+
+    /// Builds node 1 of a new cluster from the backup in `backup` (`trellis restore`), starts
+    /// it and waits until it leads every shard; [`Cluster::add_node`] adds others.
+    pub async fn restore(bin: impl AsRef<Path>, backup: &Path, opts: Options) -> Result<Cluster> {
+        let mut c = Cluster {
+            bin: bin.as_ref().to_path_buf(),
+            dir: tempfile::tempdir()?,
+            opts,
+            bootstrap_expect: 1,
+            nodes: BTreeMap::new(),
+        };
+        // The restored node is its groups' voter at its peer address, so the port is fixed
+        // before it first starts.
+        let peer = {
+            let l = std::net::TcpListener::bind("127.0.0.1:0")?;
+            l.local_addr()?.to_string()
+        };
+        let mut node = NodeProc {
+            id: 1,
+            grpc: "127.0.0.1:0".into(),
+            http: "127.0.0.1:0".into(),
+            peer,
+            data: c.dir.path().join("d1"),
+            log: c.dir.path().join("n1.log"),
+            child: None,
+        };
+        let out = Command::new(&c.bin)
+            .arg("restore")
+            .arg("--from")
+            .arg(backup)
+            .args(["--node-id", "1"])
+            .arg("--data-dir")
+            .arg(&node.data)
+            .args(["--peer-addr", &node.peer])
+            .output()?;
+        if !out.status.success() {
+            return Err(Error::Node(format!(
+                "trellis restore failed ({}): {}{}",
+                out.status,
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            )));
+        }
+        c.launch(&mut node, None)?;
+        c.nodes.insert(1, node);
+        if let Err(e) = c.wait_leaders(Duration::from_secs(60)).await {
+            return Err(Error::Timeout(format!("{e}\n{}", c.logs())));
+        }
         Ok(c)
     }
 
@@ -397,18 +450,27 @@ impl Cluster {
         let t0 = Instant::now();
         let running = self.running();
         loop {
-            if let Ok(shards) = self.shards().await {
-                if !shards.is_empty()
-                    && shards
+            let last = match self.shards().await {
+                Ok(shards) => {
+                    let without: Vec<String> = shards
                         .iter()
-                        .all(|s| s.leader != 0 && running.contains(&s.leader))
-                {
-                    return Ok(t0.elapsed());
+                        .filter(|s| s.leader == 0 || !running.contains(&s.leader))
+                        .map(|s| format!("{} (leader {})", s.id, s.leader))
+                        .collect();
+                    if !shards.is_empty() && without.is_empty() {
+                        return Ok(t0.elapsed());
+                    }
+                    if shards.is_empty() {
+                        "the shard map is empty".to_string()
+                    } else {
+                        format!("shards {}", without.join(", "))
+                    }
                 }
-            }
+                Err(e) => format!("no shard map: {e}"),
+            };
             if t0.elapsed() > timeout {
                 return Err(Error::Timeout(format!(
-                    "shards without a running leader after {timeout:?}"
+                    "shards without a running leader after {timeout:?}: {last}"
                 )));
             }
             tokio::time::sleep(Duration::from_millis(25)).await;
@@ -521,7 +583,6 @@ impl Cluster {
         )))
     }
 
-    /// Every node's log, for a failing test's message.
     /// Node `id`'s whole log.
     pub fn log(&self, id: u64) -> String {
         self.nodes
@@ -530,6 +591,7 @@ impl Cluster {
             .unwrap_or_default()
     }
 
+    /// The last lines of every node's log, for a failing test's message.
     pub fn logs(&self) -> String {
         let mut out = String::new();
         for n in self.nodes.values() {

@@ -181,5 +181,6 @@ names! {
     MoveShardRequest => |m, aws| None;
     TransferShardLeaderRequest => |m, aws| None;
     SetPlacementRequest => |m, aws| None;
+    BackupRequest => |m, aws| None;
     PartitionRequest => |m, aws| None;
 }

@@ -1,0 +1,335 @@
+//! The backup directory: what `trellisctl backup` writes and `trellis restore` reads.
+//!
+//! ```text
+//! <dir>/manifest.json       the groups, their log ids, sizes and SHA-256 sums
+//! <dir>/group-<N>.snap      group N's snapshot (0: the meta group; shard S: S + 1)
+//! ```
+//!
+//! A snapshot file is the node's own snapshot format (`trellis_storage::export_trees`). The
+//! manifest is written last, so a directory without one holds no complete backup; each file
+//! is checked against its sum before a restore uses it (`sha256sum` checks it too).
+
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+use trellis_proto::v1 as pb;
+use trellis_proto::v1::admin_client::AdminClient;
+
+/// The version of the directory layout this code writes and reads.
+pub const FORMAT: u32 = 1;
+/// The manifest's file name.
+pub const MANIFEST: &str = "manifest.json";
+
+/// A backup's description.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Manifest {
+    pub format: u32,
+    /// When the backup finished (RFC 3339, UTC).
+    pub created: String,
+    /// The cluster's shard count; a restored cluster keeps it.
+    pub shards: u32,
+    /// Every shard group, then the meta group, in the order they were copied.
+    pub groups: Vec<GroupCopy>,
+}
+
+/// One group's snapshot.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct GroupCopy {
+    /// 0: the meta group; shard N: N + 1.
+    pub group: u64,
+    pub file: String,
+    pub bytes: u64,
+    pub sha256: String,
+    /// The log id the snapshot matches.
+    pub term: u64,
+    pub leader_node: u64,
+    pub index: u64,
+}
+
+/// What can go wrong writing or reading a backup directory.
+#[derive(Debug, thiserror::Error)]
+pub enum BackupError {
+    #[error("{path}: {source}")]
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{0}")]
+    Status(#[from] tonic::Status),
+    #[error("{0}")]
+    Invalid(String),
+}
+
+fn io(path: &Path) -> impl Fn(std::io::Error) -> BackupError + '_ {
+    move |source| BackupError::Io {
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// The file a group's snapshot goes in.
+pub fn group_file(group: u64) -> String {
+    format!("group-{group}.snap")
+}
+
+struct Open {
+    copy: GroupCopy,
+    /// The size the node announced.
+    size: u64,
+    file: std::io::BufWriter<std::fs::File>,
+    sum: Sha256,
+}
+
+impl Open {
+    fn finish(mut self, dir: &Path) -> Result<GroupCopy, BackupError> {
+        let path = dir.join(&self.copy.file);
+        if self.copy.bytes != self.size {
+            return Err(BackupError::Invalid(format!(
+                "group {}: {} of {} bytes arrived",
+                self.copy.group, self.copy.bytes, self.size
+            )));
+        }
+        self.file.flush().map_err(io(&path))?;
+        self.file
+            .into_inner()
+            .map_err(|e| io(&path)(e.into_error()))?
+            .sync_all()
+            .map_err(io(&path))?;
+        self.copy.sha256 = hex(&self.sum.finalize());
+        Ok(self.copy)
+    }
+}
+
+/// Takes a backup through `admin` into `dir` (absent or empty). `progress` sees each part
+/// as it arrives (group, bytes of the group so far, the group's size). Returns the manifest
+/// it wrote last.
+pub async fn write(
+    admin: &mut AdminClient<crate::Transport>,
+    dir: &Path,
+    mut progress: impl FnMut(u64, u64, u64),
+) -> Result<Manifest, BackupError> {
+    if dir.exists() && std::fs::read_dir(dir).map_err(io(dir))?.next().is_some() {
+        return Err(BackupError::Invalid(format!(
+            "{} is not empty: back up into a new directory",
+            dir.display()
+        )));
+    }
+    std::fs::create_dir_all(dir).map_err(io(dir))?;
+    let mut stream = admin.backup(pb::BackupRequest {}).await?.into_inner();
+    let mut groups: Vec<GroupCopy> = Vec::new();
+    let mut open: Option<Open> = None;
+    let mut shards = 0;
+    while let Some(chunk) = stream.message().await? {
+        shards = chunk.shards;
+        if open.as_ref().is_none_or(|o| o.copy.group != chunk.group) {
+            if let Some(o) = open.take() {
+                groups.push(o.finish(dir)?);
+            }
+            if chunk.offset != 0 || groups.iter().any(|g| g.group == chunk.group) {
+                return Err(BackupError::Invalid(format!(
+                    "group {}: parts out of order (offset {})",
+                    chunk.group, chunk.offset
+                )));
+            }
+            let name = group_file(chunk.group);
+            let path = dir.join(&name);
+            let file = std::fs::File::create(&path).map_err(io(&path))?;
+            open = Some(Open {
+                copy: GroupCopy {
+                    group: chunk.group,
+                    file: name,
+                    bytes: 0,
+                    sha256: String::new(),
+                    term: chunk.term,
+                    leader_node: chunk.leader_node,
+                    index: chunk.index,
+                },
+                size: chunk.size,
+                file: std::io::BufWriter::with_capacity(1 << 20, file),
+                sum: Sha256::new(),
+            });
+        }
+        let o = open.as_mut().expect("opened above");
+        if chunk.offset != o.copy.bytes {
+            return Err(BackupError::Invalid(format!(
+                "group {}: part at {} after {} bytes",
+                chunk.group, chunk.offset, o.copy.bytes
+            )));
+        }
+        let path = dir.join(&o.copy.file);
+        o.file.write_all(&chunk.data).map_err(io(&path))?;
+        o.sum.update(&chunk.data);
+        o.copy.bytes += chunk.data.len() as u64;
+        progress(chunk.group, o.copy.bytes, chunk.size);
+    }
+    if let Some(o) = open.take() {
+        groups.push(o.finish(dir)?);
+    }
+    if !groups.iter().any(|g| g.group == 0) || groups.len() != shards as usize + 1 {
+        return Err(BackupError::Invalid(format!(
+            "the node sent {} of {} groups",
+            groups.len(),
+            shards + 1
+        )));
+    }
+    let manifest = Manifest {
+        format: FORMAT,
+        created: now_rfc3339(),
+        shards,
+        groups,
+    };
+    let path = dir.join(MANIFEST);
+    let text =
+        serde_json::to_vec_pretty(&manifest).map_err(|e| BackupError::Invalid(e.to_string()))?;
+    let mut f = std::fs::File::create(&path).map_err(io(&path))?;
+    f.write_all(&text).map_err(io(&path))?;
+    f.sync_all().map_err(io(&path))?;
+    Ok(manifest)
+}
+
+/// Reads `dir`'s manifest and checks every file against its size and sum.
+pub fn read(dir: &Path) -> Result<Manifest, BackupError> {
+    let path = dir.join(MANIFEST);
+    let text = std::fs::read(&path).map_err(io(&path))?;
+    let m: Manifest = serde_json::from_slice(&text)
+        .map_err(|e| BackupError::Invalid(format!("{}: {e}", path.display())))?;
+    if m.format != FORMAT {
+        return Err(BackupError::Invalid(format!(
+            "{}: format {} (this trellis reads format {FORMAT})",
+            path.display(),
+            m.format
+        )));
+    }
+    if !m.groups.iter().any(|g| g.group == 0) || m.groups.len() != m.shards as usize + 1 {
+        return Err(BackupError::Invalid(format!(
+            "{}: {} groups for {} shards",
+            path.display(),
+            m.groups.len(),
+            m.shards
+        )));
+    }
+    for g in &m.groups {
+        if g.file != group_file(g.group) {
+            return Err(BackupError::Invalid(format!(
+                "{}: group {} names file {:?}",
+                path.display(),
+                g.group,
+                g.file
+            )));
+        }
+        let file = dir.join(&g.file);
+        let mut f = std::fs::File::open(&file).map_err(io(&file))?;
+        let mut sum = Sha256::new();
+        let mut buf = vec![0u8; 1 << 20];
+        let mut bytes = 0u64;
+        loop {
+            let n = f.read(&mut buf).map_err(io(&file))?;
+            if n == 0 {
+                break;
+            }
+            sum.update(&buf[..n]);
+            bytes += n as u64;
+        }
+        if bytes != g.bytes || hex(&sum.finalize()) != g.sha256 {
+            return Err(BackupError::Invalid(format!(
+                "{}: does not match the manifest (damaged or changed)",
+                file.display()
+            )));
+        }
+    }
+    Ok(m)
+}
+
+/// Now as RFC 3339 (UTC, seconds).
+fn now_rfc3339() -> String {
+    let secs = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0) as i64;
+    chrono::DateTime::from_timestamp(secs, 0)
+        .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true))
+        .unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A backup directory of `shards` shards whose files hold `content`.
+    fn fake(dir: &Path, shards: u32, content: &[u8]) -> Manifest {
+        let groups = (1..=u64::from(shards))
+            .chain([0])
+            .map(|group| {
+                std::fs::write(dir.join(group_file(group)), content).unwrap();
+                GroupCopy {
+                    group,
+                    file: group_file(group),
+                    bytes: content.len() as u64,
+                    sha256: hex(&Sha256::digest(content)),
+                    term: 2,
+                    leader_node: 1,
+                    index: 10 + group,
+                }
+            })
+            .collect();
+        let m = Manifest {
+            format: FORMAT,
+            created: now_rfc3339(),
+            shards,
+            groups,
+        };
+        std::fs::write(dir.join(MANIFEST), serde_json::to_vec(&m).unwrap()).unwrap();
+        m
+    }
+
+    #[test]
+    fn a_backup_reads_back_only_whole_and_unchanged() {
+        let dir = tempfile::tempdir().unwrap();
+        let m = fake(dir.path(), 2, b"snapshot bytes");
+        assert_eq!(read(dir.path()).unwrap(), m);
+        assert!(
+            m.created.ends_with('Z') && m.created.len() == 20,
+            "{}",
+            m.created
+        );
+
+        // One byte changed in one file.
+        std::fs::write(dir.path().join(group_file(1)), b"snapshot bytez").unwrap();
+        let e = read(dir.path()).unwrap_err().to_string();
+        assert!(
+            e.contains("group-1.snap: does not match the manifest"),
+            "{e}"
+        );
+
+        // A file missing.
+        fake(dir.path(), 2, b"x");
+        std::fs::remove_file(dir.path().join(group_file(0))).unwrap();
+        let e = read(dir.path()).unwrap_err().to_string();
+        assert!(e.contains("group-0.snap"), "{e}");
+
+        // A group missing from the manifest, or another format.
+        let mut m = fake(dir.path(), 2, b"x");
+        m.groups.pop();
+        std::fs::write(dir.path().join(MANIFEST), serde_json::to_vec(&m).unwrap()).unwrap();
+        let e = read(dir.path()).unwrap_err().to_string();
+        assert!(e.contains("2 groups for 2 shards"), "{e}");
+        let mut m = fake(dir.path(), 2, b"x");
+        m.format = 9;
+        std::fs::write(dir.path().join(MANIFEST), serde_json::to_vec(&m).unwrap()).unwrap();
+        let e = read(dir.path()).unwrap_err().to_string();
+        assert!(e.contains("format 9"), "{e}");
+
+        // No manifest: no backup.
+        let empty = tempfile::tempdir().unwrap();
+        let e = read(empty.path()).unwrap_err().to_string();
+        assert!(e.contains("manifest.json"), "{e}");
+    }
+}

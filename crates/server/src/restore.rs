@@ -1,0 +1,116 @@
+//! `trellis restore`: a new cluster's first node, from a backup (`trellisctl backup`,
+//! [`trellis_client::backup`]).
+//!
+//! Each group's copy becomes that group's state on this node as if a snapshot had been
+//! installed: the log id the copy matches, an empty log, and this node as the only voter.
+//! The meta group forgets the nodes of the cluster the copy came from and names this node
+//! as every shard's only replica (a new epoch); the rest (state machines, versions, aliases,
+//! activities, settings, the task-token key) is kept, so task tokens handed out before the
+//! backup still answer. Started, the node leads every group; nodes that join get replicas
+//! from the placement driver as in any cluster.
+
+use std::io::BufReader;
+use std::path::Path;
+
+use anyhow::{bail, Context, Result};
+use openraft::{BasicNode, CommittedLeaderId, LogId};
+use trellis_client::backup::{self, GroupCopy};
+use trellis_storage::{AppStateMachine, NodeDb};
+
+use crate::config::Config;
+
+/// What a restore wrote.
+#[derive(Debug)]
+pub struct Restored {
+    pub shards: u32,
+    pub bytes: u64,
+}
+
+/// Builds `cfg.node.data_dir` (absent or empty) from the backup in `from`. On failure the
+/// directory is left empty again.
+pub fn restore(from: &Path, cfg: &Config) -> Result<Restored> {
+    let manifest = backup::read(from).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let data = &cfg.node.data_dir;
+    let peer = cfg.node.advertised().to_string();
+    if peer.ends_with(":0") {
+        bail!(
+            "the restored node is a voter at its peer address, which must be fixed: give \
+             --peer-addr (or --advertise-addr) with a port, not {peer}"
+        );
+    }
+    if data.exists()
+        && std::fs::read_dir(data)
+            .with_context(|| format!("cannot read {}", data.display()))?
+            .next()
+            .is_some()
+    {
+        bail!(
+            "{} is not empty: restore into a new data directory",
+            data.display()
+        );
+    }
+    std::fs::create_dir_all(data).with_context(|| format!("cannot create {}", data.display()))?;
+    let written = write(from, &manifest, cfg);
+    if written.is_err() {
+        // Nothing half-restored stays behind to be started by mistake.
+        if let Ok(entries) = std::fs::read_dir(data) {
+            for e in entries.flatten() {
+                let p = e.path();
+                let _ = if p.is_dir() {
+                    std::fs::remove_dir_all(&p)
+                } else {
+                    std::fs::remove_file(&p)
+                };
+            }
+        }
+    }
+    written
+}
+
+fn write(from: &Path, manifest: &backup::Manifest, cfg: &Config) -> Result<Restored> {
+    let data = &cfg.node.data_dir;
+    let peer = cfg.node.advertised().to_string();
+    let _lock = trellis_storage::lock_dir(data)?;
+    let db = NodeDb::open_with_cache(data, cfg.node.cache_mib << 20)?;
+    let node = cfg.node.id;
+    let member = BasicNode::new(&peer);
+    let mut bytes = 0;
+    for g in &manifest.groups {
+        let input = &mut BufReader::with_capacity(1 << 20, open(from, g)?);
+        let trees = db.group(g.group)?;
+        let last = LogId::new(CommittedLeaderId::new(g.term, g.leader_node), g.index);
+        if g.group == 0 {
+            let mut app = trellis_meta::MetaApp::open(&trees)?;
+            app.import(input)?;
+            app.rehome(node)?;
+            trellis_storage::restore_group::<trellis_meta::MetaConfig, _>(
+                &trees,
+                &app,
+                last,
+                node,
+                member.clone(),
+            )?;
+        } else {
+            let mut app = trellis_shard::ShardApp::open(&trees)?;
+            app.import(input)?;
+            trellis_storage::restore_group::<trellis_shard::ShardConfig, _>(
+                &trees,
+                &app,
+                last,
+                node,
+                member.clone(),
+            )?;
+        }
+        bytes += g.bytes;
+    }
+    db.sled().flush()?;
+    Ok(Restored {
+        shards: manifest.shards,
+        bytes,
+    })
+}
+
+fn open(dir: &Path, g: &GroupCopy) -> Result<std::fs::File> {
+    let path = dir.join(&g.file);
+    std::fs::File::open(&path).with_context(|| format!("cannot open {}", path.display()))
+}
