@@ -3,7 +3,9 @@
 //! execution reads back as it was at the backup, finished and waiting alike; what happened
 //! after the backup is not in it; the task tokens handed out before it still answer; new
 //! nodes join the restored cluster and take replicas (from the restored snapshots), and the
-//! waiting executions finish there.
+//! waiting executions finish there. A DISTRIBUTED Map runs during the backup, its children
+//! and their ends crossing shards: no message is lost between the copies, so it finishes on
+//! the restored cluster with every item.
 
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
@@ -14,6 +16,7 @@ use trellis_testkit::{backup, pb, Cluster, Options};
 use crate::workload::{self, Pool};
 
 const N: u64 = 40;
+const MAP_ITEMS: u64 = 300;
 const BIN: &str = env!("CARGO_BIN_EXE_trellis-node");
 
 /// Polls the activity until `n` tasks are in hand: input `n` -> token.
@@ -108,6 +111,9 @@ async fn a_restored_cluster_holds_every_execution_as_backed_up() {
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     let before = snapshot(&pool, &machine).await;
+    // At least three seconds of children starting and ending while the backup runs.
+    let map_machine = crate::fanout::create(&pool, "bk-map", 1, 100).await;
+    let map = crate::fanout::start(&pool, &map_machine, "fan", MAP_ITEMS).await;
 
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("backup");
@@ -138,6 +144,8 @@ async fn a_restored_cluster_holds_every_execution_as_backed_up() {
         .expect("restore");
     let rpool = Pool::of(&r);
     let after = snapshot(&rpool, &machine).await;
+    let map_at_backup = workload::describe(&rpool, &map).await.expect("the map");
+    eprintln!("the map was {} at the backup", map_at_backup.status);
     for i in 0..N {
         assert_eq!(after[&i], before[&i], "execution e-{i} as restored");
     }
@@ -164,4 +172,9 @@ async fn a_restored_cluster_holds_every_execution_as_backed_up() {
     if let Err(e) = workload::verify(&rpool, &machine, "e", 0..N).await {
         panic!("{e}\n{}", r.logs());
     }
+    let done = crate::fanout::ended(&rpool, &map, Duration::from_secs(120)).await;
+    assert_eq!(done.status, "SUCCEEDED", "{done:?}");
+    let out: Value = serde_json::from_str(done.output.as_deref().unwrap()).unwrap();
+    let want: Vec<Value> = (0..MAP_ITEMS).map(|n| json!({"double": 2 * n})).collect();
+    assert_eq!(out, json!(want));
 }

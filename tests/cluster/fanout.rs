@@ -12,7 +12,7 @@ use crate::workload::{create_machine, describe, retry, Pool};
 const STARTED: &str = "trellis_map_children_started_total";
 
 /// A DISTRIBUTED Map over `$.items`: each child waits `wait` seconds, then doubles `n`.
-async fn create(pool: &Pool, name: &str, wait: u64, max_concurrency: u64) -> String {
+pub(crate) async fn create(pool: &Pool, name: &str, wait: u64, max_concurrency: u64) -> String {
     let def = json!({"StartAt": "M", "States": {"M": {
         "Type": "Map", "ItemsPath": "$.items", "MaxConcurrency": max_concurrency, "End": true,
         "ItemProcessor": {"ProcessorConfig": {"Mode": "DISTRIBUTED", "ExecutionType": "STANDARD"},
@@ -22,7 +22,7 @@ async fn create(pool: &Pool, name: &str, wait: u64, max_concurrency: u64) -> Str
     create_machine(pool, name, &def).await
 }
 
-async fn start(pool: &Pool, machine: &str, name: &str, items: u64) -> String {
+pub(crate) async fn start(pool: &Pool, machine: &str, name: &str, items: u64) -> String {
     let input =
         json!({"items": (0..items).map(|n| json!({"n": n})).collect::<Vec<_>>()}).to_string();
     retry(pool, Duration::from_secs(30), |mut c| {
@@ -43,7 +43,7 @@ async fn start(pool: &Pool, machine: &str, name: &str, items: u64) -> String {
 }
 
 /// Waits (bounded) until the execution ends; returns its description.
-async fn ended(pool: &Pool, arn: &str, limit: Duration) -> pb::Execution {
+pub(crate) async fn ended(pool: &Pool, arn: &str, limit: Duration) -> pb::Execution {
     let t0 = Instant::now();
     loop {
         if let Ok(e) = describe(pool, arn).await {
