@@ -71,9 +71,12 @@ pub(crate) enum Cmd {
     /// Copy the meta group and every shard into a new directory, consistently (messages
     /// between shards are held meanwhile); `trellis restore` builds a new cluster from it.
     Backup {
-        /// The directory to write (absent or empty): manifest.json and one file per group.
+        /// Where to write it: a directory (absent or empty), or s3://bucket/prefix (nothing
+        /// under it yet; the AWS SDKs' variables say where S3 is and with which credentials:
+        /// AWS_ENDPOINT_URL_S3, AWS_REGION, AWS_ACCESS_KEY_ID, AWS_PROFILE, ...). Written:
+        /// manifest.json and one file per group.
         #[arg(long)]
-        to: std::path::PathBuf,
+        to: String,
     },
     /// Make a cluster CA and the certificates it issues (no node is contacted).
     #[command(subcommand)]

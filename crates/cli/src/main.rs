@@ -22,8 +22,40 @@ use crate::args::{Cli, Cmd, PlacementCmd};
 use crate::commands::{activities, certs, cluster, executions, machines, mapruns};
 use crate::output::{api, table};
 
-/// `trellisctl backup`: the parts as they come, with a bar per group on a terminal.
-async fn backup(c: &mut Client, dir: &std::path::Path, j: bool) -> Result<()> {
+/// `trellisctl backup --to`: into a directory, or through one into S3.
+async fn backup(c: &mut Client, to: &str, j: bool) -> Result<()> {
+    use trellis_client::backup::{self, S3Location};
+    let Some(s3) = S3Location::parse(to) else {
+        return backup_into(c, std::path::Path::new(to), j).await;
+    };
+    let s3 = s3.map_err(|e| anyhow::anyhow!("{e}"))?;
+    let cfg = trellis_client::s3::S3Config::from_env(&|k| std::env::var(k).ok());
+    let fail = |e: backup::BackupError| anyhow::anyhow!("{e}");
+    backup::ensure_empty(&s3, &cfg).await.map_err(fail)?;
+    let dir = std::env::temp_dir().join(format!(
+        "trellis-backup-{}-{}",
+        std::process::id(),
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos())
+            .unwrap_or(0)
+    ));
+    let result = async {
+        backup_into(c, &dir, j).await?;
+        let bytes = backup::upload(&dir, &s3, &cfg).await.map_err(fail)?;
+        if !j {
+            out!("uploaded {:.1} KiB to {s3}", bytes as f64 / 1024.0);
+        }
+        Ok(())
+    }
+    .await;
+    let _ = std::fs::remove_dir_all(&dir);
+    result
+}
+
+/// `trellisctl backup` into a directory: the parts as they come, with a bar per group on a
+/// terminal.
+async fn backup_into(c: &mut Client, dir: &std::path::Path, j: bool) -> Result<()> {
     let tty = std::io::IsTerminal::is_terminal(&std::io::stderr());
     let mut bar: Option<(u64, indicatif::ProgressBar)> = None;
     let started = std::time::Instant::now();

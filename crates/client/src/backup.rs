@@ -8,6 +8,10 @@
 //! A snapshot file is the node's own snapshot format (`trellis_storage::export_trees`). The
 //! manifest is written last, so a directory without one holds no complete backup; each file
 //! is checked against its sum before a restore uses it (`sha256sum` checks it too).
+//!
+//! In S3 (`s3://bucket/prefix`) a backup is the same objects under the prefix, uploaded
+//! from a directory ([`upload`], the manifest last) and downloaded into one ([`download`])
+//! before it is read.
 
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
@@ -62,6 +66,8 @@ pub enum BackupError {
     Status(#[from] tonic::Status),
     #[error("{0}")]
     Invalid(String),
+    #[error("S3: {0}")]
+    S3(String),
 }
 
 fn io(path: &Path) -> impl Fn(std::io::Error) -> BackupError + '_ {
@@ -73,6 +79,172 @@ fn io(path: &Path) -> impl Fn(std::io::Error) -> BackupError + '_ {
 
 fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// A backup's place in S3.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct S3Location {
+    pub bucket: String,
+    /// Without a trailing slash; may be empty.
+    pub prefix: String,
+}
+
+impl S3Location {
+    /// `s3://bucket[/prefix]`; `None` for anything else (a directory).
+    pub fn parse(s: &str) -> Option<Result<S3Location, BackupError>> {
+        let rest = s.strip_prefix("s3://")?;
+        let (bucket, prefix) = rest.split_once('/').unwrap_or((rest, ""));
+        if bucket.is_empty() {
+            return Some(Err(BackupError::Invalid(format!(
+                "{s}: no bucket (s3://bucket/prefix)"
+            ))));
+        }
+        Some(Ok(S3Location {
+            bucket: bucket.to_string(),
+            prefix: prefix.trim_matches('/').to_string(),
+        }))
+    }
+
+    fn key(&self, name: &str) -> object_store::path::Path {
+        if self.prefix.is_empty() {
+            object_store::path::Path::from(name)
+        } else {
+            object_store::path::Path::from(format!("{}/{name}", self.prefix))
+        }
+    }
+}
+
+impl std::fmt::Display for S3Location {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "s3://{}/{}", self.bucket, self.prefix)
+    }
+}
+
+fn s3(e: impl std::fmt::Display) -> BackupError {
+    BackupError::S3(e.to_string())
+}
+
+/// Uploads the backup in `dir` (checked first) under `to`, which must hold nothing yet:
+/// every group's file, then the manifest. Returns the bytes uploaded.
+pub async fn upload(
+    dir: &Path,
+    to: &S3Location,
+    cfg: &crate::s3::S3Config,
+) -> Result<u64, BackupError> {
+    use futures::StreamExt;
+    use object_store::ObjectStore;
+    let manifest = read(dir)?;
+    let store = cfg.store(&to.bucket).map_err(s3)?;
+    let prefix =
+        (!to.prefix.is_empty()).then(|| object_store::path::Path::from(to.prefix.as_str()));
+    if let Some(first) = store.list(prefix.as_ref()).next().await {
+        let o = first.map_err(s3)?;
+        return Err(BackupError::Invalid(format!(
+            "{to} is not empty (it holds {}): back up under a new prefix",
+            o.location
+        )));
+    }
+    let mut bytes = 0;
+    for name in manifest
+        .groups
+        .iter()
+        .map(|g| g.file.as_str())
+        .chain([MANIFEST])
+    {
+        let path = dir.join(name);
+        let mut f = std::fs::File::open(&path).map_err(io(&path))?;
+        let upload = store.put_multipart(&to.key(name)).await.map_err(s3)?;
+        let mut w = object_store::WriteMultipart::new(upload);
+        let mut buf = vec![0u8; 1 << 20];
+        loop {
+            let n = f.read(&mut buf).map_err(io(&path))?;
+            if n == 0 {
+                break;
+            }
+            // At most a few parts in memory and in flight.
+            w.wait_for_capacity(4).await.map_err(s3)?;
+            w.write(&buf[..n]);
+            bytes += n as u64;
+        }
+        w.finish().await.map_err(s3)?;
+    }
+    Ok(bytes)
+}
+
+/// That nothing is under `to` yet: a backup never mixes with another.
+pub async fn ensure_empty(to: &S3Location, cfg: &crate::s3::S3Config) -> Result<(), BackupError> {
+    check_empty(&cfg.store(&to.bucket).map_err(s3)?, to).await
+}
+
+async fn check_empty(
+    store: &impl object_store::ObjectStore,
+    to: &S3Location,
+) -> Result<(), BackupError> {
+    use futures::StreamExt;
+    let prefix =
+        (!to.prefix.is_empty()).then(|| object_store::path::Path::from(to.prefix.as_str()));
+    match store.list(prefix.as_ref()).next().await {
+        None => Ok(()),
+        Some(first) => Err(BackupError::Invalid(format!(
+            "{to} is not empty (it holds {}): back up under a new prefix",
+            first.map_err(s3)?.location
+        ))),
+    }
+}
+
+/// Downloads the backup under `from` into `dir` (absent or empty) and checks it.
+pub async fn download(
+    from: &S3Location,
+    cfg: &crate::s3::S3Config,
+    dir: &Path,
+) -> Result<Manifest, BackupError> {
+    use futures::StreamExt;
+    if dir.exists() && std::fs::read_dir(dir).map_err(io(dir))?.next().is_some() {
+        return Err(BackupError::Invalid(format!(
+            "{} is not empty: download into a new directory",
+            dir.display()
+        )));
+    }
+    std::fs::create_dir_all(dir).map_err(io(dir))?;
+    let store = cfg.store(&from.bucket).map_err(s3)?;
+    let text = get(&store, from, MANIFEST)
+        .await?
+        .bytes()
+        .await
+        .map_err(s3)?;
+    let manifest: Manifest = serde_json::from_slice(&text)
+        .map_err(|e| BackupError::Invalid(format!("{from}/{MANIFEST}: {e}")))?;
+    for g in &manifest.groups {
+        if g.file != group_file(g.group) {
+            return Err(BackupError::Invalid(format!(
+                "{from}/{MANIFEST}: group {} names file {:?}",
+                g.group, g.file
+            )));
+        }
+        let path = dir.join(&g.file);
+        let mut f = std::io::BufWriter::new(std::fs::File::create(&path).map_err(io(&path))?);
+        let mut body = get(&store, from, &g.file).await?.into_stream();
+        while let Some(chunk) = body.next().await {
+            f.write_all(&chunk.map_err(s3)?).map_err(io(&path))?;
+        }
+        f.flush().map_err(io(&path))?;
+    }
+    let path = dir.join(MANIFEST);
+    std::fs::write(&path, &text).map_err(io(&path))?;
+    read(dir)
+}
+
+async fn get(
+    store: &impl object_store::ObjectStore,
+    from: &S3Location,
+    name: &str,
+) -> Result<object_store::GetResult, BackupError> {
+    store.get(&from.key(name)).await.map_err(|e| match e {
+        object_store::Error::NotFound { .. } => {
+            BackupError::Invalid(format!("{from}: no {name} (not a complete backup)"))
+        }
+        e => s3(e),
+    })
 }
 
 /// The file a group's snapshot goes in.
@@ -288,6 +460,23 @@ mod tests {
         };
         std::fs::write(dir.join(MANIFEST), serde_json::to_vec(&m).unwrap()).unwrap();
         m
+    }
+
+    #[test]
+    fn s3_locations() {
+        let l = |s| S3Location::parse(s).map(|r| r.map_err(|e| e.to_string()));
+        assert_eq!(l("./dir"), None);
+        assert_eq!(
+            l("s3://b/daily/2026-12-01/"),
+            Some(Ok(S3Location {
+                bucket: "b".into(),
+                prefix: "daily/2026-12-01".into()
+            }))
+        );
+        let root = S3Location::parse("s3://b").unwrap().unwrap();
+        assert_eq!(root.prefix, "");
+        assert_eq!(root.key(MANIFEST).as_ref(), "manifest.json");
+        assert!(l("s3:///x").unwrap().unwrap_err().contains("no bucket"));
     }
 
     #[test]

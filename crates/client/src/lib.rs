@@ -18,6 +18,7 @@
 //! retried on the leader by the cluster's router; the client itself talks to one endpoint.
 
 pub mod backup;
+pub mod s3;
 
 use tonic::metadata::{Ascii, MetadataValue};
 use tonic::service::interceptor::InterceptedService;

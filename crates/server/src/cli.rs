@@ -49,9 +49,10 @@ enum Command {
     /// the data directory for the node the other flags describe, then exits. Start the node
     /// with the same flags (`trellis server ...`); other nodes join it as usual.
     Restore {
-        /// The backup directory.
+        /// The backup: a directory, or s3://bucket/prefix (downloaded first; S3 is reached
+        /// as for a DISTRIBUTED Map: `[aws]`, then the AWS SDKs' variables).
         #[arg(long)]
-        from: PathBuf,
+        from: String,
         #[command(flatten)]
         flags: serve::Flags,
     },
@@ -105,14 +106,14 @@ fn compact(from: &std::path::Path, into: &std::path::Path) -> anyhow::Result<Exi
     Ok(ExitCode::SUCCESS)
 }
 
-fn restore(from: &std::path::Path, cfg: &crate::config::Config) -> anyhow::Result<ExitCode> {
+fn restore(from: &str, cfg: &crate::config::Config) -> anyhow::Result<ExitCode> {
     let t = std::time::Instant::now();
     let r = crate::restore::restore(from, cfg)?;
     println!(
         "restored {} shards and the meta group ({:.1} KiB) from {} into {} for node {} in {:.1} s; start it with the same flags",
         r.shards,
         r.bytes as f64 / 1024.0,
-        from.display(),
+        from,
         cfg.node.data_dir.display(),
         cfg.node.id,
         t.elapsed().as_secs_f64()

@@ -26,9 +26,32 @@ pub struct Restored {
     pub bytes: u64,
 }
 
-/// Builds `cfg.node.data_dir` (absent or empty) from the backup in `from`. On failure the
-/// directory is left empty again.
-pub fn restore(from: &Path, cfg: &Config) -> Result<Restored> {
+/// Builds `cfg.node.data_dir` (absent or empty) from the backup in `from`: a directory, or
+/// `s3://bucket/prefix`, downloaded into a directory beside the data directory first (and
+/// removed after). On failure the data directory is left empty again.
+pub fn restore(from: &str, cfg: &Config) -> Result<Restored> {
+    let Some(s3) = backup::S3Location::parse(from) else {
+        return restore_dir(Path::new(from), cfg);
+    };
+    let s3 = s3.map_err(|e| anyhow::anyhow!("{e}"))?;
+    let data = &cfg.node.data_dir;
+    let name = data
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "data".into());
+    let dir = data.with_file_name(format!(".{name}.backup-{}", std::process::id()));
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let result = rt
+        .block_on(backup::download(&s3, &cfg.aws.s3(), &dir))
+        .map_err(|e| anyhow::anyhow!("{e}"))
+        .and_then(|_| restore_dir(&dir, cfg));
+    let _ = std::fs::remove_dir_all(&dir);
+    result
+}
+
+fn restore_dir(from: &Path, cfg: &Config) -> Result<Restored> {
     let manifest = backup::read(from).map_err(|e| anyhow::anyhow!("{e}"))?;
     let data = &cfg.node.data_dir;
     let peer = cfg.node.advertised().to_string();
