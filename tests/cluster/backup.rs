@@ -50,21 +50,9 @@ async fn take_tasks(pool: &Pool, activity: &str, n: usize) -> BTreeMap<u64, Stri
 }
 
 async fn answer(pool: &Pool, n: u64, token: &str) {
-    let output = json!({"n": n, "double": 2 * n}).to_string();
-    workload::retry(pool, Duration::from_secs(60), |mut c| {
-        let (token, output) = (token.to_string(), output.clone());
-        async move {
-            c.activities
-                .send_task_success(pb::SendTaskSuccessRequest {
-                    task_token: token,
-                    output,
-                })
-                .await
-                .map(drop)
-        }
-    })
-    .await
-    .unwrap_or_else(|e| panic!("answering {n}: {e}"));
+    workload::answer(pool, n, token)
+        .await
+        .unwrap_or_else(|e| panic!("answering {n}: {e}"));
 }
 
 /// Every execution's description and history.

@@ -19,7 +19,7 @@ const FREEZE: Duration = Duration::from_secs(25);
 
 /// Three nodes, every shard on all three: a shard still being placed (two voters, one of
 /// them the frozen node) could not elect, and a call on it would wait for the thaw.
-async fn balanced() -> Cluster {
+pub(crate) async fn balanced() -> Cluster {
     let c = Cluster::start(env!("CARGO_BIN_EXE_trellis-node"), 3, Options::default())
         .await
         .expect("cluster");

@@ -8,6 +8,7 @@ mod cap;
 mod fanout;
 mod five;
 mod freeze;
+mod kill;
 mod leader_loss;
 mod lifecycle;
 mod names;

@@ -227,22 +227,7 @@ pub fn workers_holding(
                     }
                     let input: Value = serde_json::from_str(&task.input).unwrap();
                     let n = input["n"].as_u64().unwrap();
-                    let output = json!({"n": n, "double": 2 * n}).to_string();
-                    let token = task.task_token.clone();
-                    let r = retry(&pool, Duration::from_secs(60), |mut c| {
-                        let (token, output) = (token.clone(), output.clone());
-                        async move {
-                            c.activities
-                                .send_task_success(pb::SendTaskSuccessRequest {
-                                    task_token: token,
-                                    output,
-                                })
-                                .await
-                                .map(drop)
-                        }
-                    })
-                    .await;
-                    if r.is_ok() {
+                    if answer(&pool, n, &task.task_token).await.is_ok() {
                         answered += 1;
                     }
                 }
@@ -250,6 +235,25 @@ pub fn workers_holding(
             })
         })
         .collect()
+}
+
+/// Answers task `n` as the workers do (`{"n": n, "double": 2n}`), through some node, until
+/// a node takes the answer or says the task is gone.
+pub async fn answer(pool: &Pool, n: u64, token: &str) -> Result<(), String> {
+    let output = json!({"n": n, "double": 2 * n}).to_string();
+    retry(pool, Duration::from_secs(60), |mut c| {
+        let (token, output) = (token.to_string(), output.clone());
+        async move {
+            c.activities
+                .send_task_success(pb::SendTaskSuccessRequest {
+                    task_token: token,
+                    output,
+                })
+                .await
+                .map(drop)
+        }
+    })
+    .await
 }
 
 /// Starts execution `prefix-i` with input `{"n": i}` for each i, `concurrency` at a time,

@@ -225,3 +225,29 @@ def test_rebalance_wait_on_a_balanced_node(node):
     assert r.returncode == 0 and r.stdout.strip() == "balanced: nothing to do" and r.stderr == "", r
     r = ctl(node, "--json", "shards", "rebalance", "--wait")
     assert json.loads(r.stdout) == {"steps": [], "placementPaused": False, "moving": []}
+
+
+def test_maprun_describe_is_for_people(node):
+    from conftest import create, wait_status
+    import re
+    sfn = node.client()
+    arn = create(sfn, "ReadableMap", {"StartAt": "M", "States": {"M": {
+        "Type": "Map", "End": True, "MaxConcurrency": 2,
+        "ItemProcessor": {"ProcessorConfig": {"Mode": "DISTRIBUTED", "ExecutionType": "STANDARD"},
+                          "StartAt": "P", "States": {"P": {"Type": "Pass", "End": True}}}}}})
+    run = sfn.start_execution(stateMachineArn=arn, input="[1, 2, 3]")["executionArn"]
+    assert wait_status(sfn, run)["status"] == "SUCCEEDED"
+    map_run = sfn.list_map_runs(executionArn=run)["mapRuns"][0]["mapRunArn"]
+    r = ctl(node, "maprun", "describe", map_run)
+    assert r.returncode == 0, r
+    lines = dict(line.split(None, 1) for line in r.stdout.strip().splitlines()
+                 if not line.startswith("map run"))
+    assert r.stdout.startswith(f"map run      {map_run}\n"), r.stdout
+    assert lines["execution"] == run and lines["status"] == "SUCCEEDED", lines
+    assert lines["concurrency"] == "2" and lines["tolerated"] == "none", lines
+    assert lines["items"] == "3/3 succeeded" and lines["children"] == "3/3 succeeded", lines
+    assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ \(after \d+\.\d{3} s\)", lines["stopped"]), lines
+    assert "redriven" not in lines
+    raw = json.loads(ctl(node, "--json", "maprun", "describe", map_run).stdout)
+    assert raw["mapRunArn"] == map_run and isinstance(raw["startDate"], int)
+    assert raw["itemCounts"]["succeeded"] == 3

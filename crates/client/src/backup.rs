@@ -39,6 +39,37 @@ pub struct Manifest {
     pub groups: Vec<GroupCopy>,
 }
 
+impl Manifest {
+    /// A manifest's text, checked: this format, every group once (the meta group among
+    /// them), each in its own file. `name` says where it came from.
+    fn parse(text: &[u8], name: &str) -> Result<Manifest, BackupError> {
+        let bad = |what: String| Err(BackupError::Invalid(format!("{name}: {what}")));
+        let m: Manifest = match serde_json::from_slice(text) {
+            Ok(m) => m,
+            Err(e) => return bad(e.to_string()),
+        };
+        if m.format != FORMAT {
+            return bad(format!(
+                "format {} (this trellis reads format {FORMAT})",
+                m.format
+            ));
+        }
+        let mut groups: Vec<u64> = m.groups.iter().map(|g| g.group).collect();
+        groups.sort_unstable();
+        groups.dedup();
+        if groups.len() != m.groups.len()
+            || groups.first() != Some(&0)
+            || m.groups.len() != m.shards as usize + 1
+        {
+            return bad(format!("{} groups for {} shards", m.groups.len(), m.shards));
+        }
+        if let Some(g) = m.groups.iter().find(|g| g.file != group_file(g.group)) {
+            return bad(format!("group {} names file {:?}", g.group, g.file));
+        }
+        Ok(m)
+    }
+}
+
 /// One group's snapshot.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
@@ -199,28 +230,15 @@ pub async fn download(
     dir: &Path,
 ) -> Result<Manifest, BackupError> {
     use futures::StreamExt;
-    if dir.exists() && std::fs::read_dir(dir).map_err(io(dir))?.next().is_some() {
-        return Err(BackupError::Invalid(format!(
-            "{} is not empty: download into a new directory",
-            dir.display()
-        )));
-    }
-    std::fs::create_dir_all(dir).map_err(io(dir))?;
+    new_dir(dir, "download")?;
     let store = cfg.store(&from.bucket).map_err(s3)?;
     let text = get(&store, from, MANIFEST)
         .await?
         .bytes()
         .await
         .map_err(s3)?;
-    let manifest: Manifest = serde_json::from_slice(&text)
-        .map_err(|e| BackupError::Invalid(format!("{from}/{MANIFEST}: {e}")))?;
+    let manifest = Manifest::parse(&text, &format!("{from}/{MANIFEST}"))?;
     for g in &manifest.groups {
-        if g.file != group_file(g.group) {
-            return Err(BackupError::Invalid(format!(
-                "{from}/{MANIFEST}: group {} names file {:?}",
-                g.group, g.file
-            )));
-        }
         let path = dir.join(&g.file);
         let mut f = std::io::BufWriter::new(std::fs::File::create(&path).map_err(io(&path))?);
         let mut body = get(&store, from, &g.file).await?.into_stream();
@@ -245,6 +263,17 @@ async fn get(
         }
         e => s3(e),
     })
+}
+
+/// Makes `dir`, which must be absent or empty, for what `doing` writes into it.
+fn new_dir(dir: &Path, doing: &str) -> Result<(), BackupError> {
+    if dir.exists() && std::fs::read_dir(dir).map_err(io(dir))?.next().is_some() {
+        return Err(BackupError::Invalid(format!(
+            "{} is not empty: {doing} into a new directory",
+            dir.display()
+        )));
+    }
+    std::fs::create_dir_all(dir).map_err(io(dir))
 }
 
 /// The file a group's snapshot goes in.
@@ -288,13 +317,7 @@ pub async fn write(
     dir: &Path,
     mut progress: impl FnMut(u64, u64, u64),
 ) -> Result<Manifest, BackupError> {
-    if dir.exists() && std::fs::read_dir(dir).map_err(io(dir))?.next().is_some() {
-        return Err(BackupError::Invalid(format!(
-            "{} is not empty: back up into a new directory",
-            dir.display()
-        )));
-    }
-    std::fs::create_dir_all(dir).map_err(io(dir))?;
+    new_dir(dir, "back up")?;
     let mut stream = admin.backup(pb::BackupRequest {}).await?.into_inner();
     let mut groups: Vec<GroupCopy> = Vec::new();
     let mut open: Option<Open> = None;
@@ -371,32 +394,8 @@ pub async fn write(
 pub fn read(dir: &Path) -> Result<Manifest, BackupError> {
     let path = dir.join(MANIFEST);
     let text = std::fs::read(&path).map_err(io(&path))?;
-    let m: Manifest = serde_json::from_slice(&text)
-        .map_err(|e| BackupError::Invalid(format!("{}: {e}", path.display())))?;
-    if m.format != FORMAT {
-        return Err(BackupError::Invalid(format!(
-            "{}: format {} (this trellis reads format {FORMAT})",
-            path.display(),
-            m.format
-        )));
-    }
-    if !m.groups.iter().any(|g| g.group == 0) || m.groups.len() != m.shards as usize + 1 {
-        return Err(BackupError::Invalid(format!(
-            "{}: {} groups for {} shards",
-            path.display(),
-            m.groups.len(),
-            m.shards
-        )));
-    }
+    let m = Manifest::parse(&text, &path.display().to_string())?;
     for g in &m.groups {
-        if g.file != group_file(g.group) {
-            return Err(BackupError::Invalid(format!(
-                "{}: group {} names file {:?}",
-                path.display(),
-                g.group,
-                g.file
-            )));
-        }
         let file = dir.join(&g.file);
         let mut f = std::fs::File::open(&file).map_err(io(&file))?;
         let mut sum = Sha256::new();

@@ -212,7 +212,9 @@ impl Backups {
         result
     }
 
-    /// Holds the mail on every member: an error if one that is up cannot be held.
+    /// Holds the mail on every member. A member that does not answer a ping is left out (a
+    /// node that is down leads nothing: its shards elect leaders on held nodes); one that
+    /// answers but cannot be held fails the backup.
     async fn hold_all(&self) -> ApiResult<Vec<u64>> {
         let hold = rpb::MailHoldRequest {
             hold: true,
@@ -223,14 +225,19 @@ impl Backups {
         for n in self.core.other_nodes() {
             match self.router.forward(n, hold).await {
                 Ok(_) => held.push(n),
-                // A node that does not answer leads nothing a backup reads from: its
-                // shards elect other leaders, whose mail is held. It may still deliver what
-                // it had under way, which its receivers apply once.
-                Err(e) if e.code == Code::ServiceUnavailable => {
+                Err(e) if !self.router.ping(n, Duration::from_secs(1)).await => {
                     tracing::warn!(node_id = self.core.id(), peer = n, error = %e.message,
-                        "backup: a node did not answer; its mail is not held");
+                        "backup: a node is down; its mail is not held");
                 }
-                Err(e) => return Err(e),
+                Err(e) => {
+                    return Err(ApiError::new(
+                        Code::ServiceUnavailable,
+                        format!(
+                            "node {n} could not hold its messages for the backup ({}); retry",
+                            e.message
+                        ),
+                    ))
+                }
             }
         }
         Ok(held)
@@ -319,29 +326,39 @@ fn not_leader(group: u64, leader: Option<u64>) -> ApiError {
     e
 }
 
-/// Builds a snapshot of what `raft` has applied and waits until it is the current one.
+/// Builds a snapshot of what `raft` has applied and waits until it is the current one. A
+/// trigger while another snapshot is being built is ignored, so it is sent again while the
+/// current one is older.
 async fn snapshot_of<C>(raft: &Raft<C>, group: u64) -> ApiResult<()>
 where
     C: RaftTypeConfig<NodeId = u64>,
 {
+    const ROUND: Duration = Duration::from_secs(5);
     let applied = raft.metrics().borrow().last_applied.map(|l| l.index);
-    raft.trigger()
-        .snapshot()
-        .await
-        .map_err(|e| internal(format!("group {group}: snapshot: {e}")))?;
-    raft.wait(Some(SNAPSHOT_WAIT))
-        .metrics(
-            |m| m.snapshot.map(|s| s.index) >= applied,
-            "the snapshot covers what was applied",
-        )
-        .await
-        .map_err(|e| {
-            ApiError::new(
-                Code::ServiceUnavailable,
-                format!("group {group}: the snapshot was not built in time: {e}"),
+    let deadline = tokio::time::Instant::now() + SNAPSHOT_WAIT;
+    loop {
+        raft.trigger()
+            .snapshot()
+            .await
+            .map_err(|e| internal(format!("group {group}: snapshot: {e}")))?;
+        let built = raft
+            .wait(Some(ROUND))
+            .metrics(
+                |m| m.snapshot.map(|s| s.index) >= applied,
+                "the snapshot covers what was applied",
             )
-        })?;
-    Ok(())
+            .await;
+        match built {
+            Ok(_) => return Ok(()),
+            Err(e) if tokio::time::Instant::now() >= deadline => {
+                return Err(ApiError::new(
+                    Code::ServiceUnavailable,
+                    format!("group {group}: the snapshot was not built in time: {e}"),
+                ))
+            }
+            Err(_) => {}
+        }
+    }
 }
 
 fn current<C>(

@@ -144,7 +144,6 @@ pub(crate) fn deadline(call: &Call) -> std::time::Duration {
         | Call::DeleteActivity(_)
         | Call::AdmissionKick(_)
         | Call::MemberCheck(_)
-        | Call::MailHold(_)
         | Call::Admit(_)
         | Call::UpdateMapRun(_)
         | Call::PollActivityTask(_) => META,
@@ -164,7 +163,9 @@ pub(crate) fn deadline(call: &Call) -> std::time::Duration {
         | Call::FindMapRun(_)
         | Call::Doctor(_)
         | Call::AdmissionReport(_)
-        | Call::LocalShards(_) => SCAN,
+        | Call::LocalShards(_)
+        // Waits (up to 20 s) for the deliveries under way.
+        | Call::MailHold(_) => SCAN,
         // The first part builds a snapshot.
         Call::ExportGroup(r) if r.token.is_empty() => OPERATOR,
         Call::ExportGroup(_) => SCAN,

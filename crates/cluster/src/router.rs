@@ -91,6 +91,10 @@ impl Router {
                         failed.push(me);
                         last = Some(e);
                     }
+                    // The executor restarting (a new term: an election, a transfer that fell
+                    // back) or the shard full: as for a remote leader, again after a pause.
+                    // Calls on a shard are idempotent (a start names its call).
+                    Err(e) if e.code == Code::ServiceUnavailable => last = Some(e),
                     r => return r,
                 },
                 Some(t) => match self.forward(t, req.clone()).await {

@@ -106,23 +106,11 @@ fn write(from: &Path, manifest: &backup::Manifest, cfg: &Config) -> Result<Resto
             let mut app = trellis_meta::MetaApp::open(&trees)?;
             app.import(input)?;
             app.rehome(node)?;
-            trellis_storage::restore_group::<trellis_meta::MetaConfig, _>(
-                &trees,
-                &app,
-                last,
-                node,
-                member.clone(),
-            )?;
+            seed::<trellis_meta::MetaConfig, _>(&trees, &app, last, node, &member)?;
         } else {
             let mut app = trellis_shard::ShardApp::open(&trees)?;
             app.import(input)?;
-            trellis_storage::restore_group::<trellis_shard::ShardConfig, _>(
-                &trees,
-                &app,
-                last,
-                node,
-                member.clone(),
-            )?;
+            seed::<trellis_shard::ShardConfig, _>(&trees, &app, last, node, &member)?;
         }
         bytes += g.bytes;
     }
@@ -131,6 +119,22 @@ fn write(from: &Path, manifest: &backup::Manifest, cfg: &Config) -> Result<Resto
         shards: manifest.shards,
         bytes,
     })
+}
+
+/// The group's Raft state on this node: `app`'s state as of `last`, `node` its only voter.
+fn seed<C, A>(
+    trees: &trellis_storage::GroupTrees,
+    app: &A,
+    last: LogId<u64>,
+    node: u64,
+    member: &BasicNode,
+) -> Result<()>
+where
+    C: openraft::RaftTypeConfig<NodeId = u64, Node = BasicNode>,
+    A: AppStateMachine<C>,
+{
+    trellis_storage::restore_group::<C, _>(trees, app, last, node, member.clone())?;
+    Ok(())
 }
 
 fn open(dir: &Path, g: &GroupCopy) -> Result<std::fs::File> {

@@ -137,6 +137,13 @@ pub struct ExecRecord {
     /// retention (milliseconds); `None`: the cluster's (`cluster.retention`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub retention_ms: Option<u64>,
+    /// The start call that made it ([`crate::executor::StartRequest::request_id`]); 0: none.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub request_id: u64,
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
 }
 
 impl ExecRecord {
@@ -179,6 +186,7 @@ impl ExecRecord {
             parent: None,
             map_runs: Vec::new(),
             retention_ms: None,
+            request_id: 0,
         }
     }
 

@@ -298,3 +298,42 @@ async fn executions_continue_after_a_restart() {
     }
     node.stop().await;
 }
+
+/// The node that took a StartExecution may send it to the shard's leader again after the
+/// answer was lost: the same call finds the execution it made, even closed; another call of
+/// the same name and input does not.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_start_sent_again_answers_for_the_execution_it_made() {
+    let dir = tempfile::tempdir().unwrap();
+    let (node, _fake) = boot(dir.path()).await;
+    let h = &node.handle;
+    let pass = json!({"StartAt": "P", "States": {"P": {"Type": "Pass", "End": true}}});
+    let call = |request_id| {
+        let mut r = start_req("once", &pass, json!({"n": 1}));
+        r.request_id = request_id;
+        r
+    };
+    let first = h.start(call(42)).await.unwrap();
+    assert!(!first.existed);
+    eventually("the execution ends", || {
+        h.app
+            .record(&first.execution_arn)
+            .unwrap()
+            .filter(|r| r.status == Status::Succeeded)
+    })
+    .await;
+    let again = h.start(call(42)).await.unwrap();
+    assert_eq!(
+        (&again.execution_arn, again.start_ms, again.existed),
+        (&first.execution_arn, first.start_ms, true)
+    );
+    for other in [43, 0] {
+        assert!(
+            matches!(
+                h.start(call(other)).await,
+                Err(trellis_shard::Error::ExecutionAlreadyExists { .. })
+            ),
+            "request {other}"
+        );
+    }
+}

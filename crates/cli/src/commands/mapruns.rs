@@ -23,6 +23,55 @@ pub(crate) fn map_run_json(m: &pb::MapRun) -> Value {
         "redriveCount": m.redrive_count, "redriveDate": m.redrive_date})
 }
 
+/// Item or child counts as `succeeded/total` with what else is not zero.
+fn counts(c: Option<pb::MapRunCounts>) -> String {
+    let c = c.unwrap_or_default();
+    let mut s = format!("{}/{} succeeded", c.succeeded, c.total);
+    for (n, what) in [
+        (c.running, "running"),
+        (c.pending, "pending"),
+        (c.failed, "failed"),
+        (c.timed_out, "timed out"),
+        (c.aborted, "aborted"),
+    ] {
+        if n > 0 {
+            s.push_str(&format!(", {n} {what}"));
+        }
+    }
+    s
+}
+
+/// `maprun describe` for people: one field a line, dates readable.
+fn describe_lines(m: &pb::MapRun) -> Vec<String> {
+    let stopped = match took(m.start_date, m.stop_date) {
+        t if t.is_empty() => ms(m.stop_date),
+        t => format!("{} (after {t})", ms(m.stop_date)),
+    };
+    let tolerated = match (m.tolerated_failure_count, m.tolerated_failure_percentage) {
+        (0, 0.0) => "none".to_string(),
+        (n, p) => format!("{n} failures or {p}%"),
+    };
+    fields(&[
+        ("map run", m.map_run_arn.clone()),
+        ("execution", m.execution_arn.clone()),
+        ("machine", m.state_machine_arn.clone()),
+        ("status", m.status.clone()),
+        ("started", ms(m.start_date)),
+        ("stopped", stopped),
+        ("concurrency", m.max_concurrency.to_string()),
+        ("tolerated", tolerated),
+        ("items", counts(m.item_counts)),
+        ("children", counts(m.execution_counts)),
+        (
+            "redriven",
+            match m.redrive_count {
+                0 => String::new(),
+                n => format!("{n} times, last {}", ms(m.redrive_date)),
+            },
+        ),
+    ])
+}
+
 pub(crate) async fn maprun(c: &mut Client, j: bool, cmd: Maprun) -> Result<()> {
     match cmd {
         Maprun::List { execution_arn } => {
@@ -89,15 +138,13 @@ pub(crate) async fn maprun(c: &mut Client, j: bool, cmd: Maprun) -> Result<()> {
                 .await
                 .map_err(api)?
                 .into_inner();
-            let v = map_run_json(&m);
-            out!(
-                "{}",
-                if j {
-                    v.to_string()
-                } else {
-                    serde_json::to_string_pretty(&v)?
+            if j {
+                out!("{}", map_run_json(&m));
+            } else {
+                for line in describe_lines(&m) {
+                    out!("{line}");
                 }
-            );
+            }
         }
     }
     Ok(())

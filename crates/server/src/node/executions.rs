@@ -155,6 +155,7 @@ impl Node {
             definition: resolved.definition,
             sharding: Some(crate::registry::sharding::to_pb(&m.sharding)),
             retention_seconds: m.retention_seconds,
+            request_id: rand::random::<u64>().max(1),
         })
     }
 
@@ -188,6 +189,7 @@ impl Node {
                 scope: None,
                 retention: (r.retention_seconds > 0)
                     .then(|| std::time::Duration::from_secs(r.retention_seconds)),
+                request_id: r.request_id,
             })
             .await
             .map_err(from_shard)?;

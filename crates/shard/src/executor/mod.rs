@@ -164,6 +164,11 @@ pub struct StartRequest {
     /// How long it is kept once closed, when its state machine sets its own period (its
     /// children inherit it); `None`: the cluster's.
     pub retention: Option<Duration>,
+    /// Names the API call (0: none). The node that took a call may send it to the shard's
+    /// leader again after its answer was lost (the leader died or did not answer in time);
+    /// the execution it made then answers for it, whatever its status, not
+    /// `ExecutionAlreadyExists`.
+    pub request_id: u64,
 }
 
 /// What a start returned.
@@ -858,8 +863,10 @@ impl Executor {
             self.cfg.region, self.cfg.account, req.state_machine_name, req.name
         );
         if let Some(rec) = self.existing(&arn)? {
-            // Idempotent start: the same input while it runs returns the same execution.
-            if !rec.status.is_terminal() && rec.input == req.input {
+            // Idempotent start: the same input while it runs returns the same execution, and
+            // the same call sent again always does.
+            let same_call = req.request_id != 0 && rec.request_id == req.request_id;
+            if same_call || (!rec.status.is_terminal() && rec.input == req.input) {
                 return Ok(Some(Started {
                     execution_arn: arn,
                     start_ms: rec.start_ms,
@@ -914,6 +921,7 @@ impl Executor {
         rec.retention_ms = req
             .retention
             .map(|r| u64::try_from(r.as_millis()).unwrap_or(u64::MAX));
+        rec.request_id = req.request_id;
         self.by_arn.insert(arn.clone(), id);
         self.live.insert(
             id,

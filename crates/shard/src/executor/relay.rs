@@ -147,6 +147,7 @@ impl Executor {
             sharding: c.sharding,
             scope,
             retention: retention_ms.map(Duration::from_millis),
+            request_id: 0,
         };
         self.start(req, now).map(drop)
     }

@@ -253,6 +253,7 @@ pub fn start_req(name: &str, definition: &Value, input: Value) -> StartRequest {
         sharding: Default::default(),
         scope: None,
         retention: None,
+        request_id: 0,
     }
 }
 
