@@ -119,6 +119,12 @@ async fn a_killed_and_restarted_leader_refuses_no_start() {
     }
     tokio::time::sleep(Duration::from_secs(5)).await;
     let restarted = next(&format!("node {victim} restarted and leading again"));
+    // Transfers that fell back, for the reader of the figures.
+    for id in c.running() {
+        for l in c.log(id).lines().filter(|l| l.contains("fell back")) {
+            eprintln!("node {id}: {l}");
+        }
+    }
     stop.store(true, Ordering::SeqCst);
     let mut total = 0;
     for s in starters {

@@ -286,10 +286,11 @@ impl Driver {
         changed.map(drop)
     }
 
-    /// Hands the leadership of `shard` from `from` to `to`: the other replicas stop calling
-    /// elections, the leader's messages are dropped, and the target calls elections until it
-    /// wins or [`TRANSFER_WINDOW`] ends; then everything is undone (a fallback when the
-    /// target did not win: the old leader goes on).
+    /// Hands the leadership of `shard` from `from` to `to`: the leader's messages to all but
+    /// the target are dropped (one transfer per shard at a time), the other replicas stop
+    /// calling elections, and the target calls elections until it wins or
+    /// [`TRANSFER_WINDOW`] ends; then everything is undone (a fallback when the target did
+    /// not win: the old leader goes on).
     async fn transfer_leader(&self, shard: u32, from: u64, to: u64) -> ApiResult<()> {
         let rec = self.core.shard_record(shard)?;
         if !rec.replicas.contains(&to) {
@@ -333,10 +334,13 @@ impl Driver {
                 ),
             ));
         }
+        // The leader stops speaking to all but the target (which stays caught up, and with
+        // the leader still makes a quorum of three); the others stop calling elections, and
+        // vote for the target once the leader's lease has run out.
+        control(from, rpb::ShardAction::Mute).await?;
         for o in &others {
             let _ = control(*o, rpb::ShardAction::ElectOff).await;
         }
-        let _ = control(from, rpb::ShardAction::Mute).await;
         // A short window: if the target has not won by then, the old leader speaks again at
         // once and keeps leading (its term is unchanged unless the target called an
         // election, in which case the shard holds one more election, no longer).

@@ -329,7 +329,18 @@ impl Host {
             // Both undo themselves after a while: a driver that dies mid-transfer must not
             // leave a shard unable to elect a leader.
             rpb::ShardAction::Mute => {
-                self.core.transport.mute(group, true);
+                // One transfer at a time: a second (another meta leader's driver, after the
+                // meta leadership moved) would undo the first's mute halfway.
+                if self.core.transport.is_muted_any(group) {
+                    return Err(ApiError::new(
+                        Code::ServiceUnavailable,
+                        format!("a leader transfer of shard {} is under way", r.shard),
+                    ));
+                }
+                match r.add {
+                    0 => self.core.transport.mute(group, true),
+                    to => self.core.transport.mute_except(group, to),
+                }
                 let transport = self.core.transport.clone();
                 tokio::spawn(async move {
                     tokio::time::sleep(TRANSFER_GUARD).await;
@@ -348,7 +359,11 @@ impl Host {
             rpb::ShardAction::ElectOn => rep.raft.runtime_config().elect(true),
             rpb::ShardAction::ElectNow => {
                 let m = rep.raft.metrics().borrow().clone();
-                if m.current_leader != Some(self.id()) {
+                // A candidate already asks for votes: a new election now would only raise
+                // the term and ask again.
+                if m.current_leader != Some(self.id())
+                    && m.state != openraft::ServerState::Candidate
+                {
                     rep.raft
                         .trigger()
                         .elect()

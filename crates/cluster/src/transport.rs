@@ -128,8 +128,9 @@ pub struct Transport {
     tls: Option<Arc<trellis_tls::rustls::ClientConfig>>,
     groups: RwLock<HashMap<u64, Arc<dyn GroupHandler>>>,
     blocked: RwLock<HashSet<u64>>,
-    /// Groups whose outgoing messages are dropped (a leader handing over its leadership).
-    muted: RwLock<HashSet<u64>>,
+    /// Groups whose outgoing messages are dropped (a leader handing over its leadership),
+    /// but those to the node named (the transfer's target), if any.
+    muted: RwLock<HashMap<u64, Option<u64>>>,
 }
 
 /// A channel to a node's peer address, over TLS with `tls`; connects on first use and
@@ -213,17 +214,46 @@ impl Transport {
     pub fn mute(&self, group: u64, on: bool) {
         let mut m = self.muted.write().unwrap_or_else(|p| p.into_inner());
         if on {
-            m.insert(group);
+            m.insert(group, None);
         } else {
             m.remove(&group);
         }
     }
 
+    /// Drops what this node sends for `group` to every node but `to`: a leader handing its
+    /// leadership to `to` keeps it caught up (with it, still a quorum of three, writes go
+    /// on) while the others' leases run out, so they vote for it.
+    pub fn mute_except(&self, group: u64, to: u64) {
+        self.muted
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(group, Some(to));
+    }
+
+    /// Whether this node drops everything it sends for `group`.
     pub fn is_muted(&self, group: u64) -> bool {
         self.muted
             .read()
             .unwrap_or_else(|p| p.into_inner())
-            .contains(&group)
+            .get(&group)
+            .is_some_and(Option::is_none)
+    }
+
+    /// Whether this node drops any of what it sends for `group` (a transfer is under way).
+    pub fn is_muted_any(&self, group: u64) -> bool {
+        self.muted
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .contains_key(&group)
+    }
+
+    /// Whether this node drops what it sends for `group` to `target`.
+    fn drops(&self, group: u64, target: u64) -> bool {
+        self.muted
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&group)
+            .is_some_and(|except| *except != Some(target))
     }
 
     pub fn is_blocked(&self, node: u64) -> bool {
@@ -294,7 +324,7 @@ impl Transport {
                 "partitioned (fault injection)".into(),
             ));
         }
-        if self.is_muted(msg.group) {
+        if self.drops(msg.group, target) {
             return Err(SendError::Unreachable(
                 "muted while handing over leadership".into(),
             ));
