@@ -127,7 +127,7 @@ impl Host {
 
     /// Opens the replicas the shard map gives this node.
     pub(crate) async fn reconcile(self: &Arc<Self>) -> Result<()> {
-        let map = self.core.meta.shard_map()?;
+        let map = self.core.meta.whole_shard_map()?;
         if map.is_empty() {
             return Ok(());
         }

@@ -389,7 +389,7 @@ impl Cluster {
             if self.core.stopping() {
                 return Err(Error::Stopping);
             }
-            if !self.core.meta.shard_map()?.is_empty() {
+            if !self.core.meta.whole_shard_map()?.is_empty() {
                 break;
             }
             tokio::time::sleep(Duration::from_millis(100)).await;

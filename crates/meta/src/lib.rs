@@ -312,15 +312,32 @@ impl MetaApp {
         Ok(())
     }
 
-    fn apply_op(&self, op: &MetaOp) -> Result<()> {
-        match op {
-            MetaOp::Put { table, key, value } => {
-                self.tree(*table)
-                    .insert(key.as_bytes(), serde_json::to_vec(value)?)?;
+    /// Applies one entry's writes as one batch per table: a reader of a table sees all of
+    /// the entry's writes to it or none (the first shard map is one entry of every shard's
+    /// record; a node that read part of it took the cluster for a smaller one).
+    fn apply_ops(&self, ops: &[MetaOp]) -> Result<()> {
+        let mut batches: Vec<(Table, sled::Batch)> = Vec::new();
+        for op in ops {
+            let table = match op {
+                MetaOp::Put { table, .. } | MetaOp::Delete { table, .. } => *table,
+            };
+            let at = match batches.iter().position(|(t, _)| *t == table) {
+                Some(i) => i,
+                None => {
+                    batches.push((table, sled::Batch::default()));
+                    batches.len() - 1
+                }
+            };
+            let batch = &mut batches[at].1;
+            match op {
+                MetaOp::Put { key, value, .. } => {
+                    batch.insert(key.as_bytes(), serde_json::to_vec(value)?);
+                }
+                MetaOp::Delete { key, .. } => batch.remove(key.as_bytes()),
             }
-            MetaOp::Delete { table, key } => {
-                self.tree(*table).remove(key.as_bytes())?;
-            }
+        }
+        for (table, batch) in batches {
+            self.tree(table).apply_batch(batch)?;
         }
         Ok(())
     }
@@ -338,9 +355,7 @@ impl AppStateMachine<MetaConfig> for MetaApp {
                 return Ok(MetaResponse { failed: Some(i) });
             }
         }
-        for op in &req.ops {
-            self.apply_op(op).map_err(app)?;
-        }
+        self.apply_ops(&req.ops).map_err(app)?;
         Ok(MetaResponse { failed: None })
     }
 
@@ -472,6 +487,21 @@ impl Meta {
             .collect()
     }
 
+    /// The shard map once it is whole: shards `0..n` for the cluster's shard count `n`
+    /// (the `shards` setting, written before the first map); empty before. A node sizes its
+    /// shard table, and so the hashing of every execution to its shard, from it once.
+    pub fn whole_shard_map(&self) -> Result<Vec<placement::ShardRecord>> {
+        let map = self.shard_map()?;
+        let count = self
+            .app
+            .get(Table::Settings, "shards")?
+            .and_then(|v| v.as_u64());
+        let whole = !map.is_empty()
+            && count.is_none_or(|n| map.len() as u64 == n)
+            && map.iter().enumerate().all(|(i, s)| s.id as usize == i);
+        Ok(if whole { map } else { Vec::new() })
+    }
+
     /// Proposes writes and waits until they are applied here.
     pub async fn write(&self, ops: Vec<MetaOp>) -> Result<()> {
         self.write_if(Vec::new(), ops).await.map(drop)
@@ -555,6 +585,47 @@ mod tests {
         );
         // The rest stays.
         assert_eq!(app.get(Table::Settings, "shards").unwrap(), Some(json!(2)));
+    }
+
+    #[tokio::test]
+    async fn the_shard_map_is_read_whole_or_not_at_all() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = NodeDb::open(dir.path()).unwrap();
+        let meta = Meta::open_single_node(&db, 1, "local").await.unwrap();
+        let shard = |id| placement::ShardRecord {
+            id,
+            replicas: vec![1],
+            epoch: 1,
+            learners: vec![],
+        };
+        meta.write(vec![MetaOp::Put {
+            table: Table::Settings,
+            key: "shards".into(),
+            value: json!(3),
+        }])
+        .await
+        .unwrap();
+        assert!(meta.whole_shard_map().unwrap().is_empty());
+        // Part of the map (as a reader between two of an entry's writes would have seen it
+        // before they were one batch): not whole.
+        meta.write(vec![
+            MetaOp::put(&shard(0)).unwrap(),
+            MetaOp::put(&shard(2)).unwrap(),
+        ])
+        .await
+        .unwrap();
+        assert_eq!(meta.shard_map().unwrap().len(), 2);
+        assert!(meta.whole_shard_map().unwrap().is_empty());
+        meta.write(vec![MetaOp::put(&shard(1)).unwrap()])
+            .await
+            .unwrap();
+        let ids: Vec<u32> = meta
+            .whole_shard_map()
+            .unwrap()
+            .iter()
+            .map(|s| s.id)
+            .collect();
+        assert_eq!(ids, [0, 1, 2]);
     }
 
     #[tokio::test]
