@@ -94,6 +94,33 @@ fn write_snapshot_file(
     written.map(|()| name)
 }
 
+/// Removes the files in `dir` but `keep` (none when `dir` does not exist).
+fn remove_files_except(dir: &Path, keep: Option<&str>) -> Result<()> {
+    let entries = match std::fs::read_dir(dir) {
+        Ok(e) => e,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(e.into()),
+    };
+    for e in entries {
+        let e = match e {
+            Ok(e) => e,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+            Err(e) => return Err(e.into()),
+        };
+        if Some(e.file_name().to_string_lossy().as_ref()) != keep {
+            match std::fs::remove_file(e.path()) {
+                // A snapshot built in the background and one installed clean up the
+                // same directory at the same time: a file the other removed first is
+                // gone, as wanted, and must not fail the group (a storage error stops
+                // its Raft for good).
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                r => r?,
+            }
+        }
+    }
+    Ok(())
+}
+
 struct Inner<C: RaftTypeConfig, A> {
     app: A,
     applied: Applied<C>,
@@ -206,18 +233,7 @@ where
     /// Removes the group's snapshot files but `keep`. A file being sent stays readable
     /// through its open handle.
     fn remove_files_except(&self, keep: Option<&str>) -> Result<()> {
-        let entries = match std::fs::read_dir(&self.trees.snapshot_dir) {
-            Ok(e) => e,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
-            Err(e) => return Err(e.into()),
-        };
-        for e in entries {
-            let e = e?;
-            if Some(e.file_name().to_string_lossy().as_ref()) != keep {
-                std::fs::remove_file(e.path())?;
-            }
-        }
-        Ok(())
+        remove_files_except(&self.trees.snapshot_dir, keep)
     }
 
     async fn open_snapshot(&self, s: StoredSnapshot<C>) -> Result<Snapshot<C>> {
@@ -453,4 +469,27 @@ where
         .raft
         .insert(crate::log::VOTE, serde_json::to_vec(&vote)?)?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    /// A snapshot built in the background and one being installed clean the same
+    /// directory at once: neither fails for a file the other removed first.
+    #[test]
+    fn concurrent_cleanups_do_not_fail() {
+        let dir = tempfile::tempdir().unwrap();
+        for round in 0..50 {
+            for i in 0..40 {
+                std::fs::write(dir.path().join(format!("{round}-{i}.snap")), b"x").unwrap();
+            }
+            let a = {
+                let d = dir.path().to_path_buf();
+                std::thread::spawn(move || super::remove_files_except(&d, Some("keep")))
+            };
+            let b = super::remove_files_except(dir.path(), None);
+            a.join().unwrap().unwrap();
+            b.unwrap();
+            assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
+        }
+    }
 }

@@ -598,6 +598,17 @@ impl Cluster {
             let text = std::fs::read_to_string(&n.log).unwrap_or_default();
             let tail: Vec<&str> = text.lines().rev().take(80).collect();
             out.push_str(&format!("--- node {} ---\n", n.id));
+            // What broke first may be long before the tail: panics and fatal errors.
+            let first: Vec<&str> = text
+                .lines()
+                .filter(|l| l.contains("panicked") || l.contains("Fatal") || l.contains("fatal"))
+                .take(10)
+                .collect();
+            for l in first {
+                out.push_str("(early) ");
+                out.push_str(l);
+                out.push('\n');
+            }
             for l in tail.into_iter().rev() {
                 out.push_str(l);
                 out.push('\n');
