@@ -268,13 +268,17 @@ impl Backups {
             token: String::new(),
             offset: 0,
         };
-        let head = if group == 0 {
+        let mut head = if group == 0 {
             self.router.on_meta(first).await?
         } else {
             self.router.on_shard((group - 1) as u32, first).await?
         };
         let mut offset = 0u64;
-        let mut part = head.clone();
+        // The first part's data goes out as it is; `head` keeps the copy's identity.
+        let mut part = rpb::ExportGroupReply {
+            data: std::mem::take(&mut head.data),
+            ..Default::default()
+        };
         loop {
             let n = part.data.len() as u64;
             if n == 0 && offset < head.size {
