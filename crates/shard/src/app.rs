@@ -16,6 +16,7 @@ use openraft::LogId;
 use trellis_asl::HistoryEvent;
 use trellis_storage::{AppStateMachine, GroupTrees};
 
+use crate::codec;
 use crate::record::{keys, ExecRecord};
 use crate::request::{Expiry, ShardConfig, ShardOp, ShardRequest, ShardResponse};
 use crate::Result;
@@ -60,10 +61,6 @@ pub struct ShardApp {
     all: Vec<(String, sled::Tree)>,
 }
 
-fn json<T: serde::Serialize>(v: &T) -> Result<Vec<u8>> {
-    Ok(serde_json::to_vec(v)?)
-}
-
 impl ShardApp {
     pub fn open(trees: &GroupTrees) -> Result<ShardApp> {
         let mut all = Vec::new();
@@ -105,7 +102,7 @@ impl ShardApp {
         let mut batch = sled::Batch::default();
         for kv in self.executions.iter() {
             let (k, v) = kv?;
-            let rec: ExecRecord = serde_json::from_slice(&v)?;
+            let rec = codec::decode_record(&v)?;
             if let (true, Some(c)) = (closed, rec.closed_key()) {
                 batch.insert(&c.to_bytes(), k);
             }
@@ -185,16 +182,17 @@ impl ShardApp {
             self.definitions
                 .insert(hash.to_be_bytes(), text.as_bytes())?;
         }
-        let mut history = sled::Batch::default();
-        for e in events {
-            history.insert(&keys::event(rec.id, e.id), json(e)?);
+        // A write's events are one value, under the first one's id.
+        if let Some(first) = events.first() {
+            self.history
+                .insert(keys::event(rec.id, first.id), codec::encode_events(events))?;
         }
-        self.history.apply_batch(history)?;
         // No need to read (and parse) the previous record: only its existence matters.
         if !self.executions.contains_key(rec.arn.as_bytes())? {
             self.ids.insert(rec.id.to_be_bytes(), rec.arn.as_bytes())?;
         }
-        self.executions.insert(rec.arn.as_bytes(), json(rec)?)?;
+        self.executions
+            .insert(rec.arn.as_bytes(), codec::encode_record(rec)?)?;
         crate::listing::put(&self.listing, rec)?;
         // A redrive leaves the earlier entry behind: retention drops it when it comes due.
         if let Some(c) = rec.closed_key() {
@@ -208,7 +206,7 @@ impl ShardApp {
     /// The record of an execution, by ARN.
     pub fn record(&self, arn: &str) -> Result<Option<ExecRecord>> {
         match self.executions.get(arn.as_bytes())? {
-            Some(v) => Ok(Some(serde_json::from_slice(&v)?)),
+            Some(v) => Ok(Some(codec::decode_record(&v)?)),
             None => Ok(None),
         }
     }
@@ -276,12 +274,24 @@ impl ShardApp {
             .map(|v| String::from_utf8_lossy(&v).into_owned()))
     }
 
-    /// History events of an execution with ids in `from..=to`, in order.
+    /// History events of an execution with ids in `from..=to`, in order. Values hold the
+    /// events of one write each, keyed by the first one's id (an earlier version's, one
+    /// event each): the read starts at the value holding `from`.
     pub fn history(&self, exec: u64, from: u64, to: u64) -> Result<Vec<HistoryEvent>> {
-        self.history
-            .range(keys::event(exec, from)..=keys::event(exec, to))
-            .map(|kv| Ok(serde_json::from_slice(&kv?.1)?))
-            .collect()
+        let start = match self
+            .history
+            .range(keys::event(exec, 0)..=keys::event(exec, from))
+            .next_back()
+        {
+            Some(kv) => kv?.0.to_vec(),
+            None => keys::event(exec, from).to_vec(),
+        };
+        let mut out = Vec::new();
+        for kv in self.history.range(start..=keys::event(exec, to).to_vec()) {
+            let events = codec::decode_events(&kv?.1)?;
+            out.extend(events.into_iter().filter(|e| (from..=to).contains(&e.id)));
+        }
+        Ok(out)
     }
 
     /// The executions of `owner` (with `status`, when given) after `after`, newest first,
@@ -318,7 +328,7 @@ impl ShardApp {
             None => self.executions.iter(),
         };
         iter.take(limit)
-            .map(|kv| Ok(serde_json::from_slice(&kv?.1)?))
+            .map(|kv| codec::decode_record(&kv?.1))
             .collect()
     }
 
@@ -326,7 +336,7 @@ impl ShardApp {
     pub fn live(&self) -> Result<Vec<ExecRecord>> {
         let mut out = Vec::new();
         for kv in self.executions.iter() {
-            let r: ExecRecord = serde_json::from_slice(&kv?.1)?;
+            let r = codec::decode_record(&kv?.1)?;
             if !r.status.is_terminal() || !r.outbox.is_empty() {
                 out.push(r);
             }
@@ -447,6 +457,72 @@ mod tests {
         assert!(app.closed_due(None, 10_999, 10).unwrap().is_empty());
         let due = app.closed_due(None, 11_000, 10).unwrap();
         assert_eq!(expire(&app, due), 1);
+    }
+
+    fn event(id: u64) -> HistoryEvent {
+        HistoryEvent {
+            id,
+            previous_event_id: id - 1,
+            timestamp_ms: 1_000 + id as i64,
+            event_type: trellis_asl::EventType::PassStateEntered,
+            details: None,
+        }
+    }
+
+    #[test]
+    fn history_reads_any_range_across_writes_and_an_earlier_versions_events() {
+        let db = NodeDb::temporary().unwrap();
+        let app = ShardApp::open(&db.group(1).unwrap()).unwrap();
+        let mut r = closed(3, 2_000);
+        r.status = Status::Running;
+        // As an earlier version stored them: one JSON value per event.
+        for id in 1..=2 {
+            app.history
+                .insert(keys::event(3, id), serde_json::to_vec(&event(id)).unwrap())
+                .unwrap();
+        }
+        // Then three writes of this version; and another execution's next to it.
+        for ids in [3..=5, 6..=6, 7..=10] {
+            app.apply_op(&ShardOp::Put {
+                record: Box::new(r.clone()),
+                events: ids.map(event).collect(),
+                definition: None,
+            })
+            .unwrap();
+        }
+        let mut other = closed(4, 2_000);
+        other.arn = "arn:e:4".into();
+        app.apply_op(&ShardOp::Put {
+            record: Box::new(other),
+            events: vec![event(1)],
+            definition: None,
+        })
+        .unwrap();
+        let ids = |from, to| {
+            app.history(3, from, to)
+                .unwrap()
+                .iter()
+                .map(|e| e.id)
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(ids(1, u64::MAX), (1..=10).collect::<Vec<_>>());
+        assert_eq!(ids(4, 8), [4, 5, 6, 7, 8]);
+        assert_eq!(ids(2, 3), [2, 3]);
+        assert_eq!(ids(9, 9), [9]);
+        assert!(ids(11, 20).is_empty());
+        assert_eq!(app.history(4, 1, u64::MAX).unwrap(), [event(1)]);
+        assert!(app.history(5, 1, u64::MAX).unwrap().is_empty());
+        // Deleted by retention, every value of it goes.
+        r.status = Status::Succeeded;
+        app.apply_op(&ShardOp::Put {
+            record: Box::new(r),
+            events: Vec::new(),
+            definition: None,
+        })
+        .unwrap();
+        let due = app.closed_due(Some(5_000), 5_000, 10).unwrap();
+        assert_eq!(expire(&app, due), 2);
+        assert_eq!(app.history.len(), 0);
     }
 
     fn names(items: &[crate::listing::ListItem]) -> Vec<&str> {

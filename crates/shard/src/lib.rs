@@ -11,6 +11,7 @@
 //! * [`shard_of`] is the stable shard function.
 
 pub mod app;
+pub mod codec;
 pub mod executor;
 pub mod listing;
 pub mod metrics;

@@ -6,7 +6,7 @@
 //! ```text
 //! key   := kind owner 0x00 [status] (u64::MAX - start_ms) id      (integers big-endian)
 //! kind  := 0 (by state machine) | 1 (by Map Run, its children) | 2 (by state machine and status)
-//! value := ListItem (JSON)
+//! value := ListItem, compact (`crate::codec::encode_item`; an earlier version's JSON reads)
 //! ```
 //!
 //! Applying a record writes its entries only when its item changed (a step that changes
@@ -152,7 +152,7 @@ pub(crate) fn put(tree: &sled::Tree, rec: &ExecRecord) -> Result<()> {
         rec.id,
     );
     let old: Option<ListItem> = match tree.get(&main)? {
-        Some(v) => Some(serde_json::from_slice(&v)?),
+        Some(v) => Some(crate::codec::decode_item(&v)?),
         None => None,
     };
     if old.as_ref() == Some(&item) {
@@ -164,7 +164,7 @@ pub(crate) fn put(tree: &sled::Tree, rec: &ExecRecord) -> Result<()> {
             batch.remove(k);
         }
     }
-    let value = serde_json::to_vec(&item)?;
+    let value = crate::codec::encode_item(&item);
     for k in keys(&item, rec.id) {
         batch.insert(k, value.clone());
     }
@@ -240,7 +240,7 @@ impl Listing {
                 self.done = true;
                 break;
             }
-            let item: ListItem = serde_json::from_slice(&v)?;
+            let item = crate::codec::decode_item(&v)?;
             if self.after.as_ref().is_some_and(|c| !item.after(c))
                 || self.filter.is_some_and(|s| item.status != s)
             {
