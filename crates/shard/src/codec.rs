@@ -302,6 +302,23 @@ impl<'a> R<'a> {
         Ok(n as usize)
     }
 
+    /// An execution's ARN (unless derived, per `flags`), name and machine ARN.
+    fn names(&mut self, flags: u8) -> Result<(String, String, String)> {
+        let arn = if flags & F_ARN_DERIVED == 0 {
+            Some(self.str()?)
+        } else {
+            None
+        };
+        let name = self.str()?;
+        let machine = self.str()?;
+        let arn = match arn {
+            Some(a) => a,
+            None => derived_arn(&machine, &name)
+                .ok_or_else(|| corrupt("an ARN to derive from a machine ARN without one"))?,
+        };
+        Ok((arn, name, machine))
+    }
+
     fn end(&self) -> Result<()> {
         if self.b.is_empty() {
             Ok(())
@@ -324,7 +341,8 @@ const F_EXPRESS: u8 = 2;
 const F_CAPPED: u8 = 4;
 const F_PAUSED: u8 = 8;
 
-fn status_code(s: Status) -> u8 {
+/// A status as one byte (records, listing items and listing keys).
+pub(crate) fn status_code(s: Status) -> u8 {
     match s {
         Status::Queued => 0,
         Status::Running => 1,
@@ -408,18 +426,7 @@ pub fn decode_record(b: &[u8]) -> Result<ExecRecord> {
     let mut r = R { b: &b[1..] };
     let id = r.varint()?;
     let flags = r.u8()?;
-    let arn = if flags & F_ARN_DERIVED == 0 {
-        Some(r.str()?)
-    } else {
-        None
-    };
-    let name = r.str()?;
-    let state_machine_arn = r.str()?;
-    let arn = match arn {
-        Some(a) => a,
-        None => derived_arn(&state_machine_arn, &name)
-            .ok_or_else(|| corrupt("an ARN to derive from a machine ARN without one"))?,
-    };
+    let (arn, name, state_machine_arn) = r.names(flags)?;
     let version_arn = r.opt(R::str)?;
     let alias_arn = r.opt(R::str)?;
     let definition = r.fixed()?;
@@ -515,18 +522,7 @@ pub fn decode_item(b: &[u8]) -> Result<crate::listing::ListItem> {
     }
     let mut r = R { b: &b[1..] };
     let flags = r.u8()?;
-    let arn = if flags & F_ARN_DERIVED == 0 {
-        Some(r.str()?)
-    } else {
-        None
-    };
-    let name = r.str()?;
-    let state_machine_arn = r.str()?;
-    let arn = match arn {
-        Some(a) => a,
-        None => derived_arn(&state_machine_arn, &name)
-            .ok_or_else(|| corrupt("an ARN to derive from a machine ARN without one"))?,
-    };
+    let (arn, name, state_machine_arn) = r.names(flags)?;
     let status = status_of(r.u8()?)?;
     let start_ms = r.zigzag()?;
     let stop_ms = r.opt(R::zigzag)?.map(|d| start_ms.saturating_add(d));

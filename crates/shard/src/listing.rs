@@ -90,24 +90,13 @@ pub enum Owner<'a> {
     MapRun(&'a str),
 }
 
-fn status_byte(s: Status) -> u8 {
-    match s {
-        Status::Queued => 0,
-        Status::Running => 1,
-        Status::Succeeded => 2,
-        Status::Failed => 3,
-        Status::TimedOut => 4,
-        Status::Aborted => 5,
-    }
-}
-
 fn prefix(kind: u8, owner: &str, status: Option<Status>) -> Vec<u8> {
     let mut k = Vec::with_capacity(owner.len() + 19);
     k.push(kind);
     k.extend_from_slice(owner.as_bytes());
     k.push(0);
     if let Some(s) = status {
-        k.push(status_byte(s));
+        k.push(crate::codec::status_code(s));
     }
     k
 }
