@@ -41,6 +41,10 @@ pub(crate) struct Bench {
     /// stay until the cluster's retention deletes them, as on AWS).
     #[arg(long)]
     pub(crate) cleanup: bool,
+    /// Hold every Standard execution in a Wait state of this many seconds after its fourth
+    /// state (0: no Wait): executions stay RUNNING, to measure what waiting ones cost.
+    #[arg(long, default_value_t = 0)]
+    pub(crate) wait_seconds: u64,
 }
 
 /// A progress bar of `total` steps on stderr, drawn only when stderr is a terminal.
@@ -174,6 +178,16 @@ async fn run_map(c: &Client, b: &Bench, j: bool, name: &str, arn: &str) -> Resul
     Ok(())
 }
 
+/// [`bench_machine`], with a Wait of `seconds` after its fourth state when `seconds > 0`.
+pub(crate) fn bench_machine_waiting(seconds: u64) -> Value {
+    let mut m = bench_machine();
+    if seconds > 0 {
+        m["States"]["P4"]["Next"] = json!("Hold");
+        m["States"]["Hold"] = json!({"Type": "Wait", "Seconds": seconds, "Next": "Pick"});
+    }
+    m
+}
+
 /// A 10-state Pass/Choice machine: four Pass states, a Choice, four more Pass states and a
 /// Succeed — every execution makes 10 transitions.
 pub(crate) fn bench_machine() -> Value {
@@ -202,6 +216,11 @@ pub(crate) async fn bench(c: &Client, b: Bench, j: bool) -> Result<()> {
     if b.map_items > 0 {
         return bench_map(c, &b, j).await;
     }
+    if b.wait_seconds > 0 && (b.express || b.describe_each) {
+        return Err(anyhow!(
+            "--wait-seconds holds Standard executions: it goes with neither --express nor --describe-each"
+        ));
+    }
     let kind = if b.express { "EXPRESS" } else { "STANDARD" };
     let name = format!(
         "trellisctl-bench-{}-{}",
@@ -218,7 +237,7 @@ pub(crate) async fn bench(c: &Client, b: Bench, j: bool) -> Result<()> {
         .clone()
         .create_state_machine(pb::CreateStateMachineRequest {
             name: name.clone(),
-            definition: bench_machine().to_string(),
+            definition: bench_machine_waiting(b.wait_seconds).to_string(),
             role_arn: "arn:aws:iam::000000000000:role/bench".into(),
             r#type: ty as i32,
             publish: false,
@@ -310,12 +329,19 @@ async fn run(c: &Client, b: &Bench, j: bool, name: &str, arn: &str) -> Result<()
     bar.finish_and_clear();
     let elapsed = started.elapsed().as_secs_f64();
     if !b.express && !b.describe_each {
-        // Every execution must have ended SUCCEEDED.
-        let ok = crate::commands::executions::list_executions(c, arn, Some("SUCCEEDED"))
-            .await?
-            .len() as u64;
+        // Every execution must have ended SUCCEEDED (or wait RUNNING in its Wait).
+        let list = |s| crate::commands::executions::list_executions(c, arn, Some(s));
+        let mut ok = list("SUCCEEDED").await?.len() as u64;
+        if b.wait_seconds > 0 {
+            ok += list("RUNNING").await?.len() as u64;
+        }
         if ok != lat.len() as u64 {
-            return Err(anyhow!("only {ok} of {} executions SUCCEEDED", lat.len()));
+            let want = if b.wait_seconds > 0 {
+                "RUNNING or SUCCEEDED"
+            } else {
+                "SUCCEEDED"
+            };
+            return Err(anyhow!("only {ok} of {} executions {want}", lat.len()));
         }
     }
     lat.sort_unstable();

@@ -65,7 +65,8 @@ pub struct ClusterConfig {
     /// The largest message the peer port accepts (and sends). A Raft entry larger than this
     /// cannot replicate.
     pub peer_max_message_bytes: usize,
-    /// Backpressure: while a shard runs this many executions (in its leader's memory), it
+    /// Backpressure: while a shard holds this many executions in its leader's memory (parked
+    /// ones, waiting on timers only, do not count), it
     /// refuses child starts from other shards; they wait, durable, in their senders'
     /// outboxes and are sent again.
     pub max_live_per_shard: usize,

@@ -335,13 +335,23 @@ impl ShardApp {
     /// Records of executions that are not terminal, or still have messages to send.
     pub fn live(&self) -> Result<Vec<ExecRecord>> {
         let mut out = Vec::new();
+        self.for_each_live(|r| {
+            out.push(r);
+            Ok(())
+        })?;
+        Ok(out)
+    }
+
+    /// [`ShardApp::live`], one record at a time (a shard's live records need not fit in
+    /// memory at once).
+    pub fn for_each_live(&self, mut f: impl FnMut(ExecRecord) -> Result<()>) -> Result<()> {
         for kv in self.executions.iter() {
             let r = codec::decode_record(&kv?.1)?;
             if !r.status.is_terminal() || !r.outbox.is_empty() {
-                out.push(r);
+                f(r)?;
             }
         }
-        Ok(out)
+        Ok(())
     }
 }
 

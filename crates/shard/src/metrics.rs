@@ -21,6 +21,8 @@ pub struct Metrics {
     pub transitions: Counter,
     /// Standard executions running on the shards this node leads.
     pub running: Gauge,
+    /// Of those, the ones waiting on timers only, kept out of memory (parked).
+    pub parked: Gauge,
     /// Activity tasks queued and not taken by a worker.
     pub activity_backlog: Gauge,
     findings: Family<Label, Counter>,
@@ -73,6 +75,7 @@ impl Default for Metrics {
             finished: Family::default(),
             transitions: Counter::default(),
             running: Gauge::default(),
+            parked: Gauge::default(),
             activity_backlog: Gauge::default(),
             findings: Family::default(),
             batch_size: Histogram::new(SIZES),
@@ -108,6 +111,11 @@ impl Metrics {
             "trellis_executions_running",
             "Standard executions running on shards this node leads",
             m.running.clone(),
+        );
+        registry.register(
+            "trellis_executions_parked",
+            "Running executions waiting on timers only, kept out of memory until one fires",
+            m.parked.clone(),
         );
         registry.register(
             "trellis_state_transitions",

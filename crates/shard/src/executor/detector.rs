@@ -61,8 +61,12 @@ impl Executor {
         let cfg = self.cfg.detector.clone();
         let overdue = cfg.overdue_after.as_millis() as i64;
         let undelivered = cfg.undelivered_after.as_millis() as i64;
+        let parked = self.wake_for_scan(now, overdue);
         let armed: HashSet<(u64, u64)> = self.timers.iter().map(|t| (t.1, t.2)).collect();
-        let mut report = ScanReport::default();
+        let mut report = ScanReport {
+            scanned: parked as u64,
+            ..ScanReport::default()
+        };
         let mut fire = Vec::new();
         let mut rearm = Vec::new();
         let mut redispatch = Vec::new();

@@ -11,6 +11,7 @@
 
 mod detector;
 mod express;
+mod park;
 mod relay;
 mod retention;
 
@@ -125,7 +126,8 @@ pub struct ExecutorConfig {
     pub metrics: Arc<crate::metrics::Metrics>,
     /// How long a DISTRIBUTED Map's EXPRESS child may run (AWS: 5 minutes).
     pub express_max: Duration,
-    /// Backpressure: while this many executions run here (in the leader's memory), the
+    /// Backpressure: while this many executions are in the leader's memory (parked ones do
+    /// not count), the
     /// shard refuses deliveries that would start more children
     /// ([`crate::Error::Full`]); they wait in their senders' outboxes and come again.
     pub max_live: usize,
@@ -469,6 +471,10 @@ pub struct Executor {
     /// A CSPRNG: task-token nonces are bearer credentials.
     rng: StdRng,
     live: HashMap<u64, Live>,
+    /// Running executions waiting on timers only, out of memory ([`park`]): id -> their
+    /// timers (timer id, due), for the detector.
+    parked: HashMap<u64, Box<[(u64, i64)]>>,
+    /// Every live or parked execution's id, by ARN.
     by_arn: HashMap<String, u64>,
     machines: HashMap<u64, Arc<StateMachine>>,
     /// (due, execution id, timer id)
@@ -537,6 +543,7 @@ impl Executor {
             clock: Clock::new(),
             rng: StdRng::from_entropy(),
             live: HashMap::new(),
+            parked: HashMap::new(),
             by_arn: HashMap::new(),
             machines: HashMap::new(),
             timers: BTreeSet::new(),
@@ -567,7 +574,9 @@ impl Executor {
     /// Rebuilds live executions, timers and queues from the committed records, and
     /// dispatches again the tasks whose results never arrived (at-least-once).
     fn load(&mut self) -> Result<()> {
-        for rec in self.app.live()? {
+        let app = self.app.clone();
+        let mut running = 0i64;
+        app.for_each_live(|rec| {
             if !rec.outbox.is_empty() {
                 self.cfg.metrics.outbox.inc_by(rec.outbox.len() as i64);
                 self.effects.push(Effect::Send(rec.id));
@@ -575,19 +584,20 @@ impl Executor {
             if rec.status.is_terminal() {
                 // Ended with messages still to deliver.
                 self.mail.insert(rec.id, rec);
-                continue;
+                return Ok(());
             }
             if rec.express {
                 // An EXPRESS child that was running on the last leader: it runs again.
                 self.resume_express(rec);
-                continue;
+                return Ok(());
             }
-            let sm = self.machine(rec.definition, None)?;
-            let Some(raw) = &rec.state else {
-                return Err(Error::Corrupt(format!("{} is live without state", rec.arn)));
-            };
-            let state: ExecutionState = serde_json::from_str(raw.get())?;
-            let exec = Execution::from_state(sm, state);
+            if rec.status == Status::Running {
+                running += 1;
+            }
+            if Self::parkable(&rec) {
+                self.park_record(&rec);
+                return Ok(());
+            }
             for (timer, due) in &rec.timers {
                 self.timers.insert((*due, rec.id, *timer));
             }
@@ -605,28 +615,19 @@ impl Executor {
                 }
             }
             self.by_arn.insert(rec.arn.clone(), rec.id);
-            self.live.insert(
-                rec.id,
-                Live {
-                    exec,
-                    rec,
-                    events: Vec::new(),
-                    new_definition: None,
-                },
-            );
-        }
+            let id = rec.id;
+            let live = self.revive(rec)?;
+            self.live.insert(id, live);
+            Ok(())
+        })?;
         for q in self.activities.values_mut() {
             q.make_contiguous().sort_unstable();
         }
-        let running = self
-            .live
-            .values()
-            .filter(|l| l.rec.status == Status::Running)
-            .count();
-        self.cfg.metrics.running.inc_by(running as i64);
+        self.cfg.metrics.running.inc_by(running);
         tracing::debug!(
             shard_id = self.cfg.shard,
             live = self.live.len(),
+            parked = self.parked.len(),
             timers = self.timers.len(),
             "executor loaded"
         );
@@ -662,8 +663,10 @@ impl Executor {
             .live
             .values()
             .filter(|l| l.rec.status == Status::Running)
-            .count();
+            .count()
+            + self.parked.len();
         m.running.dec_by(running as i64);
+        m.parked.dec_by(self.parked.len() as i64);
         m.activity_backlog.dec_by(self.backlog as i64);
         let pending: usize = (self.live.values().map(|l| &l.rec))
             .chain(self.mail.values())
@@ -737,6 +740,7 @@ impl Executor {
                 }
             },
             Cmd::Feed { exec, input } => {
+                self.wake(exec);
                 if self.live.contains_key(&exec) {
                     self.feed(exec, input, now);
                 }
@@ -747,12 +751,15 @@ impl Executor {
                     let _ = reply.send(Err(e));
                 }
             },
-            Cmd::Control(arn, c, reply) => match self.control(&arn, c, now) {
-                Ok(at) => self.effects.push(Effect::Controlled(reply, at)),
-                Err(e) => {
-                    let _ = reply.send(Err(e));
+            Cmd::Control(arn, c, reply) => {
+                self.wake_arn(&arn);
+                match self.control(&arn, c, now) {
+                    Ok(at) => self.effects.push(Effect::Controlled(reply, at)),
+                    Err(e) => {
+                        let _ = reply.send(Err(e));
+                    }
                 }
-            },
+            }
             Cmd::TakeActivity(arn, worker, reply) => {
                 let task = self.take_activity(&arn, &worker, now);
                 self.effects.push(Effect::Activity(reply, task));
@@ -806,6 +813,7 @@ impl Executor {
             }
             Cmd::ExpressDone { id, outcome } => self.express_done(id, outcome, now),
             Cmd::Input(arn, input, reply) => {
+                self.wake_arn(&arn);
                 let running = self.by_arn.get(&arn).copied().filter(|id| {
                     self.live
                         .get(id)
@@ -823,6 +831,7 @@ impl Executor {
             }
             #[cfg(feature = "fault-injection")]
             Cmd::DropTimers(arn, reply) => {
+                self.wake_arn(&arn);
                 if let Some(id) = self.by_arn.get(&arn).copied() {
                     self.timers.retain(|t| t.1 != id);
                 }
@@ -948,10 +957,10 @@ impl Executor {
         }))
     }
 
-    /// The record of an execution by ARN, live or stored.
+    /// The record of an execution by ARN, live or stored (a parked one's is as stored).
     fn existing(&self, arn: &str) -> Result<Option<ExecRecord>> {
-        if let Some(id) = self.by_arn.get(arn) {
-            return Ok(self.live.get(id).map(|l| l.rec.clone()));
+        if let Some(l) = self.by_arn.get(arn).and_then(|id| self.live.get(id)) {
+            return Ok(Some(l.rec.clone()));
         }
         self.app.record(arn)
     }
@@ -1267,16 +1276,22 @@ impl Executor {
         }
     }
 
+    /// Fires the timers due by `now`, at most `max_batch` of them (each may load a parked
+    /// execution: a million Waits ending at once are loaded a batch at a time, and the loop
+    /// comes straight back for the rest).
     fn fire_timers(&mut self, now: i64) {
+        let mut fired = 0;
         while let Some(&(due, exec, timer)) = self.timers.first() {
-            if due > now {
+            if due > now || fired >= self.cfg.max_batch.max(1) {
                 break;
             }
+            fired += 1;
             self.timers.pop_first();
             self.cfg
                 .metrics
                 .timer_lag_seconds
                 .observe((now - due).max(0) as f64 / 1000.0);
+            self.wake(exec);
             let pending = self
                 .live
                 .get(&exec)
@@ -1367,7 +1382,7 @@ impl Executor {
             return Err(e);
         }
         m.expired.inc_by(expired as u64);
-        for id in dirty {
+        for &id in &dirty {
             if self
                 .live
                 .get(&id)
@@ -1387,6 +1402,8 @@ impl Executor {
             }
         }
         self.perform_effects();
+        // Sends just started keep theirs in memory until delivered.
+        self.park(&dirty);
         Ok(())
     }
 

@@ -24,6 +24,7 @@ impl Executor {
             if held.contains(m.target()) {
                 continue;
             }
+            self.wake_arn(m.target());
             if let Message::StartChild { request, .. } = &m {
                 let live = self.live.len() + self.express.len();
                 if live >= self.cfg.max_live && self.would_start(request)? {
