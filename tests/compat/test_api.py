@@ -179,7 +179,7 @@ def test_callback_token(sfn, functions):
     body, mac = good.rsplit(".", 1)
     shard, _exec, task, nonce = body.split(".")
     forged = [
-        body + "." + ("0" if mac[-1] != "0" else "1") + mac[1:],
+        body + "." + ("0" if mac[0] != "0" else "1") + mac[1:],
         t.rsplit(".", 1)[0] + "." + mac,
         ".".join([shard, "fffff", task, nonce, mac]),
         ".".join([shard, "fffff", task, nonce, "0" * 32]),
