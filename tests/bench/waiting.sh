@@ -15,7 +15,7 @@ HTTP=127.0.0.1:28183 GRPC=127.0.0.1:27400 PEER=127.0.0.1:27401
 rss() { awk '/^VmRSS/ {print $2 * 1024}' "/proc/$NODE/status"; }
 metric() { curl -s "http://$HTTP/metrics" | awk -v m="$1" '$1==m {print int($2)}'; }
 start() {
-  TRELLIS__NODE__CACHE_MIB=$CACHE_MIB \
+  TRELLIS__NODE__CACHE_MIB=$CACHE_MIB TRELLIS_LOG=${1:-info,openraft=error,sled=warn} \
     "$BIN/trellis" dev --data-dir "$DATA" --http-addr $HTTP --grpc-addr $GRPC --peer-addr $PEER \
     >> "$WORK/node.log" 2>&1 &
   NODE=$!
@@ -35,8 +35,13 @@ R1=$(rss)
 echo "after $N waiting: RSS $R1 bytes ($(( (R1 - R0) / N )) per execution), parked $(metric trellis_executions_parked), running $(metric trellis_executions_running)"
 echo "disk: $(du -sb "$DATA" | cut -f1) bytes"
 kill $NODE; wait $NODE
-start
+: > "$WORK/node.log"
+start info,openraft=error,sled=warn,trellis_storage::db=debug,trellis_shard::executor=debug
 sleep 1
 echo "restart: /healthz after $HEALTHY ms, /readyz after $READY ms; RSS $(rss) bytes, parked $(metric trellis_executions_parked)"
+# Where the restart went: opening the store, then each shard's executor loading.
+grep -o 'store opened.*' "$WORK/node.log" | sed 's/\x1b\[[0-9;]*m//g'
+grep 'executor loaded' "$WORK/node.log" | sed 's/\x1b\[[0-9;]*m//g' | grep -o 'elapsed_ms=[0-9]*' |
+  sort -t= -k2 -n | tail -1 | sed 's/^/slowest executor load: /'
 kill $NODE; wait $NODE
 rm -rf "$WORK"

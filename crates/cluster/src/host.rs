@@ -294,7 +294,7 @@ impl Host {
                     replicas: m.membership_config.membership().voter_ids().collect(),
                     applied_index: m.last_applied.map(|l| l.index).unwrap_or(0),
                     running_executions: if count_live && leading.is_some() {
-                        r.app.live().map(|l| l.len() as u64).unwrap_or(0)
+                        r.app.live_count() as u64
                     } else {
                         0
                     },

@@ -2,9 +2,11 @@
 //! their histories, in the group's sled trees. Every replica applies the same entries.
 //!
 //! A new executor rebuilds its timer wheel, token table and activity queues from the live
-//! records (`ShardApp::live`), so no index of them is kept: the `timers`, `tokens` and
-//! `activities` trees of earlier versions are emptied when a replica opens, and stay in the
-//! snapshot format (empty) so replicas of both versions exchange snapshots.
+//! executions ([`ShardApp::for_each_live`]): the `live` index holds an entry for each
+//! ([`codec::LiveEntry`]), with the timers of those waiting on timers only, whose records
+//! are then not read at all (a shard may hold a million of them; `executor::park`). The
+//! `timers`, `tokens` and `activities` trees of earlier versions are emptied when a replica
+//! opens, and stay in the snapshot format (empty).
 //!
 //! Retention: every closed execution has an entry in the `closed` index
 //! ([`keys::Closed`]), written when its record is; [`ShardOp::Expire`] deletes the ones the
@@ -21,7 +23,7 @@ use crate::record::{keys, ExecRecord};
 use crate::request::{Expiry, ShardConfig, ShardOp, ShardRequest, ShardResponse};
 use crate::Result;
 
-const TREES: [&str; 10] = [
+const TREES: [&str; 11] = [
     "executions",
     "ids",
     "history",
@@ -32,12 +34,14 @@ const TREES: [&str; 10] = [
     "closed",
     "counters",
     "listing",
+    "live",
 ];
 
 /// `counters` keys.
 const NEXT_ID: &[u8] = b"next_id";
 const CLOSED_INDEXED: &[u8] = b"closed_indexed";
 const LISTED: &[u8] = b"listed";
+const LIVE_INDEXED: &[u8] = b"live_indexed";
 
 /// Trees earlier versions wrote and nothing read: emptied on open.
 const RETIRED: [usize; 3] = [3, 4, 5];
@@ -58,6 +62,8 @@ pub struct ShardApp {
     counters: sled::Tree,
     /// [`crate::listing`]: what ListExecutions shows, newest first.
     listing: sled::Tree,
+    /// Execution id -> [`codec::LiveEntry`], for every [`ExecRecord::is_live`] record.
+    live: sled::Tree,
     all: Vec<(String, sled::Tree)>,
 }
 
@@ -79,18 +85,20 @@ impl ShardApp {
             closed: t(7),
             counters: t(8),
             listing: t(9),
+            live: t(10),
             all,
         };
         app.index()?;
         Ok(app)
     }
 
-    /// Builds the `closed` and `listing` indexes from the records, unless they are complete
-    /// already (a store or snapshot of a version without them).
+    /// Builds the `closed`, `listing` and `live` indexes from the records, unless they are
+    /// complete already (a store or snapshot of a version without them).
     fn index(&self) -> Result<()> {
         let closed = !self.counters.contains_key(CLOSED_INDEXED)?;
         let listed = !self.counters.contains_key(LISTED)?;
-        if !closed && !listed {
+        let live = !self.counters.contains_key(LIVE_INDEXED)?;
+        if !closed && !listed && !live {
             return Ok(());
         }
         if closed {
@@ -98,6 +106,9 @@ impl ShardApp {
         }
         if listed {
             self.listing.clear()?;
+        }
+        if live {
+            self.live.clear()?;
         }
         let mut batch = sled::Batch::default();
         for kv in self.executions.iter() {
@@ -109,10 +120,15 @@ impl ShardApp {
             if listed {
                 crate::listing::put(&self.listing, &rec)?;
             }
+            if live && rec.is_live() {
+                self.live
+                    .insert(rec.id.to_be_bytes(), codec::encode_live(&rec))?;
+            }
         }
         self.closed.apply_batch(batch)?;
         self.counters.insert(CLOSED_INDEXED, &[1])?;
         self.counters.insert(LISTED, &[1])?;
+        self.counters.insert(LIVE_INDEXED, &[1])?;
         Ok(())
     }
 
@@ -194,6 +210,12 @@ impl ShardApp {
         self.executions
             .insert(rec.arn.as_bytes(), codec::encode_record(rec)?)?;
         crate::listing::put(&self.listing, rec)?;
+        if rec.is_live() {
+            self.live
+                .insert(rec.id.to_be_bytes(), codec::encode_live(rec))?;
+        } else {
+            self.live.remove(rec.id.to_be_bytes())?;
+        }
         // A redrive leaves the earlier entry behind: retention drops it when it comes due.
         if let Some(c) = rec.closed_key() {
             self.closed.insert(c.to_bytes(), rec.arn.as_bytes())?;
@@ -332,27 +354,51 @@ impl ShardApp {
             .collect()
     }
 
-    /// Records of executions that are not terminal, or still have messages to send.
-    pub fn live(&self) -> Result<Vec<ExecRecord>> {
-        let mut out = Vec::new();
-        self.for_each_live(|r| {
-            out.push(r);
-            Ok(())
-        })?;
-        Ok(out)
+    /// How many executions are live ([`ExecRecord::is_live`]).
+    pub fn live_count(&self) -> usize {
+        self.live.len()
     }
 
-    /// [`ShardApp::live`], one record at a time (a shard's live records need not fit in
-    /// memory at once).
-    pub fn for_each_live(&self, mut f: impl FnMut(ExecRecord) -> Result<()>) -> Result<()> {
-        for kv in self.executions.iter() {
-            let r = codec::decode_record(&kv?.1)?;
-            if !r.status.is_terminal() || !r.outbox.is_empty() {
-                f(r)?;
-            }
+    /// The live executions ([`ExecRecord::is_live`]), in id order, one at a time (a shard's
+    /// need not fit in memory at once): those waiting on timers only from the `live` index
+    /// alone, the others with their records.
+    pub fn for_each_live(&self, mut f: impl FnMut(LiveExecution) -> Result<()>) -> Result<()> {
+        for kv in self.live.iter() {
+            let (k, v) = kv?;
+            let id = trellis_storage::from_be(&k)
+                .ok_or_else(|| crate::Error::Corrupt("a malformed live index key".into()))?;
+            let entry = codec::decode_live(&v)?;
+            let next = match entry.waiting {
+                Some(timers) => LiveExecution::Waiting {
+                    id,
+                    arn: entry.arn,
+                    timers,
+                },
+                None => {
+                    LiveExecution::Record(Box::new(self.record(&entry.arn)?.ok_or_else(|| {
+                        crate::Error::Corrupt(format!(
+                            "{} is indexed as live without a record",
+                            entry.arn
+                        ))
+                    })?))
+                }
+            };
+            f(next)?;
         }
         Ok(())
     }
+}
+
+/// A live execution, as [`ShardApp::for_each_live`] reads it.
+#[derive(Debug)]
+pub enum LiveExecution {
+    /// Waiting on timers only ([`ExecRecord::parkable`]); its record is not read.
+    Waiting {
+        id: u64,
+        arn: String,
+        timers: Box<[(u64, i64)]>,
+    },
+    Record(Box<ExecRecord>),
 }
 
 /// Snapshots hold every tree, in `trellis_storage::export_trees`'s format.
@@ -679,8 +725,10 @@ mod tests {
         // As an earlier version left it: no index, no marker.
         app.closed.clear().unwrap();
         app.listing.clear().unwrap();
+        app.live.clear().unwrap();
         app.counters.clear().unwrap();
         let app = ShardApp::open(&trees).unwrap();
+        assert_eq!(ids_of(&live(&app)), [2]);
         let due = app.closed_due(Some(1_000), 1_000, 10).unwrap();
         assert_eq!(due.iter().map(|e| e.key.id()).collect::<Vec<_>>(), [1]);
         let listed = app
@@ -694,5 +742,70 @@ mod tests {
         let mut copy = ShardApp::open(&other.group(1).unwrap()).unwrap();
         copy.import(&mut snap.as_slice()).unwrap();
         assert_eq!(copy.closed_due(Some(1_000), 1_000, 10).unwrap(), due);
+        assert_eq!(ids_of(&live(&copy)), [2]);
+    }
+
+    fn live(app: &ShardApp) -> Vec<LiveExecution> {
+        let mut out = Vec::new();
+        app.for_each_live(|e| {
+            out.push(e);
+            Ok(())
+        })
+        .unwrap();
+        out
+    }
+
+    fn ids_of(live: &[LiveExecution]) -> Vec<u64> {
+        live.iter()
+            .map(|e| match e {
+                LiveExecution::Waiting { id, .. } => *id,
+                LiveExecution::Record(r) => r.id,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn the_live_index_follows_each_write_and_holds_the_timers_of_waiting_executions() {
+        let db = NodeDb::temporary().unwrap();
+        let app = ShardApp::open(&db.group(1).unwrap()).unwrap();
+        let mut waiting = closed(1, 1_000);
+        waiting.status = Status::Running;
+        waiting.stop_ms = None;
+        waiting.timers.insert(7, 86_400_000);
+        waiting.timers.insert(9, 5_000);
+        put(&app, &waiting);
+        let mut capped = waiting.clone();
+        capped.id = 2;
+        capped.arn = "arn:e:2".into();
+        capped.capped = true;
+        put(&app, &capped);
+        put(&app, &closed(3, 1_000));
+        let mut sending = closed(4, 1_000);
+        sending.send(crate::outbox::Message::StopChild {
+            child_arn: "arn:e:5".into(),
+        });
+        put(&app, &sending);
+
+        let got = live(&app);
+        assert_eq!(ids_of(&got), [1, 2, 4]);
+        match &got[0] {
+            LiveExecution::Waiting { arn, timers, .. } => {
+                assert_eq!(arn, "arn:e:1");
+                assert_eq!(&timers[..], [(7, 86_400_000), (9, 5_000)]);
+            }
+            other => panic!("{other:?}"),
+        }
+        // Under a cap it stays in memory, so its record is read.
+        assert!(matches!(&got[1], LiveExecution::Record(r) if r.capped));
+        assert_eq!(app.live_count(), 3);
+
+        // It ends: out of the index; its messages delivered: out as well.
+        waiting.status = Status::Succeeded;
+        waiting.stop_ms = Some(2_000);
+        waiting.timers.clear();
+        put(&app, &waiting);
+        sending.delivered(u64::MAX);
+        put(&app, &sending);
+        assert_eq!(ids_of(&live(&app)), [2]);
     }
 }

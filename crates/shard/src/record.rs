@@ -190,6 +190,25 @@ impl ExecRecord {
         }
     }
 
+    /// Whether a leader must load it: not ended, or ended with messages still to send. Such
+    /// records have an entry in the shard's `live` index.
+    pub fn is_live(&self) -> bool {
+        !self.status.is_terminal() || !self.outbox.is_empty()
+    }
+
+    /// Whether, as committed, it can wait out of the leader's memory: running, waiting on
+    /// timers only, with nothing to send, not counted under a concurrency cap, not an
+    /// EXPRESS child (`executor::park`). Its `live` index entry then holds its timers, and a
+    /// new leader does not read the record.
+    pub fn parkable(&self) -> bool {
+        self.status == Status::Running
+            && !self.timers.is_empty()
+            && self.tasks.is_empty()
+            && self.outbox.is_empty()
+            && !self.capped
+            && !self.express
+    }
+
     /// Its entry in the shard's `closed` index, once it is closed.
     pub fn closed_key(&self) -> Option<keys::Closed> {
         if !self.status.is_terminal() {

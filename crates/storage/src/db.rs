@@ -186,12 +186,17 @@ impl NodeDb {
     /// Opens (or creates) the store in `dir`, its page cache at most `cache_bytes` (sled's
     /// own default is 1 GiB, more than a small node should spend on it).
     pub fn open_with_cache(dir: impl AsRef<Path>, cache_bytes: u64) -> Result<NodeDb> {
+        let started = std::time::Instant::now();
         let db = sled::Config::new()
             .path(dir.as_ref())
             .mode(sled::Mode::HighThroughput)
             .cache_capacity(cache_bytes)
             .open()
             .map_err(|e| in_use(e, dir.as_ref()))?;
+        tracing::debug!(
+            elapsed_ms = started.elapsed().as_millis() as u64,
+            "store opened"
+        );
         Ok(NodeDb {
             flusher: Flusher::new(db.clone()),
             db,

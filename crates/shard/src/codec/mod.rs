@@ -23,6 +23,7 @@
 //! events  := 0x01 varint(n) event^n      (ids and times as deltas from the event before)
 //! event   := zigzag(id-prev id) varint(id-previous_event_id) zigzag(time-prev time)
 //!            varint(type) opt(object)
+//! live    := 0x01 str(arn) opt(varint(n) (varint(timer) zigzag(due))^n)
 //! value   := 0 null | 1 false | 2 true | 3 str(number text) | 4 str | 5 varint(n) value^n
 //!          | 6 varint(n) (key value)^n
 //! key     := varint(0) str | varint(i) (KEYS[i-1])
@@ -38,8 +39,8 @@ use stored::{derived_arn, F_ARN_DERIVED};
 
 pub(crate) use stored::status_code;
 pub use stored::{
-    decode_events, decode_item, decode_ops, decode_record, encode_events, encode_item, encode_ops,
-    encode_record, op_len,
+    decode_events, decode_item, decode_live, decode_ops, decode_record, encode_events, encode_item,
+    encode_live, encode_ops, encode_record, op_len, LiveEntry,
 };
 
 /// The format byte of this encoding.
@@ -374,6 +375,32 @@ mod tests {
             serde_json::to_value(a).unwrap(),
             serde_json::to_value(b).unwrap()
         );
+    }
+
+    #[test]
+    fn a_live_entry_holds_the_timers_of_a_waiting_execution_only() {
+        let mut r = record();
+        r.status = Status::Running;
+        r.stop_ms = None;
+        r.outbox.clear();
+        r.timers.insert(1, -5);
+        let e = decode_live(&encode_live(&r)).unwrap();
+        assert_eq!(e.arn, r.arn);
+        assert_eq!(
+            e.waiting.as_deref(),
+            Some(&[(1, -5), (3, 1_796_160_760_000)][..])
+        );
+        r.paused = true;
+        assert!(decode_live(&encode_live(&r)).unwrap().waiting.is_some());
+        r.express = true;
+        let e = decode_live(&encode_live(&r)).unwrap();
+        assert_eq!((e.arn.as_str(), e.waiting), (r.arn.as_str(), None));
+        // Damaged entries are errors, not panics.
+        let bin = encode_live(&record());
+        for n in 0..bin.len() {
+            assert!(decode_live(&bin[..n]).is_err());
+        }
+        assert!(decode_live(b"{}").is_err());
     }
 
     #[test]

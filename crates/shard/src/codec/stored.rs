@@ -288,6 +288,51 @@ pub fn decode_events(b: &[u8]) -> Result<Vec<HistoryEvent>> {
     }
 }
 
+// ------------------------------------------------------------------------------- live index
+
+/// An entry of the `live` index: what a new leader loads of a live execution
+/// ([`crate::app::ShardApp::for_each_live`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LiveEntry {
+    pub arn: String,
+    /// Its timers (timer id, due), when it waits on them only
+    /// ([`ExecRecord::parkable`]): it is parked without reading its record.
+    pub waiting: Option<Box<[(u64, i64)]>>,
+}
+
+/// `0x01 str(arn) opt(varint(n) (varint(timer) zigzag(due))*n)`.
+pub fn encode_live(r: &ExecRecord) -> Vec<u8> {
+    let mut w = W::default();
+    w.u8(BINARY);
+    w.str(&r.arn);
+    w.opt(r.parkable().then_some(&r.timers), |w, timers| {
+        w.varint(timers.len() as u64);
+        for (timer, due) in timers {
+            w.varint(*timer);
+            w.zigzag(*due);
+        }
+    });
+    w.0
+}
+
+pub fn decode_live(b: &[u8]) -> Result<LiveEntry> {
+    let mut r = R { b };
+    if r.u8()? != BINARY {
+        return Err(corrupt("a live index entry's format byte"));
+    }
+    let arn = r.str()?;
+    let waiting = r.opt(|r| {
+        let n = r.count()?;
+        let mut timers = Vec::with_capacity(n);
+        for _ in 0..n {
+            timers.push((r.varint()?, r.zigzag()?));
+        }
+        Ok(timers.into_boxed_slice())
+    })?;
+    r.end()?;
+    Ok(LiveEntry { arn, waiting })
+}
+
 // ---------------------------------------------------------------------------------- entries
 
 const OP_PUT: u8 = 0;

@@ -35,7 +35,7 @@ use trellis_asl::env::Entropy;
 use trellis_asl::exec::{ChildRequest, ExecutionInfo, ExecutionState, ParentScope, TaskRequest};
 use trellis_asl::{Command, Env, Execution, HistoryEvent, Input, Limits, StateMachine};
 
-use crate::app::ShardApp;
+use crate::app::{LiveExecution, ShardApp};
 use crate::outbox::{Mailer, Message, ParentLink};
 use crate::record::{ExecRecord, Status, TaskRecord};
 use crate::request::{Expiry, ShardOp, ShardRequest};
@@ -572,11 +572,21 @@ impl Executor {
     }
 
     /// Rebuilds live executions, timers and queues from the committed records, and
-    /// dispatches again the tasks whose results never arrived (at-least-once).
+    /// dispatches again the tasks whose results never arrived (at-least-once). Executions
+    /// waiting on timers only are parked from the `live` index, their records unread.
     fn load(&mut self) -> Result<()> {
+        let started = std::time::Instant::now();
         let app = self.app.clone();
         let mut running = 0i64;
-        app.for_each_live(|rec| {
+        app.for_each_live(|e| {
+            let rec = match e {
+                LiveExecution::Waiting { id, arn, timers } => {
+                    running += 1;
+                    self.park_entry(id, arn, timers);
+                    return Ok(());
+                }
+                LiveExecution::Record(rec) => *rec,
+            };
             if !rec.outbox.is_empty() {
                 self.cfg.metrics.outbox.inc_by(rec.outbox.len() as i64);
                 self.effects.push(Effect::Send(rec.id));
@@ -594,7 +604,7 @@ impl Executor {
             if rec.status == Status::Running {
                 running += 1;
             }
-            if Self::parkable(&rec) {
+            if rec.parkable() {
                 self.park_record(&rec);
                 return Ok(());
             }
@@ -629,6 +639,7 @@ impl Executor {
             live = self.live.len(),
             parked = self.parked.len(),
             timers = self.timers.len(),
+            elapsed_ms = started.elapsed().as_millis() as u64,
             "executor loaded"
         );
         Ok(())

@@ -13,27 +13,22 @@
 //! waiting on its children stays in memory, as their results come often).
 
 use super::{Executor, Live};
-use crate::record::{ExecRecord, Status};
+use crate::record::ExecRecord;
 
 impl Executor {
-    /// Whether a record, as committed, can wait out of memory.
-    pub(super) fn parkable(rec: &ExecRecord) -> bool {
-        rec.status == Status::Running
-            && !rec.timers.is_empty()
-            && rec.tasks.is_empty()
-            && rec.outbox.is_empty()
-            && !rec.capped
-            && !rec.express
-    }
-
     /// Keeps `rec` out of memory: its timers armed, its ARN known.
     pub(super) fn park_record(&mut self, rec: &ExecRecord) {
-        for (timer, due) in &rec.timers {
-            self.timers.insert((*due, rec.id, *timer));
-        }
-        self.by_arn.insert(rec.arn.clone(), rec.id);
         let timers = rec.timers.iter().map(|(t, d)| (*t, *d)).collect();
-        if self.parked.insert(rec.id, timers).is_none() {
+        self.park_entry(rec.id, rec.arn.clone(), timers);
+    }
+
+    /// Keeps execution `id` out of memory, as its `live` index entry describes it.
+    pub(super) fn park_entry(&mut self, id: u64, arn: String, timers: Box<[(u64, i64)]>) {
+        for (timer, due) in timers.iter() {
+            self.timers.insert((*due, id, *timer));
+        }
+        self.by_arn.insert(arn, id);
+        if self.parked.insert(id, timers).is_none() {
             self.cfg.metrics.parked.inc();
         }
     }
@@ -42,7 +37,7 @@ impl Executor {
     pub(super) fn park(&mut self, ids: &[u64]) {
         for id in ids {
             let ready = self.live.get(id).is_some_and(|l| {
-                Self::parkable(&l.rec)
+                l.rec.parkable()
                     && l.events.is_empty()
                     && l.new_definition.is_none()
                     && !self.sending.contains(id)
