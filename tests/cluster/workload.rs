@@ -238,7 +238,8 @@ pub fn workers_holding(
 }
 
 /// Answers task `n` as the workers do (`{"n": n, "double": 2n}`), through some node, until
-/// a node takes the answer or says the task is gone.
+/// a node takes the answer or says the task is gone. Every attempt names the same call, so
+/// one sent again after a lost reply finds its answer taken and succeeds.
 pub async fn answer(pool: &Pool, n: u64, token: &str) -> Result<(), String> {
     let output = json!({"n": n, "double": 2 * n}).to_string();
     retry(pool, Duration::from_secs(60), |mut c| {
@@ -248,6 +249,7 @@ pub async fn answer(pool: &Pool, n: u64, token: &str) -> Result<(), String> {
                 .send_task_success(pb::SendTaskSuccessRequest {
                     task_token: token,
                     output,
+                    request_id: n + 1,
                 })
                 .await
                 .map(drop)

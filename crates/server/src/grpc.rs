@@ -364,14 +364,16 @@ impl Activities for Svc {
     async fn send_task_success(&self, r: Request<pb::SendTaskSuccessRequest>) -> R<pb::Empty> {
         self.allow(&r, "states:SendTaskSuccess")?;
         let r = r.into_inner();
-        self.0.send_task_success(&r.task_token, &r.output).await?;
+        self.0
+            .send_task_success(&r.task_token, &r.output, r.request_id)
+            .await?;
         ok(pb::Empty {})
     }
     async fn send_task_failure(&self, r: Request<pb::SendTaskFailureRequest>) -> R<pb::Empty> {
         self.allow(&r, "states:SendTaskFailure")?;
         let r = r.into_inner();
         self.0
-            .send_task_failure(&r.task_token, &r.error, &r.cause)
+            .send_task_failure(&r.task_token, &r.error, &r.cause, r.request_id)
             .await?;
         ok(pb::Empty {})
     }

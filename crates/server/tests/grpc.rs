@@ -235,11 +235,32 @@ async fn activities_pause_and_resume() {
     assert_eq!(task.input, r#"{"job":1}"#);
     c.activities
         .send_task_success(pb::SendTaskSuccessRequest {
-            task_token: task.task_token,
+            task_token: task.task_token.clone(),
             output: r#"{"ok":true}"#.into(),
+            request_id: 77,
         })
         .await
         .unwrap();
+    // The same call again (its reply lost, say) succeeds; another call finds the task
+    // closed, as on AWS.
+    c.activities
+        .send_task_success(pb::SendTaskSuccessRequest {
+            task_token: task.task_token.clone(),
+            output: r#"{"ok":true}"#.into(),
+            request_id: 77,
+        })
+        .await
+        .unwrap();
+    let again = c
+        .activities
+        .send_task_success(pb::SendTaskSuccessRequest {
+            task_token: task.task_token,
+            output: r#"{"ok":true}"#.into(),
+            request_id: 78,
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(again.code(), tonic::Code::FailedPrecondition, "{again:?}");
     let mut d = describe(c, &arn).await;
     for _ in 0..500 {
         if d.status != "RUNNING" {

@@ -140,6 +140,11 @@ pub struct ExecRecord {
     /// The start call that made it ([`crate::executor::StartRequest::request_id`]); 0: none.
     #[serde(default, skip_serializing_if = "is_zero")]
     pub request_id: u64,
+    /// The last tasks closed by an answer to their token, with the call that answered each
+    /// (task id, request id), at most [`ExecRecord::ANSWERS_KEPT`]: the same call forwarded
+    /// again after a lost reply finds its answer taken and succeeds again.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub answers: Vec<(u64, u64)>,
 }
 
 fn is_zero(n: &u64) -> bool {
@@ -187,7 +192,28 @@ impl ExecRecord {
             map_runs: Vec::new(),
             retention_ms: None,
             request_id: 0,
+            answers: Vec::new(),
         }
+    }
+
+    /// How many answered tasks a record remembers ([`ExecRecord::answers`]).
+    pub const ANSWERS_KEPT: usize = 8;
+
+    /// Whether the call `request_id` (not 0) closed task `task`.
+    pub fn answered_by(&self, task: u64, request_id: u64) -> bool {
+        request_id != 0 && self.answers.contains(&(task, request_id))
+    }
+
+    /// Remembers that the call `request_id` (0: not named, nothing to remember) closed
+    /// task `task`, forgetting the oldest beyond [`ExecRecord::ANSWERS_KEPT`].
+    pub fn answered(&mut self, task: u64, request_id: u64) {
+        if request_id == 0 {
+            return;
+        }
+        if self.answers.len() >= Self::ANSWERS_KEPT {
+            self.answers.remove(0);
+        }
+        self.answers.push((task, request_id));
     }
 
     /// Whether a leader must load it: not ended, or ended with messages still to send. Such

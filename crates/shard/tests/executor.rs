@@ -118,21 +118,29 @@ async fn runs_tasks_timers_activities_and_callbacks() {
     }
     let task = task.expect("an activity task");
     assert_eq!(serde_json::from_str::<Value>(&task.input).unwrap()["id"], 7);
-    h.answer(&task.token, TokenAnswer::Success(json!("worked")))
+    h.answer(&task.token, TokenAnswer::Success(json!("worked")), 5)
         .await
         .unwrap();
-    // A second answer for the closed task is refused.
-    let late = h.answer(&task.token, TokenAnswer::Success(json!(1))).await;
-    assert!(
-        matches!(late, Err(trellis_shard::Error::TaskClosed)),
-        "{late:?}"
-    );
+    // The same call again (its reply lost) succeeds; another answer for the closed task is
+    // refused, as is one that names no call.
+    h.answer(&task.token, TokenAnswer::Success(json!("worked")), 5)
+        .await
+        .unwrap();
+    for other in [6, 0] {
+        let late = h
+            .answer(&task.token, TokenAnswer::Success(json!(1)), other)
+            .await;
+        assert!(
+            matches!(late, Err(trellis_shard::Error::TaskClosed)),
+            "{late:?}"
+        );
+    }
 
     let token = eventually("the callback token", || {
         fake.tokens.lock().unwrap().first().cloned()
     })
     .await;
-    h.answer(&token, TokenAnswer::Success(json!({"ok": true})))
+    h.answer(&token, TokenAnswer::Success(json!({"ok": true})), 0)
         .await
         .unwrap();
 
@@ -156,6 +164,10 @@ async fn runs_tasks_timers_activities_and_callbacks() {
     assert!(types.contains(&"TaskSubmitted".to_string()));
     assert_eq!(types.last().map(String::as_str), Some("ExecutionSucceeded"));
     assert!(rec.timers.is_empty() && rec.tasks.is_empty());
+    // Ended and out of memory, it still knows the call that answered its activity task.
+    h.answer(&task.token, TokenAnswer::Success(json!("worked")), 5)
+        .await
+        .unwrap();
 
     // Stop, pause and resume.
     let s = h
@@ -238,7 +250,7 @@ async fn executions_continue_after_a_restart() {
     let h = &node.handle;
     let mut answered = 0;
     for t in &taken {
-        h.answer(t, TokenAnswer::Success(json!("after-restart")))
+        h.answer(t, TokenAnswer::Success(json!("after-restart")), 0)
             .await
             .unwrap();
         answered += 1;
@@ -246,14 +258,14 @@ async fn executions_continue_after_a_restart() {
     let mut tokens_answered = 0;
     for _ in 0..3000 {
         if let Some(t) = h.take_activity(ACTIVITY, "w").await.unwrap() {
-            h.answer(&t.token, TokenAnswer::Success(json!("after-restart")))
+            h.answer(&t.token, TokenAnswer::Success(json!("after-restart")), 0)
                 .await
                 .unwrap();
             answered += 1;
         }
         let tokens: Vec<String> = fake.tokens.lock().unwrap().drain(..).collect();
         for t in tokens {
-            h.answer(&t, TokenAnswer::Success(json!(true)))
+            h.answer(&t, TokenAnswer::Success(json!(true)), 0)
                 .await
                 .unwrap();
             tokens_answered += 1;

@@ -579,6 +579,7 @@ async fn dispatch(node: &Node, headers: &HeaderMap, body: &[u8]) -> ApiResult<St
             node.send_task_success(
                 &required(i.task_token, "taskToken")?,
                 &required(i.output, "output")?,
+                0,
             )
             .await?;
             reply(Empty {})
@@ -589,6 +590,7 @@ async fn dispatch(node: &Node, headers: &HeaderMap, body: &[u8]) -> ApiResult<St
                 &required(i.task_token, "taskToken")?,
                 &i.error.unwrap_or_default(),
                 &i.cause.unwrap_or_default(),
+                0,
             )
             .await?;
             reply(Empty {})

@@ -185,13 +185,18 @@ impl Api for Node {
     }
 
     fn send_task_success(&self, r: pb::SendTaskSuccessRequest) -> Served<'_, pb::Empty> {
-        Box::pin(async move { empty(self.send_task_success_here(&r.task_token, &r.output).await) })
+        Box::pin(async move {
+            empty(
+                self.send_task_success_here(&r.task_token, &r.output, r.request_id)
+                    .await,
+            )
+        })
     }
 
     fn send_task_failure(&self, r: pb::SendTaskFailureRequest) -> Served<'_, pb::Empty> {
         Box::pin(async move {
             empty(
-                self.send_task_failure_here(&r.task_token, &r.error, &r.cause)
+                self.send_task_failure_here(&r.task_token, &r.error, &r.cause, r.request_id)
                     .await,
             )
         })

@@ -27,21 +27,36 @@ impl Node {
         Ok(shard)
     }
 
-    pub async fn send_task_success(&self, token: &str, output: &str) -> ApiResult<()> {
+    /// `request_id` names the call (0: this node names it), so that the router's attempts
+    /// after a lost reply, or the client's own with the same id, find the answer taken.
+    pub async fn send_task_success(
+        &self,
+        token: &str,
+        output: &str,
+        request_id: u64,
+    ) -> ApiResult<()> {
         let shard = self.token_shard(token)?;
         let r = pb::SendTaskSuccessRequest {
             task_token: token.to_string(),
             output: output.to_string(),
+            request_id: named(request_id),
         };
         self.cluster.router().on_shard(shard, r).await.map(drop)
     }
 
-    pub async fn send_task_failure(&self, token: &str, error: &str, cause: &str) -> ApiResult<()> {
+    pub async fn send_task_failure(
+        &self,
+        token: &str,
+        error: &str,
+        cause: &str,
+        request_id: u64,
+    ) -> ApiResult<()> {
         let shard = self.token_shard(token)?;
         let r = pb::SendTaskFailureRequest {
             task_token: token.to_string(),
             error: error.to_string(),
             cause: cause.to_string(),
+            request_id: named(request_id),
         };
         self.cluster.router().on_shard(shard, r).await.map(drop)
     }
@@ -141,23 +156,34 @@ impl Node {
         Ok(pb::ActivityTask::default())
     }
 
-    async fn answer_here(&self, token: &str, answer: TokenAnswer) -> ApiResult<()> {
+    async fn answer_here(
+        &self,
+        token: &str,
+        answer: TokenAnswer,
+        request_id: u64,
+    ) -> ApiResult<()> {
         let shard = self.token_shard(token)?;
         self.cluster
             .shards()
             .leading(shard)?
-            .answer(token, answer)
+            .answer(token, answer, request_id)
             .await
             .map_err(from_shard)
     }
 
-    pub(crate) async fn send_task_success_here(&self, token: &str, output: &str) -> ApiResult<()> {
+    pub(crate) async fn send_task_success_here(
+        &self,
+        token: &str,
+        output: &str,
+        request_id: u64,
+    ) -> ApiResult<()> {
         if output.len() > MAX_PAYLOAD {
             return Err(ApiError::new(Code::ValidationException, format!("1 validation error detected: Value at 'output' failed to satisfy constraint: Member must have length less than or equal to {MAX_PAYLOAD}")));
         }
         let v: Value = serde_json::from_str(output)
             .map_err(|e| ApiError::new(Code::InvalidOutput, format!("Invalid Output: '{e}'")))?;
-        self.answer_here(token, TokenAnswer::Success(v)).await
+        self.answer_here(token, TokenAnswer::Success(v), request_id)
+            .await
     }
 
     pub(crate) async fn send_task_failure_here(
@@ -165,6 +191,7 @@ impl Node {
         token: &str,
         error: &str,
         cause: &str,
+        request_id: u64,
     ) -> ApiResult<()> {
         self.answer_here(
             token,
@@ -172,12 +199,22 @@ impl Node {
                 error: non_empty(error.to_string()),
                 cause: non_empty(cause.to_string()),
             },
+            request_id,
         )
         .await
     }
 
     pub(crate) async fn send_task_heartbeat_here(&self, token: &str) -> ApiResult<()> {
-        self.answer_here(token, TokenAnswer::Heartbeat).await
+        self.answer_here(token, TokenAnswer::Heartbeat, 0).await
+    }
+}
+
+/// A call's name: the one given, or a random one (never 0).
+fn named(request_id: u64) -> u64 {
+    if request_id != 0 {
+        request_id
+    } else {
+        rand::random::<u64>().max(1)
     }
 }
 

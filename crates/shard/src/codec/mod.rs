@@ -20,6 +20,8 @@
 //!            opt(zigzag redrive_ms) varint(last_event_id) varint(n) (varint zigzag)^n
 //!            opt(json tasks) opt(str state) opt(json outbox) varint(next_seq)
 //!            opt(json parent) opt(json map_runs) opt(varint retention) opt(u64be request)
+//!          | 0x02 (the same fields) varint(n) (varint(task) u64be(request))^n
+//!                                         (a record that remembers answered tasks, n > 0)
 //! events  := 0x01 varint(n) event^n      (ids and times as deltas from the event before)
 //! event   := zigzag(id-prev id) varint(id-previous_event_id) zigzag(time-prev time)
 //!            varint(type) opt(object)
@@ -40,7 +42,7 @@ use stored::{derived_arn, F_ARN_DERIVED};
 pub(crate) use stored::status_code;
 pub use stored::{
     decode_events, decode_item, decode_live, decode_ops, decode_record, encode_events, encode_item,
-    encode_live, encode_ops, encode_record, op_len, LiveEntry,
+    encode_live, encode_ops, encode_record, op_len, LiveEntry, RECORD_ANSWERS,
 };
 
 /// The format byte of this encoding.
@@ -367,6 +369,7 @@ mod tests {
         r.send(crate::outbox::Message::StopChild {
             child_arn: "c".into(),
         });
+        r.answered(4, 0xabcd);
         r
     }
 
@@ -408,6 +411,13 @@ mod tests {
         let r = record();
         let bin = encode_record(&r).unwrap();
         same(&decode_record(&bin).unwrap(), &r);
+        // Answered tasks take their own format byte; a record without keeps the first one.
+        assert_eq!(bin[0], RECORD_ANSWERS);
+        let mut plain = record();
+        plain.answers.clear();
+        let plain_bin = encode_record(&plain).unwrap();
+        assert_eq!(plain_bin[0], BINARY);
+        same(&decode_record(&plain_bin).unwrap(), &plain);
         // The ARN is derived from the machine's and not written.
         assert!(!bin.windows(9).any(|w| w == b"execution"));
         // An ARN of another shape (a Map Run's child) is kept as it is.

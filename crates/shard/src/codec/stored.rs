@@ -18,6 +18,10 @@ pub(super) fn derived_arn(machine: &str, name: &str) -> Option<String> {
     Some(format!("{head}:execution:{tail}:{name}"))
 }
 
+/// The format byte of a record that remembers answered tasks: [`BINARY`]'s layout, then
+/// the answers. A record with none keeps [`BINARY`].
+pub const RECORD_ANSWERS: u8 = 0x02;
+
 pub(super) const F_ARN_DERIVED: u8 = 1;
 const F_EXPRESS: u8 = 2;
 const F_CAPPED: u8 = 4;
@@ -50,7 +54,11 @@ fn status_of(code: u8) -> Result<Status> {
 /// An execution record in the compact form.
 pub fn encode_record(r: &ExecRecord) -> Result<Vec<u8>> {
     let mut w = W::default();
-    w.u8(BINARY);
+    w.u8(if r.answers.is_empty() {
+        BINARY
+    } else {
+        RECORD_ANSWERS
+    });
     w.varint(r.id);
     let derived = derived_arn(&r.state_machine_arn, &r.name).as_deref() == Some(r.arn.as_str());
     let mut flags = 0;
@@ -96,15 +104,24 @@ pub fn encode_record(r: &ExecRecord) -> Result<Vec<u8>> {
     w.json(&r.map_runs, r.map_runs.is_empty())?;
     w.opt(r.retention_ms, W::varint);
     w.opt((r.request_id != 0).then_some(r.request_id), W::fixed);
+    // Only under their own format byte: records without them keep the earlier layout.
+    if !r.answers.is_empty() {
+        w.varint(r.answers.len() as u64);
+        for (task, request) in &r.answers {
+            w.varint(*task);
+            w.fixed(*request);
+        }
+    }
     Ok(w.0)
 }
 
 /// An execution record in either form.
 pub fn decode_record(b: &[u8]) -> Result<ExecRecord> {
-    match b.first() {
-        Some(&BINARY) => {}
+    let with_answers = match b.first() {
+        Some(&BINARY) => false,
+        Some(&RECORD_ANSWERS) => true,
         _ => return Ok(serde_json::from_slice(b)?),
-    }
+    };
     let mut r = R { b: &b[1..] };
     let id = r.varint()?;
     let flags = r.u8()?;
@@ -141,6 +158,12 @@ pub fn decode_record(b: &[u8]) -> Result<ExecRecord> {
     let map_runs = r.json()?;
     let retention_ms = r.opt(R::varint)?;
     let request_id = r.opt(R::fixed)?.unwrap_or(0);
+    let mut answers = Vec::new();
+    if with_answers {
+        for _ in 0..r.count()? {
+            answers.push((r.varint()?, r.fixed()?));
+        }
+    }
     r.end()?;
     Ok(ExecRecord {
         id,
@@ -172,6 +195,7 @@ pub fn decode_record(b: &[u8]) -> Result<ExecRecord> {
         map_runs,
         retention_ms,
         request_id,
+        answers,
     })
 }
 

@@ -229,7 +229,8 @@ enum Cmd {
         exec: u64,
         input: Input,
     },
-    Token(String, TokenAnswer, Reply<()>),
+    /// A token's answer, and the call that sent it (0: not named).
+    Token(String, TokenAnswer, u64, Reply<()>),
     Control(String, Control, Reply<i64>),
     TakeActivity(String, String, Reply<Option<ActivityTask>>),
     Scan(Reply<ScanReport>),
@@ -286,8 +287,11 @@ impl ShardHandle {
     }
 
     /// Answers a task token (`SendTaskSuccess`, `SendTaskFailure`, `SendTaskHeartbeat`).
-    pub async fn answer(&self, token: &str, answer: TokenAnswer) -> Result<()> {
-        self.call(|r| Cmd::Token(token.to_string(), answer, r))
+    /// `request_id` names the call (random, not 0; 0: not named): sent again after its
+    /// answer closed the task (a reply lost, a leader changed), it succeeds again instead of
+    /// finding the task closed.
+    pub async fn answer(&self, token: &str, answer: TokenAnswer, request_id: u64) -> Result<()> {
+        self.call(|r| Cmd::Token(token.to_string(), answer, request_id, r))
             .await
     }
 
@@ -756,12 +760,14 @@ impl Executor {
                     self.feed(exec, input, now);
                 }
             }
-            Cmd::Token(token, answer, reply) => match self.token(&token, answer, now) {
-                Ok(()) => self.effects.push(Effect::Done(reply)),
-                Err(e) => {
-                    let _ = reply.send(Err(e));
+            Cmd::Token(token, answer, request_id, reply) => {
+                match self.token(&token, answer, request_id, now) {
+                    Ok(()) => self.effects.push(Effect::Done(reply)),
+                    Err(e) => {
+                        let _ = reply.send(Err(e));
+                    }
                 }
-            },
+            }
             Cmd::Control(arn, c, reply) => {
                 self.wake_arn(&arn);
                 match self.control(&arn, c, now) {
@@ -1112,7 +1118,7 @@ impl Executor {
         self.dirty.insert(id);
     }
 
-    fn token(&mut self, token: &str, answer: TokenAnswer, now: i64) -> Result<()> {
+    fn token(&mut self, token: &str, answer: TokenAnswer, request_id: u64, now: i64) -> Result<()> {
         let invalid = || Error::InvalidToken {
             token: token.to_string(),
         };
@@ -1123,19 +1129,32 @@ impl Executor {
         }
         let (exec, task) = (id.exec, id.task);
         let Some(live) = self.live.get_mut(&exec) else {
-            return Err(match self.app.arn_of(exec)? {
-                Some(_) => Error::TaskClosed,
+            // Not in memory: ended, or parked (a parked execution has no task).
+            let stored = match self.app.arn_of(exec)? {
+                Some(arn) => self.app.record(&arn)?,
+                None => None,
+            };
+            return match stored {
+                Some(rec) if rec.answered_by(task, request_id) => Ok(()),
+                Some(_) => Err(Error::TaskClosed),
                 // Only a genuine token learns that its execution is gone; a token from
                 // before MACs could be a guess.
-                None if id.signed => Error::TaskDoesNotExist,
-                None => invalid(),
-            });
+                None if id.signed => Err(Error::TaskDoesNotExist),
+                None => Err(invalid()),
+            };
         };
         let Some(t) = live.rec.tasks.get_mut(&task) else {
+            // This very call closed it already: its reply was lost, and it came again.
+            if live.rec.answered_by(task, request_id) {
+                return Ok(());
+            }
             return Err(Error::TaskClosed);
         };
         if t.token.as_deref() != Some(token) {
             return Err(invalid());
+        }
+        if !matches!(answer, TokenAnswer::Heartbeat) {
+            live.rec.answered(task, request_id);
         }
         let input = match answer {
             TokenAnswer::Success(output) => Input::TaskSucceeded {
