@@ -9,11 +9,13 @@
 //! longer the leader: the executor stops, and the next leader rebuilds everything from the
 //! replicated records.
 
+mod control;
 mod detector;
 mod express;
 mod park;
 mod relay;
 mod retention;
+mod tasks;
 
 pub use detector::{DetectorConfig, Finding, ScanReport};
 pub use retention::{RetentionConfig, AWS_RETENTION};
@@ -1116,194 +1118,6 @@ impl Executor {
         rec.paused = live.exec.is_paused();
         rec.last_event_id = live.exec.event_count();
         self.dirty.insert(id);
-    }
-
-    fn token(&mut self, token: &str, answer: TokenAnswer, request_id: u64, now: i64) -> Result<()> {
-        let invalid = || Error::InvalidToken {
-            token: token.to_string(),
-        };
-        // A forged or altered token fails here, before anything is looked up.
-        let id = self.cfg.token_key.check(token).ok_or_else(invalid)?;
-        if id.shard != self.cfg.shard {
-            return Err(invalid());
-        }
-        let (exec, task) = (id.exec, id.task);
-        let Some(live) = self.live.get_mut(&exec) else {
-            // Not in memory: ended, or parked (a parked execution has no task).
-            let stored = match self.app.arn_of(exec)? {
-                Some(arn) => self.app.record(&arn)?,
-                None => None,
-            };
-            return match stored {
-                Some(rec) if rec.answered_by(task, request_id) => Ok(()),
-                Some(_) => Err(Error::TaskClosed),
-                // Only a genuine token learns that its execution is gone; a token from
-                // before MACs could be a guess.
-                None if id.signed => Err(Error::TaskDoesNotExist),
-                None => Err(invalid()),
-            };
-        };
-        let Some(t) = live.rec.tasks.get_mut(&task) else {
-            // This very call closed it already: its reply was lost, and it came again.
-            if live.rec.answered_by(task, request_id) {
-                return Ok(());
-            }
-            return Err(Error::TaskClosed);
-        };
-        if t.token.as_deref() != Some(token) {
-            return Err(invalid());
-        }
-        if !matches!(answer, TokenAnswer::Heartbeat) {
-            live.rec.answered(task, request_id);
-        }
-        let input = match answer {
-            TokenAnswer::Success(output) => Input::TaskSucceeded {
-                task_id: task,
-                output,
-            },
-            TokenAnswer::Failure { error, cause } => Input::TaskFailed {
-                task_id: task,
-                error,
-                cause,
-            },
-            TokenAnswer::Heartbeat => Input::TaskHeartbeat { task_id: task },
-        };
-        self.feed(exec, input, now);
-        Ok(())
-    }
-
-    fn control(&mut self, arn: &str, c: Control, now: i64) -> Result<i64> {
-        let Some(&id) = self.by_arn.get(arn) else {
-            return match self.app.record(arn)? {
-                Some(rec) => match c {
-                    Control::Stop { .. } => Ok(rec.stop_ms.unwrap_or(now)),
-                    _ => Err(Error::NotRunning {
-                        arn: arn.to_string(),
-                    }),
-                },
-                None => Err(Error::ExecutionDoesNotExist {
-                    arn: arn.to_string(),
-                }),
-            };
-        };
-        if let Some(l) = self
-            .live
-            .get_mut(&id)
-            .filter(|l| l.rec.status == Status::Queued)
-        {
-            // Never started: it ends without running a state.
-            if let Control::Stop { error, cause } = c {
-                l.rec.status = Status::Aborted;
-                l.rec.stop_ms = Some(now);
-                l.rec.error = error;
-                l.rec.cause = cause;
-                self.dirty.insert(id);
-                return Ok(now);
-            }
-            return Err(Error::Queued {
-                arn: arn.to_string(),
-            });
-        }
-        let input = match c {
-            Control::Stop { error, cause } => Input::Stop { error, cause },
-            Control::Pause => Input::Pause,
-            Control::Resume => Input::Resume,
-        };
-        self.feed(id, input, now);
-        Ok(now)
-    }
-
-    fn redrive(&mut self, arn: &str, now: i64) -> Result<i64> {
-        self.redrive_for(arn, now, None)
-    }
-
-    /// Redrives an execution; a Map Run's child redriven by its parent's redrive first
-    /// answers to its parent's new `child_id`.
-    pub(super) fn redrive_for(
-        &mut self,
-        arn: &str,
-        now: i64,
-        child_id: Option<u64>,
-    ) -> Result<i64> {
-        let not = |why: Redrive| Error::NotRedrivable {
-            arn: arn.to_string(),
-            why,
-        };
-        if self.by_arn.contains_key(arn) {
-            return Err(not(Redrive::Running));
-        }
-        let Some(mut rec) = self.app.record(arn)? else {
-            return Err(Error::ExecutionDoesNotExist {
-                arn: arn.to_string(),
-            });
-        };
-        // One with messages still to send is redriven from that copy (which it leaves),
-        // with the interpreter state only the stored record holds.
-        if let Some(m) = self.mail.get(&rec.id) {
-            let state = rec.state.take();
-            rec = m.clone();
-            rec.state = state;
-        }
-        let Some(raw) = rec.state.take() else {
-            return Err(not(Redrive::Ended(rec.status)));
-        };
-        if rec.stop_ms.is_some_and(|s| now - s > 14 * 86_400_000) {
-            return Err(not(Redrive::TooOld));
-        }
-        if rec.last_event_id >= 24_999 {
-            return Err(not(Redrive::HistoryFull(rec.last_event_id)));
-        }
-        let sm = self.machine(rec.definition, None)?;
-        let state: ExecutionState = serde_json::from_str(raw.get())?;
-        let exec = Execution::from_state(sm, state);
-        if !exec.redrivable() {
-            return Err(not(Redrive::Ended(rec.status)));
-        }
-        let id = rec.id;
-        rec.redriven(now, child_id);
-        self.mail.remove(&id);
-        self.by_arn.insert(arn.to_string(), id);
-        self.live.insert(
-            id,
-            Live {
-                exec,
-                rec,
-                events: Vec::new(),
-                new_definition: None,
-            },
-        );
-        self.cfg.metrics.running.inc();
-        self.feed(id, Input::Redrive, now);
-        Ok(now)
-    }
-
-    fn take_activity(&mut self, arn: &str, worker: &str, now: i64) -> Option<ActivityTask> {
-        loop {
-            let (exec, task) = self.activities.get_mut(arn)?.pop_front()?;
-            let Some(live) = self.live.get_mut(&exec) else {
-                continue;
-            };
-            let Some(t) = live.rec.tasks.get_mut(&task) else {
-                continue;
-            };
-            if t.started {
-                continue;
-            }
-            t.started = true;
-            let out = ActivityTask {
-                token: t.token.clone().unwrap_or_default(),
-                input: t.request.parameters.to_string(),
-            };
-            self.feed(
-                exec,
-                Input::TaskStarted {
-                    task_id: task,
-                    worker_name: (!worker.is_empty()).then(|| worker.to_string()),
-                },
-                now,
-            );
-            return Some(out);
-        }
     }
 
     /// Fires the timers due by `now`, at most `max_batch` of them (each may load a parked
