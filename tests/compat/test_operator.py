@@ -164,6 +164,25 @@ def test_bench_cleans_up_after_itself(node):
     assert kept in {m["name"] for m in sfn.list_state_machines()["stateMachines"]}
 
 
+def test_bench_times_the_activity_round_trip(node):
+    sfn = node.client()
+    machines = {m["name"] for m in sfn.list_state_machines()["stateMachines"]}
+    activities = {a["name"] for a in sfn.list_activities()["activities"]}
+    r = ctl(node, "--json", "bench", "--activity", "--executions", "12", "--concurrency", "3",
+            "--cleanup")
+    assert r.returncode == 0, r
+    report = json.loads(r.stdout)
+    assert report["roundTrips"] == 12 and report["machine"].startswith("trellisctl-bench-activity-")
+    steps = report["latencyMs"]
+    assert list(steps) == ["start", "hand-out", "answer", "end seen", "round trip"]
+    assert all(0 < s["p50"] <= s["p99"] for s in steps.values()), steps
+    # Each execution went through its activity task and SUCCEEDED (the bench checks each).
+    assert {m["name"] for m in sfn.list_state_machines()["stateMachines"]} == machines
+    assert {a["name"] for a in sfn.list_activities()["activities"]} == activities
+    r = ctl(node, "bench", "--activity", "--express")
+    assert r.returncode != 0 and "--activity times its own machine" in r.stderr, r
+
+
 def test_placement_commands_tell_the_truth_while_paused(node):
     try:
         assert ctl(node, "placement", "pause").returncode == 0

@@ -23,7 +23,7 @@ pub mod runner;
 pub mod token;
 
 pub use app::ShardApp;
-pub use executor::{Executor, ShardHandle};
+pub use executor::{ActivityBacklog, Executor, ShardHandle};
 pub use record::{ExecRecord, Status, TaskRecord};
 pub use request::{ShardConfig, ShardOp, ShardRequest, ShardResponse};
 

@@ -107,16 +107,16 @@ async fn runs_tasks_timers_activities_and_callbacks() {
         Err(trellis_shard::Error::ExecutionAlreadyExists { .. })
     ));
 
-    // The activity task appears after the Wait; a worker takes and answers it.
-    let mut task = None;
-    for _ in 0..1500 {
-        task = h.take_activity(ACTIVITY, "worker-1").await.unwrap();
-        if task.is_some() {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    // The activity task appears after the Wait; a worker takes and answers it. A worker's
+    // poll asks only shards whose backlog says a task waits: it says so before the take,
+    // and no longer once the task is taken.
+    eventually("a queued activity task", || h.activities.any().then_some(())).await;
+    let task = h.take_activity(ACTIVITY, "worker-1").await.unwrap();
     let task = task.expect("an activity task");
+    eventually("the backlog emptied by the take", || {
+        (!h.activities.any()).then_some(())
+    })
+    .await;
     assert_eq!(serde_json::from_str::<Value>(&task.input).unwrap()["id"], 7);
     h.answer(&task.token, TokenAnswer::Success(json!("worked")), 5)
         .await

@@ -91,9 +91,12 @@ impl Node {
                 .shards()
                 .led()
                 .into_iter()
-                .map(|(_, h)| h.activity_queued.clone())
+                .map(|(_, h)| h.activities.clone())
                 .collect();
-            let waits: Vec<_> = queued.iter().map(|n| Box::pin(n.notified())).collect();
+            let waits: Vec<_> = queued
+                .iter()
+                .map(|b| Box::pin(b.queued.notified()))
+                .collect();
             let here = self.poll_activity_here(arn, worker).await?;
             if !here.task_token.is_empty() {
                 return Ok(here);
@@ -124,7 +127,7 @@ impl Node {
     }
 
     /// One look for a task of the activity on the shards this node leads (an empty task
-    /// when there is none).
+    /// when there is none). Only shards with tasks queued are asked.
     pub(crate) async fn poll_activity_here(
         &self,
         arn: &str,
@@ -136,6 +139,7 @@ impl Node {
             .led()
             .into_iter()
             .map(|(_, h)| h)
+            .filter(|h| h.activities.any())
             .collect();
         let start = rand::Rng::gen_range(&mut rand::thread_rng(), 0..led.len().max(1));
         for i in 0..led.len() {

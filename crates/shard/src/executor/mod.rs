@@ -273,8 +273,34 @@ pub struct ShardHandle {
     tx: mpsc::Sender<Cmd>,
     /// The shard's committed state, for reads.
     pub app: ShardApp,
-    /// Woken when an activity task is queued on this shard.
-    pub activity_queued: Arc<Notify>,
+    /// The shard's queued activity tasks, for the workers' long polls.
+    pub activities: Arc<ActivityBacklog>,
+}
+
+/// What a worker's long poll needs to know of a shard's activity tasks without asking its
+/// executor: how many wait for a worker, and a wake-up when one is queued.
+#[derive(Default)]
+pub struct ActivityBacklog {
+    /// Tasks queued for a worker, of every activity, as of the executor's last commit.
+    /// Set before [`ActivityBacklog::queued`] is notified, so a poller that registered for
+    /// the notification before reading 0 is woken by the task queued after its read.
+    waiting: std::sync::atomic::AtomicU64,
+    /// Woken (`notify_waiters`) whenever tasks are queued.
+    pub queued: Notify,
+}
+
+impl ActivityBacklog {
+    /// Whether a task may wait here for a worker: `false` only when none does. A poll skips
+    /// a shard that answers `false`; `true` may still find no task of the activity asked
+    /// for (another activity's, or taken meanwhile).
+    pub fn any(&self) -> bool {
+        self.waiting.load(std::sync::atomic::Ordering::SeqCst) > 0
+    }
+
+    fn set(&self, waiting: u64) {
+        self.waiting
+            .store(waiting, std::sync::atomic::Ordering::SeqCst);
+    }
 }
 
 impl ShardHandle {
@@ -472,7 +498,7 @@ pub struct Executor {
     mailer: Arc<dyn Mailer>,
     rx: mpsc::Receiver<Cmd>,
     tx: mpsc::WeakSender<Cmd>,
-    activity_queued: Arc<Notify>,
+    activity_backlog: Arc<ActivityBacklog>,
     clock: Clock,
     /// A CSPRNG: task-token nonces are bearer credentials.
     rng: StdRng,
@@ -526,7 +552,7 @@ impl Executor {
         mailer: Arc<dyn Mailer>,
     ) -> Result<(Executor, ShardHandle)> {
         let (tx, rx) = mpsc::channel(4096);
-        let activity_queued = Arc::new(Notify::new());
+        let activities = Arc::new(ActivityBacklog::default());
         let mut ex = Executor {
             next_id: app.next_exec_id()?,
             backlog: 0,
@@ -545,7 +571,7 @@ impl Executor {
             mailer,
             rx,
             tx: tx.downgrade(),
-            activity_queued: activity_queued.clone(),
+            activity_backlog: activities.clone(),
             clock: Clock::new(),
             rng: StdRng::from_entropy(),
             live: HashMap::new(),
@@ -565,7 +591,7 @@ impl Executor {
             ShardHandle {
                 tx,
                 app,
-                activity_queued,
+                activities,
             },
         ))
     }
@@ -1312,8 +1338,9 @@ impl Executor {
         m.inc_by(backlog as i64);
         m.dec_by(self.backlog as i64);
         self.backlog = backlog;
+        self.activity_backlog.set(backlog);
         if activity {
-            self.activity_queued.notify_waiters();
+            self.activity_backlog.queued.notify_waiters();
         }
     }
 }

@@ -8,6 +8,8 @@ use trellis_client::{v1 as pb, Client};
 
 use crate::output::*;
 
+mod activity;
+
 #[derive(clap::Args)]
 pub(crate) struct Bench {
     /// Executions to run.
@@ -41,6 +43,11 @@ pub(crate) struct Bench {
     /// stay until the cluster's retention deletes them, as on AWS).
     #[arg(long)]
     pub(crate) cleanup: bool,
+    /// Instead of the 10-state machine, time the activity round trip: each of the
+    /// --concurrency workers runs one execution of a one-activity machine at a time
+    /// (StartExecution, GetActivityTask, SendTaskSuccess, DescribeExecution until it ends).
+    #[arg(long)]
+    pub(crate) activity: bool,
     /// Hold every Standard execution in a Wait state of this many seconds after its fourth
     /// state (0: no Wait): executions stay RUNNING, to measure what waiting ones cost.
     #[arg(long, default_value_t = 0)]
@@ -215,6 +222,14 @@ pub(crate) fn percentile(sorted: &[Duration], p: f64) -> f64 {
 pub(crate) async fn bench(c: &Client, b: Bench, j: bool) -> Result<()> {
     if b.map_items > 0 {
         return bench_map(c, &b, j).await;
+    }
+    if b.activity {
+        if b.express || b.wait_seconds > 0 || b.describe_each || b.rate > 0 {
+            return Err(anyhow!(
+                "--activity times its own machine: it goes with none of --express, --wait-seconds, --describe-each, --rate"
+            ));
+        }
+        return activity::bench_activity(c, &b, j).await;
     }
     if b.wait_seconds > 0 && (b.express || b.describe_each) {
         return Err(anyhow!(
