@@ -8,9 +8,10 @@ use crate::record::ExecRecord;
 /// One Raft entry of a shard: the transitions of many executions, proposed together (group
 /// commit).
 ///
-/// It travels and is logged in the compact form ([`crate::codec`]), as one base64 string in
-/// the JSON of openraft's entries and messages; an entry an earlier version wrote as a JSON
-/// object (`{"ops": [...]}`) still reads.
+/// It travels in the compact form ([`crate::codec`]): as bytes where the format has them
+/// (the Raft log on disk, CBOR), as one base64 string in JSON (openraft's messages between
+/// nodes). An entry an earlier version logged as a JSON object (`{"ops": [...]}`), or as
+/// base64 in JSON, still reads.
 #[derive(Debug)]
 pub struct ShardRequest {
     pub ops: Vec<ShardOp>,
@@ -30,24 +31,41 @@ impl Serialize for ShardRequest {
 
 impl<'de> Deserialize<'de> for ShardRequest {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        use base64::Engine as _;
-        #[derive(Deserialize)]
-        #[serde(untagged)]
-        enum Stored {
-            Packed(String),
-            Legacy { ops: Vec<ShardOp> },
-        }
-        match Stored::deserialize(d)? {
-            Stored::Legacy { ops } => Ok(ShardRequest { ops }),
-            Stored::Packed(text) => {
+        struct Stored;
+        impl<'de> serde::de::Visitor<'de> for Stored {
+            type Value = ShardRequest;
+
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a shard request: compact bytes, their base64, or {\"ops\": [...]}")
+            }
+
+            fn visit_bytes<E: serde::de::Error>(self, bin: &[u8]) -> Result<ShardRequest, E> {
+                crate::codec::decode_ops(bin)
+                    .map(|ops| ShardRequest { ops })
+                    .map_err(E::custom)
+            }
+
+            fn visit_str<E: serde::de::Error>(self, text: &str) -> Result<ShardRequest, E> {
+                use base64::Engine as _;
                 let bin = base64::engine::general_purpose::STANDARD
                     .decode(text)
-                    .map_err(serde::de::Error::custom)?;
-                crate::codec::decode_ops(&bin)
-                    .map(|ops| ShardRequest { ops })
-                    .map_err(serde::de::Error::custom)
+                    .map_err(E::custom)?;
+                self.visit_bytes(&bin)
+            }
+
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                map: A,
+            ) -> Result<ShardRequest, A::Error> {
+                #[derive(Deserialize)]
+                struct Legacy {
+                    ops: Vec<ShardOp>,
+                }
+                let l = Legacy::deserialize(serde::de::value::MapAccessDeserializer::new(map))?;
+                Ok(ShardRequest { ops: l.ops })
             }
         }
+        d.deserialize_any(Stored)
     }
 }
 
@@ -92,7 +110,8 @@ openraft::declare_raft_types!(
 );
 
 /// Splits a batch's ops into entries of at most `max` bytes each (an op larger than `max`
-/// alone), each with its size in bytes as logged (the compact form in base64). A batch under
+/// alone), each with its size in bytes as sent to peers (the compact form in base64, in
+/// openraft's JSON messages; the log on disk stores the bytes themselves). A batch under
 /// the bound, the common case, stays one entry. Ops are measured by encoding them (about
 /// 1 µs for an op of a 1 KB record and three events: `cargo bench -p trellis-shard --bench
 /// split`); an op that cannot be encoded fails the proposal itself, which encodes it again.
@@ -158,6 +177,19 @@ mod tests {
         let back: ShardRequest = serde_json::from_str(&legacy).unwrap();
         assert_eq!(ids(&[(back.ops, 0)]), [vec![1]]);
         assert!(serde_json::from_str::<ShardRequest>("\"AQ==\"").is_err());
+        // In a binary format (the log on disk): the compact bytes themselves, no base64.
+        let mut cbor = Vec::new();
+        ciborium::into_writer(&req, &mut cbor).unwrap();
+        let compact = crate::codec::encode_ops(&req.ops).unwrap();
+        assert!(
+            cbor.len() < compact.len() + 8,
+            "{} bytes for {}",
+            cbor.len(),
+            compact.len()
+        );
+        let back: ShardRequest = ciborium::from_reader(&cbor[..]).unwrap();
+        assert_eq!(ids(&[(back.ops, 0)]), [vec![1, 2]]);
+        assert!(ciborium::from_reader::<ShardRequest, _>(&[0x41u8, 0x01][..]).is_err());
     }
 
     fn ids(entries: &[(Vec<ShardOp>, usize)]) -> Vec<Vec<u64>> {

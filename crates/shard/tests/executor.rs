@@ -110,7 +110,10 @@ async fn runs_tasks_timers_activities_and_callbacks() {
     // The activity task appears after the Wait; a worker takes and answers it. A worker's
     // poll asks only shards whose backlog says a task waits: it says so before the take,
     // and no longer once the task is taken.
-    eventually("a queued activity task", || h.activities.any().then_some(())).await;
+    eventually("a queued activity task", || {
+        h.activities.any().then_some(())
+    })
+    .await;
     let task = h.take_activity(ACTIVITY, "worker-1").await.unwrap();
     let task = task.expect("an activity task");
     eventually("the backlog emptied by the take", || {

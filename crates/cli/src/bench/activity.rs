@@ -166,7 +166,9 @@ async fn round_trip(
             break t;
         }
         if t1.elapsed() > PATIENCE {
-            return Err(anyhow!("no task handed out for execution a{i} in {PATIENCE:?}"));
+            return Err(anyhow!(
+                "no task handed out for execution a{i} in {PATIENCE:?}"
+            ));
         }
     };
     let t2 = Instant::now();
@@ -184,7 +186,10 @@ async fn round_trip(
         .await
         .map_err(api)?;
     let t3 = Instant::now();
-    let answered = format!("{}:a{n}", machine.replacen(":stateMachine:", ":execution:", 1));
+    let answered = format!(
+        "{}:a{n}",
+        machine.replacen(":stateMachine:", ":execution:", 1)
+    );
     loop {
         let e = c
             .executions
