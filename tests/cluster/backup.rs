@@ -107,9 +107,13 @@ async fn a_restored_cluster_holds_every_execution_as_backed_up() {
     let path = dir.path().join("backup");
     let mut client = c.any_client().await.expect("client");
     let mut parts = 0;
-    let manifest = backup::write(&mut client.admin, &path, |_, _, _| parts += 1)
-        .await
-        .unwrap_or_else(|e| panic!("backup: {e}\n{}", c.logs()));
+    let manifest = backup::write(
+        &mut client.admin,
+        backup::Destination::Dir(&path),
+        |_, _, _| parts += 1,
+    )
+    .await
+    .unwrap_or_else(|e| panic!("backup: {e}\n{}", c.logs()));
     let shards = c.shards().await.expect("shards").len();
     assert_eq!(manifest.shards as usize, shards);
     assert_eq!(manifest.groups.len(), shards + 1);
@@ -117,7 +121,12 @@ async fn a_restored_cluster_holds_every_execution_as_backed_up() {
     assert!(parts > shards, "at least one part per group");
     // The directory reads back whole; a second backup never writes over one.
     assert_eq!(backup::read(&path).expect("read"), manifest);
-    let again = backup::write(&mut client.admin, &path, |_, _, _| {}).await;
+    let again = backup::write(
+        &mut client.admin,
+        backup::Destination::Dir(&path),
+        |_, _, _| {},
+    )
+    .await;
     assert!(
         again.unwrap_err().to_string().contains("is not empty"),
         "a backup over a backup"

@@ -38,8 +38,13 @@ def test_backup_to_s3_and_restore_from_it(functions, workdir, s3server, s3):
         before = {e: (described(sfn, e), full_history(sfn, e)) for e in done + [waiting]}
 
         ctl = [trellisctl_bin(), "--endpoint", node.grpc_endpoint]
+        # Streamed to S3 as it arrives: no local copy, so a temporary directory that cannot be
+        # made (under a file) does not matter.
+        blocker = os.path.join(workdir, "backup-not-a-dir")
+        open(blocker, "w").close()
         r = subprocess.run(ctl + ["backup", "--to", "s3://trellis-backups/daily/1"],
-                           capture_output=True, text=True, timeout=120, env=env)
+                           capture_output=True, text=True, timeout=120,
+                           env={**env, "TMPDIR": os.path.join(blocker, "tmp")})
         assert r.returncode == 0, r
         assert "backed up the meta group and 8 shards" in r.stdout, r.stdout
         assert "to s3://trellis-backups/daily/1" in r.stdout, r.stdout

@@ -22,44 +22,28 @@ use crate::args::{Cli, Cmd, PlacementCmd};
 use crate::commands::{activities, certs, cluster, executions, machines, mapruns};
 use crate::output::{api, table};
 
-/// `trellisctl backup --to`: into a directory, or through one into S3.
+/// `trellisctl backup --to`: into a directory, or into S3 as the parts arrive.
 async fn backup(c: &mut Client, to: &str, j: bool) -> Result<()> {
-    use trellis_client::backup::{self, S3Location};
+    use trellis_client::backup::{Destination, S3Location};
     let Some(s3) = S3Location::parse(to) else {
-        return backup_into(c, std::path::Path::new(to), j).await;
+        return backup_into(c, Destination::Dir(std::path::Path::new(to)), j).await;
     };
     let s3 = s3.map_err(|e| anyhow::anyhow!("{e}"))?;
     let cfg = trellis_client::s3::S3Config::from_env(&|k| std::env::var(k).ok());
-    let fail = |e: backup::BackupError| anyhow::anyhow!("{e}");
-    backup::ensure_empty(&s3, &cfg).await.map_err(fail)?;
-    let dir = std::env::temp_dir().join(format!(
-        "trellis-backup-{}-{}",
-        std::process::id(),
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_nanos())
-            .unwrap_or(0)
-    ));
-    let result = async {
-        backup_into(c, &dir, j).await?;
-        let bytes = backup::upload(&dir, &s3, &cfg).await.map_err(fail)?;
-        if !j {
-            out!("uploaded {:.1} KiB to {s3}", bytes as f64 / 1024.0);
-        }
-        Ok(())
-    }
-    .await;
-    let _ = std::fs::remove_dir_all(&dir);
-    result
+    backup_into(c, Destination::S3 { to: &s3, cfg: &cfg }, j).await
 }
 
-/// `trellisctl backup` into a directory: the parts as they come, with a bar per group on a
-/// terminal.
-async fn backup_into(c: &mut Client, dir: &std::path::Path, j: bool) -> Result<()> {
+/// `trellisctl backup`: the parts written as they come, with a bar per group on a terminal.
+async fn backup_into(
+    c: &mut Client,
+    to: trellis_client::backup::Destination<'_>,
+    j: bool,
+) -> Result<()> {
     let tty = std::io::IsTerminal::is_terminal(&std::io::stderr());
     let mut bar: Option<(u64, indicatif::ProgressBar)> = None;
     let started = std::time::Instant::now();
-    let written = trellis_client::backup::write(&mut c.admin, dir, |group, bytes, size| {
+    let place = to.to_string();
+    let written = trellis_client::backup::write(&mut c.admin, to, |group, bytes, size| {
         if !tty {
             return;
         }
@@ -96,17 +80,18 @@ async fn backup_into(c: &mut Client, dir: &std::path::Path, j: bool) -> Result<(
     if j {
         out!("{}", serde_json::to_string(&m)?);
     } else {
+        let into = if place.starts_with("s3://") {
+            "to"
+        } else {
+            "into"
+        };
         out!(
-            "backed up the meta group and {} shards ({:.1} KiB) into {} in {:.1} s",
+            "backed up the meta group and {} shards ({:.1} KiB) {into} {place} in {:.1} s",
             m.shards,
             bytes as f64 / 1024.0,
-            dir.display(),
             started.elapsed().as_secs_f64()
         );
-        out!(
-            "restore with: trellis restore --from {} --data-dir <new dir> ...",
-            dir.display()
-        );
+        out!("restore with: trellis restore --from {place} --data-dir <new dir> ...");
     }
     Ok(())
 }

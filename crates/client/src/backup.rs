@@ -9,9 +9,10 @@
 //! manifest is written last, so a directory without one holds no complete backup; each file
 //! is checked against its sum before a restore uses it (`sha256sum` checks it too).
 //!
-//! In S3 (`s3://bucket/prefix`) a backup is the same objects under the prefix, uploaded
-//! from a directory ([`upload`], the manifest last) and downloaded into one ([`download`])
-//! before it is read.
+//! In S3 (`s3://bucket/prefix`) a backup is the same objects under the prefix, uploaded as
+//! the parts arrive ([`write`] to [`Destination::S3`]: a multipart upload per group, a few
+//! parts in flight, the manifest last; nothing is staged on local disk) and downloaded into a
+//! directory ([`download`]) before it is read.
 
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
@@ -155,58 +156,142 @@ fn s3(e: impl std::fmt::Display) -> BackupError {
     BackupError::S3(e.to_string())
 }
 
-/// Uploads the backup in `dir` (checked first) under `to`, which must hold nothing yet:
-/// every group's file, then the manifest. Returns the bytes uploaded.
-pub async fn upload(
-    dir: &Path,
-    to: &S3Location,
-    cfg: &crate::s3::S3Config,
-) -> Result<u64, BackupError> {
-    use futures::StreamExt;
-    use object_store::ObjectStore;
-    let manifest = read(dir)?;
-    let store = cfg.store(&to.bucket).map_err(s3)?;
-    let prefix =
-        (!to.prefix.is_empty()).then(|| object_store::path::Path::from(to.prefix.as_str()));
-    if let Some(first) = store.list(prefix.as_ref()).next().await {
-        let o = first.map_err(s3)?;
-        return Err(BackupError::Invalid(format!(
-            "{to} is not empty (it holds {}): back up under a new prefix",
-            o.location
-        )));
-    }
-    let mut bytes = 0;
-    for name in manifest
-        .groups
-        .iter()
-        .map(|g| g.file.as_str())
-        .chain([MANIFEST])
-    {
-        let path = dir.join(name);
-        let mut f = std::fs::File::open(&path).map_err(io(&path))?;
-        let upload = store.put_multipart(&to.key(name)).await.map_err(s3)?;
-        let mut w = object_store::WriteMultipart::new(upload);
-        let mut buf = vec![0u8; 1 << 20];
-        loop {
-            let n = f.read(&mut buf).map_err(io(&path))?;
-            if n == 0 {
-                break;
-            }
-            // At most a few parts in memory and in flight.
-            w.wait_for_capacity(4).await.map_err(s3)?;
-            w.write(&buf[..n]);
-            bytes += n as u64;
+/// Where [`write`] puts a backup.
+pub enum Destination<'a> {
+    /// A directory, absent or empty.
+    Dir(&'a Path),
+    /// S3, under a prefix that holds nothing yet (a backup never mixes with another).
+    S3 {
+        to: &'a S3Location,
+        cfg: &'a crate::s3::S3Config,
+    },
+}
+
+impl std::fmt::Display for Destination<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Destination::Dir(d) => write!(f, "{}", d.display()),
+            Destination::S3 { to, .. } => write!(f, "{to}"),
         }
-        w.finish().await.map_err(s3)?;
     }
-    Ok(bytes)
+}
+
+/// A destination, opened: where each file of the backup is made.
+enum Sink {
+    Dir(PathBuf),
+    S3 {
+        store: object_store::aws::AmazonS3,
+        to: S3Location,
+        /// The objects made so far, deleted again if the backup fails.
+        made: Vec<String>,
+    },
+}
+
+/// One file of the backup being written.
+enum Part {
+    File {
+        path: PathBuf,
+        w: std::io::BufWriter<std::fs::File>,
+    },
+    Upload(Box<object_store::WriteMultipart>),
+}
+
+/// Most parts of a multipart upload buffered or in flight at once (`object_store`'s parts
+/// are 5 MiB), so memory stays bounded whatever a group's size.
+const PARTS_IN_FLIGHT: usize = 4;
+
+impl Sink {
+    async fn open(to: &Destination<'_>) -> Result<Sink, BackupError> {
+        match to {
+            Destination::Dir(dir) => {
+                new_dir(dir, "back up")?;
+                Ok(Sink::Dir(dir.to_path_buf()))
+            }
+            Destination::S3 { to, cfg } => {
+                let store = cfg.store(&to.bucket).map_err(s3)?;
+                check_empty(&store, to).await?;
+                Ok(Sink::S3 {
+                    store,
+                    to: (*to).clone(),
+                    made: Vec::new(),
+                })
+            }
+        }
+    }
+
+    async fn create(&mut self, name: &str) -> Result<Part, BackupError> {
+        use object_store::ObjectStore;
+        match self {
+            Sink::Dir(dir) => {
+                let path = dir.join(name);
+                let file = std::fs::File::create(&path).map_err(io(&path))?;
+                Ok(Part::File {
+                    path,
+                    w: std::io::BufWriter::with_capacity(1 << 20, file),
+                })
+            }
+            Sink::S3 { store, to, made } => {
+                let upload = store.put_multipart(&to.key(name)).await.map_err(s3)?;
+                made.push(name.to_string());
+                Ok(Part::Upload(Box::new(object_store::WriteMultipart::new(
+                    upload,
+                ))))
+            }
+        }
+    }
+
+    /// A small file written whole: the manifest.
+    async fn put(&mut self, name: &str, bytes: Vec<u8>) -> Result<(), BackupError> {
+        let mut part = self.create(name).await?;
+        part.write(&bytes).await?;
+        part.finish().await
+    }
+
+    /// After a failure: the objects made in S3 are deleted (best effort; without the
+    /// manifest they are no backup in any case). A directory keeps what was written, which
+    /// a restore refuses without its manifest.
+    async fn discard(self) {
+        use object_store::ObjectStore;
+        if let Sink::S3 { store, to, made } = self {
+            for name in made {
+                let _ = store.delete(&to.key(&name)).await;
+            }
+        }
+    }
+}
+
+impl Part {
+    async fn write(&mut self, data: &[u8]) -> Result<(), BackupError> {
+        match self {
+            Part::File { path, w } => w.write_all(data).map_err(io(path)),
+            Part::Upload(w) => {
+                w.wait_for_capacity(PARTS_IN_FLIGHT).await.map_err(s3)?;
+                w.write(data);
+                Ok(())
+            }
+        }
+    }
+
+    /// The file complete and durable (a directory's file synced; an upload completed).
+    async fn finish(self) -> Result<(), BackupError> {
+        match self {
+            Part::File { path, w } => w
+                .into_inner()
+                .map_err(|e| io(&path)(e.into_error()))?
+                .sync_all()
+                .map_err(io(&path)),
+            Part::Upload(w) => w.finish().await.map(drop).map_err(s3),
+        }
+    }
+
+    async fn abort(self) {
+        if let Part::Upload(w) = self {
+            let _ = w.abort().await;
+        }
+    }
 }
 
 /// That nothing is under `to` yet: a backup never mixes with another.
-pub async fn ensure_empty(to: &S3Location, cfg: &crate::s3::S3Config) -> Result<(), BackupError> {
-    check_empty(&cfg.store(&to.bucket).map_err(s3)?, to).await
-}
-
 async fn check_empty(
     store: &impl object_store::ObjectStore,
     to: &S3Location,
@@ -285,48 +370,60 @@ struct Open {
     copy: GroupCopy,
     /// The size the node announced.
     size: u64,
-    file: std::io::BufWriter<std::fs::File>,
+    part: Part,
     sum: Sha256,
 }
 
 impl Open {
-    fn finish(mut self, dir: &Path) -> Result<GroupCopy, BackupError> {
-        let path = dir.join(&self.copy.file);
+    async fn finish(mut self) -> Result<GroupCopy, BackupError> {
         if self.copy.bytes != self.size {
+            self.part.abort().await;
             return Err(BackupError::Invalid(format!(
                 "group {}: {} of {} bytes arrived",
                 self.copy.group, self.copy.bytes, self.size
             )));
         }
-        self.file.flush().map_err(io(&path))?;
-        self.file
-            .into_inner()
-            .map_err(|e| io(&path)(e.into_error()))?
-            .sync_all()
-            .map_err(io(&path))?;
+        self.part.finish().await?;
         self.copy.sha256 = hex(&self.sum.finalize());
         Ok(self.copy)
     }
 }
 
-/// Takes a backup through `admin` into `dir` (absent or empty). `progress` sees each part
-/// as it arrives (group, bytes of the group so far, the group's size). Returns the manifest
-/// it wrote last.
+/// Takes a backup through `admin` into `to`, each part written as it arrives. `progress`
+/// sees each part (group, bytes of the group so far, the group's size). Returns the manifest
+/// it wrote last. If it fails, nothing is left in S3; a directory keeps the files written, but
+/// no manifest.
 pub async fn write(
     admin: &mut AdminClient<crate::Transport>,
-    dir: &Path,
+    to: Destination<'_>,
+    progress: impl FnMut(u64, u64, u64),
+) -> Result<Manifest, BackupError> {
+    let mut sink = Sink::open(&to).await?;
+    let mut open = None;
+    let written = copy(admin, &mut sink, &mut open, progress).await;
+    if written.is_err() {
+        if let Some(o) = open.take() {
+            o.part.abort().await;
+        }
+        sink.discard().await;
+    }
+    written
+}
+
+async fn copy(
+    admin: &mut AdminClient<crate::Transport>,
+    sink: &mut Sink,
+    open: &mut Option<Open>,
     mut progress: impl FnMut(u64, u64, u64),
 ) -> Result<Manifest, BackupError> {
-    new_dir(dir, "back up")?;
     let mut stream = admin.backup(pb::BackupRequest {}).await?.into_inner();
     let mut groups: Vec<GroupCopy> = Vec::new();
-    let mut open: Option<Open> = None;
     let mut shards = 0;
     while let Some(chunk) = stream.message().await? {
         shards = chunk.shards;
         if open.as_ref().is_none_or(|o| o.copy.group != chunk.group) {
             if let Some(o) = open.take() {
-                groups.push(o.finish(dir)?);
+                groups.push(o.finish().await?);
             }
             if chunk.offset != 0 || groups.iter().any(|g| g.group == chunk.group) {
                 return Err(BackupError::Invalid(format!(
@@ -335,9 +432,8 @@ pub async fn write(
                 )));
             }
             let name = group_file(chunk.group);
-            let path = dir.join(&name);
-            let file = std::fs::File::create(&path).map_err(io(&path))?;
-            open = Some(Open {
+            let part = sink.create(&name).await?;
+            *open = Some(Open {
                 copy: GroupCopy {
                     group: chunk.group,
                     file: name,
@@ -348,7 +444,7 @@ pub async fn write(
                     index: chunk.index,
                 },
                 size: chunk.size,
-                file: std::io::BufWriter::with_capacity(1 << 20, file),
+                part,
                 sum: Sha256::new(),
             });
         }
@@ -359,14 +455,13 @@ pub async fn write(
                 chunk.group, chunk.offset, o.copy.bytes
             )));
         }
-        let path = dir.join(&o.copy.file);
-        o.file.write_all(&chunk.data).map_err(io(&path))?;
+        o.part.write(&chunk.data).await?;
         o.sum.update(&chunk.data);
         o.copy.bytes += chunk.data.len() as u64;
         progress(chunk.group, o.copy.bytes, chunk.size);
     }
     if let Some(o) = open.take() {
-        groups.push(o.finish(dir)?);
+        groups.push(o.finish().await?);
     }
     if !groups.iter().any(|g| g.group == 0) || groups.len() != shards as usize + 1 {
         return Err(BackupError::Invalid(format!(
@@ -381,12 +476,9 @@ pub async fn write(
         shards,
         groups,
     };
-    let path = dir.join(MANIFEST);
     let text =
         serde_json::to_vec_pretty(&manifest).map_err(|e| BackupError::Invalid(e.to_string()))?;
-    let mut f = std::fs::File::create(&path).map_err(io(&path))?;
-    f.write_all(&text).map_err(io(&path))?;
-    f.sync_all().map_err(io(&path))?;
+    sink.put(MANIFEST, text).await?;
     Ok(manifest)
 }
 
