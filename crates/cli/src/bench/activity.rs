@@ -46,13 +46,16 @@ pub(crate) async fn bench_activity(c: &Client, b: &Bench, j: bool) -> Result<()>
             settings: None,
         })
         .await
-        .map_err(api);
+        .map_err(api)
+        .map(|m| m.into_inner().state_machine_arn);
     let r = match &machine {
-        Ok(m) => run(c, b, j, &name, &m.get_ref().state_machine_arn, &activity).await,
+        Ok(m) => {
+            let r = run(c, b, j, &name, m, &activity).await;
+            r.and(super::cleanup(c, b, m).await)
+        }
         Err(_) => Ok(()),
     };
-    let machine = machine?.into_inner().state_machine_arn;
-    let cleaned = super::cleanup(c, b, &machine).await;
+    // The activity goes with --cleanup even when the machine could not be made.
     let deleted = if b.cleanup {
         c.activities
             .clone()
@@ -65,7 +68,7 @@ pub(crate) async fn bench_activity(c: &Client, b: &Bench, j: bool) -> Result<()>
     } else {
         Ok(())
     };
-    r.and(cleaned).and(deleted)
+    machine.and(r).and(deleted)
 }
 
 async fn run(
