@@ -31,23 +31,10 @@ pub(crate) async fn bench_activity(c: &Client, b: &Bench, j: bool) -> Result<()>
         .map_err(api)?
         .into_inner()
         .activity_arn;
-    let machine = c
-        .state_machines
-        .clone()
-        .create_state_machine(pb::CreateStateMachineRequest {
-            name: name.clone(),
-            definition: json!({"StartAt": "Work", "States": {
-                "Work": {"Type": "Task", "Resource": activity, "End": true}}})
-            .to_string(),
-            role_arn: "arn:aws:iam::000000000000:role/bench".into(),
-            r#type: pb::StateMachineType::Standard as i32,
-            publish: false,
-            version_description: String::new(),
-            settings: None,
-        })
-        .await
-        .map_err(api)
-        .map(|m| m.into_inner().state_machine_arn);
+    let definition = json!({"StartAt": "Work", "States": {
+        "Work": {"Type": "Task", "Resource": activity, "End": true}}});
+    let machine =
+        super::create_machine(c, &name, &definition, pb::StateMachineType::Standard).await;
     let r = match &machine {
         Ok(m) => {
             let r = run(c, b, j, &name, m, &activity).await;
@@ -194,15 +181,7 @@ async fn round_trip(
         machine.replacen(":stateMachine:", ":execution:", 1)
     );
     loop {
-        let e = c
-            .executions
-            .clone()
-            .describe_execution(pb::DescribeExecutionRequest {
-                execution_arn: answered.clone(),
-            })
-            .await
-            .map_err(api)?
-            .into_inner();
+        let e = super::describe(c, &answered).await?;
         match e.status.as_str() {
             "SUCCEEDED" => break,
             "RUNNING" if t3.elapsed() < PATIENCE => {}

@@ -79,6 +79,42 @@ async fn cleanup(c: &Client, b: &Bench, arn: &str) -> Result<()> {
     Ok(())
 }
 
+/// Creates the bench's machine `name` (not published) and returns its ARN.
+async fn create_machine(
+    c: &Client,
+    name: &str,
+    definition: &Value,
+    ty: pb::StateMachineType,
+) -> Result<String> {
+    Ok(c.state_machines
+        .clone()
+        .create_state_machine(pb::CreateStateMachineRequest {
+            name: name.to_string(),
+            definition: definition.to_string(),
+            role_arn: "arn:aws:iam::000000000000:role/bench".into(),
+            r#type: ty as i32,
+            publish: false,
+            version_description: String::new(),
+            settings: None,
+        })
+        .await
+        .map_err(api)?
+        .into_inner()
+        .state_machine_arn)
+}
+
+/// `DescribeExecution`.
+async fn describe(c: &Client, arn: &str) -> Result<pb::Execution> {
+    Ok(c.executions
+        .clone()
+        .describe_execution(pb::DescribeExecutionRequest {
+            execution_arn: arn.to_string(),
+        })
+        .await
+        .map_err(api)?
+        .into_inner())
+}
+
 /// One Map over `items` generated in the state (`[0..items-1]`, so the input stays small),
 /// each child a Pass state that doubles its item; the state's output is the number of
 /// results (the results themselves stay under the payload limit that way).
@@ -104,22 +140,8 @@ pub(crate) async fn bench_map(c: &Client, b: &Bench, j: bool) -> Result<()> {
         mode.to_lowercase(),
         std::process::id()
     );
-    let arn = c
-        .state_machines
-        .clone()
-        .create_state_machine(pb::CreateStateMachineRequest {
-            name: name.clone(),
-            definition: map_machine(b.map_items, b.map_concurrency, b.inline).to_string(),
-            role_arn: "arn:aws:iam::000000000000:role/bench".into(),
-            r#type: pb::StateMachineType::Standard as i32,
-            publish: false,
-            version_description: String::new(),
-            settings: None,
-        })
-        .await
-        .map_err(api)?
-        .into_inner()
-        .state_machine_arn;
+    let definition = map_machine(b.map_items, b.map_concurrency, b.inline);
+    let arn = create_machine(c, &name, &definition, pb::StateMachineType::Standard).await?;
     let r = run_map(c, b, j, &name, &arn).await;
     let cleaned = cleanup(c, b, &arn).await;
     r.and(cleaned)
@@ -142,15 +164,7 @@ async fn run_map(c: &Client, b: &Bench, j: bool, name: &str, arn: &str) -> Resul
         .execution_arn;
     // Poll until it ends: at most an hour.
     let e = loop {
-        let e = c
-            .executions
-            .clone()
-            .describe_execution(pb::DescribeExecutionRequest {
-                execution_arn: exec.clone(),
-            })
-            .await
-            .map_err(api)?
-            .into_inner();
+        let e = describe(c, &exec).await?;
         if e.status != "RUNNING" {
             break e;
         }
@@ -247,22 +261,7 @@ pub(crate) async fn bench(c: &Client, b: Bench, j: bool) -> Result<()> {
     } else {
         pb::StateMachineType::Standard
     };
-    let arn = c
-        .state_machines
-        .clone()
-        .create_state_machine(pb::CreateStateMachineRequest {
-            name: name.clone(),
-            definition: bench_machine_waiting(b.wait_seconds).to_string(),
-            role_arn: "arn:aws:iam::000000000000:role/bench".into(),
-            r#type: ty as i32,
-            publish: false,
-            version_description: String::new(),
-            settings: None,
-        })
-        .await
-        .map_err(api)?
-        .into_inner()
-        .state_machine_arn;
+    let arn = create_machine(c, &name, &bench_machine_waiting(b.wait_seconds), ty).await?;
     let r = run(c, &b, j, &name, &arn).await;
     let cleaned = cleanup(c, &b, &arn).await;
     r.and(cleaned)
@@ -319,15 +318,7 @@ async fn run(c: &Client, b: &Bench, j: bool, name: &str, arn: &str) -> Result<()
                         continue;
                     }
                     // Confirm this one ended before starting the next.
-                    c.executions
-                        .clone()
-                        .describe_execution(pb::DescribeExecutionRequest {
-                            execution_arn: r.execution_arn,
-                        })
-                        .await
-                        .map_err(api)?
-                        .into_inner()
-                        .status
+                    describe(&c, &r.execution_arn).await?.status
                 };
                 if status != "SUCCEEDED" {
                     return Err(anyhow!("execution b{i} ended {status}"));
